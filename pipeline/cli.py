@@ -1,0 +1,117 @@
+"""``vid2pair`` command line: build, demo, inspect, models."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.config import ConfigError, load_config
+
+
+def _fail(msg: str) -> int:
+    print(f"vid2pair: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_build(a) -> int:
+    from pipeline.io import InputError
+    from pipeline.runners import build
+
+    overrides = list(a.set or [])
+    if a.runner:
+        overrides.append(f"runner.name={a.runner}")
+    if a.ray_address:
+        overrides.append(f"runner.ray_address={a.ray_address}")
+    if a.no_progress:
+        overrides.append("runner.progress=false")
+    try:
+        cfg = load_config(a.config, overrides)
+        build(cfg, a.input, a.output)
+    except (ConfigError, InputError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from pipeline.demo import run_demo
+
+    overrides = list(a.set or [])
+    if a.runner:
+        overrides.append(f"runner.name={a.runner}")
+    try:
+        run_demo(a.output, overrides=overrides)
+    except ConfigError as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from pipeline.inspection import inspect_output
+
+    try:
+        print(inspect_output(a.output_dir, n_keys=a.n))
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_config(a) -> int:
+    try:
+        cfg = load_config(a.config, list(a.set or []))
+    except ConfigError as e:
+        return _fail(str(e))
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vid2pair", description="Raw video -> image-editing training pairs (WebDataset).")
+    p.add_argument("--version", action="version", version=f"vid2pair {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    b = sub.add_parser("build", help="build shards from videos")
+    b.add_argument("--config", required=True, help="preset name or YAML path (configs/<preset>.yaml)")
+    b.add_argument("--input", required=True, help="directory, glob, .txt list or .parquet of video paths")
+    b.add_argument("--output", required=True, help="output directory")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    b.add_argument("--runner", choices=["ray", "local"], help="default: the config's runner.name (ray)")
+    b.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("demo", help="generate synthetic clips and build a small dataset from them")
+    d.add_argument("--output", default="demo_output", help="output directory (default: demo_output)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--runner", choices=["ray", "local"])
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("inspect", help="counts, reject reasons and sample keys of an output directory")
+    i.add_argument("output_dir")
+    i.add_argument("-n", type=int, default=5, help="sample keys to show")
+    i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("config", help="print the fully resolved config (validates it)")
+    c.add_argument("config")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_config)
+
+    try:
+        from pipeline.models import models_add_subparser
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        models_add_subparser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

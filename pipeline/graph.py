@@ -1,0 +1,338 @@
+"""The whole pipeline on one screen.
+
+    clip   (per clip, CPU)  probe -> shots -> static_camera -> pairs -> decode   -> PairItem | Reject
+    flow   (batched, model) optical flow (direct, chained, or flow_advance)     -> PairItem | Reject
+    motion (per pair, CPU)  magnitude statistics, min/max rules                 -> PairItem | Reject
+    encode (per pair, CPU)  images, flow.npy and meta.json to tar-member bytes  -> PairItem
+
+Every stage object is pure Python (arrays in, arrays and records out, no Ray). A runner
+(``pipeline.runners``) wires them: in-process, or as Ray Data operators. Each clip ends with a
+:class:`ClipDone` marker so the writer knows when a clip, and so a shard, is complete.
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from pipeline import __version__
+from pipeline.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_seed, pair_key
+from stages import decode, motion, pairs, probe, shots, static_camera
+
+
+def _reject(task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip", key: str = "") -> Reject:
+    return Reject(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
+                  stage=stage, reason=reason, detail=detail, level=level, key=key)
+
+
+def _versions() -> dict:
+    import decord
+
+    return {"vid2pair": __version__, "opencv": cv2.__version__, "decord": decord.__version__}
+
+
+class ClipStage:
+    """probe -> shots -> static camera -> pairs -> decode, for one clip."""
+
+    name = "clip"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __call__(self, task: ClipTask) -> list[Item]:
+        try:
+            items = self._run(task)
+        except Exception as e:  # one bad video must never kill a job
+            items = [_reject(task, "decode", "decoder_error", f"{type(e).__name__}: {e}"[:500])]
+            items[0].detail += " | " + traceback.format_exc(limit=2).splitlines()[-1][:200]
+        n = sum(isinstance(i, PairItem) for i in items)
+        if n == 0 and not any(isinstance(i, Reject) for i in items):
+            items.append(_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
+        return items + [ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk,
+                                 clip_idx=task.clip_idx, n_items=len(items), info={"pairs": n})]
+
+    def _run(self, task: ClipTask) -> list[Item]:
+        cfg = self.cfg
+        info, bad = probe.probe(task.source)
+        if bad:
+            return [_reject(task, "probe", *bad)]
+        min_dur = cfg.probe.min_duration_s
+        if min_dur is None:
+            min_dur = max(pairs.min_duration_s(cfg.pairs), cfg.shots.min_shot_s)
+        bad = probe.check_limits(info, cfg.probe.min_width, cfg.probe.min_height, min_dur)
+        if bad:
+            return [_reject(task, "probe", *bad)]
+
+        # --- shots, on small frames decoded sequentially
+        w, h = info.width, info.height
+        sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
+        small = decode.open_reader(task.source, sw, sh)
+        n_frames = len(small)
+        fps = info.fps
+        if n_frames < 2:
+            return [_reject(task, "decode", "too_few_frames", f"decoded {n_frames} frame(s)")]
+        cuts = shots.detect_cuts(decode.iter_frames(small), fps, cfg.shots.detector, cfg.shots.threshold,
+                                 min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
+        n_frames = len(small)
+        del small
+        kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s)
+        out: list[Item] = []
+        shot_ids = {}
+        all_shots = sorted([(a, b, None) for a, b in kept] + [(a, b, d) for a, b, d in short])
+        for k, (a, b, d) in enumerate(all_shots):
+            if d is not None:
+                out.append(_reject(task, "shots", "shot_too_short", d, "shot", f"{task.clip_id}_s{k:03d}"))
+            else:
+                shot_ids[(a, b)] = k
+
+        # --- static camera
+        static = []
+        aw, ah = decode.scaled_size(w, h, cfg.static_camera.analysis_width)
+        ana = decode.open_reader(task.source, aw, ah) if cfg.static_camera.enabled else None
+        for (a, b), k in shot_ids.items():
+            score = {"score": 0.0, "tracked": True, "shifts": []}
+            if ana is not None:
+                fr = decode.read_frames(ana, static_camera.sample_indices(a, b, cfg.static_camera.samples))
+                score = static_camera.camera_motion_score(fr, cfg.static_camera.min_inliers)
+                if not score["tracked"]:
+                    out.append(_reject(task, "static_camera", "camera_motion_unknown",
+                                       f"too few trackable points (inliers {score['inliers']})", "shot",
+                                       f"{task.clip_id}_s{k:03d}"))
+                    continue
+                if score["score"] > cfg.static_camera.max_shift:
+                    out.append(_reject(task, "static_camera", "camera_moving",
+                                       f"score {score['score']:.4f} > {cfg.static_camera.max_shift}", "shot",
+                                       f"{task.clip_id}_s{k:03d}"))
+                    continue
+            static.append((k, a, b, score["score"]))
+        del ana
+
+        # --- pairs (seeded per clip and shot) and decode of just the frames needed
+        ss = clip_seed(cfg.seed, task.clip_id)
+        dw, dh = decode.decode_size(w, h, cfg.frame)
+        reader = None
+        for k, a, b, score in static:
+            rng = np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=(k,)))
+            specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng)
+            if why:
+                out.append(_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}"))
+                continue
+            if reader is None:
+                reader = decode.open_reader(task.source, dw, dh)
+            for sp in specs:
+                out.append(self._pair_item(task, reader, info, k, (a, b), score, sp))
+        return out
+
+    def _pair_item(self, task, reader, info, shot, rng_ab, score, sp: pairs.PairSpec) -> PairItem:
+        cfg = self.cfg
+        if sp.sequence:  # flow_advance: start + candidate targets
+            idx = [sp.src] + list(sp.sequence)
+        elif cfg.flow.chain:
+            step = (sp.tgt - sp.src) / cfg.flow.chain_max_steps
+            idx = [int(round(sp.src + step * i)) for i in range(cfg.flow.chain_max_steps + 1)]
+            idx = list(dict.fromkeys(idx))
+        else:
+            idx = [sp.src, sp.tgt]
+        frames = decode.apply_frame_policy(decode.read_frames(reader, idx), cfg.frame)
+        fps = info.fps
+        meta = {
+            "source": task.source, "clip_id": task.clip_id, "shot": shot,
+            "shot_range": list(rng_ab), "src_frame": sp.src, "tgt_frame": sp.tgt,
+            "src_time": round(sp.src / fps, 6), "tgt_time": round(sp.tgt / fps, 6),
+            "dt": round(abs(sp.tgt - sp.src) / fps, 6), "fps": fps, "reversed": sp.reversed,
+            "frame_indices": idx, "orig_size": [info.width, info.height],
+            "size": [int(frames.shape[2]), int(frames.shape[1])], "codec": info.codec,
+            "n_frames_header": info.n_frames, "n_frames_decoded": len(reader),
+            "static_score": round(score, 6), "seed": cfg.seed, "policy": cfg.pairs.policy,
+            "versions": _versions(),
+        }
+        return PairItem(key=pair_key(task.clip_id, shot, sp.src, sp.tgt), clip_id=task.clip_id,
+                        source=task.source, chunk=task.chunk, clip_idx=task.clip_idx, meta=meta,
+                        arrays={"frames": frames})
+
+
+class PairStage:
+    """Base for stages that transform pair items; rejects and markers pass through untouched."""
+
+    name = "pair"
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        pairs_in = [i for i in items if isinstance(i, PairItem)]
+        done = {id(i): r for i, r in zip(pairs_in, self.process(pairs_in))} if pairs_in else {}
+        return [done.get(id(i), i) for i in items]
+
+    def process(self, items: list[PairItem]) -> list[Item]:
+        out = []
+        for it in items:
+            try:
+                out.append(self.one(it))
+            except Exception as e:
+                out.append(pair_reject(it, self.name, "stage_error", f"{type(e).__name__}: {e}"[:500]))
+        return out
+
+    def one(self, it: PairItem) -> Item:
+        raise NotImplementedError
+
+
+def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:
+    return Reject(source=it.source, clip_id=it.clip_id, chunk=it.chunk, clip_idx=it.clip_idx, stage=stage,
+                  reason=reason, detail=detail, level="pair", key=it.key)
+
+
+class FlowStage(PairStage):
+    """Optical flow src->tgt for a batch of pairs (model stage: one backend per worker/actor)."""
+
+    name = "flow"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from stages.flow import make_flow_backend
+
+            self._backend = make_flow_backend(self.cfg.flow)
+        return self._backend
+
+    def process(self, items: list[PairItem]) -> list[Item]:
+        try:
+            be = self.backend
+        except Exception as e:  # missing weights / extra: every pair is recorded, the message says why
+            return [pair_reject(it, "flow", "flow_backend_unavailable", str(e)[:500]) for it in items]
+        out: list[Item] = []
+        simple = [it for it in items if it.arrays["frames"].shape[0] == 2]
+        res = {}
+        bs = self.cfg.flow.batch_size
+        for k in range(0, len(simple), bs):
+            chunk = simple[k:k + bs]
+            try:
+                src = np.stack([it.arrays["frames"][0] for it in chunk])
+                tgt = np.stack([it.arrays["frames"][1] for it in chunk])
+                fwd = be(src, tgt)
+                bwd = be(tgt, src) if self.cfg.flow.bidirectional else None
+                for j, it in enumerate(chunk):
+                    res[id(it)] = self._finish(it, it.arrays["frames"][0], it.arrays["frames"][1], fwd[j],
+                                               None if bwd is None else bwd[j])
+            except Exception as e:
+                for it in chunk:
+                    res[id(it)] = pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500])
+        for it in items:
+            if id(it) in res:
+                out.append(res[id(it)])
+                continue
+            try:
+                out.append(self._sequence(it))
+            except Exception as e:
+                out.append(pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500]))
+        return out
+
+    def _sequence(self, it: PairItem) -> Item:
+        """Chained flow over intermediate frames, or the flow_advance target search."""
+        from stages.flow import compose_flows
+
+        fr = it.arrays["frames"]
+        hops = self.backend(fr[:-1], fr[1:])  # consecutive hops, batched
+        acc = [hops[0]]
+        for h in hops[1:]:
+            acc.append(compose_flows(acc[-1], h))
+        if self.cfg.pairs.policy == "flow_advance":
+            st = [motion.flow_stats(f, 1.0, 1e9) for f in acc]
+            k, why = pairs.advance_select([s["p90"] for s in st], [s["p95"] for s in st], self.cfg.pairs)
+            if k is None:
+                return pair_reject(it, "pairs", "advance_rejected", why)
+            tgt_frame = it.meta["frame_indices"][k + 1]
+            fps = it.meta["fps"]
+            it.meta.update(tgt_frame=tgt_frame, tgt_time=round(tgt_frame / fps, 6),
+                           dt=round(abs(tgt_frame - it.meta["src_frame"]) / fps, 6), advance_steps=k + 1)
+            tgt, flow = fr[k + 1], acc[k]
+        else:
+            tgt, flow = fr[-1], acc[-1]
+        bwd = self.backend(tgt[None], fr[0][None])[0] if self.cfg.flow.bidirectional else None
+        return self._finish(it, fr[0], tgt, flow, bwd)
+
+    def _finish(self, it: PairItem, src, tgt, flow, bwd) -> PairItem:
+        it.arrays = {"src": src, "tgt": tgt, "flow": flow.astype(np.float32)}
+        if bwd is not None:
+            it.arrays["flow_bwd"] = bwd.astype(np.float32)
+        it.meta["flow"] = {"backend": self.cfg.flow.backend, "version": getattr(self.backend, "version", ""),
+                           "chained": bool(self.cfg.flow.chain), "direction": "src->tgt"}
+        return it
+
+
+class MotionStage(PairStage):
+    name = "motion"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def one(self, it: PairItem) -> Item:
+        flow = it.arrays["flow"]
+        st = motion.motion_stats(flow, self.cfg.motion)
+        it.meta["flow"]["stats"] = {k: round(v, 5) for k, v in st.items()}
+        bad = motion.motion_verdict(st, min(flow.shape[:2]), self.cfg.motion)
+        if bad:
+            return pair_reject(it, "motion", *bad)
+        return it
+
+
+def encode_image(img: np.ndarray, fmt: str, quality: int) -> bytes:
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    params = []
+    if fmt == "jpg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+    ok, buf = cv2.imencode("." + fmt, bgr, params)
+    if not ok:
+        raise RuntimeError(f"could not encode image as {fmt}")
+    return buf.tobytes()
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, arr, allow_pickle=False)
+    return b.getvalue()
+
+
+class EncodeStage(PairStage):
+    """Arrays -> tar member bytes: src/tgt images, optional flow.npy, meta.json."""
+
+    name = "encode"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def one(self, it: PairItem) -> Item:
+        o = self.cfg.output
+        files = {f"src.{o.image_format}": encode_image(it.arrays["src"], o.image_format, o.jpeg_quality),
+                 f"tgt.{o.image_format}": encode_image(it.arrays["tgt"], o.image_format, o.jpeg_quality)}
+        if o.flow != "none":
+            files["flow.npy"] = encode_npy(it.arrays["flow"].astype(o.flow))
+            if "flow_bwd" in it.arrays:
+                files["flow_bwd.npy"] = encode_npy(it.arrays["flow_bwd"].astype(o.flow))
+        it.meta["key"] = it.key
+        it.meta["files"] = sorted(files) + ["meta.json"]
+        files["meta.json"] = json.dumps(it.meta, sort_keys=True).encode()
+        it.files, it.arrays = files, {}
+        return it
+
+
+def build_stages(cfg) -> tuple[ClipStage, list[PairStage]]:
+    """The pipeline: one clip stage, then the pair stages in order."""
+    return ClipStage(cfg), [FlowStage(cfg), MotionStage(cfg), EncodeStage(cfg)]
+
+
+def run_items(clip_stage: ClipStage, pair_stages: Iterable[PairStage], task: ClipTask) -> list[Item]:
+    """All stages for one clip, in process (the local runner's unit of work)."""
+    items = clip_stage(task)
+    for st in pair_stages:
+        items = st(items)
+    return items

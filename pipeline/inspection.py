@@ -1,0 +1,38 @@
+"""``vid2pair inspect``: a terminal overview of an output directory."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.io import read_index, read_rejects
+
+
+def inspect_output(out_dir, n_keys: int = 5) -> str:
+    out = Path(out_dir)
+    if not (out / "index").is_dir() and not (out / "summary.json").exists():
+        raise FileNotFoundError(f"{out} is not a vid2pair output directory (no index/ or summary.json)")
+    idx, rej = read_index(out), read_rejects(out)
+    lines = [f"{out}"]
+    if (out / "summary.json").exists():
+        s = json.loads((out / "summary.json").read_text())
+        lines.append(f"  inputs {s['inputs']}  samples {s['samples']}  shards {s['shards']}  "
+                     f"clips with samples {s['clips_with_samples']}  clips rejected {s['clips_rejected']}  "
+                     f"wall {s['wall_s']} s  pairs/s {s['pairs_per_s']}  runner {s['runner']}")
+    else:
+        lines.append("  (no summary.json: the run did not finish; counts below are from committed shards)")
+    shards = sorted(set(idx["shard"])) if len(idx) else []
+    lines.append(f"  index: {len(idx)} samples in {len(shards)} shards, {idx['clip_id'].nunique() if len(idx) else 0} clips")
+    if len(idx) and "dt" in idx:
+        lines.append(f"  dt: min {idx['dt'].min():.2f} s  median {idx['dt'].median():.2f} s  max {idx['dt'].max():.2f} s")
+    if len(idx) and "flow_p90" in idx:
+        lines.append(f"  flow p90 px: min {idx['flow_p90'].min():.2f}  median {idx['flow_p90'].median():.2f}  "
+                     f"max {idx['flow_p90'].max():.2f}")
+    lines.append(f"  rejects: {len(rej)}")
+    if len(rej):
+        for (stage, reason), n in rej.groupby(["stage", "reason"]).size().sort_values(ascending=False).items():
+            ex = rej[(rej.stage == stage) & (rej.reason == reason)].iloc[0]
+            lines.append(f"    {stage:>14} {reason:<26} {n:>6}   e.g. {Path(ex.source).name}: {str(ex.detail)[:60]}")
+    if len(idx):
+        lines.append("  sample keys:")
+        lines += [f"    {k}" for k in idx["key"].head(n_keys)]
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""Inputs and outputs: listing clips, writing shards / index / rejects / summary, resume.
+
+Output layout (docs/format.md)::
+
+    <out>/shards/pairs-NNNNNN.tar      WebDataset shard of chunk NNNNNN (its clips' samples)
+    <out>/index/part-NNNNNN.parquet    one row per written sample
+    <out>/rejects/part-NNNNNN.parquet  one row per rejected clip, shot or pair
+    <out>/rejects/inputs.parquet       duplicate inputs
+    <out>/_done/NNNNNN.json            commit marker of a chunk (written last)
+    <out>/run.json                     the config fingerprint the output was built with
+    <out>/summary.json                 counts per stage and reason, timings, config, versions
+
+A chunk is ``output.clips_per_shard`` consecutive inputs (sorted, de-duplicated input list), so
+the assignment of clips to shards is stable. A chunk is written when all of its clips are done:
+tar to a temporary name then renamed, then the index and rejects parts, then the marker. A rerun
+skips chunks that have a marker, so resuming is exactly-once at chunk granularity.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_id_for
+
+
+class InputError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- inputs
+
+def list_inputs(spec: str, extensions: Iterable[str]) -> list[str]:
+    """A directory (recursive), a glob, a .txt list (one path per line, # comments) or a .parquet
+    (column ``path``, ``video``, ``source`` or the first string column). Order: sorted for dirs and
+    globs, file order for lists."""
+    exts = {e.lower() for e in extensions}
+    p = Path(spec)
+    if p.is_dir():
+        return sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
+    if p.suffix == ".txt" and p.is_file():
+        base = p.parent
+        out = []
+        for line in p.read_text().splitlines():
+            s = line.strip()
+            if s and not s.startswith("#"):
+                out.append(s if os.path.isabs(s) or "://" in s else str(base / s))
+        return out
+    if p.suffix == ".parquet" and p.is_file():
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(p)
+        for col in ("path", "video", "source"):
+            if col in t.column_names:
+                return [str(v) for v in t.column(col).to_pylist()]
+        import pyarrow as pa
+
+        for f in t.schema:
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                return [str(v) for v in t.column(f.name).to_pylist()]
+        raise InputError(f"{spec}: no path column (expected 'path', 'video' or 'source')")
+    if any(ch in spec for ch in "*?["):
+        return sorted(f for f in glob.glob(spec, recursive=True) if Path(f).suffix.lower() in exts)
+    if p.is_file():
+        return [str(p)]
+    raise InputError(f"--input {spec!r}: not a directory, glob, .txt list, .parquet or video file")
+
+
+def make_tasks(sources: list[str], clips_per_shard: int) -> tuple[list[ClipTask], list[tuple[str, str]]]:
+    """De-duplicate (by absolute path) and assign stable clip ids and chunks.
+    Returns (tasks, duplicates as (source, first occurrence))."""
+    seen: dict[str, str] = {}
+    uniq, dups = [], []
+    for s in sources:
+        norm = s if "://" in s else os.path.abspath(s)
+        if norm in seen:
+            dups.append((s, seen[norm]))
+            continue
+        seen[norm] = s
+        uniq.append(norm)
+    tasks = [ClipTask(source=s, clip_idx=i, chunk=i // clips_per_shard, clip_id=clip_id_for(s))
+             for i, s in enumerate(uniq)]
+    return tasks, dups
+
+
+# ---------------------------------------------------------------- writing
+
+INDEX_SCALARS = ("clip_id", "source", "shot", "src_frame", "tgt_frame", "src_time", "tgt_time", "dt", "fps",
+                 "reversed", "static_score", "seed", "policy")
+
+
+def index_row(key: str, shard: str, meta: dict) -> dict:
+    row = {"key": key, "shard": shard}
+    row.update({k: meta.get(k) for k in INDEX_SCALARS})
+    row["width"], row["height"] = meta["size"]
+    row["orig_width"], row["orig_height"] = meta["orig_size"]
+    fl = meta.get("flow", {})
+    row["flow_backend"] = fl.get("backend")
+    for k, v in (fl.get("stats") or {}).items():
+        row[f"flow_{k}"] = v
+    return row
+
+
+REJECT_COLUMNS = ("source", "clip_id", "level", "key", "stage", "reason", "detail")
+
+
+def _write_parquet(rows: list[dict], path: Path, columns=None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if rows:
+        table = pa.Table.from_pylist(rows)
+    else:
+        table = pa.table({c: pa.array([], pa.string()) for c in (columns or ("key",))})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class OutputWriter:
+    """Collects items from any runner and commits complete chunks atomically."""
+
+    def __init__(self, out_dir: str | Path, cfg, tasks: list[ClipTask], duplicates=()):
+        self.out = Path(out_dir)
+        self.cfg = cfg
+        for d in ("shards", "index", "rejects", "_done"):
+            (self.out / d).mkdir(parents=True, exist_ok=True)
+        self._check_run_identity()
+        self.tasks_by_chunk: dict[int, list[ClipTask]] = defaultdict(list)
+        for t in tasks:
+            self.tasks_by_chunk[t.chunk].append(t)
+        self.done_chunks = {int(p.stem) for p in (self.out / "_done").glob("*.json")}
+        self.pending_tasks = [t for t in tasks if t.chunk not in self.done_chunks]
+        self._items: dict[int, list[Item]] = defaultdict(list)
+        self._expected: dict[int, int] = {}  # clip_idx -> items the clip emitted (from its ClipDone)
+        self._arrived: Counter = Counter()  # clip_idx -> items arrived
+        self._clips_finished: Counter = Counter()  # chunk -> clips complete
+        self.written_chunks: list[int] = []
+        self.new_samples = 0
+        rows = [{"source": s, "clip_id": clip_id_for(s), "level": "clip", "key": "", "stage": "input",
+                 "reason": "duplicate_input", "detail": f"same file as {first}"} for s, first in duplicates]
+        _write_parquet(rows, self.out / "rejects" / "inputs.parquet", REJECT_COLUMNS)
+
+    def _check_run_identity(self) -> None:
+        p = self.out / "run.json"
+        fp = self.cfg.fingerprint()
+        if p.exists():
+            old = json.loads(p.read_text())
+            if old.get("fingerprint") != fp:
+                if not self.cfg.output.overwrite:
+                    raise InputError(
+                        f"{self.out} was built with a different config (fingerprint {old.get('fingerprint')} != {fp}); "
+                        "use a new --output, or --set output.overwrite=true to discard it")
+                import shutil
+
+                for d in ("shards", "index", "rejects", "_done"):
+                    shutil.rmtree(self.out / d, ignore_errors=True)
+                    (self.out / d).mkdir(parents=True)
+        p.write_text(json.dumps({"fingerprint": fp, "config": self.cfg.to_dict()}, indent=1))
+
+    def add(self, it: Item) -> list[int]:
+        """Take one item; returns the chunks committed as a result (usually none)."""
+        c = it.chunk
+        if isinstance(it, ClipDone):
+            self._expected[it.clip_idx] = it.n_items
+        else:
+            self._items[c].append(it)
+            self._arrived[it.clip_idx] += 1
+        if it.clip_idx in self._expected and self._arrived[it.clip_idx] >= self._expected[it.clip_idx]:
+            del self._expected[it.clip_idx]
+            self._clips_finished[c] += 1
+            if self._clips_finished[c] == len(self.tasks_by_chunk[c]):
+                self._commit(c)
+                return [c]
+        return []
+
+    def _commit(self, chunk: int) -> None:
+        import webdataset as wds
+
+        items = self._items.pop(chunk, [])
+        samples = sorted((i for i in items if isinstance(i, PairItem)), key=lambda i: i.key)
+        rejects = sorted((i for i in items if isinstance(i, Reject)), key=lambda r: (r.clip_idx, r.key, r.stage))
+        name = f"pairs-{chunk:06d}.tar"
+        index_rows = []
+        if samples:
+            final = self.out / "shards" / name
+            tmp = final.with_name(name + ".tmp")
+            with open(tmp, "wb") as f:
+                w = wds.TarWriter(f, mtime=0.0, encoder=False)
+                for s in samples:
+                    w.write({"__key__": s.key, **s.files})
+                    index_rows.append(index_row(s.key, name, s.meta))
+                w.close()
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        _write_parquet(index_rows, self.out / "index" / f"part-{chunk:06d}.parquet", ("key", "shard"))
+        _write_parquet([{k: getattr(r, k) for k in REJECT_COLUMNS} for r in rejects],
+                       self.out / "rejects" / f"part-{chunk:06d}.parquet", REJECT_COLUMNS)
+        marker = self.out / "_done" / f"{chunk:06d}.json"
+        marker.write_text(json.dumps({"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
+                                      "clips": [t.source for t in self.tasks_by_chunk[chunk]]}))
+        self.written_chunks.append(chunk)
+        self.new_samples += len(samples)
+
+    def incomplete_chunks(self) -> list[int]:
+        return sorted(set(t.chunk for t in self.pending_tasks) - set(self.written_chunks))
+
+
+# ---------------------------------------------------------------- reading back / summary
+
+def read_index(out_dir: str | Path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(out_dir) / "index").glob("part-*.parquet"))
+    frames = [pq.read_table(p).to_pandas() for p in parts]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "shard"])
+
+
+def read_rejects(out_dir: str | Path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(out_dir) / "rejects").glob("*.parquet"))
+    frames = [pq.read_table(p).to_pandas() for p in parts]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REJECT_COLUMNS))
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for n in ("vid2pair", "numpy", "opencv-python", "decord", "av", "torch", "torchvision", "ray", "webdataset",
+              "pyarrow", "scenedetect", "kornia", "timm"):
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: str, new_samples: int) -> dict:
+    """Counts from what is on disk (so a resumed run's summary covers the whole output)."""
+    idx, rej = read_index(out_dir), read_rejects(out_dir)
+    written_clips = set(idx["source"]) if len(idx) else set()
+    rejected_sources = set(rej["source"]) if len(rej) else set()
+    by_stage: dict = defaultdict(dict)
+    for (stage, reason), n in (rej.groupby(["stage", "reason"]).size().items() if len(rej) else []):
+        by_stage[stage][reason] = int(n)
+    by_level = rej.groupby("level").size().to_dict() if len(rej) else {}
+    clip_level = set(rej[rej["level"] == "clip"]["source"]) if len(rej) else set()
+    summary = {
+        "inputs": n_inputs,
+        "samples": int(len(idx)),
+        "shards": int(idx["shard"].nunique()) if len(idx) else 0,
+        "clips_with_samples": len(written_clips),
+        "clips_rejected": len(clip_level - written_clips),
+        "clips_without_samples": len((rejected_sources - written_clips) - clip_level),
+        "rejects_total": int(len(rej)),
+        "rejects_by_level": {k: int(v) for k, v in by_level.items()},
+        "rejects_by_stage": dict(by_stage),
+        "runner": runner,
+        "wall_s": round(wall_s, 3),
+        "new_samples_this_run": new_samples,
+        "pairs_per_s": round(new_samples / wall_s, 3) if wall_s > 0 else None,
+        "config_fingerprint": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    accounted = summary["clips_with_samples"] + summary["clips_rejected"] + summary["clips_without_samples"]
+    summary["all_inputs_accounted"] = accounted + by_stage.get("input", {}).get("duplicate_input", 0) >= n_inputs
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def format_summary(s: dict, out_dir) -> str:
+    lines = [f"output: {out_dir}",
+             f"  inputs {s['inputs']}: {s['clips_with_samples']} clips with samples, {s['clips_rejected']} clips "
+             f"rejected, {s['clips_without_samples']} clips with every shot/pair rejected",
+             f"  samples {s['samples']} in {s['shards']} shard(s); {s['new_samples_this_run']} new this run; "
+             f"wall {s['wall_s']:.1f} s ({s['pairs_per_s']} pairs/s, runner {s['runner']})",
+             f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})"]
+    for stage, reasons in sorted(s["rejects_by_stage"].items()):
+        lines.append(f"    {stage:>14}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The records that flow between stages, and their (pickle-free) row encoding for Ray Data.
+
+Three kinds of item travel through the pipeline:
+
+* :class:`PairItem` — a candidate pair (arrays + meta), later an encoded sample (``files``);
+* :class:`Reject`   — a clip, shot or pair that was dropped, with its stage and reason;
+* :class:`ClipDone` — the last item of a clip: how many items it emitted before the marker (each
+  later stage maps an item to exactly one item), so the writer knows when every item of a clip,
+  and so of a shard, has arrived, whatever order a runner delivers them in.
+
+Stages only transform ``PairItem``; rejects and markers pass through untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+
+@dataclass
+class ClipTask:
+    """One input clip, with its stable identity and output chunk (= shard)."""
+    source: str
+    clip_idx: int
+    chunk: int
+    clip_id: str
+
+
+@dataclass
+class PairItem:
+    key: str
+    clip_id: str
+    source: str
+    chunk: int
+    clip_idx: int
+    meta: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)  # name -> np.ndarray
+    files: dict = field(default_factory=dict)  # tar member suffix ("src.jpg") -> bytes, after encoding
+
+
+@dataclass
+class Reject:
+    source: str
+    clip_id: str
+    chunk: int
+    clip_idx: int
+    stage: str
+    reason: str
+    detail: str = ""
+    level: str = "clip"  # clip | shot | pair
+    key: str = ""  # pair key (pair level) or shot key (shot level)
+
+
+@dataclass
+class ClipDone:
+    source: str
+    clip_id: str
+    chunk: int
+    clip_idx: int
+    n_items: int
+    info: dict = field(default_factory=dict)
+
+
+Item = Union[PairItem, Reject, ClipDone]
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sanitize(text: str, max_len: int = 40) -> str:
+    """Make a key component: only [A-Za-z0-9_-], no dots, slashes or '..'; never empty."""
+    s = _SAFE.sub("-", text).strip("-_")[:max_len]
+    return s or "clip"
+
+
+def clip_id_for(source: str) -> str:
+    """Stable clip identity: sanitised file stem + 10 hex of sha1(source URI)."""
+    stem = Path(str(source).rstrip("/")).stem
+    h = hashlib.sha1(str(source).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{sanitize(stem)}-{h}"
+
+
+def pair_key(clip_id: str, shot: int, src: int, tgt: int) -> str:
+    return f"{clip_id}_s{shot:03d}_f{src:06d}_f{tgt:06d}"
+
+
+def clip_seed(seed: int, clip_id: str) -> np.random.SeedSequence:
+    """Per-clip randomness: depends only on the global seed and the clip identity."""
+    h = int(hashlib.sha1(clip_id.encode()).hexdigest()[:16], 16)
+    return np.random.SeedSequence([seed, h])
+
+
+# ---------------------------------------------------------------- row encoding (Ray Data)
+
+def _pack(arrays: dict, files: dict) -> bytes:
+    if not arrays and not files:
+        return b""
+    payload = {f"a:{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
+    payload.update({f"f:{k}": np.frombuffer(v, dtype=np.uint8) for k, v in files.items()})
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    return buf.getvalue()
+
+
+def _unpack(blob: bytes) -> tuple[dict, dict]:
+    arrays, files = {}, {}
+    if not blob:
+        return arrays, files
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        for name in z.files:
+            kind, k = name.split(":", 1)
+            if kind == "a":
+                arrays[k] = z[name]
+            else:
+                files[k] = z[name].tobytes()
+    return arrays, files
+
+
+def item_to_row(it: Item) -> dict[str, Any]:
+    if isinstance(it, PairItem):
+        return {"kind": "pair", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": it.key,
+                "source": it.source, "clip_id": it.clip_id,
+                "meta": json.dumps(it.meta), "blob": _pack(it.arrays, it.files)}
+    if isinstance(it, Reject):
+        d = {k: getattr(it, k) for k in ("stage", "reason", "detail", "level")}
+        return {"kind": "reject", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": it.key,
+                "source": it.source, "clip_id": it.clip_id, "meta": json.dumps(d), "blob": b""}
+    return {"kind": "done", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": "",
+            "source": it.source, "clip_id": it.clip_id,
+            "meta": json.dumps({"n_items": it.n_items, "info": it.info}), "blob": b""}
+
+
+def row_to_item(row: dict) -> Item:
+    kind, meta = row["kind"], json.loads(row["meta"])
+    base = dict(source=row["source"], clip_id=row["clip_id"], chunk=int(row["chunk"]),
+                clip_idx=int(row["clip_idx"]))
+    if kind == "pair":
+        arrays, files = _unpack(row["blob"])
+        return PairItem(key=row["key"], meta=meta, arrays=arrays, files=files, **base)
+    if kind == "reject":
+        return Reject(key=row["key"], **meta, **base)
+    return ClipDone(n_items=meta["n_items"], info=meta["info"], **base)
+
+
+ROW_COLUMNS = ("kind", "chunk", "clip_idx", "key", "source", "clip_id", "meta", "blob")
+
+
+def rows_to_table(rows: list[dict]):
+    import pyarrow as pa
+    schema = pa.schema([("kind", pa.string()), ("chunk", pa.int64()), ("clip_idx", pa.int64()),
+                        ("key", pa.string()), ("source", pa.string()), ("clip_id", pa.string()),
+                        ("meta", pa.string()), ("blob", pa.large_binary())])
+    return pa.Table.from_pylist(rows, schema=schema)

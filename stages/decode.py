@@ -1,0 +1,85 @@
+"""decode: read only the frames a stage needs with decord, then apply the preset's resize/crop.
+
+decord scales while decoding when given ``width``/``height``, so large videos never materialise at
+full resolution (memory per clip is bounded by ``frame.max_decode_side``). Frame counts from headers
+are not trusted: :func:`open_reader` reports the count decord indexed, and reads are clamped to it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+
+def open_reader(path: str, width: int = -1, height: int = -1):
+    import decord
+
+    return decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+
+
+def scaled_size(w: int, h: int, target_w: int) -> tuple[int, int]:
+    """(w, h) scaled to width ``target_w`` (never up), even sizes for the scaler."""
+    if target_w >= w:
+        return w - w % 2, h - h % 2
+    th = max(2, int(round(h * target_w / w)))
+    return target_w - target_w % 2, th - th % 2
+
+
+def decode_size(w: int, h: int, frame_cfg) -> tuple[int, int]:
+    """The (w, h) to ask decord for, so that the resize/crop policy only crops (or barely scales)."""
+    mode, size = frame_cfg.mode, frame_cfg.size
+    if mode == "none" or size is None:
+        s = min(1.0, frame_cfg.max_decode_side / max(w, h))
+    else:
+        th, tw = size
+        if mode == "short_side_crop":
+            s = frame_cfg.short_side / min(w, h)
+        else:  # resize to cover [H, W], then centre-crop
+            s = max(th / h, tw / w)
+        s = min(s, frame_cfg.max_decode_side / max(w, h))
+    dw, dh = max(2, int(math.ceil(w * s))), max(2, int(math.ceil(h * s)))
+    return dw + dw % 2, dh + dh % 2
+
+
+def apply_frame_policy(frames: np.ndarray, frame_cfg) -> np.ndarray:
+    """(T,H,W,3) -> (T,h,w,3) according to ``frame.mode``: none | resize (cover + centre crop) |
+    short_side_crop (short side to ``short_side`` then centre crop to ``size``)."""
+    if frame_cfg.mode == "none" or frame_cfg.size is None:
+        return frames
+    th, tw = frame_cfg.size
+    t, h, w = frames.shape[:3]
+    if frame_cfg.mode == "short_side_crop":
+        s = frame_cfg.short_side / min(h, w)
+    else:
+        s = max(th / h, tw / w)
+    nh, nw = max(th, int(round(h * s))), max(tw, int(round(w * s)))
+    if (nh, nw) != (h, w):
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        frames = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in frames])
+    y0, x0 = (nh - th) // 2, (nw - tw) // 2
+    return np.ascontiguousarray(frames[:, y0:y0 + th, x0:x0 + tw])
+
+
+def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
+    """Read frames by index (sorted, unique reads; returned in the requested order)."""
+    n = len(reader)
+    idx = [int(i) for i in indices]
+    bad = [i for i in idx if i < 0 or i >= n]
+    if bad:
+        raise IndexError(f"frame indices {bad[:5]} outside the {n} decoded frames")
+    uniq = sorted(set(idx))
+    arr = reader.get_batch(uniq).asnumpy()
+    pos = {f: k for k, f in enumerate(uniq)}
+    return arr[[pos[i] for i in idx]]
+
+
+def iter_frames(reader, step: int = 1, chunk: int = 64):
+    """Sequential iteration (indices 0, step, 2*step, ...) in chunks: ``(index, frame)``."""
+    n = len(reader)
+    idx = list(range(0, n, step))
+    for k in range(0, len(idx), chunk):
+        part = idx[k:k + chunk]
+        arr = reader.get_batch(part).asnumpy()
+        yield from zip(part, arr)

@@ -1,0 +1,120 @@
+"""pairs: choose (source, target) frame pairs inside a shot, with per-clip seeded randomness.
+
+Policies (``pairs.policy``):
+
+* ``min_gap`` (FramePainter): dt >= ``min_gap_s`` (and <= ``max_gap_s``). The gap is drawn
+  uniformly over the feasible gaps, then the source uniformly over the feasible starts.
+* ``uniform_seconds`` (Magic Fixup paper): dt drawn uniformly from the integers
+  ``uniform_min_s..uniform_max_s`` that fit in the shot.
+* ``flow_advance`` (Magic Fixup released code): a start frame and a sequence of frames every
+  ``advance_step_s`` after it; the flow stage advances the target along the sequence while the
+  flow's p90 stays <= ``advance_max_p90`` (see :func:`advance_select`).
+
+With probability ``reverse_prob`` source and target are swapped (time reversed).
+Pure functions: numbers in, :class:`PairSpec` out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class PairSpec:
+    src: int
+    tgt: int
+    reversed: bool = False
+    sequence: list = field(default_factory=list)  # flow_advance: candidate target frames, in order
+
+    @property
+    def frames(self) -> tuple[int, int]:
+        return self.src, self.tgt
+
+
+def min_duration_s(cfg) -> float:
+    """Smallest clip duration that can yield a pair under the policy."""
+    if cfg.policy == "min_gap":
+        return cfg.min_gap_s
+    if cfg.policy == "uniform_seconds":
+        return float(cfg.uniform_min_s)
+    return cfg.advance_step_s
+
+
+def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator) -> tuple[list[PairSpec], Optional[str]]:
+    """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn)."""
+    n = end - start
+    out: list[PairSpec] = []
+    seen: set = set()
+
+    def add(a: int, b: int, seq=()):
+        rev = bool(rng.random() < cfg.reverse_prob)
+        if rev:
+            a, b = b, a
+            seq = tuple(reversed(seq))
+        if (a, b) not in seen:
+            seen.add((a, b))
+            out.append(PairSpec(a, b, rev, list(seq)))
+
+    if cfg.policy == "min_gap":
+        gmin = int(math.ceil(cfg.min_gap_s * fps - 1e-9))
+        gmax = n - 1 if cfg.max_gap_s is None else min(n - 1, int(math.floor(cfg.max_gap_s * fps + 1e-9)))
+        if gmin > gmax:
+            return [], f"shot of {n / fps:.2f} s has no gap >= {cfg.min_gap_s} s"
+        for _ in range(cfg.per_shot * cfg.max_attempts):
+            if len(out) >= cfg.per_shot:
+                break
+            g = int(rng.integers(gmin, gmax + 1))
+            a = start + int(rng.integers(0, n - g))
+            add(a, a + g)
+    elif cfg.policy == "uniform_seconds":
+        secs = [s for s in range(cfg.uniform_min_s, cfg.uniform_max_s + 1) if round(s * fps) <= n - 1]
+        if not secs:
+            return [], f"shot of {n / fps:.2f} s is shorter than {cfg.uniform_min_s} s"
+        for _ in range(cfg.per_shot * cfg.max_attempts):
+            if len(out) >= cfg.per_shot:
+                break
+            g = int(round(secs[int(rng.integers(0, len(secs)))] * fps))
+            a = start + int(rng.integers(0, n - g))
+            add(a, a + g)
+    elif cfg.policy == "flow_advance":
+        step = max(1, int(round(cfg.advance_step_s * fps)))
+        if n - 1 < step:
+            return [], f"shot of {n / fps:.2f} s is shorter than one advance step ({cfg.advance_step_s} s)"
+        for _ in range(cfg.per_shot * cfg.max_attempts):
+            if len(out) >= cfg.per_shot:
+                break
+            a = start + int(rng.integers(0, n - step))
+            seq = [a + k * step for k in range(1, cfg.advance_max_steps + 1) if a + k * step < end]
+            add(a, seq[-1], seq)
+    else:  # guarded by config validation
+        raise ValueError(f"unknown pair policy {cfg.policy!r}")
+    out.sort(key=lambda p: (min(p.src, p.tgt), p.tgt))
+    return out, None
+
+
+def advance_select(p90: list[float], p95: list[float], cfg) -> tuple[Optional[int], Optional[str]]:
+    """Magic Fixup's advance rule over flows start->sequence[k] (k = 0, 1, ...).
+
+    The target advances while p90 <= advance_max_p90. The pair is dropped when p90 <
+    advance_first_min_p90 at the first step, when p95 < advance_step5_min_p95 at step 5, or when
+    p95 < advance_final_min_p95 at the step before the chosen target. Returns (index into the
+    sequence of the chosen target, or None with a reason).
+    """
+    if not p90:
+        return None, "empty advance sequence"
+    if p90[0] < cfg.advance_first_min_p90:
+        return None, f"p90 {p90[0]:.2f} < {cfg.advance_first_min_p90} at the first step"
+    k = 0
+    while k + 1 < len(p90) and p90[k + 1] <= cfg.advance_max_p90:
+        k += 1
+        if k == 4 and p95[k] < cfg.advance_step5_min_p95:
+            return None, f"p95 {p95[k]:.2f} < {cfg.advance_step5_min_p95} at step 5"
+    if p90[k] > cfg.advance_max_p90:
+        return None, f"p90 {p90[k]:.2f} > {cfg.advance_max_p90} at the first step"
+    before = max(0, k - 1)
+    if p95[before] < cfg.advance_final_min_p95:
+        return None, f"p95 {p95[before]:.2f} < {cfg.advance_final_min_p95} at the step before the target"
+    return k, None

@@ -1,0 +1,46 @@
+"""shots: split a clip at cuts with PySceneDetect's detectors, fed with our own (small) frames.
+
+Pure core: :func:`detect_cuts` takes an iterable of RGB frames and returns cut frame indices;
+:func:`shots_from_cuts` turns cuts into ``[start, end)`` ranges, trimmed and length-filtered.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+
+def detect_cuts(frames: Iterable[tuple[int, np.ndarray]], fps: float, detector: str = "content",
+                threshold: float = 27.0, min_scene_len: int = 15) -> list[int]:
+    """``frames``: (index, RGB uint8 frame) in increasing order. Returns frame indices that start a new shot."""
+    if detector == "none":
+        return []
+    from scenedetect import AdaptiveDetector, ContentDetector
+    from scenedetect.common import FrameTimecode
+
+    if detector == "adaptive":
+        det = AdaptiveDetector(min_scene_len=min_scene_len)
+    else:
+        det = ContentDetector(threshold=threshold, min_scene_len=min_scene_len)
+    cuts: list = []
+    last = 0
+    for i, f in frames:
+        cuts += det.process_frame(FrameTimecode(int(i), fps), np.ascontiguousarray(f[..., ::-1]))
+        last = i
+    cuts += det.post_process(FrameTimecode(int(last) + 1, fps))
+    return sorted({int(c.frame_num) for c in cuts})
+
+
+def shots_from_cuts(cuts: list[int], n_frames: int, fps: float, min_shot_s: float,
+                    trim_s: float = 0.0) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+    """Return (kept shots, rejected shots with a detail string). Ranges are ``[start, end)`` after trimming."""
+    bounds = [0] + [c for c in cuts if 0 < c < n_frames] + [n_frames]
+    trim = int(round(trim_s * fps))
+    kept, rejected = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        s, e = (a + trim, b - trim) if len(bounds) > 2 else (a, b)  # a single shot: no cut blur to trim
+        if e - s < max(2, int(round(min_shot_s * fps))):
+            rejected.append((a, b, f"{(b - a) / fps:.2f} s < {min_shot_s:.2f} s"))
+        else:
+            kept.append((s, e))
+    return kept, rejected
