@@ -52,8 +52,11 @@ def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator
     def add(a: int, b: int, seq=()):
         rev = bool(rng.random() < cfg.reverse_prob)
         if rev:
-            a, b = b, a
-            seq = tuple(reversed(seq))
+            if seq:  # walk the same frames backwards: start at the last one, end at the first
+                full = [a, *seq][::-1]
+                a, seq, b = full[0], full[1:], full[-1]
+            else:
+                a, b = b, a
         if (a, b) not in seen:
             seen.add((a, b))
             out.append(PairSpec(a, b, rev, list(seq)))

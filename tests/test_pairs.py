@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from stages.pairs import advance_select, sample_pairs
+
+
+def _cfg(**kw):
+    return load_config("demo", [f"pairs.{k}={v}" for k, v in kw.items()]).pairs
+
+
+def test_min_gap_intervals_and_bounds():
+    cfg = _cfg(policy="min_gap", per_shot=50, min_gap_s=1.0, max_gap_s=3.0, max_attempts=50)
+    fps = 25.0
+    pairs, why = sample_pairs(100, 400, fps, cfg, np.random.default_rng(0))
+    assert why is None and len(pairs) == 50
+    for p in pairs:
+        dt = (p.tgt - p.src) / fps
+        assert 1.0 <= dt <= 3.0
+        assert 100 <= p.src < p.tgt < 400
+    assert len({p.frames for p in pairs}) == 50  # no duplicates
+    gaps = np.array([p.tgt - p.src for p in pairs])
+    assert gaps.min() < 40 and gaps.max() > 60  # spread over the feasible range, not clumped
+
+
+def test_min_gap_shot_too_short():
+    cfg = _cfg(policy="min_gap", min_gap_s=2.0)
+    pairs, why = sample_pairs(0, 30, 25.0, cfg, np.random.default_rng(0))  # 1.2 s shot
+    assert pairs == [] and "no gap >= 2.0 s" in why
+
+
+def test_uniform_seconds_integer_dt_within_range():
+    cfg = _cfg(policy="uniform_seconds", per_shot=200, uniform_min_s=1, uniform_max_s=10, max_attempts=50)
+    fps = 30.0
+    pairs, why = sample_pairs(0, 30 * 12, fps, cfg, np.random.default_rng(1))
+    dts = [(p.tgt - p.src) / fps for p in pairs]
+    assert why is None and len(pairs) == 200
+    assert all(abs(d - round(d)) < 1e-9 and 1 <= round(d) <= 10 for d in dts)
+    counts = np.bincount([round(d) for d in dts], minlength=11)[1:]
+    assert (counts > 5).all()  # every integer 1..10 drawn (uniform: ~20 each)
+
+
+def test_uniform_seconds_only_feasible_dt():
+    cfg = _cfg(policy="uniform_seconds", per_shot=20, uniform_min_s=1, uniform_max_s=10)
+    pairs, _ = sample_pairs(0, 3 * 30 + 1, 30.0, cfg, np.random.default_rng(2))  # 3 s shot
+    assert pairs and all((p.tgt - p.src) / 30.0 in (1.0, 2.0, 3.0) for p in pairs)
+
+
+def test_flow_advance_sequence_and_reversal():
+    cfg = _cfg(policy="flow_advance", per_shot=40, advance_step_s=1.0, advance_max_steps=10, reverse_prob=0.5,
+               max_attempts=50)
+    pairs, why = sample_pairs(0, 25 * 20, 25.0, cfg, np.random.default_rng(3))
+    assert why is None
+    rev = [p for p in pairs if p.reversed]
+    assert 8 <= len(rev) <= 32  # p = 0.5 of 40
+    for p in pairs:
+        seq = p.sequence
+        steps = np.diff([p.src] + seq)
+        assert (np.abs(steps) == 25).all() and len(seq) <= 10
+        assert p.tgt == seq[-1] and (steps < 0).all() == p.reversed
+
+
+def test_same_seed_same_pairs():
+    cfg = _cfg(policy="min_gap", per_shot=5)
+    a, _ = sample_pairs(0, 200, 25.0, cfg, np.random.default_rng(np.random.SeedSequence([0, 42])))
+    b, _ = sample_pairs(0, 200, 25.0, cfg, np.random.default_rng(np.random.SeedSequence([0, 42])))
+    c, _ = sample_pairs(0, 200, 25.0, cfg, np.random.default_rng(np.random.SeedSequence([1, 42])))
+    assert [p.frames for p in a] == [p.frames for p in b] != [p.frames for p in c]
+
+
+@pytest.mark.parametrize("p90, p95, expect", [
+    ([0.5, 5, 10], [1, 6, 12], (None, "first step")),             # too little motion at step 1
+    ([5, 50, 120, 200, 260, 320], [60, 80, 150, 250, 300, 400], (4, None)),   # advances while p90 <= 300
+    ([5, 10, 15, 18, 19, 25], [6, 12, 16, 19, 19.5, 30], (None, "step 5")),  # p95 < 20 at step 5
+    ([5, 10, 400], [6, 30, 500], (None, "before the target")),    # stops at k=1, p95 at k=0 is 6 < 50
+    ([60, 100, 400], [70, 120, 500], (1, None)),
+])
+def test_advance_select_rules(p90, p95, expect):
+    cfg = load_config("magicfixup").pairs
+    k, why = advance_select(p90, p95, cfg)
+    assert k == expect[0]
+    if expect[1]:
+        assert expect[1] in why
