@@ -82,6 +82,12 @@ class FrameConfig:
 
 
 @dataclass
+class IsolationConfig:
+    mode: str = "process"  # process: decode in a child process (a crash/hang loses one clip) | none
+    clip_timeout_s: float = 300.0  # per-clip limit for probe + decode; a hung decoder is killed
+
+
+@dataclass
 class FlowConfig:
     backend: str = "dis"  # dis | raft_small | raft_large | sea_raft_s | sea_raft_m | sea_raft_l
     dis_preset: str = "medium"  # ultrafast | fast | medium
@@ -137,6 +143,7 @@ class Config:
     static_camera: StaticCameraConfig = field(default_factory=StaticCameraConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     frame: FrameConfig = field(default_factory=FrameConfig)
+    isolation: IsolationConfig = field(default_factory=IsolationConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -145,7 +152,7 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, exclude=("runner", "output.overwrite")) -> str:
+    def fingerprint(self, exclude=("runner", "output.overwrite", "isolation")) -> str:
         """Hash of everything that changes the produced samples (not how they are run)."""
         d = self.to_dict()
         for k in exclude:
@@ -168,6 +175,7 @@ CHOICES = {
     "output.image_format": {"jpg", "png", "webp"},
     "output.flow": {"none", "float16", "float32"},
     "runner.name": {"ray", "local"},
+    "isolation.mode": {"process", "none"},
 }
 
 
@@ -208,6 +216,7 @@ def _check_ranges(c: Config) -> None:
     need(f.mode != "short_side_crop" or (f.short_side or 0) >= max(f.size or [0]), "frame.short_side",
          "must be set and >= max(frame.size) for short_side_crop")
     need(f.max_decode_side >= 64, "frame.max_decode_side", "must be >= 64")
+    need(c.isolation.clip_timeout_s > 0, "isolation.clip_timeout_s", "must be > 0")
     fl = c.flow
     need(fl.batch_size >= 1, "flow.batch_size", "must be >= 1")
     need(fl.iters is None or fl.iters >= 1, "flow.iters", "must be >= 1")

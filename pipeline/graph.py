@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import traceback
 from typing import Iterable
 
 import cv2
@@ -22,6 +21,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_seed, pair_key
 from stages import decode, motion, pairs, probe, shots, static_camera
+from stages.base import PairStage, pair_reject
 
 
 def _reject(task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip", key: str = "") -> Reject:
@@ -42,13 +42,27 @@ class ClipStage:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self._isolated = None
+
+    def close(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
+            self._isolated = None
 
     def __call__(self, task: ClipTask) -> list[Item]:
-        try:
-            items = self._run(task)
-        except Exception as e:  # one bad video must never kill a job
-            items = [_reject(task, "decode", "decoder_error", f"{type(e).__name__}: {e}"[:500])]
-            items[0].detail += " | " + traceback.format_exc(limit=2).splitlines()[-1][:200]
+        if self.cfg.isolation.mode == "process":  # native decoding in a child: a crash loses one clip
+            if self._isolated is None:
+                from pipeline.isolation import IsolatedCall
+
+                self._isolated = IsolatedCall(_clip_worker, (self.cfg,), self.cfg.isolation.clip_timeout_s)
+            status, res = self._isolated.call(task)
+        else:
+            try:
+                status, res = "ok", self._run(task)
+            except Exception as e:  # one bad video must never kill a job
+                status, res = "error", f"{type(e).__name__}: {e}"
+        reasons = {"crashed": "decoder_crashed", "timeout": "decode_timeout", "error": "decoder_error"}
+        items = res if status == "ok" else [_reject(task, "decode", reasons[status], str(res)[:500])]
         n = sum(isinstance(i, PairItem) for i in items)
         if n == 0 and not any(isinstance(i, Reject) for i in items):
             items.append(_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
@@ -71,14 +85,19 @@ class ClipStage:
         w, h = info.width, info.height
         sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
         small = decode.open_reader(task.source, sw, sh)
-        n_frames = len(small)
+        n_index = len(small)
         fps = info.fps
-        if n_frames < 2:
-            return [_reject(task, "decode", "too_few_frames", f"decoded {n_frames} frame(s)")]
-        cuts = shots.detect_cuts(decode.iter_frames(small), fps, cfg.shots.detector, cfg.shots.threshold,
+        counter = decode.FrameCounter(small)
+        cuts = shots.detect_cuts(counter, fps, cfg.shots.detector, cfg.shots.threshold,
                                  min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
-        n_frames = len(small)
         del small
+        # frame counts from headers/indexes are not trusted: only what really decoded is used
+        n_frames = counter.decoded
+        self._counts = {"n_frames_header": info.n_frames, "n_frames_index": n_index,
+                        "n_frames_decoded": n_frames, "decode_error": counter.error}
+        if n_frames < 2:
+            return [_reject(task, "decode", "too_few_frames",
+                            f"decoded {n_frames} of {n_index} indexed frame(s) {counter.error}".strip())]
         kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s)
         out: list[Item] = []
         shot_ids = {}
@@ -146,41 +165,13 @@ class ClipStage:
             "dt": round(abs(sp.tgt - sp.src) / fps, 6), "fps": fps, "reversed": sp.reversed,
             "frame_indices": idx, "orig_size": [info.width, info.height],
             "size": [int(frames.shape[2]), int(frames.shape[1])], "codec": info.codec,
-            "n_frames_header": info.n_frames, "n_frames_decoded": len(reader),
+            **{k: v for k, v in self._counts.items() if k != "decode_error"},
             "static_score": round(score, 6), "seed": cfg.seed, "policy": cfg.pairs.policy,
             "versions": _versions(),
         }
         return PairItem(key=pair_key(task.clip_id, shot, sp.src, sp.tgt), clip_id=task.clip_id,
                         source=task.source, chunk=task.chunk, clip_idx=task.clip_idx, meta=meta,
                         arrays={"frames": frames})
-
-
-class PairStage:
-    """Base for stages that transform pair items; rejects and markers pass through untouched."""
-
-    name = "pair"
-
-    def __call__(self, items: list[Item]) -> list[Item]:
-        pairs_in = [i for i in items if isinstance(i, PairItem)]
-        done = {id(i): r for i, r in zip(pairs_in, self.process(pairs_in))} if pairs_in else {}
-        return [done.get(id(i), i) for i in items]
-
-    def process(self, items: list[PairItem]) -> list[Item]:
-        out = []
-        for it in items:
-            try:
-                out.append(self.one(it))
-            except Exception as e:
-                out.append(pair_reject(it, self.name, "stage_error", f"{type(e).__name__}: {e}"[:500]))
-        return out
-
-    def one(self, it: PairItem) -> Item:
-        raise NotImplementedError
-
-
-def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:
-    return Reject(source=it.source, clip_id=it.clip_id, chunk=it.chunk, clip_idx=it.clip_idx, stage=stage,
-                  reason=reason, detail=detail, level="pair", key=it.key)
 
 
 class FlowStage(PairStage):
@@ -323,6 +314,11 @@ class EncodeStage(PairStage):
         files["meta.json"] = json.dumps(it.meta, sort_keys=True).encode()
         it.files, it.arrays = files, {}
         return it
+
+
+def _clip_worker(cfg):
+    """Factory run inside the isolation child: the un-isolated clip work."""
+    return ClipStage(cfg)._run
 
 
 def build_stages(cfg) -> tuple[ClipStage, list[PairStage]]:

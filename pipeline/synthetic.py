@@ -30,7 +30,12 @@ black borders ever appear.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -437,13 +442,51 @@ def make_clip(*, width: int = 320, height: int = 240, n_frames: int = 48, fps: f
 # video files
 
 
+def _x264_clash() -> bool:
+    """Whether an in-process libx264 encode is unsafe.
+
+    decord's wheel bundles its own libx264 (0.164) and loads it with ``RTLD_GLOBAL``. PyAV's
+    libx264 (0.165) exports the same unversioned symbols (``x264_encoder_encode``,
+    ``x264_8_frame_pop``, ...), so once ``decord`` is imported, PyAV's encoder can bind to
+    decord's copies: two x264 versions mixed in one encoder. Observed effect: encodes stop
+    being reproducible (other outcomes are possible). Such encodes run in a clean subprocess.
+    """
+    return "decord" in sys.modules
+
+
+def _run_isolated(payload: dict):
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = "import json, sys; from pipeline import synthetic; print(json.dumps(synthetic._isolated_entry(json.load(sys.stdin))))"
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True,
+                          env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"isolated video encode failed ({payload['op']}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _isolated_entry(payload: dict):
+    """Entry point of the clean subprocess (see :func:`_x264_clash`)."""
+    if payload["op"] == "write_video":
+        frames = np.load(payload["frames"])
+        return str(write_video(frames, payload["path"], payload["fps"], codec=payload["codec"], crf=payload["crf"],
+                               isolate=False))
+    if payload["op"] == "demo_corpus":
+        return [str(p) for p in make_demo_corpus(payload["out_dir"], payload["n_static"], payload["n_moving_camera"],
+                                                 payload["seed"], isolate=False, **payload["kw"])]
+    raise ValueError(f"unknown op {payload['op']!r}")
+
+
 def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: str = "libx264",
-                crf: int = 12) -> Path:
+                crf: int = 12, *, isolate: Optional[bool] = None) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to an mp4 (yuv420p) with PyAV.
 
     ``codec``: ``"libx264"`` (``crf`` controls quality; 12 is near-lossless) or ``"mpeg4"``
     (fixed quantiser 2, the best MPEG-4 part 2 quality; ``crf`` is ignored). H and W must be
-    even (yuv420p).
+    even (yuv420p). The output is byte-for-byte reproducible. ``isolate``: encode in a
+    subprocess; ``None`` does so for libx264 when ``decord`` is already imported (see
+    :func:`_x264_clash`).
     """
     import av  # local: only the video writer needs PyAV
 
@@ -457,6 +500,15 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
         raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {codec!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isolate is None:
+        isolate = codec == "libx264" and _x264_clash()
+    if isolate:
+        with tempfile.TemporaryDirectory() as tmp:
+            npy = Path(tmp) / "frames.npy"
+            np.save(npy, frames)
+            _run_isolated({"op": "write_video", "frames": str(npy), "path": str(path.resolve()), "fps": float(fps),
+                           "codec": codec, "crf": int(crf)})
+        return path
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
         if codec == "libx264":
@@ -480,15 +532,22 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
 
 
 def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_camera: int = 1, seed: int = 0,
-                     **kw) -> list[Path]:
+                     *, isolate: Optional[bool] = None, **kw) -> list[Path]:
     """Write a small deterministic corpus of synthetic mp4 clips and return their paths.
 
     ``static_XX.mp4``: fixed camera, 1-3 moving objects. ``camera_pan_XX.mp4``: the same kind
     of scene filmed by a panning, shaking camera. Defaults: 320x240, 12 fps, 60 frames (5 s);
     ``kw`` is forwarded to :func:`make_clip` (``width``, ``height``, ``n_frames``, ``fps``, ...)
-    and may also carry ``codec`` / ``crf`` for :func:`write_video`.
+    and may also carry ``codec`` / ``crf`` for :func:`write_video`. ``isolate``: as in
+    :func:`write_video`, but the whole corpus is made in one subprocess.
     """
     out_dir = Path(out_dir)
+    if isolate is None:
+        isolate = kw.get("codec", "libx264") == "libx264" and _x264_clash()
+    if isolate:
+        return [Path(p) for p in _run_isolated({
+            "op": "demo_corpus", "out_dir": str(out_dir.resolve()), "n_static": n_static,
+            "n_moving_camera": n_moving_camera, "seed": seed, "kw": kw})]
     out_dir.mkdir(parents=True, exist_ok=True)
     codec = kw.pop("codec", "libx264")
     crf = kw.pop("crf", 12)
@@ -501,7 +560,8 @@ def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_came
         s = int(rng.integers(0, 2**31 - 1))
         n_obj = n_objects or 1 + k % 3
         clip = make_clip(**params, n_objects=n_obj, seed=s)
-        paths.append(write_video(clip.frames, out_dir / f"static_{k:02d}.mp4", clip.fps, codec=codec, crf=crf))
+        paths.append(write_video(clip.frames, out_dir / f"static_{k:02d}.mp4", clip.fps, codec=codec, crf=crf,
+                                  isolate=False))
     for k in range(n_moving_camera):
         s = int(rng.integers(0, 2**31 - 1))
         ang = rng.uniform(0, 2 * math.pi)
@@ -510,5 +570,6 @@ def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_came
                            rotation_jitter=0.3, zoom_jitter=0.005)
         n_obj = n_objects or 1 + k % 2
         clip = make_clip(**params, n_objects=n_obj, camera=cam, seed=s)
-        paths.append(write_video(clip.frames, out_dir / f"camera_pan_{k:02d}.mp4", clip.fps, codec=codec, crf=crf))
+        paths.append(write_video(clip.frames, out_dir / f"camera_pan_{k:02d}.mp4", clip.fps, codec=codec,
+                                  crf=crf, isolate=False))
     return paths

@@ -75,11 +75,43 @@ def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
     return arr[[pos[i] for i in idx]]
 
 
+class FrameCounter:
+    """Sequential iteration over a reader that does not trust its length.
+
+    Iterating yields ``(index, frame)`` for indices 0, step, 2*step, ... in chunks. When the decoder
+    fails part-way (a header that claims more frames than the file holds, a truncated file), the
+    iteration stops there instead of raising; ``decoded`` is the number of frames that really
+    decoded (the last good index + 1) and ``error`` says what stopped it.
+    """
+
+    def __init__(self, reader, step: int = 1, chunk: int = 64):
+        self.reader, self.step, self.chunk = reader, step, chunk
+        self.decoded = 0
+        self.error = ""
+
+    def __iter__(self):
+        n = len(self.reader)
+        idx = list(range(0, n, self.step))
+        for k in range(0, len(idx), self.chunk):
+            part = idx[k:k + self.chunk]
+            try:
+                arr = self.reader.get_batch(part).asnumpy()
+            except Exception as e:  # decord raises DECORDError on broken streams
+                arr = []
+                for i in part:  # salvage frame by frame up to the first bad one
+                    try:
+                        arr.append(self.reader[i].asnumpy())
+                    except Exception:
+                        self.error = f"{type(e).__name__}: {e}"[:300]
+                        break
+                part = part[:len(arr)]
+            for i, f in zip(part, arr):
+                self.decoded = i + 1
+                yield i, f
+            if self.error:
+                return
+
+
 def iter_frames(reader, step: int = 1, chunk: int = 64):
     """Sequential iteration (indices 0, step, 2*step, ...) in chunks: ``(index, frame)``."""
-    n = len(reader)
-    idx = list(range(0, n, step))
-    for k in range(0, len(idx), chunk):
-        part = idx[k:k + chunk]
-        arr = reader.get_batch(part).asnumpy()
-        yield from zip(part, arr)
+    yield from FrameCounter(reader, step, chunk)

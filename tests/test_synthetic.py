@@ -103,7 +103,7 @@ def test_static_background_has_zero_flow_and_camera_motion_does_not():
     shaky = make_clip(width=W, height=H, n_frames=10, n_objects=0, seed=5,
                       camera=CameraMotion(jitter=2.0, rotation_jitter=0.5))
     mag = np.linalg.norm(shaky.flow(0, 5)[0], axis=-1)
-    assert np.median(mag) > 0.5  # measured 2.4 px
+    assert np.median(mag) > 1.0  # measured 5.1 px
 
 
 def test_rigid_object_motion_is_exact():
@@ -149,7 +149,7 @@ def test_deterministic_and_random_objects():
     # texture everywhere: local contrast in every 16x16 block of the frame
     g = cv2.cvtColor(a.frames[0], cv2.COLOR_RGB2GRAY).astype(np.float32)
     blocks = g[: H // 16 * 16, : W // 16 * 16].reshape(H // 16, 16, W // 16, 16).std(axis=(1, 3))
-    assert blocks.min() > 4.0
+    assert blocks.min() > 6.0  # measured 13.8
 
 
 @pytest.mark.parametrize("codec,min_psnr", [("libx264", 35.0), ("mpeg4", 34.0)])
@@ -165,7 +165,7 @@ def test_write_video_roundtrip(tmp_path, codec, min_psnr):
     assert dec.shape == clip.frames.shape
     mse = ((dec.astype(np.float64) - clip.frames) ** 2).mean(axis=(1, 2, 3))
     psnr = 10 * np.log10(255.0 ** 2 / mse)
-    # measured: libx264 crf 12 min 37.2 dB / mean 37.5; mpeg4 q2 min 36.1 / mean 36.4
+    # measured: libx264 crf 12 min 38.1 dB / mean 38.6; mpeg4 q2 min 36.7 / mean 37.1
     # (yuv420p chroma subsampling at object edges is the main loss)
     assert psnr.min() > min_psnr, psnr
 
@@ -182,7 +182,9 @@ def test_demo_corpus(tmp_path):
     assert [p.name for p in paths] == ["static_00.mp4", "static_01.mp4", "camera_pan_00.mp4"]
     again = make_demo_corpus(tmp_path / "b", **kw)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    assert [digest(p) for p in paths] == [digest(p) for p in again]  # byte-for-byte deterministic
+    # byte-for-byte deterministic; decord is imported here, so this also covers the isolated
+    # encode that keeps decord's bundled libx264 out of PyAV's encoder
+    assert [digest(p) for p in paths] == [digest(p) for p in again]
     for p in paths:
         vr = decord.VideoReader(str(p))
         assert len(vr) == 12 and vr[0].shape == (120, 160, 3)

@@ -1,0 +1,122 @@
+"""Run per-clip native work (decoding) in a child process, so a segfault, an abort or a hang takes
+down only that clip.
+
+:class:`IsolatedCall` keeps one long-lived child process (``spawn`` start method: no state is
+inherited from a Ray worker or a threaded parent) and sends it one task at a time. If the child
+dies while working on a task the result is ``("crashed", detail)``; if it does not answer within
+the time limit it is killed and the result is ``("timeout", detail)``. A fresh child is started for
+the next task. Results travel back over a pipe (our own objects between our own processes).
+
+Test hook: ``VID2PAIR_FAULT=crash:<substring>`` or ``hang:<substring>`` makes the child abort or hang
+on sources containing ``<substring>`` (used by the tests to prove the isolation; never set it in
+production).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from typing import Any, Callable
+
+
+def _fault_injection(task: Any) -> None:
+    spec = os.environ.get("VID2PAIR_FAULT", "")
+    if not spec or ":" not in spec:
+        return
+    kind, needle = spec.split(":", 1)
+    src = str(getattr(task, "source", ""))
+    if needle and needle in src:
+        if kind == "crash":
+            os.abort()
+        if kind == "hang":
+            while True:
+                time.sleep(3600)
+
+
+def _child(conn, factory: Callable, factory_args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    fn = factory(*factory_args)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        _fault_injection(task)
+        try:
+            conn.send(("ok", fn(task)))
+        except Exception as e:  # an exception is an answer, not a crash
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def _describe_exit(code) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class IsolatedCall:
+    """``call(task)`` runs ``factory(*args)(task)`` in a child process with a time limit."""
+
+    def __init__(self, factory: Callable, args: tuple = (), timeout_s: float = 300.0):
+        self.factory, self.args, self.timeout_s = factory, args, timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        self._proc = self._ctx.Process(target=_child, args=(child, self.factory, self.args), daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def call(self, task: Any) -> tuple[str, Any]:
+        if self._proc is None or not self._proc.is_alive():
+            if self._proc is not None:
+                self.restarts += 1
+                self._kill()
+            self._start()
+        try:
+            self._conn.send(task)
+            if self._conn.poll(self.timeout_s):
+                return self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self._proc.join(5)
+            detail = _describe_exit(self._proc.exitcode)
+            self._kill()
+            return "crashed", f"decoding process died ({detail})"
+        self._kill()
+        return "timeout", f"no result within {self.timeout_s:g} s; decoding process killed"
+
+    def close(self) -> None:
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+                self._proc.join(2)
+            except (OSError, BrokenPipeError):
+                pass
+        self._kill()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

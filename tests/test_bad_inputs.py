@@ -1,0 +1,135 @@
+"""The bad-input corpus: every file ends up written or rejected with a specific reason; the job goes on."""
+import os
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.io import read_index, read_rejects
+from pipeline.runners import build
+from pipeline.synthetic import make_clip, write_video
+from tests.conftest import shared_video
+
+
+def _vfr(path):
+    import av
+
+    clip = make_clip(width=160, height=120, n_frames=40, fps=12, seed=3)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        s.time_base = Fraction(1, 1000)
+        t = 0
+        for k, f in enumerate(clip.frames):
+            fr = av.VideoFrame.from_ndarray(f, format="rgb24")
+            fr.pts, fr.time_base = t, Fraction(1, 1000)
+            t += 40 if k % 2 else 120  # alternating 40 ms / 120 ms frame durations
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    good = make_clip(width=320, height=240, n_frames=48, fps=12, seed=7)
+    real = write_video(good.frames, d / "good clip ü $(echo x);.mp4", 12)  # spaces, unicode, shell chars
+    data = real.read_bytes()
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("not a video\n" * 100)
+    (d / "truncated.mp4").write_bytes(data[: int(len(data) * 0.3)])
+    mid = bytearray(data)
+    rng = np.random.default_rng(0)
+    lo, hi = len(mid) // 3, len(mid) // 3 + 4000
+    mid[lo:hi] = rng.integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    (d / "corrupt_middle.mp4").write_bytes(bytes(mid))
+    (d / "random.mp4").write_bytes(rng.bytes(200_000))
+    import av
+
+    with av.open(str(d / "audio_only.mp4"), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        fr.sample_rate = 16000
+        for k in range(30):
+            fr.pts = k * 1024
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    write_video(good.frames[:1], d / "one_frame.mp4", 12)
+    write_video(make_clip(width=48, height=48, n_frames=36, fps=12, seed=1).frames, d / "tiny48.mp4", 12)
+    big = make_clip(width=3840, height=2160, n_frames=16, fps=8, seed=2, n_objects=2)
+    write_video(big.frames, d / "uhd_4k.mp4", 8, crf=30)
+    _vfr(d / "vfr.mp4")
+    shutil.copy(shared_video("tree.avi"), d / "lying_header.avi")  # header claims 444 frames, holds 68
+    unreadable = d / "unreadable.mp4"
+    shutil.copy(real, unreadable)
+    os.chmod(unreadable, 0)
+    lst = d / "list.txt"
+    names = sorted(p.name for p in d.iterdir() if p.suffix in (".mp4", ".avi"))
+    lst.write_text("\n".join([str(d / n) for n in names] + [str(d / "does_not_exist.mp4"), str(real)]) + "\n")
+    return d, lst
+
+
+def test_every_bad_input_is_accounted_for(corpus, tmp_path):
+    d, lst = corpus
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=120"])
+    s = build(cfg, str(lst), tmp_path, log_summary=False)
+    idx, rej = read_index(tmp_path), read_rejects(tmp_path)
+    by_name = {}
+    for _, r in rej.iterrows():
+        by_name.setdefault(Path(r.source).name, set()).add(r.reason)
+    written = {Path(x).name for x in idx["source"]}
+    assert s["inputs"] == 15 and s["all_inputs_accounted"]
+    sources = [Path(line) for line in lst.read_text().splitlines()]
+    for p in {x.name for x in sources}:
+        assert p in written or p in by_name, f"{p} neither written nor rejected"
+    # specific reasons
+    assert by_name["zero.mp4"] == {"unreadable"}
+    assert by_name["text.mp4"] == {"unreadable"}
+    assert by_name["random.mp4"] == {"unreadable"}
+    assert by_name["audio_only.mp4"] == {"no_video_stream"}
+    assert by_name["does_not_exist.mp4"] == {"not_found"}
+    assert by_name["one_frame.mp4"] <= {"too_short", "too_few_frames"}
+    assert by_name["tiny48.mp4"] == {"too_small"}
+    assert "duplicate_input" in by_name["good clip ü $(echo x);.mp4"]
+    assert "good clip ü $(echo x);.mp4" in written  # odd characters in the path work
+    assert "uhd_4k.mp4" in written or by_name["uhd_4k.mp4"] <= {"camera_moving", "motion_too_small", "no_valid_pair"}
+    # truncated / corrupt files: either salvaged (written) or rejected with a decoder reason
+    for n in ("truncated.mp4", "corrupt_middle.mp4"):
+        assert n in written or by_name[n] & {"unreadable", "too_short", "too_few_frames", "decoder_error",
+                                              "shot_too_short", "no_valid_pair"}, by_name.get(n)
+    if os.geteuid() != 0:  # root can read a mode-000 file
+        assert by_name["unreadable.mp4"] == {"unreadable"}
+    # the lying header: only really decoded frames are used
+    meta_rows = idx[idx["source"].str.endswith("lying_header.avi")]
+    assert len(meta_rows) > 0 and (meta_rows["tgt_frame"] < 68).all()
+    assert (idx["width"] == 320).all()  # 4K decoded at reduced size then cropped
+
+
+def test_decoder_crash_and_hang_lose_only_that_clip(corpus, tmp_path, monkeypatch):
+    d, _ = corpus
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for k in range(3):
+        write_video(make_clip(width=160, height=120, n_frames=36, fps=12, seed=10 + k).frames,
+                    clips / f"c{k}.mp4", 12)
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=8",
+                               "frame.size=[120, 160]"])
+    monkeypatch.setenv("VID2PAIR_FAULT", "crash:c1.mp4")
+    s = build(cfg, str(clips), tmp_path / "o1", log_summary=False)
+    rej = read_rejects(tmp_path / "o1")
+    crashed = rej[rej.reason == "decoder_crashed"]
+    assert list(crashed.source.map(lambda x: Path(x).name)) == ["c1.mp4"]
+    assert "SIGABRT" in crashed.detail.iloc[0]
+    assert s["clips_with_samples"] == 2
+    monkeypatch.setenv("VID2PAIR_FAULT", "hang:c0.mp4")
+    s = build(cfg, str(clips), tmp_path / "o2", log_summary=False)
+    rej = read_rejects(tmp_path / "o2")
+    assert list(rej[rej.reason == "decode_timeout"].source.map(lambda x: Path(x).name)) == ["c0.mp4"]
+    assert s["clips_with_samples"] == 2
