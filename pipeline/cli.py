@@ -57,6 +57,14 @@ def cmd_inspect(a) -> int:
     return 0
 
 
+def cmd_verify(a) -> int:
+    from pipeline.verify import verify_output
+
+    ok, report = verify_output(a.output_dir, deep=not a.quick)
+    print(report)
+    return 0 if ok else 1
+
+
 def cmd_config(a) -> int:
     try:
         cfg = load_config(a.config, list(a.set or []))
@@ -93,6 +101,11 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("output_dir")
     i.add_argument("-n", type=int, default=5, help="sample keys to show")
     i.set_defaults(func=cmd_inspect)
+
+    v = sub.add_parser("verify", help="check shards against the index (every key once, every file readable)")
+    v.add_argument("output_dir")
+    v.add_argument("--quick", action="store_true", help="don't decode members, only check keys")
+    v.set_defaults(func=cmd_verify)
 
     c = sub.add_parser("config", help="print the fully resolved config (validates it)")
     c.add_argument("config")

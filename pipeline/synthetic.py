@@ -258,7 +258,8 @@ class SyntheticClip:
             for k in range(lab + 1, len(self._layers) + 1):
                 v &= ~self._inside(k, j, q)
             vis[sel] = v
-        inside = (out[:, 0] >= 0) & (out[:, 0] <= self.width - 1) & (out[:, 1] >= 0) & (out[:, 1] <= self.height - 1)
+        inside = ((out[:, 0] >= 0) & (out[:, 0] <= self.width - 1)
+                  & (out[:, 1] >= 0) & (out[:, 1] <= self.height - 1))
         return out, vis & inside, labels
 
     def _grid(self) -> np.ndarray:
@@ -339,7 +340,8 @@ def _object_mats(spec: ObjectSpec, n: int, centre_tex: np.ndarray) -> np.ndarray
         raise ValueError(f"scale_rate must be > -1, got {spec.scale_rate}")
     for t in range(n):
         pos = np.asarray(spec.center, float) + np.asarray(spec.velocity, float) * t
-        mats[t] = _translate(*pos) @ _rot_scale(spec.angle + spec.angular_velocity * t, base ** t) @ _translate(*(-centre_tex))
+        rot = _rot_scale(spec.angle + spec.angular_velocity * t, base ** t)
+        mats[t] = _translate(*pos) @ rot @ _translate(*(-centre_tex))
     return mats
 
 
@@ -458,7 +460,8 @@ def _run_isolated(payload: dict):
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = "import json, sys; from pipeline import synthetic; print(json.dumps(synthetic._isolated_entry(json.load(sys.stdin))))"
+    code = ("import json, sys; from pipeline import synthetic; "
+            "print(json.dumps(synthetic._isolated_entry(json.load(sys.stdin))))")
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True,
                           env=env)
     if proc.returncode != 0:
@@ -473,8 +476,9 @@ def _isolated_entry(payload: dict):
         return str(write_video(frames, payload["path"], payload["fps"], codec=payload["codec"], crf=payload["crf"],
                                isolate=False))
     if payload["op"] == "demo_corpus":
-        return [str(p) for p in make_demo_corpus(payload["out_dir"], payload["n_static"], payload["n_moving_camera"],
-                                                 payload["seed"], isolate=False, **payload["kw"])]
+        paths = make_demo_corpus(payload["out_dir"], payload["n_static"], payload["n_moving_camera"],
+                                 payload["seed"], isolate=False, **payload["kw"])
+        return [str(p) for p in paths]
     raise ValueError(f"unknown op {payload['op']!r}")
 
 

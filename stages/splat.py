@@ -88,55 +88,70 @@ def _splat(img, flow, metric, mode: str, density: bool):
     flow = flow.to(device=dev, dtype=dt)
     ys = torch.arange(h, device=dev, dtype=dt).view(1, h, 1)
     xs = torch.arange(w, device=dev, dtype=dt).view(1, 1, w)
-    x = xs + flow[:, 0]
-    y = ys + flow[:, 1]
-    good = torch.isfinite(x) & torch.isfinite(y)
-    z = None
+    x = (xs + flow[:, 0]).reshape(-1)
+    y = (ys + flow[:, 1]).reshape(-1)
+    bad = ~(torch.isfinite(x) & torch.isfinite(y))
+    zf = None
     if mode in ("linear", "soft"):
-        z = metric.to(device=dev, dtype=dt)[:, 0]
-        good &= torch.isfinite(z)
-    x = torch.where(good, x, -2.0).clamp_(-2.0, w + 1.0)
-    y = torch.where(good, y, -2.0).clamp_(-2.0, h + 1.0)
+        zf = metric.to(device=dev, dtype=dt).reshape(-1).clone()
+        bad |= ~torch.isfinite(zf)
+        zf.masked_fill_(bad, 0.0)
+    x.masked_fill_(bad, -2.0).clamp_(-2.0, w + 1.0)
+    y.masked_fill_(bad, -2.0).clamp_(-2.0, h + 1.0)
     x0f, y0f = torch.floor(x), torch.floor(y)
-    fx, fy = x.sub_(x0f), y.sub_(y0f)
-    gx, gy = 1.0 - fx, 1.0 - fy
+    fx, fy = x.sub_(x0f), y.sub_(y0f)  # in place: x, y now hold the fractional parts
+    fx.masked_fill_(bad, 0.0)
+    fy.masked_fill_(bad, 0.0)
     pw, ph = w + 5, h + 5  # padded canvas
     n = b * ph * pw
-    i00 = ((torch.arange(b, device=dev) * (ph * pw)).view(b, 1, 1)
-           + (y0f.long() + 2) * pw + (x0f.long() + 2)).reshape(-1)
-    goodf = good.reshape(-1).to(dt)
-    corners = [(i00, (gx * gy).reshape(-1) * goodf), (i00 + 1, (fx * gy).reshape(-1) * goodf),
-               (i00 + pw, (gx * fy).reshape(-1) * goodf), (i00 + (pw + 1), (fx * fy).reshape(-1) * goodf)]
+    i00 = y0f.add_(2.0).to(torch.int64).mul_(pw)
+    i00 += x0f.add_(2.0).to(torch.int64)
+    del x0f, y0f
+    i00.view(b, h * w).add_((torch.arange(b, device=dev) * (ph * pw)).view(b, 1))
+    offsets = (0, 1, pw, pw + 1)
 
+    gx, gy = 1.0 - fx, 1.0 - fy
+    # corner k: 0 = (x0, y0), 1 = (x0 + 1, y0), 2 = (x0, y0 + 1), 3 = (x0 + 1, y0 + 1); a bad point
+    # (fx = fy = 0) puts weight 1 on its (-2, -2) corner, inside the padding, and 0 elsewhere
+    factors = ((gx, gy), (fx, gy), (gx, fy), (fx, fy))
+
+    def corner_weight(k: int, out):
+        return torch.mul(factors[k][0], factors[k][1], out=out)
+
+    idx = torch.empty_like(i00)
+    wt = torch.empty_like(fx)
     if mode == "soft":
-        zf = torch.where(good, z, 0.0).reshape(-1)
         zmax = torch.full((n,), float("-inf"), dtype=dt, device=dev)
-        for idx, wt in corners:
-            zmax.scatter_reduce_(0, idx, torch.where(wt > 0, zf, float("-inf")), reduce="amax",
-                                 include_self=True)
-    elif mode == "linear":
-        zf = torch.where(good, z, 0.0).reshape(-1)
+        zsel = torch.empty_like(zf)
+        for k in range(4):
+            torch.add(i00, offsets[k], out=idx)
+            corner_weight(k, wt)
+            zsel.copy_(zf).masked_fill_(wt <= 0, float("-inf"))
+            zmax.scatter_reduce_(0, idx, zsel, reduce="amax", include_self=True)
 
     vals = img.to(dt).reshape(b, c, h * w).transpose(0, 1).reshape(c, -1)  # (C, B*H*W)
     norm = mode != "sum"
-    k = c + int(norm) + int(density)
-    acc = torch.zeros((k, n), dtype=dt, device=dev)
-    for idx, wt in corners:
+    nk = c + int(norm) + int(density)
+    acc = torch.zeros((nk, n), dtype=dt, device=dev)
+    rows = torch.empty((nk, b * h * w), dtype=dt, device=dev)
+    ww = rows[c] if norm else wt
+    for k in range(4):
+        torch.add(i00, offsets[k], out=idx)
+        corner_weight(k, wt)
         if mode == "soft":
             # exponent <= 0 wherever wt > 0; where wt == 0 the (finite) value is multiplied by 0
-            ww = wt * torch.exp((zf - zmax[idx]).clamp_(max=0.0))
+            torch.index_select(zmax, 0, idx, out=ww)
+            torch.sub(zf, ww, out=ww).clamp_(max=0.0).exp_().mul_(wt)
         elif mode == "linear":
-            ww = wt * zf
-        else:
-            ww = wt
-        rows = [vals * ww]
-        if norm:
-            rows.append(ww[None])
+            torch.mul(wt, zf, out=ww)
+        elif norm:
+            ww.copy_(wt)
+        torch.mul(vals, ww, out=rows[:c])
         if density:
-            rows.append(wt[None])
-        acc.index_add_(1, idx, torch.cat(rows, dim=0) if len(rows) > 1 else rows[0])
+            rows[-1].copy_(wt)
+        acc.index_add_(1, idx, rows)
 
-    acc = acc.view(k, b, ph, pw)[:, :, 2:h + 2, 2:w + 2]
+    acc = acc.view(nk, b, ph, pw)[:, :, 2:h + 2, 2:w + 2]
     num = acc[:c]
     if norm:
         den = acc[c:c + 1]

@@ -73,7 +73,8 @@ def test_dis_epe_against_synthetic_gt(camera):
 
 
 def test_dis_presets_and_batching():
-    clip = make_clip(width=160, height=120, n_frames=4, n_objects=1, seed=4, camera=CameraMotion(velocity=(1.5, 0)))
+    clip = make_clip(width=160, height=120, n_frames=4, n_objects=1, seed=4,
+                     camera=CameraMotion(velocity=(1.5, 0)))
     a, b = clip.frames[:3], clip.frames[1:]
     for preset in ("ultrafast", "fast", "medium"):
         out = DISFlow(preset)(a, b)
@@ -157,7 +158,8 @@ def test_chain_beats_direct_on_a_long_move():
 
 
 def test_flow_pair_direct_and_chained():
-    clip = make_clip(width=160, height=128, n_frames=7, n_objects=1, seed=6, camera=CameraMotion(velocity=(1.0, 0.5)))
+    clip = make_clip(width=160, height=128, n_frames=7, n_objects=1, seed=6,
+                     camera=CameraMotion(velocity=(1.0, 0.5)))
     be = _Counting(DISFlow("fast"))
     out = flow_pair(be, clip.frames[0], clip.frames[6])
     assert set(out) == {"fwd"} and out["fwd"].shape == (128, 160, 2) and be.pairs == 1

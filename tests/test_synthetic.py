@@ -99,6 +99,9 @@ def test_static_background_has_zero_flow_and_camera_motion_does_not():
     bg = pan.object_masks(2) == 0
     # pure pan: the background moves by -velocity per frame, exactly
     np.testing.assert_allclose(flow[bg], np.broadcast_to([-10.0, 5.0], flow[bg].shape), atol=1e-4)
+    # the background canvas is larger than the frame: no black borders after 18 px of panning
+    border = np.concatenate([pan.frames[:, [0, -1]].reshape(-1, 3), pan.frames[:, :, [0, -1]].reshape(-1, 3)])
+    assert border.max(axis=-1).min() > 15  # texture values start at 20
 
     shaky = make_clip(width=W, height=H, n_frames=10, n_objects=0, seed=5,
                       camera=CameraMotion(jitter=2.0, rotation_jitter=0.5))

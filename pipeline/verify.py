@@ -1,0 +1,102 @@
+"""``vid2pair verify``: check an output directory's shards against its index.
+
+Checks: every committed chunk has its index/rejects parts; every index key is in its shard exactly
+once and every shard key is in the index; every member is readable (images decode, JSON parses,
+.npy loads without pickle); no leftover temporary files from an interrupted run (reported, harmless:
+they are never read as shards and are overwritten on resume).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def _check_member(name: str, data: bytes) -> str | None:
+    ext = name.rsplit(".", 1)[-1].lower()
+    try:
+        if ext in ("jpg", "jpeg", "png", "webp"):
+            import cv2
+
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if img is None or img.size == 0:
+                return "image does not decode"
+        elif ext == "json":
+            json.loads(data)
+        elif ext == "npy":
+            np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
+    from pipeline.io import read_index
+
+    out = Path(out_dir)
+    problems: list[str] = []
+    notes: list[str] = []
+    if not (out / "index").is_dir():
+        return False, f"{out}: not a vid2pair output directory (no index/)"
+    done = {p.stem for p in (out / "_done").glob("*.json")}
+    for c in sorted(done):
+        for part in (out / "index" / f"part-{c}.parquet", out / "rejects" / f"part-{c}.parquet"):
+            if not part.exists():
+                problems.append(f"chunk {c}: committed but {part.relative_to(out)} is missing")
+    idx = read_index(out)
+    dup = idx["key"][idx["key"].duplicated()].tolist() if len(idx) else []
+    if dup:
+        problems.append(f"{len(dup)} key(s) appear more than once in the index, e.g. {dup[:3]}")
+    tmp = sorted(str(p.relative_to(out)) for p in out.rglob("*.tmp"))
+    if tmp:
+        notes.append(f"{len(tmp)} leftover temporary file(s) from an interrupted run (ignored): {tmp[:3]}")
+    n_members = 0
+    shards = sorted(set(idx["shard"])) if len(idx) else []
+    on_disk = {p.name for p in (out / "shards").glob("*.tar")}
+    for extra in sorted(on_disk - set(shards)):
+        problems.append(f"shards/{extra}: not referenced by the index")
+    for shard in shards:
+        path = out / "shards" / shard
+        want = Counter(idx.loc[idx["shard"] == shard, "key"])
+        if not path.exists():
+            problems.append(f"shards/{shard}: missing ({sum(want.values())} indexed samples)")
+            continue
+        got: Counter = Counter()
+        try:
+            with tarfile.open(path) as tf:
+                seen_members = set()
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    if "/" in m.name or m.name.startswith(".."):
+                        problems.append(f"shards/{shard}: unsafe member name {m.name!r}")
+                    key, _, suffix = m.name.partition(".")
+                    if suffix == "meta.json":
+                        got[key] += 1
+                    if m.name in seen_members:
+                        problems.append(f"shards/{shard}: duplicate member {m.name}")
+                    seen_members.add(m.name)
+                    n_members += 1
+                    if deep:
+                        err = _check_member(m.name, tf.extractfile(m).read())
+                        if err:
+                            problems.append(f"shards/{shard}:{m.name}: unreadable ({err})")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            problems.append(f"shards/{shard}: not a readable tar ({e})")
+            continue
+        for k in sorted(set(want) | set(got)):
+            if want[k] != 1 or got[k] != 1:
+                problems.append(f"shards/{shard}: key {k} is {want[k]}x in the index, {got[k]}x in the tar")
+    ok = not problems
+    lines = [f"verify {out}: {'OK' if ok else 'PROBLEMS FOUND'}",
+             f"  {len(idx)} indexed samples, {len(shards)} shards, {n_members} members checked"
+             f"{' (decoded)' if deep else ''}, {len(done)} committed chunks"]
+    lines += [f"  ! {p}" for p in problems[:50]]
+    if len(problems) > 50:
+        lines.append(f"  ! ... and {len(problems) - 50} more")
+    lines += [f"  note: {n}" for n in notes]
+    return ok, "\n".join(lines)

@@ -1,0 +1,444 @@
+"""Piecewise-similarity collage (Magic Fixup's coarse edit) and the stage that adds it to a pair.
+
+What Magic Fixup's data pipeline does (read from its public code, re-implemented here): segment
+the source frame (SAM, masks with area > 300), fit one similarity transform per segment to the
+optical flow (``cv2.estimateAffinePartial2D`` with RANSAC on 50 sampled pixels, ``p -> p +
+flow(p)``), warp each segment's colours, mask and disparity with ``cv2.warpAffine``, composite
+them with a z-buffer on the warped disparity (MiDaS), and fill the pixels that belong to no
+segment by softmax-splatting them along the flow; what nothing covers is the mask the model
+must fill.
+
+Here
+----
+1. :mod:`stages.segment` gives a label map of the SOURCE (``-1``: no segment).
+2. :func:`fit_segments`: per segment with more than ``min_area`` pixels, ``fit_samples`` pixels
+   are drawn without replacement (seeded per pair) and a similarity is fitted with RANSAC
+   (``ransac_thresh`` px). A fit is kept when it exists, is finite, its scale is in
+   ``[1/4, 4]`` and at least ``min_inlier_frac`` of the samples are inliers; otherwise the
+   segment *falls back to flow splatting* (``status`` says why). ``residual_px`` is the median,
+   over (up to 4096 of) the segment's pixels, of ``|A p - (p + flow(p))|``.
+3. Depth (:mod:`stages.depth`): DPT disparity, whose per-segment median orders the segments and
+   whose warped per-pixel values feed the z-buffer (Magic Fixup), or the weight-free
+   ``occlusion`` ordering (a constant disparity per segment, so the z-buffer reduces to the
+   painter's order).
+4. :func:`composite`: back to front (ascending median disparity), each kept segment's warped
+   pixels (warped mask > 0.5) are written where their warped disparity is >= the z-buffer, so
+   nearer segments win. The remaining source pixels (no segment, too small, failed fit) are
+   softmax-splatted (``stages.splat``, ``soft`` mode, Magic Fixup's metric) and fill the
+   pixels no segment covers wherever their splatted density is >= 0.5. The rest is the hole
+   mask (255), and black in the collage.
+
+Outputs of :class:`CollageStage` (per pair): ``arrays["collage"]`` (H, W, 3) uint8,
+``arrays["collage_mask"]`` (H, W) uint8 255 = hole, ``meta["collage"]`` (segments, transforms,
+depth, residuals, hole fraction, timings), and the region drags of :mod:`stages.region_drag`
+(``meta["region_drag"]``, ``arrays["region_masks"]``).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+from stages.base import PairStage, pair_reject
+
+__all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_collage", "CollageStage",
+           "segment_median_flow"]
+
+
+@dataclass
+class CollageConfig:
+    enabled: bool = True
+    segmenter: str = "felzenszwalb"  # felzenszwalb | slic | sam
+    sam_model_type: str = "vit_b"  # vit_b | vit_l | vit_h
+    sam_checkpoint: Optional[str] = None  # explicit .pth; default: the model cache (sam_<type>)
+    points_per_side: int = 32  # SAM automatic mask generator grid
+    min_area: int = 300  # segments with <= this many pixels are flow-splatted (Magic Fixup: area > 300)
+    fz_scale: float = 300.0  # Felzenszwalb scale at a 240-px short side (rescaled with the frame)
+    fz_sigma: float = 0.8  # Felzenszwalb pre-smoothing at a 240-px short side
+    fz_min_size: int = 50  # Felzenszwalb minimum component at a 240-px short side
+    slic_segments: int = 150  # SLIC: approximate number of superpixels
+    slic_compactness: float = 10.0
+    flow_weight: float = 0.3  # weight of a 1-px flow difference (at 240 px) vs a full-range colour difference
+    depth: str = "occlusion"  # occlusion (weight-free) | dpt
+    dpt_weights: Optional[str] = None  # local DPT directory; default: the model cache (dpt_hybrid_midas)
+    fit_samples: int = 50  # pixels per segment for the similarity fit (Magic Fixup: 50)
+    ransac_thresh: float = 3.0  # RANSAC reprojection threshold, px (OpenCV's default, as Magic Fixup)
+    min_inlier_frac: float = 0.3  # below this a fit is rejected and the segment is flow-splatted
+    min_density: float = 0.5  # splatted density needed for a non-segment pixel to count as covered
+    device: str = "auto"  # SAM / DPT device: auto | cpu | cuda
+    num_gpus: float = 0.0  # per collage actor in the Ray runner (SAM / DPT)
+
+    def validate(self, prefix: str = "collage") -> None:
+        from pipeline.config import ConfigError
+
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{prefix}.{key}: {msg}")
+
+        need(self.segmenter in ("felzenszwalb", "slic", "sam"), "segmenter",
+             f"{self.segmenter!r} is not one of ['felzenszwalb', 'sam', 'slic']")
+        need(self.sam_model_type in ("vit_b", "vit_l", "vit_h"), "sam_model_type",
+             f"{self.sam_model_type!r} is not one of ['vit_b', 'vit_h', 'vit_l']")
+        need(self.depth in ("occlusion", "dpt"), "depth", f"{self.depth!r} is not one of ['dpt', 'occlusion']")
+        need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), "device",
+             f"{self.device!r} is not one of ['auto', 'cpu', 'cuda']")
+        need(self.points_per_side >= 1, "points_per_side", "must be >= 1")
+        need(self.min_area >= 0, "min_area", "must be >= 0")
+        need(self.fz_scale > 0, "fz_scale", "must be > 0")
+        need(self.fz_sigma >= 0, "fz_sigma", "must be >= 0")
+        need(self.fz_min_size >= 1, "fz_min_size", "must be >= 1")
+        need(self.slic_segments >= 1, "slic_segments", "must be >= 1")
+        need(self.slic_compactness > 0, "slic_compactness", "must be > 0")
+        need(self.flow_weight >= 0, "flow_weight", "must be >= 0")
+        need(self.fit_samples >= 3, "fit_samples", "must be >= 3 (a similarity needs 2 points, RANSAC more)")
+        need(self.ransac_thresh > 0, "ransac_thresh", "must be > 0")
+        need(0.0 <= self.min_inlier_frac <= 1.0, "min_inlier_frac", "must be in [0, 1]")
+        need(0.0 < self.min_density <= 1.0, "min_density", "must be in (0, 1]")
+        need(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+
+
+@dataclass
+class SegmentFit:
+    id: int
+    area: int
+    transform: Optional[np.ndarray]  # (2, 3) float64 src -> tgt, None when the segment is flow-splatted
+    inliers: int = 0
+    samples: int = 0
+    residual_px: float = float("nan")
+    median_flow_px: float = 0.0
+    status: str = "ok"  # ok | fit_failed | degenerate | few_inliers
+    depth: float = 0.0  # median disparity (set by make_collage)
+    extra: dict = field(default_factory=dict)
+
+    def to_meta(self) -> dict:
+        t = None if self.transform is None else [[round(float(v), 5) for v in row] for row in self.transform]
+        r = None if not np.isfinite(self.residual_px) else round(float(self.residual_px), 4)
+        return {"id": int(self.id), "area": int(self.area), "transform": t, "depth": round(float(self.depth), 5),
+                "residual_px": r, "inliers": int(self.inliers), "samples": int(self.samples),
+                "median_flow_px": round(float(self.median_flow_px), 4), "status": self.status}
+
+
+def _segment_pixels(labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """Flat pixel indices of each segment 0..n-1 (one sort, not n scans)."""
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat >= 0)
+    lab = flat[idx]
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    bounds = np.searchsorted(lab, np.arange(n + 1))
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
+
+
+def segment_median_flow(flow: np.ndarray, pix: np.ndarray) -> float:
+    f = flow.reshape(-1, 2)[pix]
+    return float(np.median(np.hypot(f[:, 0], f[:, 1]))) if len(f) else 0.0
+
+
+def _similarity_params(A: np.ndarray) -> tuple[float, float]:
+    """(scale, angle in degrees, positive = clockwise on screen since y points down) of a 2x3 similarity."""
+    a, b = float(A[0, 0]), float(A[1, 0])
+    return float(np.hypot(a, b)), float(np.degrees(np.arctan2(b, a)))
+
+
+def fit_similarity(pts: np.ndarray, dst: np.ndarray, thresh: float) -> tuple[Optional[np.ndarray], int]:
+    """RANSAC similarity ``pts -> dst`` (N, 2); returns (2x3 float64 or None, number of inliers)."""
+    if len(pts) < 2:
+        return None, 0
+    A, inl = cv2.estimateAffinePartial2D(np.ascontiguousarray(pts, np.float32), np.ascontiguousarray(dst, np.float32),
+                                         method=cv2.RANSAC, ransacReprojThreshold=float(thresh))
+    if A is None:
+        return None, 0
+    return A.astype(np.float64), int(inl.sum()) if inl is not None else 0
+
+
+def residual_px(A: np.ndarray, xy: np.ndarray, f: np.ndarray) -> float:
+    """Median ``|A p - (p + f)|`` over points ``xy`` (N, 2) with flows ``f`` (N, 2)."""
+    q = xy @ A[:, :2].T + A[:, 2]
+    return float(np.median(np.hypot(*(q - xy - f).T))) if len(xy) else float("nan")
+
+
+def fit_segments(labels: np.ndarray, flow: np.ndarray, *, fit_samples: int = 50, ransac_thresh: float = 3.0,
+                 min_inlier_frac: float = 0.3, min_area: int = 0, rng: Optional[np.random.Generator] = None,
+                 residual_samples: int = 4096) -> list[SegmentFit]:
+    """One similarity per segment of ``labels`` (see the module docstring). Never raises on a
+    degenerate segment: it gets ``transform=None`` and a ``status`` instead."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    h, w = labels.shape
+    n = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+    pixels = _segment_pixels(labels, n)
+    fl = np.asarray(flow, np.float32).reshape(-1, 2)
+    fits = []
+    for k, pix in enumerate(pixels):
+        area = len(pix)
+        fit = SegmentFit(id=k, area=area, transform=None)
+        fit.median_flow_px = segment_median_flow(flow, pix)
+        if area <= max(min_area, 2):
+            fit.status = "too_small"
+            fits.append(fit)
+            continue
+        m = min(fit_samples, area)
+        sel = pix[rng.choice(area, size=m, replace=False)]
+        xy = np.stack([sel % w, sel // w], axis=1).astype(np.float64)
+        f = fl[sel].astype(np.float64)
+        good = np.isfinite(f).all(axis=1)
+        xy, f = xy[good], f[good]
+        fit.samples = len(xy)
+        A, inl = (None, 0)
+        try:
+            A, inl = fit_similarity(xy, xy + f, ransac_thresh)
+        except cv2.error:
+            A = None
+        fit.inliers = inl
+        if A is None or not np.isfinite(A).all():
+            fit.status = "fit_failed"
+        else:
+            s, _ = _similarity_params(A)
+            if not 0.25 <= s <= 4.0:
+                fit.status = "degenerate"
+            elif inl < max(2, min_inlier_frac * max(fit.samples, 1)):
+                fit.status = "few_inliers"
+            else:
+                fit.transform = A
+        A_r = fit.transform if fit.transform is not None else A
+        if A_r is not None and np.isfinite(A_r).all():
+            rs = pix if area <= residual_samples else pix[rng.choice(area, size=residual_samples, replace=False)]
+            rxy = np.stack([rs % w, rs // w], axis=1).astype(np.float64)
+            rf = fl[rs].astype(np.float64)
+            ok = np.isfinite(rf).all(axis=1)
+            fit.residual_px = residual_px(A_r, rxy[ok], rf[ok])
+        fits.append(fit)
+    return fits
+
+
+def _warp_roi(src: np.ndarray, A: np.ndarray, bbox: tuple[int, int, int, int], shape: tuple[int, int]):
+    """Target ROI (y0, x0, h, w) that contains the source ``bbox`` (x0, y0, x1, y1) mapped by ``A``."""
+    h, w = shape
+    bx0, by0, bx1, by1 = bbox
+    c = np.array([[bx0 - 1, by0 - 1], [bx1 + 1, by0 - 1], [bx0 - 1, by1 + 1], [bx1 + 1, by1 + 1]], np.float64)
+    q = c @ A[:, :2].T + A[:, 2]
+    x0, y0 = max(int(np.floor(q[:, 0].min())) - 1, 0), max(int(np.floor(q[:, 1].min())) - 1, 0)
+    x1, y1 = min(int(np.ceil(q[:, 0].max())) + 2, w), min(int(np.ceil(q[:, 1].max())) + 2, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return y0, x0, y1 - y0, x1 - x0
+
+
+def _splat_leftover(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, leftover: np.ndarray, device: str = "cpu"):
+    """Softmax-splat only the ``leftover`` source pixels (Magic Fixup's metric); -> (rgb float32, density)."""
+    import torch
+
+    from stages.splat import magicfixup_metric, splat_with_density
+
+    dev = torch.device(device)
+    s = torch.from_numpy(np.ascontiguousarray(src)).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    t = torch.from_numpy(np.ascontiguousarray(tgt)).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    f = torch.from_numpy(np.ascontiguousarray(flow, np.float32)).to(dev).permute(2, 0, 1)[None]
+    z = magicfixup_metric(s, t, f)
+    # a non-finite metric drops the pixel from the splat: only leftover pixels contribute
+    keep = torch.from_numpy(np.ascontiguousarray(leftover)).to(dev)[None, None]
+    z = torch.where(keep, z, torch.full_like(z, float("nan")))
+    out, dens = splat_with_density(s, f, z, mode="soft")
+    return (out[0].permute(1, 2, 0).cpu().numpy() * 255.0).astype(np.float32), dens[0, 0].cpu().numpy()
+
+
+def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, fits: list[SegmentFit],
+              order: list[int], disparity: Optional[np.ndarray] = None, *, min_density: float = 0.5,
+              device: str = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Warp kept segments back to front with a z-buffer, splat the rest; -> (collage, hole mask, info).
+
+    ``order``: segment ids from farthest to nearest; ``disparity`` (H, W) per-pixel disparity for the
+    z-buffer (None: the rank in ``order``, i.e. the painter's algorithm).
+    """
+    h, w = labels.shape
+    src_f = np.asarray(src, np.float32)
+    canvas = np.zeros((h, w, 3), np.float32)
+    zbuf = np.full((h, w), -np.inf, np.float32)
+    covered = np.zeros((h, w), bool)
+    n = len(fits)
+    rank = np.zeros(n, np.float32)
+    for r, k in enumerate(order):
+        rank[k] = r + 1
+    pixels = _segment_pixels(labels, n)
+    for k in order:
+        fit = fits[k]
+        if fit.transform is None:
+            continue
+        pix = pixels[k]
+        ys, xs = pix // w, pix % w
+        roi = _warp_roi(src, fit.transform, (xs.min(), ys.min(), xs.max(), ys.max()), (h, w))
+        if roi is None:
+            continue
+        y0, x0, rh, rw = roi
+        # warp only a crop of the source around the segment (2-px margin for the bilinear taps)
+        sx0, sy0 = max(int(xs.min()) - 2, 0), max(int(ys.min()) - 2, 0)
+        sx1, sy1 = min(int(xs.max()) + 3, w), min(int(ys.max()) + 3, h)
+        B = fit.transform.copy()
+        B[:, 2] = B[:, :2] @ np.array([sx0, sy0], np.float64) + B[:, 2] - (x0, y0)
+        mask = np.zeros((sy1 - sy0, sx1 - sx0), np.float32)
+        mask[ys - sy0, xs - sx0] = 1.0
+        stack = [src_f[sy0:sy1, sx0:sx1], mask[..., None]]
+        if disparity is not None:
+            stack.append(np.asarray(disparity, np.float32)[sy0:sy1, sx0:sx1, None])
+        warped = cv2.warpAffine(np.ascontiguousarray(np.concatenate(stack, axis=-1)), B, (rw, rh),
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        m = warped[..., 3] > 0.5
+        z = warped[..., 4] if disparity is not None else np.full((rh, rw), rank[k], np.float32)
+        zr = zbuf[y0:y0 + rh, x0:x0 + rw]
+        win = m & (z >= zr)
+        canvas[y0:y0 + rh, x0:x0 + rw][win] = warped[..., :3][win]
+        zr[win] = z[win]
+        covered[y0:y0 + rh, x0:x0 + rw] |= win
+    leftover = np.ones(h * w, bool)
+    for k, fit in enumerate(fits):
+        if fit.transform is not None:
+            leftover[pixels[k]] = False
+    leftover = leftover.reshape(h, w)
+    filled = np.zeros((h, w), bool)
+    if leftover.any():
+        rgb, dens = _splat_leftover(src, tgt, flow, leftover, device)
+        filled = ~covered & (dens >= min_density)
+        canvas[filled] = rgb[filled]
+    hole = ~(covered | filled)
+    canvas[hole] = 0.0
+    out = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    info = {"segment_px": int(covered.sum()), "splat_px": int(filled.sum()), "leftover_src_px": int(leftover.sum())}
+    return out, (hole.astype(np.uint8) * 255), info
+
+
+def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, *,
+                 depth_model: Any = None, cfg: Any = None, moving_px: float = 1.0,
+                 rng: Optional[np.random.Generator] = None, device: str = "cpu") -> dict:
+    """The whole collage for one pair, given the segment label map. ``cfg``: a :class:`CollageConfig`.
+
+    Returns ``{"collage", "mask", "fits", "order", "disparity", "meta"}`` (``meta`` is JSON-able).
+    """
+    from stages.depth import occlusion_order, order_to_disparity
+
+    cfg = cfg or CollageConfig()
+    t0 = time.perf_counter()
+    fits = fit_segments(labels, flow, fit_samples=cfg.fit_samples, ransac_thresh=cfg.ransac_thresh,
+                        min_inlier_frac=cfg.min_inlier_frac, min_area=cfg.min_area, rng=rng)
+    t1 = time.perf_counter()
+    n = len(fits)
+    depth_info: dict = {"backend": "occlusion" if depth_model is None else "dpt"}
+    disp_map = None
+    if depth_model is None:
+        moving = [f.median_flow_px > moving_px for f in fits]
+        order, info = occlusion_order(src, tgt, labels, [f.transform for f in fits], moving)
+        depth_info.update(info)
+        per_seg = order_to_disparity(order, n)
+    else:
+        disp_map = depth_model(src)
+        pixels = _segment_pixels(labels, n)
+        per_seg = np.array([float(np.median(disp_map.reshape(-1)[p])) if len(p) else 0.0 for p in pixels])
+        order = sorted(range(n), key=lambda k: (per_seg[k], k))  # farthest (smallest disparity) first
+    for k, f in enumerate(fits):
+        f.depth = float(per_seg[k])
+    t2 = time.perf_counter()
+    collage, mask, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, min_density=cfg.min_density,
+                                     device=device)
+    t3 = time.perf_counter()
+    hole_frac = float((mask > 0).mean())
+    status: dict = {}
+    for f in fits:
+        status[f.status] = status.get(f.status, 0) + 1
+    meta = {"segments": [f.to_meta() for f in fits], "hole_frac": round(hole_frac, 6), "n_segments": n,
+            "status_counts": status, "depth": depth_info, **cinfo,
+            "ms": {"fit": round((t1 - t0) * 1e3, 2), "depth": round((t2 - t1) * 1e3, 2),
+                   "composite": round((t3 - t2) * 1e3, 2)}}
+    return {"collage": collage, "mask": mask, "fits": fits, "order": order, "disparity": disp_map, "meta": meta}
+
+
+def _pair_rng(seed: int, key: str) -> np.random.Generator:
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:16], 16)
+    return np.random.default_rng([int(seed), h])
+
+
+class CollageStage(PairStage):
+    """Adds the collage, its hole mask and the region drags to each pair (CPU; SAM/DPT optional)."""
+
+    name = "collage"
+
+    def __init__(self, cfg, *, sam_model: Any = None, dpt_model: Any = None, dpt_processor: Any = None):
+        self.cfg = cfg
+        self.ccfg = getattr(cfg, "collage", None) or CollageConfig()
+        from stages.region_drag import RegionDragConfig
+
+        self.rcfg = getattr(cfg, "region_drag", None) or RegionDragConfig()
+        self._inject = (sam_model, dpt_model, dpt_processor)
+        self._segmenter = None
+        self._depth = None
+        self._depth_loaded = False
+
+    @property
+    def segmenter(self):
+        if self._segmenter is None:
+            from stages.segment import make_segmenter
+
+            self._segmenter = make_segmenter(self.ccfg, model=self._inject[0])
+        return self._segmenter
+
+    @property
+    def depth(self):
+        if not self._depth_loaded:
+            from stages.depth import make_depth
+
+            self._depth = make_depth(self.ccfg, model=self._inject[1], processor=self._inject[2])
+            self._depth_loaded = True
+        return self._depth
+
+    def _device(self) -> str:
+        from stages.splat import resolve_device
+
+        return str(resolve_device(self.ccfg.device))
+
+    def process(self, items):
+        if not self.ccfg.enabled:
+            return list(items)
+        try:
+            _ = self.segmenter, self.depth
+        except Exception as e:  # missing weights / extra: every pair is recorded with the reason
+            return [pair_reject(it, "collage", "collage_backend_unavailable", f"{type(e).__name__}: {e}"[:500])
+                    for it in items]
+        return super().process(items)
+
+    def one(self, it):
+        from stages.region_drag import region_drags
+
+        try:
+            src, tgt, flow = it.arrays["src"], it.arrays["tgt"], it.arrays["flow"]
+            t0 = time.perf_counter()
+            labels = self.segmenter(src, flow)
+            t1 = time.perf_counter()
+            rng = _pair_rng(getattr(self.cfg, "seed", 0), it.key)
+            moving_px = self.rcfg.moving_px * min(src.shape[:2]) / self.rcfg.reference_short_side
+            res = make_collage(src, tgt, flow, labels, depth_model=self.depth, cfg=self.ccfg, moving_px=moving_px,
+                               rng=rng, device=self._device())
+            t2 = time.perf_counter()
+            meta = res["meta"]
+            meta["segmenter"] = getattr(self.segmenter, "version", self.ccfg.segmenter)
+            meta["ms"]["segment"] = round((t1 - t0) * 1e3, 2)
+            it.arrays["collage"] = res["collage"]
+            it.arrays["collage_mask"] = res["mask"]
+            it.meta["collage"] = meta
+            if self.rcfg.enabled:
+                drag, masks = region_drags(labels, res["fits"], flow, self.rcfg, rng=rng)
+                it.arrays["region_masks"] = masks
+                it.meta["region_drag"] = drag
+            meta["ms"]["total"] = round((time.perf_counter() - t0) * 1e3, 2)
+            _ = t2
+        except Exception as e:
+            return pair_reject(it, "collage", "collage_failed", f"{type(e).__name__}: {e}"[:500])
+        return it
+
+
+def default_stage_config(**collage_kw) -> SimpleNamespace:
+    """A minimal config namespace (``collage``, ``region_drag``, ``seed``) for tests and scripts."""
+    from stages.region_drag import RegionDragConfig
+
+    return SimpleNamespace(collage=CollageConfig(**collage_kw), region_drag=RegionDragConfig(), seed=0)
