@@ -101,6 +101,7 @@ class FlowConfig:
     chain: bool = False  # chain flow over intermediate frames
     chain_max_steps: int = 8
     num_gpus: float = 0.0  # per flow actor in the Ray runner
+    num_cpus: float = 0.25  # logical CPUs per flow actor (it shares cores with the clip workers)
     actors: int = 1  # flow actor-pool size in the Ray runner
 
 
@@ -130,6 +131,9 @@ class RunnerConfig:
     name: str = "ray"  # ray | local
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None  # local Ray only
+    clip_workers: Optional[int] = None  # Ray: clip-stage actors (None: one per cluster CPU)
+    clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
+    light_stage_cpus: float = 0.25  # Ray: logical CPUs per motion/encode actor
     progress: bool = True
 
 
@@ -226,6 +230,10 @@ def _check_ranges(c: Config) -> None:
     need(fl.chain_max_steps >= 1, "flow.chain_max_steps", "must be >= 1")
     need(fl.num_gpus >= 0, "flow.num_gpus", "must be >= 0")
     need(fl.actors >= 1, "flow.actors", "must be >= 1")
+    need(fl.num_cpus > 0, "flow.num_cpus", "must be > 0")
+    need(c.runner.clip_workers is None or c.runner.clip_workers >= 1, "runner.clip_workers", "must be >= 1")
+    need(c.runner.clip_stage_cpus > 0, "runner.clip_stage_cpus", "must be > 0")
+    need(c.runner.light_stage_cpus > 0, "runner.light_stage_cpus", "must be > 0")
     m = c.motion
     need(m.reference_short_side > 0, "motion.reference_short_side", "must be > 0")
     for k in ("min_p50", "min_p90", "max_p99", "min_moving_frac", "max_large_frac"):

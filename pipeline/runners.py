@@ -89,15 +89,21 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     ctx.print_on_execution_start = False
     _, pair_stages = build_stages(cfg)
     names = [s.name for s in pair_stages]
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = cfg.runner.clip_workers or cpus
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    ds = ds.flat_map(_ClipFn, fn_constructor_args=(cfg,), compute=ray.data.ActorPoolStrategy(
-        min_size=1, max_size=max(1, int(ray.available_resources().get("CPU", 1)))))
-    # the model stage: an actor pool, each actor holding one flow backend (and its GPU share)
+    # clip stage: long-lived actors (each keeps its isolated decode process warm), about one core each;
+    # they ask for a bit less than a core so the flow and encode actors can always be placed too
+    ds = ds.flat_map(_ClipFn, fn_constructor_args=(cfg,), num_cpus=cfg.runner.clip_stage_cpus,
+                     compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(tasks)))))
+    # model stage: an actor pool, each actor holding one flow backend and its GPU share
     ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, (names[0],)), batch_format="pyarrow",
                         batch_size=cfg.flow.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.flow.actors),
-                        num_gpus=cfg.flow.num_gpus or None)
+                        num_gpus=cfg.flow.num_gpus or None, num_cpus=cfg.flow.num_cpus)
+    # light CPU stages: plain tasks that share cores with the clip workers
     ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, tuple(names[1:])), batch_format="pyarrow",
-                        batch_size=8, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
+                        batch_size=8, num_cpus=cfg.runner.light_stage_cpus,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus))
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():

@@ -63,7 +63,7 @@ class CollageConfig:
     fz_min_size: int = 50  # Felzenszwalb minimum component at a 240-px short side
     slic_segments: int = 150  # SLIC: approximate number of superpixels
     slic_compactness: float = 10.0
-    flow_weight: float = 0.3  # weight of a 1-px flow difference (at 240 px) vs a full-range colour difference
+    flow_weight: float = 1.0  # weight of a 1-px flow difference (at 240 px) vs a full-range colour difference
     depth: str = "occlusion"  # occlusion (weight-free) | dpt
     dpt_weights: Optional[str] = None  # local DPT directory; default: the model cache (dpt_hybrid_midas)
     fit_samples: int = 50  # pixels per segment for the similarity fit (Magic Fixup: 50)
@@ -248,8 +248,12 @@ def _splat_leftover(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, leftover
 
 def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, fits: list[SegmentFit],
               order: list[int], disparity: Optional[np.ndarray] = None, *, min_density: float = 0.5,
-              device: str = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
-    """Warp kept segments back to front with a z-buffer, splat the rest; -> (collage, hole mask, info).
+              device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Warp kept segments back to front with a z-buffer, splat the rest.
+
+    Returns ``(collage (H, W, 3) uint8, hole mask (H, W) uint8 255 = hole, owner, info)``;
+    ``owner`` (H, W) int32 is the segment shown at each target pixel (-1: splat or hole) and
+    ``contested`` in ``info`` the number of pixels two or more warped segments competed for.
 
     ``order``: segment ids from farthest to nearest; ``disparity`` (H, W) per-pixel disparity for the
     z-buffer (None: the rank in ``order``, i.e. the painter's algorithm).
@@ -259,6 +263,8 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
     canvas = np.zeros((h, w, 3), np.float32)
     zbuf = np.full((h, w), -np.inf, np.float32)
     covered = np.zeros((h, w), bool)
+    owner = np.full((h, w), -1, np.int32)
+    hits = np.zeros((h, w), np.uint8)
     n = len(fits)
     rank = np.zeros(n, np.float32)
     for r, k in enumerate(order):
@@ -293,6 +299,9 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
         canvas[y0:y0 + rh, x0:x0 + rw][win] = warped[..., :3][win]
         zr[win] = z[win]
         covered[y0:y0 + rh, x0:x0 + rw] |= win
+        owner[y0:y0 + rh, x0:x0 + rw][win] = k
+        hr = hits[y0:y0 + rh, x0:x0 + rw]
+        hr[m] = np.minimum(hr[m], 254) + 1
     leftover = np.ones(h * w, bool)
     for k, fit in enumerate(fits):
         if fit.transform is not None:
@@ -306,8 +315,9 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
     hole = ~(covered | filled)
     canvas[hole] = 0.0
     out = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    info = {"segment_px": int(covered.sum()), "splat_px": int(filled.sum()), "leftover_src_px": int(leftover.sum())}
-    return out, (hole.astype(np.uint8) * 255), info
+    info = {"segment_px": int(covered.sum()), "splat_px": int(filled.sum()), "leftover_src_px": int(leftover.sum()),
+            "contested_px": int((hits >= 2).sum())}
+    return out, (hole.astype(np.uint8) * 255), owner, info
 
 
 def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, *,
@@ -315,7 +325,7 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
                  rng: Optional[np.random.Generator] = None, device: str = "cpu") -> dict:
     """The whole collage for one pair, given the segment label map. ``cfg``: a :class:`CollageConfig`.
 
-    Returns ``{"collage", "mask", "fits", "order", "disparity", "meta"}`` (``meta`` is JSON-able).
+    Returns ``{"collage", "mask", "owner", "fits", "order", "disparity", "meta"}`` (``meta`` is JSON-able).
     """
     from stages.depth import occlusion_order, order_to_disparity
 
@@ -340,7 +350,7 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     for k, f in enumerate(fits):
         f.depth = float(per_seg[k])
     t2 = time.perf_counter()
-    collage, mask, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, min_density=cfg.min_density,
+    collage, mask, owner, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, min_density=cfg.min_density,
                                      device=device)
     t3 = time.perf_counter()
     hole_frac = float((mask > 0).mean())
@@ -351,7 +361,8 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
             "status_counts": status, "depth": depth_info, **cinfo,
             "ms": {"fit": round((t1 - t0) * 1e3, 2), "depth": round((t2 - t1) * 1e3, 2),
                    "composite": round((t3 - t2) * 1e3, 2)}}
-    return {"collage": collage, "mask": mask, "fits": fits, "order": order, "disparity": disp_map, "meta": meta}
+    return {"collage": collage, "mask": mask, "owner": owner, "fits": fits, "order": order, "disparity": disp_map,
+            "meta": meta}
 
 
 def _pair_rng(seed: int, key: str) -> np.random.Generator:

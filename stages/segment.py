@@ -86,7 +86,7 @@ class FelzenszwalbSegmenter:
     name = "felzenszwalb"
 
     def __init__(self, scale: float = 300.0, sigma: float = 0.8, min_size: int = 50,
-                 flow_weight: float = 0.3, min_area: int = 300) -> None:
+                 flow_weight: float = 1.0, min_area: int = 300) -> None:
         self.scale, self.sigma, self.min_size = float(scale), float(sigma), int(min_size)
         self.flow_weight, self.min_area = float(flow_weight), int(min_area)
         import skimage
@@ -111,7 +111,7 @@ class SlicSegmenter:
 
     name = "slic"
 
-    def __init__(self, n_segments: int = 150, compactness: float = 10.0, flow_weight: float = 0.3,
+    def __init__(self, n_segments: int = 150, compactness: float = 10.0, flow_weight: float = 1.0,
                  min_area: int = 300) -> None:
         self.n_segments, self.compactness = int(n_segments), float(compactness)
         self.flow_weight, self.min_area = float(flow_weight), int(min_area)
@@ -126,11 +126,14 @@ class SlicSegmenter:
         h, w = img.shape[:2]
         r = REFERENCE_SHORT_SIDE / min(h, w)
         if flow is not None and self.flow_weight > 0:
-            lab_img = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)  # L in [0, 255] for uint8
-            lab_img *= np.float32(100.0 / 255.0)  # ~CIELAB ranges, as slic's own conversion gives
+            lab_img = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+            lab_img *= np.float32(100.0 / 255.0)  # ~CIELAB units (L in [0, 100]), as slic's own rgb2lab
             f = np.asarray(flow, np.float32) * np.float32(self.flow_weight * r * 100.0)
             feat = np.concatenate([lab_img, f], axis=-1)
-            lab = slic(feat, n_segments=self.n_segments, compactness=self.compactness, convert2lab=False,
+            # slic rescales a non-RGB stack to [0, 1] as a whole: rescale the compactness with it so
+            # it keeps its meaning relative to CIELAB units
+            rng_ = float(feat.max() - feat.min()) or 1.0
+            lab = slic(feat, n_segments=self.n_segments, compactness=self.compactness / rng_, convert2lab=False,
                        channel_axis=-1, start_label=0, enforce_connectivity=True)
         else:
             lab = slic(img, n_segments=self.n_segments, compactness=self.compactness, channel_axis=-1,
@@ -201,11 +204,11 @@ def make_segmenter(cfg: Any, model: Any = None):
     if name == "felzenszwalb":
         return FelzenszwalbSegmenter(scale=getattr(cfg, "fz_scale", 300.0), sigma=getattr(cfg, "fz_sigma", 0.8),
                                      min_size=getattr(cfg, "fz_min_size", 50),
-                                     flow_weight=getattr(cfg, "flow_weight", 0.3), min_area=min_area)
+                                     flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area)
     if name == "slic":
         return SlicSegmenter(n_segments=getattr(cfg, "slic_segments", 150),
                              compactness=getattr(cfg, "slic_compactness", 10.0),
-                             flow_weight=getattr(cfg, "flow_weight", 0.3), min_area=min_area)
+                             flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area)
     if name == "sam":
         return SamSegmenter(getattr(cfg, "sam_model_type", "vit_b"), getattr(cfg, "sam_checkpoint", None),
                             points_per_side=getattr(cfg, "points_per_side", 32), min_area=min_area,

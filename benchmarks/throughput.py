@@ -1,0 +1,176 @@
+"""Pipeline throughput against the bound implied by the summed stage costs, on the demo data.
+
+Prints, in one run:
+  * each stage's cost in ms per pair, measured alone on the same data (in process, no isolation);
+  * the bound those costs imply: 1 / sum, in pairs/s on one core;
+  * pairs/s of the local runner (1 CPU, production settings incl. process isolation) and of the
+    Ray runner on 2 CPUs (Ray start-up excluded and reported separately), each as a ratio to the bound;
+  * the cost of isolation per clip;
+  * peak RSS of the local runner for 10 and for 50 clips (streaming: it must not grow).
+
+Usage: python benchmarks/throughput.py [--clips 12] [--skip-rss] [--skip-ray]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def stage_costs(cfg, tasks):
+    from pipeline.graph import ClipStage, EncodeStage, FlowStage, MotionStage
+    from pipeline.items import PairItem
+
+    import webdataset  # noqa: F401  (a one-off 2-3 s import; not a per-pair cost)
+    clip, flow, mot, enc = ClipStage(cfg), FlowStage(cfg), MotionStage(cfg), EncodeStage(cfg)
+    cfg.isolation.mode = "none"
+    flow.backend  # load outside the timing
+    t = {"clip (probe+shots+static+pairs+decode)": 0.0, "flow": 0.0, "motion": 0.0, "encode": 0.0, "write": 0.0}
+    all_items = []
+    for task in tasks:
+        t0 = time.perf_counter(); items = clip(task); t["clip (probe+shots+static+pairs+decode)"] += time.perf_counter() - t0
+        t0 = time.perf_counter(); items = flow(items); t["flow"] += time.perf_counter() - t0
+        t0 = time.perf_counter(); items = mot(items); t["motion"] += time.perf_counter() - t0
+        t0 = time.perf_counter(); items = enc(items); t["encode"] += time.perf_counter() - t0
+        all_items += items
+    cfg.isolation.mode = "process"
+    from pipeline.io import OutputWriter
+
+    with tempfile.TemporaryDirectory() as d:
+        w = OutputWriter(d, cfg, tasks)
+        t0 = time.perf_counter()
+        for it in all_items:
+            w.add(it)
+        t["write"] = time.perf_counter() - t0
+    n = sum(isinstance(i, PairItem) for i in all_items)
+    return {k: 1000 * v / n for k, v in t.items()}, n
+
+
+def timed_build(cfg, videos, out):
+    from pipeline.runners import build
+
+    t0 = time.perf_counter()
+    s = build(cfg, str(videos), out, log_summary=False)
+    return s["samples"], time.perf_counter() - t0
+
+
+def isolation_cost(cfg, tasks):
+    from pipeline.graph import ClipStage
+
+    import copy
+
+    stages = {}
+    for mode in ("none", "process"):
+        c = copy.deepcopy(cfg)
+        c.isolation.mode = mode
+        stages[mode] = ClipStage(c)
+        stages[mode](tasks[0])  # warm: the child's start-up is paid once per worker, not per clip
+    res = {"none": 0.0, "process": 0.0}
+    for _ in range(2):  # interleaved, so both modes see the same machine state
+        for task in tasks:
+            for mode, st in stages.items():
+                t0 = time.perf_counter()
+                st(task)
+                res[mode] += time.perf_counter() - t0
+    for st in stages.values():
+        st.close()
+    n = 2 * len(tasks)
+    return 1000 * res["none"] / n, 1000 * res["process"] / n
+
+
+RSS_SNIPPET = """
+import resource, sys
+sys.path.insert(0, {root!r})
+from pipeline.config import load_config
+from pipeline.runners import build
+cfg = load_config("demo", ["runner.name=local", "runner.progress=false"])
+build(cfg, {videos!r}, {out!r}, log_summary=False)
+me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(me, kids)
+"""
+
+
+def peak_rss(videos, out):
+    r = subprocess.run([sys.executable, "-c", RSS_SNIPPET.format(root=str(ROOT), videos=str(videos), out=str(out))],
+                       capture_output=True, text=True, check=True)
+    me, kids = map(int, r.stdout.split()[-2:])
+    return me / 1024, kids / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=12)
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--skip-ray", action="store_true")
+    a = ap.parse_args()
+
+    import copy
+
+    from pipeline.config import load_config
+    from pipeline.io import list_inputs, make_tasks
+    from pipeline.synthetic import make_demo_corpus
+
+    work = Path(tempfile.mkdtemp(prefix="v2p-bench-"))
+    videos = work / "videos"
+    make_demo_corpus(videos, n_static=a.clips, n_moving_camera=0, seed=0)
+    base = load_config("demo", ["runner.progress=false"])
+    tasks, _ = make_tasks(list_inputs(str(videos), base.input.extensions), base.output.clips_per_shard)
+
+    costs, n = stage_costs(copy.deepcopy(base), tasks)
+    total = sum(costs.values())
+    bound = 1000.0 / total
+    print(f"demo data: {len(tasks)} clips, {n} pairs, 320x240, DIS flow")
+    print("stage costs (ms/pair, alone, one core):")
+    for k, v in costs.items():
+        print(f"  {k:<40} {v:8.2f}")
+    print(f"  {'sum':<40} {total:8.2f}   -> bound {bound:.2f} pairs/s on one core")
+
+    none_ms, proc_ms = isolation_cost(copy.deepcopy(base), tasks[:6])
+    print(f"isolation: clip stage {none_ms:.1f} ms/clip in process, {proc_ms:.1f} ms/clip in the child "
+          f"process -> {proc_ms - none_ms:+.1f} ms per clip")
+
+    cfg = copy.deepcopy(base)
+    cfg.runner.name = "local"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+    n_local, wall = timed_build(cfg, videos, work / "out_local")
+    local = n_local / wall
+    print(f"local runner (1 CPU):  {local:.2f} pairs/s = {local / bound:.2f} x bound  (target >= 0.8)")
+
+    if not a.skip_ray:
+        import ray
+
+        from pipeline.runners import init_ray
+
+        cfg = copy.deepcopy(base)
+        cfg.runner.name, cfg.runner.num_cpus = "ray", 2
+        t0 = time.perf_counter()
+        init_ray(cfg)
+        t_init = time.perf_counter() - t0
+        n_ray, wall = timed_build(cfg, videos, work / "out_ray")
+        r = n_ray / wall
+        print(f"ray runner (2 CPUs):   {r:.2f} pairs/s = {r / bound:.2f} x bound  (target >= 1.6; "
+              f"ray.init {t_init:.1f} s excluded)")
+        ray.shutdown()
+
+    if not a.skip_rss:
+        for k in (10, 50):
+            v = work / f"rss{k}"
+            make_demo_corpus(v, n_static=k, n_moving_camera=0, seed=1)
+            me, kids = peak_rss(v, work / f"out_rss{k}")
+            print(f"peak RSS, {k:>3} clips: driver {me:7.1f} MiB, decode child {kids:7.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Entry point for `ray job submit` (and KubeRay RayJob): builds shards on the cluster it runs in.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python jobs/submit.py --config configs/framepainter.yaml --input /shared/clips.txt --output /shared/fp
+
+Inside a Ray job `ray.init()` attaches to the job's cluster (RAY_ADDRESS is set by the job
+supervisor), so this is `vid2pair build --ray-address auto`. Paths must be visible to every node.
+Exit code 0 when the build finished (bad clips are rejects, not failures), 2 on a bad config.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # working_dir upload: import from source
+
+from pipeline.cli import main  # noqa: E402
+
+
+def run(argv: list[str]) -> int:
+    if "--ray-address" not in argv:
+        argv = argv + ["--ray-address", os.environ.get("RAY_ADDRESS", "auto")]
+    if "--runner" not in argv:
+        argv = argv + ["--runner", "ray"]
+    return main(["build", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,243 @@
+"""Region drags with an operation type (DragNeXt-style instructions) from the collage's segment fits.
+
+A region drag says: *this region* (a mask) moves; here are handle points on it and where they
+go; and the kind of operation: ``translation``, ``rotation`` or ``deformation``.
+
+How regions are found (:func:`region_drags`)
+--------------------------------------------
+1. Moving segments: segments of the collage label map whose median flow magnitude exceeds
+   ``moving_px`` (given at ``reference_short_side``, scaled with the frame's short side).
+2. Merging (``merge``): adjacent moving segments whose fitted similarities agree, i.e. map the
+   corners of their joint bounding box to within ``max(merge_tol_px, merge_rel * motion)`` of
+   each other, are one region (an over-segmented rigid object is one drag, not five).
+3. Per region a similarity is refitted to the flow of up to ``fit_samples`` of its pixels
+   (RANSAC, ``ransac_thresh`` px): ``angle_deg`` (positive = clockwise on screen, y points
+   down), ``scale``, ``residual_px`` (median ``|A p - (p + flow(p))|`` over the region) and
+   ``residual_p75_px``.
+4. Type: ``deformation`` when the similarity does not explain the flow, i.e. the 75th
+   percentile residual exceeds ``deformation_ratio`` x the region's median motion and
+   ``deformation_min_px`` (a percentile, not the median, because RANSAC fits the largest rigid
+   part: for two halves moving apart the median sits on the boundary between inliers and
+   outliers), or when the scale changes by more than ``scale_change`` (the outline grows or
+   shrinks: not a rigid drag); else ``rotation`` when ``|angle_deg| >= rotation_deg``; else
+   ``translation``.
+5. Points: ``center`` is the region's centroid (the nearest region pixel if the centroid falls
+   outside it); ``handles`` are the center followed by ``n_handles - 1`` farthest-point samples
+   of the region's interior (pixels >= 3 px from its border when there are any). ``targets``
+   are where the fitted similarity sends the handles for ``translation`` / ``rotation``, and
+   the handles plus the (5x5 median, region-only) flow for ``deformation``.
+
+Regions are ordered by area (largest first), at most ``max_regions``; ``mask_index`` is the
+position in that order. The masks are returned as one label map ``(H, W)`` uint8 with value
+``mask_index + 1`` on region ``mask_index`` and 0 elsewhere (regions are disjoint because the
+segments partition the source): a single PNG, unlike a (K, H, W) stack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["RegionDragConfig", "region_drags", "classify", "TYPES"]
+
+TYPES = ("translation", "rotation", "deformation")
+
+
+@dataclass
+class RegionDragConfig:
+    enabled: bool = True
+    reference_short_side: int = 512  # the px thresholds below are for this short side, scaled to the frame
+    moving_px: float = 2.0  # a segment moves when its median |flow| exceeds this
+    rotation_deg: float = 5.0  # |similarity angle| >= this -> rotation
+    deformation_ratio: float = 0.25  # p75 residual > ratio * median motion (and > deformation_min_px) -> deformation
+    deformation_min_px: float = 1.5
+    scale_change: float = 0.15  # |scale - 1| > this -> deformation
+    merge: bool = True  # merge adjacent moving segments whose similarities agree
+    merge_tol_px: float = 2.0
+    merge_rel: float = 0.15  # ... or agree within this fraction of their motion
+    n_handles: int = 4  # points per region (the center included)
+    max_regions: int = 16  # at most 255 (the mask label map is uint8)
+    fit_samples: int = 400  # pixels per region for the refit
+    ransac_thresh: float = 3.0
+
+    def validate(self, prefix: str = "region_drag") -> None:
+        from pipeline.config import ConfigError
+
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{prefix}.{key}: {msg}")
+
+        need(self.reference_short_side > 0, "reference_short_side", "must be > 0")
+        need(self.moving_px >= 0, "moving_px", "must be >= 0")
+        need(0 < self.rotation_deg < 180, "rotation_deg", "must be in (0, 180)")
+        need(self.deformation_ratio > 0, "deformation_ratio", "must be > 0")
+        need(self.deformation_min_px >= 0, "deformation_min_px", "must be >= 0")
+        need(self.scale_change > 0, "scale_change", "must be > 0")
+        need(self.merge_tol_px >= 0, "merge_tol_px", "must be >= 0")
+        need(self.merge_rel >= 0, "merge_rel", "must be >= 0")
+        need(self.n_handles >= 1, "n_handles", "must be >= 1")
+        need(1 <= self.max_regions <= 255, "max_regions", "must be in [1, 255] (uint8 label map)")
+        need(self.fit_samples >= 3, "fit_samples", "must be >= 3")
+        need(self.ransac_thresh > 0, "ransac_thresh", "must be > 0")
+
+
+def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig,
+             px_scale: float = 1.0) -> str:
+    """Operation type from the region's similarity and its fit residual (see the module docstring)."""
+    if residual_p75 > max(cfg.deformation_ratio * motion, cfg.deformation_min_px * px_scale):
+        return "deformation"
+    if abs(scale - 1.0) > cfg.scale_change:
+        return "deformation"
+    if abs(angle_deg) >= cfg.rotation_deg:
+        return "rotation"
+    return "translation"
+
+
+def _adjacent_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
+    pairs: set[tuple[int, int]] = set()
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        sel = (a != b) & (a >= 0) & (b >= 0)
+        if sel.any():
+            u = np.unique(np.stack([np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])], 1), axis=0)
+            pairs.update((int(x), int(y)) for x, y in u)
+    return pairs
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _farthest_points(xy: np.ndarray, start: np.ndarray, k: int) -> list[np.ndarray]:
+    """``k`` farthest-point samples of ``xy`` (N, 2), starting from the distance to ``start``."""
+    out = []
+    d = np.hypot(*(xy - start).T)
+    for _ in range(k):
+        if len(xy) == 0 or d.max() <= 0:
+            break
+        i = int(np.argmax(d))
+        out.append(xy[i])
+        d = np.minimum(d, np.hypot(*(xy - xy[i]).T))
+    return out
+
+
+def _local_flow(flow: np.ndarray, region: np.ndarray, x: int, y: int, r: int = 2) -> np.ndarray:
+    h, w = region.shape
+    y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
+    sel = region[y0:y1, x0:x1]
+    f = flow[y0:y1, x0:x1][sel]
+    return np.median(f, axis=0) if len(f) else flow[y, x]
+
+
+def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Optional[RegionDragConfig] = None, *,
+                 rng: Optional[np.random.Generator] = None) -> tuple[dict, np.ndarray]:
+    """Region drags for one pair -> (JSON-able dict, (H, W) uint8 region label map).
+
+    ``labels``: the collage's segment label map (-1 = none); ``fits``: its
+    :class:`stages.collage.SegmentFit` list (``transform`` may be None); ``flow`` (H, W, 2) src -> tgt.
+    """
+    from stages.collage import _segment_pixels, _similarity_params, fit_similarity, segment_median_flow
+
+    cfg = cfg or RegionDragConfig()
+    rng = rng if rng is not None else np.random.default_rng(0)
+    h, w = labels.shape
+    flow = np.asarray(flow, np.float32)
+    px_scale = min(h, w) / cfg.reference_short_side
+    n = len(fits)
+    pixels = _segment_pixels(labels, n)
+    moving = [len(pixels[k]) > 0 and fits[k].median_flow_px > cfg.moving_px * px_scale for k in range(n)]
+
+    parent = list(range(n))
+    if cfg.merge:
+        for a, b in sorted(_adjacent_pairs(labels)):
+            if not (moving[a] and moving[b]):
+                continue
+            A, B = fits[a].transform, fits[b].transform
+            if A is None or B is None:
+                continue
+            pa, pb = pixels[a], pixels[b]
+            ys = np.concatenate([pa // w, pb // w])
+            xs = np.concatenate([pa % w, pb % w])
+            c = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.min(), ys.max()], [xs.max(), ys.max()]],
+                         np.float64)
+            gap = np.hypot(*((c @ A[:, :2].T + A[:, 2]) - (c @ B[:, :2].T + B[:, 2])).T).max()
+            motion = max(fits[a].median_flow_px, fits[b].median_flow_px)
+            if gap <= max(cfg.merge_tol_px * px_scale, cfg.merge_rel * motion):
+                parent[_find(parent, a)] = _find(parent, b)
+    groups: dict[int, list[int]] = {}
+    for k in range(n):
+        if moving[k]:
+            groups.setdefault(_find(parent, k), []).append(k)
+
+    regions = []
+    fl = flow.reshape(-1, 2).astype(np.float64)
+    for segs in groups.values():
+        pix = np.concatenate([pixels[k] for k in segs])
+        motion = segment_median_flow(flow, pix)
+        if motion <= cfg.moving_px * px_scale:
+            continue
+        m = min(cfg.fit_samples, len(pix))
+        sel = pix[rng.choice(len(pix), size=m, replace=False)]
+        xy = np.stack([sel % w, sel // w], 1).astype(np.float64)
+        A, inl = fit_similarity(xy, xy + fl[sel], cfg.ransac_thresh)
+        if A is None or not np.isfinite(A).all():
+            A, inl = None, 0
+        rs = pix if len(pix) <= 4096 else pix[rng.choice(len(pix), size=4096, replace=False)]
+        rxy = np.stack([rs % w, rs // w], 1).astype(np.float64)
+        if A is not None:
+            res = np.hypot(*((rxy @ A[:, :2].T + A[:, 2]) - rxy - fl[rs]).T)
+            r50, r75 = float(np.median(res)), float(np.percentile(res, 75))
+            scale, angle = _similarity_params(A)
+        else:
+            r50 = r75 = float("inf")
+            scale, angle = 1.0, 0.0
+        kind = classify(angle, scale, r75, motion, cfg, px_scale)
+        regions.append({"segs": sorted(segs), "pix": pix, "A": A, "motion": motion, "r50": r50, "r75": r75,
+                        "scale": scale, "angle": angle, "type": kind, "inliers": inl, "samples": m})
+    regions.sort(key=lambda r: (-len(r["pix"]), r["segs"][0]))
+    regions = regions[:cfg.max_regions]
+
+    masks = np.zeros((h, w), np.uint8)
+    out = []
+    for i, r in enumerate(regions):
+        region = np.zeros(h * w, bool)
+        region[r["pix"]] = True
+        region = region.reshape(h, w)
+        masks[region] = i + 1
+        ys, xs = r["pix"] // w, r["pix"] % w
+        cx, cy = float(xs.mean()), float(ys.mean())
+        if not region[int(round(cy)), int(round(cx))]:
+            j = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
+            cx, cy = float(xs[j]), float(ys[j])
+        center = np.array([cx, cy])
+        dist = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        inner = dist[ys, xs] >= 3
+        cand = np.stack([xs, ys], 1).astype(np.float64)[inner if inner.any() else slice(None)]
+        if len(cand) > 4000:
+            cand = cand[rng.choice(len(cand), size=4000, replace=False)]
+        handles = [center] + _farthest_points(cand, center, cfg.n_handles - 1)
+        targets = []
+        for p in handles:
+            if r["type"] == "deformation" or r["A"] is None:
+                targets.append(p + _local_flow(flow, region, int(round(p[0])), int(round(p[1]))))
+            else:
+                targets.append(r["A"][:, :2] @ p + r["A"][:, 2])
+
+        def pt(p):
+            return [round(float(p[0]), 2), round(float(p[1]), 2)]
+
+        out.append({
+            "id": i, "type": r["type"], "center": pt(center), "handles": [pt(p) for p in handles],
+            "targets": [pt(p) for p in targets], "angle_deg": round(r["angle"], 3), "scale": round(r["scale"], 5),
+            "residual_px": round(r["r50"], 4) if np.isfinite(r["r50"]) else None,
+            "residual_p75_px": round(r["r75"], 4) if np.isfinite(r["r75"]) else None,
+            "motion_px": round(r["motion"], 4), "area": int(len(r["pix"])), "segments": r["segs"],
+            "inliers": int(r["inliers"]), "samples": int(r["samples"]),
+            "transform": None if r["A"] is None else [[round(float(v), 5) for v in row] for row in r["A"]],
+            "mask_index": i,
+        })
+    return {"image_size": [int(w), int(h)], "regions": out, "mask_encoding": "label map: value mask_index + 1"}, masks
