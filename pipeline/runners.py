@@ -40,14 +40,20 @@ def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
 
 # ---------------------------------------------------------------- Ray Data
 
-class _ClipFn:
-    def __init__(self, cfg):
-        self.stage = build_stages(cfg)[0]
+_CLIP_STAGES: dict = {}
 
-    def __call__(self, row: dict) -> list[dict]:
-        task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
-                        clip_id=row["clip_id"])
-        return [item_to_row(i) for i in self.stage(task)]
+
+def _clip_rows(row: dict, cfg) -> list[dict]:
+    """Clip stage as a Ray task. Tasks (not actors) so that a task lost with its node or worker is
+    simply retried elsewhere; the ClipStage (and its warm decode child process) is cached per worker
+    process, which Ray reuses across tasks."""
+    key = cfg.fingerprint() + repr(cfg.isolation)
+    stage = _CLIP_STAGES.get(key)
+    if stage is None:
+        stage = _CLIP_STAGES[key] = build_stages(cfg)[0]
+    task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
+                    clip_id=row["clip_id"])
+    return [item_to_row(i) for i in stage(task)]
 
 
 class _PairFn:
@@ -62,6 +68,17 @@ class _PairFn:
         for st in self.stages:
             items = st(items)
         return rows_to_table([item_to_row(i) for i in items])
+
+
+_PAIR_STAGES: dict = {}
+
+
+def _apply_pair_stages(batch, cfg, names: tuple):
+    key = (cfg.fingerprint(), names)
+    fn = _PAIR_STAGES.get(key)
+    if fn is None:
+        fn = _PAIR_STAGES[key] = _PairFn(cfg, names)
+    return fn(batch)
 
 
 def init_ray(cfg) -> None:
@@ -89,21 +106,18 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     ctx.print_on_execution_start = False
     _, pair_stages = build_stages(cfg)
     names = [s.name for s in pair_stages]
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = cfg.runner.clip_workers or cpus
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    # clip stage: long-lived actors (each keeps its isolated decode process warm), about one core each;
-    # they ask for a bit less than a core so the flow and encode actors can always be placed too
-    ds = ds.flat_map(_ClipFn, fn_constructor_args=(cfg,), num_cpus=cfg.runner.clip_stage_cpus,
-                     compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(tasks)))))
+    # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
+    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg}, num_cpus=cfg.runner.clip_stage_cpus,
+                     max_retries=cfg.runner.max_retries)
     # model stage: an actor pool, each actor holding one flow backend and its GPU share
     ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, (names[0],)), batch_format="pyarrow",
                         batch_size=cfg.flow.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.flow.actors),
                         num_gpus=cfg.flow.num_gpus or None, num_cpus=cfg.flow.num_cpus)
-    # light CPU stages: plain tasks that share cores with the clip workers
-    ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, tuple(names[1:])), batch_format="pyarrow",
-                        batch_size=8, num_cpus=cfg.runner.light_stage_cpus,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus))
+    # light CPU stages (motion, encode): plain retryable tasks
+    ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "names": tuple(names[1:])},
+                        batch_format="pyarrow", batch_size=8, num_cpus=cfg.runner.light_stage_cpus,
+                        max_retries=cfg.runner.max_retries)
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
