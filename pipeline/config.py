@@ -17,6 +17,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
+# signal stages own their config sections (each with a validate(prefix) method)
+from stages.coarse import CoarseConfig
+from stages.collage import CollageConfig
+from stages.drag import DragConfig
+from stages.region_drag import RegionDragConfig
+from stages.sketch import SketchConfig
+from stages.track import TrackConfig
+
 
 class ConfigError(ValueError):
     """A config value is unknown, of the wrong type or out of range. The message names the key."""
@@ -150,6 +158,12 @@ class Config:
     isolation: IsolationConfig = field(default_factory=IsolationConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    drag: DragConfig = field(default_factory=DragConfig)
+    sketch: SketchConfig = field(default_factory=SketchConfig)
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    collage: CollageConfig = field(default_factory=CollageConfig)
+    region_drag: RegionDragConfig = field(default_factory=RegionDragConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
@@ -244,6 +258,10 @@ def _check_ranges(c: Config) -> None:
         need(v is None or v <= 1, f"motion.{k}", "must be <= 1")
     if m.min_p90 is not None and m.max_p99 is not None:
         need(m.max_p99 > m.min_p90, "motion.max_p99", "must be > motion.min_p90")
+    for f in dataclasses.fields(c):  # sections defined by their stage modules validate themselves
+        section = getattr(c, f.name)
+        if hasattr(section, "validate"):
+            section.validate(f.name)
     o = c.output
     need(1 <= o.jpeg_quality <= 100, "output.jpeg_quality", "must be in [1, 100]")
     need(o.clips_per_shard >= 1, "output.clips_per_shard", "must be >= 1")

@@ -150,12 +150,13 @@ class ClipStage:
         cfg = self.cfg
         if sp.sequence:  # flow_advance: start + candidate targets
             idx = [sp.src] + list(sp.sequence)
-        elif cfg.flow.chain:
-            step = (sp.tgt - sp.src) / cfg.flow.chain_max_steps
-            idx = [int(round(sp.src + step * i)) for i in range(cfg.flow.chain_max_steps + 1)]
-            idx = list(dict.fromkeys(idx))
-        else:
-            idx = [sp.src, sp.tgt]
+        else:  # src, evenly spaced intermediate frames (for chained flow / the tracker), tgt
+            n = 2
+            if cfg.flow.chain:
+                n = max(n, cfg.flow.chain_max_steps + 1)
+            if cfg.track.enabled:
+                n = max(n, cfg.track.max_frames)
+            idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(sp.src, sp.tgt, n)))
         frames = decode.apply_frame_policy(decode.read_frames(reader, idx), cfg.frame)
         fps = info.fps
         meta = {
@@ -196,43 +197,46 @@ class FlowStage(PairStage):
             be = self.backend
         except Exception as e:  # missing weights / extra: every pair is recorded, the message says why
             return [pair_reject(it, "flow", "flow_backend_unavailable", str(e)[:500]) for it in items]
-        out: list[Item] = []
-        simple = [it for it in items if it.arrays["frames"].shape[0] == 2]
         res = {}
+        direct = [it for it in items if not self._needs_sequence(it)]
         bs = self.cfg.flow.batch_size
-        for k in range(0, len(simple), bs):
-            chunk = simple[k:k + bs]
+        for k in range(0, len(direct), bs):  # direct src->tgt flow, batched across pairs
+            chunk = direct[k:k + bs]
             try:
                 src = np.stack([it.arrays["frames"][0] for it in chunk])
-                tgt = np.stack([it.arrays["frames"][1] for it in chunk])
+                tgt = np.stack([it.arrays["frames"][-1] for it in chunk])
                 fwd = be(src, tgt)
                 bwd = be(tgt, src) if self.cfg.flow.bidirectional else None
                 for j, it in enumerate(chunk):
-                    res[id(it)] = self._finish(it, it.arrays["frames"][0], it.arrays["frames"][1], fwd[j],
-                                               None if bwd is None else bwd[j])
+                    res[id(it)] = self._finish(it, fwd[j], None if bwd is None else bwd[j])
             except Exception as e:
                 for it in chunk:
                     res[id(it)] = pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500])
+        out: list[Item] = []
         for it in items:
-            if id(it) in res:
-                out.append(res[id(it)])
-                continue
-            try:
-                out.append(self._sequence(it))
-            except Exception as e:
-                out.append(pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500]))
+            if id(it) not in res:
+                try:
+                    res[id(it)] = self._sequence(it)
+                except Exception as e:
+                    res[id(it)] = pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500])
+            out.append(res[id(it)])
         return out
+
+    def _needs_sequence(self, it: PairItem) -> bool:
+        return it.arrays["frames"].shape[0] > 2 and (self.cfg.flow.chain or self.cfg.pairs.policy == "flow_advance")
 
     def _sequence(self, it: PairItem) -> Item:
         """Chained flow over intermediate frames, or the flow_advance target search."""
-        from stages.flow import compose_flows
+        from stages.flow import chain_indices, compose_flows
 
         fr = it.arrays["frames"]
-        hops = self.backend(fr[:-1], fr[1:])  # consecutive hops, batched
+        advance = self.cfg.pairs.policy == "flow_advance"
+        sel = np.arange(len(fr)) if advance else chain_indices(len(fr), self.cfg.flow.chain_max_steps)
+        hops = self.backend(fr[sel[:-1]], fr[sel[1:]])  # consecutive hops, batched
         acc = [hops[0]]
         for h in hops[1:]:
             acc.append(compose_flows(acc[-1], h))
-        if self.cfg.pairs.policy == "flow_advance":
+        if advance:
             st = [motion.flow_stats(f, 1.0, 1e9) for f in acc]
             k, why = pairs.advance_select([s["p90"] for s in st], [s["p95"] for s in st], self.cfg.pairs)
             if k is None:
@@ -240,19 +244,27 @@ class FlowStage(PairStage):
             tgt_frame = it.meta["frame_indices"][k + 1]
             fps = it.meta["fps"]
             it.meta.update(tgt_frame=tgt_frame, tgt_time=round(tgt_frame / fps, 6),
-                           dt=round(abs(tgt_frame - it.meta["src_frame"]) / fps, 6), advance_steps=k + 1)
-            tgt, flow = fr[k + 1], acc[k]
+                           dt=round(abs(tgt_frame - it.meta["src_frame"]) / fps, 6), advance_steps=k + 1,
+                           frame_indices=it.meta["frame_indices"][:k + 2])
+            it.key = pair_key(it.clip_id, it.meta["shot"], it.meta["src_frame"], tgt_frame)
+            it.arrays["frames"] = fr[:k + 2]
+            flow = acc[k]
         else:
-            tgt, flow = fr[-1], acc[-1]
-        bwd = self.backend(tgt[None], fr[0][None])[0] if self.cfg.flow.bidirectional else None
-        return self._finish(it, fr[0], tgt, flow, bwd)
+            flow = acc[-1]
+        fr = it.arrays["frames"]
+        bwd = self.backend(fr[-1][None], fr[0][None])[0] if self.cfg.flow.bidirectional else None
+        return self._finish(it, flow, bwd)
 
-    def _finish(self, it: PairItem, src, tgt, flow, bwd) -> PairItem:
-        it.arrays = {"src": src, "tgt": tgt, "flow": flow.astype(np.float32)}
+    def _finish(self, it: PairItem, flow, bwd) -> PairItem:
+        fr = it.arrays.pop("frames")
+        it.arrays.update(src=fr[0], tgt=fr[-1], flow=flow.astype(np.float32))
+        if self.cfg.track.enabled:
+            it.arrays["frames"] = fr  # the tracker needs the frames in between (it drops them)
         if bwd is not None:
             it.arrays["flow_bwd"] = bwd.astype(np.float32)
         it.meta["flow"] = {"backend": self.cfg.flow.backend, "version": getattr(self.backend, "version", ""),
-                           "chained": bool(self.cfg.flow.chain), "direction": "src->tgt"}
+                           "chained": bool(self.cfg.flow.chain), "direction": "src->tgt",
+                           "bidirectional": bwd is not None}
         return it
 
 
@@ -273,7 +285,8 @@ class MotionStage(PairStage):
 
 
 def encode_image(img: np.ndarray, fmt: str, quality: int) -> bytes:
-    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    """RGB (H,W,3) or single-channel (H,W) uint8 -> encoded bytes."""
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 and img.shape[2] == 3 else img
     params = []
     if fmt == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, quality]
@@ -293,8 +306,14 @@ def encode_npy(arr: np.ndarray) -> bytes:
     return b.getvalue()
 
 
+# arrays written as lossless PNG (images and masks), as .npy, and meta entries written as their own JSON
+PNG_MEMBERS = ("sketch", "coarse", "coarse_mask", "collage", "collage_mask", "drag_mask")
+NPY_MEMBERS = ("tracks", "visibility", "region_masks")
+JSON_MEMBERS = ("drag", "region_drag")
+
+
 class EncodeStage(PairStage):
-    """Arrays -> tar member bytes: src/tgt images, optional flow.npy, meta.json."""
+    """Arrays -> tar member bytes: src/tgt images, signal PNGs, .npy arrays, JSON, meta.json."""
 
     name = "encode"
 
@@ -303,12 +322,22 @@ class EncodeStage(PairStage):
 
     def one(self, it: PairItem) -> Item:
         o = self.cfg.output
-        files = {f"src.{o.image_format}": encode_image(it.arrays["src"], o.image_format, o.jpeg_quality),
-                 f"tgt.{o.image_format}": encode_image(it.arrays["tgt"], o.image_format, o.jpeg_quality)}
+        a = it.arrays
+        files = {f"src.{o.image_format}": encode_image(a["src"], o.image_format, o.jpeg_quality),
+                 f"tgt.{o.image_format}": encode_image(a["tgt"], o.image_format, o.jpeg_quality)}
         if o.flow != "none":
-            files["flow.npy"] = encode_npy(it.arrays["flow"].astype(o.flow))
-            if "flow_bwd" in it.arrays:
-                files["flow_bwd.npy"] = encode_npy(it.arrays["flow_bwd"].astype(o.flow))
+            files["flow.npy"] = encode_npy(a["flow"].astype(o.flow))
+            if "flow_bwd" in a:
+                files["flow_bwd.npy"] = encode_npy(a["flow_bwd"].astype(o.flow))
+        for name in PNG_MEMBERS:
+            if name in a:
+                files[f"{name}.png"] = encode_image(a[name], "png", 0)
+        for name in NPY_MEMBERS:
+            if name in a:
+                files[f"{name}.npy"] = encode_npy(a[name])
+        for name in JSON_MEMBERS:
+            if name in it.meta:
+                files[f"{name}.json"] = json.dumps(it.meta.pop(name), sort_keys=True).encode()
         it.meta["key"] = it.key
         it.meta["files"] = sorted(files) + ["meta.json"]
         files["meta.json"] = json.dumps(it.meta, sort_keys=True).encode()
@@ -322,8 +351,16 @@ def _clip_worker(cfg):
 
 
 def build_stages(cfg) -> tuple[ClipStage, list[PairStage]]:
-    """The pipeline: one clip stage, then the pair stages in order."""
-    return ClipStage(cfg), [FlowStage(cfg), MotionStage(cfg), EncodeStage(cfg)]
+    """The pipeline: one clip stage, then the pair stages in order (disabled signals are skipped)."""
+    from stages.coarse import CoarseStage
+    from stages.collage import CollageStage
+    from stages.sketch import SketchStage
+    from stages.track import TrackStage
+
+    signals = [(cfg.track.enabled, TrackStage), (cfg.sketch.enabled, SketchStage),
+               (cfg.coarse.enabled, CoarseStage), (cfg.collage.enabled, CollageStage)]
+    return ClipStage(cfg), [FlowStage(cfg), MotionStage(cfg), *[S(cfg) for on, S in signals if on],
+                            EncodeStage(cfg)]
 
 
 def run_items(clip_stage: ClipStage, pair_stages: Iterable[PairStage], task: ClipTask) -> list[Item]:
