@@ -26,24 +26,30 @@ sys.path.insert(0, str(ROOT))
 
 
 def stage_costs(cfg, tasks):
-    from pipeline.graph import ClipStage, EncodeStage, FlowStage, MotionStage
+    """Each stage alone, in process, on the same data: ms per written pair."""
+    import webdataset  # noqa: F401  (a one-off 2-3 s import; not a per-pair cost)
+
+    from pipeline.graph import build_stages
+    from pipeline.io import OutputWriter
     from pipeline.items import PairItem
 
-    import webdataset  # noqa: F401  (a one-off 2-3 s import; not a per-pair cost)
-    clip, flow, mot, enc = ClipStage(cfg), FlowStage(cfg), MotionStage(cfg), EncodeStage(cfg)
     cfg.isolation.mode = "none"
-    flow.backend  # load outside the timing
-    t = {"clip (probe+shots+static+pairs+decode)": 0.0, "flow": 0.0, "motion": 0.0, "encode": 0.0, "write": 0.0}
+    clip, stages = build_stages(cfg)
+    for st in stages:  # load models outside the timing
+        if hasattr(st, "backend"):
+            st.backend
+    t = {"clip (probe+shots+static+pairs+decode)": 0.0, **{st.name: 0.0 for st in stages}, "write": 0.0}
     all_items = []
     for task in tasks:
-        t0 = time.perf_counter(); items = clip(task); t["clip (probe+shots+static+pairs+decode)"] += time.perf_counter() - t0
-        t0 = time.perf_counter(); items = flow(items); t["flow"] += time.perf_counter() - t0
-        t0 = time.perf_counter(); items = mot(items); t["motion"] += time.perf_counter() - t0
-        t0 = time.perf_counter(); items = enc(items); t["encode"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        items = clip(task)
+        t["clip (probe+shots+static+pairs+decode)"] += time.perf_counter() - t0
+        for st in stages:
+            t0 = time.perf_counter()
+            items = st(items)
+            t[st.name] += time.perf_counter() - t0
         all_items += items
     cfg.isolation.mode = "process"
-    from pipeline.io import OutputWriter
-
     with tempfile.TemporaryDirectory() as d:
         w = OutputWriter(d, cfg, tasks)
         t0 = time.perf_counter()

@@ -141,7 +141,7 @@ class RunnerConfig:
     num_cpus: Optional[int] = None  # local Ray only
     max_retries: int = 4  # Ray: retries of a task lost with its worker or node
     clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
-    light_stage_cpus: float = 0.25  # Ray: logical CPUs per motion/encode actor
+    pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)
     progress: bool = True
 
 
@@ -247,7 +247,7 @@ def _check_ranges(c: Config) -> None:
     need(fl.num_cpus > 0, "flow.num_cpus", "must be > 0")
     need(c.runner.max_retries >= 0, "runner.max_retries", "must be >= 0")
     need(c.runner.clip_stage_cpus > 0, "runner.clip_stage_cpus", "must be > 0")
-    need(c.runner.light_stage_cpus > 0, "runner.light_stage_cpus", "must be > 0")
+    need(c.runner.pair_stage_cpus > 0, "runner.pair_stage_cpus", "must be > 0")
     m = c.motion
     need(m.reference_short_side > 0, "motion.reference_short_side", "must be > 0")
     for k in ("min_p50", "min_p90", "max_p99", "min_moving_frac", "max_large_frac"):

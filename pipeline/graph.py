@@ -307,8 +307,8 @@ def encode_npy(arr: np.ndarray) -> bytes:
 
 
 # arrays written as lossless PNG (images and masks), as .npy, and meta entries written as their own JSON
-PNG_MEMBERS = ("sketch", "coarse", "coarse_mask", "collage", "collage_mask", "drag_mask")
-NPY_MEMBERS = ("tracks", "visibility", "region_masks")
+PNG_MEMBERS = ("sketch", "coarse", "coarse_mask", "collage", "collage_mask", "drag_mask", "region_masks")
+NPY_MEMBERS = ("tracks", "visibility")
 JSON_MEMBERS = ("drag", "region_drag")
 
 
@@ -348,6 +348,18 @@ class EncodeStage(PairStage):
 def _clip_worker(cfg):
     """Factory run inside the isolation child: the un-isolated clip work."""
     return ClipStage(cfg)._run
+
+
+def model_stage_options(cfg, name: str):
+    """Ray actor-pool options for stages that hold a model (None: a light stage, run as tasks)."""
+    if name == "flow":
+        return dict(size=cfg.flow.actors, num_gpus=cfg.flow.num_gpus, num_cpus=cfg.flow.num_cpus,
+                    batch_size=cfg.flow.batch_size)
+    if name == "track" and cfg.track.backend != "flow_chain":
+        return dict(size=1, num_gpus=cfg.track.num_gpus, num_cpus=0.25, batch_size=cfg.track.batch_size)
+    if name == "collage" and (cfg.collage.segmenter == "sam" or cfg.collage.depth == "dpt"):
+        return dict(size=1, num_gpus=cfg.collage.num_gpus, num_cpus=0.25, batch_size=2)
+    return None
 
 
 def build_stages(cfg) -> tuple[ClipStage, list[PairStage]]:

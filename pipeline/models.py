@@ -937,7 +937,18 @@ def presets_weights(preset_cfg_dict, registry: Mapping[str, WeightEntry] | None 
                     if c not in found:
                         found.append(c)
                     break
-    return found
+    # keys of this project's config that name weights without a generic selector
+    col = preset_cfg_dict.get("collage") if isinstance(preset_cfg_dict, Mapping) else None
+    if isinstance(col, Mapping) and col.get("enabled", True):
+        if col.get("segmenter") == "sam" and not col.get("sam_checkpoint"):
+            found.append(f"sam_{col.get('sam_model_type', 'vit_b')}")
+        if col.get("depth") == "dpt" and not col.get("dpt_weights"):
+            found.append("dpt_hybrid_midas")
+    tr = preset_cfg_dict.get("track") if isinstance(preset_cfg_dict, Mapping) else None
+    if isinstance(tr, Mapping) and tr.get("enabled", True) and str(tr.get("backend", "")).startswith("cotracker3") \
+            and not tr.get("checkpoint"):
+        found.append(str(tr["backend"]))
+    return [n for i, n in enumerate(found) if n in reg and n not in found[:i]]
 
 
 def _load_preset(preset: str) -> Any:

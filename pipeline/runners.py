@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from tqdm import tqdm
 
-from pipeline.graph import build_stages, run_items
+from pipeline.graph import build_stages, model_stage_options, run_items
 from pipeline.io import OutputWriter
 from pipeline.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
 
@@ -110,14 +110,24 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
     ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg}, num_cpus=cfg.runner.clip_stage_cpus,
                      max_retries=cfg.runner.max_retries)
-    # model stage: an actor pool, each actor holding one flow backend and its GPU share
-    ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, (names[0],)), batch_format="pyarrow",
-                        batch_size=cfg.flow.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.flow.actors),
-                        num_gpus=cfg.flow.num_gpus or None, num_cpus=cfg.flow.num_cpus)
-    # light CPU stages (motion, encode): plain retryable tasks
-    ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "names": tuple(names[1:])},
-                        batch_format="pyarrow", batch_size=8, num_cpus=cfg.runner.light_stage_cpus,
-                        max_retries=cfg.runner.max_retries)
+    # pair stages: a stage holding a model runs in an actor pool (one model per actor, with its GPU
+    # share); consecutive light stages run together as plain retryable tasks
+    groups: list[tuple[list[str], dict | None]] = []
+    for name in names:
+        opts = model_stage_options(cfg, name)
+        if opts is None and groups and groups[-1][1] is None:
+            groups[-1][0].append(name)
+        else:
+            groups.append(([name], opts))
+    for group, opts in groups:
+        if opts is not None:
+            ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, tuple(group)), batch_format="pyarrow",
+                                batch_size=opts["batch_size"], compute=ray.data.ActorPoolStrategy(size=opts["size"]),
+                                num_gpus=opts["num_gpus"] or None, num_cpus=opts["num_cpus"])
+        else:
+            ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "names": tuple(group)},
+                                batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus,
+                                max_retries=cfg.runner.max_retries)
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():

@@ -124,7 +124,8 @@ def check_pair_arrays(it: PairItem) -> Optional[tuple[str, str]]:
     src, tgt, flow = (np.asarray(a[k]) for k in ("src", "tgt", "flow"))
     if src.ndim != 3 or src.shape[-1] != 3 or src.dtype != np.uint8 or tgt.shape != src.shape \
             or tgt.dtype != np.uint8:
-        return "bad_input", f"src/tgt must be (H, W, 3) uint8 of one size, got {src.shape} {src.dtype} / {tgt.shape} {tgt.dtype}"
+        return "bad_input", (f"src/tgt must be (H, W, 3) uint8 of one size, "
+                             f"got {src.shape} {src.dtype} / {tgt.shape} {tgt.dtype}")
     if min(src.shape[:2]) < 2:
         return "bad_input", f"frame too small: {src.shape[1]}x{src.shape[0]}"
     if flow.shape != src.shape[:2] + (2,):

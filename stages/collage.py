@@ -25,12 +25,12 @@ Here
    pixels (warped mask > 0.5) are written where their warped disparity is >= the z-buffer, so
    nearer segments win. The remaining source pixels (no segment, too small, failed fit) are
    softmax-splatted (``stages.splat``, ``soft`` mode, Magic Fixup's metric) and fill the
-   pixels no segment covers wherever their splatted density is >= 0.5. The rest is the hole
-   mask (255), and black in the collage.
+   pixels no segment covers wherever their splatted density is > ``hole_thresh`` (0.5, the
+   coarse edit's rule). The rest is the hole mask (255), and black in the collage.
 
 Outputs of :class:`CollageStage` (per pair): ``arrays["collage"]`` (H, W, 3) uint8,
 ``arrays["collage_mask"]`` (H, W) uint8 255 = hole, ``meta["collage"]`` (segments, transforms,
-depth, residuals, hole fraction, timings), and the region drags of :mod:`stages.region_drag`
+depth, residuals, hole fraction; no timings, so reruns write identical samples), and the region drags of :mod:`stages.region_drag`
 (``meta["region_drag"]``, ``arrays["region_masks"]``).
 """
 from __future__ import annotations
@@ -63,13 +63,14 @@ class CollageConfig:
     fz_min_size: int = 50  # Felzenszwalb minimum component at a 240-px short side
     slic_segments: int = 150  # SLIC: approximate number of superpixels
     slic_compactness: float = 10.0
+    segment_short_side: Optional[int] = 288  # weight-free segmenters run at <= this short side; null: full size
     flow_weight: float = 1.0  # weight of a 1-px flow difference (at 240 px) vs a full-range colour difference
     depth: str = "occlusion"  # occlusion (weight-free) | dpt
     dpt_weights: Optional[str] = None  # local DPT directory; default: the model cache (dpt_hybrid_midas)
     fit_samples: int = 50  # pixels per segment for the similarity fit (Magic Fixup: 50)
     ransac_thresh: float = 3.0  # RANSAC reprojection threshold, px (OpenCV's default, as Magic Fixup)
     min_inlier_frac: float = 0.3  # below this a fit is rejected and the segment is flow-splatted
-    min_density: float = 0.5  # splatted density needed for a non-segment pixel to count as covered
+    hole_thresh: float = 0.5  # a pixel no segment covers is a hole when its splatted density is <= this (as coarse)
     device: str = "auto"  # SAM / DPT device: auto | cpu | cuda
     num_gpus: float = 0.0  # per collage actor in the Ray runner (SAM / DPT)
 
@@ -95,10 +96,12 @@ class CollageConfig:
         need(self.slic_segments >= 1, "slic_segments", "must be >= 1")
         need(self.slic_compactness > 0, "slic_compactness", "must be > 0")
         need(self.flow_weight >= 0, "flow_weight", "must be >= 0")
+        need(self.segment_short_side is None or self.segment_short_side >= 32, "segment_short_side",
+             "must be >= 32 or null")
         need(self.fit_samples >= 3, "fit_samples", "must be >= 3 (a similarity needs 2 points, RANSAC more)")
         need(self.ransac_thresh > 0, "ransac_thresh", "must be > 0")
         need(0.0 <= self.min_inlier_frac <= 1.0, "min_inlier_frac", "must be in [0, 1]")
-        need(0.0 < self.min_density <= 1.0, "min_density", "must be in (0, 1]")
+        need(0.0 <= self.hole_thresh < 1.0, "hole_thresh", "must be in [0, 1)")
         need(self.num_gpus >= 0, "num_gpus", "must be >= 0")
 
 
@@ -215,7 +218,7 @@ def fit_segments(labels: np.ndarray, flow: np.ndarray, *, fit_samples: int = 50,
     return fits
 
 
-def _warp_roi(src: np.ndarray, A: np.ndarray, bbox: tuple[int, int, int, int], shape: tuple[int, int]):
+def _warp_roi(A: np.ndarray, bbox: tuple[int, int, int, int], shape: tuple[int, int]):
     """Target ROI (y0, x0, h, w) that contains the source ``bbox`` (x0, y0, x1, y1) mapped by ``A``."""
     h, w = shape
     bx0, by0, bx1, by1 = bbox
@@ -247,7 +250,7 @@ def _splat_leftover(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, leftover
 
 
 def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, fits: list[SegmentFit],
-              order: list[int], disparity: Optional[np.ndarray] = None, *, min_density: float = 0.5,
+              order: list[int], disparity: Optional[np.ndarray] = None, *, hole_thresh: float = 0.5,
               device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Warp kept segments back to front with a z-buffer, splat the rest.
 
@@ -276,7 +279,7 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
             continue
         pix = pixels[k]
         ys, xs = pix // w, pix % w
-        roi = _warp_roi(src, fit.transform, (xs.min(), ys.min(), xs.max(), ys.max()), (h, w))
+        roi = _warp_roi(fit.transform, (xs.min(), ys.min(), xs.max(), ys.max()), (h, w))
         if roi is None:
             continue
         y0, x0, rh, rw = roi
@@ -310,7 +313,7 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
     filled = np.zeros((h, w), bool)
     if leftover.any():
         rgb, dens = _splat_leftover(src, tgt, flow, leftover, device)
-        filled = ~covered & (dens >= min_density)
+        filled = ~covered & (dens > hole_thresh)
         canvas[filled] = rgb[filled]
     hole = ~(covered | filled)
     canvas[hole] = 0.0
@@ -325,7 +328,8 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
                  rng: Optional[np.random.Generator] = None, device: str = "cpu") -> dict:
     """The whole collage for one pair, given the segment label map. ``cfg``: a :class:`CollageConfig`.
 
-    Returns ``{"collage", "mask", "owner", "fits", "order", "disparity", "meta"}`` (``meta`` is JSON-able).
+    Returns ``{"collage", "mask", "owner", "fits", "order", "disparity", "meta", "ms"}``: ``meta`` is
+    JSON-able and deterministic (it goes into the sample); ``ms`` holds the step timings.
     """
     from stages.depth import occlusion_order, order_to_disparity
 
@@ -339,7 +343,8 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     disp_map = None
     if depth_model is None:
         moving = [f.median_flow_px > moving_px for f in fits]
-        order, info = occlusion_order(src, tgt, labels, [f.transform for f in fits], moving)
+        order, info = occlusion_order(src, tgt, labels, [f.transform for f in fits], moving,
+                                      pixels=_segment_pixels(labels, n))
         depth_info.update(info)
         per_seg = order_to_disparity(order, n)
     else:
@@ -350,7 +355,7 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     for k, f in enumerate(fits):
         f.depth = float(per_seg[k])
     t2 = time.perf_counter()
-    collage, mask, owner, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, min_density=cfg.min_density,
+    collage, mask, owner, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, hole_thresh=cfg.hole_thresh,
                                      device=device)
     t3 = time.perf_counter()
     hole_frac = float((mask > 0).mean())
@@ -358,11 +363,10 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     for f in fits:
         status[f.status] = status.get(f.status, 0) + 1
     meta = {"segments": [f.to_meta() for f in fits], "hole_frac": round(hole_frac, 6), "n_segments": n,
-            "status_counts": status, "depth": depth_info, **cinfo,
-            "ms": {"fit": round((t1 - t0) * 1e3, 2), "depth": round((t2 - t1) * 1e3, 2),
-                   "composite": round((t3 - t2) * 1e3, 2)}}
+            "status_counts": status, "depth": depth_info, **cinfo}
+    ms = {"fit": (t1 - t0) * 1e3, "depth": (t2 - t1) * 1e3, "composite": (t3 - t2) * 1e3}
     return {"collage": collage, "mask": mask, "owner": owner, "fits": fits, "order": order, "disparity": disp_map,
-            "meta": meta}
+            "meta": meta, "ms": ms}
 
 
 def _pair_rng(seed: int, key: str) -> np.random.Generator:
@@ -419,21 +423,23 @@ class CollageStage(PairStage):
         return super().process(items)
 
     def one(self, it):
+        from stages.coarse import check_pair_arrays
         from stages.region_drag import region_drags
 
+        bad = check_pair_arrays(it)
+        if bad:
+            return pair_reject(it, "collage", *bad)
         try:
             src, tgt, flow = it.arrays["src"], it.arrays["tgt"], it.arrays["flow"]
-            t0 = time.perf_counter()
             labels = self.segmenter(src, flow)
-            t1 = time.perf_counter()
             rng = _pair_rng(getattr(self.cfg, "seed", 0), it.key)
             moving_px = self.rcfg.moving_px * min(src.shape[:2]) / self.rcfg.reference_short_side
             res = make_collage(src, tgt, flow, labels, depth_model=self.depth, cfg=self.ccfg, moving_px=moving_px,
                                rng=rng, device=self._device())
-            t2 = time.perf_counter()
-            meta = res["meta"]
+            meta = res["meta"]  # no timings: reruns must write identical samples
             meta["segmenter"] = getattr(self.segmenter, "version", self.ccfg.segmenter)
-            meta["ms"]["segment"] = round((t1 - t0) * 1e3, 2)
+            if self._depth is not None:
+                meta["depth"]["version"] = getattr(self._depth, "version", "")
             it.arrays["collage"] = res["collage"]
             it.arrays["collage_mask"] = res["mask"]
             it.meta["collage"] = meta
@@ -441,8 +447,6 @@ class CollageStage(PairStage):
                 drag, masks = region_drags(labels, res["fits"], flow, self.rcfg, rng=rng)
                 it.arrays["region_masks"] = masks
                 it.meta["region_drag"] = drag
-            meta["ms"]["total"] = round((time.perf_counter() - t0) * 1e3, 2)
-            _ = t2
         except Exception as e:
             return pair_reject(it, "collage", "collage_failed", f"{type(e).__name__}: {e}"[:500])
         return it

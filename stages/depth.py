@@ -100,33 +100,39 @@ class DPTDepth:
         return np.clip(pred[0, 0].cpu().numpy(), 0.0, None).astype(np.float32)
 
 
-def _bottom_prior(labels: np.ndarray, n: int) -> np.ndarray:
+def _segment_pixels(labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """Flat pixel indices of each segment 0..n-1 (one sort, not n scans)."""
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat >= 0)
+    lab = flat[idx]
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    bounds = np.searchsorted(lab, np.arange(n + 1))
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
+
+
+def _bottom_prior(pixels: list, h: int, w: int) -> np.ndarray:
     """Per segment: 95th percentile of its rows / height (larger = lower in the frame = nearer)."""
-    h = labels.shape[0]
-    out = np.zeros(n)
-    ys = np.nonzero(labels >= 0)[0]
-    lab = labels[labels >= 0]
-    for k in range(n):
-        yk = ys[lab == k]
-        out[k] = np.percentile(yk, 95) / max(h - 1, 1) if len(yk) else 0.0
-    return out
+    return np.array([np.percentile(p // w, 95) / max(h - 1, 1) if len(p) else 0.0 for p in pixels])
 
 
 def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
                     transforms: Sequence[Optional[np.ndarray]], moving: Sequence[bool], *,
-                    min_overlap: int = 20, min_contrast: float = 3.0, warped_masks: Optional[list] = None
+                    min_overlap: int = 20, min_contrast: float = 3.0, pixels: Optional[list] = None
                     ) -> tuple[list[int], dict]:
     """Back-to-front order of the segments ``0..n-1`` of ``labels`` (see the module docstring).
 
     ``transforms[k]`` is the 2x3 src->tgt map of segment ``k`` (``None``: not warped, takes no part
-    in the evidence); ``moving[k]`` its static/moving class for the prior. ``warped_masks`` may pass
-    precomputed ``(y0, x0, bool mask)`` ROIs of each warped segment. Returns ``(order, info)``:
+    in the evidence); ``moving[k]`` its static/moving class for the prior. ``pixels`` may pass the
+    flat pixel indices of each segment (else computed from ``labels``). Returns ``(order, info)``:
     ``order`` lists segment ids from farthest to nearest; ``info`` counts the constraints used.
     """
     n = len(transforms)
     h, w = labels.shape
     src_f, tgt_f = np.asarray(src, np.float32), np.asarray(tgt, np.float32)
-    prior = _bottom_prior(labels, n) + np.asarray(moving, float)
+    if pixels is None:
+        pixels = _segment_pixels(labels, n)
+    prior = _bottom_prior(pixels, h, w) + np.asarray(moving, float)
     # warped masks and per-pixel photometric error, in ROIs
     rois: list = [None] * n
     cover = np.zeros((h, w), np.int32)
@@ -134,7 +140,7 @@ def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
         A = transforms[k]
         if A is None:
             continue
-        roi = warped_masks[k] if warped_masks is not None else _warp_mask_roi(labels == k, A, (h, w))
+        roi = _warp_mask_roi(pixels[k], A, (h, w))
         if roi is None:
             continue
         y0, x0, m = roi
@@ -143,8 +149,12 @@ def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
     edges: dict[tuple[int, int], float] = {}  # (behind, front) -> weight
     if (cover >= 2).any():
         over = cover >= 2
-        cand = [k for k in range(n) if rois[k] is not None
-                and over[rois[k][0]:rois[k][0] + rois[k][2].shape[0], rois[k][1]:rois[k][1] + rois[k][2].shape[1]][rois[k][2]].any()]
+        cand = []
+        for k in range(n):
+            if rois[k] is not None:
+                y0, x0, m = rois[k]
+                if over[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m].any():
+                    cand.append(k)
         err = {}
         for k in cand:
             y0, x0, m = rois[k]
@@ -205,25 +215,27 @@ def order_to_disparity(order: Sequence[int], n: int) -> np.ndarray:
     return disp
 
 
-def _warp_mask_roi(mask: np.ndarray, A: np.ndarray, shape: tuple[int, int]):
-    """Warp a boolean source mask by the 2x3 ``A`` into the frame; returns ``(y0, x0, bool ROI)``
-    covering the warped mask (None when it leaves the frame)."""
+def _warp_mask_roi(pix: np.ndarray, A: np.ndarray, shape: tuple[int, int]):
+    """Warp a segment (flat pixel indices) by the 2x3 ``A`` into the frame; returns
+    ``(y0, x0, bool ROI)`` covering the warped mask (None when it leaves the frame)."""
     h, w = shape
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    if len(pix) == 0:
         return None
-    corners = np.array([[xs.min() - 1, ys.min() - 1], [xs.max() + 1, ys.min() - 1],
-                        [xs.min() - 1, ys.max() + 1], [xs.max() + 1, ys.max() + 1]], np.float64)
+    ys, xs = pix // w, pix % w
+    sx0, sy0, sx1, sy1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    corners = np.array([[sx0 - 1, sy0 - 1], [sx1, sy0 - 1], [sx0 - 1, sy1], [sx1, sy1]], np.float64)
     A = np.asarray(A, np.float64)
     q = corners @ A[:, :2].T + A[:, 2]
     x0, y0 = max(int(np.floor(q[:, 0].min())) - 1, 0), max(int(np.floor(q[:, 1].min())) - 1, 0)
     x1, y1 = min(int(np.ceil(q[:, 0].max())) + 2, w), min(int(np.ceil(q[:, 1].max())) + 2, h)
     if x1 <= x0 or y1 <= y0:
         return None
+    crop = np.zeros((sy1 - sy0, sx1 - sx0), np.float32)
+    crop[ys - sy0, xs - sx0] = 1.0
     B = A.copy()
-    B[:, 2] -= (x0, y0)
-    m = cv2.warpAffine(mask.astype(np.float32), B, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    B[:, 2] = A[:, :2] @ np.array([sx0, sy0], np.float64) + A[:, 2] - (x0, y0)
+    m = cv2.warpAffine(crop, B, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0)
     return y0, x0, m > 0.5
 
 

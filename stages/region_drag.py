@@ -7,9 +7,11 @@ How regions are found (:func:`region_drags`)
 --------------------------------------------
 1. Moving segments: segments of the collage label map whose median flow magnitude exceeds
    ``moving_px`` (given at ``reference_short_side``, scaled with the frame's short side).
-2. Merging (``merge``): adjacent moving segments whose fitted similarities agree, i.e. map the
-   corners of their joint bounding box to within ``max(merge_tol_px, merge_rel * motion)`` of
-   each other, are one region (an over-segmented rigid object is one drag, not five).
+2. Merging (``merge``): two adjacent moving segments are one region when a single similarity,
+   fitted to the flow of both, leaves a 75th-percentile residual <= ``merge_tol_px`` (so an
+   over-segmented rigid object is one drag, not five). Pairs are merged best-first
+   (union-find); residual thresholds are in frame px because they are about flow noise,
+   which does not grow with the resolution.
 3. Per region a similarity is refitted to the flow of up to ``fit_samples`` of its pixels
    (RANSAC, ``ransac_thresh`` px): ``angle_deg`` (positive = clockwise on screen, y points
    down), ``scale``, ``residual_px`` (median ``|A p - (p + flow(p))|`` over the region) and
@@ -48,15 +50,14 @@ TYPES = ("translation", "rotation", "deformation")
 @dataclass
 class RegionDragConfig:
     enabled: bool = True
-    reference_short_side: int = 512  # the px thresholds below are for this short side, scaled to the frame
+    reference_short_side: int = 512  # moving_px is for this short side, scaled to the frame
     moving_px: float = 2.0  # a segment moves when its median |flow| exceeds this
     rotation_deg: float = 5.0  # |similarity angle| >= this -> rotation
     deformation_ratio: float = 0.25  # p75 residual > ratio * median motion (and > deformation_min_px) -> deformation
-    deformation_min_px: float = 1.5
+    deformation_min_px: float = 2.0  # frame px (a flow-noise floor: not scaled with the frame)
     scale_change: float = 0.15  # |scale - 1| > this -> deformation
-    merge: bool = True  # merge adjacent moving segments whose similarities agree
-    merge_tol_px: float = 2.0
-    merge_rel: float = 0.15  # ... or agree within this fraction of their motion
+    merge: bool = True  # merge adjacent moving segments that one similarity explains
+    merge_tol_px: float = 2.0  # ... with a p75 residual <= this (frame px, not scaled)
     n_handles: int = 4  # points per region (the center included)
     max_regions: int = 16  # at most 255 (the mask label map is uint8)
     fit_samples: int = 400  # pixels per region for the refit
@@ -76,17 +77,15 @@ class RegionDragConfig:
         need(self.deformation_min_px >= 0, "deformation_min_px", "must be >= 0")
         need(self.scale_change > 0, "scale_change", "must be > 0")
         need(self.merge_tol_px >= 0, "merge_tol_px", "must be >= 0")
-        need(self.merge_rel >= 0, "merge_rel", "must be >= 0")
         need(self.n_handles >= 1, "n_handles", "must be >= 1")
         need(1 <= self.max_regions <= 255, "max_regions", "must be in [1, 255] (uint8 label map)")
         need(self.fit_samples >= 3, "fit_samples", "must be >= 3")
         need(self.ransac_thresh > 0, "ransac_thresh", "must be > 0")
 
 
-def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig,
-             px_scale: float = 1.0) -> str:
+def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig) -> str:
     """Operation type from the region's similarity and its fit residual (see the module docstring)."""
-    if residual_p75 > max(cfg.deformation_ratio * motion, cfg.deformation_min_px * px_scale):
+    if residual_p75 > max(cfg.deformation_ratio * motion, cfg.deformation_min_px):
         return "deformation"
     if abs(scale - 1.0) > cfg.scale_change:
         return "deformation"
@@ -151,51 +150,57 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
     pixels = _segment_pixels(labels, n)
     moving = [len(pixels[k]) > 0 and fits[k].median_flow_px > cfg.moving_px * px_scale for k in range(n)]
 
+    fl = flow.reshape(-1, 2).astype(np.float64)
+
+    def sample(pix: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        sel = pix if len(pix) <= m else pix[rng.choice(len(pix), size=m, replace=False)]
+        xy = np.stack([sel % w, sel // w], 1).astype(np.float64)
+        f = fl[sel]
+        ok = np.isfinite(f).all(axis=1)
+        return xy[ok], f[ok]
+
     parent = list(range(n))
     if cfg.merge:
+        # adjacent moving segments are one region when ONE similarity explains both (75th
+        # percentile residual <= merge_tol_px): an over-segmented rigid object becomes one drag
+        cands = []
         for a, b in sorted(_adjacent_pairs(labels)):
             if not (moving[a] and moving[b]):
                 continue
-            A, B = fits[a].transform, fits[b].transform
-            if A is None or B is None:
+            xy, f = sample(np.concatenate([pixels[a], pixels[b]]), cfg.fit_samples)
+            A, _ = fit_similarity(xy, xy + f, cfg.ransac_thresh)
+            if A is None or not np.isfinite(A).all():
                 continue
-            pa, pb = pixels[a], pixels[b]
-            ys = np.concatenate([pa // w, pb // w])
-            xs = np.concatenate([pa % w, pb % w])
-            c = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.min(), ys.max()], [xs.max(), ys.max()]],
-                         np.float64)
-            gap = np.hypot(*((c @ A[:, :2].T + A[:, 2]) - (c @ B[:, :2].T + B[:, 2])).T).max()
-            motion = max(fits[a].median_flow_px, fits[b].median_flow_px)
-            if gap <= max(cfg.merge_tol_px * px_scale, cfg.merge_rel * motion):
-                parent[_find(parent, a)] = _find(parent, b)
+            r75 = float(np.percentile(np.hypot(*((xy @ A[:, :2].T + A[:, 2]) - xy - f).T), 75))
+            if r75 <= cfg.merge_tol_px:
+                cands.append((r75, a, b))
+        for _, a, b in sorted(cands):
+            parent[_find(parent, a)] = _find(parent, b)
     groups: dict[int, list[int]] = {}
     for k in range(n):
         if moving[k]:
             groups.setdefault(_find(parent, k), []).append(k)
 
     regions = []
-    fl = flow.reshape(-1, 2).astype(np.float64)
     for segs in groups.values():
         pix = np.concatenate([pixels[k] for k in segs])
         motion = segment_median_flow(flow, pix)
         if motion <= cfg.moving_px * px_scale:
             continue
-        m = min(cfg.fit_samples, len(pix))
-        sel = pix[rng.choice(len(pix), size=m, replace=False)]
-        xy = np.stack([sel % w, sel // w], 1).astype(np.float64)
-        A, inl = fit_similarity(xy, xy + fl[sel], cfg.ransac_thresh)
+        xy, f = sample(pix, cfg.fit_samples)
+        m = len(xy)
+        A, inl = fit_similarity(xy, xy + f, cfg.ransac_thresh)
         if A is None or not np.isfinite(A).all():
             A, inl = None, 0
-        rs = pix if len(pix) <= 4096 else pix[rng.choice(len(pix), size=4096, replace=False)]
-        rxy = np.stack([rs % w, rs // w], 1).astype(np.float64)
-        if A is not None:
-            res = np.hypot(*((rxy @ A[:, :2].T + A[:, 2]) - rxy - fl[rs]).T)
+        rxy, rf = sample(pix, 4096)
+        if A is not None and len(rxy):
+            res = np.hypot(*((rxy @ A[:, :2].T + A[:, 2]) - rxy - rf).T)
             r50, r75 = float(np.median(res)), float(np.percentile(res, 75))
             scale, angle = _similarity_params(A)
         else:
             r50 = r75 = float("inf")
             scale, angle = 1.0, 0.0
-        kind = classify(angle, scale, r75, motion, cfg, px_scale)
+        kind = classify(angle, scale, r75, motion, cfg)
         regions.append({"segs": sorted(segs), "pix": pix, "A": A, "motion": motion, "r50": r50, "r75": r75,
                         "scale": scale, "angle": angle, "type": kind, "inliers": inl, "samples": m})
     regions.sort(key=lambda r: (-len(r["pix"]), r["segs"][0]))

@@ -17,8 +17,10 @@ Backends (:func:`make_segmenter`)
     compact superpixels of a fixed size, whose boundaries cut through objects on a regular grid
     and whose similarity fits would follow any non-rigid flow, so the collage would degenerate
     into a (blocky) flow warp. Parameters are given for a 240-px short side and rescaled with
-    the frame (``scale`` with the pixel count, the flow weight with the inverse short side), so
-    a 1024x576 frame gets about the same segments as its 427x240 thumbnail.
+    the frame (``scale`` and ``min_size`` with the pixel count, ``sigma`` and the flow weight
+    with the short side). ``max_short_side`` (``collage.segment_short_side``) runs the
+    segmentation on a downscaled copy and upsamples the labels (nearest): ~5x faster at
+    1024x576 with no loss measured on the synthetic clips.
 ``slic`` (weight-free)
     scikit-image SLIC superpixels on the same image + flow stack (compact, ~``n_segments``).
     Kept for comparison and for clips whose motion is not piecewise rigid.
@@ -32,6 +34,7 @@ Backends (:func:`make_segmenter`)
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import cv2
@@ -80,15 +83,37 @@ def _check(img: np.ndarray, flow: Optional[np.ndarray]) -> None:
         raise ValueError(f"flow {np.asarray(flow).shape} does not match the image {img.shape}")
 
 
+def _analysis_scale(img: np.ndarray, flow: Optional[np.ndarray], max_short_side: Optional[int]):
+    """Downscale image (area) and flow (bilinear, vectors rescaled) so the short side is at most
+    ``max_short_side``; -> (img, flow, (H, W) of the original)."""
+    h, w = img.shape[:2]
+    if not max_short_side or min(h, w) <= max_short_side:
+        return img, flow, None
+    f = max_short_side / min(h, w)
+    sw, sh = max(1, int(round(w * f))), max(1, int(round(h * f)))
+    img = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+    if flow is not None:
+        flow = cv2.resize(np.asarray(flow, np.float32), (sw, sh), interpolation=cv2.INTER_LINEAR)
+        flow *= np.float32([sw / w, sh / h])
+    return img, flow, (h, w)
+
+
+def _upscale_labels(lab: np.ndarray, size) -> np.ndarray:
+    if size is None:
+        return lab
+    return cv2.resize(lab.astype(np.int32), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
 class FelzenszwalbSegmenter:
     """Felzenszwalb-Huttenlocher segmentation of image + flow (see the module docstring)."""
 
     name = "felzenszwalb"
 
     def __init__(self, scale: float = 300.0, sigma: float = 0.8, min_size: int = 50,
-                 flow_weight: float = 1.0, min_area: int = 300) -> None:
+                 flow_weight: float = 1.0, min_area: int = 300, max_short_side: Optional[int] = None) -> None:
         self.scale, self.sigma, self.min_size = float(scale), float(sigma), int(min_size)
         self.flow_weight, self.min_area = float(flow_weight), int(min_area)
+        self.max_short_side = max_short_side
         import skimage
 
         self.version = f"skimage-{skimage.__version__}/felzenszwalb-k{scale:g}-s{sigma:g}-w{flow_weight:g}"
@@ -97,13 +122,16 @@ class FelzenszwalbSegmenter:
         from skimage.segmentation import felzenszwalb
 
         _check(img, flow)
+        img, flow, full = _analysis_scale(img, flow, self.max_short_side)
         h, w = img.shape[:2]
         r = REFERENCE_SHORT_SIDE / min(h, w)  # px -> reference px
         feat = _features(img, flow, self.flow_weight, r)
         # k and min_size are pixel counts, sigma a length: rescale them from the reference frame
-        lab = felzenszwalb(feat, scale=self.scale / (r * r), sigma=self.sigma / r,
-                           min_size=max(1, int(round(self.min_size / (r * r)))), channel_axis=-1)
-        return relabel(lab, self.min_area)
+        with warnings.catch_warnings():  # a 5-channel stack is intended ("interpreted as multichannel")
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lab = felzenszwalb(feat, scale=self.scale / (r * r), sigma=self.sigma / r,
+                               min_size=max(1, int(round(self.min_size / (r * r)))), channel_axis=-1)
+        return relabel(_upscale_labels(lab, full), self.min_area)
 
 
 class SlicSegmenter:
@@ -112,9 +140,10 @@ class SlicSegmenter:
     name = "slic"
 
     def __init__(self, n_segments: int = 150, compactness: float = 10.0, flow_weight: float = 1.0,
-                 min_area: int = 300) -> None:
+                 min_area: int = 300, max_short_side: Optional[int] = None) -> None:
         self.n_segments, self.compactness = int(n_segments), float(compactness)
         self.flow_weight, self.min_area = float(flow_weight), int(min_area)
+        self.max_short_side = max_short_side
         import skimage
 
         self.version = f"skimage-{skimage.__version__}/slic-n{n_segments}-c{compactness:g}-w{flow_weight:g}"
@@ -123,6 +152,7 @@ class SlicSegmenter:
         from skimage.segmentation import slic
 
         _check(img, flow)
+        img, flow, full = _analysis_scale(img, flow, self.max_short_side)
         h, w = img.shape[:2]
         r = REFERENCE_SHORT_SIDE / min(h, w)
         if flow is not None and self.flow_weight > 0:
@@ -138,7 +168,7 @@ class SlicSegmenter:
         else:
             lab = slic(img, n_segments=self.n_segments, compactness=self.compactness, channel_axis=-1,
                        start_label=0, enforce_connectivity=True)
-        return relabel(lab, self.min_area)
+        return relabel(_upscale_labels(lab, full), self.min_area)
 
 
 def _resolve_device(device: str):
@@ -204,11 +234,13 @@ def make_segmenter(cfg: Any, model: Any = None):
     if name == "felzenszwalb":
         return FelzenszwalbSegmenter(scale=getattr(cfg, "fz_scale", 300.0), sigma=getattr(cfg, "fz_sigma", 0.8),
                                      min_size=getattr(cfg, "fz_min_size", 50),
-                                     flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area)
+                                     flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area,
+                                     max_short_side=getattr(cfg, "segment_short_side", None))
     if name == "slic":
         return SlicSegmenter(n_segments=getattr(cfg, "slic_segments", 150),
                              compactness=getattr(cfg, "slic_compactness", 10.0),
-                             flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area)
+                             flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area,
+                             max_short_side=getattr(cfg, "segment_short_side", None))
     if name == "sam":
         return SamSegmenter(getattr(cfg, "sam_model_type", "vit_b"), getattr(cfg, "sam_checkpoint", None),
                             points_per_side=getattr(cfg, "points_per_side", 32), min_area=min_area,

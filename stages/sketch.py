@@ -10,10 +10,10 @@ flow field): it outlines what moved. Here those edges become clean strokes:
    Edges of the src -> tgt flow sit at the *source* positions of moving objects; edges in the
    target layout come from the tgt -> src flow. We use ``flow_bwd`` (tgt -> src) when the
    item has it (``flow.bidirectional: true``); otherwise the forward flow is softmax-splatted
-   to the target (:func:`target_flow`, Magic Fixup metric) and the disoccluded holes are
-   filled from their lowest-motion neighbour (a hole is background that an object uncovered,
-   and with a static camera the background is what moves least), so the hole border adds no
-   false edge but the object's outline stays sharp.
+   to the target (:func:`target_flow`, Magic Fixup metric sharpened x``SPLAT_SHARPNESS``) and
+   each disoccluded hole is filled from the least-moving part of its rim (a hole is background
+   that an object uncovered, and with a static camera the background is what moves least), so
+   the edge lands on the object's outline rather than halfway across the hole.
 2. **Edge strength** ``E = 2 |grad F|``: the Frobenius norm of the flow's Sobel gradient
    (``kornia.filters.spatial_gradient``, normalised) times 2, so a sharp step edge of
    ``d`` px reads ``E = d`` (a jump smeared over ``L`` px reads about ``2 d / L``).
@@ -23,10 +23,11 @@ flow field): it outlines what moved. Here those edges become clean strokes:
 4. **Thinning** to 1-px centre lines (Zhang-Suen, vectorised numpy; ``cv2.ximgproc.thinning``
    when opencv-contrib is installed), then 8-connected skeleton pieces shorter than
    ``min_component_px`` are dropped.
-5. **Density**: the strongest strokes (by summed edge strength) are kept until they make up
-   ``density`` of the skeleton length (1.0 keeps all; lower values give the sparser, partial
-   sketches a user draws). ``max_stroke_frac`` optionally rejects pairs whose final strokes
-   cover more than that fraction of the frame (a mess of strokes means a noisy flow).
+5. **Density**: the strongest strokes (by summed edge strength) are kept while they make up
+   at most ``density`` of the skeleton length, and at least one is kept (1.0 keeps all; lower
+   values give the sparser, partial sketches a user draws). ``max_stroke_frac`` optionally
+   rejects pairs whose final strokes cover more than that fraction of the frame (a mess of
+   strokes means a noisy flow).
 6. **Stroke width**: dilation with a ``stroke_width`` px disc.
 
 Pixel parameters are at the stored frame size. Output: (H, W) uint8, 255 on strokes, 0 elsewhere.
@@ -45,6 +46,9 @@ from stages.base import PairStage, pair_reject
 __all__ = ["SketchConfig", "sketch_from_flow", "edge_strength", "thin", "target_flow", "SketchStage"]
 
 SCALE_PERCENTILE = 98.0
+# the Magic Fixup metric is multiplied by this when the flow itself is splatted: a colliding
+# pair of source pixels then yields one surface's motion, not a blend of two motions
+SPLAT_SHARPNESS = 10.0
 
 
 @dataclass
@@ -170,8 +174,8 @@ def target_flow(flow: np.ndarray, flow_bwd: Optional[np.ndarray] = None, src: Op
     """A tgt -> src flow field on the target's pixel grid, and how it was obtained.
 
     ``flow_bwd`` when given (``"flow_bwd"``); otherwise ``-flow`` forward-splatted to the target
-    (``"splat"``: softmax splatting with the Magic Fixup metric when ``src`` and ``tgt`` are
-    given, else average splatting), its holes (density <= ``hole_thresh``) filled from the
+    (``"splat"``: softmax splatting with the Magic Fixup metric times ``SPLAT_SHARPNESS`` when
+    ``src`` and ``tgt`` are given, else average splatting), its holes (density <= ``hole_thresh``) filled from the
     lowest-motion neighbour.
     """
     if flow_bwd is not None:
@@ -186,7 +190,7 @@ def target_flow(flow: np.ndarray, flow_bwd: Optional[np.ndarray] = None, src: Op
         if src is not None and tgt is not None:
             s = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)[None].float() / 255.0
             t = torch.from_numpy(np.ascontiguousarray(tgt)).permute(2, 0, 1)[None].float() / 255.0
-            metric, mode = magicfixup_metric(s, t, f), "soft"
+            metric, mode = magicfixup_metric(s, t, f) * SPLAT_SHARPNESS, "soft"
         out, dens = splat_with_density(-f, f, metric, mode)
     field = out[0].permute(1, 2, 0).numpy()
     return _fill_holes_low_motion(field, dens[0, 0].numpy() > hole_thresh), "splat"
@@ -223,8 +227,8 @@ def sketch_from_flow(flow: np.ndarray, cfg: Optional[SketchConfig] = None, info:
         cand.sort(key=lambda k: -score[k])
         total = int(sum(area[k] for k in cand))
         keep, got = [], 0
-        for k in cand:
-            if got >= cfg.density * total - 1e-9:
+        for k in cand:  # strongest first, at most density x the length (but at least one stroke)
+            if keep and got + area[k] > cfg.density * total + 1e-9:
                 break
             keep.append(k)
             got += int(area[k])

@@ -56,7 +56,8 @@ def _check(img, flow, metric, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if img.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"expected img (B, C, H, W) and flow (B, 2, H, W), got {tuple(img.shape)} / {tuple(flow.shape)}")
+        raise ValueError(f"expected img (B, C, H, W) and flow (B, 2, H, W), "
+                         f"got {tuple(img.shape)} / {tuple(flow.shape)}")
     if img.shape[0] != flow.shape[0] or img.shape[2:] != flow.shape[2:]:
         raise ValueError(f"img {tuple(img.shape)} and flow {tuple(flow.shape)} differ in batch or size")
     if mode in ("linear", "soft"):
@@ -73,8 +74,8 @@ def _splat(img, flow, metric, mode: str, density: bool):
     Contributions are scattered into a canvas padded by 2 px on the left/top and 3 px on the
     right/bottom: target points are clamped to [-2, size + 1], so every corner of every point
     falls inside the canvas and no per-corner bounds test is needed; the padding (which also
-    receives the points with a non-finite flow or metric, sent to (-2, -2) with weight 0) is
-    cropped away at the end.
+    receives all the weight of the points with a non-finite flow or metric, sent to (-2, -2))
+    is cropped away at the end.
     """
     import torch
 

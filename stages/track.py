@@ -20,7 +20,8 @@ Backends (:func:`make_tracker`)
     DIS flows are computed for just those hops (initialised with the profile's composed flow)
     and the points are carried through them. Tracking back source -> target over the same hops
     gives a forward-backward error; points with an error above ``fb_thresh_px`` (occluded,
-    lost) or ending outside the frame are invisible.
+    lost), ending outside the frame, or whose 7x7 patches at both ends do not correlate
+    (``min_ncc``) are invisible.
 ``cotracker3_offline`` / ``cotracker3_online``
     CoTracker3 through ``torch.hub`` (a GitHub repo name or a local checkout holding
     ``hubconf.py``) with weights from ``checkpoint`` or the model cache
@@ -74,6 +75,7 @@ class TrackConfig:
     grid_stride: int = 0
     step_px: float = 20.0  # flow_chain: motion covered by one chained DIS hop
     fb_thresh_px: float = 2.0  # flow_chain: forward-backward error above this -> invisible
+    min_ncc: float = 0.5  # flow_chain: 7x7 patch NCC target vs source below this -> invisible (-1: off)
     dis_preset: str = "medium"  # flow_chain: ultrafast | fast | medium
     analysis_width: int = 160  # flow_chain: width of the motion profile used to plan the hops
     min_visible_frac: float = 0.1  # fewer visible grid points than this fraction -> pair rejected
@@ -81,7 +83,7 @@ class TrackConfig:
     checkpoint: Optional[str] = None  # local weights; default: the model cache (vid2pair models fetch)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | fp16 (half only on CUDA)
-    batch_size: int = 4  # pairs per tracker call
+    batch_size: int = 2  # pairs per tracker call
     num_gpus: float = 0.0  # per tracker actor in the Ray runner
 
     def validate(self, prefix: str = "track") -> None:
@@ -96,6 +98,7 @@ class TrackConfig:
         need(self.grid_stride >= 0, "grid_stride", "must be >= 0 (0 = auto)")
         need(math.isfinite(self.step_px) and self.step_px > 0, "step_px", "must be > 0")
         need(math.isfinite(self.fb_thresh_px) and self.fb_thresh_px > 0, "fb_thresh_px", "must be > 0")
+        need(-1.0 <= self.min_ncc <= 1.0, "min_ncc", "must be in [-1, 1]")
         need(self.dis_preset in ("ultrafast", "fast", "medium"), "dis_preset",
              f"{self.dis_preset!r} is not one of ['fast', 'medium', 'ultrafast']")
         need(self.analysis_width >= 32, "analysis_width", "must be >= 32")
@@ -229,7 +232,7 @@ def auto_finest_scale(height: int, width: int) -> int:
 
 
 def _motion_stat(flow: np.ndarray, min_px: float) -> float:
-    """p90 magnitude of the pixels moving more than ``min_px`` (0 when nothing moves)."""
+    """p90 magnitude of the pixels moving more than ``min_px`` (0 when fewer than 8 move)."""
     mag = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
     moving = mag[mag > min_px]
     if moving.size < 8:
@@ -237,57 +240,103 @@ def _motion_stat(flow: np.ndarray, min_px: float) -> float:
     return float(np.percentile(moving, 90))
 
 
-class FlowChainTracker:
-    """Weight-free tracker: DIS flow chained over adaptively chosen hops (see the module docstring).
+def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
+              radius: int = 3, min_std: float = 2.0) -> np.ndarray:
+    """(N,) normalised cross-correlation of (2r+1)^2 grey patches around ``pts_a`` in ``img_a`` and
+    ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1: no
+    evidence either way."""
+    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
+    offs = offs.reshape(-1, 2).astype(np.float32)
+    n = len(pts_a)
 
-    ``step_px``: the motion one hop should cover. DIS alone loses objects beyond ~15-20 px of
-    motion, and every extra hop adds interpolation drift, so hops are as long as possible under
-    that bound. ``fb_thresh_px``: forward-backward error above which a point is invisible.
-    ``analysis_width``: width of the consecutive-frame motion profile used to plan the hops.
-    ``init``: initialise each full-size hop with the composed low-resolution profile flows.
+    def patches(img, pts):
+        g = img if img.ndim == 2 else _gray(img)
+        at = (pts[:, None, :] + offs[None]).reshape(-1, 2)
+        return sample_field(g.astype(np.float32)[..., None], at).reshape(n, -1)
+
+    a = patches(img_a, np.asarray(pts_a, np.float32))
+    b = patches(img_b, np.asarray(pts_b, np.float32))
+    a -= a.mean(axis=1, keepdims=True)
+    b -= b.mean(axis=1, keepdims=True)
+    sa, sb = np.sqrt((a * a).mean(axis=1)), np.sqrt((b * b).mean(axis=1))
+    ncc = (a * b).mean(axis=1) / np.maximum(sa * sb, 1e-6)
+    return np.where((sa < min_std) | (sb < min_std), 1.0, ncc).astype(np.float32)
+
+
+def _invert_flow(f: np.ndarray, iters: int = 2) -> np.ndarray:
+    """Approximate inverse ``b`` of a flow ``f`` (``b(y) = -f(y + b(y))``, fixed-point iterations)."""
+    h, w = f.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    b = -f
+    for _ in range(iters):
+        b = -cv2.remap(f, xs + b[..., 0], ys + b[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return b
+
+
+class FlowChainTracker:
+    """Weight-free tracker: DIS flow chained over adaptively planned hops.
+
+    1. Motion profile: DIS (finest level 0) between consecutive frames resized to
+       ``analysis_width`` (cheap: ~6 ms a step at 160x90).
+    2. Plan: a hop from frame ``i`` grows while the profile flows composed over it move the
+       moving pixels (p90 of those above 1 px) by at most ``step_px`` (in px of DIS's working
+       resolution, i.e. ``step_px * 2**finest_scale`` stored px).
+    3. Each hop: full-size DIS from frame ``i`` to ``j``, initialised with the composed profile
+       flow (without the init DIS loses 60-70 px objects beyond ~15-19 px of motion); the query
+       points are carried through the hops by bilinear sampling.
+    4. Forward-backward: the points are carried back through the reversed hops (DIS ``j -> i``,
+       initialised with the inverted forward hop). An error above ``fb_thresh_px`` (same units
+       as ``step_px``) or an end point outside the frame makes a point invisible.
+    5. Appearance: the 7x7 grey patches at the query (frame 0) and at the tracked point (frame
+       T-1) must correlate (NCC >= ``min_ncc``; -1 disables). This catches what forward-backward
+       cannot: a point whose chain stuck to the static background in both directions (an object
+       outline, or an object leaving the frame).
+
+    ``finest_scale``: DIS's finest pyramid level for the hops (None: :func:`auto_finest_scale`).
     """
 
     name = "flow_chain"
 
     def __init__(self, step_px: float = 20.0, fb_thresh_px: float = 2.0, dis_preset: str = "medium",
-                 analysis_width: int = 160, init: bool = True, fb: bool = True,
-                 finest_scale: Optional[int] = None) -> None:
+                 analysis_width: int = 160, finest_scale: Optional[int] = None, init: bool = True,
+                 fb: bool = True, min_ncc: float = 0.5) -> None:
         if dis_preset not in _DIS_PRESETS:
             raise ValueError(f"dis_preset must be one of {sorted(_DIS_PRESETS)}, got {dis_preset!r}")
-        if step_px <= 0 or fb_thresh_px <= 0 or analysis_width < 16:
+        if not (step_px > 0 and fb_thresh_px > 0 and analysis_width >= 16):
             raise ValueError("step_px and fb_thresh_px must be > 0 and analysis_width >= 16")
         self.step_px = float(step_px)
         self.fb_thresh_px = float(fb_thresh_px)
         self.dis_preset = dis_preset
         self.analysis_width = int(analysis_width)
+        self.finest_scale = finest_scale
         self.init = bool(init)
         self.fb = bool(fb)
-        self.finest_scale = finest_scale
+        self.min_ncc = float(min_ncc)
         self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
-        self._plan_dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
-        self._plan_dis.setFinestScale(0)  # the profile must resolve ~1 px steps at analysis_width
-        self.version = (f"opencv-{cv2.__version__}/dis-{dis_preset}/step{self.step_px:g}px"
-                        f"/fb{self.fb_thresh_px:g}px/aw{self.analysis_width}{'' if self.init else '/noinit'}")
+        self._profile_dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
+        self._profile_dis.setFinestScale(0)  # resolve ~1 px steps at analysis_width
+        fs = "auto" if finest_scale is None else str(int(finest_scale))
+        self.version = (f"opencv-{cv2.__version__}/dis-{dis_preset}/step{self.step_px:g}/fb{self.fb_thresh_px:g}"
+                        f"/ncc{self.min_ncc:g}/aw{self.analysis_width}/fs-{fs}{'' if self.init else '/noinit'}"
+                        f"{'' if self.fb else '/nofb'}")
         self.last_info: list[dict] = []
 
-    # DIS with an optional initial flow (OpenCV uses a same-size CV_32FC2 `flow` argument as init)
-    def _dis_calc(self, a: np.ndarray, b: np.ndarray, init: Optional[np.ndarray] = None, dis=None) -> np.ndarray:
-        dis = dis or self._dis
+    @staticmethod
+    def _calc(dis, a: np.ndarray, b: np.ndarray, init: Optional[np.ndarray] = None) -> np.ndarray:
+        # OpenCV's DIS takes a same-size CV_32FC2 `flow` argument as its initial flow
         if init is None:
             return dis.calc(a, b, None)
         return dis.calc(a, b, np.ascontiguousarray(init, np.float32))
 
-    def plan(self, gray: Sequence[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray, list[np.ndarray], float]:
-        """Hops ``[(i, j), ...]`` from frame 0 to frame T-1, each covering about ``step_px``.
-
-        Returns the hops, the per-step motion (T-1,) in full-size px, the low-resolution
-        consecutive flows (for initialisation) and their scale.
-        """
+    def plan(self, gray: Sequence[np.ndarray], step_px: Optional[float] = None
+             ) -> tuple[list[tuple[int, int]], list[Optional[np.ndarray]], np.ndarray]:
+        """Hops ``[(i, j), ...]`` covering frames 0..T-1, their initial flows (full size, or None)
+        and the per-step motion profile (T-1,) in stored px."""
+        step_px = self.step_px if step_px is None else step_px
         t = len(gray)
         h, w = gray[0].shape
         if t == 2:
-            self._inits = []
-            return [(0, 1)], np.zeros(1), [], 1.0
+            return [(0, 1)], [None], np.zeros(1)
         s = min(1.0, self.analysis_width / float(w))
         if s < 1.0:
             size = (max(16, int(round(w * s))), max(16, int(round(h * s))))
@@ -295,43 +344,38 @@ class FlowChainTracker:
             s = size[0] / float(w)
         else:
             small = list(gray)
-        flows = [self._dis_calc(small[k], small[k + 1], dis=self._plan_dis) for k in range(t - 1)]
-        step = np.array([_motion_stat(f, 0.5 * s) / s for f in flows])
-        # grow each hop while the COMPOSED low-res flow over it moves (p90 of moving px) <= step_px
+        flows = [self._calc(self._profile_dis, small[k], small[k + 1]) for k in range(t - 1)]
+        profile = np.array([_motion_stat(f, 0.5 * s) / s for f in flows])
         from stages.flow import compose_flows
 
-        hops, inits, i, acc = [], [], 0, None
+        hops, accs, i, acc = [], [], 0, None
         for k in range(t - 1):
             nxt = flows[k] if acc is None else compose_flows(acc, flows[k])
-            if acc is not None and _motion_stat(nxt, 1.0 * s) / s > self.step_px:
+            if acc is not None and _motion_stat(nxt, s) / s > step_px:
                 hops.append((i, k))
-                inits.append(acc)
+                accs.append(acc)
                 i, nxt = k, flows[k]
             acc = nxt
         hops.append((i, t - 1))
-        inits.append(acc)
-        self._inits = inits
-        return hops, step, flows, s
-
-    def _init_flow(self, k: int, shape: tuple[int, int], s: float) -> Optional[np.ndarray]:
-        inits = getattr(self, "_inits", None)
-        if not self.init or not inits:
-            return None
-        h, w = shape
-        return cv2.resize(inits[k], (w, h), interpolation=cv2.INTER_LINEAR) / s
+        accs.append(acc)
+        inits: list[Optional[np.ndarray]] = []
+        for acc in accs:
+            inits.append(cv2.resize(acc, (w, h), interpolation=cv2.INTER_LINEAR) / s if self.init else None)
+        return hops, inits, profile
 
     def track_one(self, frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One clip (T, H, W, 3), frame 0 = query frame -> positions on frame T-1, visible, info."""
         gray = [_gray(f) for f in frames]
         h, w = gray[0].shape
-        if any(g.shape != (h, w) for g in gray):
-            raise ValueError("frames differ in size")
         fs = self.finest_scale if self.finest_scale is not None else auto_finest_scale(h, w)
         self._dis.setFinestScale(int(fs))
-        hops, step, flows, s = self.plan(gray)
-        pts = np.asarray(queries, np.float32).copy()
+        unit = float(2 ** int(fs))  # stored px per px of DIS's working resolution
+        hops, inits, profile = self.plan(gray, self.step_px * unit)
+        q = np.asarray(queries, np.float32)
+        pts = q.copy()
         fwd = []
-        for k, (i, j) in enumerate(hops):
-            f = self._dis_calc(gray[i], gray[j], self._init_flow(k, (h, w), s))
+        for (i, j), init in zip(hops, inits):
+            f = self._calc(self._dis, gray[i], gray[j], init)
             fwd.append(f)
             pts = pts + sample_field(f, pts)
         visible = _inside(pts, h, w)
@@ -339,33 +383,414 @@ class FlowChainTracker:
         if self.fb:
             back = pts.copy()
             for (i, j), f in zip(reversed(hops), reversed(fwd)):
-                # backward hop, initialised with the forward hop inverted (-F at the point it came from)
-                b_init = None
-                if self.init:
-                    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-                    back_guess = -f
-                    for _ in range(2):  # fixed point of b(y) = -f(y + b(y))
-                        back_guess = -cv2.remap(f, xs + back_guess[..., 0], ys + back_guess[..., 1],
-                                                cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                    b_init = back_guess
-                b = self._dis_calc(gray[j], gray[i], b_init)
+                b = self._calc(self._dis, gray[j], gray[i], _invert_flow(f) if self.init else None)
                 back = back + sample_field(b, back)
-            fb_err = np.linalg.norm(back - queries, axis=1).astype(np.float32)
-            visible &= fb_err <= self.fb_thresh_px
+            fb_err = np.linalg.norm(back - q, axis=1).astype(np.float32)
+            visible &= fb_err <= self.fb_thresh_px * unit
+        n_app = 0
+        if self.min_ncc > -1.0 and visible.any():
+            ncc = patch_ncc(gray[0], q[visible], gray[-1], pts[visible])
+            keep = ncc >= self.min_ncc
+            n_app = int((~keep).sum())
+            visible[np.flatnonzero(visible)[~keep]] = False
         info = {"hops": [[int(i), int(j)] for i, j in hops], "finest_scale": int(fs),
-                "profile_px": [round(float(x), 2) for x in step],
-                "fb_median_px": round(float(np.median(fb_err)) if len(fb_err) else 0.0, 3)}
+                "motion_px": round(float(profile.sum()), 2),
+                "fb_median_px": round(float(np.median(fb_err)) if len(fb_err) else 0.0, 3),
+                "appearance_rejected": n_app}
         return pts.astype(np.float32), visible, info
 
     def __call__(self, frames_tgt_to_src, queries_xy) -> tuple[np.ndarray, np.ndarray]:
         clips, qs = _batch_inputs(frames_tgt_to_src, queries_xy)
-        n = {len(q) for q in qs}
-        if len(n) != 1:
-            raise ValueError("all clips in a batch need the same number of queries")
-        tracks, vis, self.last_info = [], [], []
+        if len({len(q) for q in qs}) != 1:
+            raise ValueError("all clips of a batch need the same number of queries")
+        tracks, vis, info = [], [], []
         for c, q in zip(clips, qs):
-            p, v, info = self.track_one(c, q)
+            p, v, i = self.track_one(c, q)
             tracks.append(p)
             vis.append(v)
-            self.last_info.append(info)
+            info.append(i)
+        self.last_info = info
         return np.stack(tracks).astype(np.float32), np.stack(vis).astype(bool)
+
+
+# --------------------------------------------------------------------------------------
+# CoTracker3
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"track.device={device!r} was requested but CUDA is not available")
+    return torch.device(device)
+
+
+def _hub_source(hub_repo: str) -> tuple[str, str]:
+    """(repo_or_dir, "local" | "github"); clear errors for a bad local directory."""
+    repo = str(hub_repo).strip()
+    local = os.path.expanduser(repo)
+    if os.path.isdir(local):
+        if not os.path.isfile(os.path.join(local, "hubconf.py")):
+            raise FileNotFoundError(
+                f"track.hub_repo: local directory {local} has no hubconf.py; point it at a checkout of "
+                f"https://github.com/facebookresearch/co-tracker (or use the GitHub name "
+                f"'facebookresearch/co-tracker')")
+        return local, "local"
+    name = repo.split(":", 1)[0]
+    if repo.startswith(("/", ".", "~")) or name.count("/") != 1 or not all(name.split("/")):
+        raise FileNotFoundError(
+            f"track.hub_repo: {repo!r} is neither an existing local directory nor a GitHub 'owner/name[:ref]'")
+    return repo, "github"
+
+
+def _unwrap_state(state: Any) -> dict:
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint does not hold a state dict (got {type(state).__name__})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_cotracker_predictor(variant: str, hub_repo: str = "facebookresearch/co-tracker",
+                             checkpoint: Optional[str] = None, device: str = "auto"):
+    """Build CoTracker3's predictor through torch.hub and load local weights.
+
+    Weights are resolved first (``checkpoint`` or the model cache), so a missing file fails with
+    :class:`pipeline.models.MissingWeightsError` before anything is fetched. The hub entry points
+    ``cotracker3_offline`` / ``cotracker3_online`` return ``CoTrackerPredictor`` /
+    ``CoTrackerOnlinePredictor`` wrappers whose ``.model`` holds the network; hubconf itself loads
+    the published state dicts into ``predictor.model`` exactly this way.
+    """
+    if variant not in ("offline", "online"):
+        raise ValueError(f"CoTracker3 variant must be 'offline' or 'online', got {variant!r}")
+    import torch
+
+    from pipeline.models import resolve_weights
+
+    entry = f"cotracker3_{variant}"
+    ckpt = Path(resolve_weights(entry, explicit=checkpoint, config_key="track.checkpoint"))
+    repo, source = _hub_source(hub_repo)
+    kwargs = {"trust_repo": True} if source == "github" else {}
+    predictor = torch.hub.load(repo, entry, pretrained=False, source=source, **kwargs)
+    state = _unwrap_state(torch.load(str(ckpt), map_location="cpu", weights_only=True))
+    getattr(predictor, "model", predictor).load_state_dict(state)
+    predictor = predictor.to(_resolve_device(device)).eval()
+    predictor.vid2pair_weights = ckpt.stem
+    return predictor
+
+
+class CoTrackerTracker:
+    """CoTracker3 (offline or online) behind the :class:`Tracker` interface.
+
+    Calling convention (co-tracker ``cotracker/predictor.py``): the video is ``(B, T, 3, H, W)``
+    float RGB in ``[0, 255]``; queries ``(B, N, 3)`` rows ``[t, x, y]`` in input-pixel
+    coordinates, here ``t = 0`` (the target, since frames arrive reversed). The predictor resizes
+    the video to the model resolution (384x512, ``align_corners=True``), scales the queries by
+    ``(size_model - 1) / (size_in - 1)`` and the tracks back by the inverse, so inputs and outputs
+    are in stored pixels and this adapter does no resizing. It returns tracks ``(B, T, N, 2)``
+    ``(x, y)`` and boolean visibility ``(B, T, N)``; the source is ``t = T - 1``.
+
+    * offline: ``predictor(video, queries=q, backward_tracking=False)`` (all queries are on
+      frame 0, so backward tracking would change nothing).
+    * online: ``predictor(video_chunk=video, is_first_step=True, queries=q)`` registers the
+      queries, then ``predictor(video_chunk=video[:, s:s + 2 * step])`` for
+      ``s = 0, step, ...`` while ``s < T - step`` (the hub demo's loop); the last call returns
+      the tracks of every frame seen.
+
+    ``builder(variant) -> predictor`` replaces :func:`load_cotracker_predictor` (tests use a
+    stand-in with known output). ``precision="fp16"`` runs under ``torch.autocast`` on CUDA
+    only; on CPU it stays fp32.
+    """
+
+    def __init__(self, variant: str = "offline", hub_repo: str = "facebookresearch/co-tracker",
+                 checkpoint: Optional[str] = None, device: str = "auto", precision: str = "fp32",
+                 builder: Optional[Callable[[str], Any]] = None) -> None:
+        import torch
+
+        if variant not in ("offline", "online"):
+            raise ValueError(f"CoTracker3 variant must be 'offline' or 'online', got {variant!r}")
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+        self.variant = variant
+        self.name = f"cotracker3_{variant}"
+        self.device = _resolve_device(device)
+        self.precision = precision
+        if builder is None:
+            self.predictor = load_cotracker_predictor(variant, hub_repo, checkpoint, str(self.device))
+        else:
+            self.predictor = builder(variant)
+        tag = getattr(self.predictor, "vid2pair_weights", "custom")
+        half = "fp16" if precision == "fp16" and self.device.type == "cuda" else "fp32"
+        self.version = f"torch-{torch.__version__}/{self.name}-{tag}/{half}"
+        self.last_info: list[dict] = []
+
+    def _autocast(self):
+        import torch
+
+        if self.device.type == "cuda" and self.precision == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _run(self, video, queries):
+        if self.variant == "offline":
+            return self.predictor(video, queries=queries, backward_tracking=False)
+        t = int(video.shape[1])
+        self.predictor(video_chunk=video, is_first_step=True, queries=queries)
+        step = int(self.predictor.step)
+        if step < 1:
+            raise RuntimeError(f"online predictor step must be >= 1, got {step}")
+        tracks = vis = None
+        for start in range(0, max(t - step, 1), step):
+            tracks, vis = self.predictor(video_chunk=video[:, start:start + 2 * step])
+        return tracks, vis
+
+    def __call__(self, frames_tgt_to_src, queries_xy) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        clips, qs = _batch_inputs(frames_tgt_to_src, queries_xy)
+        if len({c.shape for c in clips}) != 1 or len({len(q) for q in qs}) != 1:
+            # different sizes / lengths cannot share a batch: one call per clip
+            out = [self(c[None], q) for c, q in zip(clips, qs)]
+            return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+        b, t = len(clips), clips[0].shape[0]
+        n = len(qs[0])
+        video = torch.from_numpy(np.ascontiguousarray(np.stack(clips))).to(self.device)
+        video = video.permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W), 0..255
+        xy = torch.from_numpy(np.ascontiguousarray(np.stack(qs), dtype=np.float32)).to(self.device)
+        queries = torch.cat([torch.zeros_like(xy[..., :1]), xy], dim=-1)  # [t=0 (target), x, y]
+        with torch.inference_mode(), self._autocast():
+            tracks, vis = self._run(video, queries)
+        if tracks is None or tuple(tracks.shape[:3]) != (b, t, n) or tuple(vis.shape[:3]) != (b, t, n):
+            got = None if tracks is None else tuple(tracks.shape)
+            raise RuntimeError(f"{self.name}: expected tracks ({b}, {t}, {n}, 2), got {got}")
+        src_xy = tracks[:, t - 1].float().cpu().numpy().astype(np.float32)
+        src_vis = vis[:, t - 1].reshape(b, n).cpu().numpy().astype(bool)
+        self.last_info = [{} for _ in range(b)]
+        return src_xy, src_vis
+
+
+def make_tracker(cfg: Any, builder: Optional[Callable[[str], Any]] = None) -> Tracker:
+    """The tracker described by a :class:`TrackConfig` (or anything with its attributes)."""
+    backend = getattr(cfg, "backend", "flow_chain")
+    d = TrackConfig()
+    get = lambda key: getattr(cfg, key, getattr(d, key))  # noqa: E731
+    if backend == "flow_chain":
+        return FlowChainTracker(step_px=get("step_px"), fb_thresh_px=get("fb_thresh_px"), dis_preset=get("dis_preset"),
+                                analysis_width=get("analysis_width"), min_ncc=get("min_ncc"))
+    if backend in ("cotracker3_offline", "cotracker3_online"):
+        return CoTrackerTracker(backend.rsplit("_", 1)[1], hub_repo=get("hub_repo"), checkpoint=get("checkpoint"),
+                                device=get("device"), precision=get("precision"), builder=builder)
+    raise ValueError(f"unknown track backend {backend!r}; choose one of {', '.join(TRACK_BACKENDS)}")
+
+
+# --------------------------------------------------------------------------------------
+# the stage
+
+
+_DRAG_OVERSAMPLE = 2  # drag candidates tracked per requested point
+
+
+class _Untrackable(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _check_image(name: str, a: Any, shape: Optional[tuple] = None) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        desc = f"{getattr(a, 'shape', None)} {getattr(a, 'dtype', type(a).__name__)}"
+        raise _Untrackable("bad_input", f"arrays[{name!r}] must be (H, W, 3) uint8 RGB, got {desc}")
+    if shape is not None and a.shape != shape:
+        raise _Untrackable("bad_input", f"arrays[{name!r}] is {a.shape}, expected {shape}")
+    return a
+
+
+def _texture(gray: np.ndarray) -> float:
+    """Mean absolute intensity gradient (grey levels / px)."""
+    g = gray.astype(np.float32)
+    return float(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()) / 2.0
+
+
+class TrackStage(PairStage):
+    """Target -> source tracks of a query grid, drag points and the drag mask, per batch of pairs.
+
+    Reads ``arrays`` ``src``, ``tgt``, ``flow`` (src -> tgt; ``flow_bwd`` is not read) and
+    ``frames`` (T, H, W, 3) from src to tgt (missing: just ``[src, tgt]``). Writes ``arrays["tracks"]``
+    (N, 4) float32 ``[x_tgt, y_tgt, x_src, y_src]``, ``arrays["visibility"]`` (N,) uint8,
+    ``arrays["drag_mask"]`` (H, W) uint8 0/255, ``meta["drag"]`` (the drag.json dict) and
+    ``meta["track"]`` (backend, version, grid, visible fraction, hops); deletes ``frames``.
+    A pair that cannot be tracked becomes a pair-level Reject of stage "track":
+
+    * ``tracker_unavailable`` - the backend could not be built (missing weights / hub repo);
+    * ``bad_input`` - missing or malformed arrays, non-finite flow;
+    * ``frames_mismatch`` - ``frames`` do not start at ``src`` / contain ``tgt``;
+    * ``untrackable`` - the target has no texture (constant frames);
+    * ``track_failed`` - the tracker raised;
+    * ``too_few_visible`` - fewer than ``track.min_visible_frac`` of the grid visible on the source.
+    """
+
+    name = "track"
+
+    def __init__(self, cfg: Any, tracker: Optional[Tracker] = None) -> None:
+        from stages.drag import DragConfig
+
+        self.cfg = cfg
+        self.tcfg = getattr(cfg, "track", None) or TrackConfig()
+        self.dcfg = getattr(cfg, "drag", None) or DragConfig()
+        self._tracker = tracker
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = make_tracker(self.tcfg)
+        return self._tracker
+
+    # ---------------------------------------------------------------- per pair, before tracking
+    def _prepare(self, it: PairItem) -> dict:
+        from stages.drag import drag_weights, sample_drag_points, target_side_magnitude
+
+        a = it.arrays
+        for k in ("src", "tgt", "flow"):
+            if k not in a:
+                raise _Untrackable("bad_input", f"arrays[{k!r}] missing")
+        src = _check_image("src", a["src"])
+        tgt = _check_image("tgt", a["tgt"], src.shape)
+        h, w = src.shape[:2]
+        flow = np.asarray(a["flow"])
+        if flow.shape != (h, w, 2):
+            raise _Untrackable("bad_input", f"arrays['flow'] is {flow.shape}, expected {(h, w, 2)}")
+        if not np.isfinite(flow).all():
+            raise _Untrackable("bad_input", "arrays['flow'] holds NaN/inf")
+        frames = a.get("frames")
+        if frames is None:
+            frames = np.stack([src, tgt])
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != src.shape or frames.dtype != np.uint8 or len(frames) < 2:
+            raise _Untrackable("bad_input", f"arrays['frames'] must be (T>=2, {h}, {w}, 3) uint8, "
+                                            f"got {frames.shape} {frames.dtype}")
+        if not np.array_equal(frames[0], src):
+            raise _Untrackable("frames_mismatch", "frames[0] is not the source image")
+        if not np.array_equal(frames[-1], tgt):  # e.g. a target chosen among the frames: cut there
+            hit = [j for j in range(len(frames) - 1, 0, -1) if np.array_equal(frames[j], tgt)]
+            if not hit:
+                raise _Untrackable("frames_mismatch", "the target image is not among the frames")
+            frames = frames[:hit[0] + 1]
+        idx = subsample_indices(len(frames), self.tcfg.max_frames)
+        rev = np.ascontiguousarray(frames[idx][::-1])  # target first: the query frame
+        if _texture(_gray(tgt)) < 0.25:
+            raise _Untrackable("untrackable", "the target image has no texture (constant frame?)")
+        stride = self.tcfg.grid_stride or auto_grid_stride(h, w)
+        grid = query_grid(h, w, stride)
+        # forward splat of the pair's own src->tgt flow, not flow_bwd: with chained flow the
+        # backward flow is a direct one that fails on large motion (docs/tracking.md)
+        mag = target_side_magnitude(flow)
+        seed = int(getattr(self.cfg, "seed", 0) or 0)
+        rng = np.random.default_rng(np.random.SeedSequence(clip_seed(seed, it.key).entropy, spawn_key=(0xD2A6,)))
+        # over-sample: candidates come in weighted-random order, the first k that survive the
+        # visibility and flow checks are kept (dropping some keeps the others' spacing)
+        drag_tgt = sample_drag_points(drag_weights(mag, self.dcfg.min_flow_px), _DRAG_OVERSAMPLE * self.dcfg.k,
+                                      self.dcfg.min_spacing_px, rng)
+        return {"frames": rev, "grid": grid, "drag_tgt": drag_tgt, "stride": stride, "mag": mag,
+                "flow": flow, "size": (w, h), "n_frames": int(len(idx))}
+
+    # ---------------------------------------------------------------- per pair, after tracking
+    def _finish(self, it: PairItem, prep: dict, xy: np.ndarray, vis: np.ndarray, info: dict) -> Item:
+        from stages.drag import drag_json, drag_mask, flow_agreement
+
+        w, h = prep["size"]
+        grid, dt = prep["grid"], prep["drag_tgt"]
+        ng, nd = len(grid), len(dt)
+        xy = np.asarray(xy, np.float32)
+        vis = np.asarray(vis, bool) & _inside(xy, h, w)
+        g_xy, g_vis = xy[:ng], vis[:ng]
+        frac = float(g_vis.mean()) if ng else 0.0
+        if frac < self.tcfg.min_visible_frac:
+            return pair_reject(it, "track", "too_few_visible",
+                               f"{frac:.3f} of {ng} grid points visible < track.min_visible_frac "
+                               f"{self.tcfg.min_visible_frac}")
+        d_src, d_vis = xy[ng:ng + nd], vis[ng:ng + nd]
+        n_vis = int(d_vis.sum())
+        if self.dcfg.flow_check_px > 0:
+            d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
+        d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
+        agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
+        it.arrays.pop("frames", None)
+        it.arrays["tracks"] = np.concatenate([grid, g_xy], axis=1).astype(np.float32)
+        it.arrays["visibility"] = g_vis.astype(np.uint8)
+        it.arrays["drag_mask"] = drag_mask(prep["flow"], prep["mag"], d_src, d_tgt, self.dcfg.min_flow_px,
+                                           self.dcfg.mask_dilate_px)
+        it.meta["drag"] = drag_json(d_src, d_tgt, (w, h), self.dcfg.direction)
+        tr = self.tracker
+        meta = {"backend": tr.name, "version": tr.version, "direction": "tgt->src", "grid_stride": int(prep["stride"]),
+                "n_points": int(ng), "visible_frac": round(frac, 4), "n_frames": prep["n_frames"],
+                "flow_agreement": round(float(agree.mean()) if len(agree) else 0.0, 4),
+                "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src))}
+        meta.update(info or {})
+        it.meta["track"] = meta
+        return it
+
+    def _track(self, preps: list[dict]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+        """One tracker call for pairs of equal frame shape; queries padded to a common N."""
+        n = max(len(p["grid"]) + len(p["drag_tgt"]) for p in preps)
+        qs = []
+        for p in preps:
+            q = np.concatenate([p["grid"], p["drag_tgt"]]).astype(np.float32)
+            if len(q) < n:  # pad with copies of the first query; dropped again below
+                q = np.concatenate([q, np.repeat(q[:1], n - len(q), axis=0)])
+            qs.append(q)
+        xy, vis = self.tracker([p["frames"] for p in preps], np.stack(qs))
+        info = list(getattr(self.tracker, "last_info", None) or [])
+        info += [{}] * (len(preps) - len(info))
+        return [(xy[k], vis[k], info[k]) for k in range(len(preps))]
+
+    def process(self, items: list[PairItem]) -> list[Item]:
+        if not self.tcfg.enabled:
+            for it in items:
+                it.arrays.pop("frames", None)
+            return list(items)
+        try:
+            self.tracker
+        except Exception as e:  # missing weights / hub repo: every pair is recorded with the reason
+            msg = f"{type(e).__name__}: {e}"[:500]
+            return [pair_reject(it, "track", "tracker_unavailable", msg) for it in items]
+        out: dict[int, Item] = {}
+        groups: dict[tuple, list[tuple[PairItem, dict]]] = {}
+        for it in items:
+            try:
+                prep = self._prepare(it)
+                groups.setdefault(prep["frames"].shape, []).append((it, prep))
+            except _Untrackable as e:
+                out[id(it)] = pair_reject(it, "track", e.reason, e.detail[:500])
+            except Exception as e:
+                out[id(it)] = pair_reject(it, "track", "bad_input", f"{type(e).__name__}: {e}"[:500])
+        bs = max(1, int(self.tcfg.batch_size))
+        for members in groups.values():
+            for s in range(0, len(members), bs):
+                chunk = members[s:s + bs]
+                try:
+                    results = self._track([p for _, p in chunk])
+                except Exception as e:
+                    if len(chunk) == 1:
+                        it = chunk[0][0]
+                        out[id(it)] = pair_reject(it, "track", "track_failed", f"{type(e).__name__}: {e}"[:500])
+                        continue
+                    results = []
+                    for it, p in chunk:  # isolate the failing pair(s)
+                        try:
+                            results.append(self._track([p])[0])
+                        except Exception as e1:
+                            results.append(e1)
+                for (it, p), res in zip(chunk, results):
+                    if isinstance(res, Exception):
+                        out[id(it)] = pair_reject(it, "track", "track_failed", f"{type(res).__name__}: {res}"[:500])
+                        continue
+                    try:
+                        out[id(it)] = self._finish(it, p, *res)
+                    except Exception as e:
+                        out[id(it)] = pair_reject(it, "track", "track_failed", f"{type(e).__name__}: {e}"[:500])
+        return [out[id(it)] for it in items]
