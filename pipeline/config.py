@@ -139,7 +139,6 @@ class RunnerConfig:
     name: str = "ray"  # ray | local
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None  # local Ray only
-    max_retries: int = 4  # Ray: retries of a task lost with its worker or node
     clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
     pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)
     progress: bool = True
@@ -245,7 +244,6 @@ def _check_ranges(c: Config) -> None:
     need(fl.num_gpus >= 0, "flow.num_gpus", "must be >= 0")
     need(fl.actors >= 1, "flow.actors", "must be >= 1")
     need(fl.num_cpus > 0, "flow.num_cpus", "must be > 0")
-    need(c.runner.max_retries >= 0, "runner.max_retries", "must be >= 0")
     need(c.runner.clip_stage_cpus > 0, "runner.clip_stage_cpus", "must be > 0")
     need(c.runner.pair_stage_cpus > 0, "runner.pair_stage_cpus", "must be > 0")
     m = c.motion

@@ -108,8 +108,8 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     names = [s.name for s in pair_stages]
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
-    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg}, num_cpus=cfg.runner.clip_stage_cpus,
-                     max_retries=cfg.runner.max_retries)
+    # (Ray Data retries a task lost with its worker or node; decode crashes never kill the worker)
+    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg}, num_cpus=cfg.runner.clip_stage_cpus)
     # pair stages: a stage holding a model runs in an actor pool (one model per actor, with its GPU
     # share); consecutive light stages run together as plain retryable tasks
     groups: list[tuple[list[str], dict | None]] = []
@@ -126,8 +126,7 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
                                 num_gpus=opts["num_gpus"] or None, num_cpus=opts["num_cpus"])
         else:
             ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "names": tuple(group)},
-                                batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus,
-                                max_retries=cfg.runner.max_retries)
+                                batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus)
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
