@@ -70,8 +70,17 @@ class ClipStage:
                                  clip_idx=task.clip_idx, n_items=len(items), info={"pairs": n})]
 
     def _run(self, task: ClipTask) -> list[Item]:
+        from pipeline.storage import local_copy
+
+        try:
+            with local_copy(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
+                return self._run_local(task, path)
+        except FileNotFoundError as e:
+            return [_reject(task, "probe", "not_found", str(e)[:300])]
+
+    def _run_local(self, task: ClipTask, path: str) -> list[Item]:
         cfg = self.cfg
-        info, bad = probe.probe(task.source)
+        info, bad = probe.probe(path)
         if bad:
             return [_reject(task, "probe", *bad)]
         min_dur = cfg.probe.min_duration_s
@@ -84,7 +93,7 @@ class ClipStage:
         # --- shots, on small frames decoded sequentially
         w, h = info.width, info.height
         sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
-        small = decode.open_reader(task.source, sw, sh)
+        small = decode.open_reader(path, sw, sh)
         n_index = len(small)
         fps = info.fps
         counter = decode.FrameCounter(small)
@@ -111,7 +120,7 @@ class ClipStage:
         # --- static camera
         static = []
         aw, ah = decode.scaled_size(w, h, cfg.static_camera.analysis_width)
-        ana = decode.open_reader(task.source, aw, ah) if cfg.static_camera.enabled else None
+        ana = decode.open_reader(path, aw, ah) if cfg.static_camera.enabled else None
         for (a, b), k in shot_ids.items():
             score = {"score": 0.0, "tracked": True, "shifts": []}
             if ana is not None:
@@ -141,7 +150,7 @@ class ClipStage:
                 out.append(_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}"))
                 continue
             if reader is None:
-                reader = decode.open_reader(task.source, dw, dh)
+                reader = decode.open_reader(path, dw, dh)
             for sp in specs:
                 out.append(self._pair_item(task, reader, info, k, (a, b), score, sp))
         return out

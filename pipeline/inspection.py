@@ -8,13 +8,15 @@ from pipeline.io import read_index, read_rejects
 
 
 def inspect_output(out_dir, n_keys: int = 5) -> str:
-    out = Path(out_dir)
-    if not (out / "index").is_dir() and not (out / "summary.json").exists():
-        raise FileNotFoundError(f"{out} is not a vid2pair output directory (no index/ or summary.json)")
-    idx, rej = read_index(out), read_rejects(out)
-    lines = [f"{out}"]
-    if (out / "summary.json").exists():
-        s = json.loads((out / "summary.json").read_text())
+    from pipeline.storage import Store
+
+    out = Store(out_dir)
+    if not out.exists("run.json") and not out.exists("summary.json"):
+        raise FileNotFoundError(f"{out.uri} is not a vid2pair output directory (no run.json or summary.json)")
+    idx, rej = read_index(out_dir), read_rejects(out_dir)
+    lines = [f"{out.uri}"]
+    if out.exists("summary.json"):
+        s = json.loads(out.read_bytes("summary.json"))
         lines.append(f"  inputs {s['inputs']}  samples {s['samples']}  shards {s['shards']}  "
                      f"clips with samples {s['clips_with_samples']}  clips rejected {s['clips_rejected']}  "
                      f"wall {s['wall_s']} s  pairs/s {s['pairs_per_s']}  runner {s['runner']}")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_id_for
+from pipeline.storage import Store, is_uri, list_remote
 
 
 class InputError(ValueError):
@@ -39,6 +40,8 @@ def list_inputs(spec: str, extensions: Iterable[str]) -> list[str]:
     """A directory (recursive), a glob, a .txt list (one path per line, # comments) or a .parquet
     (column ``path``, ``video``, ``source`` or the first string column). Order: sorted for dirs and
     globs, file order for lists."""
+    if is_uri(spec):
+        return list_remote(spec, extensions)
     exts = {e.lower() for e in extensions}
     p = Path(spec)
     if p.is_dir():
@@ -109,32 +112,27 @@ def index_row(key: str, shard: str, meta: dict) -> dict:
 REJECT_COLUMNS = ("source", "clip_id", "level", "key", "stage", "reason", "detail")
 
 
-def _write_parquet(rows: list[dict], path: Path, columns=None) -> None:
+def _table(rows: list[dict], columns=None):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if rows:
-        table = pa.Table.from_pylist(rows)
-    else:
-        table = pa.table({c: pa.array([], pa.string()) for c in (columns or ("key",))})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+        return pa.Table.from_pylist(rows)
+    return pa.table({c: pa.array([], pa.string()) for c in (columns or ("key",))})
 
 
 class OutputWriter:
     """Collects items from any runner and commits complete chunks atomically."""
 
     def __init__(self, out_dir: str | Path, cfg, tasks: list[ClipTask], duplicates=()):
-        self.out = Path(out_dir)
+        self.store = Store(out_dir)
         self.cfg = cfg
         for d in ("shards", "index", "rejects", "_done"):
-            (self.out / d).mkdir(parents=True, exist_ok=True)
+            self.store.makedirs(d)
         self._check_run_identity()
         self.tasks_by_chunk: dict[int, list[ClipTask]] = defaultdict(list)
         for t in tasks:
             self.tasks_by_chunk[t.chunk].append(t)
-        self.done_chunks = {int(p.stem) for p in (self.out / "_done").glob("*.json")}
+        self.done_chunks = {int(n.split(".")[0]) for n in self.store.list("_done", ".json")}
         self.pending_tasks = [t for t in tasks if t.chunk not in self.done_chunks]
         self._items: dict[int, list[Item]] = defaultdict(list)
         self._expected: dict[int, int] = {}  # clip_idx -> items the clip emitted (from its ClipDone)
@@ -144,24 +142,22 @@ class OutputWriter:
         self.new_samples = 0
         rows = [{"source": s, "clip_id": clip_id_for(s), "level": "clip", "key": "", "stage": "input",
                  "reason": "duplicate_input", "detail": f"same file as {first}"} for s, first in duplicates]
-        _write_parquet(rows, self.out / "rejects" / "inputs.parquet", REJECT_COLUMNS)
+        self.store.write_parquet("rejects/inputs.parquet", _table(rows, REJECT_COLUMNS))
 
     def _check_run_identity(self) -> None:
-        p = self.out / "run.json"
         fp = self.cfg.fingerprint()
-        if p.exists():
-            old = json.loads(p.read_text())
+        if self.store.exists("run.json"):
+            old = json.loads(self.store.read_bytes("run.json"))
             if old.get("fingerprint") != fp:
                 if not self.cfg.output.overwrite:
                     raise InputError(
-                        f"{self.out} was built with a different config (fingerprint {old.get('fingerprint')} != {fp}); "
-                        "use a new --output, or --set output.overwrite=true to discard it")
-                import shutil
-
+                        f"{self.store.uri} was built with a different config (fingerprint {old.get('fingerprint')} "
+                        f"!= {fp}); use a new --output, or --set output.overwrite=true to discard it")
                 for d in ("shards", "index", "rejects", "_done"):
-                    shutil.rmtree(self.out / d, ignore_errors=True)
-                    (self.out / d).mkdir(parents=True)
-        p.write_text(json.dumps({"fingerprint": fp, "config": self.cfg.to_dict()}, indent=1))
+                    self.store.delete_dir(d)
+                    self.store.makedirs(d)
+        self.store.write_bytes("run.json", json.dumps({"fingerprint": fp, "config": self.cfg.to_dict()},
+                                                      indent=1).encode())
 
     def add(self, it: Item) -> list[int]:
         """Take one item; returns the chunks committed as a result (usually none)."""
@@ -187,24 +183,19 @@ class OutputWriter:
         rejects = sorted((i for i in items if isinstance(i, Reject)), key=lambda r: (r.clip_idx, r.key, r.stage))
         name = f"pairs-{chunk:06d}.tar"
         index_rows = []
-        if samples:
-            final = self.out / "shards" / name
-            tmp = final.with_name(name + ".tmp")
-            with open(tmp, "wb") as f:
+        if samples:  # the tar appears under its final name only once complete
+            with self.store.atomic_file(f"shards/{name}") as f:
                 w = wds.TarWriter(f, mtime=0.0, encoder=False)
                 for s in samples:
                     w.write({"__key__": s.key, **s.files})
                     index_rows.append(index_row(s.key, name, s.meta))
                 w.close()
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        _write_parquet(index_rows, self.out / "index" / f"part-{chunk:06d}.parquet", ("key", "shard"))
-        _write_parquet([{k: getattr(r, k) for k in REJECT_COLUMNS} for r in rejects],
-                       self.out / "rejects" / f"part-{chunk:06d}.parquet", REJECT_COLUMNS)
-        marker = self.out / "_done" / f"{chunk:06d}.json"
-        marker.write_text(json.dumps({"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
-                                      "clips": [t.source for t in self.tasks_by_chunk[chunk]]}))
+        self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
+        self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet",
+                                 _table([{k: getattr(r, k) for k in REJECT_COLUMNS} for r in rejects], REJECT_COLUMNS))
+        self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
+            {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
+             "clips": [t.source for t in self.tasks_by_chunk[chunk]]}).encode())
         self.written_chunks.append(chunk)
         self.new_samples += len(samples)
 
@@ -216,22 +207,16 @@ class OutputWriter:
 
 def read_index(out_dir: str | Path):
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    parts = sorted((Path(out_dir) / "index").glob("part-*.parquet"))
-    frames = [pq.read_table(p).to_pandas() for p in parts]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "shard"])
+    df = Store(out_dir).read_parquet_dir("index", "part-")
+    return df if df is not None else pd.DataFrame(columns=["key", "shard"])
 
 
 def read_rejects(out_dir: str | Path):
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    parts = sorted((Path(out_dir) / "rejects").glob("*.parquet"))
-    frames = [pq.read_table(p).to_pandas() for p in parts]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REJECT_COLUMNS))
+    df = Store(out_dir).read_parquet_dir("rejects")
+    return df if df is not None else pd.DataFrame(columns=list(REJECT_COLUMNS))
 
 
 def package_versions() -> dict:
@@ -278,7 +263,7 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
     }
     accounted = summary["clips_with_samples"] + summary["clips_rejected"] + summary["clips_without_samples"]
     summary["all_inputs_accounted"] = accounted + by_stage.get("input", {}).get("duplicate_input", 0) >= n_inputs
-    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    Store(out_dir).write_bytes("summary.json", json.dumps(summary, indent=1, default=str).encode())
     return summary
 
 

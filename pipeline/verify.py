@@ -36,38 +36,38 @@ def _check_member(name: str, data: bytes) -> str | None:
 
 def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
     from pipeline.io import read_index
+    from pipeline.storage import Store
 
-    out = Path(out_dir)
+    out = Store(out_dir)
     problems: list[str] = []
     notes: list[str] = []
-    if not (out / "index").is_dir():
-        return False, f"{out}: not a vid2pair output directory (no index/)"
-    done = {p.stem for p in (out / "_done").glob("*.json")}
+    if not out.exists("run.json") and not out.list("index", ".parquet"):
+        return False, f"{out.uri}: not a vid2pair output directory (no run.json or index/)"
+    done = {n.split(".")[0] for n in out.list("_done", ".json")}
     for c in sorted(done):
-        for part in (out / "index" / f"part-{c}.parquet", out / "rejects" / f"part-{c}.parquet"):
-            if not part.exists():
-                problems.append(f"chunk {c}: committed but {part.relative_to(out)} is missing")
-    idx = read_index(out)
+        for part in (f"index/part-{c}.parquet", f"rejects/part-{c}.parquet"):
+            if not out.exists(part):
+                problems.append(f"chunk {c}: committed but {part} is missing")
+    idx = read_index(out_dir)
     dup = idx["key"][idx["key"].duplicated()].tolist() if len(idx) else []
     if dup:
         problems.append(f"{len(dup)} key(s) appear more than once in the index, e.g. {dup[:3]}")
-    tmp = sorted(str(p.relative_to(out)) for p in out.rglob("*.tmp"))
+    tmp = [f"{d}/{n}" for d in ("shards", "index", "rejects", "_done") for n in out.list(d, ".tmp")]
     if tmp:
         notes.append(f"{len(tmp)} leftover temporary file(s) from an interrupted run (ignored): {tmp[:3]}")
     n_members = 0
     shards = sorted(set(idx["shard"])) if len(idx) else []
-    on_disk = {p.name for p in (out / "shards").glob("*.tar")}
+    on_disk = set(out.list("shards", ".tar"))
     for extra in sorted(on_disk - set(shards)):
         problems.append(f"shards/{extra}: not referenced by the index")
     for shard in shards:
-        path = out / "shards" / shard
         want = Counter(idx.loc[idx["shard"] == shard, "key"])
-        if not path.exists():
+        if shard not in on_disk:
             problems.append(f"shards/{shard}: missing ({sum(want.values())} indexed samples)")
             continue
         got: Counter = Counter()
         try:
-            with tarfile.open(path) as tf:
+            with out.open_input_file(f"shards/{shard}") as fobj, tarfile.open(fileobj=fobj) as tf:
                 seen_members = set()
                 for m in tf:
                     if not m.isfile():
@@ -92,7 +92,7 @@ def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
             if want[k] != 1 or got[k] != 1:
                 problems.append(f"shards/{shard}: key {k} is {want[k]}x in the index, {got[k]}x in the tar")
     ok = not problems
-    lines = [f"verify {out}: {'OK' if ok else 'PROBLEMS FOUND'}",
+    lines = [f"verify {out.uri}: {'OK' if ok else 'PROBLEMS FOUND'}",
              f"  {len(idx)} indexed samples, {len(shards)} shards, {n_members} members checked"
              f"{' (decoded)' if deep else ''}, {len(done)} committed chunks"]
     lines += [f"  ! {p}" for p in problems[:50]]
