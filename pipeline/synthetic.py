@@ -472,7 +472,7 @@ def _run_isolated(payload: dict):
 def _isolated_entry(payload: dict):
     """Entry point of the clean subprocess (see :func:`_x264_clash`)."""
     if payload["op"] == "write_video":
-        frames = np.load(payload["frames"])
+        frames = np.load(payload["frames"], allow_pickle=False)
         return str(write_video(frames, payload["path"], payload["fps"], codec=payload["codec"], crf=payload["crf"],
                                isolate=False))
     if payload["op"] == "demo_corpus":
