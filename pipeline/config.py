@@ -32,14 +32,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class InputConfig:
+    # file extensions picked up from directories and globs
     extensions: list[str] = field(
         default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"])
 
 
 @dataclass
 class ProbeConfig:
-    min_width: int = 64
-    min_height: int = 64
+    min_width: int = 64  # narrower videos are rejected (too_small)
+    min_height: int = 64  # lower videos are rejected (too_small)
     min_duration_s: Optional[float] = None  # None: derived from the pair policy's smallest gap
 
 
@@ -54,30 +55,30 @@ class ShotsConfig:
 
 @dataclass
 class StaticCameraConfig:
-    enabled: bool = True
+    enabled: bool = True  # false: every shot counts as static
     samples: int = 8  # frames sampled across the shot
-    analysis_width: int = 320
+    analysis_width: int = 320  # frames are decoded this wide for the camera-motion fit
     max_shift: float = 0.008  # camera score threshold, fraction of the frame diagonal (docs/calibration.md)
-    min_inliers: int = 12
+    min_inliers: int = 12  # fewer RANSAC inliers: camera_motion_unknown
 
 
 @dataclass
 class PairsConfig:
     policy: str = "min_gap"  # min_gap | uniform_seconds | flow_advance
-    per_shot: int = 4
+    per_shot: int = 4  # pairs drawn per static shot
     min_gap_s: float = 1.0  # min_gap: dt >= min_gap_s
     max_gap_s: Optional[float] = None  # min_gap: dt <= max_gap_s (None: up to the shot length)
     uniform_min_s: int = 1  # uniform_seconds: dt drawn uniformly from the integers min..max
-    uniform_max_s: int = 10
+    uniform_max_s: int = 10  # uniform_seconds: largest dt in seconds
     reverse_prob: float = 0.0  # probability of swapping source and target (time reversal)
     max_attempts: int = 20  # draws per requested pair before giving up
     # flow_advance (Magic Fixup released code)
-    advance_step_s: float = 1.0
-    advance_max_steps: int = 10
-    advance_max_p90: float = 300.0
-    advance_first_min_p90: float = 1.0
-    advance_step5_min_p95: float = 20.0
-    advance_final_min_p95: float = 50.0
+    advance_step_s: float = 1.0  # flow_advance: seconds between candidate targets
+    advance_max_steps: int = 10  # flow_advance: candidate targets after the start
+    advance_max_p90: float = 300.0  # flow_advance: advance while the flow p90 stays <= this (px)
+    advance_first_min_p90: float = 1.0  # flow_advance: drop when p90 < this at the first step
+    advance_step5_min_p95: float = 20.0  # flow_advance: drop when p95 < this at step 5
+    advance_final_min_p95: float = 50.0  # flow_advance: drop when p95 < this at the step before the target
 
 
 @dataclass
@@ -102,12 +103,12 @@ class FlowConfig:
     weights: Optional[str] = None  # explicit local checkpoint; default: the model cache
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | fp16 | bf16 (half precision only on CUDA)
-    batch_size: int = 4
+    batch_size: int = 4  # pairs per flow-model call
     iters: Optional[int] = None  # RAFT refinement iterations (None: the model's default)
     inference_size: Optional[list[int]] = None  # [H, W] the model runs at; flow is rescaled back
-    bidirectional: bool = False
+    bidirectional: bool = False  # also compute tgt->src flow (flow_bwd.npy; better sketches)
     chain: bool = False  # chain flow over intermediate frames
-    chain_max_steps: int = 8
+    chain_max_steps: int = 8  # hops between source and target when chaining
     num_gpus: float = 0.0  # per flow actor in the Ray runner
     num_cpus: float = 0.25  # logical CPUs per flow actor (it shares cores with the clip workers)
     actors: int = 1  # flow actor-pool size in the Ray runner
@@ -116,11 +117,11 @@ class FlowConfig:
 @dataclass
 class MotionConfig:
     reference_short_side: int = 512  # pixel thresholds below are for this short side; scaled to the frame
-    min_p50: Optional[float] = None
-    min_p90: Optional[float] = 1.0
+    min_p50: Optional[float] = None  # too small: median flow magnitude below this (px)
+    min_p90: Optional[float] = 1.0  # too small: p90 of the flow magnitude below this (px)
     min_moving_frac: Optional[float] = 0.002  # fraction of pixels moving more than moving_px
-    moving_px: float = 1.0
-    max_p99: Optional[float] = None
+    moving_px: float = 1.0  # a pixel "moves" above this magnitude (px)
+    max_p99: Optional[float] = None  # too large: p99 of the flow magnitude above this (px)
     large_px: float = 350.0  # "large motion" threshold
     max_large_frac: Optional[float] = 0.1  # reject when >= this fraction moves >= large_px
 
@@ -128,20 +129,20 @@ class MotionConfig:
 @dataclass
 class OutputConfig:
     image_format: str = "jpg"  # jpg | png | webp
-    jpeg_quality: int = 95
+    jpeg_quality: int = 95  # jpg / webp quality of src and tgt
     flow: str = "none"  # none | float16 | float32  (stored as flow.npy)
-    clips_per_shard: int = 16
-    overwrite: bool = False
+    clips_per_shard: int = 16  # consecutive inputs per chunk = shard = unit of resume
+    overwrite: bool = False  # discard an existing output built with another config
 
 
 @dataclass
 class RunnerConfig:
     name: str = "ray"  # ray | local
-    ray_address: Optional[str] = None
+    ray_address: Optional[str] = None  # join a cluster (auto, host:port, ray://...); None: local Ray
     num_cpus: Optional[int] = None  # local Ray only
     clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
     pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)
-    progress: bool = True
+    progress: bool = True  # progress bars on stderr
 
 
 @dataclass
@@ -379,6 +380,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     if extra:
         data = _deep_merge(data, extra)
     return config_from_dict(data)
+
+
+def config_markdown() -> str:
+    """The configuration reference (docs/config.md), generated from the dataclasses and their comments."""
+    import inspect
+    import re
+
+    out = ["# Configuration reference", "",
+           "Every key, its default and meaning. Presets in `configs/` override these defaults, and",
+           "`--set key.sub=value` overrides a preset. Unknown keys, wrong types and impossible ranges are",
+           "errors naming the key. Generated by `python -m pipeline.config > docs/config.md` from",
+           "`pipeline/config.py` and the stage modules that own a section (a test keeps it in sync).", ""]
+    hints = typing.get_type_hints(Config)
+    top = [f for f in dataclasses.fields(Config) if not dataclasses.is_dataclass(hints[f.name])]
+    out += ["## top level", "", "| key | default | meaning |", "|---|---|---|"]
+    out += [f"| `{f.name}` | `{f.default!r}` | {'preset name' if f.name == 'name' else 'global seed'} |" for f in top]
+    out.append("")
+    for f in dataclasses.fields(Config):
+        tp = hints[f.name]
+        if not dataclasses.is_dataclass(tp):
+            continue
+        src = inspect.getsource(tp)
+        doc = (tp.__doc__ or "").strip().splitlines()
+        out += [f"## `{f.name}`" + (f" (from `{tp.__module__}`)" if tp.__module__ != __name__ else ""), ""]
+        if doc and not doc[0].startswith(tp.__name__ + "("):
+            out += [doc[0], ""]
+        out += ["| key | default | meaning |", "|---|---|---|"]
+        lines = src.splitlines()
+        for g in dataclasses.fields(tp):
+            d = g.default if g.default is not dataclasses.MISSING else g.default_factory()
+            note = ""
+            for k, line in enumerate(lines):
+                if re.match(rf"\s+{g.name}\s*:", line):
+                    m = re.search(r"#\s*(.*)$", line)
+                    if m:
+                        note = m.group(1)
+                    else:  # a comment block right above the field
+                        above = []
+                        j = k - 1
+                        while j >= 0 and lines[j].strip().startswith("#"):
+                            above.insert(0, lines[j].strip().lstrip("#").strip())
+                            j -= 1
+                        note = " ".join(above)
+                    break
+            out.append(f"| `{f.name}.{g.name}` | `{d!r}` | {note.replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(config_markdown())
 
 
 def config_from_dict(data: dict) -> Config:

@@ -36,7 +36,7 @@ __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage", "c
 
 @dataclass
 class CoarseConfig:
-    enabled: bool = True
+    enabled: bool = True  # coarse.png + coarse_mask.png
     mode: str = "soft"  # sum | avg | linear | soft (splatting mode)
     min_coverage: Optional[float] = 0.6  # reject pairs whose non-hole fraction is below this; null: keep all
     hole_thresh: float = 0.5  # a pixel is a hole when its splatted density is <= this

@@ -52,7 +52,7 @@ __all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_col
 
 @dataclass
 class CollageConfig:
-    enabled: bool = True
+    enabled: bool = True  # collage.png + collage_mask.png (+ region drags)
     segmenter: str = "felzenszwalb"  # felzenszwalb | slic | sam
     sam_model_type: str = "vit_b"  # vit_b | vit_l | vit_h
     sam_checkpoint: Optional[str] = None  # explicit .pth; default: the model cache (sam_<type>)
@@ -62,7 +62,7 @@ class CollageConfig:
     fz_sigma: float = 0.8  # Felzenszwalb pre-smoothing at a 240-px short side
     fz_min_size: int = 50  # Felzenszwalb minimum component at a 240-px short side
     slic_segments: int = 150  # SLIC: approximate number of superpixels
-    slic_compactness: float = 10.0
+    slic_compactness: float = 10.0  # slic segmenter: colour vs space trade-off
     segment_short_side: Optional[int] = 288  # weight-free segmenters run at <= this short side; null: full size
     flow_weight: float = 1.0  # weight of a 1-px flow difference (at 240 px) vs a full-range colour difference
     depth: str = "occlusion"  # occlusion (weight-free) | dpt

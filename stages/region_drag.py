@@ -49,7 +49,7 @@ TYPES = ("translation", "rotation", "deformation")
 
 @dataclass
 class RegionDragConfig:
-    enabled: bool = True
+    enabled: bool = True  # region_drag.json + region_masks.png (needs collage)
     reference_short_side: int = 512  # moving_px is for this short side, scaled to the frame
     moving_px: float = 2.0  # a segment moves when its median |flow| exceeds this
     rotation_deg: float = 5.0  # |similarity angle| >= this -> rotation
@@ -61,7 +61,7 @@ class RegionDragConfig:
     n_handles: int = 4  # points per region (the center included)
     max_regions: int = 16  # at most 255 (the mask label map is uint8)
     fit_samples: int = 400  # pixels per region for the refit
-    ransac_thresh: float = 3.0
+    ransac_thresh: float = 3.0  # RANSAC threshold (px) of the region similarity fits
 
     def validate(self, prefix: str = "region_drag") -> None:
         from pipeline.config import ConfigError

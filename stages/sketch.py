@@ -53,7 +53,7 @@ SPLAT_SHARPNESS = 10.0
 
 @dataclass
 class SketchConfig:
-    enabled: bool = True
+    enabled: bool = True  # sketch.png
     rel_thresh: float = 0.25  # edge strength must exceed this x the 98th-percentile flow magnitude ...
     abs_thresh_px: float = 1.0  # ... and this absolute floor (px of flow jump)
     stroke_width: int = 3  # px, final stroke thickness

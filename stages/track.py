@@ -66,7 +66,7 @@ TRACK_BACKENDS = ("flow_chain", "cotracker3_offline", "cotracker3_online")
 
 @dataclass
 class TrackConfig:
-    enabled: bool = True
+    enabled: bool = True  # track target->source, drag points, tracks.npy / visibility.npy
     backend: str = "flow_chain"  # flow_chain | cotracker3_offline | cotracker3_online
     # frames between target and source given to the tracker (evenly subsampled, both ends kept)
     max_frames: int = 24

@@ -60,3 +60,13 @@ def test_fingerprint_ignores_runner_only():
     a, b = load_config("demo"), load_config("demo", ["runner.name=local", "runner.num_cpus=3"])
     c = load_config("demo", ["seed=1"])
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_config_reference_is_in_sync():
+    from pathlib import Path
+
+    from pipeline.config import config_markdown
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert doc.read_text().strip() == config_markdown().strip(), \
+        "docs/config.md is stale: python -m pipeline.config > docs/config.md"
