@@ -97,7 +97,7 @@ import resource, sys
 sys.path.insert(0, {root!r})
 from pipeline.config import load_config
 from pipeline.runners import build
-cfg = load_config("demo", ["runner.name=local", "runner.progress=false"])
+cfg = load_config("demo", ["runner.name=local", "runner.progress=false", *{extra!r}])
 build(cfg, {videos!r}, {out!r}, log_summary=False)
 me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -105,8 +105,9 @@ print(me, kids)
 """
 
 
-def peak_rss(videos, out):
-    r = subprocess.run([sys.executable, "-c", RSS_SNIPPET.format(root=str(ROOT), videos=str(videos), out=str(out))],
+def peak_rss(videos, out, extra=()):
+    code = RSS_SNIPPET.format(root=str(ROOT), videos=str(videos), out=str(out), extra=list(extra))
+    r = subprocess.run([sys.executable, "-c", code],
                        capture_output=True, text=True, check=True)
     me, kids = map(int, r.stdout.split()[-2:])
     return me / 1024, kids / 1024
@@ -117,6 +118,7 @@ def main():
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--rss", default="10,50", help="clip counts for the peak-RSS runs (e.g. 10,100)")
     a = ap.parse_args()
 
     import copy
@@ -125,6 +127,9 @@ def main():
     from pipeline.io import list_inputs, make_tasks
     from pipeline.synthetic import make_demo_corpus
 
+    from pipeline.runners import set_threads
+
+    set_threads(1)  # every cost and rate below is per core: one OpenCV / torch thread
     work = Path(tempfile.mkdtemp(prefix="v2p-bench-"))
     videos = work / "videos"
     make_demo_corpus(videos, n_static=a.clips, n_moving_camera=0, seed=0)
@@ -146,10 +151,6 @@ def main():
 
     cfg = copy.deepcopy(base)
     cfg.runner.name = "local"
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import cv2
-
-    cv2.setNumThreads(1)
     n_local, wall = timed_build(cfg, videos, work / "out_local")
     local = n_local / wall
     print(f"local runner (1 CPU):  {local:.2f} pairs/s = {local / bound:.2f} x bound  (target >= 0.8)")
@@ -171,11 +172,16 @@ def main():
         ray.shutdown()
 
     if not a.skip_rss:
-        for k in (10, 50):
+        # memory must not grow with the input count (the pipeline streams); tracking and collage are
+        # off here to keep the runs short; they work per pair and keep nothing across pairs
+        extra = ["track.enabled=false", "collage.enabled=false"]
+        for k in map(int, a.rss.split(",")):
             v = work / f"rss{k}"
             make_demo_corpus(v, n_static=k, n_moving_camera=0, seed=1)
-            me, kids = peak_rss(v, work / f"out_rss{k}")
-            print(f"peak RSS, {k:>3} clips: driver {me:7.1f} MiB, decode child {kids:7.1f} MiB")
+            t0 = time.perf_counter()
+            me, kids = peak_rss(v, work / f"out_rss{k}", extra)
+            print(f"peak RSS, {k:>3} clips: driver {me:7.1f} MiB, decode child {kids:7.1f} MiB "
+                  f"({time.perf_counter() - t0:.0f} s, {', '.join(extra)})")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ class RunnerConfig:
     clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
     pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)
     progress: bool = True  # progress bars on stderr
+    threads_per_worker: int = 1  # OpenCV / torch CPU threads per worker (parallelism comes from workers)
 
 
 @dataclass
@@ -245,6 +246,7 @@ def _check_ranges(c: Config) -> None:
     need(fl.num_gpus >= 0, "flow.num_gpus", "must be >= 0")
     need(fl.actors >= 1, "flow.actors", "must be >= 1")
     need(fl.num_cpus > 0, "flow.num_cpus", "must be > 0")
+    need(c.runner.threads_per_worker >= 1, "runner.threads_per_worker", "must be >= 1")
     need(c.runner.clip_stage_cpus > 0, "runner.clip_stage_cpus", "must be > 0")
     need(c.runner.pair_stage_cpus > 0, "runner.pair_stage_cpus", "must be > 0")
     m = c.motion

@@ -36,6 +36,12 @@ def _fault_injection(task: Any) -> None:
 
 def _child(conn, factory: Callable, factory_args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    try:
+        import cv2
+
+        cv2.setNumThreads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or -1)
+    except ImportError:
+        pass
     fn = factory(*factory_args)
     while True:
         try:

@@ -29,6 +29,7 @@ def _bar(total: int, enabled: bool, desc: str):
 
 
 def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
+    set_threads(cfg.runner.threads_per_worker)
     clip_stage, pair_stages = build_stages(cfg)
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for task in tasks:
@@ -40,6 +41,18 @@ def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
 
 # ---------------------------------------------------------------- Ray Data
 
+def set_threads(n: int) -> None:
+    """CPU threads of OpenCV and torch in this process (workers parallelise across clips instead)."""
+    import cv2
+
+    cv2.setNumThreads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 _CLIP_STAGES: dict = {}
 
 
@@ -50,6 +63,7 @@ def _clip_rows(row: dict, cfg) -> list[dict]:
     key = cfg.fingerprint() + repr(cfg.isolation)
     stage = _CLIP_STAGES.get(key)
     if stage is None:
+        set_threads(cfg.runner.threads_per_worker)
         stage = _CLIP_STAGES[key] = build_stages(cfg)[0]
     task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=row["clip_id"])
@@ -60,6 +74,7 @@ class _PairFn:
     """Runs pair stages ``names`` (in order) on a pyarrow batch of item rows."""
 
     def __init__(self, cfg, names: tuple):
+        set_threads(cfg.runner.threads_per_worker)
         stages = {s.name: s for s in build_stages(cfg)[1]}
         self.stages = [stages[n] for n in names]
 
