@@ -50,6 +50,16 @@ def cmd_demo(a) -> int:
 def cmd_inspect(a) -> int:
     from pipeline.inspection import inspect_output
 
+    if a.key:
+        from pipeline.qc import inspect_key
+
+        try:
+            text, png = inspect_key(a.output_dir, a.key)
+        except (KeyError, FileNotFoundError) as e:
+            return _fail(str(e).strip("'\""))
+        print(text)
+        return 0
+
     try:
         print(inspect_output(a.output_dir, n_keys=a.n))
     except FileNotFoundError as e:
@@ -100,6 +110,7 @@ def make_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="counts, reject reasons and sample keys of an output directory")
     i.add_argument("output_dir")
     i.add_argument("-n", type=int, default=5, help="sample keys to show")
+    i.add_argument("--key", help="one sample: print its meta and write a contact sheet to <out>/qc/<KEY>.png")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="check shards against the index (every key once, every file readable)")
@@ -112,12 +123,11 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(func=cmd_config)
 
-    try:
-        from pipeline.models import models_add_subparser
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        models_add_subparser(sub)
+    from pipeline.models import models_add_subparser
+    from pipeline.report import report_add_subparser
+
+    models_add_subparser(sub)
+    report_add_subparser(sub)
     return p
 
 

@@ -41,20 +41,12 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from stages.base import resolve_device
+
 __all__ = ["DPTDepth", "occlusion_order", "order_to_disparity", "make_depth", "DPT_EXTRA_MESSAGE", "DEPTHS"]
 
 DPT_EXTRA_MESSAGE = "transformers is not installed (needed for depth=dpt): pip install 'vid2pair[collage]'"
 DEPTHS = ("occlusion", "dpt")
-
-
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available")
-    return torch.device(device)
 
 
 class DPTDepth:
@@ -69,7 +61,7 @@ class DPTDepth:
             from transformers import DPTForDepthEstimation, DPTImageProcessor
         except ImportError:
             raise ImportError(DPT_EXTRA_MESSAGE) from None
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if model is None:
             from pipeline.models import resolve_weights
 

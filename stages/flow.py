@@ -40,6 +40,8 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, Union, runtime_ch
 import cv2
 import numpy as np
 
+from stages.base import resolve_device
+
 __all__ = [
     "FlowBackend",
     "DISFlow",
@@ -230,18 +232,6 @@ class DISFlow:
 # torch models
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available")
-    return torch.device(device)
-
-
 def _resolve_checkpoint(name: str, weights: Optional[Union[str, Path]]) -> Path:
     """An explicit existing file is used as is; everything else goes through the model cache."""
     if weights is not None and Path(weights).is_file():
@@ -277,7 +267,7 @@ class _TorchFlowModel:
             if len(inference_size) != 2 or min(inference_size) < 8:
                 raise ValueError(f"inference_size must be [H, W] (>= 8 each), got {inference_size}")
             inference_size = (_round8(inference_size[0]), _round8(inference_size[1]))
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.precision = precision
         self.batch_size = int(batch_size)
         self.iters = iters

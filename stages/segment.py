@@ -40,6 +40,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from stages.base import resolve_device
+
 __all__ = ["FelzenszwalbSegmenter", "SlicSegmenter", "SamSegmenter", "make_segmenter", "relabel",
            "SAM_EXTRA_MESSAGE", "SEGMENTERS", "REFERENCE_SHORT_SIDE"]
 
@@ -171,16 +173,6 @@ class SlicSegmenter:
         return relabel(_upscale_labels(lab, full), self.min_area)
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available")
-    return torch.device(device)
-
-
 class SamSegmenter:
     """Segment Anything automatic masks flattened to a label map (see the module docstring)."""
 
@@ -195,7 +187,7 @@ class SamSegmenter:
             raise ImportError(SAM_EXTRA_MESSAGE) from None
         if model_type not in sam_model_registry or model_type == "default":
             raise ValueError(f"sam model_type must be one of vit_b, vit_l, vit_h, got {model_type!r}")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if model is None:
             from pipeline.models import resolve_weights
 

@@ -33,23 +33,12 @@ from typing import Optional
 
 import numpy as np
 
+from stages.base import resolve_device  # noqa: E402  (re-exported)
+
 MODES = ("sum", "avg", "linear", "soft")
 
 __all__ = ["MODES", "softmax_splat", "splat_with_density", "backwarp", "magicfixup_metric",
            "reference_splat_numpy", "resolve_device"]
-
-
-def resolve_device(device: str):
-    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available) -> ``torch.device``."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and not str(device).startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available")
-    return torch.device(device)
 
 
 def _check(img, flow, metric, mode: str) -> None:

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from pipeline.items import Item, PairItem, clip_seed
-from stages.base import PairStage, pair_reject
+from stages.base import PairStage, pair_reject, resolve_device
 
 __all__ = [
     "TrackConfig",
@@ -417,16 +417,6 @@ class FlowChainTracker:
 # CoTracker3
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"track.device={device!r} was requested but CUDA is not available")
-    return torch.device(device)
-
-
 def _hub_source(hub_repo: str) -> tuple[str, str]:
     """(repo_or_dir, "local" | "github"); clear errors for a bad local directory."""
     repo = str(hub_repo).strip()
@@ -479,7 +469,7 @@ def load_cotracker_predictor(variant: str, hub_repo: str = "facebookresearch/co-
     predictor = torch.hub.load(repo, entry, pretrained=False, source=source, **kwargs)
     state = _unwrap_state(torch.load(str(ckpt), map_location="cpu", weights_only=True))
     getattr(predictor, "model", predictor).load_state_dict(state)
-    predictor = predictor.to(_resolve_device(device)).eval()
+    predictor = predictor.to(resolve_device(device)).eval()
     predictor.vid2pair_weights = ckpt.stem
     return predictor
 
@@ -518,7 +508,7 @@ class CoTrackerTracker:
             raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
         self.variant = variant
         self.name = f"cotracker3_{variant}"
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.precision = precision
         if builder is None:
             self.predictor = load_cotracker_predictor(variant, hub_repo, checkpoint, str(self.device))
