@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "videos"
+SHARED = Path(os.environ.get("VID2PAIR_SHARED_VIDEOS", ROOT.parent / "shared" / "videos"))
 
 
 def shared_video(name: str) -> Path:
