@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# plain pip (not uv/poetry): it takes torch/torchvision from the machine's local wheel cache when there is one
-	$(PY) -m pip install --quiet -e '.[test]'
+	# every extra, so the adapter tests (SAM, DPT, diffusers' SVD U-Net, CLIP) run on random weights
+	$(PY) -m pip install --quiet -e '.[test,collage,train]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -125,9 +125,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     from pipeline.models import models_add_subparser
     from pipeline.report import report_add_subparser
+    from trainer.cli import train_add_subparser
 
     models_add_subparser(sub)
     report_add_subparser(sub)
+    train_add_subparser(sub)
     return p
 
 

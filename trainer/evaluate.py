@@ -1,0 +1,218 @@
+"""``vid2pair eval``: predictions on the held-out pairs and their scores against the targets.
+
+* PSNR and SSIM (kornia, images in [0, 1], 11x11 Gaussian window) - always;
+* LPIPS - only with the ``lpips`` package and its backbone weights already in torch's hub cache
+  (nothing is downloaded); otherwise skipped with a logged message;
+* CLIP-I (cosine similarity of CLIP image embeddings of prediction and target) - only with a local
+  CLIP vision model (``eval.clip_weights``, or for ``framepainter`` the SVD directory's
+  ``image_encoder``); otherwise skipped with a logged message.
+
+The report also has ``psnr_source`` / ``ssim_source`` (the unedited source against the target):
+a prediction must beat that to have learned anything about the edit.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from trainer.checkpoint import EMA, load_state, resolve_checkpoint
+from trainer.config import ConfigError, TrainerConfig
+from trainer.data import DataError, eval_stream, sample_spec
+from trainer.models import build_model
+
+log = logging.getLogger("vid2pair.trainer.eval")
+
+
+def psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR (dB) and SSIM of images in [-1, 1]."""
+    import kornia
+
+    a = ((pred.float() + 1) / 2).clamp(0, 1)
+    b = ((tgt.float() + 1) / 2).clamp(0, 1)
+    psnr = torch.stack([kornia.metrics.psnr(a[i:i + 1], b[i:i + 1], 1.0) for i in range(len(a))])
+    ssim = kornia.metrics.ssim(a, b, window_size=11).flatten(1).mean(1)
+    return psnr, ssim
+
+
+class LpipsMetric:
+    """LPIPS if it can run without a download, else ``available`` is False and ``reason`` says why."""
+
+    BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
+
+    def __init__(self, net: str, device):
+        self.available, self.reason, self.model = False, "", None
+        try:
+            import lpips  # noqa: F401
+        except ImportError:
+            self.reason = "the `lpips` package is not installed (pip install lpips)"
+            return
+        ckpt = Path(torch.hub.get_dir()) / "checkpoints" / self.BACKBONE_FILES[net]
+        if not ckpt.is_file():
+            self.reason = f"torchvision {net} backbone weights are not in the local cache ({ckpt})"
+            return
+        import lpips
+
+        self.model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
+        self.available = True
+
+    @torch.no_grad()
+    def __call__(self, pred, tgt) -> torch.Tensor:
+        return self.model(pred.float().clamp(-1, 1), tgt.float().clamp(-1, 1)).flatten()
+
+
+class ClipMetric:
+    """CLIP-I image-image similarity with a local transformers CLIP vision model."""
+
+    def __init__(self, path: Optional[Path], device):
+        self.available, self.reason, self.model = False, "", None
+        if path is None:
+            self.reason = ("no local CLIP weights (set eval.clip_weights to a transformers CLIP vision "
+                           "directory; framepainter uses the SVD image_encoder when present)")
+            return
+        if not Path(path).exists():
+            self.reason = f"CLIP weights not found at {path}"
+            return
+        from transformers import CLIPVisionModelWithProjection
+
+        self.model = CLIPVisionModelWithProjection.from_pretrained(str(path)).to(device).eval()
+        self.size = self.model.config.image_size
+        self.available = True
+
+    @torch.no_grad()
+    def embed(self, x):
+        from trainer.models.framepainter import CLIP_MEAN, CLIP_STD
+
+        x = ((x.float() + 1) / 2).clamp(0, 1)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        dt = next(self.model.parameters()).dtype
+        return F.normalize(self.model(pixel_values=((x - mean) / std).to(dt)).image_embeds.float(), dim=-1)
+
+    def __call__(self, pred, tgt) -> torch.Tensor:
+        return (self.embed(pred) * self.embed(tgt)).sum(-1)
+
+
+def _default_clip_path(cfg: TrainerConfig) -> Optional[Path]:
+    if cfg.eval.clip_weights:
+        return Path(cfg.eval.clip_weights).expanduser()
+    fp = cfg.model.framepainter
+    if cfg.model.name == "framepainter" and fp.init == "pretrained":
+        try:
+            from pipeline.models import resolve_weights
+
+            return resolve_weights(fp.base_model, fp.weights) / "image_encoder"
+        except (FileNotFoundError, KeyError):
+            return None
+    return None
+
+
+def _stats(xs: list[float]) -> dict:
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "std": None, "n": 0}
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / max(1, n - 1))
+    return {"mean": round(m, 5), "std": round(sd, 5), "n": n}
+
+
+def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_eval: Optional[int] = None,
+             use_ema: Optional[bool] = None, steps: Optional[int] = None, device: Optional[str] = None) -> dict:
+    """Score a checkpoint on the eval split; writes ``eval.json`` and image grids to ``output``
+    (default: ``<checkpoint dir>/eval``) and returns the report."""
+    from trainer.distributed import pick_device
+    from trainer.train import autocast_dtype, image_grid, to_device
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dev = pick_device(device or cfg.train.device, 0)
+    ck_path = resolve_checkpoint(checkpoint)
+    state = load_state(ck_path)
+    if state.get("model_name") not in (None, cfg.model.name) or state.get("task") not in (None, cfg.task):
+        raise ConfigError(f"--checkpoint: {ck_path} was trained as model {state.get('model_name')!r} / task {state.get('task')!r}, "
+                         f"the config says {cfg.model.name!r} / {cfg.task!r}")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, dev)
+    model.load_checkpoint_state_dict(state["model"])
+    model.to(dev).eval()
+    use_ema = cfg.eval.use_ema if use_ema is None else use_ema
+    ema_ctx = contextlib.nullcontext()
+    used_ema = False
+    if use_ema and state.get("ema"):
+        named = model.trainable_named_parameters()
+        ema = EMA(named, state["ema"]["decay"])
+        ema.load_state_dict(state["ema"])
+        ema.to(dev)
+        ema_ctx = ema.swapped([p for _, p in named])
+        used_ema = True
+    out_dir = Path(output) if output else ck_path.parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    metrics = list(cfg.eval.metrics)
+    extra: dict = {}
+    skipped: dict = {}
+    if "lpips" in metrics:
+        m = LpipsMetric(cfg.eval.lpips_net, dev)
+        if m.available:
+            extra["lpips"] = m
+        else:
+            skipped["lpips"] = m.reason
+    if "clip" in metrics:
+        m = ClipMetric(_default_clip_path(cfg), dev)
+        if m.available:
+            extra["clip_i"] = m
+        else:
+            skipped["clip"] = m.reason
+    for k, why in skipped.items():
+        log.info("eval: %s skipped: %s", k, why)
+
+    amp_dtype = autocast_dtype(cfg.train.precision, dev)
+    amp = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    stream = eval_stream(cfg, sample_spec(cfg, (), train=False), batch_size=cfg.eval.batch_size,
+                         max_eval=max_eval if max_eval is not None else cfg.data.max_eval)
+    scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_source", "ssim_source", *extra)}
+    per_sample = []
+    saved = 0
+    gen = torch.Generator(device=dev)
+    t0 = time.perf_counter()
+    with ema_ctx:
+        for bi, batch in enumerate(stream):
+            b = to_device(batch, dev)
+            gen.manual_seed(cfg.seed + bi)
+            with amp:
+                pred = model.predict(b, steps=steps or cfg.eval.sample_steps, generator=gen).float()
+            p, s = psnr_ssim(pred, b["tgt"])
+            p0, s0 = psnr_ssim(b["src"], b["tgt"])
+            vals = {"psnr": p, "ssim": s, "psnr_source": p0, "ssim_source": s0}
+            for k, m in extra.items():
+                vals[k] = m(pred, b["tgt"])
+            for k, v in vals.items():
+                scores[k].extend(float(x) for x in v.cpu())
+            for i, key in enumerate(batch["key"]):
+                per_sample.append({"key": key, "shard": batch["shard"][i],
+                                   **{k: round(float(v[i]), 5) for k, v in vals.items()}})
+            if saved < cfg.eval.save_images:
+                from torchvision.utils import save_image
+
+                save_image(image_grid(cfg.task, b, pred), out_dir / f"batch-{bi:04d}.png")
+                saved += len(batch["key"])
+    if not per_sample:
+        raise DataError("the eval split is empty (data.eval / data.eval_permille)")
+    report = {"checkpoint": str(ck_path), "step": int(state.get("step", -1)), "model": cfg.model.name,
+              "task": cfg.task, "ema": used_ema, "n": len(per_sample), "resolution": list(cfg.model.resolution),
+              "sample_steps": steps or cfg.eval.sample_steps, "seconds": round(time.perf_counter() - t0, 2),
+              "metrics": {k: _stats(v) for k, v in scores.items()}, "skipped": skipped}
+    (out_dir / "eval.json").write_text(json.dumps({**report, "samples": per_sample}, indent=2))
+    log.info("eval %s: %d pairs, PSNR %.2f dB (source %.2f), SSIM %.3f (source %.3f)%s -> %s", ck_path.parent.name,
+             report["n"], report["metrics"]["psnr"]["mean"], report["metrics"]["psnr_source"]["mean"],
+             report["metrics"]["ssim"]["mean"], report["metrics"]["ssim_source"]["mean"],
+             "".join(f", {k} {report['metrics'][k]['mean']:.4f}" for k in extra), out_dir)
+    return report
