@@ -368,20 +368,26 @@ def preset_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {name_or_path}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), **extra: Any) -> Config:
-    """Load a preset (path or name under configs/), apply ``--set`` overrides, validate."""
+def load_config_data(p: Path | None, overrides: list[str] | tuple = (), extra: dict | None = None) -> dict:
+    """The raw mapping of a YAML file ``p`` (or ``{}``) with ``--set`` overrides and ``extra`` merged in.
+
+    Shared by the pipeline's and the trainer's config loaders (each validates the result)."""
     data: dict = {}
-    if path is not None:
-        p = preset_path(path)
+    if p is not None:
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(Path(p).read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: invalid YAML: {e}") from None
     for item in overrides:
         data = _deep_merge(data, parse_override(item))
     if extra:
         data = _deep_merge(data, extra)
-    return config_from_dict(data)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), **extra: Any) -> Config:
+    """Load a preset (path or name under configs/), apply ``--set`` overrides, validate."""
+    return config_from_dict(load_config_data(None if path is None else preset_path(path), overrides, extra))
 
 
 def config_markdown() -> str:

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from stages.base import PairStage, pair_reject
+from stages.segment import segment_pixels
 
 __all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_collage", "CollageStage",
            "segment_median_flow"]
@@ -126,17 +127,6 @@ class SegmentFit:
                 "median_flow_px": round(float(self.median_flow_px), 4), "status": self.status}
 
 
-def _segment_pixels(labels: np.ndarray, n: int) -> list[np.ndarray]:
-    """Flat pixel indices of each segment 0..n-1 (one sort, not n scans)."""
-    flat = labels.ravel()
-    idx = np.flatnonzero(flat >= 0)
-    lab = flat[idx]
-    order = np.argsort(lab, kind="stable")
-    idx, lab = idx[order], lab[order]
-    bounds = np.searchsorted(lab, np.arange(n + 1))
-    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
-
-
 def segment_median_flow(flow: np.ndarray, pix: np.ndarray) -> float:
     f = flow.reshape(-1, 2)[pix]
     return float(np.median(np.hypot(f[:, 0], f[:, 1]))) if len(f) else 0.0
@@ -173,7 +163,7 @@ def fit_segments(labels: np.ndarray, flow: np.ndarray, *, fit_samples: int = 50,
     rng = rng if rng is not None else np.random.default_rng(0)
     h, w = labels.shape
     n = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
-    pixels = _segment_pixels(labels, n)
+    pixels = segment_pixels(labels, n)
     fl = np.asarray(flow, np.float32).reshape(-1, 2)
     fits = []
     for k, pix in enumerate(pixels):
@@ -272,7 +262,7 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
     rank = np.zeros(n, np.float32)
     for r, k in enumerate(order):
         rank[k] = r + 1
-    pixels = _segment_pixels(labels, n)
+    pixels = segment_pixels(labels, n)
     for k in order:
         fit = fits[k]
         if fit.transform is None:
@@ -344,12 +334,12 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     if depth_model is None:
         moving = [f.median_flow_px > moving_px for f in fits]
         order, info = occlusion_order(src, tgt, labels, [f.transform for f in fits], moving,
-                                      pixels=_segment_pixels(labels, n))
+                                      pixels=segment_pixels(labels, n))
         depth_info.update(info)
         per_seg = order_to_disparity(order, n)
     else:
         disp_map = depth_model(src)
-        pixels = _segment_pixels(labels, n)
+        pixels = segment_pixels(labels, n)
         per_seg = np.array([float(np.median(disp_map.reshape(-1)[p])) if len(p) else 0.0 for p in pixels])
         order = sorted(range(n), key=lambda k: (per_seg[k], k))  # farthest (smallest disparity) first
     for k, f in enumerate(fits):

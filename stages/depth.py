@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from stages.base import resolve_device
+from stages.segment import segment_pixels
 
 __all__ = ["DPTDepth", "occlusion_order", "order_to_disparity", "make_depth", "DPT_EXTRA_MESSAGE", "DEPTHS"]
 
@@ -92,17 +93,6 @@ class DPTDepth:
         return np.clip(pred[0, 0].cpu().numpy(), 0.0, None).astype(np.float32)
 
 
-def _segment_pixels(labels: np.ndarray, n: int) -> list[np.ndarray]:
-    """Flat pixel indices of each segment 0..n-1 (one sort, not n scans)."""
-    flat = labels.ravel()
-    idx = np.flatnonzero(flat >= 0)
-    lab = flat[idx]
-    order = np.argsort(lab, kind="stable")
-    idx, lab = idx[order], lab[order]
-    bounds = np.searchsorted(lab, np.arange(n + 1))
-    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
-
-
 def _bottom_prior(pixels: list, h: int, w: int) -> np.ndarray:
     """Per segment: 95th percentile of its rows / height (larger = lower in the frame = nearer)."""
     return np.array([np.percentile(p // w, 95) / max(h - 1, 1) if len(p) else 0.0 for p in pixels])
@@ -123,7 +113,7 @@ def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
     h, w = labels.shape
     src_f, tgt_f = np.asarray(src, np.float32), np.asarray(tgt, np.float32)
     if pixels is None:
-        pixels = _segment_pixels(labels, n)
+        pixels = segment_pixels(labels, n)
     prior = _bottom_prior(pixels, h, w) + np.asarray(moving, float)
     # warped masks and per-pixel photometric error, in ROIs
     rois: list = [None] * n

@@ -139,7 +139,8 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
     ``labels``: the collage's segment label map (-1 = none); ``fits``: its
     :class:`stages.collage.SegmentFit` list (``transform`` may be None); ``flow`` (H, W, 2) src -> tgt.
     """
-    from stages.collage import _segment_pixels, _similarity_params, fit_similarity, segment_median_flow
+    from stages.collage import _similarity_params, fit_similarity, segment_median_flow
+    from stages.segment import segment_pixels
 
     cfg = cfg or RegionDragConfig()
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -147,7 +148,7 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
     flow = np.asarray(flow, np.float32)
     px_scale = min(h, w) / cfg.reference_short_side
     n = len(fits)
-    pixels = _segment_pixels(labels, n)
+    pixels = segment_pixels(labels, n)
     moving = [len(pixels[k]) > 0 and fits[k].median_flow_px > cfg.moving_px * px_scale for k in range(n)]
 
     fl = flow.reshape(-1, 2).astype(np.float64)

@@ -50,6 +50,17 @@ SEGMENTERS = ("felzenszwalb", "slic", "sam")
 REFERENCE_SHORT_SIDE = 240  # the weight-free parameters are tuned for this short side
 
 
+def segment_pixels(labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """Flat pixel indices of each segment 0..n-1 (one sort, not n scans)."""
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat >= 0)
+    lab = flat[idx]
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    bounds = np.searchsorted(lab, np.arange(n + 1))
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
+
+
 def relabel(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Renumber a label map to ``0..N-1`` in raster order of first appearance; segments with
     ``min_area`` pixels or fewer (and negative labels) become ``-1``."""

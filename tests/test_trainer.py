@@ -258,8 +258,8 @@ def test_corrupt_shard_raise_and_skip(shards, tmp_path):
 def test_tiny_loss_goes_down_and_eval(shards, tmp_path):
     """60 steps on the demo pairs: the mean loss of the last 15 steps is well below the first 15.
 
-    Measured on 2 cores (seed 0, torch 2.14 CPU): first-15 mean 0.473, last-15 mean 0.242 (ratio
-    0.51); the bound 0.75 leaves room for other torch builds / BLAS libraries."""
+    Measured on 2 cores (seed 0, torch 2.14 CPU, residual target): first-15 mean 0.427, last-15 mean
+    0.191 (ratio 0.45); the bound 0.75 leaves room for other torch builds / BLAS libraries."""
     from trainer.evaluate import evaluate
     from trainer.train import train
 
@@ -280,7 +280,12 @@ def test_tiny_loss_goes_down_and_eval(shards, tmp_path):
     # eval on the held-out clip (3 pairs)
     report = evaluate(cfg, out, output=str(tmp_path / "eval"), steps=4)
     assert report["n"] == 3 and report["step"] == 60 and report["ema"] is True
-    assert 0 < report["metrics"]["psnr"]["mean"] < 60 and -1 <= report["metrics"]["ssim"]["mean"] <= 1
+    met = {k: round(v["mean"], 3) for k, v in report["metrics"].items()}
+    print("tiny eval:", met)
+    # measured: psnr 18.9, ssim 0.65 after 60 steps and 4 DDIM steps; the unedited source scores 30.0 / 0.95
+    # (the synthetic pairs differ only where objects move)
+    assert 12 < met["psnr"] < 60 and 0.2 < met["ssim"] <= 1, met
+    assert 25 < met["psnr_source"] < 40 and 0.85 < met["ssim_source"] <= 1, met
     assert "lpips" in report["skipped"] or "lpips" in report["metrics"]
     assert "clip" in report["skipped"]  # no local CLIP weights for the tiny model
     assert (tmp_path / "eval" / "eval.json").is_file() and (tmp_path / "eval" / "batch-0000.png").is_file()
@@ -378,3 +383,35 @@ def test_cli_registration(tmp_path, capsys):
     a = p.parse_args(["eval", "--config", "tiny_cpu", "--checkpoint", str(tmp_path)])
     assert a.func(a) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_trainer_docs_and_config_agree():
+    """docs/trainer.md's configuration section names every trainer config key, and only real ones."""
+    import dataclasses
+    import re
+
+    from trainer.config import (DataConfig, EvalConfig, FramePainterConfig, OptimConfig, TinyModelConfig,
+                                TrainLoopConfig)
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "trainer.md").read_text()
+    section = text.split("## Configuration")[1].split("\n## ")[0]
+    tables = {"**`data`**": DataConfig, "| `model.tiny.*`": TinyModelConfig,
+              "| `model.framepainter.*`": FramePainterConfig}
+    current, documented = None, {c: set() for c in tables.values()}
+    for line in section.splitlines():
+        for head, cls in tables.items():
+            if line.startswith(head):
+                current = cls
+        if current is not None and line.startswith("| `") and not line.startswith("| `model."):
+            first = line.split("|")[1]
+            documented[current] |= set(re.findall(r"`([a-z_0-9]+)`", first))
+        if line.startswith("**`optim`**"):
+            current = None
+    for cls, names in documented.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert names <= fields, f"{cls.__name__}: documented but not config keys: {sorted(names - fields)}"
+        assert fields <= names, f"{cls.__name__}: config keys missing from docs/trainer.md: {sorted(fields - names)}"
+    for cls, head in ((OptimConfig, "**`optim`**"), (TrainLoopConfig, "**`train`**"), (EvalConfig, "**`eval`**")):
+        para = section.split(head)[1].split("\n\n")[0]
+        missing = {f.name for f in dataclasses.fields(cls)} - set(re.findall(r"`([a-z_0-9]+)`", para))
+        assert not missing, f"{cls.__name__}: config keys missing from docs/trainer.md: {sorted(missing)}"

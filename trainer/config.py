@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-import yaml
-
-from pipeline.config import ConfigError, _build, _deep_merge, parse_override
+from pipeline.config import ConfigError, _build, load_config_data
 
 __all__ = ["TrainerConfig", "load_train_config", "train_config_from_dict", "ConfigError", "TASKS",
            "signal_channels", "required_weights", "resolve_grad_accum"]
@@ -63,6 +61,7 @@ class TinyModelConfig:
     attention: bool = True  # self-attention at the lowest resolution
     dropout: float = 0.0
     prediction: str = "v"  # v | eps
+    residual: bool = True  # diffuse (target - source) / 2 instead of the target: most of a pair does not change
     schedule: str = "cosine"  # cosine | linear
     num_train_timesteps: int = 1000
     sample_steps: int = 25  # DDIM steps for eval predictions
@@ -322,18 +321,8 @@ def train_preset_path(name_or_path) -> Path:
 
 def load_train_config(path=None, overrides=(), **extra) -> TrainerConfig:
     """Load a trainer preset (path, or name under configs/), apply ``--set`` overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        p = train_preset_path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-    for item in overrides:
-        data = _deep_merge(data, parse_override(item))
-    if extra:
-        data = _deep_merge(data, extra)
-    return train_config_from_dict(data)
+    p = None if path is None else train_preset_path(path)
+    return train_config_from_dict(load_config_data(p, overrides, extra))
 
 
 def train_config_from_dict(data: dict) -> TrainerConfig:

@@ -141,6 +141,7 @@ class TinyDiffusion(nn.Module):
         t = cfg.model.tiny
         self.task = cfg.task
         self.prediction = t.prediction
+        self.residual = bool(t.residual)
         self.T = t.num_train_timesteps
         self.sample_steps = t.sample_steps
         c_sig = signal_channels(cfg.task)
@@ -177,9 +178,10 @@ class TinyDiffusion(nn.Module):
         t = torch.randint(0, self.T, (b,), device=tgt.device, generator=generator)
         noise = torch.randn(tgt.shape, device=tgt.device, generator=generator, dtype=tgt.dtype)
         ab = self._ab(t)
-        x_t = ab.sqrt() * tgt + (1 - ab).sqrt() * noise
+        x0 = (tgt - src) / 2 if self.residual else tgt  # both in [-1, 1]
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         out = self.net(torch.cat([x_t, src, sig], 1), t)
-        target = noise if self.prediction == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * tgt
+        target = noise if self.prediction == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
         loss = F.mse_loss(out.float(), target.float())
         return loss, {"loss_diff": loss.detach()}
 
@@ -202,4 +204,6 @@ class TinyDiffusion(nn.Module):
                 eps = (x.float() - ab.sqrt() * x0) / (1 - ab).sqrt()  # consistent with the clamped x0
                 ab_next = self._ab(torch.full_like(t, ts[i + 1]))
                 x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+        if self.residual:
+            x = src.float() + 2 * x
         return x.clamp(-1, 1)
