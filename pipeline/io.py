@@ -133,6 +133,7 @@ class OutputWriter:
         for t in tasks:
             self.tasks_by_chunk[t.chunk].append(t)
         self.done_chunks = {int(n.split(".")[0]) for n in self.store.list("_done", ".json")}
+        self._check_done_chunks(tasks)
         self.pending_tasks = [t for t in tasks if t.chunk not in self.done_chunks]
         self._items: dict[int, list[Item]] = defaultdict(list)
         self._expected: dict[int, int] = {}  # clip_idx -> items the clip emitted (from its ClipDone)
@@ -146,6 +147,7 @@ class OutputWriter:
 
     def _check_run_identity(self) -> None:
         fp = self.cfg.fingerprint()
+        old: dict = {}
         if self.store.exists("run.json"):
             old = json.loads(self.store.read_bytes("run.json"))
             if old.get("fingerprint") != fp:
@@ -156,8 +158,30 @@ class OutputWriter:
                 for d in ("shards", "index", "rejects", "_done"):
                     self.store.delete_dir(d)
                     self.store.makedirs(d)
-        self.store.write_bytes("run.json", json.dumps({"fingerprint": fp, "config": self.cfg.to_dict()},
-                                                      indent=1).encode())
+        self._old_inputs = old.get("inputs") if old.get("fingerprint") == fp else None
+        self._run_identity = {"fingerprint": fp, "config": self.cfg.to_dict()}
+
+    def _check_done_chunks(self, tasks: list[ClipTask]) -> None:
+        """Resume is exactly-once only if every finished chunk holds the clips the current input
+        list assigns to it. The same list (the usual rerun) is recognised by its hash; otherwise
+        every marker is compared, so appending to a .txt list resumes, while inserting, removing
+        or reordering inputs (which moves clips between chunks) is refused before any work."""
+        import hashlib
+
+        digest = hashlib.sha1("\n".join(t.source for t in tasks).encode()).hexdigest()
+        inputs = {"n": len(tasks), "sha1": digest}
+        if self.done_chunks and self._old_inputs != inputs:
+            for c in sorted(self.done_chunks):
+                marker = json.loads(self.store.read_bytes(f"_done/{c:06d}.json"))
+                now = [t.source for t in self.tasks_by_chunk.get(c, [])]
+                if marker.get("clips") != now:
+                    was = marker.get("clips") or []
+                    raise InputError(
+                        f"{self.store.uri}: the input list changed since shard pairs-{c:06d} was written: it holds "
+                        f"{len(was)} clip(s) starting {was[:1]}, the current inputs put {len(now)} clip(s) starting "
+                        f"{now[:1]} there. Resume needs the same input list; use a new --output, or "
+                        f"--set output.overwrite=true to rebuild")
+        self.store.write_bytes("run.json", json.dumps({**self._run_identity, "inputs": inputs}, indent=1).encode())
 
     def add(self, it: Item) -> list[int]:
         """Take one item; returns the chunks committed as a result (usually none)."""
@@ -232,8 +256,12 @@ def package_versions() -> dict:
     return out
 
 
-def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: str, new_samples: int) -> dict:
-    """Counts from what is on disk (so a resumed run's summary covers the whole output)."""
+def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: str, new_samples: int,
+              tasks: Iterable[ClipTask] | None = None, n_duplicates: int | None = None) -> dict:
+    """Counts from what is on disk (so a resumed run's summary covers the whole output).
+
+    With ``tasks`` (the de-duplicated inputs) and ``n_duplicates``, ``all_inputs_accounted`` is exact:
+    every task's clip is in the index or the rejects, nothing else is, and every duplicate is recorded."""
     idx, rej = read_index(out_dir), read_rejects(out_dir)
     written_clips = set(idx["source"]) if len(idx) else set()
     rejected_sources = set(rej["source"]) if len(rej) else set()
@@ -261,8 +289,17 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
         "versions": package_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    accounted = summary["clips_with_samples"] + summary["clips_rejected"] + summary["clips_without_samples"]
-    summary["all_inputs_accounted"] = accounted + by_stage.get("input", {}).get("duplicate_input", 0) >= n_inputs
+    n_dup_rejects = by_stage.get("input", {}).get("duplicate_input", 0)
+    if tasks is not None:
+        on_disk = written_clips | (set(rej[rej["stage"] != "input"]["source"]) if len(rej) else set())
+        missing = {t.source for t in tasks} - on_disk
+        summary["all_inputs_accounted"] = (not missing and len(on_disk) == len({t.source for t in tasks})
+                                           and (n_duplicates is None or n_dup_rejects == n_duplicates))
+        if missing:
+            summary["unaccounted_inputs"] = sorted(missing)[:20]
+    else:
+        accounted = summary["clips_with_samples"] + summary["clips_rejected"] + summary["clips_without_samples"]
+        summary["all_inputs_accounted"] = accounted + n_dup_rejects >= n_inputs
     Store(out_dir).write_bytes("summary.json", json.dumps(summary, indent=1, default=str).encode())
     return summary
 

@@ -173,7 +173,8 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True) -> dict:
     missing = writer.incomplete_chunks()
     if missing:
         raise RuntimeError(f"chunks {missing[:10]} did not complete (a clip's items were lost); rerun to resume")
-    summary = summarize(out_dir, cfg, len(sources), time.time() - t0, cfg.runner.name, writer.new_samples)
+    summary = summarize(out_dir, cfg, len(sources), time.time() - t0, cfg.runner.name, writer.new_samples,
+                        tasks=tasks, n_duplicates=len(dups))
     if log_summary:
         print(format_summary(summary, out_dir), file=sys.stderr)
     return summary

@@ -127,3 +127,48 @@ def test_parquet_input(demo_corpus, tmp_path):
     pq.write_table(pa.table({"path": [str(p) for p in paths[:2]]}), tmp_path / "in.parquet")
     s = build(_cfg("local"), str(tmp_path / "in.parquet"), tmp_path / "out", log_summary=False)
     assert s["inputs"] == 2 and s["clips_with_samples"] == 2
+
+
+def test_resume_with_a_changed_input_list_is_refused_or_appends(local_out, demo_corpus, tmp_path):
+    """Chunks are consecutive inputs: a list whose clips moved between chunks must not resume (it
+    would skip or duplicate clips); a list that only appends after full chunks resumes exactly."""
+    out, s0 = local_out
+    d, paths = demo_corpus
+    ordered = sorted(str(p) for p in paths)  # the directory listing order of the first run
+    assert s0["inputs"] == 4  # 2 clips per shard: chunks [0, 1], [2, 3]
+    # one clip removed: clip 2 moves into chunk 0 -> refused before any work, nothing changed on disk
+    work = tmp_path / "removed"
+    shutil.copytree(out, work)
+    before = _digests(work)
+    lst = tmp_path / "three.txt"
+    lst.write_text("\n".join(ordered[1:]) + "\n")
+    with pytest.raises(InputError, match="input list changed since shard pairs-000000"):
+        build(_cfg("local"), str(lst), work, log_summary=False)
+    assert _digests(work) == before
+    # the same four clips plus one appended: both old chunks are kept, only the new clip is processed
+    extra = d / "extra" / "static_99.mp4"
+    extra.parent.mkdir(exist_ok=True)
+    shutil.copy(next(p for p in ordered if "static" in p), extra)
+    work = tmp_path / "appended"
+    shutil.copytree(out, work)
+    lst = tmp_path / "five.txt"
+    lst.write_text("\n".join(ordered + [str(extra)]) + "\n")
+    s = build(_cfg("local"), str(lst), work, log_summary=False)
+    assert s["inputs"] == 5 and s["new_samples_this_run"] == 3 and s["samples"] == s0["samples"] + 3
+    assert s["all_inputs_accounted"] and _digests(work)["pairs-000000.tar"] == _digests(out)["pairs-000000.tar"]
+
+
+def test_accounting_is_exact(local_out):
+    """all_inputs_accounted compares sets of sources, so an input missing from the output is caught
+    even when other rows would make the counts add up."""
+    from pipeline.io import make_tasks, summarize
+
+    out, s0 = local_out
+    sources = sorted(set(read_index(out)["source"]) | set(read_rejects(out)["source"]))
+    cfg = _cfg("local")
+    tasks, _ = make_tasks(sources, cfg.output.clips_per_shard)
+    assert summarize(out, cfg, len(sources), 1.0, "local", 0, tasks=tasks, n_duplicates=0)["all_inputs_accounted"]
+    ghost, _ = make_tasks(sources + ["/nowhere/ghost.mp4"], cfg.output.clips_per_shard)
+    s = summarize(out, cfg, len(sources) + 1, 1.0, "local", 0, tasks=ghost, n_duplicates=0)
+    assert not s["all_inputs_accounted"] and s["unaccounted_inputs"] == ["/nowhere/ghost.mp4"]
+    assert not summarize(out, cfg, len(sources), 1.0, "local", 0, tasks=tasks, n_duplicates=1)["all_inputs_accounted"]
