@@ -17,6 +17,7 @@ def _fail(msg: str) -> int:
 
 def cmd_build(a) -> int:
     from pipeline.io import InputError
+    from pipeline.models import MissingWeightsError
     from pipeline.runners import build
 
     overrides = list(a.set or [])
@@ -29,7 +30,7 @@ def cmd_build(a) -> int:
     try:
         cfg = load_config(a.config, overrides)
         build(cfg, a.input, a.output)
-    except (ConfigError, InputError) as e:
+    except (ConfigError, InputError, MissingWeightsError) as e:
         return _fail(str(e))
     return 0
 

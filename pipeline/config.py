@@ -144,6 +144,7 @@ class RunnerConfig:
     pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)
     progress: bool = True  # progress bars on stderr
     threads_per_worker: int = 1  # OpenCV / torch CPU threads per worker (parallelism comes from workers)
+    check_weights: bool = True  # fail before any work when model weights / extras are missing on the driver
 
 
 @dataclass

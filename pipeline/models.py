@@ -951,6 +951,42 @@ def presets_weights(preset_cfg_dict, registry: Mapping[str, WeightEntry] | None 
     return [n for i, n in enumerate(found) if n in reg and n not in found[:i]]
 
 
+def check_build_weights(cfg, cache_dir=None) -> list[str]:
+    """Problems that would make a build's model stages reject every pair: missing weights (cache
+    entries and explicit paths) and missing optional extras. ``[]`` when everything is present.
+    Run by ``vid2pair build`` before any work (``runner.check_weights``)."""
+    import importlib.util
+
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    problems: list[str] = []
+    for name in presets_weights(d):
+        try:
+            resolve_weights(name, cache_dir=cache_dir)
+        except MissingWeightsError as e:
+            problems.append(str(e))
+    flow, col, tr = d.get("flow") or {}, d.get("collage") or {}, d.get("track") or {}
+    explicit = [("flow.weights", flow.get("weights"), True)]
+    explicit += [("collage.sam_checkpoint", col.get("sam_checkpoint"), col.get("enabled", True)
+                  and col.get("segmenter") == "sam"),
+                 ("collage.dpt_weights", col.get("dpt_weights"), col.get("enabled", True) and col.get("depth") == "dpt"),
+                 ("track.checkpoint", tr.get("checkpoint"), tr.get("enabled", True)
+                  and str(tr.get("backend", "")).startswith("cotracker3"))]
+    for key, path, used in explicit:
+        if used and path and not Path(path).expanduser().exists():
+            problems.append(f"{key}: {path} does not exist")
+    extras = []
+    if str(flow.get("backend", "")).startswith("sea_raft"):
+        extras.append(("ptlflow", "sea-raft", f"flow.backend={flow.get('backend')}"))
+    if col.get("enabled", True) and col.get("segmenter") == "sam":
+        extras.append(("segment_anything", "collage", "collage.segmenter=sam"))
+    if col.get("enabled", True) and col.get("depth") == "dpt":
+        extras.append(("transformers", "collage", "collage.depth=dpt"))
+    for mod, extra, why in extras:
+        if importlib.util.find_spec(mod) is None:
+            problems.append(f"{why} needs the {mod} package: pip install 'vid2pair[{extra}]'")
+    return problems
+
+
 def _load_preset(preset: str) -> Any:
     """A preset name (configs/<name>.yaml) -> the resolved config mapping; a YAML path -> its mapping."""
     from pipeline.config import ConfigError, load_config

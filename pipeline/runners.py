@@ -160,6 +160,15 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True) -> dict:
     from pipeline.io import format_summary, list_inputs, make_tasks, summarize
 
     t0 = time.time()
+    if cfg.runner.check_weights:
+        from pipeline.models import MissingWeightsError, check_build_weights
+
+        problems = check_build_weights(cfg)
+        if problems:  # otherwise every pair would end as a *_backend_unavailable reject
+            raise MissingWeightsError("model stages cannot run (nothing was processed):\n  - "
+                                      + "\n  - ".join(p.replace("\n", "\n    ") for p in problems)
+                                      + "\n(runner.check_weights=false skips this check, e.g. when only the "
+                                        "workers see the model cache)")
     sources = list_inputs(input_spec, cfg.input.extensions)
     tasks, dups = make_tasks(sources, cfg.output.clips_per_shard)
     writer = OutputWriter(out_dir, cfg, tasks, dups)

@@ -546,3 +546,37 @@ def test_hf_token_only_for_hf_hosts(monkeypatch):
         "Authorization": "Bearer tok"}
     assert models._auth_headers("https://download.pytorch.org/models/x.pth") == {}
     assert models._auth_headers("https://evilhuggingface.co/x") == {}
+
+
+def test_build_fails_fast_naming_missing_weights_and_extras(tmp_path, monkeypatch):
+    """A preset whose weights are absent stops before any work (exit 2 from the CLI), naming the
+    entry and the fetch command; with the check off, the pairs become recorded rejects instead."""
+    import importlib.util
+
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from pipeline.models import check_build_weights
+    from pipeline.synthetic import make_demo_corpus
+
+    monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "empty-cache"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ptlflow" else real_find_spec(n, *a))
+    cfg = load_config("framepainter", ["collage.segmenter=sam", "collage.sam_checkpoint=/nowhere/sam.pth"])
+    problems = check_build_weights(cfg)
+    assert any("'sea_raft_m'" in p and "vid2pair models fetch sea_raft_m" in p for p in problems), problems
+    assert any("collage.sam_checkpoint: /nowhere/sam.pth does not exist" in p for p in problems), problems
+    assert any("pip install 'vid2pair[sea-raft]'" in p for p in problems), problems
+    assert check_build_weights(load_config("demo")) == []
+    videos = tmp_path / "videos"
+    make_demo_corpus(videos, n_static=1, n_moving_camera=0, seed=0, n_frames=144)  # 12 s: Δt up to 10 s
+    out = tmp_path / "out"
+    assert main(["build", "--config", "magicfixup", "--input", str(videos), "--output", str(out),
+                 "--runner", "local", "--no-progress"]) == 2
+    assert not (out / "shards").exists()  # nothing was processed
+    from pipeline.runners import build
+
+    s = build(load_config("magicfixup", ["runner.name=local", "runner.progress=false", "runner.check_weights=false",
+                                         "track.enabled=false", "collage.enabled=false"]),
+              str(videos), out, log_summary=False)
+    assert s["samples"] == 0 and s["rejects_by_stage"]["flow"].get("flow_backend_unavailable", 0) > 0
+    assert s["all_inputs_accounted"]
