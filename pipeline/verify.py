@@ -1,7 +1,8 @@
 """``vid2pair verify``: check an output directory's shards against its index.
 
 Checks: every committed chunk has its index/rejects parts; every index key is in its shard exactly
-once and every shard key is in the index; every member is readable (images decode, JSON parses,
+once and every shard key is in the index; every sample has its src, tgt and meta members; every
+member is readable (images decode, JSON parses,
 .npy loads without pickle); no leftover temporary files from an interrupted run (reported, harmless:
 they are never read as shards and are overwritten on resume).
 """
@@ -14,6 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+
+REQUIRED_MEMBERS = ("src", "tgt", "meta")  # every sample (docs/format.md); the signal members are optional
 
 
 def _check_member(name: str, data: bytes) -> str | None:
@@ -66,6 +70,7 @@ def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
             problems.append(f"shards/{shard}: missing ({sum(want.values())} indexed samples)")
             continue
         got: Counter = Counter()
+        members_of: dict[str, set] = {}
         try:
             with out.open_input_file(f"shards/{shard}") as fobj, tarfile.open(fileobj=fobj) as tf:
                 seen_members = set()
@@ -77,6 +82,7 @@ def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
                     key, _, suffix = m.name.partition(".")
                     if suffix == "meta.json":
                         got[key] += 1
+                    members_of.setdefault(key, set()).add(suffix.split(".")[0])
                     if m.name in seen_members:
                         problems.append(f"shards/{shard}: duplicate member {m.name}")
                     seen_members.add(m.name)
@@ -91,6 +97,10 @@ def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
         for k in sorted(set(want) | set(got)):
             if want[k] != 1 or got[k] != 1:
                 problems.append(f"shards/{shard}: key {k} is {want[k]}x in the index, {got[k]}x in the tar")
+        for k, have in sorted(members_of.items()):
+            lost = [m for m in REQUIRED_MEMBERS if m not in have]
+            if lost:
+                problems.append(f"shards/{shard}: sample {k} has no {', '.join(lost)} member")
     ok = not problems
     lines = [f"verify {out.uri}: {'OK' if ok else 'PROBLEMS FOUND'}",
              f"  {len(idx)} indexed samples, {len(shards)} shards, {n_members} members checked"
