@@ -285,6 +285,10 @@ class MotionStage(PairStage):
 
     def one(self, it: PairItem) -> Item:
         flow = it.arrays["flow"]
+        bad_px = int((~np.isfinite(flow)).any(axis=-1).sum())
+        if bad_px:  # NaN / inf compare False against every threshold: catch them here, by name
+            return pair_reject(it, "motion", "invalid_flow", f"{bad_px} of {flow.shape[0] * flow.shape[1]} "
+                                                             f"pixels have non-finite flow")
         st = motion.motion_stats(flow, self.cfg.motion)
         it.meta["flow"]["stats"] = {k: round(v, 5) for k, v in st.items()}
         bad = motion.motion_verdict(st, min(flow.shape[:2]), self.cfg.motion)
