@@ -82,7 +82,7 @@ class TrackConfig:
     hub_repo: str = "facebookresearch/co-tracker"  # GitHub owner/name, or a local dir with hubconf.py
     checkpoint: Optional[str] = None  # local weights; default: the model cache (vid2pair models fetch)
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | fp16 (half only on CUDA)
+    precision: str = "fp16"  # fp16 | fp32: CoTracker under fp16 autocast on CUDA (half the memory); CPU stays fp32
     batch_size: int = 2  # pairs per tracker call
     num_gpus: float = 0.0  # per tracker actor in the Ray runner
 
