@@ -2,7 +2,7 @@
 the tests and the scaling benchmark, and handy for trying cluster behaviour on a laptop.
 
     python jobs/local_cluster.py --workers 2 --cpus-per-worker 1 --config demo --input DIR --output OUT \
-        [--chaos remove_node|kill_worker] [--set key=value ...]
+        [--chaos remove_node|kill_worker] [--set key=value ...] [--warmup DIR]
 
 Prints one JSON line: {"summary": ..., "wall_s": ..., "chaos": what was done}.
 """
@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--output", required=True)
     ap.add_argument("--chaos", choices=["remove_node", "kill_worker"])
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--warmup", help="build this input into a scratch output first (untimed): starts the "
+                                     "workers and their decode children, as in a long run")
     a = ap.parse_args()
 
     import ray
@@ -78,6 +80,14 @@ def main() -> int:
     ray.init(address=cluster.address, logging_level="WARNING")
     cfg = load_config(a.config, ["runner.name=ray", "runner.progress=false", *a.set])
     log: list = []
+    warm_s = None
+    if a.warmup:
+        import tempfile
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            build(cfg, a.warmup, scratch, log_summary=False)
+        warm_s = time.perf_counter() - t0
     if a.chaos:
         # the victim is the last node; the clip workers it hosts die with it
         threading.Thread(target=_chaos, args=(a.chaos, cluster, nodes[-1], Path(a.output), log),
@@ -87,7 +97,7 @@ def main() -> int:
     wall = time.perf_counter() - t0
     print(json.dumps({"summary": {k: summary[k] for k in ("inputs", "samples", "shards", "clips_with_samples",
                                                           "clips_rejected", "all_inputs_accounted")},
-                      "wall_s": wall, "chaos": log, "nodes": len(ray.nodes())}))
+                      "wall_s": wall, "warmup_s": warm_s, "chaos": log, "nodes": len(ray.nodes())}))
     ray.shutdown()
     cluster.shutdown()
     return 0

@@ -4,7 +4,7 @@
         python jobs/submit.py --config configs/framepainter.yaml --input /shared/clips.txt --output /shared/fp
 
 Inside a Ray job `ray.init()` attaches to the job's cluster (RAY_ADDRESS is set by the job
-supervisor), so this is `vid2pair build --ray-address auto`. Paths must be visible to every node.
+supervisor), so this is `vid2pair build --ray-address auto`. Paths must be visible to every node (a shared filesystem, or s3:// / gs:// URIs).
 Exit code 0 when the build finished (bad clips are rejects, not failures), 2 on a bad config.
 """
 from __future__ import annotations

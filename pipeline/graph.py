@@ -366,6 +366,8 @@ def _clip_worker(cfg):
 def model_stage_options(cfg, name: str):
     """Ray actor-pool options for stages that hold a model (None: a light stage, run as tasks)."""
     if name == "flow":
+        if cfg.flow.backend == "dis" and not cfg.flow.num_gpus:
+            return None  # weight-free CPU flow: no model to hold, runs with the light stages
         return dict(size=cfg.flow.actors, num_gpus=cfg.flow.num_gpus, num_cpus=cfg.flow.num_cpus,
                     batch_size=cfg.flow.batch_size)
     if name == "track" and cfg.track.backend != "flow_chain":

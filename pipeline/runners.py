@@ -1,9 +1,11 @@
 """Runners wire the stages of :mod:`pipeline.graph` together; they add no logic of their own.
 
 * ``local``: in process, clip after clip. For debugging and fast tests.
-* ``ray``: Ray Data. The clip stage is a ``flat_map`` over clips, the flow stage an actor pool
-  (``flow.actors`` actors with ``flow.num_gpus`` GPUs each), the CPU pair stages fused tasks. The
-  driver streams the results into the :class:`~pipeline.io.OutputWriter`.
+* ``ray``: Ray Data. The clip stage is a ``flat_map`` over clips, a model stage (flow with RAFT /
+  SEA-RAFT, CoTracker, SAM / DPT) an actor pool (``flow.actors`` actors with ``flow.num_gpus`` GPUs
+  each, ...), the CPU pair stages between them fused tasks; light stages before the first model
+  stage run inside the clip task. The driver streams the results into the
+  :class:`~pipeline.io.OutputWriter`.
 
 Both runners feed the same stage objects the same tasks, so they give the same samples.
 """
@@ -56,18 +58,20 @@ def set_threads(n: int) -> None:
 _CLIP_STAGES: dict = {}
 
 
-def _clip_rows(row: dict, cfg) -> list[dict]:
-    """Clip stage as a Ray task. Tasks (not actors) so that a task lost with its node or worker is
-    simply retried elsewhere; the ClipStage (and its warm decode child process) is cached per worker
-    process, which Ray reuses across tasks."""
-    key = cfg.fingerprint() + repr(cfg.isolation)
-    stage = _CLIP_STAGES.get(key)
-    if stage is None:
+def _clip_rows(row: dict, cfg, names: tuple = ()) -> list[dict]:
+    """Clip stage (then the pair stages ``names``, if any) as a Ray task. Tasks (not actors) so that
+    a task lost with its node or worker is simply retried elsewhere; the stages (and the warm decode
+    child process) are cached per worker process, which Ray reuses across tasks."""
+    key = (cfg.fingerprint() + repr(cfg.isolation), names)
+    stages = _CLIP_STAGES.get(key)
+    if stages is None:
         set_threads(cfg.runner.threads_per_worker)
-        stage = _CLIP_STAGES[key] = build_stages(cfg)[0]
+        clip_stage, pair_stages = build_stages(cfg)
+        by_name = {s.name: s for s in pair_stages}
+        stages = _CLIP_STAGES[key] = (clip_stage, [by_name[n] for n in names])
     task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=row["clip_id"])
-    return [item_to_row(i) for i in stage(task)]
+    return [item_to_row(i) for i in run_items(stages[0], stages[1], task)]
 
 
 class _PairFn:
@@ -122,11 +126,10 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     _, pair_stages = build_stages(cfg)
     names = [s.name for s in pair_stages]
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
-    # (Ray Data retries a task lost with its worker or node; decode crashes never kill the worker)
-    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg}, num_cpus=cfg.runner.clip_stage_cpus)
     # pair stages: a stage holding a model runs in an actor pool (one model per actor, with its GPU
-    # share); consecutive light stages run together as plain retryable tasks
+    # share); consecutive light stages run together as plain retryable tasks, and the light stages
+    # before the first model stage run inside the clip task (with weight-free CPU backends that is
+    # the whole pipeline: no frames cross the object store)
     groups: list[tuple[list[str], dict | None]] = []
     for name in names:
         opts = model_stage_options(cfg, name)
@@ -134,6 +137,12 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
             groups[-1][0].append(name)
         else:
             groups.append(([name], opts))
+    fused: tuple = ()
+    if groups and groups[0][1] is None:
+        fused = tuple(groups.pop(0)[0])
+    # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
+    # (Ray Data retries a task lost with its worker or node; decode crashes never kill the worker)
+    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "names": fused}, num_cpus=cfg.runner.clip_stage_cpus)
     for group, opts in groups:
         if opts is not None:
             ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, tuple(group)), batch_format="pyarrow",

@@ -172,3 +172,41 @@ def test_accounting_is_exact(local_out):
     s = summarize(out, cfg, len(sources) + 1, 1.0, "local", 0, tasks=ghost, n_duplicates=0)
     assert not s["all_inputs_accounted"] and s["unaccounted_inputs"] == ["/nowhere/ghost.mp4"]
     assert not summarize(out, cfg, len(sources), 1.0, "local", 0, tasks=tasks, n_duplicates=1)["all_inputs_accounted"]
+
+
+def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path, ray_local):
+    """A stage holding a model (here collage depth from a tiny random DPT saved as a local weights
+    directory, loaded like the published one) runs as an actor pool between the clip tasks and the
+    CPU pair-stage tasks; the shards equal the local runner's."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    from pipeline.graph import model_stage_options
+
+    torch.manual_seed(0)
+    dpt = DPTForDepthEstimation(DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                          intermediate_size=37, image_size=64, patch_size=16,
+                                          neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=32,
+                                          backbone_out_indices=[0, 1, 2, 3]))
+    weights = tmp_path / "tiny-dpt"
+    dpt.save_pretrained(weights)
+    DPTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(weights)
+    more = ["collage.depth=dpt", f"collage.dpt_weights={weights}", "collage.device=cpu", "track.enabled=false"]
+    assert model_stage_options(_cfg("ray", *more), "collage") is not None
+    assert model_stage_options(_cfg("ray", *more), "flow") is None  # DIS on CPU: fused into the clip task
+    a = build(_cfg("local", *more), str(demo_corpus[0]), tmp_path / "local", log_summary=False)
+    b = build(_cfg("ray", *more), str(demo_corpus[0]), tmp_path / "ray", log_summary=False)
+    assert a["samples"] == b["samples"] == 9
+    assert _digests(tmp_path / "ray") == _digests(tmp_path / "local")
+    meta = json.loads(next(iter(_members(tmp_path / "ray", "meta.json"))))
+    assert meta["collage"]["depth"]["backend"] == "dpt"
+
+
+def _members(out, suffix):
+    import tarfile
+
+    for tar in sorted(Path(out, "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(suffix):
+                    yield tf.extractfile(m).read()

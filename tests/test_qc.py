@@ -249,6 +249,29 @@ def _screenshot(html: Path, png: Path, tmp_path: Path) -> np.ndarray:
     return img
 
 
+def _images_decoded_in_chromium(html: Path, tmp_path: Path) -> tuple[int, int]:
+    """(images Chromium decoded with a non-zero natural size, images on the page). The report has no
+    scripts, so a copy gets one that counts them on load; --dump-dom prints the resulting DOM."""
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI must install it: apt-get install -y chromium)")
+        pytest.skip("chromium not installed (apt-get install -y chromium); this test is required in CI")
+    probe = tmp_path / "report_probe.html"
+    counter = ("<script>window.addEventListener('load', () => { const im = [...document.images]; "
+               "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0)"
+               ".length + '/' + im.length); });</script></body>")
+    probe.write_text(html.read_text().replace("</body>", counter))
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium-profile-dom'}", "--virtual-time-budget=20000", "--dump-dom",
+           probe.resolve().as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-decoded="(\d+)/(\d+)"', r.stdout)
+    assert m, f"no load result in the DOM (rc {r.returncode}): {r.stderr[-2000:]}"
+    return int(m.group(1)), int(m.group(2))
+
+
 def _check_self_contained(text: str) -> None:
     assert "<script" not in text.lower()
     assert not re.search(r'(src|href)="(https?:)?//', text), "external resource"
@@ -268,6 +291,7 @@ def test_report_renders_in_headless_chromium(demo_out, tmp_path):
     assert html.stat().st_size < 3e6
     for k in ds.sample_keys(n, 0):
         assert k in text
+    assert _images_decoded_in_chromium(html, tmp_path) == (expected, expected)
     img = _screenshot(html, tmp_path / "report.png", tmp_path)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(tmp_path / "report.png", ARTIFACTS / "report.png")
