@@ -217,6 +217,9 @@ def _check_ranges(c: Config) -> None:
     need(c.shots.trim_s >= 0, "shots.trim_s", "must be >= 0")
     need(c.static_camera.samples >= 2, "static_camera.samples", "must be >= 2")
     need(c.static_camera.max_shift > 0, "static_camera.max_shift", "must be > 0")
+    need(c.static_camera.min_inliers >= 3, "static_camera.min_inliers", "must be >= 3 (a similarity needs 2 points)")
+    need(c.static_camera.analysis_width >= 32, "static_camera.analysis_width", "must be >= 32")
+    need(c.probe.min_duration_s is None or c.probe.min_duration_s > 0, "probe.min_duration_s", "must be > 0 or null")
     p = c.pairs
     need(p.per_shot >= 1, "pairs.per_shot", "must be >= 1")
     need(p.min_gap_s > 0, "pairs.min_gap_s", "must be > 0")
@@ -229,6 +232,8 @@ def _check_ranges(c: Config) -> None:
     need(p.max_attempts >= 1, "pairs.max_attempts", "must be >= 1")
     need(p.advance_step_s > 0, "pairs.advance_step_s", "must be > 0")
     need(p.advance_max_steps >= 1, "pairs.advance_max_steps", "must be >= 1")
+    for k in ("advance_max_p90", "advance_first_min_p90", "advance_step5_min_p95", "advance_final_min_p95"):
+        need(getattr(p, k) >= 0, f"pairs.{k}", "must be >= 0")
     f = c.frame
     if f.size is not None:
         need(len(f.size) == 2 and all(int(s) >= 16 for s in f.size), "frame.size", "must be [H, W], each >= 16")
@@ -252,6 +257,8 @@ def _check_ranges(c: Config) -> None:
     need(c.runner.pair_stage_cpus > 0, "runner.pair_stage_cpus", "must be > 0")
     m = c.motion
     need(m.reference_short_side > 0, "motion.reference_short_side", "must be > 0")
+    need(m.moving_px >= 0, "motion.moving_px", "must be >= 0")
+    need(m.large_px > 0, "motion.large_px", "must be > 0")
     for k in ("min_p50", "min_p90", "max_p99", "min_moving_frac", "max_large_frac"):
         v = getattr(m, k)
         need(v is None or v >= 0, f"motion.{k}", "must be >= 0 or null")

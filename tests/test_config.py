@@ -39,6 +39,12 @@ def test_overrides_apply_and_parse_yaml_values():
     (["motion.max_large_frac=1.5"], "motion.max_large_frac"),
     (["frame.size=[10]"], "frame.size"),
     (["flow.inference_size=[520, 961]"], "flow.inference_size"),
+    (["static_camera.min_inliers=1"], "static_camera.min_inliers"),
+    (["probe.min_duration_s=0"], "probe.min_duration_s"),
+    (["pairs.advance_step5_min_p95=-1"], "pairs.advance_step5_min_p95"),
+    (["motion.moving_px=-0.5"], "motion.moving_px"),
+    (["motion.large_px=0"], "motion.large_px"),
+    (["runner.check_weights=maybe"], "runner.check_weights"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
