@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# plain pip (not uv/poetry): it takes torch/torchvision from the machine's local wheel cache when there is one
-	# every extra, so the adapter tests (SAM, DPT, diffusers' SVD U-Net, CLIP) run on random weights
-	$(PY) -m pip install --quiet -e '.[test,collage,train]'
+	# every extra, so the adapter tests (SEA-RAFT, SAM, DPT, diffusers' SVD U-Net, CLIP) run on random weights
+	$(PY) -m pip install --quiet -e '.[test,sea-raft,collage,train]'
 	@touch $(STAMP)
 
 install: $(STAMP)

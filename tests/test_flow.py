@@ -284,7 +284,8 @@ def test_sea_raft_without_ptlflow_names_the_extra(monkeypatch):
 
 
 def test_sea_raft_adapter_with_fake_ptlflow(tmp_path, monkeypatch):
-    """Plumbing only (ptlflow is not installed here): checkpoint, iters, BGR [0, 1] input, output."""
+    """Plumbing with a stand-in ptlflow module (exact control of what the model sees): checkpoint,
+    iters, BGR [0, 1] input, padding, output."""
     import torch
 
     seen = {}
@@ -320,6 +321,32 @@ def test_sea_raft_adapter_with_fake_ptlflow(tmp_path, monkeypatch):
     assert seen["range"] == (0.0, 1.0) and seen["first_channel_mean"] == 1.0
     assert out.shape == (1, 64, 72, 2) and np.allclose(out, 1.5)
     assert be.version.startswith("ptlflow-0.4.1/sea_raft_m-sea_raft_m-things-ac45dd7f")
+
+
+def test_sea_raft_adapter_with_real_ptlflow_random_weights(tmp_path):
+    """The real ptlflow SEA-RAFT (random weights saved as a local checkpoint in ptlflow's
+    {"state_dict": ...} format, since the published ones cannot be downloaded here): the adapter
+    loads it through `flow.weights`, and its output equals the model called directly with ptlflow's
+    convention (BGR, [0, 1], (B, 2, 3, H, W) -> flows[:, 0])."""
+    import torch
+
+    import ptlflow  # the sea-raft extra (make install installs every extra)
+
+    torch.manual_seed(0)
+    model = ptlflow.get_model("sea_raft_s").eval()
+    ckpt = tmp_path / "sea_raft_s-random.ckpt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    be = make_flow_backend(FlowConfig(backend="sea_raft_s", weights=str(ckpt), device="cpu", iters=2))
+    assert isinstance(be, PtlflowSEARAFT) and be.model.iters == 2
+    clip = make_clip(width=160, height=128, n_frames=3, n_objects=1, seed=1)
+    out = be(clip.frames[0:1], clip.frames[2:3])
+    assert out.shape == (1, 128, 160, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+    model.iters = 2
+    x = torch.from_numpy(np.stack([clip.frames[0], clip.frames[2]])[None]).permute(0, 1, 4, 2, 3).float()
+    with torch.no_grad():
+        ref = model({"images": x[:, :, [2, 1, 0]] / 255.0})["flows"][:, 0].permute(0, 2, 3, 1).numpy()
+    assert np.abs(out - ref).max() < 1e-4
+    assert be.version.startswith(f"ptlflow-{ptlflow.__version__}/sea_raft_s-sea_raft_s-random")
 
 
 def test_make_flow_backend_choices():

@@ -114,6 +114,20 @@ def test_shard_specs(shards, tmp_path):
         expand_shards(str(tmp_path / "nope.tar"))
 
 
+def test_pipe_urls_stream_the_same_samples(shards, tmp_path):
+    """`pipe:` shards (how object-store URLs are read) give the same samples as the files."""
+    cfg = small_cfg(shards, tmp_path)
+    spec = sample_spec(cfg, [])
+    tars = sorted(str(p) for p in shards.glob("*.tar"))
+
+    def keys(urls):
+        stream = PairStream(urls, spec, batch_size=1, split="all", shuffle=False, infinite=False)
+        return [k for b in stream for k in b["key"]]
+
+    direct = keys(tars)
+    assert len(direct) == 12 and keys([f"pipe:cat {t}" for t in tars]) == direct
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_decode_every_task(shards, tmp_path, task):
     cfg = small_cfg(shards, tmp_path, f"task={task}")
