@@ -76,3 +76,12 @@ def test_config_reference_is_in_sync():
     doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
     assert doc.read_text().strip() == config_markdown().strip(), \
         "docs/config.md is stale: python -m pipeline.config > docs/config.md"
+
+
+def test_exactly_one_opencv_distribution_is_installed():
+    """opencv-python and opencv-python-headless both own cv2/; the extras must not pull a second one."""
+    from importlib import metadata
+
+    names = sorted({d.metadata["Name"].lower() for d in metadata.distributions()
+                    if (d.metadata["Name"] or "").lower().startswith("opencv")})
+    assert names == ["opencv-python"], names
