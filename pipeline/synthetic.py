@@ -488,7 +488,8 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
 
     ``codec``: ``"libx264"`` (``crf`` controls quality; 12 is near-lossless) or ``"mpeg4"``
     (fixed quantiser 2, the best MPEG-4 part 2 quality; ``crf`` is ignored). H and W must be
-    even (yuv420p). The output is byte-for-byte reproducible. ``isolate``: encode in a
+    even (yuv420p). The frames fed to the encoder are reproducible; libx264's bitstream usually is
+    too, but identical encodes occasionally differed here (encoder noise, decoded > 40 dB apart). ``isolate``: encode in a
     subprocess; ``None`` does so for libx264 when ``decord`` is already imported (see
     :func:`_x264_clash`).
     """
@@ -528,6 +529,8 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
             # to run, while this path is byte-for-byte reproducible.
             yuv = cv2.cvtColor(np.ascontiguousarray(frames[i]), cv2.COLOR_RGB2YUV_I420)
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            # explicit timestamps: frame i at i / fps
+            frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -146,8 +146,8 @@ def test_resume_with_a_changed_input_list_is_refused_or_appends(local_out, demo_
         build(_cfg("local"), str(lst), work, log_summary=False)
     assert _digests(work) == before
     # the same four clips plus one appended: both old chunks are kept, only the new clip is processed
-    extra = d / "extra" / "static_99.mp4"
-    extra.parent.mkdir(exist_ok=True)
+    extra = tmp_path / "extra" / "static_99.mp4"  # outside the shared corpus dir, which other tests list
+    extra.parent.mkdir()
     shutil.copy(next(p for p in ordered if "static" in p), extra)
     work = tmp_path / "appended"
     shutil.copytree(out, work)

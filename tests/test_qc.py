@@ -230,18 +230,23 @@ def _chromium() -> str | None:
     return None
 
 
-def _screenshot(html: Path, png: Path, tmp_path: Path) -> np.ndarray:
-    import cv2
-
+def _headless(profile: Path) -> list[str]:
+    """Headless Chromium's command line up to the page-specific flags (skips, or fails in CI, without it)."""
     exe = _chromium()
     if exe is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (CI must install it: apt-get install -y chromium)")
         pytest.skip("chromium not installed (apt-get install -y chromium); this test is required in CI")
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={png}", "--window-size=1280,2000",
-           html.resolve().as_uri()]
+    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}"]
+
+
+def _screenshot(html: Path, png: Path, tmp_path: Path) -> np.ndarray:
+    import cv2
+
+    cmd = _headless(tmp_path / "chromium-profile") + ["--hide-scrollbars", f"--screenshot={png}",
+                                                      "--window-size=1280,2000", html.resolve().as_uri()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert png.exists(), f"no screenshot (rc {r.returncode}): {r.stderr[-2000:]}"
     img = cv2.imread(str(png))
@@ -252,20 +257,13 @@ def _screenshot(html: Path, png: Path, tmp_path: Path) -> np.ndarray:
 def _images_decoded_in_chromium(html: Path, tmp_path: Path) -> tuple[int, int]:
     """(images Chromium decoded with a non-zero natural size, images on the page). The report has no
     scripts, so a copy gets one that counts them on load; --dump-dom prints the resulting DOM."""
-    exe = _chromium()
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (CI must install it: apt-get install -y chromium)")
-        pytest.skip("chromium not installed (apt-get install -y chromium); this test is required in CI")
     probe = tmp_path / "report_probe.html"
     counter = ("<script>window.addEventListener('load', () => { const im = [...document.images]; "
                "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0)"
                ".length + '/' + im.length); });</script></body>")
     probe.write_text(html.read_text().replace("</body>", counter))
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'chromium-profile-dom'}", "--virtual-time-budget=20000", "--dump-dom",
-           probe.resolve().as_uri()]
+    cmd = _headless(tmp_path / "chromium-profile-dom") + ["--virtual-time-budget=20000", "--dump-dom",
+                                                          probe.resolve().as_uri()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     m = re.search(r'data-decoded="(\d+)/(\d+)"', r.stdout)
     assert m, f"no load result in the DOM (rc {r.returncode}): {r.stderr[-2000:]}"
