@@ -1,7 +1,6 @@
 """pipeline.synthetic: rendered frames agree with the exact ground truth (flow, tracks, masks)."""
 from __future__ import annotations
 
-import hashlib
 import math
 
 import cv2
