@@ -138,7 +138,7 @@ class OutputConfig:
 @dataclass
 class RunnerConfig:
     name: str = "ray"  # ray | local
-    ray_address: Optional[str] = None  # join a cluster (auto, host:port, ray://...); None: local Ray
+    ray_address: Optional[str] = None  # join a cluster (auto, host:port, ray://...); None: $RAY_ADDRESS, else a private local Ray
     num_cpus: Optional[int] = None  # local Ray only
     clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
     pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)

@@ -108,10 +108,13 @@ def init_ray(cfg) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kw = dict(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING,
               log_to_driver=True)
-    if cfg.runner.ray_address:
-        ray.init(address=cfg.runner.ray_address, **kw)
+    address = cfg.runner.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=cfg.runner.num_cpus, **kw)
+        # a private local instance: a bare ray.init() would attach to any cluster that `ray start`
+        # (or another tool) left on this machine, and die with it
+        ray.init(address="local", num_cpus=cfg.runner.num_cpus, **kw)
 
 
 def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
@@ -121,7 +124,11 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     init_ray(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # deterministic arrival; chunks complete in order
-    ctx.enable_progress_bars = cfg.runner.progress
+    # one progress bar: ours (clips, samples, shards). Ray Data's operator bars would print a
+    # second set, and log lines every few seconds when stderr is not a terminal (the dashboard
+    # shows the operators on a cluster)
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines in the user's terminal
     ctx.print_on_execution_start = False
     _, pair_stages = build_stages(cfg)
     names = [s.name for s in pair_stages]
