@@ -2,6 +2,7 @@
 the pipeline completes with the full key set when a worker node is removed or a worker process is
 SIGKILLed mid-run. Each scenario runs jobs/local_cluster.py in its own process."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,24 @@ def test_multinode_cluster_survives(corpus, tmp_path, chaos):
     assert len(keys) == len(set(keys)) and sorted(keys) == ref_keys
     ok, report = verify_output(tmp_path)
     assert ok, report
+
+
+def test_default_runner_does_not_join_another_cluster_on_the_machine(tmp_path):
+    """Without --ray-address, vid2pair starts a private local Ray. A bare ray.init() would attach to
+    the newest `ray start` cluster on the machine (here one started by ray.cluster_utils) and die
+    with it when its owner shuts it down."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        code = ("import json, ray; from pipeline.config import load_config; from pipeline.runners import init_ray; "
+                "init_ray(load_config('demo', ['runner.num_cpus=1'])); "
+                "print(json.dumps({'gcs': ray.get_runtime_context().gcs_address}))")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                           env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        gcs = json.loads(r.stdout.strip().splitlines()[-1])["gcs"]
+        assert gcs and gcs != cluster.address, (gcs, cluster.address)
+    finally:
+        cluster.shutdown()
