@@ -92,8 +92,8 @@ class FrameConfig:
 
 @dataclass
 class IsolationConfig:
-    mode: str = "process"  # process: decode in a child process (a crash/hang loses one clip) | none
-    clip_timeout_s: float = 300.0  # per-clip limit for probe + decode; a hung decoder is killed
+    mode: str = "process"  # process: decode (+ the CPU stages before any model stage) in a child process | none
+    clip_timeout_s: float = 300.0  # per-clip limit for decode + the CPU stages run with it in the child; then killed
 
 
 @dataclass

@@ -36,13 +36,19 @@ def _versions() -> dict:
 
 
 class ClipStage:
-    """probe -> shots -> static camera -> pairs -> decode, for one clip."""
+    """probe -> shots -> static camera -> pairs -> decode, for one clip, then the pair stages named
+    in ``fused`` (the CPU stages before the first model stage, :func:`light_prefix`). With
+    ``isolation.mode: process`` all of it runs in the isolation child: a crash or hang in decoding
+    or in those stages loses that clip only, and the frames never cross the pipe (only encoded
+    members do, when ``encode`` is fused)."""
 
     name = "clip"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, fused: tuple = ()):
         self.cfg = cfg
+        self.fused = tuple(fused)
         self._isolated = None
+        self._fused_stages = None
 
     def close(self) -> None:
         if self._isolated is not None:
@@ -54,20 +60,34 @@ class ClipStage:
             if self._isolated is None:
                 from pipeline.isolation import IsolatedCall
 
-                self._isolated = IsolatedCall(_clip_worker, (self.cfg,), self.cfg.isolation.clip_timeout_s)
+                self._isolated = IsolatedCall(_clip_worker, (self.cfg, self.fused), self.cfg.isolation.clip_timeout_s)
             status, res = self._isolated.call(task)
         else:
             try:
-                status, res = "ok", self._run(task)
+                status, res = "ok", self.run_fused(task)
             except Exception as e:  # one bad video must never kill a job
                 status, res = "error", f"{type(e).__name__}: {e}"
         reasons = {"crashed": "decoder_crashed", "timeout": "decode_timeout", "error": "decoder_error"}
+        if status != "ok" and self.fused:
+            res = f"{res} (decoding, then {', '.join(self.fused)})"
         items = res if status == "ok" else [_reject(task, "decode", reasons[status], str(res)[:500])]
         n = sum(isinstance(i, PairItem) for i in items)
         if n == 0 and not any(isinstance(i, Reject) for i in items):
             items.append(_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
         return items + [ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk,
                                  clip_idx=task.clip_idx, n_items=len(items), info={"pairs": n})]
+
+    def run_fused(self, task: ClipTask) -> list[Item]:
+        """The un-isolated work: the clip stage, then the fused pair stages."""
+        items = self._run(task)
+        if self.fused:
+            if self._fused_stages is None:
+                by_name = {st.name: st for st in build_stages(self.cfg)[1]}
+                self._fused_stages = [by_name[n] for n in self.fused]
+            _stage_fault_injection(task)
+            for st in self._fused_stages:
+                items = st(items)
+        return items
 
     def _run(self, task: ClipTask) -> list[Item]:
         from pipeline.storage import local_copy
@@ -358,9 +378,30 @@ class EncodeStage(PairStage):
         return it
 
 
-def _clip_worker(cfg):
-    """Factory run inside the isolation child: the un-isolated clip work."""
-    return ClipStage(cfg)._run
+def _clip_worker(cfg, fused: tuple = ()):
+    """Factory run inside the isolation child: the un-isolated clip work (and the fused stages)."""
+    return ClipStage(cfg, fused).run_fused
+
+
+def _stage_fault_injection(task: ClipTask) -> None:
+    """Test hook (never set in production): ``VID2PAIR_FAULT=crash_stages:<substring>`` aborts the
+    process after decoding, in the fused pair stages, for sources containing ``<substring>``."""
+    import os
+
+    kind, _, needle = os.environ.get("VID2PAIR_FAULT", "").partition(":")
+    if kind == "crash_stages" and needle and needle in task.source:
+        os.abort()
+
+
+def light_prefix(cfg, names: Iterable[str]) -> tuple:
+    """The pair stages before the first model stage (none holds a model or a GPU): the runners run
+    them together with the clip stage (:class:`ClipStage` ``fused``)."""
+    out = []
+    for n in names:
+        if model_stage_options(cfg, n) is not None:
+            break
+        out.append(n)
+    return tuple(out)
 
 
 def model_stage_options(cfg, name: str):

@@ -1,5 +1,6 @@
-"""Run per-clip native work (decoding) in a child process, so a segfault, an abort or a hang takes
-down only that clip.
+"""Run per-clip native work (decoding, and the CPU pair stages the runners fuse with it: OpenCV,
+scikit-image, torch on CPU) in a child process, so a segfault, an abort or a hang takes down only
+that clip.
 
 :class:`IsolatedCall` keeps one long-lived child process (``spawn`` start method: no state is
 inherited from a Ray worker or a threaded parent) and sends it one task at a time. If the child

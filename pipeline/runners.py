@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 from tqdm import tqdm
 
-from pipeline.graph import build_stages, model_stage_options, run_items
+from pipeline.graph import ClipStage, build_stages, light_prefix, model_stage_options, run_items
 from pipeline.io import OutputWriter
 from pipeline.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
 
@@ -32,7 +32,9 @@ def _bar(total: int, enabled: bool, desc: str):
 
 def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     set_threads(cfg.runner.threads_per_worker)
-    clip_stage, pair_stages = build_stages(cfg)
+    _, pair_stages = build_stages(cfg)
+    fused = light_prefix(cfg, [s.name for s in pair_stages])
+    clip_stage, pair_stages = ClipStage(cfg, fused), pair_stages[len(fused):]
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for task in tasks:
             for it in run_items(clip_stage, pair_stages, task):
@@ -63,15 +65,13 @@ def _clip_rows(row: dict, cfg, names: tuple = ()) -> list[dict]:
     a task lost with its node or worker is simply retried elsewhere; the stages (and the warm decode
     child process) are cached per worker process, which Ray reuses across tasks."""
     key = (cfg.fingerprint() + repr(cfg.isolation), names)
-    stages = _CLIP_STAGES.get(key)
-    if stages is None:
+    stage = _CLIP_STAGES.get(key)
+    if stage is None:
         set_threads(cfg.runner.threads_per_worker)
-        clip_stage, pair_stages = build_stages(cfg)
-        by_name = {s.name: s for s in pair_stages}
-        stages = _CLIP_STAGES[key] = (clip_stage, [by_name[n] for n in names])
+        stage = _CLIP_STAGES[key] = ClipStage(cfg, names)
     task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=row["clip_id"])
-    return [item_to_row(i) for i in run_items(stages[0], stages[1], task)]
+    return [item_to_row(i) for i in stage(task)]
 
 
 class _PairFn:
@@ -137,16 +137,14 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     # share); consecutive light stages run together as plain retryable tasks, and the light stages
     # before the first model stage run inside the clip task (with weight-free CPU backends that is
     # the whole pipeline: no frames cross the object store)
+    fused = light_prefix(cfg, names)
     groups: list[tuple[list[str], dict | None]] = []
-    for name in names:
+    for name in names[len(fused):]:
         opts = model_stage_options(cfg, name)
         if opts is None and groups and groups[-1][1] is None:
             groups[-1][0].append(name)
         else:
             groups.append(([name], opts))
-    fused: tuple = ()
-    if groups and groups[0][1] is None:
-        fused = tuple(groups.pop(0)[0])
     # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
     # (Ray Data retries a task lost with its worker or node; decode crashes never kill the worker)
     ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "names": fused}, num_cpus=cfg.runner.clip_stage_cpus)

@@ -140,6 +140,15 @@ def test_decoder_crash_and_hang_lose_only_that_clip(corpus, tmp_path, monkeypatc
     assert list(crashed.source.map(lambda x: Path(x).name)) == ["c1.mp4"]
     assert "SIGABRT" in crashed.detail.iloc[0]
     assert s["clips_with_samples"] == 2
+    # a crash after decoding, in the CPU pair stages (flow, tracking, signals, encode run in the same
+    # isolation child): also loses only that clip
+    monkeypatch.setenv("VID2PAIR_FAULT", "crash_stages:c2.mp4")
+    s = build(cfg, str(clips), tmp_path / "o3", log_summary=False)
+    rej = read_rejects(tmp_path / "o3")
+    crashed = rej[rej.reason == "decoder_crashed"]
+    assert list(crashed.source.map(lambda x: Path(x).name)) == ["c2.mp4"]
+    assert "SIGABRT" in crashed.detail.iloc[0] and "then flow, motion" in crashed.detail.iloc[0]
+    assert s["clips_with_samples"] == 2 and s["all_inputs_accounted"]
     monkeypatch.setenv("VID2PAIR_FAULT", "hang:c0.mp4")
     s = build(cfg, str(clips), tmp_path / "o2", log_summary=False)
     rej = read_rejects(tmp_path / "o2")
