@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
     work = Path(tempfile.mkdtemp(prefix="v2p-scale-"))
     make_demo_corpus(work / "videos", n_static=a.clips, n_moving_camera=0, seed=2)

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RES = {"demo": (240, 320), "framepainter": (576, 1024)}
@@ -35,13 +34,13 @@ FPS, GAP = 12.0, 24  # Δt = 2 s
 
 
 def _clip(h, w, seed=3):
-    from pipeline.synthetic import make_clip
+    from vid2pair.pipeline.synthetic import make_clip
 
     return make_clip(width=w, height=h, n_frames=GAP + 1, fps=FPS, n_objects=2, seed=seed)
 
 
 def bench_tracking(h, w, reps=2):
-    from stages.track import FlowChainTracker, auto_grid_stride, query_grid
+    from vid2pair.stages.track import FlowChainTracker, auto_grid_stride, query_grid
 
     clip = _clip(h, w)
     src_i, tgt_i = 0, GAP
@@ -66,7 +65,7 @@ def bench_tracking(h, w, reps=2):
 def bench_splat(reps=3):
     import torch
 
-    from stages.splat import magicfixup_metric, reference_splat_numpy, softmax_splat
+    from vid2pair.stages.splat import magicfixup_metric, reference_splat_numpy, softmax_splat
 
     clip = _clip(*RES["framepainter"])
     flow, _ = clip.flow(0, GAP)
@@ -99,9 +98,9 @@ def bench_splat(reps=3):
 
 
 def bench_collage(h, w, segmenter, depth="occlusion", sam_model=None, dpt_model=None, reps=1):
-    from stages.collage import CollageConfig, make_collage
-    from stages.depth import make_depth
-    from stages.segment import make_segmenter
+    from vid2pair.stages.collage import CollageConfig, make_collage
+    from vid2pair.stages.depth import make_depth
+    from vid2pair.stages.segment import make_segmenter
 
     clip = _clip(h, w)
     flow, _ = clip.flow(0, GAP)
@@ -141,9 +140,9 @@ def random_dpt():
 
 
 def stage_shares(h, w, n_clips=2):
-    from pipeline.config import load_config
-    from pipeline.io import list_inputs, make_tasks
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.io import list_inputs, make_tasks
+    from vid2pair.pipeline.synthetic import make_demo_corpus
     from throughput import stage_costs
 
     work = Path(tempfile.mkdtemp(prefix=f"v2p-sig-{h}x{w}-"))
@@ -161,7 +160,7 @@ def main():
     ap.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args()
 
-    from pipeline.runners import set_threads
+    from vid2pair.pipeline.runners import set_threads
 
     set_threads(1)
     res = {k: v for k, v in RES.items() if not (a.skip_fp and k == "framepainter")}

@@ -14,8 +14,6 @@ Usage: python benchmarks/throughput.py [--clips 12] [--skip-rss] [--skip-ray]
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,16 +21,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def stage_costs(cfg, tasks):
     """Each stage alone, in process, on the same data: ms per written pair."""
     import webdataset  # noqa: F401  (a one-off 2-3 s import; not a per-pair cost)
 
-    from pipeline.graph import build_stages
-    from pipeline.io import OutputWriter
-    from pipeline.items import PairItem
+    from vid2pair.pipeline.graph import build_stages
+    from vid2pair.pipeline.io import OutputWriter
+    from vid2pair.core.items import PairItem
 
     cfg.isolation.mode = "none"
     clip, stages = build_stages(cfg)
@@ -62,7 +59,7 @@ def stage_costs(cfg, tasks):
 
 
 def timed_build(cfg, videos, out):
-    from pipeline.runners import build
+    from vid2pair.pipeline.runners import build
 
     t0 = time.perf_counter()
     s = build(cfg, str(videos), out, log_summary=False)
@@ -70,7 +67,7 @@ def timed_build(cfg, videos, out):
 
 
 def isolation_cost(cfg, tasks):
-    from pipeline.graph import ClipStage
+    from vid2pair.pipeline.graph import ClipStage
 
     import copy
 
@@ -95,9 +92,8 @@ def isolation_cost(cfg, tasks):
 
 RSS_SNIPPET = """
 import resource, sys
-sys.path.insert(0, {root!r})
-from pipeline.config import load_config
-from pipeline.runners import build
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.runners import build
 cfg = load_config("demo", ["runner.name=local", "runner.progress=false", *{extra!r}])
 build(cfg, {videos!r}, {out!r}, log_summary=False)
 me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -124,11 +120,11 @@ def main():
 
     import copy
 
-    from pipeline.config import load_config
-    from pipeline.io import list_inputs, make_tasks
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.io import list_inputs, make_tasks
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
-    from pipeline.runners import set_threads
+    from vid2pair.pipeline.runners import set_threads
 
     set_threads(1)  # every cost and rate below is per core: one OpenCV / torch thread
     work = Path(tempfile.mkdtemp(prefix="v2p-bench-"))
@@ -159,7 +155,7 @@ def main():
     if not a.skip_ray:
         import ray
 
-        from pipeline.runners import init_ray
+        from vid2pair.pipeline.runners import init_ray
 
         cfg = copy.deepcopy(base)
         cfg.runner.name, cfg.runner.num_cpus = "ray", 2

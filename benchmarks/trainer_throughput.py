@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 GiB = 2 ** 30
 
@@ -37,7 +36,7 @@ GiB = 2 ** 30
 
 
 def tiny_cfg(shards: Path, out: Path, *extra):
-    from trainer.config import load_train_config
+    from vid2pair.trainer.config import load_train_config
 
     return load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml",
                              [f"data.train={shards}", "data.eval=null", "data.eval_permille=0",
@@ -45,7 +44,7 @@ def tiny_cfg(shards: Path, out: Path, *extra):
 
 
 def loader_rate(cfg, workers: int, n_batches: int, match_grids=()) -> float:
-    from trainer.data import build_train_loader, sample_spec
+    from vid2pair.trainer.data import build_train_loader, sample_spec
 
     cfg.data.num_workers = workers
     loader = build_train_loader(cfg, sample_spec(cfg, match_grids))
@@ -61,8 +60,8 @@ def loader_rate(cfg, workers: int, n_batches: int, match_grids=()) -> float:
 
 
 def step_rate(cfg, n_steps: int) -> float:
-    from trainer.data import build_train_loader, sample_spec
-    from trainer.models import build_model
+    from vid2pair.trainer.data import build_train_loader, sample_spec
+    from vid2pair.trainer.models import build_model
 
     cfg.data.num_workers = 0
     batch = next(iter(build_train_loader(cfg, sample_spec(cfg))))
@@ -86,7 +85,7 @@ def step_rate(cfg, n_steps: int) -> float:
 
 
 def loop_rate(cfg, n_steps: int) -> dict:
-    from trainer.train import train
+    from vid2pair.trainer.train import train
 
     cfg.train.max_steps = n_steps
     cfg.train.log_every = max(1, n_steps // 2)
@@ -102,7 +101,7 @@ def loop_rate(cfg, n_steps: int) -> dict:
 def _fake_batch(cfg, model, device="meta"):
     H, W = cfg.model.resolution
     b = cfg.data.batch_size
-    from trainer.config import signal_channels
+    from vid2pair.trainer.config import signal_channels
 
     batch = {"src": torch.zeros(b, 3, H, W, device=device), "tgt": torch.zeros(b, 3, H, W, device=device),
              "signal": torch.zeros(b, signal_channels(cfg.task), H, W, device=device)}
@@ -182,8 +181,8 @@ def memory_estimate(preset: Path, batch_size=None) -> dict:
     from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.resnet import SpatioTemporalResBlock
 
-    from trainer.config import load_train_config, resolve_grad_accum
-    from trainer.models.framepainter import FramePainterModel
+    from vid2pair.trainer.config import load_train_config, resolve_grad_accum
+    from vid2pair.trainer.models.framepainter import FramePainterModel
 
     over = ["model.framepainter.init=svd_random", "model.framepainter.frozen_dtype=bf16",
             "data.train=unused", "train.total_batch_size=null"]
@@ -288,7 +287,7 @@ def main(argv=None) -> int:
             if a.shards:
                 shards = Path(a.shards)
             else:
-                from trainer.testing import demo_shards
+                from vid2pair.trainer.testing import demo_shards
 
                 print("building the demo shards ...", file=sys.stderr)
                 shards = demo_shards(Path(tmp) / "demo")
@@ -310,8 +309,8 @@ def main(argv=None) -> int:
             print(f"  -> the loader is {verdict}")
             results["throughput"] = {"loader_samples_per_s": rates, "step_samples_per_s": step, "loop": loop}
             # the FramePainter presets' decode work: 576x1024 images + signal + correspondences
-            from trainer.config import load_train_config
-            from trainer.models.framepainter import supervised_grids
+            from vid2pair.trainer.config import load_train_config
+            from vid2pair.trainer.models.framepainter import supervised_grids
 
             fp_rates = {}
             for task in ("sketch", "drag"):

@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _busy_clip_workers() -> list[int]:
@@ -71,8 +70,8 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.config import load_config
-    from pipeline.runners import build
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.runners import build
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head only drives
     nodes = [cluster.add_node(num_cpus=a.cpus_per_worker) for _ in range(a.workers)]

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # working_dir upload: import from source
 
-from pipeline.cli import main  # noqa: E402
+from vid2pair.pipeline.cli import main
 
 
 def run(argv: list[str]) -> int:

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from pipeline import __version__
-from pipeline.config import ConfigError, load_config
+from vid2pair import __version__
+from vid2pair.pipeline.config import ConfigError, load_config
 
 
 def _fail(msg: str) -> int:
@@ -16,9 +14,9 @@ def _fail(msg: str) -> int:
 
 
 def cmd_build(a) -> int:
-    from pipeline.io import InputError
-    from pipeline.models import MissingWeightsError
-    from pipeline.runners import build
+    from vid2pair.pipeline.io import InputError
+    from vid2pair.pipeline.models import MissingWeightsError
+    from vid2pair.pipeline.runners import build
 
     overrides = list(a.set or [])
     if a.runner:
@@ -36,7 +34,7 @@ def cmd_build(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from pipeline.demo import run_demo
+    from vid2pair.pipeline.demo import run_demo
 
     overrides = list(a.set or [])
     if a.runner:
@@ -49,10 +47,10 @@ def cmd_demo(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    from pipeline.inspection import inspect_output
+    from vid2pair.pipeline.inspection import inspect_output
 
     if a.key:
-        from pipeline.qc import inspect_key
+        from vid2pair.pipeline.qc import inspect_key
 
         try:
             text, png = inspect_key(a.output_dir, a.key)
@@ -69,7 +67,7 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from pipeline.verify import verify_output
+    from vid2pair.pipeline.verify import verify_output
 
     ok, report = verify_output(a.output_dir, deep=not a.quick)
     print(report)
@@ -124,9 +122,9 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(func=cmd_config)
 
-    from pipeline.models import models_add_subparser
-    from pipeline.report import report_add_subparser
-    from trainer.cli import train_add_subparser
+    from vid2pair.pipeline.models import models_add_subparser
+    from vid2pair.pipeline.report import report_add_subparser
+    from vid2pair.trainer.cli import train_add_subparser
 
     models_add_subparser(sub)
     report_add_subparser(sub)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.config import load_config
+from vid2pair.pipeline.config import load_config
 
 
 def run_demo(output="demo_output", overrides=(), n_static: int = 4, n_moving_camera: int = 1) -> dict:
-    from pipeline.runners import build
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.runners import build
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
     out = Path(output)
     cfg = load_config("demo", list(overrides))  # validate before generating anything

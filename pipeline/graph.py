@@ -12,16 +12,15 @@ Every stage object is pure Python (arrays in, arrays and records out, no Ray). A
 from __future__ import annotations
 
 import json
-import time
 from typing import Iterable
 
 import cv2
 import numpy as np
 
-from pipeline import __version__
-from pipeline.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_seed, pair_key
-from stages import decode, motion, pairs, probe, shots, static_camera
-from stages.base import PairStage, pair_reject
+from vid2pair import __version__
+from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_seed, pair_key
+from vid2pair.stages import decode, motion, pairs, probe, shots, static_camera
+from vid2pair.stages.base import PairStage, pair_reject
 
 
 def _reject(task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip", key: str = "") -> Reject:
@@ -58,7 +57,7 @@ class ClipStage:
     def __call__(self, task: ClipTask) -> list[Item]:
         if self.cfg.isolation.mode == "process":  # native decoding in a child: a crash loses one clip
             if self._isolated is None:
-                from pipeline.isolation import IsolatedCall
+                from vid2pair.pipeline.isolation import IsolatedCall
 
                 self._isolated = IsolatedCall(_clip_worker, (self.cfg, self.fused), self.cfg.isolation.clip_timeout_s)
             status, res = self._isolated.call(task)
@@ -90,7 +89,7 @@ class ClipStage:
         return items
 
     def _run(self, task: ClipTask) -> list[Item]:
-        from pipeline.storage import local_copy
+        from vid2pair.pipeline.storage import local_copy
 
         try:
             with local_copy(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
@@ -216,7 +215,7 @@ class FlowStage(PairStage):
     @property
     def backend(self):
         if self._backend is None:
-            from stages.flow import make_flow_backend
+            from vid2pair.stages.flow import make_flow_backend
 
             self._backend = make_flow_backend(self.cfg.flow)
         return self._backend
@@ -256,7 +255,7 @@ class FlowStage(PairStage):
 
     def _sequence(self, it: PairItem) -> Item:
         """Chained flow over intermediate frames, or the flow_advance target search."""
-        from stages.flow import chain_indices, compose_flows
+        from vid2pair.stages.flow import chain_indices, compose_flows
 
         fr = it.arrays["frames"]
         advance = self.cfg.pairs.policy == "flow_advance"
@@ -420,10 +419,10 @@ def model_stage_options(cfg, name: str):
 
 def build_stages(cfg) -> tuple[ClipStage, list[PairStage]]:
     """The pipeline: one clip stage, then the pair stages in order (disabled signals are skipped)."""
-    from stages.coarse import CoarseStage
-    from stages.collage import CollageStage
-    from stages.sketch import SketchStage
-    from stages.track import TrackStage
+    from vid2pair.stages.coarse import CoarseStage
+    from vid2pair.stages.collage import CollageStage
+    from vid2pair.stages.sketch import SketchStage
+    from vid2pair.stages.track import TrackStage
 
     signals = [(cfg.track.enabled, TrackStage), (cfg.sketch.enabled, SketchStage),
                (cfg.coarse.enabled, CoarseStage), (cfg.collage.enabled, CollageStage)]

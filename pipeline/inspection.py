@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.io import read_index, read_rejects
+from vid2pair.pipeline.io import read_index, read_rejects
 
 
 def inspect_output(out_dir, n_keys: int = 5) -> str:
-    from pipeline.storage import Store
+    from vid2pair.pipeline.storage import Store
 
     out = Store(out_dir)
     if not out.exists("run.json") and not out.exists("summary.json"):

@@ -26,8 +26,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_id_for
-from pipeline.storage import Store, is_uri, list_remote
+from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_id_for
+from vid2pair.pipeline.storage import Store, is_uri, list_remote
 
 
 class InputError(ValueError):

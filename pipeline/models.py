@@ -989,7 +989,7 @@ def check_build_weights(cfg, cache_dir=None) -> list[str]:
 
 def _load_preset(preset: str) -> Any:
     """A preset name (configs/<name>.yaml) -> the resolved config mapping; a YAML path -> its mapping."""
-    from pipeline.config import ConfigError, load_config
+    from vid2pair.pipeline.config import ConfigError, load_config
 
     p = Path(preset).expanduser()
     if p.is_file():

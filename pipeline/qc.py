@@ -86,7 +86,7 @@ class _Out:
         self.uri = root
         self.remote = "://" in root and not root.startswith("file://")
         if self.remote:
-            from pipeline.storage import Store  # object stores only
+            from vid2pair.pipeline.storage import Store  # object stores only
 
             self.store = Store(root)
         else:
@@ -238,7 +238,7 @@ class QCDataset:
     the run did not finish), ``config`` (the run's config dict, from summary.json or run.json)."""
 
     def __init__(self, out_dir) -> None:
-        from pipeline.io import read_index, read_rejects
+        from vid2pair.pipeline.io import read_index, read_rejects
 
         self.out = _Out(out_dir)
         self.out_dir = self.out.uri

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import qc
+from vid2pair.pipeline import qc
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:16px 24px;color:#1d1d1f;background:#fff}

@@ -19,9 +19,9 @@ from dataclasses import asdict
 
 from tqdm import tqdm
 
-from pipeline.graph import ClipStage, build_stages, light_prefix, model_stage_options, run_items
-from pipeline.io import OutputWriter
-from pipeline.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
+from vid2pair.pipeline.graph import ClipStage, build_stages, light_prefix, model_stage_options, run_items
+from vid2pair.pipeline.io import OutputWriter
+from vid2pair.core.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
 
 log = logging.getLogger("vid2pair")
 
@@ -171,11 +171,11 @@ RUNNERS = {"local": run_local, "ray": run_ray}
 
 def build(cfg, input_spec: str, out_dir, log_summary: bool = True) -> dict:
     """List inputs, skip finished chunks, run, commit, summarise. Returns the summary dict."""
-    from pipeline.io import format_summary, list_inputs, make_tasks, summarize
+    from vid2pair.pipeline.io import format_summary, list_inputs, make_tasks, summarize
 
     t0 = time.time()
     if cfg.runner.check_weights:
-        from pipeline.models import MissingWeightsError, check_build_weights
+        from vid2pair.pipeline.models import MissingWeightsError, check_build_weights
 
         problems = check_build_weights(cfg)
         if problems:  # otherwise every pair would end as a *_backend_unavailable reject

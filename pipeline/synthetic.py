@@ -460,7 +460,7 @@ def _run_isolated(payload: dict):
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = ("import json, sys; from pipeline import synthetic; "
+    code = ("import json, sys; from vid2pair.pipeline import synthetic; "
             "print(json.dumps(synthetic._isolated_entry(json.load(sys.stdin))))")
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True,
                           env=env)

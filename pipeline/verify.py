@@ -12,7 +12,6 @@ import io
 import json
 import tarfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
@@ -39,8 +38,8 @@ def _check_member(name: str, data: bytes) -> str | None:
 
 
 def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
-    from pipeline.io import read_index
-    from pipeline.storage import Store
+    from vid2pair.pipeline.io import read_index
+    from vid2pair.pipeline.storage import Store
 
     out = Store(out_dir)
     problems: list[str] = []

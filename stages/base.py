@@ -1,7 +1,7 @@
 """Base class of the per-pair stages (pure: no Ray). See pipeline/graph.py for the pipeline."""
 from __future__ import annotations
 
-from pipeline.items import Item, PairItem, Reject
+from vid2pair.core.items import Item, PairItem, Reject
 
 
 class PairStage:

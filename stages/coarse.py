@@ -27,9 +27,9 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.items import Item, PairItem
-from stages.base import PairStage, pair_reject
-from stages.splat import MODES
+from vid2pair.core.items import Item, PairItem
+from vid2pair.stages.base import PairStage, pair_reject
+from vid2pair.stages.splat import MODES
 
 __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage", "check_pair_arrays"]
 
@@ -44,7 +44,7 @@ class CoarseConfig:
     batch_size: int = 8  # pairs of equal size splatted together
 
     def validate(self, prefix: str = "coarse") -> None:
-        from pipeline.config import ConfigError
+        from vid2pair.pipeline.config import ConfigError
 
         if self.mode not in MODES:
             raise ConfigError(f"{prefix}.mode: {self.mode!r} is not one of {sorted(MODES)}")
@@ -73,7 +73,7 @@ def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, 
     """
     import torch
 
-    from stages.splat import magicfixup_metric, resolve_device, splat_with_density
+    from vid2pair.stages.splat import magicfixup_metric, resolve_device, splat_with_density
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -44,8 +44,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from stages.base import PairStage, pair_reject
-from stages.segment import segment_pixels
+from vid2pair.stages.base import PairStage, pair_reject
+from vid2pair.stages.segment import segment_pixels
 
 __all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_collage", "CollageStage",
            "segment_median_flow"]
@@ -76,7 +76,7 @@ class CollageConfig:
     num_gpus: float = 0.0  # per collage actor in the Ray runner (SAM / DPT)
 
     def validate(self, prefix: str = "collage") -> None:
-        from pipeline.config import ConfigError
+        from vid2pair.pipeline.config import ConfigError
 
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
@@ -225,7 +225,7 @@ def _splat_leftover(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, leftover
     """Softmax-splat only the ``leftover`` source pixels (Magic Fixup's metric); -> (rgb float32, density)."""
     import torch
 
-    from stages.splat import magicfixup_metric, splat_with_density
+    from vid2pair.stages.splat import magicfixup_metric, splat_with_density
 
     dev = torch.device(device)
     s = torch.from_numpy(np.ascontiguousarray(src)).to(dev).permute(2, 0, 1)[None].float() / 255.0
@@ -321,7 +321,7 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     Returns ``{"collage", "mask", "owner", "fits", "order", "disparity", "meta", "ms"}``: ``meta`` is
     JSON-able and deterministic (it goes into the sample); ``ms`` holds the step timings.
     """
-    from stages.depth import occlusion_order, order_to_disparity
+    from vid2pair.stages.depth import occlusion_order, order_to_disparity
 
     cfg = cfg or CollageConfig()
     t0 = time.perf_counter()
@@ -372,7 +372,7 @@ class CollageStage(PairStage):
     def __init__(self, cfg, *, sam_model: Any = None, dpt_model: Any = None, dpt_processor: Any = None):
         self.cfg = cfg
         self.ccfg = getattr(cfg, "collage", None) or CollageConfig()
-        from stages.region_drag import RegionDragConfig
+        from vid2pair.stages.region_drag import RegionDragConfig
 
         self.rcfg = getattr(cfg, "region_drag", None) or RegionDragConfig()
         self._inject = (sam_model, dpt_model, dpt_processor)
@@ -383,7 +383,7 @@ class CollageStage(PairStage):
     @property
     def segmenter(self):
         if self._segmenter is None:
-            from stages.segment import make_segmenter
+            from vid2pair.stages.segment import make_segmenter
 
             self._segmenter = make_segmenter(self.ccfg, model=self._inject[0])
         return self._segmenter
@@ -391,14 +391,14 @@ class CollageStage(PairStage):
     @property
     def depth(self):
         if not self._depth_loaded:
-            from stages.depth import make_depth
+            from vid2pair.stages.depth import make_depth
 
             self._depth = make_depth(self.ccfg, model=self._inject[1], processor=self._inject[2])
             self._depth_loaded = True
         return self._depth
 
     def _device(self) -> str:
-        from stages.splat import resolve_device
+        from vid2pair.stages.splat import resolve_device
 
         return str(resolve_device(self.ccfg.device))
 
@@ -413,8 +413,8 @@ class CollageStage(PairStage):
         return super().process(items)
 
     def one(self, it):
-        from stages.coarse import check_pair_arrays
-        from stages.region_drag import region_drags
+        from vid2pair.stages.coarse import check_pair_arrays
+        from vid2pair.stages.region_drag import region_drags
 
         bad = check_pair_arrays(it)
         if bad:
@@ -444,6 +444,6 @@ class CollageStage(PairStage):
 
 def default_stage_config(**collage_kw) -> SimpleNamespace:
     """A minimal config namespace (``collage``, ``region_drag``, ``seed``) for tests and scripts."""
-    from stages.region_drag import RegionDragConfig
+    from vid2pair.stages.region_drag import RegionDragConfig
 
     return SimpleNamespace(collage=CollageConfig(**collage_kw), region_drag=RegionDragConfig(), seed=0)

@@ -41,8 +41,8 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from stages.base import resolve_device
-from stages.segment import segment_pixels
+from vid2pair.stages.base import resolve_device
+from vid2pair.stages.segment import segment_pixels
 
 __all__ = ["DPTDepth", "occlusion_order", "order_to_disparity", "make_depth", "DPT_EXTRA_MESSAGE", "DEPTHS"]
 
@@ -64,7 +64,7 @@ class DPTDepth:
             raise ImportError(DPT_EXTRA_MESSAGE) from None
         self.device = resolve_device(device)
         if model is None:
-            from pipeline.models import resolve_weights
+            from vid2pair.pipeline.models import resolve_weights
 
             # raises MissingWeightsError naming `vid2pair models fetch dpt_hybrid_midas`
             path = Path(resolve_weights("dpt_hybrid_midas", explicit=weights, config_key="collage.dpt_weights"))

@@ -56,7 +56,7 @@ class DragConfig:
     direction: str = "source_to_target"  # source_to_target | target_to_source
 
     def validate(self, prefix: str = "drag") -> None:
-        from pipeline.config import ConfigError  # lazy: avoid an import cycle
+        from vid2pair.pipeline.config import ConfigError  # lazy: avoid an import cycle
 
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:

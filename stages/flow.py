@@ -40,7 +40,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, Union, runtime_ch
 import cv2
 import numpy as np
 
-from stages.base import resolve_device
+from vid2pair.stages.base import resolve_device
 
 __all__ = [
     "FlowBackend",
@@ -236,7 +236,7 @@ def _resolve_checkpoint(name: str, weights: Optional[Union[str, Path]]) -> Path:
     """An explicit existing file is used as is; everything else goes through the model cache."""
     if weights is not None and Path(weights).is_file():
         return Path(weights)
-    from pipeline.models import resolve_weights  # lazy: only the weighted backends need the model cache
+    from vid2pair.pipeline.models import resolve_weights  # lazy: only the weighted backends need the model cache
 
     # raises pipeline.models.MissingWeightsError naming the expected file and the fetch command
     return Path(resolve_weights(name, explicit=weights, config_key="flow.weights"))

@@ -64,7 +64,7 @@ class RegionDragConfig:
     ransac_thresh: float = 3.0  # RANSAC threshold (px) of the region similarity fits
 
     def validate(self, prefix: str = "region_drag") -> None:
-        from pipeline.config import ConfigError
+        from vid2pair.pipeline.config import ConfigError
 
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
@@ -139,8 +139,8 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
     ``labels``: the collage's segment label map (-1 = none); ``fits``: its
     :class:`stages.collage.SegmentFit` list (``transform`` may be None); ``flow`` (H, W, 2) src -> tgt.
     """
-    from stages.collage import _similarity_params, fit_similarity, segment_median_flow
-    from stages.segment import segment_pixels
+    from vid2pair.stages.collage import _similarity_params, fit_similarity, segment_median_flow
+    from vid2pair.stages.segment import segment_pixels
 
     cfg = cfg or RegionDragConfig()
     rng = rng if rng is not None else np.random.default_rng(0)

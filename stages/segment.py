@@ -40,7 +40,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from stages.base import resolve_device
+from vid2pair.stages.base import resolve_device
 
 __all__ = ["FelzenszwalbSegmenter", "SlicSegmenter", "SamSegmenter", "make_segmenter", "relabel",
            "SAM_EXTRA_MESSAGE", "SEGMENTERS", "REFERENCE_SHORT_SIDE"]
@@ -200,7 +200,7 @@ class SamSegmenter:
             raise ValueError(f"sam model_type must be one of vit_b, vit_l, vit_h, got {model_type!r}")
         self.device = resolve_device(device)
         if model is None:
-            from pipeline.models import resolve_weights
+            from vid2pair.pipeline.models import resolve_weights
 
             # raises MissingWeightsError naming `vid2pair models fetch sam_<type>`
             path = resolve_weights(f"sam_{model_type}", explicit=checkpoint, config_key="collage.sam_checkpoint")

@@ -40,8 +40,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from pipeline.items import Item, PairItem
-from stages.base import PairStage, pair_reject
+from vid2pair.core.items import Item, PairItem
+from vid2pair.stages.base import PairStage, pair_reject
 
 __all__ = ["SketchConfig", "sketch_from_flow", "edge_strength", "thin", "target_flow", "SketchStage"]
 
@@ -63,7 +63,7 @@ class SketchConfig:
     use_flow_bwd: bool = True  # use flow_bwd (tgt -> src) when present; else always splat the forward flow
 
     def validate(self, prefix: str = "sketch") -> None:
-        from pipeline.config import ConfigError
+        from vid2pair.pipeline.config import ConfigError
 
         if not self.rel_thresh >= 0:
             raise ConfigError(f"{prefix}.rel_thresh: must be >= 0, got {self.rel_thresh}")
@@ -182,7 +182,7 @@ def target_flow(flow: np.ndarray, flow_bwd: Optional[np.ndarray] = None, src: Op
         return np.asarray(flow_bwd, np.float32), "flow_bwd"
     import torch
 
-    from stages.splat import magicfixup_metric, splat_with_density
+    from vid2pair.stages.splat import magicfixup_metric, splat_with_density
 
     f = torch.from_numpy(np.ascontiguousarray(flow, np.float32)).permute(2, 0, 1)[None]
     with torch.inference_mode():
@@ -261,7 +261,7 @@ class SketchStage(PairStage):
         return super().process(items)
 
     def one(self, it: PairItem) -> Item:
-        from stages.coarse import check_pair_arrays
+        from vid2pair.stages.coarse import check_pair_arrays
 
         bad = check_pair_arrays(it)
         if bad:

@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from stages.base import resolve_device  # noqa: E402  (re-exported)
+from vid2pair.stages.base import resolve_device  # noqa: E402  (re-exported)
 
 MODES = ("sum", "avg", "linear", "soft")
 

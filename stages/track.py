@@ -41,8 +41,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_c
 import cv2
 import numpy as np
 
-from pipeline.items import Item, PairItem, clip_seed
-from stages.base import PairStage, pair_reject, resolve_device
+from vid2pair.core.items import Item, PairItem, clip_seed
+from vid2pair.stages.base import PairStage, pair_reject, resolve_device
 
 __all__ = [
     "TrackConfig",
@@ -87,7 +87,7 @@ class TrackConfig:
     num_gpus: float = 0.0  # per tracker actor in the Ray runner
 
     def validate(self, prefix: str = "track") -> None:
-        from pipeline.config import ConfigError  # lazy: pipeline.config may import this module
+        from vid2pair.pipeline.config import ConfigError  # lazy: pipeline.config may import this module
 
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
@@ -346,7 +346,7 @@ class FlowChainTracker:
             small = list(gray)
         flows = [self._calc(self._profile_dis, small[k], small[k + 1]) for k in range(t - 1)]
         profile = np.array([_motion_stat(f, 0.5 * s) / s for f in flows])
-        from stages.flow import compose_flows
+        from vid2pair.stages.flow import compose_flows
 
         hops, accs, i, acc = [], [], 0, None
         for k in range(t - 1):
@@ -460,7 +460,7 @@ def load_cotracker_predictor(variant: str, hub_repo: str = "facebookresearch/co-
         raise ValueError(f"CoTracker3 variant must be 'offline' or 'online', got {variant!r}")
     import torch
 
-    from pipeline.models import resolve_weights
+    from vid2pair.pipeline.models import resolve_weights
 
     entry = f"cotracker3_{variant}"
     ckpt = Path(resolve_weights(entry, explicit=checkpoint, config_key="track.checkpoint"))
@@ -627,7 +627,7 @@ class TrackStage(PairStage):
     name = "track"
 
     def __init__(self, cfg: Any, tracker: Optional[Tracker] = None) -> None:
-        from stages.drag import DragConfig
+        from vid2pair.stages.drag import DragConfig
 
         self.cfg = cfg
         self.tcfg = getattr(cfg, "track", None) or TrackConfig()
@@ -642,7 +642,7 @@ class TrackStage(PairStage):
 
     # ---------------------------------------------------------------- per pair, before tracking
     def _prepare(self, it: PairItem) -> dict:
-        from stages.drag import drag_weights, sample_drag_points, target_side_magnitude
+        from vid2pair.stages.drag import drag_weights, sample_drag_points, target_side_magnitude
 
         a = it.arrays
         for k in ("src", "tgt", "flow"):
@@ -690,7 +690,7 @@ class TrackStage(PairStage):
 
     # ---------------------------------------------------------------- per pair, after tracking
     def _finish(self, it: PairItem, prep: dict, xy: np.ndarray, vis: np.ndarray, info: dict) -> Item:
-        from stages.drag import drag_json, drag_mask, flow_agreement
+        from vid2pair.stages.drag import drag_json, drag_mask, flow_agreement
 
         w, h = prep["size"]
         grid, dt = prep["grid"], prep["drag_tgt"]

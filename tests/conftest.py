@@ -30,7 +30,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     """The demo corpus (synthetic): static-camera clips with moving objects + one camera pan."""
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
     d = tmp_path_factory.mktemp("corpus")
     paths = make_demo_corpus(d, n_static=3, n_moving_camera=1, seed=0)

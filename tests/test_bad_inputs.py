@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.io import read_index, read_rejects
-from pipeline.runners import build
-from pipeline.synthetic import make_clip, write_video
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.io import read_index, read_rejects
+from vid2pair.pipeline.runners import build
+from vid2pair.pipeline.synthetic import make_clip, write_video
 from tests.conftest import SHARED
 
 
@@ -169,7 +169,7 @@ def test_unreadable_file_through_the_cli(corpus, tmp_path):
     lst = tmp_path / "two.txt"
     lst.write_text(f"{d / 'unreadable.mp4'}\n{good}\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--config", "demo", "--input", str(lst),
+    cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(lst),
            "--output", str(out), "--runner", "local", "--no-progress", "--set", "frame.size=[120, 160]"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.items import PairItem, Reject
-from pipeline.synthetic import ObjectSpec, make_clip
-from stages.collage import CollageConfig, CollageStage, composite, fit_segments, make_collage
-from stages.depth import DPT_EXTRA_MESSAGE, DPTDepth, occlusion_order, order_to_disparity
-from stages.flow import DISFlow
-from stages.region_drag import RegionDragConfig
-from stages.segment import SAM_EXTRA_MESSAGE, FelzenszwalbSegmenter, SamSegmenter, SlicSegmenter, relabel
+from vid2pair.core.items import PairItem, Reject
+from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
+from vid2pair.stages.collage import CollageConfig, CollageStage, composite, fit_segments, make_collage
+from vid2pair.stages.depth import DPT_EXTRA_MESSAGE, DPTDepth, occlusion_order, order_to_disparity
+from vid2pair.stages.flow import DISFlow
+from vid2pair.stages.region_drag import RegionDragConfig
+from vid2pair.stages.segment import SAM_EXTRA_MESSAGE, FelzenszwalbSegmenter, SamSegmenter, SlicSegmenter, relabel
 
 
 def _psnr(a, b, m):
@@ -215,7 +215,7 @@ def test_stage_outputs_and_meta():
 
 
 def test_config_validate():
-    from pipeline.config import ConfigError
+    from vid2pair.pipeline.config import ConfigError
 
     CollageConfig().validate()
     for kw, key in ((dict(segmenter="grabcut"), "collage.segmenter"), (dict(depth="zoe"), "collage.depth"),
@@ -237,7 +237,7 @@ def test_disabled_stage_passes_items_through():
 
 
 def test_missing_weights_are_reported(tmp_path, monkeypatch):
-    from pipeline.models import MissingWeightsError
+    from vid2pair.pipeline.models import MissingWeightsError
 
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path))
     with pytest.raises(MissingWeightsError, match="vid2pair models fetch sam_vit_b"):

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
+from vid2pair.pipeline.cli import main
+from vid2pair.pipeline.config import ConfigError, load_config
 
 
 @pytest.mark.parametrize("preset", ["demo", "framepainter", "magicfixup"])
@@ -71,11 +71,11 @@ def test_fingerprint_ignores_runner_only():
 def test_config_reference_is_in_sync():
     from pathlib import Path
 
-    from pipeline.config import config_markdown
+    from vid2pair.pipeline.config import config_markdown
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
     assert doc.read_text().strip() == config_markdown().strip(), \
-        "docs/config.md is stale: python -m pipeline.config > docs/config.md"
+        "docs/config.md is stale: python -m vid2pair.pipeline.config > docs/config.md"
 
 
 def test_exactly_one_opencv_distribution_is_installed():

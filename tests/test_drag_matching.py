@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.items import PairItem
-from pipeline.synthetic import ObjectSpec, make_clip
-from stages.drag import (DragConfig, drag_json, drag_mask, drag_weights, flow_agreement, sample_drag_points,
+from vid2pair.core.items import PairItem
+from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
+from vid2pair.stages.drag import (DragConfig, drag_json, drag_mask, drag_weights, flow_agreement, sample_drag_points,
                          target_side_magnitude)
-from stages.matching import correspondence, correspondence_index, token_centres
-from stages.track import TrackConfig, TrackStage
+from vid2pair.stages.matching import correspondence, correspondence_index, token_centres
+from vid2pair.stages.track import TrackConfig, TrackStage
 
 # --------------------------------------------------------------------------------------
 # sampling
@@ -169,7 +169,7 @@ def test_drag_json_and_mask_helpers():
 
 
 def test_drag_config_validate():
-    from pipeline.config import ConfigError
+    from vid2pair.pipeline.config import ConfigError
 
     DragConfig().validate("drag")
     for kw, key in [({"k": -1}, "drag.k"), ({"min_spacing_px": -1.0}, "drag.min_spacing_px"),

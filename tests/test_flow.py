@@ -7,9 +7,9 @@ import types
 import numpy as np
 import pytest
 
-from pipeline.config import FlowConfig
-from pipeline.synthetic import CameraMotion, make_clip
-from stages.flow import (
+from vid2pair.pipeline.config import FlowConfig
+from vid2pair.pipeline.synthetic import CameraMotion, make_clip
+from vid2pair.stages.flow import (
     SEA_RAFT_EXTRA_MESSAGE,
     DISFlow,
     FlowBackend,
@@ -259,7 +259,7 @@ def test_raft_explicit_weights_file(tmp_path):
 
 
 def test_missing_weights_name_the_file(tmp_path, monkeypatch):
-    from pipeline.models import MissingWeightsError
+    from vid2pair.pipeline.models import MissingWeightsError
 
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(MissingWeightsError) as exc:

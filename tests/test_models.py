@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline import models
-from pipeline.models import (
+from vid2pair.pipeline import models
+from vid2pair.pipeline.models import (
     ChecksumError,
     DownloadError,
     MissingWeightsError,
@@ -553,10 +553,10 @@ def test_build_fails_fast_naming_missing_weights_and_extras(tmp_path, monkeypatc
     entry and the fetch command; with the check off, the pairs become recorded rejects instead."""
     import importlib.util
 
-    from pipeline.cli import main
-    from pipeline.config import load_config
-    from pipeline.models import check_build_weights
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.cli import main
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.models import check_build_weights
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "empty-cache"))
     real_find_spec = importlib.util.find_spec
@@ -573,7 +573,7 @@ def test_build_fails_fast_naming_missing_weights_and_extras(tmp_path, monkeypatc
     assert main(["build", "--config", "magicfixup", "--input", str(videos), "--output", str(out),
                  "--runner", "local", "--no-progress"]) == 2
     assert not (out / "shards").exists()  # nothing was processed
-    from pipeline.runners import build
+    from vid2pair.pipeline.runners import build
 
     s = build(load_config("magicfixup", ["runner.name=local", "runner.progress=false", "runner.check_weights=false",
                                          "track.enabled=false", "collage.enabled=false"]),

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from stages.decode import apply_frame_policy, decode_size
-from stages.motion import flow_stats, motion_stats, motion_verdict
+from vid2pair.pipeline.config import load_config
+from vid2pair.stages.decode import apply_frame_policy, decode_size
+from vid2pair.stages.motion import flow_stats, motion_stats, motion_verdict
 
 
 def _flow(h, w, frac_moving, mag, large_frac=0.0, large_mag=0.0):
@@ -57,8 +57,8 @@ def test_preset_rules(preset, flow, expect):
 
 
 def test_non_finite_flow_is_rejected_by_name():
-    from pipeline.graph import MotionStage
-    from pipeline.items import PairItem, Reject
+    from vid2pair.pipeline.graph import MotionStage
+    from vid2pair.core.items import PairItem, Reject
 
     cfg = load_config("demo")
     f = _flow(48, 64, 0.5, 3.0)

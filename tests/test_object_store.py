@@ -4,11 +4,11 @@ import tarfile
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.io import read_index, read_rejects
-from pipeline.runners import build
-from pipeline.synthetic import make_demo_corpus
-from pipeline.verify import verify_output
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.io import read_index, read_rejects
+from vid2pair.pipeline.runners import build
+from vid2pair.pipeline.synthetic import make_demo_corpus
+from vid2pair.pipeline.verify import verify_output
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is part of the test extra")
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from stages.pairs import advance_select, sample_pairs
+from vid2pair.pipeline.config import load_config
+from vid2pair.stages.pairs import advance_select, sample_pairs
 
 
 def _cfg(**kw):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.io import InputError, read_index, read_rejects
-from pipeline.runners import build
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.io import InputError, read_index, read_rejects
+from vid2pair.pipeline.runners import build
 
 
 def _digests(out):
@@ -161,7 +161,7 @@ def test_resume_with_a_changed_input_list_is_refused_or_appends(local_out, demo_
 def test_accounting_is_exact(local_out):
     """all_inputs_accounted compares sets of sources, so an input missing from the output is caught
     even when other rows would make the counts add up."""
-    from pipeline.io import make_tasks, summarize
+    from vid2pair.pipeline.io import make_tasks, summarize
 
     out, s0 = local_out
     sources = sorted(set(read_index(out)["source"]) | set(read_rejects(out)["source"]))
@@ -181,7 +181,7 @@ def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    from pipeline.graph import model_stage_options
+    from vid2pair.pipeline.graph import model_stage_options
 
     torch.manual_seed(0)
     dpt = DPTForDepthEstimation(DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from pipeline.synthetic import make_clip, write_video
-from stages.decode import iter_frames, open_reader, scaled_size
-from stages.probe import check_limits, probe
-from stages.shots import detect_cuts, shots_from_cuts
+from vid2pair.pipeline.synthetic import make_clip, write_video
+from vid2pair.stages.decode import iter_frames, open_reader, scaled_size
+from vid2pair.stages.probe import check_limits, probe
+from vid2pair.stages.shots import detect_cuts, shots_from_cuts
 from tests.conftest import shared_video
 
 

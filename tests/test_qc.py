@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import qc
+from vid2pair.pipeline import qc
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -22,8 +22,8 @@ IMG_RE = re.compile(r'<img\b[^>]*\bsrc="data:image/(?:png|jpeg);base64,[A-Za-z0-
 # ---------------------------------------------------------------- outputs, built once per module
 
 def _build(out: Path, inputs: str, *overrides: str) -> Path:
-    from pipeline.config import load_config
-    from pipeline.runners import build
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.runners import build
 
     cfg = load_config("demo", ["runner.name=local", "runner.progress=false", *overrides])
     build(cfg, inputs, out, log_summary=False)
@@ -32,7 +32,7 @@ def _build(out: Path, inputs: str, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from pipeline.synthetic import make_demo_corpus
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
     d = tmp_path_factory.mktemp("qc_videos")
     paths = make_demo_corpus(d, n_static=2, n_moving_camera=1, seed=0)
@@ -277,7 +277,7 @@ def _check_self_contained(text: str) -> None:
 
 
 def test_report_renders_in_headless_chromium(demo_out, tmp_path):
-    from pipeline.report import build_report
+    from vid2pair.pipeline.report import build_report
 
     n = 5
     html = build_report(demo_out, tmp_path / "report.html", n=n, seed=0)
@@ -303,7 +303,7 @@ def test_report_renders_in_headless_chromium(demo_out, tmp_path):
 def test_report_subcommand(demo_out, tmp_path, capsys):
     import argparse
 
-    from pipeline.report import report_add_subparser
+    from vid2pair.pipeline.report import report_add_subparser
 
     parser = argparse.ArgumentParser(prog="vid2pair")
     report_add_subparser(parser.add_subparsers(dest="cmd", required=True))
@@ -316,7 +316,7 @@ def test_report_subcommand(demo_out, tmp_path, capsys):
 
 
 def test_report_and_panels_with_missing_signals(nosig_out, tmp_path):
-    from pipeline.report import build_report
+    from vid2pair.pipeline.report import build_report
 
     ds = qc.QCDataset(nosig_out)
     s = ds.load(ds.index["key"].iloc[0])
@@ -339,7 +339,7 @@ def test_report_and_panels_with_missing_signals(nosig_out, tmp_path):
 
 
 def test_report_with_zero_samples(empty_out, tmp_path):
-    from pipeline.report import build_report
+    from vid2pair.pipeline.report import build_report
 
     html = build_report(empty_out, tmp_path / "r.html", n=10)
     text = html.read_text()

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.synthetic import ObjectSpec, make_clip
-from stages.collage import CollageConfig, SegmentFit, fit_segments, make_collage
-from stages.flow import DISFlow
-from stages.region_drag import RegionDragConfig, classify, region_drags
-from stages.segment import FelzenszwalbSegmenter
+from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
+from vid2pair.stages.collage import CollageConfig, SegmentFit, fit_segments, make_collage
+from vid2pair.stages.flow import DISFlow
+from vid2pair.stages.region_drag import RegionDragConfig, classify, region_drags
+from vid2pair.stages.segment import FelzenszwalbSegmenter
 
 GAP = 3
 
@@ -193,7 +193,7 @@ def test_nothing_moves_no_regions():
 
 
 def test_config_validate():
-    from pipeline.config import ConfigError
+    from vid2pair.pipeline.config import ConfigError
 
     RegionDragConfig().validate()
     for kw, key in ((dict(rotation_deg=0), "rotation_deg"), (dict(n_handles=0), "n_handles"),

@@ -4,13 +4,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from pipeline.io import read_index
-from pipeline.synthetic import make_clip, write_video
-from pipeline.verify import verify_output
+from vid2pair.pipeline.io import read_index
+from vid2pair.pipeline.synthetic import make_clip, write_video
+from vid2pair.pipeline.verify import verify_output
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def clips(tmp_path_factory):
 
 
 def _cmd(clips, out, runner="local"):
-    return [sys.executable, "-m", "pipeline.cli", "build", "--config", "demo", "--input", str(clips),
+    return [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(clips),
             "--output", str(out), "--runner", runner, "--no-progress",
             "--set", "frame.size=[120, 160]", "--set", "output.clips_per_shard=1"]
 

@@ -3,10 +3,10 @@ import re
 import tarfile
 from pathlib import Path
 
-from pipeline.config import load_config
-from pipeline.items import clip_id_for, pair_key, sanitize
-from pipeline.runners import build
-from pipeline.synthetic import make_clip, write_video
+from vid2pair.pipeline.config import load_config
+from vid2pair.core.items import clip_id_for, pair_key, sanitize
+from vid2pair.pipeline.runners import build
+from vid2pair.pipeline.synthetic import make_clip, write_video
 
 NASTY = ["../../etc/passwd.mp4", "/abs/olute/a.b.c.mp4", "we!rd $(rm -rf) ;name.mp4", "ünïcødé 視頻.mp4",
          "..", "....mp4", "a/../../b.mp4", "C:\\win\\path.mp4", "", "-rf.mp4", "x" * 500 + ".mp4"]

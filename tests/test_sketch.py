@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.items import PairItem, Reject
-from stages.sketch import SketchConfig, SketchStage, edge_strength, sketch_from_flow, target_flow, thin
+from vid2pair.core.items import PairItem, Reject
+from vid2pair.stages.sketch import SketchConfig, SketchStage, edge_strength, sketch_from_flow, target_flow, thin
 
 
 def _item(src, tgt, flow, key="k", **extra):
@@ -118,7 +118,7 @@ def test_density_keeps_the_strongest_strokes_and_width_dilates():
 
 
 def test_strokes_lie_on_true_motion_boundaries_gt_flow(capsys):
-    from pipeline.synthetic import make_clip
+    from vid2pair.pipeline.synthetic import make_clip
 
     lines = []
     for seed in range(4):
@@ -139,8 +139,8 @@ def test_strokes_lie_on_true_motion_boundaries_gt_flow(capsys):
 
 
 def test_strokes_lie_on_true_motion_boundaries_dis_flow(capsys):
-    from pipeline.synthetic import make_clip
-    from stages.flow import DISFlow
+    from vid2pair.pipeline.synthetic import make_clip
+    from vid2pair.stages.flow import DISFlow
 
     dis = DISFlow("medium")
     lines = []
@@ -163,7 +163,7 @@ def test_strokes_lie_on_true_motion_boundaries_dis_flow(capsys):
 
 
 def test_sketch_stage_adds_sketch_and_meta():
-    from pipeline.synthetic import make_clip
+    from vid2pair.pipeline.synthetic import make_clip
 
     clip = make_clip(width=128, height=96, n_frames=6, n_objects=2, seed=1)
     src, tgt = clip.frames[0], clip.frames[4]
@@ -204,7 +204,7 @@ def test_bad_input_is_rejected_not_raised():
 
 
 def test_config_validation():
-    from pipeline.config import ConfigError
+    from vid2pair.pipeline.config import ConfigError
 
     SketchConfig().validate("sketch")
     for kw, key in [({"rel_thresh": -1.0}, "sketch.rel_thresh"), ({"abs_thresh_px": 0.0}, "sketch.abs_thresh_px"),

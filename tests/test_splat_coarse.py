@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.items import ClipDone, PairItem, Reject
-from stages.coarse import CoarseConfig, CoarseStage, coarse_edit, coarse_edit_batch
-from stages.splat import (MODES, backwarp, magicfixup_metric, reference_splat_numpy, softmax_splat,
+from vid2pair.core.items import ClipDone, PairItem, Reject
+from vid2pair.stages.coarse import CoarseConfig, CoarseStage, coarse_edit, coarse_edit_batch
+from vid2pair.stages.splat import (MODES, backwarp, magicfixup_metric, reference_splat_numpy, softmax_splat,
                           splat_with_density)
 
 
@@ -202,7 +202,7 @@ def test_speed_torch_vs_reference(capsys):
 
 
 def test_coarse_edit_psnr_gain_with_ground_truth_flow(capsys):
-    from pipeline.synthetic import make_clip
+    from vid2pair.pipeline.synthetic import make_clip
 
     lines = []
     for seed in range(4):
@@ -223,8 +223,8 @@ def test_coarse_edit_psnr_gain_with_ground_truth_flow(capsys):
 
 
 def test_coarse_edit_psnr_gain_with_dis_flow(capsys):
-    from pipeline.synthetic import make_clip
-    from stages.flow import DISFlow
+    from vid2pair.pipeline.synthetic import make_clip
+    from vid2pair.stages.flow import DISFlow
 
     dis = DISFlow("medium")
     lines = []
@@ -243,7 +243,7 @@ def test_coarse_edit_psnr_gain_with_dis_flow(capsys):
 
 
 def test_coarse_modes_and_batch_agree_with_single():
-    from pipeline.synthetic import make_clip
+    from vid2pair.pipeline.synthetic import make_clip
 
     clip = make_clip(width=96, height=64, n_frames=6, n_objects=2, seed=1)
     src, tgt = clip.frames[[0, 1]], clip.frames[[4, 5]]
@@ -263,7 +263,7 @@ def test_coarse_modes_and_batch_agree_with_single():
 
 
 def test_coarse_stage_adds_arrays_and_meta_and_keeps_order():
-    from pipeline.synthetic import make_clip
+    from vid2pair.pipeline.synthetic import make_clip
 
     clips = [make_clip(width=w, height=h, n_frames=6, n_objects=1, seed=s)
              for (w, h, s) in [(96, 64, 0), (80, 48, 1), (96, 64, 2)]]
@@ -343,7 +343,7 @@ def test_disabled_stage_is_a_no_op():
 
 
 def test_config_validation():
-    from pipeline.config import ConfigError
+    from vid2pair.pipeline.config import ConfigError
 
     CoarseConfig().validate("coarse")
     for kw, key in [({"mode": "max"}, "coarse.mode"), ({"min_coverage": 1.5}, "coarse.min_coverage"),

@@ -6,10 +6,10 @@ bikes shots >= 0.0166. Threshold 0.008.
 """
 import pytest
 
-from pipeline.config import load_config
-from pipeline.synthetic import CameraMotion, make_clip
-from stages.decode import open_reader, read_frames, scaled_size
-from stages.static_camera import camera_motion_score, sample_indices
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.synthetic import CameraMotion, make_clip
+from vid2pair.stages.decode import open_reader, read_frames, scaled_size
+from vid2pair.stages.static_camera import camera_motion_score, sample_indices
 from tests.conftest import shared_video
 
 THR = load_config("demo").static_camera.max_shift

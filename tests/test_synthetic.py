@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.synthetic import CameraMotion, ObjectSpec, make_clip, make_demo_corpus, write_video
+from vid2pair.pipeline.synthetic import CameraMotion, ObjectSpec, make_clip, make_demo_corpus, write_video
 
 W, H = 192, 144
 

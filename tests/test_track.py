@@ -28,10 +28,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.items import PairItem, Reject
-from pipeline.synthetic import ObjectSpec, make_clip
-from stages.drag import DragConfig
-from stages.track import (CoTrackerTracker, FlowChainTracker, TrackConfig, TrackStage, auto_grid_stride,
+from vid2pair.core.items import PairItem, Reject
+from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
+from vid2pair.stages.drag import DragConfig
+from vid2pair.stages.track import (CoTrackerTracker, FlowChainTracker, TrackConfig, TrackStage, auto_grid_stride,
                           load_cotracker_predictor, make_tracker, query_grid, sample_field, subsample_indices)
 
 W, H = 320, 240
@@ -85,7 +85,7 @@ def test_flow_chain_accuracy_and_visibility(name, request):
 
 
 def test_flow_chain_beats_direct_and_per_frame(clip_a):
-    from stages.flow import DISFlow
+    from vid2pair.stages.flow import DISFlow
 
     t = clip_a.n_frames
     q = query_grid(H, W, 8)
@@ -244,7 +244,7 @@ def test_cotracker_online_conventions(t):
 
 
 def test_cotracker_missing_checkpoint(tmp_path, monkeypatch):
-    from pipeline.models import MissingWeightsError
+    from vid2pair.pipeline.models import MissingWeightsError
 
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "cache"))
     with pytest.raises(MissingWeightsError, match="vid2pair models fetch cotracker3_offline"):
@@ -422,7 +422,7 @@ def test_track_stage_outputs(clip_a):
 
 
 def test_track_config_validate():
-    from pipeline.config import ConfigError
+    from vid2pair.pipeline.config import ConfigError
 
     TrackConfig().validate("track")
     for kw, key in [({"backend": "raft"}, "track.backend"), ({"max_frames": 1}, "track.max_frames"),

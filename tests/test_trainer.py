@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError
-from trainer.config import TASKS, load_train_config, required_weights, resolve_grad_accum, signal_channels
-from trainer.data import (DataError, PairStream, clip_of_key, expand_shards, is_eval_key, key_bucket,
+from vid2pair.pipeline.config import ConfigError
+from vid2pair.trainer.config import TASKS, load_train_config, required_weights, resolve_grad_accum, signal_channels
+from vid2pair.trainer.data import (DataError, PairStream, clip_of_key, expand_shards, is_eval_key, key_bucket,
                           sample_spec)
-from trainer.testing import demo_shards, rewrite_shard, truncate_shard
+from vid2pair.trainer.testing import demo_shards, rewrite_shard, truncate_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def test_config_errors_name_the_key(override, key):
 def test_drag_raster_matches_full_frame_formula():
     import numpy as np
 
-    from trainer.data import drag_raster
+    from vid2pair.trainer.data import drag_raster
 
     rng = np.random.default_rng(0)
     H, W, sigma = 40, 56, 2.0
@@ -274,8 +274,8 @@ def test_tiny_loss_goes_down_and_eval(shards, tmp_path):
 
     Measured on 2 cores (seed 0, torch 2.14 CPU): first-15 mean 0.474, last-15 mean 0.244 (ratio
     0.51; 0.45 with model.tiny.residual); the bound 0.75 leaves room for other torch builds / BLAS."""
-    from trainer.evaluate import evaluate
-    from trainer.train import train
+    from vid2pair.trainer.evaluate import evaluate
+    from vid2pair.trainer.train import train
 
     out = tmp_path / "run"
     tars = sorted(shards.glob("*.tar"))  # clips 0-2 train, clip 3 (the last shard) is held out
@@ -307,8 +307,8 @@ def test_tiny_loss_goes_down_and_eval(shards, tmp_path):
 
 def test_resume_matches_uninterrupted(shards, tmp_path):
     """2N steps straight == N steps, then --resume for N more (same losses, same weights)."""
-    from trainer.checkpoint import load_state
-    from trainer.train import train
+    from vid2pair.trainer.checkpoint import load_state
+    from vid2pair.trainer.train import train
 
     N = 6
     common = ["train.log_every=1", f"train.ckpt_every={N}", "data.shuffle_buffer=8", "task=drag",
@@ -335,8 +335,8 @@ def test_resume_matches_uninterrupted(shards, tmp_path):
 
 
 def test_checkpoint_is_weights_only_and_atomic(shards, tmp_path):
-    from trainer.checkpoint import list_checkpoints, resolve_checkpoint
-    from trainer.train import train
+    from vid2pair.trainer.checkpoint import list_checkpoints, resolve_checkpoint
+    from vid2pair.trainer.train import train
 
     out = tmp_path / "run"
     train(small_cfg(shards, out, "train.max_steps=4", "train.ckpt_every=1", "train.keep_checkpoints=2"))
@@ -361,7 +361,7 @@ def test_ddp_two_processes_gloo(shards, tmp_path):
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port),
-           "-m", "trainer", "train", "--config", str(ROOT / "configs" / "train_tiny_cpu.yaml")]
+           "-m", "vid2pair.trainer", "train", "--config", str(ROOT / "configs" / "train_tiny_cpu.yaml")]
     for a in args:
         cmd += ["--set", a]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -372,7 +372,7 @@ def test_ddp_two_processes_gloo(shards, tmp_path):
     assert summary["samples_per_step"] == 4 and summary["steps"] == 4
     m = read_metrics(out)
     assert len(m) == 4 and m[-1]["samples_seen"] == 16
-    from trainer.checkpoint import load_state
+    from vid2pair.trainer.checkpoint import load_state
 
     st = load_state(out)
     assert st["world_size"] == 2 and len(st["rng"]) == 2
@@ -382,7 +382,7 @@ def test_ddp_two_processes_gloo(shards, tmp_path):
 def test_cli_registration(tmp_path, capsys):
     import argparse
 
-    from trainer.cli import train_add_subparser
+    from vid2pair.trainer.cli import train_add_subparser
 
     p = argparse.ArgumentParser(prog="vid2pair")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -404,7 +404,7 @@ def test_trainer_docs_and_config_agree():
     import dataclasses
     import re
 
-    from trainer.config import (DataConfig, EvalConfig, FramePainterConfig, OptimConfig, TinyModelConfig,
+    from vid2pair.trainer.config import (DataConfig, EvalConfig, FramePainterConfig, OptimConfig, TinyModelConfig,
                                 TrainLoopConfig)
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "trainer.md").read_text()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import load_train_config
-from trainer.data import build_train_loader, sample_spec
-from trainer.models.framepainter import (MatchingAttnProcessor, _control_hook, _Ctx, _drag_hook,
+from vid2pair.trainer.config import load_train_config
+from vid2pair.trainer.data import build_train_loader, sample_spec
+from vid2pair.trainer.models.framepainter import (MatchingAttnProcessor, _control_hook, _Ctx, _drag_hook,
                                          matching_loss_dense, matching_loss_terms)
-from trainer.testing import demo_shards
+from vid2pair.trainer.testing import demo_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.framepainter.init=tiny_random", "model.resolution=[64, 64]",
@@ -42,7 +42,7 @@ def batch_for(cfg, model):
 
 
 def test_matching_loss_zero_when_attention_equals_C():
-    from stages.matching import correspondence
+    from vid2pair.stages.matching import correspondence
 
     rng = np.random.default_rng(0)
     H, W, grid = 48, 64, (6, 8)
@@ -148,7 +148,7 @@ def test_hooks_leave_svd_unchanged_at_init(shards, tmp_path):
     the stock diffusers U-Net computes with the same weights."""
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from trainer.models import build_model
+    from vid2pair.trainer.models import build_model
 
     torch.manual_seed(0)
     cfg = fp_cfg(shards, tmp_path, "drag", "model.framepainter.control_scale=0.0",
@@ -174,7 +174,7 @@ def test_hooks_leave_svd_unchanged_at_init(shards, tmp_path):
 
 @pytest.mark.parametrize("task", ["sketch", "drag"])
 def test_forward_backward_tiny_config(shards, tmp_path, task):
-    from trainer.models import build_model
+    from vid2pair.trainer.models import build_model
 
     torch.manual_seed(0)
     cfg = fp_cfg(shards, tmp_path, task)
@@ -199,7 +199,7 @@ def test_forward_backward_tiny_config(shards, tmp_path, task):
 def test_gradient_checkpointing_keeps_the_matching_gradient(shards, tmp_path):
     """diffusers' checkpointing re-runs blocks in backward; our checkpoint function carries the
     matching-loss terms out of the checkpointed blocks, so losses and gradients are identical."""
-    from trainer.models import build_model
+    from vid2pair.trainer.models import build_model
 
     import torch.utils.checkpoint as tuc
 
@@ -235,8 +235,8 @@ def test_gradient_checkpointing_keeps_the_matching_gradient(shards, tmp_path):
 def test_train_and_resume_framepainter(shards, tmp_path):
     """Two steps through the trainer (checkpoint), resume for one more: weights_only checkpoint with
     the U-Net (matching projections included) and the control encoder; no VAE / CLIP inside."""
-    from trainer.checkpoint import load_state
-    from trainer.train import train
+    from vid2pair.trainer.checkpoint import load_state
+    from vid2pair.trainer.train import train
 
     out = tmp_path / "fp"
     common = ["train.log_every=1", "train.ckpt_every=2", "train.total_batch_size=null", "train.grad_accum=2",
@@ -256,8 +256,8 @@ def test_train_and_resume_framepainter(shards, tmp_path):
     # vid2pair eval on it, with a (tiny, random) local CLIP model: the CLIP-I score is computed
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from trainer.evaluate import evaluate
-    from trainer.models.framepainter import TINY_CLIP_CONFIG
+    from vid2pair.trainer.evaluate import evaluate
+    from vid2pair.trainer.models.framepainter import TINY_CLIP_CONFIG
 
     clip_dir = tmp_path / "clip"
     CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG)).save_pretrained(clip_dir)
@@ -275,9 +275,9 @@ def test_pretrained_loading_from_a_local_svd_directory(tmp_path):
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from pipeline.models import MissingWeightsError
-    from trainer.models import build_model
-    from trainer.models.framepainter import TINY_CLIP_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+    from vid2pair.pipeline.models import MissingWeightsError
+    from vid2pair.trainer.models import build_model
+    from vid2pair.trainer.models.framepainter import TINY_CLIP_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
     torch.manual_seed(0)
     d = tmp_path / "svd"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.io import read_index
-from pipeline.runners import build
-from pipeline.verify import verify_output
+from vid2pair.pipeline.cli import main
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.io import read_index
+from vid2pair.pipeline.runners import build
+from vid2pair.pipeline.verify import verify_output
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""``python -m trainer train|eval ...`` (also ``torchrun --nproc_per_node N -m trainer train ...``)."""
+"""``python -m vid2pair.trainer train|eval ...`` (also ``torchrun --nproc_per_node N -m vid2pair.trainer train ...``)."""
 import sys
 
-from trainer.cli import main
+from vid2pair.trainer.cli import main
 
 sys.exit(main())

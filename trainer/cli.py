@@ -1,7 +1,7 @@
 """``vid2pair train`` / ``vid2pair eval`` (registered on the main CLI by :func:`train_add_subparser`).
 
 Multi-GPU / multi-node: run the same command under torchrun, e.g.
-``torchrun --nproc_per_node 8 -m trainer train --config configs/train_framepainter_sketch.yaml``
+``torchrun --nproc_per_node 8 -m vid2pair.trainer train --config configs/train_framepainter_sketch.yaml``
 (or ``torchrun ... --no-python vid2pair train ...``); RANK / WORLD_SIZE / LOCAL_RANK come from it.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ def _fail(msg: str) -> int:
 
 
 def cmd_train(a) -> int:
-    from pipeline.config import ConfigError
-    from trainer.config import load_train_config
-    from trainer.data import DataError
+    from vid2pair.pipeline.config import ConfigError
+    from vid2pair.trainer.config import load_train_config
+    from vid2pair.trainer.data import DataError
 
     try:
         cfg = load_train_config(a.config, list(a.set or []))
@@ -29,7 +29,7 @@ def cmd_train(a) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             return 0
-        from trainer.train import train
+        from vid2pair.trainer.train import train
 
         summary = train(cfg, resume=a.resume)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
@@ -41,13 +41,13 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from pipeline.config import ConfigError
-    from trainer.config import load_train_config
-    from trainer.data import DataError
+    from vid2pair.pipeline.config import ConfigError
+    from vid2pair.trainer.config import load_train_config
+    from vid2pair.trainer.data import DataError
 
     try:
         cfg = load_train_config(a.config, list(a.set or []))
-        from trainer.evaluate import evaluate
+        from vid2pair.trainer.evaluate import evaluate
 
         report = evaluate(cfg, a.checkpoint, output=a.output, max_eval=a.max_eval,
                           use_ema=None if a.ema is None else a.ema == "on", steps=a.steps, device=a.device)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from pipeline.config import ConfigError, _build, load_config_data
+from vid2pair.pipeline.config import ConfigError, _build, load_config_data, preset_path
 
 __all__ = ["TrainerConfig", "load_train_config", "train_config_from_dict", "ConfigError", "TASKS",
            "signal_channels", "required_weights", "resolve_grad_accum"]
@@ -308,15 +308,8 @@ def resolve_grad_accum(c: TrainerConfig, world_size: int) -> int:
 
 
 def train_preset_path(name_or_path) -> Path:
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    root = Path(__file__).resolve().parent.parent
-    for base in (Path.cwd() / "configs", root / "configs"):
-        for cand in (base / str(name_or_path), base / f"{name_or_path}.yaml", base / f"train_{name_or_path}.yaml"):
-            if cand.exists():
-                return cand
-    raise ConfigError(f"config file not found: {name_or_path}")
+    """A YAML path, or a shipped trainer preset: ``train_tiny_cpu``, ``tiny_cpu`` or ``configs/...``."""
+    return preset_path(name_or_path, prefixes=("", "train_"))
 
 
 def load_train_config(path=None, overrides=(), **extra) -> TrainerConfig:

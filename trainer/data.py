@@ -298,7 +298,7 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
             out["drag_points"] = torch.from_numpy(dp)
             out["drag_valid"] = torch.arange(P) < len(pts)
         if spec.match_grids:
-            from stages.matching import correspondence_index
+            from vid2pair.stages.matching import correspondence_index
 
             current = "tracks.npy"
             tracks = np.load(io.BytesIO(raw["tracks.npy"]), allow_pickle=False).astype(np.float64).reshape(-1, 4)

@@ -23,10 +23,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trainer.checkpoint import EMA, load_state, resolve_checkpoint
-from trainer.config import ConfigError, TrainerConfig
-from trainer.data import DataError, eval_stream, sample_spec
-from trainer.models import build_model
+from vid2pair.trainer.checkpoint import EMA, load_state, resolve_checkpoint
+from vid2pair.trainer.config import ConfigError, TrainerConfig
+from vid2pair.trainer.data import DataError, eval_stream, sample_spec
+from vid2pair.trainer.models import build_model
 
 log = logging.getLogger("vid2pair.trainer.eval")
 
@@ -88,7 +88,7 @@ class ClipMetric:
 
     @torch.no_grad()
     def embed(self, x):
-        from trainer.models.framepainter import CLIP_MEAN, CLIP_STD
+        from vid2pair.trainer.models.framepainter import CLIP_MEAN, CLIP_STD
 
         x = ((x.float() + 1) / 2).clamp(0, 1)
         x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)
@@ -107,7 +107,7 @@ def _default_clip_path(cfg: TrainerConfig) -> Optional[Path]:
     fp = cfg.model.framepainter
     if cfg.model.name == "framepainter" and fp.init == "pretrained":
         try:
-            from pipeline.models import resolve_weights
+            from vid2pair.pipeline.models import resolve_weights
 
             return resolve_weights(fp.base_model, fp.weights) / "image_encoder"
         except (FileNotFoundError, KeyError):
@@ -128,8 +128,8 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
              use_ema: Optional[bool] = None, steps: Optional[int] = None, device: Optional[str] = None) -> dict:
     """Score a checkpoint on the eval split; writes ``eval.json`` and image grids to ``output``
     (default: ``<checkpoint dir>/eval``) and returns the report."""
-    from trainer.distributed import pick_device
-    from trainer.train import autocast_dtype, image_grid, to_device
+    from vid2pair.trainer.distributed import pick_device
+    from vid2pair.trainer.train import autocast_dtype, image_grid, to_device
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -19,7 +19,7 @@ def demo_shards(base: Path) -> Path:
         return shards
     import contextlib
 
-    from pipeline.demo import run_demo
+    from vid2pair.pipeline.demo import run_demo
 
     with contextlib.redirect_stdout(io.StringIO()):
         run_demo(str(base), overrides=["runner.name=local", "runner.progress=false"])

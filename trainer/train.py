@@ -19,11 +19,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from trainer.checkpoint import EMA, latest_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
-from trainer.config import ConfigError, TrainerConfig, resolve_grad_accum
-from trainer.data import DataError, build_train_loader, eval_stream, sample_spec
-from trainer.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
-from trainer.models import build_model
+from vid2pair.trainer.checkpoint import EMA, latest_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
+from vid2pair.trainer.config import ConfigError, TrainerConfig, resolve_grad_accum
+from vid2pair.trainer.data import DataError, build_train_loader, eval_stream, sample_spec
+from vid2pair.trainer.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from vid2pair.trainer.models import build_model
 
 log = logging.getLogger("vid2pair.trainer")
 
@@ -368,7 +368,7 @@ def _fixed_eval_batch(cfg, module, n: int) -> Optional[dict]:
 
 
 def _eval_images(cfg, module, ema, params, batch, step, writer, out: Path, device, amp_dtype) -> None:
-    from trainer.evaluate import psnr_ssim
+    from vid2pair.trainer.evaluate import psnr_ssim
 
     b = to_device(batch, device)
     module.eval()

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import TrainerConfig
+from vid2pair.trainer.config import TrainerConfig
 
 
 def build_model(cfg: TrainerConfig, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
     if cfg.model.name == "tiny":
-        from trainer.models.tiny import TinyDiffusion
+        from vid2pair.trainer.models.tiny import TinyDiffusion
 
         return TinyDiffusion(cfg)
     if cfg.model.name == "framepainter":
-        from trainer.models.framepainter import FramePainterModel
+        from vid2pair.trainer.models.framepainter import FramePainterModel
 
         return FramePainterModel(cfg, device)
     raise ValueError(f"unknown model {cfg.model.name!r}")

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.config import TrainerConfig, signal_channels
+from vid2pair.trainer.config import TrainerConfig, signal_channels
 
 log = logging.getLogger("vid2pair.trainer.framepainter")
 
@@ -327,7 +327,7 @@ def build_components(fp, frozen_dtype: torch.dtype):
         if frozen_dtype != torch.float32:
             vae, enc = vae.to(frozen_dtype), enc.to(frozen_dtype)
         return unet, vae, enc
-    from pipeline.models import resolve_weights
+    from vid2pair.pipeline.models import resolve_weights
 
     root = resolve_weights(fp.base_model, fp.weights, config_key="model.framepainter.weights")
 

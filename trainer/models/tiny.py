@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.config import TrainerConfig, signal_channels
+from vid2pair.trainer.config import TrainerConfig, signal_channels
 
 
 def _groups(ch: int) -> int:
