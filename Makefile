@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vid2pair demo --output demo_output
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -39,7 +39,8 @@ def main() -> None:
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res = json.loads(r.stdout.strip().splitlines()[-1])
         rates[n] = res["summary"]["samples"] / res["wall_s"]
-        print(f"{n} worker node(s): {res['summary']['samples']} pairs in {res['wall_s']:.1f} s = {rates[n]:.2f} pairs/s "
+        print(f"{n} worker node(s): {res['summary']['samples']} pairs in {res['wall_s']:.1f} s = "
+              f"{rates[n]:.2f} pairs/s "
               f"(after an untimed {res['warmup_s']:.1f} s warm-up build of 2 clips)")
     print(f"scaling 1 -> 2 nodes: {rates[2] / rates[1]:.2f}x")
 

@@ -27,15 +27,16 @@ def stage_costs(cfg, tasks):
     """Each stage alone, in process, on the same data: ms per written pair."""
     import webdataset  # noqa: F401  (a one-off 2-3 s import; not a per-pair cost)
 
-    from vid2pair.pipeline.graph import build_stages
-    from vid2pair.pipeline.io import OutputWriter
     from vid2pair.core.items import PairItem
+    from vid2pair.pipeline.io import OutputWriter
+    from vid2pair.pipeline.plan import ClipUnit, build_pair_stages, pair_classes
 
     cfg.isolation.mode = "none"
-    clip, stages = build_stages(cfg)
+    clip = ClipUnit(cfg)
+    stages = build_pair_stages(cfg, pair_classes(cfg))
     for st in stages:  # load models outside the timing
         if hasattr(st, "backend"):
-            st.backend
+            _ = st.backend
     t = {"clip (probe+shots+static+pairs+decode)": 0.0, **{st.name: 0.0 for st in stages}, "write": 0.0}
     all_items = []
     for task in tasks:
@@ -67,15 +68,15 @@ def timed_build(cfg, videos, out):
 
 
 def isolation_cost(cfg, tasks):
-    from vid2pair.pipeline.graph import ClipStage
-
     import copy
+
+    from vid2pair.pipeline.plan import ClipUnit
 
     stages = {}
     for mode in ("none", "process"):
         c = copy.deepcopy(cfg)
         c.isolation.mode = mode
-        stages[mode] = ClipStage(c)
+        stages[mode] = ClipUnit(c)
         stages[mode](tasks[0])  # warm: the child's start-up is paid once per worker, not per clip
     res = {"none": 0.0, "process": 0.0}
     for _ in range(2):  # interleaved, so both modes see the same machine state

@@ -89,12 +89,6 @@ def pair_key(clip_id: str, shot: int, src: int, tgt: int) -> str:
     return f"{clip_id}_s{shot:03d}_f{src:06d}_f{tgt:06d}"
 
 
-def clip_seed(seed: int, clip_id: str) -> np.random.SeedSequence:
-    """Per-clip randomness: depends only on the global seed and the clip identity."""
-    h = int(hashlib.sha1(clip_id.encode()).hexdigest()[:16], 16)
-    return np.random.SeedSequence([seed, h])
-
-
 # ---------------------------------------------------------------- row encoding (Ray Data)
 
 def _pack(arrays: dict, files: dict) -> bytes:

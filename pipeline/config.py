@@ -1,174 +1,77 @@
 """Typed, validated pipeline configuration.
 
-A config is a tree of dataclasses. YAML presets (``configs/*.yaml``) and ``--set key.sub=value``
-overrides are merged onto the defaults, then validated *before any work starts*: an unknown key, a
-value of the wrong type or an impossible range raises :class:`ConfigError` naming the dotted key.
+A config is a tree of dataclasses: the sections the stages declare (each stage module owns its
+own, :mod:`vid2pair.core.stage`), plus the I/O and runner sections below. Every knob is declared
+with :func:`vid2pair.core.spec.knob` (default, meaning, unit, range). YAML presets (shipped in
+``vid2pair/configs``) and ``--set key.sub=value`` overrides are merged onto the defaults, then
+validated *before any work starts*: an unknown key, a value of the wrong type or an impossible
+range raises :class:`ConfigError` naming the dotted key.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 
-# signal stages own their config sections (each with a validate(prefix) method)
-from vid2pair.stages.coarse import CoarseConfig
-from vid2pair.stages.collage import CollageConfig
-from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.region_drag import RegionDragConfig
-from vid2pair.stages.sketch import SketchConfig
-from vid2pair.stages.track import TrackConfig
+from vid2pair.core.errors import ConfigError
+from vid2pair.core.spec import UNITS, build, knob, need, section, section_markdown, validate
+from vid2pair.pipeline.graph import STAGES
+from vid2pair.pipeline.plan import sections
 
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or out of range. The message names the key."""
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "preset_path", "available_presets",
+           "load_config_data", "parse_override", "config_markdown"]
 
 
 @dataclass
 class InputConfig:
-    # file extensions picked up from directories and globs
-    extensions: list[str] = field(
-        default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"])
+    """Which files ``--input`` picks up."""
+    extensions: list[str] = knob([".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"],
+                                 "file extensions picked up from directories and globs")
 
-
-@dataclass
-class ProbeConfig:
-    min_width: int = 64  # narrower videos are rejected (too_small)
-    min_height: int = 64  # lower videos are rejected (too_small)
-    min_duration_s: Optional[float] = None  # None: derived from the pair policy's smallest gap
-
-
-@dataclass
-class ShotsConfig:
-    detector: str = "content"  # content | adaptive | none
-    threshold: float = 27.0  # scenedetect ContentDetector threshold
-    min_shot_s: float = 1.0  # shorter shots are rejected (stage "shots")
-    analysis_width: int = 128  # frames are decoded this wide for cut detection
-    trim_s: float = 0.1  # seconds dropped at both ends of each shot (fades, cut blur)
-
-
-@dataclass
-class StaticCameraConfig:
-    enabled: bool = True  # false: every shot counts as static
-    samples: int = 8  # frames sampled across the shot
-    analysis_width: int = 320  # frames are decoded this wide for the camera-motion fit
-    max_shift: float = 0.008  # camera score threshold, fraction of the frame diagonal (docs/calibration.md)
-    min_inliers: int = 12  # fewer RANSAC inliers: camera_motion_unknown
-
-
-@dataclass
-class PairsConfig:
-    policy: str = "min_gap"  # min_gap | uniform_seconds | flow_advance
-    per_shot: int = 4  # pairs drawn per static shot
-    min_gap_s: float = 1.0  # min_gap: dt >= min_gap_s
-    max_gap_s: Optional[float] = None  # min_gap: dt <= max_gap_s (None: up to the shot length)
-    uniform_min_s: int = 1  # uniform_seconds: dt drawn uniformly from the integers min..max
-    uniform_max_s: int = 10  # uniform_seconds: largest dt in seconds
-    reverse_prob: float = 0.0  # probability of swapping source and target (time reversal)
-    max_attempts: int = 20  # draws per requested pair before giving up
-    # flow_advance (Magic Fixup released code)
-    advance_step_s: float = 1.0  # flow_advance: seconds between candidate targets
-    advance_max_steps: int = 10  # flow_advance: candidate targets after the start
-    advance_max_p90: float = 300.0  # flow_advance: advance while the flow p90 stays <= this (px)
-    advance_first_min_p90: float = 1.0  # flow_advance: drop when p90 < this at the first step
-    advance_step5_min_p95: float = 20.0  # flow_advance: drop when p95 < this at step 5
-    advance_final_min_p95: float = 50.0  # flow_advance: drop when p95 < this at the step before the target
-
-
-@dataclass
-class FrameConfig:
-    """Resize/crop policy applied to decoded frames before flow and storage."""
-    mode: str = "resize"  # none | resize | short_side_crop
-    size: Optional[list[int]] = None  # [H, W] for resize (cover + centre crop) and short_side_crop
-    short_side: Optional[int] = None  # short_side_crop: resize the short side to this, then centre-crop `size`
-    max_decode_side: int = 4096  # larger videos are decoded at reduced size (bounded memory)
+    def check(self, prefix: str = "input") -> None:
+        need(bool(self.extensions), f"{prefix}.extensions", "must not be empty")
 
 
 @dataclass
 class IsolationConfig:
-    mode: str = "process"  # process: decode (+ the CPU stages before any model stage) in a child process | none
-    clip_timeout_s: float = 300.0  # per-clip limit for decode + the CPU stages run with it in the child; then killed
-
-
-@dataclass
-class FlowConfig:
-    backend: str = "dis"  # dis | raft_small | raft_large | sea_raft_s | sea_raft_m | sea_raft_l
-    dis_preset: str = "medium"  # ultrafast | fast | medium
-    weights: Optional[str] = None  # explicit local checkpoint; default: the model cache
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (half precision only on CUDA)
-    batch_size: int = 4  # pairs per flow-model call
-    iters: Optional[int] = None  # RAFT refinement iterations (None: the model's default)
-    inference_size: Optional[list[int]] = None  # [H, W] the model runs at; flow is rescaled back
-    bidirectional: bool = False  # also compute tgt->src flow (flow_bwd.npy; better sketches)
-    chain: bool = False  # chain flow over intermediate frames
-    chain_max_steps: int = 8  # hops between source and target when chaining
-    num_gpus: float = 0.0  # per flow actor in the Ray runner
-    num_cpus: float = 0.25  # logical CPUs per flow actor (it shares cores with the clip workers)
-    actors: int = 1  # flow actor-pool size in the Ray runner
-
-
-@dataclass
-class MotionConfig:
-    reference_short_side: int = 512  # pixel thresholds below are for this short side; scaled to the frame
-    min_p50: Optional[float] = None  # too small: median flow magnitude below this (px)
-    min_p90: Optional[float] = 1.0  # too small: p90 of the flow magnitude below this (px)
-    min_moving_frac: Optional[float] = 0.002  # fraction of pixels moving more than moving_px
-    moving_px: float = 1.0  # a pixel "moves" above this magnitude (px)
-    max_p99: Optional[float] = None  # too large: p99 of the flow magnitude above this (px)
-    large_px: float = 350.0  # "large motion" threshold
-    max_large_frac: Optional[float] = 0.1  # reject when >= this fraction moves >= large_px
+    """The child process that decoding and the CPU stages before any model stage run in."""
+    mode: Literal["process", "none"] = knob("process", "process: decode (+ the CPU stages before any model stage) "
+                                                       "in a child process, a crash loses one clip | none")
+    clip_timeout_s: float = knob(300.0, "per-clip limit for the work in the child; then it is killed", unit="s", gt=0)
 
 
 @dataclass
 class OutputConfig:
-    image_format: str = "jpg"  # jpg | png | webp
-    jpeg_quality: int = 95  # jpg / webp quality of src and tgt
-    flow: str = "none"  # none | float16 | float32  (stored as flow.npy)
-    clips_per_shard: int = 16  # consecutive inputs per chunk = shard = unit of resume
-    overwrite: bool = False  # discard an existing output built with another config
+    """What a sample holds, and how shards are cut."""
+    image_format: Literal["jpg", "png", "webp"] = knob("jpg", "format of src and tgt")
+    jpeg_quality: int = knob(95, "jpg / webp quality of src and tgt", ge=1, le=100)
+    flow: Literal["none", "float16", "float32"] = knob("none", "store the flow as flow.npy (none: not stored)")
+    clips_per_shard: int = knob(16, "consecutive inputs per chunk = shard = unit of resume", ge=1)
+    overwrite: bool = knob(False, "discard an existing output built with another config")
 
 
 @dataclass
 class RunnerConfig:
-    name: str = "ray"  # ray | local
-    ray_address: Optional[str] = None  # join a cluster (auto, host:port, ray://...); None: $RAY_ADDRESS, else a private local Ray
-    num_cpus: Optional[int] = None  # local Ray only
-    clip_stage_cpus: float = 0.75  # Ray: logical CPUs per clip-stage actor
-    pair_stage_cpus: float = 0.75  # Ray: logical CPUs per task of the CPU pair stages (track, signals, encode)
-    progress: bool = True  # progress bars on stderr
-    threads_per_worker: int = 1  # OpenCV / torch CPU threads per worker (parallelism comes from workers)
-    check_weights: bool = True  # fail before any work when model weights / extras are missing on the driver
+    """How the stages run (never what they produce: not part of the config fingerprint)."""
+    name: Literal["ray", "local"] = knob("ray", "ray (Ray Data) | local (in process, debugging)")
+    ray_address: Optional[str] = knob(None, "join a cluster (auto, host:port, ray://...); null: $RAY_ADDRESS, else "
+                                            "a private local Ray")
+    num_cpus: Optional[int] = knob(None, "CPUs of the private local Ray (null: all)", ge=1)
+    clip_stage_cpus: float = knob(0.75, "Ray: logical CPUs per clip task", gt=0)
+    pair_stage_cpus: float = knob(0.75, "Ray: logical CPUs per task of the CPU pair stages after a model stage",
+                                  gt=0)
+    progress: bool = knob(True, "progress bar on stderr")
+    threads_per_worker: int = knob(1, "OpenCV / torch CPU threads per worker (parallelism comes from workers)", ge=1)
+    check_weights: bool = knob(True, "fail before any work when model weights / extras are missing on the driver")
 
 
-@dataclass
-class Config:
-    name: str = "custom"
-    seed: int = 0
-    input: InputConfig = field(default_factory=InputConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    shots: ShotsConfig = field(default_factory=ShotsConfig)
-    static_camera: StaticCameraConfig = field(default_factory=StaticCameraConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
-    frame: FrameConfig = field(default_factory=FrameConfig)
-    isolation: IsolationConfig = field(default_factory=IsolationConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    motion: MotionConfig = field(default_factory=MotionConfig)
-    track: TrackConfig = field(default_factory=TrackConfig)
-    drag: DragConfig = field(default_factory=DragConfig)
-    sketch: SketchConfig = field(default_factory=SketchConfig)
-    coarse: CoarseConfig = field(default_factory=CoarseConfig)
-    collage: CollageConfig = field(default_factory=CollageConfig)
-    region_drag: RegionDragConfig = field(default_factory=RegionDragConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
-
+class _ConfigMethods:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -184,157 +87,46 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-CHOICES = {
-    "shots.detector": {"content", "adaptive", "none"},
-    "pairs.policy": {"min_gap", "uniform_seconds", "flow_advance"},
-    "frame.mode": {"none", "resize", "short_side_crop"},
-    "flow.backend": {"dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m", "sea_raft_l"},
-    "flow.dis_preset": {"ultrafast", "fast", "medium"},
-    "flow.device": {"auto", "cpu", "cuda"},
-    "flow.precision": {"fp32", "fp16", "bf16"},
-    "output.image_format": {"jpg", "png", "webp"},
-    "output.flow": {"none", "float16", "float32"},
-    "runner.name": {"ray", "local"},
-    "isolation.mode": {"process", "none"},
-}
+def _make_config_class():
+    fields = [("name", str, knob("custom", "preset name")),
+              ("seed", int, knob(0, "global seed: every random draw is keyed by it and stable names", ge=0)),
+              ("input", InputConfig, section(InputConfig))]
+    fields += [(name, cls, section(cls)) for name, cls in sections(STAGES).items()]
+    fields += [("isolation", IsolationConfig, section(IsolationConfig)),
+               ("output", OutputConfig, section(OutputConfig)), ("runner", RunnerConfig, section(RunnerConfig))]
+    cls = dataclasses.make_dataclass("Config", fields, bases=(_ConfigMethods,))
+    cls.__module__ = __name__  # so a Config pickles (Ray, the isolation child) as vid2pair.pipeline.config.Config
+    return cls
 
 
-def _check_ranges(c: Config) -> None:
-    def need(ok: bool, key: str, msg: str):
-        if not ok:
-            raise ConfigError(f"{key}: {msg}")
-
-    for key, allowed in CHOICES.items():
-        sec, name = key.split(".")
-        v = getattr(getattr(c, sec), name)
-        need(v in allowed, key, f"{v!r} is not one of {sorted(allowed)}")
-    need(c.seed >= 0, "seed", "must be >= 0")
-    need(bool(c.input.extensions), "input.extensions", "must not be empty")
-    need(c.probe.min_width > 0 and c.probe.min_height > 0, "probe.min_width", "must be > 0")
-    need(c.shots.threshold > 0, "shots.threshold", "must be > 0")
-    need(c.shots.min_shot_s > 0, "shots.min_shot_s", "must be > 0")
-    need(c.shots.analysis_width >= 16, "shots.analysis_width", "must be >= 16")
-    need(c.shots.trim_s >= 0, "shots.trim_s", "must be >= 0")
-    need(c.static_camera.samples >= 2, "static_camera.samples", "must be >= 2")
-    need(c.static_camera.max_shift > 0, "static_camera.max_shift", "must be > 0")
-    need(c.static_camera.min_inliers >= 3, "static_camera.min_inliers", "must be >= 3 (a similarity needs 2 points)")
-    need(c.static_camera.analysis_width >= 32, "static_camera.analysis_width", "must be >= 32")
-    need(c.probe.min_duration_s is None or c.probe.min_duration_s > 0, "probe.min_duration_s", "must be > 0 or null")
-    p = c.pairs
-    need(p.per_shot >= 1, "pairs.per_shot", "must be >= 1")
-    need(p.min_gap_s > 0, "pairs.min_gap_s", "must be > 0")
-    need(p.max_gap_s is None or p.max_gap_s >= p.min_gap_s, "pairs.max_gap_s",
-         f"must be >= pairs.min_gap_s ({p.min_gap_s})")
-    need(p.uniform_min_s >= 1, "pairs.uniform_min_s", "must be >= 1")
-    need(p.uniform_max_s >= p.uniform_min_s, "pairs.uniform_max_s",
-         f"must be >= pairs.uniform_min_s ({p.uniform_min_s})")
-    need(0.0 <= p.reverse_prob <= 1.0, "pairs.reverse_prob", "must be in [0, 1]")
-    need(p.max_attempts >= 1, "pairs.max_attempts", "must be >= 1")
-    need(p.advance_step_s > 0, "pairs.advance_step_s", "must be > 0")
-    need(p.advance_max_steps >= 1, "pairs.advance_max_steps", "must be >= 1")
-    for k in ("advance_max_p90", "advance_first_min_p90", "advance_step5_min_p95", "advance_final_min_p95"):
-        need(getattr(p, k) >= 0, f"pairs.{k}", "must be >= 0")
-    f = c.frame
-    if f.size is not None:
-        need(len(f.size) == 2 and all(int(s) >= 16 for s in f.size), "frame.size", "must be [H, W], each >= 16")
-    need(f.mode == "none" or f.size is not None, "frame.size", f"is required when frame.mode is {f.mode!r}")
-    need(f.mode != "short_side_crop" or (f.short_side or 0) >= max(f.size or [0]), "frame.short_side",
-         "must be set and >= max(frame.size) for short_side_crop")
-    need(f.max_decode_side >= 64, "frame.max_decode_side", "must be >= 64")
-    need(c.isolation.clip_timeout_s > 0, "isolation.clip_timeout_s", "must be > 0")
-    fl = c.flow
-    need(fl.batch_size >= 1, "flow.batch_size", "must be >= 1")
-    need(fl.iters is None or fl.iters >= 1, "flow.iters", "must be >= 1")
-    if fl.inference_size is not None:
-        need(len(fl.inference_size) == 2 and all(s >= 32 and s % 8 == 0 for s in fl.inference_size),
-             "flow.inference_size", "must be [H, W], multiples of 8, >= 32")
-    need(fl.chain_max_steps >= 1, "flow.chain_max_steps", "must be >= 1")
-    need(fl.num_gpus >= 0, "flow.num_gpus", "must be >= 0")
-    need(fl.actors >= 1, "flow.actors", "must be >= 1")
-    need(fl.num_cpus > 0, "flow.num_cpus", "must be > 0")
-    need(c.runner.threads_per_worker >= 1, "runner.threads_per_worker", "must be >= 1")
-    need(c.runner.clip_stage_cpus > 0, "runner.clip_stage_cpus", "must be > 0")
-    need(c.runner.pair_stage_cpus > 0, "runner.pair_stage_cpus", "must be > 0")
-    m = c.motion
-    need(m.reference_short_side > 0, "motion.reference_short_side", "must be > 0")
-    need(m.moving_px >= 0, "motion.moving_px", "must be >= 0")
-    need(m.large_px > 0, "motion.large_px", "must be > 0")
-    for k in ("min_p50", "min_p90", "max_p99", "min_moving_frac", "max_large_frac"):
-        v = getattr(m, k)
-        need(v is None or v >= 0, f"motion.{k}", "must be >= 0 or null")
-    for k in ("min_moving_frac", "max_large_frac"):
-        v = getattr(m, k)
-        need(v is None or v <= 1, f"motion.{k}", "must be <= 1")
-    if m.min_p90 is not None and m.max_p99 is not None:
-        need(m.max_p99 > m.min_p90, "motion.max_p99", "must be > motion.min_p90")
-    for f in dataclasses.fields(c):  # sections defined by their stage modules validate themselves
-        section = getattr(c, f.name)
-        if hasattr(section, "validate"):
-            section.validate(f.name)
-    o = c.output
-    need(1 <= o.jpeg_quality <= 100, "output.jpeg_quality", "must be in [1, 100]")
-    need(o.clips_per_shard >= 1, "output.clips_per_shard", "must be >= 1")
-    need(c.runner.num_cpus is None or c.runner.num_cpus >= 1, "runner.num_cpus", "must be >= 1")
+#: the whole config tree: the top-level knobs, then one section per declared stage section, then I/O
+Config = _make_config_class()
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; allow int->float. Raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-    raise ConfigError(f"{key}: unsupported type {tp}")
+def available_presets(prefix: str = "") -> list[str]:
+    """Names of the presets shipped with the package (``vid2pair/configs/*.yaml``)."""
+    from importlib.resources import files
+
+    return sorted(f.name[:-5] for f in files("vid2pair.configs").iterdir()
+                  if f.name.endswith(".yaml") and f.name.startswith(prefix))
 
 
-def _build(cls, data: dict, prefix: str = ""):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = prefix + unknown[0]
-        raise ConfigError(f"{key}: unknown config key (known keys under "
-                          f"'{prefix.rstrip('.') or '<top>'}': {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
+def preset_path(name_or_path: str | Path, prefixes: tuple[str, ...] = ("",)) -> Path:
+    """A YAML path that exists, else a shipped preset by name (``demo``, ``demo.yaml`` or
+    ``configs/demo.yaml``, tried with each of ``prefixes``), from any working directory."""
+    from importlib.resources import files
+
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    if str(p.parent) in (".", "configs"):
+        name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+        for pre in prefixes:
+            cand = files("vid2pair.configs") / f"{pre}{name}.yaml"
+            if cand.is_file():
+                return Path(str(cand))
+    known = ", ".join(available_presets()) or "none"
+    raise ConfigError(f"config file not found: {name_or_path} (a YAML path, or a preset: {known})")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -365,32 +157,6 @@ def parse_override(item: str) -> dict:
     return node
 
 
-def available_presets(prefix: str = "") -> list[str]:
-    """Names of the presets shipped with the package (``vid2pair/configs/*.yaml``)."""
-    from importlib.resources import files
-
-    return sorted(f.name[:-5] for f in files("vid2pair.configs").iterdir()
-                  if f.name.endswith(".yaml") and f.name.startswith(prefix))
-
-
-def preset_path(name_or_path: str | Path, prefixes: tuple[str, ...] = ("",)) -> Path:
-    """A YAML path that exists, else a shipped preset by name (``demo``, ``demo.yaml`` or
-    ``configs/demo.yaml``, tried with each of ``prefixes``), from any working directory."""
-    from importlib.resources import files
-
-    p = Path(name_or_path).expanduser()
-    if p.is_file():
-        return p
-    if str(p.parent) in (".", "configs"):
-        name = p.name[:-5] if p.name.endswith(".yaml") else p.name
-        for pre in prefixes:
-            cand = files("vid2pair.configs") / f"{pre}{name}.yaml"
-            if cand.is_file():
-                return Path(str(cand))
-    known = ", ".join(available_presets()) or "none"
-    raise ConfigError(f"config file not found: {name_or_path} (a YAML path, or a preset: {known})")
-
-
 def load_config_data(p: Path | None, overrides: list[str] | tuple = (), extra: dict | None = None) -> dict:
     """The raw mapping of a YAML file ``p`` (or ``{}``) with ``--set`` overrides and ``extra`` merged in.
 
@@ -413,58 +179,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return config_from_dict(load_config_data(None if path is None else preset_path(path), overrides, extra))
 
 
-def config_markdown() -> str:
-    """The configuration reference (docs/config.md), generated from the dataclasses and their comments."""
-    import inspect
-    import re
+def config_from_dict(data: dict):
+    """Build and validate a :data:`Config` from a mapping (errors name the key)."""
+    cfg = build(Config, data)
+    validate(cfg)
+    return cfg
 
+
+def config_markdown() -> str:
+    """The configuration reference (docs/config.md), generated from the knobs' metadata."""
     out = ["# Configuration reference", "",
-           "Every key, its default and meaning. Presets in `configs/` override these defaults, and",
-           "`--set key.sub=value` overrides a preset. Unknown keys, wrong types and impossible ranges are",
-           "errors naming the key. Generated by `python -m vid2pair.pipeline.config > docs/config.md` from",
-           "`pipeline/config.py` and the stage modules that own a section (a test keeps it in sync).", ""]
+           "Every key: its type (choices are separated by `|`), default, unit, allowed range and meaning.",
+           "Presets (`vid2pair/configs`, `configs/` in the repository) override these defaults, and",
+           "`--set key.sub=value` overrides a preset. Unknown keys, wrong types, choices and ranges are",
+           "checked before any work; an error names the key. Generated by",
+           "`python -m vid2pair.pipeline.config > docs/config.md` from the stage modules, which declare their",
+           "sections, and `pipeline/config.py` (a test keeps it in sync).", "", "Units:", ""]
+    out += [f"- `{k}`: {v}" for k, v in UNITS.items()]
     hints = typing.get_type_hints(Config)
     top = [f for f in dataclasses.fields(Config) if not dataclasses.is_dataclass(hints[f.name])]
-    out += ["## top level", "", "| key | default | meaning |", "|---|---|---|"]
-    out += [f"| `{f.name}` | `{f.default!r}` | {'preset name' if f.name == 'name' else 'global seed'} |" for f in top]
+    out += ["", "## top level", ""]
+    rows = section_markdown(Config, "")
+    out += rows[:2] + [r for r, f in zip(rows[2:], dataclasses.fields(Config)) if f in top]
     out.append("")
+    owners = {name: S for S in STAGES for name in S.sections}
     for f in dataclasses.fields(Config):
         tp = hints[f.name]
         if not dataclasses.is_dataclass(tp):
             continue
-        src = inspect.getsource(tp)
+        owner = f" (stage `{owners[f.name].name}`, `{tp.__module__}`)" if f.name in owners else ""
+        out += [f"## `{f.name}`{owner}", ""]
         doc = (tp.__doc__ or "").strip().splitlines()
-        out += [f"## `{f.name}`" + (f" (from `{tp.__module__}`)" if tp.__module__ != __name__ else ""), ""]
         if doc and not doc[0].startswith(tp.__name__ + "("):
             out += [doc[0], ""]
-        out += ["| key | default | meaning |", "|---|---|---|"]
-        lines = src.splitlines()
-        for g in dataclasses.fields(tp):
-            d = g.default if g.default is not dataclasses.MISSING else g.default_factory()
-            note = ""
-            for k, line in enumerate(lines):
-                if re.match(rf"\s+{g.name}\s*:", line):
-                    m = re.search(r"#\s*(.*)$", line)
-                    if m:
-                        note = m.group(1)
-                    else:  # a comment block right above the field
-                        above = []
-                        j = k - 1
-                        while j >= 0 and lines[j].strip().startswith("#"):
-                            above.insert(0, lines[j].strip().lstrip("#").strip())
-                            j -= 1
-                        note = " ".join(above)
-                    break
-            out.append(f"| `{f.name}.{g.name}` | `{d!r}` | {note.replace('|', '/')} |")
+        out += section_markdown(tp, f"{f.name}.")
         out.append("")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
     print(config_markdown())
-
-
-def config_from_dict(data: dict) -> Config:
-    cfg = _build(Config, data)
-    _check_ranges(cfg)
-    return cfg

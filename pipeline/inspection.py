@@ -23,9 +23,11 @@ def inspect_output(out_dir, n_keys: int = 5) -> str:
     else:
         lines.append("  (no summary.json: the run did not finish; counts below are from committed shards)")
     shards = sorted(set(idx["shard"])) if len(idx) else []
-    lines.append(f"  index: {len(idx)} samples in {len(shards)} shards, {idx['clip_id'].nunique() if len(idx) else 0} clips")
+    n_clips = idx['clip_id'].nunique() if len(idx) else 0
+    lines.append(f"  index: {len(idx)} samples in {len(shards)} shards, {n_clips} clips")
     if len(idx) and "dt" in idx:
-        lines.append(f"  dt: min {idx['dt'].min():.2f} s  median {idx['dt'].median():.2f} s  max {idx['dt'].max():.2f} s")
+        lines.append(f"  dt: min {idx['dt'].min():.2f} s  median {idx['dt'].median():.2f} s  "
+                     f"max {idx['dt'].max():.2f} s")
     if len(idx) and "flow_p90" in idx:
         lines.append(f"  flow p90 px: min {idx['flow_p90'].min():.2f}  median {idx['flow_p90'].median():.2f}  "
                      f"max {idx['flow_p90'].max():.2f}")

@@ -97,15 +97,17 @@ INDEX_SCALARS = ("clip_id", "source", "shot", "src_frame", "tgt_frame", "src_tim
                  "reversed", "static_score", "seed", "policy")
 
 
-def index_row(key: str, shard: str, meta: dict) -> dict:
+def index_row(key: str, shard: str, meta: dict, stages: tuple | None = None) -> dict:
+    """The clip-level scalars of a sample, then the columns each stage (of ``stages``, default the
+    pipeline's) declares for it."""
+    from vid2pair.pipeline.plan import index_columns
+
     row = {"key": key, "shard": shard}
     row.update({k: meta.get(k) for k in INDEX_SCALARS})
     row["width"], row["height"] = meta["size"]
     row["orig_width"], row["orig_height"] = meta["orig_size"]
-    fl = meta.get("flow", {})
-    row["flow_backend"] = fl.get("backend")
-    for k, v in (fl.get("stats") or {}).items():
-        row[f"flow_{k}"] = v
+    row["flow_backend"] = (meta.get("flow") or {}).get("backend")
+    row.update(index_columns(meta) if stages is None else index_columns(meta, stages))
     return row
 
 
@@ -123,9 +125,10 @@ def _table(rows: list[dict], columns=None):
 class OutputWriter:
     """Collects items from any runner and commits complete chunks atomically."""
 
-    def __init__(self, out_dir: str | Path, cfg, tasks: list[ClipTask], duplicates=()):
+    def __init__(self, out_dir: str | Path, cfg, tasks: list[ClipTask], duplicates=(), stages: tuple | None = None):
         self.store = Store(out_dir)
         self.cfg = cfg
+        self.stages = stages
         for d in ("shards", "index", "rejects", "_done"):
             self.store.makedirs(d)
         self._check_run_identity()
@@ -212,7 +215,7 @@ class OutputWriter:
                 w = wds.TarWriter(f, mtime=0.0, encoder=False)
                 for s in samples:
                     w.write({"__key__": s.key, **s.files})
-                    index_rows.append(index_row(s.key, name, s.meta))
+                    index_rows.append(index_row(s.key, name, s.meta, self.stages))
                 w.close()
         self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
         self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet",

@@ -3,14 +3,13 @@ scikit-image, torch on CPU) in a child process, so a segfault, an abort or a han
 that clip.
 
 :class:`IsolatedCall` keeps one long-lived child process (``spawn`` start method: no state is
-inherited from a Ray worker or a threaded parent) and sends it one task at a time. If the child
-dies while working on a task the result is ``("crashed", detail)``; if it does not answer within
-the time limit it is killed and the result is ``("timeout", detail)``. A fresh child is started for
-the next task. Results travel back over a pipe (our own objects between our own processes).
-
-Test hook: ``VID2PAIR_FAULT=crash:<substring>`` or ``hang:<substring>`` makes the child abort or hang
-on sources containing ``<substring>`` (used by the tests to prove the isolation; never set it in
-production).
+inherited from a Ray worker or a threaded parent) and sends it one task at a time. The work
+function is ``factory(*args)``, called as ``fn(task, report)``; ``report(step)`` tells the parent
+which step is running, so a crash or hang names it. If the child dies while working on a task the
+result is ``("crashed", detail, step)``; if it does not answer within the time limit it is killed
+and the result is ``("timeout", detail, step)``. A fresh child is started for the next task.
+Results travel back over a pipe (our own objects between our own processes). Tests inject faults
+with a factory of their own.
 """
 from __future__ import annotations
 
@@ -19,20 +18,6 @@ import os
 import signal
 import time
 from typing import Any, Callable
-
-
-def _fault_injection(task: Any) -> None:
-    spec = os.environ.get("VID2PAIR_FAULT", "")
-    if not spec or ":" not in spec:
-        return
-    kind, needle = spec.split(":", 1)
-    src = str(getattr(task, "source", ""))
-    if needle and needle in src:
-        if kind == "crash":
-            os.abort()
-        if kind == "hang":
-            while True:
-                time.sleep(3600)
 
 
 def _child(conn, factory: Callable, factory_args: tuple) -> None:
@@ -44,6 +29,10 @@ def _child(conn, factory: Callable, factory_args: tuple) -> None:
     except ImportError:
         pass
     fn = factory(*factory_args)
+
+    def report(step: str) -> None:
+        conn.send(("step", step))
+
     while True:
         try:
             task = conn.recv()
@@ -51,9 +40,8 @@ def _child(conn, factory: Callable, factory_args: tuple) -> None:
             return
         if task is None:
             return
-        _fault_injection(task)
         try:
-            conn.send(("ok", fn(task)))
+            conn.send(("ok", fn(task, report)))
         except Exception as e:  # an exception is an answer, not a crash
             conn.send(("error", f"{type(e).__name__}: {e}"))
 
@@ -70,7 +58,7 @@ def _describe_exit(code) -> str:
 
 
 class IsolatedCall:
-    """``call(task)`` runs ``factory(*args)(task)`` in a child process with a time limit."""
+    """``call(task)`` runs ``factory(*args)(task, report)`` in a child process with a time limit."""
 
     def __init__(self, factory: Callable, args: tuple = (), timeout_s: float = 300.0):
         self.factory, self.args, self.timeout_s = factory, args, timeout_s
@@ -95,23 +83,30 @@ class IsolatedCall:
             self._conn.close()
         self._proc = self._conn = None
 
-    def call(self, task: Any) -> tuple[str, Any]:
+    def call(self, task: Any) -> tuple[str, Any, str]:
+        """``(status, result or detail, the last step reported)``; status: ok | error | crashed | timeout."""
         if self._proc is None or not self._proc.is_alive():
             if self._proc is not None:
                 self.restarts += 1
                 self._kill()
             self._start()
+        step = ""
+        deadline = time.monotonic() + self.timeout_s
         try:
             self._conn.send(task)
-            if self._conn.poll(self.timeout_s):
-                return self._conn.recv()
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+                kind, payload = self._conn.recv()
+                if kind == "step":
+                    step = payload
+                    continue
+                return kind, payload, step
         except (EOFError, OSError, BrokenPipeError):
             self._proc.join(5)
             detail = _describe_exit(self._proc.exitcode)
             self._kill()
-            return "crashed", f"decoding process died ({detail})"
+            return "crashed", f"worker process died ({detail})", step
         self._kill()
-        return "timeout", f"no result within {self.timeout_s:g} s; decoding process killed"
+        return "timeout", f"no result within {self.timeout_s:g} s; worker process killed", step
 
     def close(self) -> None:
         if self._conn is not None and self._proc is not None and self._proc.is_alive():

@@ -34,19 +34,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from vid2pair.pipeline.plan import signals as plan_signals
+from vid2pair.stages.encode import encode_image as _encode_image
+
 # ---------------------------------------------------------------- constants
 
-#: signal -> (its sample members, the config switch that turns it off)
-SIGNALS: dict[str, tuple[tuple[str, ...], str]] = {
-    "flow": (("flow.npy",), "output.flow"),
-    "flow_bwd": (("flow_bwd.npy",), "flow.bidirectional"),
-    "sketch": (("sketch.png",), "sketch.enabled"),
-    "drag": (("drag.json", "drag_mask.png"), "track.enabled"),
-    "tracks": (("tracks.npy", "visibility.npy"), "track.enabled"),
-    "coarse": (("coarse.png", "coarse_mask.png"), "coarse.enabled"),
-    "collage": (("collage.png", "collage_mask.png"), "collage.enabled"),
-    "region_drag": (("region_drag.json", "region_masks.png"), "region_drag.enabled"),
-}
+#: signal -> (its sample members, the config switch that turns it off): from the stage declarations
+SIGNALS: dict[str, tuple[tuple[str, ...], str]] = {n: (s.members, s.switch) for n, s in plan_signals().items()}
 
 #: gallery panels, in order
 PANELS: tuple[str, ...] = ("source", "target", "flow", "drag_src", "drag_tgt", "sketch", "coarse", "collage",
@@ -537,7 +531,7 @@ def draw_region_drags(img: np.ndarray, region_masks: np.ndarray | None, regions:
                 out[m > 0] = (out[m > 0] * (1 - alpha) + np.array(col) * alpha).round().astype(np.uint8)
                 contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
                 cv2.drawContours(out, contours, -1, col, 1, cv2.LINE_8)
-    for i, (r, col) in enumerate(zip(regions, colors)):
+    for r, col in zip(regions, colors):
         hs, ts = r.get("handles") or [], r.get("targets") or []
         if hs and ts:
             pts = scale_points(np.array([[h, t] for h, t in zip(hs, ts)], dtype=np.float64), sx, sy)
@@ -798,16 +792,8 @@ def fig_to_png(fig, dpi: int | None = None) -> bytes:
 
 
 def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 82) -> bytes:
-    """RGB (or grey) uint8 -> JPEG / PNG bytes."""
-    import cv2
-
-    img = np.asarray(img)
-    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    ok, buf = cv2.imencode(".jpg" if fmt in ("jpg", "jpeg") else ".png", bgr,
-                           [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt in ("jpg", "jpeg") else [])
-    if not ok:
-        raise ValueError("image encoding failed")
-    return buf.tobytes()
+    """RGB (or grey) uint8 -> JPEG / PNG bytes (QC images: a smaller JPEG quality than the samples')."""
+    return _encode_image(np.asarray(img), fmt, quality)
 
 
 def data_uri(data: bytes, mime: str) -> str:

@@ -19,9 +19,10 @@ from dataclasses import asdict
 
 from tqdm import tqdm
 
-from vid2pair.pipeline.graph import ClipStage, build_stages, light_prefix, model_stage_options, run_items
-from vid2pair.pipeline.io import OutputWriter
 from vid2pair.core.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
+from vid2pair.pipeline.graph import STAGES
+from vid2pair.pipeline.io import OutputWriter
+from vid2pair.pipeline.plan import ClipUnit, build_pair_stages, fused_prefix, pair_classes, ray_groups, run_items
 
 log = logging.getLogger("vid2pair")
 
@@ -30,17 +31,23 @@ def _bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
+def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = STAGES) -> None:
     set_threads(cfg.runner.threads_per_worker)
-    _, pair_stages = build_stages(cfg)
-    fused = light_prefix(cfg, [s.name for s in pair_stages])
-    clip_stage, pair_stages = ClipStage(cfg, fused), pair_stages[len(fused):]
-    with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
-        for task in tasks:
-            for it in run_items(clip_stage, pair_stages, task):
-                writer.add(it)
-            bar.update(1)
-            bar.set_postfix(samples=writer.new_samples, shards=len(writer.written_chunks))
+    classes = pair_classes(cfg, stages)
+    fused = fused_prefix(cfg, classes)
+    unit = ClipUnit(cfg, fused, stages[0])
+    rest = build_pair_stages(cfg, classes)[len(fused):]
+    try:
+        with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
+            for task in tasks:
+                for it in run_items(unit, rest, task):
+                    writer.add(it)
+                bar.update(1)
+                bar.set_postfix(samples=writer.new_samples, shards=len(writer.written_chunks))
+    finally:
+        unit.close()
+        for st in rest:
+            st.close()
 
 
 # ---------------------------------------------------------------- Ray Data
@@ -57,30 +64,30 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-_CLIP_STAGES: dict = {}
+_CLIP_UNITS: dict = {}
 
 
-def _clip_rows(row: dict, cfg, names: tuple = ()) -> list[dict]:
-    """Clip stage (then the pair stages ``names``, if any) as a Ray task. Tasks (not actors) so that
-    a task lost with its node or worker is simply retried elsewhere; the stages (and the warm decode
-    child process) are cached per worker process, which Ray reuses across tasks."""
-    key = (cfg.fingerprint() + repr(cfg.isolation), names)
-    stage = _CLIP_STAGES.get(key)
-    if stage is None:
+def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> list[dict]:
+    """The clip unit (clip stage + the fused pair stages) as a Ray task. Tasks (not actors) so that
+    a task lost with its node or worker is simply retried elsewhere; the unit (and its warm
+    isolation child) is cached per worker process, which Ray reuses across tasks."""
+    key = (cfg.fingerprint() + repr(cfg.isolation), fused, clip_cls)
+    unit = _CLIP_UNITS.get(key)
+    if unit is None:
         set_threads(cfg.runner.threads_per_worker)
-        stage = _CLIP_STAGES[key] = ClipStage(cfg, names)
+        unit = _CLIP_UNITS[key] = ClipUnit(cfg, fused, clip_cls)
     task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=row["clip_id"])
-    return [item_to_row(i) for i in stage(task)]
+    return [item_to_row(i) for i in unit(task)]
 
 
 class _PairFn:
-    """Runs pair stages ``names`` (in order) on a pyarrow batch of item rows."""
+    """Runs the pair stages ``group`` (in order) on a pyarrow batch of item rows; ``upstream``: the
+    enabled stage classes before the group (the encoder's members come from them)."""
 
-    def __init__(self, cfg, names: tuple):
+    def __init__(self, cfg, group: tuple, upstream: tuple):
         set_threads(cfg.runner.threads_per_worker)
-        stages = {s.name: s for s in build_stages(cfg)[1]}
-        self.stages = [stages[n] for n in names]
+        self.stages = build_pair_stages(cfg, upstream + group)[len(upstream):]
 
     def __call__(self, batch):
         items = [row_to_item(r) for r in batch.to_pylist()]
@@ -89,14 +96,14 @@ class _PairFn:
         return rows_to_table([item_to_row(i) for i in items])
 
 
-_PAIR_STAGES: dict = {}
+_PAIR_FNS: dict = {}
 
 
-def _apply_pair_stages(batch, cfg, names: tuple):
-    key = (cfg.fingerprint(), names)
-    fn = _PAIR_STAGES.get(key)
+def _apply_pair_stages(batch, cfg, group: tuple, upstream: tuple):
+    key = (cfg.fingerprint(), group)
+    fn = _PAIR_FNS.get(key)
     if fn is None:
-        fn = _PAIR_STAGES[key] = _PairFn(cfg, names)
+        fn = _PAIR_FNS[key] = _PairFn(cfg, group, upstream)
     return fn(batch)
 
 
@@ -117,7 +124,7 @@ def init_ray(cfg) -> None:
         ray.init(address="local", num_cpus=cfg.runner.num_cpus, **kw)
 
 
-def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
+def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = STAGES) -> None:
     import ray
     import ray.data
 
@@ -130,32 +137,24 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines in the user's terminal
     ctx.print_on_execution_start = False
-    _, pair_stages = build_stages(cfg)
-    names = [s.name for s in pair_stages]
+    classes = pair_classes(cfg, stages)
+    fused = fused_prefix(cfg, classes)
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    # pair stages: a stage holding a model runs in an actor pool (one model per actor, with its GPU
-    # share); consecutive light stages run together as plain retryable tasks, and the light stages
-    # before the first model stage run inside the clip task (with weight-free CPU backends that is
-    # the whole pipeline: no frames cross the object store)
-    fused = light_prefix(cfg, names)
-    groups: list[tuple[list[str], dict | None]] = []
-    for name in names[len(fused):]:
-        opts = model_stage_options(cfg, name)
-        if opts is None and groups and groups[-1][1] is None:
-            groups[-1][0].append(name)
-        else:
-            groups.append(([name], opts))
-    # clip stage: retryable tasks, about one core each (a bit less, so the flow actors always fit)
-    # (Ray Data retries a task lost with its worker or node; decode crashes never kill the worker)
-    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "names": fused}, num_cpus=cfg.runner.clip_stage_cpus)
-    for group, opts in groups:
-        if opts is not None:
-            ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, tuple(group)), batch_format="pyarrow",
-                                batch_size=opts["batch_size"], compute=ray.data.ActorPoolStrategy(size=opts["size"]),
-                                num_gpus=opts["num_gpus"] or None, num_cpus=opts["num_cpus"])
-        else:
-            ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "names": tuple(group)},
+    # clip unit: retryable tasks, about one core each (a bit less, so the model actors always fit);
+    # with weight-free CPU backends it runs the whole pipeline: no frames cross the object store
+    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "fused": fused, "clip_cls": stages[0]},
+                     num_cpus=cfg.runner.clip_stage_cpus)
+    done = list(fused)
+    for group, res in ray_groups(cfg, classes):
+        upstream = tuple(done)
+        if res is not None:  # a model stage: an actor pool, one model per actor, with its GPU share
+            ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, group, upstream), batch_format="pyarrow",
+                                batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.actors),
+                                num_gpus=res.num_gpus or None, num_cpus=res.num_cpus)
+        else:  # consecutive CPU stages: plain retryable tasks
+            ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "group": group, "upstream": upstream},
                                 batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus)
+        done += group
     with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
@@ -169,15 +168,16 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter) -> None:
 RUNNERS = {"local": run_local, "ray": run_ray}
 
 
-def build(cfg, input_spec: str, out_dir, log_summary: bool = True) -> dict:
-    """List inputs, skip finished chunks, run, commit, summarise. Returns the summary dict."""
+def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple = STAGES) -> dict:
+    """List inputs, skip finished chunks, run, commit, summarise. Returns the summary dict.
+    ``stages``: the pipeline (default :data:`~vid2pair.pipeline.graph.STAGES`; tests add their own)."""
     from vid2pair.pipeline.io import format_summary, list_inputs, make_tasks, summarize
 
     t0 = time.time()
     if cfg.runner.check_weights:
         from vid2pair.pipeline.models import MissingWeightsError, check_build_weights
 
-        problems = check_build_weights(cfg)
+        problems = check_build_weights(cfg, stages=stages)
         if problems:  # otherwise every pair would end as a *_backend_unavailable reject
             raise MissingWeightsError("model stages cannot run (nothing was processed):\n  - "
                                       + "\n  - ".join(p.replace("\n", "\n    ") for p in problems)
@@ -185,14 +185,14 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True) -> dict:
                                         "workers see the model cache)")
     sources = list_inputs(input_spec, cfg.input.extensions)
     tasks, dups = make_tasks(sources, cfg.output.clips_per_shard)
-    writer = OutputWriter(out_dir, cfg, tasks, dups)
+    writer = OutputWriter(out_dir, cfg, tasks, dups, stages=stages)
     todo = writer.pending_tasks
     skipped = len(tasks) - len(todo)
     if skipped and log_summary:
         print(f"resume: {skipped} of {len(tasks)} clips are in finished shards; processing {len(todo)}",
               file=sys.stderr)
     if todo:
-        RUNNERS[cfg.runner.name](cfg, todo, writer)
+        RUNNERS[cfg.runner.name](cfg, todo, writer, stages)
     missing = writer.incomplete_chunks()
     if missing:
         raise RuntimeError(f"chunks {missing[:10]} did not complete (a clip's items were lost); rerun to resume")

@@ -350,7 +350,7 @@ def random_objects(n: int, width: int, height: int, n_frames: int, seed: int) ->
     rng = np.random.default_rng(1_000 + seed)
     objs = []
     short = min(width, height)
-    for k in range(n):
+    for _k in range(n):
         w = int(rng.uniform(0.18, 0.38) * short)
         h = int(rng.uniform(0.18, 0.38) * short)
         speed = rng.uniform(1.0, 3.0)
@@ -489,7 +489,8 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
     ``codec``: ``"libx264"`` (``crf`` controls quality; 12 is near-lossless) or ``"mpeg4"``
     (fixed quantiser 2, the best MPEG-4 part 2 quality; ``crf`` is ignored). H and W must be
     even (yuv420p). The frames fed to the encoder are reproducible; libx264's bitstream usually is
-    too, but identical encodes occasionally differed here (encoder noise, decoded > 40 dB apart). ``isolate``: encode in a
+    too, but identical encodes occasionally differed here (encoder noise, decoded > 40 dB apart).
+    ``isolate``: encode in a
     subprocess; ``None`` does so for libx264 when ``decord`` is already imported (see
     :func:`_x264_clash`).
     """

@@ -23,40 +23,33 @@ frame). Here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
+from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
-from vid2pair.stages.base import PairStage, pair_reject
-from vid2pair.stages.splat import MODES
+from vid2pair.core.spec import knob, need
+from vid2pair.core.stage import Member, PairStage, Signal, pair_reject
+from vid2pair.stages.splat import MODES, check_pair_arrays
 
-__all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage", "check_pair_arrays"]
+__all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage"]
 
 
 @dataclass
 class CoarseConfig:
-    enabled: bool = True  # coarse.png + coarse_mask.png
-    mode: str = "soft"  # sum | avg | linear | soft (splatting mode)
-    min_coverage: Optional[float] = 0.6  # reject pairs whose non-hole fraction is below this; null: keep all
-    hole_thresh: float = 0.5  # a pixel is a hole when its splatted density is <= this
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    batch_size: int = 8  # pairs of equal size splatted together
+    """The coarse edit: the source softmax-splatted along the flow, with its hole mask."""
+    enabled: bool = knob(True, "coarse.png + coarse_mask.png")
+    mode: Literal["sum", "avg", "linear", "soft"] = knob("soft", "splatting mode")
+    min_coverage: Optional[float] = knob(0.6, "reject pairs whose non-hole fraction is below this; null: keep all",
+                                         unit="frac", ge=0, le=1)
+    hole_thresh: float = knob(0.5, "a pixel is a hole when its splatted density is <= this", ge=0, lt=1)
+    device: str = knob("cpu", "cpu | cuda | cuda:N | auto")
+    batch_size: int = knob(8, "pairs of equal size splatted together", ge=1)
 
-    def validate(self, prefix: str = "coarse") -> None:
-        from vid2pair.pipeline.config import ConfigError
-
-        if self.mode not in MODES:
-            raise ConfigError(f"{prefix}.mode: {self.mode!r} is not one of {sorted(MODES)}")
-        if self.min_coverage is not None and not 0.0 <= self.min_coverage <= 1.0:
-            raise ConfigError(f"{prefix}.min_coverage: must be in [0, 1] or null, got {self.min_coverage}")
-        if not 0.0 <= self.hole_thresh < 1.0:
-            raise ConfigError(f"{prefix}.hole_thresh: must be in [0, 1), got {self.hole_thresh}")
-        if self.device not in ("cpu", "cuda", "auto") and not (
-                self.device.startswith("cuda:") and self.device[5:].isdigit()):
-            raise ConfigError(f"{prefix}.device: must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"{prefix}.batch_size: must be >= 1, got {self.batch_size}")
+    def check(self, prefix: str = "coarse") -> None:
+        need(self.device in ("cpu", "cuda", "auto") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             f"{prefix}.device", f"must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
 
 
 def _to_tensor_images(a: np.ndarray, dev):
@@ -73,7 +66,7 @@ def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, 
     """
     import torch
 
-    from vid2pair.stages.splat import magicfixup_metric, resolve_device, splat_with_density
+    from vid2pair.stages.splat import magicfixup_metric, splat_with_density
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -116,33 +109,17 @@ def coarse_edit(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, tgt: O
     return img[0], holes[0], float(cov[0])
 
 
-def check_pair_arrays(it: PairItem) -> Optional[tuple[str, str]]:
-    """None when ``src`` / ``tgt`` / ``flow`` are usable, else (reason, detail): ``bad_input`` or ``invalid_flow``."""
-    a = it.arrays
-    if any(k not in a for k in ("src", "tgt", "flow")):
-        return "bad_input", f"missing arrays: have {sorted(a)}"
-    src, tgt, flow = (np.asarray(a[k]) for k in ("src", "tgt", "flow"))
-    if src.ndim != 3 or src.shape[-1] != 3 or src.dtype != np.uint8 or tgt.shape != src.shape \
-            or tgt.dtype != np.uint8:
-        return "bad_input", (f"src/tgt must be (H, W, 3) uint8 of one size, "
-                             f"got {src.shape} {src.dtype} / {tgt.shape} {tgt.dtype}")
-    if min(src.shape[:2]) < 2:
-        return "bad_input", f"frame too small: {src.shape[1]}x{src.shape[0]}"
-    if flow.shape != src.shape[:2] + (2,):
-        return "bad_input", f"flow shape {flow.shape} does not match the frame {src.shape[:2]}"
-    if not np.issubdtype(flow.dtype, np.floating) or not np.isfinite(flow).all():
-        return "invalid_flow", "flow has non-finite values" if np.issubdtype(flow.dtype, np.floating) \
-            else f"flow dtype {flow.dtype} is not floating point"
-    return None
-
-
 class CoarseStage(PairStage):
     """Adds ``coarse`` (H, W, 3) uint8, ``coarse_mask`` (H, W) uint8 (255 = hole) and ``meta["coarse"]``."""
 
     name = "coarse"
+    sections = {"coarse": CoarseConfig}
+    reads = ("src", "tgt", "flow")
+    writes = (Member("coarse.png", "coarse", "png"), Member("coarse_mask.png", "coarse_mask", "png"))
+    signals = (Signal("coarse", ("coarse.png", "coarse_mask.png"), "coarse.enabled"),)
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.c: CoarseConfig = cfg.coarse
 
     def _finish(self, it: PairItem, img, holes, cov: float) -> Item:
@@ -157,8 +134,6 @@ class CoarseStage(PairStage):
 
     def process(self, items: list[PairItem]) -> list[Item]:
         c = self.c
-        if not c.enabled:
-            return list(items)
         res: dict[int, Item] = {}
         groups: dict[tuple, list[PairItem]] = {}
         for it in items:

@@ -30,22 +30,27 @@ Here
 
 Outputs of :class:`CollageStage` (per pair): ``arrays["collage"]`` (H, W, 3) uint8,
 ``arrays["collage_mask"]`` (H, W) uint8 255 = hole, ``meta["collage"]`` (segments, transforms,
-depth, residuals, hole fraction; no timings, so reruns write identical samples), and the region drags of :mod:`stages.region_drag`
+depth, residuals, hole fraction; no timings, so reruns write identical samples), and the region
+drags of :mod:`stages.region_drag`
 (``meta["region_drag"]``, ``arrays["region_masks"]``).
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import cv2
 import numpy as np
 
-from vid2pair.stages.base import PairStage, pair_reject
+from vid2pair.core.device import resolve_device
+from vid2pair.core.seeding import rng_for
+from vid2pair.core.spec import knob, need
+from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
+from vid2pair.stages.region_drag import RegionDragConfig, region_drags
 from vid2pair.stages.segment import segment_pixels
+from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_collage", "CollageStage",
            "segment_median_flow"]
@@ -53,57 +58,39 @@ __all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_col
 
 @dataclass
 class CollageConfig:
-    enabled: bool = True  # collage.png + collage_mask.png (+ region drags)
-    segmenter: str = "felzenszwalb"  # felzenszwalb | slic | sam
-    sam_model_type: str = "vit_b"  # vit_b | vit_l | vit_h
-    sam_checkpoint: Optional[str] = None  # explicit .pth; default: the model cache (sam_<type>)
-    points_per_side: int = 32  # SAM automatic mask generator grid
-    min_area: int = 300  # segments with <= this many pixels are flow-splatted (Magic Fixup: area > 300)
-    fz_scale: float = 300.0  # Felzenszwalb scale at a 240-px short side (rescaled with the frame)
-    fz_sigma: float = 0.8  # Felzenszwalb pre-smoothing at a 240-px short side
-    fz_min_size: int = 50  # Felzenszwalb minimum component at a 240-px short side
-    slic_segments: int = 150  # SLIC: approximate number of superpixels
-    slic_compactness: float = 10.0  # slic segmenter: colour vs space trade-off
-    segment_short_side: Optional[int] = 288  # weight-free segmenters run at <= this short side; null: full size
-    flow_weight: float = 1.0  # weight of a 1-px flow difference (at 240 px) vs a full-range colour difference
-    depth: str = "occlusion"  # occlusion (weight-free) | dpt
-    dpt_weights: Optional[str] = None  # local DPT directory; default: the model cache (dpt_hybrid_midas)
-    fit_samples: int = 50  # pixels per segment for the similarity fit (Magic Fixup: 50)
-    ransac_thresh: float = 3.0  # RANSAC reprojection threshold, px (OpenCV's default, as Magic Fixup)
-    min_inlier_frac: float = 0.3  # below this a fit is rejected and the segment is flow-splatted
-    hole_thresh: float = 0.5  # a pixel no segment covers is a hole when its splatted density is <= this (as coarse)
-    device: str = "auto"  # SAM / DPT device: auto | cpu | cuda
-    num_gpus: float = 0.0  # per collage actor in the Ray runner (SAM / DPT)
+    """The collage: per-segment similarity transforms composited back to front, with its hole mask."""
+    enabled: bool = knob(True, "collage.png + collage_mask.png (+ region drags)")
+    segmenter: Literal["felzenszwalb", "slic", "sam"] = knob("felzenszwalb", "felzenszwalb | slic (weight-free) | "
+                                                                            "sam (segment-anything, weights)")
+    sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = knob("vit_b", "SAM backbone")
+    sam_checkpoint: Optional[str] = knob(None, "explicit SAM .pth; default: the model cache (sam_<type>)")
+    points_per_side: int = knob(32, "SAM automatic mask generator grid", ge=1)
+    min_area: int = knob(300, "segments with <= this many pixels are flow-splatted (Magic Fixup: area > 300)", ge=0)
+    fz_scale: float = knob(300.0, "Felzenszwalb scale (rescaled with the frame)", unit="px@240", gt=0)
+    fz_sigma: float = knob(0.8, "Felzenszwalb pre-smoothing (rescaled with the frame)", unit="px@240", ge=0)
+    fz_min_size: int = knob(50, "Felzenszwalb minimum component (rescaled with the frame)", unit="px@240", ge=1)
+    slic_segments: int = knob(150, "SLIC: approximate number of superpixels", ge=1)
+    slic_compactness: float = knob(10.0, "SLIC: colour vs space trade-off", gt=0)
+    segment_short_side: Optional[int] = knob(288, "weight-free segmenters run at <= this short side; null: full size",
+                                             unit="px", ge=32)
+    flow_weight: float = knob(1.0, "weight of a 1-px flow difference (at 240 px) vs a full-range colour difference",
+                              ge=0)
+    depth: Literal["occlusion", "dpt"] = knob("occlusion", "occlusion (weight-free order) | dpt (MiDaS, weights)")
+    dpt_weights: Optional[str] = knob(None, "local DPT directory; default: the model cache (dpt_hybrid_midas)")
+    fit_samples: int = knob(50, "pixels per segment for the similarity fit (Magic Fixup: 50)", ge=3)
+    ransac_thresh: float = knob(3.0, "RANSAC reprojection threshold (OpenCV's default, as Magic Fixup)", unit="px",
+                                gt=0)
+    min_inlier_frac: float = knob(0.3, "below this a fit is rejected and the segment is flow-splatted", unit="frac",
+                                  ge=0, le=1)
+    hole_thresh: float = knob(0.5, "a pixel no segment covers is a hole when its splatted density is <= this",
+                              ge=0, lt=1)
+    device: str = knob("auto", "SAM / DPT device: auto | cpu | cuda | cuda:N")
+    num_gpus: float = knob(0.0, "GPUs per collage actor in the Ray runner (SAM / DPT); the weight-free "
+                                "backends never ask for one", ge=0)
 
-    def validate(self, prefix: str = "collage") -> None:
-        from vid2pair.pipeline.config import ConfigError
-
-        def need(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"{prefix}.{key}: {msg}")
-
-        need(self.segmenter in ("felzenszwalb", "slic", "sam"), "segmenter",
-             f"{self.segmenter!r} is not one of ['felzenszwalb', 'sam', 'slic']")
-        need(self.sam_model_type in ("vit_b", "vit_l", "vit_h"), "sam_model_type",
-             f"{self.sam_model_type!r} is not one of ['vit_b', 'vit_h', 'vit_l']")
-        need(self.depth in ("occlusion", "dpt"), "depth", f"{self.depth!r} is not one of ['dpt', 'occlusion']")
-        need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), "device",
-             f"{self.device!r} is not one of ['auto', 'cpu', 'cuda']")
-        need(self.points_per_side >= 1, "points_per_side", "must be >= 1")
-        need(self.min_area >= 0, "min_area", "must be >= 0")
-        need(self.fz_scale > 0, "fz_scale", "must be > 0")
-        need(self.fz_sigma >= 0, "fz_sigma", "must be >= 0")
-        need(self.fz_min_size >= 1, "fz_min_size", "must be >= 1")
-        need(self.slic_segments >= 1, "slic_segments", "must be >= 1")
-        need(self.slic_compactness > 0, "slic_compactness", "must be > 0")
-        need(self.flow_weight >= 0, "flow_weight", "must be >= 0")
-        need(self.segment_short_side is None or self.segment_short_side >= 32, "segment_short_side",
-             "must be >= 32 or null")
-        need(self.fit_samples >= 3, "fit_samples", "must be >= 3 (a similarity needs 2 points, RANSAC more)")
-        need(self.ransac_thresh > 0, "ransac_thresh", "must be > 0")
-        need(0.0 <= self.min_inlier_frac <= 1.0, "min_inlier_frac", "must be in [0, 1]")
-        need(0.0 <= self.hole_thresh < 1.0, "hole_thresh", "must be in [0, 1)")
-        need(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+    def check(self, prefix: str = "collage") -> None:
+        need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), f"{prefix}.device",
+             f"{self.device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
 
 
 @dataclass
@@ -359,22 +346,46 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
             "meta": meta, "ms": ms}
 
 
-def _pair_rng(seed: int, key: str) -> np.random.Generator:
-    h = int(hashlib.sha1(key.encode()).hexdigest()[:16], 16)
-    return np.random.default_rng([int(seed), h])
-
-
 class CollageStage(PairStage):
     """Adds the collage, its hole mask and the region drags to each pair (CPU; SAM/DPT optional)."""
 
     name = "collage"
+    sections = {"collage": CollageConfig, "region_drag": RegionDragConfig}
+    reads = ("src", "tgt", "flow")
+    writes = (Member("collage.png", "collage", "png"), Member("collage_mask.png", "collage_mask", "png"),
+              Member("region_drag.json", "region_drag", "json"), Member("region_masks.png", "region_masks", "png"))
+    signals = (Signal("collage", ("collage.png", "collage_mask.png"), "collage.enabled"),
+               Signal("region_drag", ("region_drag.json", "region_masks.png"), "region_drag.enabled"))
+
+    @staticmethod
+    def _uses_model(c: CollageConfig) -> bool:
+        return c.segmenter == "sam" or c.depth == "dpt"
+
+    @classmethod
+    def resources(cls, cfg) -> Optional[Resources]:
+        c = cfg.collage
+        if not cls._uses_model(c):
+            return None  # Felzenszwalb / SLIC + occlusion order: CPU, no model, never a GPU
+        return Resources(actors=1, num_gpus=c.num_gpus, num_cpus=0.25, batch_size=2, gpu_key="collage.num_gpus")
+
+    @classmethod
+    def needs(cls, cfg) -> list[Need]:
+        c = cfg.collage
+        out = []
+        if c.segmenter == "sam":
+            out += [Need("weights", f"sam_{c.sam_model_type}", "collage.segmenter=sam", path=c.sam_checkpoint,
+                         path_key="collage.sam_checkpoint"),
+                    Need("extra", "segment_anything", "collage.segmenter=sam", extra="collage")]
+        if c.depth == "dpt":
+            out += [Need("weights", "dpt_hybrid_midas", "collage.depth=dpt", path=c.dpt_weights,
+                         path_key="collage.dpt_weights"),
+                    Need("extra", "transformers", "collage.depth=dpt", extra="collage")]
+        return out
 
     def __init__(self, cfg, *, sam_model: Any = None, dpt_model: Any = None, dpt_processor: Any = None):
-        self.cfg = cfg
-        self.ccfg = getattr(cfg, "collage", None) or CollageConfig()
-        from vid2pair.stages.region_drag import RegionDragConfig
-
-        self.rcfg = getattr(cfg, "region_drag", None) or RegionDragConfig()
+        super().__init__(cfg)
+        self.ccfg: CollageConfig = cfg.collage
+        self.rcfg: RegionDragConfig = cfg.region_drag
         self._inject = (sam_model, dpt_model, dpt_processor)
         self._segmenter = None
         self._depth = None
@@ -397,14 +408,7 @@ class CollageStage(PairStage):
             self._depth_loaded = True
         return self._depth
 
-    def _device(self) -> str:
-        from vid2pair.stages.splat import resolve_device
-
-        return str(resolve_device(self.ccfg.device))
-
     def process(self, items):
-        if not self.ccfg.enabled:
-            return list(items)
         try:
             _ = self.segmenter, self.depth
         except Exception as e:  # missing weights / extra: every pair is recorded with the reason
@@ -413,19 +417,16 @@ class CollageStage(PairStage):
         return super().process(items)
 
     def one(self, it):
-        from vid2pair.stages.coarse import check_pair_arrays
-        from vid2pair.stages.region_drag import region_drags
-
         bad = check_pair_arrays(it)
         if bad:
             return pair_reject(it, "collage", *bad)
         try:
             src, tgt, flow = it.arrays["src"], it.arrays["tgt"], it.arrays["flow"]
             labels = self.segmenter(src, flow)
-            rng = _pair_rng(getattr(self.cfg, "seed", 0), it.key)
+            rng = rng_for(self.cfg.seed, it.key, "collage")
             moving_px = self.rcfg.moving_px * min(src.shape[:2]) / self.rcfg.reference_short_side
             res = make_collage(src, tgt, flow, labels, depth_model=self.depth, cfg=self.ccfg, moving_px=moving_px,
-                               rng=rng, device=self._device())
+                               rng=rng, device=str(resolve_device(self.ccfg.device)))
             meta = res["meta"]  # no timings: reruns must write identical samples
             meta["segmenter"] = getattr(self.segmenter, "version", self.ccfg.segmenter)
             if self._depth is not None:
@@ -444,6 +445,4 @@ class CollageStage(PairStage):
 
 def default_stage_config(**collage_kw) -> SimpleNamespace:
     """A minimal config namespace (``collage``, ``region_drag``, ``seed``) for tests and scripts."""
-    from vid2pair.stages.region_drag import RegionDragConfig
-
     return SimpleNamespace(collage=CollageConfig(**collage_kw), region_drag=RegionDragConfig(), seed=0)

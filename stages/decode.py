@@ -7,10 +7,34 @@ are not trusted: :func:`open_reader` reports the count decord indexed, and reads
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
 
 import cv2
 import numpy as np
+
+from vid2pair.core.spec import knob, need
+
+
+@dataclass
+class FrameConfig:
+    """Resize/crop policy applied to decoded frames before flow and storage."""
+    mode: Literal["none", "resize", "short_side_crop"] = knob(
+        "none", "none (the decoded size, at most max_decode_side) | resize (cover + centre crop to size) | "
+                "short_side_crop (short side to short_side, "
+                  "then centre crop to size)")
+    size: Optional[list[int]] = knob(None, "[H, W] of the stored frames (resize, short_side_crop)", unit="px",
+                                     items_ge=16)
+    short_side: Optional[int] = knob(None, "short_side_crop: the short side is resized to this first", unit="px",
+                                     ge=16)
+    max_decode_side: int = knob(4096, "larger videos are decoded at reduced size (bounded memory)", unit="px", ge=64)
+
+    def check(self, prefix: str = "frame") -> None:
+        need(self.size is None or len(self.size) == 2, f"{prefix}.size", "must be [H, W]")
+        need(self.mode == "none" or self.size is not None, f"{prefix}.size",
+             f"is required when {prefix}.mode is {self.mode!r}")
+        need(self.mode != "short_side_crop" or (self.short_side or 0) >= max(self.size or [0]),
+             f"{prefix}.short_side", "must be set and >= max(frame.size) for short_side_crop")
 
 
 def open_reader(path: str, width: int = -1, height: int = -1):

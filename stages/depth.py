@@ -41,7 +41,7 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from vid2pair.stages.base import resolve_device
+from vid2pair.core.device import resolve_device
 from vid2pair.stages.segment import segment_pixels
 
 __all__ = ["DPTDepth", "occlusion_order", "order_to_disparity", "make_depth", "DPT_EXTRA_MESSAGE", "DEPTHS"]
@@ -64,7 +64,7 @@ class DPTDepth:
             raise ImportError(DPT_EXTRA_MESSAGE) from None
         self.device = resolve_device(device)
         if model is None:
-            from vid2pair.pipeline.models import resolve_weights
+            from vid2pair.core.weights import resolve_weights
 
             # raises MissingWeightsError naming `vid2pair models fetch dpt_hybrid_midas`
             path = Path(resolve_weights("dpt_hybrid_midas", explicit=weights, config_key="collage.dpt_weights"))
@@ -222,11 +222,9 @@ def _warp_mask_roi(pix: np.ndarray, A: np.ndarray, shape: tuple[int, int]):
 
 
 def make_depth(cfg: Any, model: Any = None, processor: Any = None):
-    """``None`` for the weight-free ``occlusion`` ordering, else a :class:`DPTDepth`."""
-    name = getattr(cfg, "depth", "occlusion")
-    if name == "occlusion":
+    """``None`` for the weight-free ``occlusion`` ordering, else a :class:`DPTDepth` (``cfg``: a CollageConfig)."""
+    if cfg.depth == "occlusion":
         return None
-    if name == "dpt":
-        return DPTDepth(getattr(cfg, "dpt_weights", None), device=getattr(cfg, "device", "auto"), model=model,
-                        processor=processor)
-    raise ValueError(f"unknown depth backend {name!r}; choose one of {', '.join(DEPTHS)}")
+    if cfg.depth == "dpt":
+        return DPTDepth(cfg.dpt_weights, device=cfg.device, model=model, processor=processor)
+    raise ValueError(f"unknown depth backend {cfg.depth!r}; choose one of {', '.join(DEPTHS)}")

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import cv2
 import numpy as np
+
+from vid2pair.core.spec import knob
 
 __all__ = ["DragConfig", "target_side_magnitude", "drag_weights", "sample_drag_points", "flow_agreement", "drag_mask",
            "drag_json", "DIRECTIONS"]
@@ -44,30 +46,16 @@ DIRECTIONS = ("source_to_target", "target_to_source")
 
 @dataclass
 class DragConfig:
-    # points stored per pair (up to); the trainer can draw any 1..k of them per step, whereas
-    # points cannot be added later without tracking again
-    k: int = 16
-    min_spacing_px: float = 24.0  # no two target points closer than this (stored px)
-    min_flow_px: float = 2.0  # target pixels moving less than this are never sampled
-    mask_dilate_px: int = 16  # dilation of the moving region + handles/targets for drag_mask
-    # drop a point whose tracked source, moved by the src->tgt flow, misses its target by more
-    # than flow_check_px + 5 % of its displacement (tracker and flow disagree); 0 disables
-    flow_check_px: float = 3.0
-    direction: str = "source_to_target"  # source_to_target | target_to_source
-
-    def validate(self, prefix: str = "drag") -> None:
-        from vid2pair.pipeline.config import ConfigError  # lazy: avoid an import cycle
-
-        def need(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"{prefix}.{key}: {msg}")
-
-        need(self.k >= 0, "k", "must be >= 0")
-        need(math.isfinite(self.min_spacing_px) and self.min_spacing_px >= 0, "min_spacing_px", "must be >= 0")
-        need(math.isfinite(self.min_flow_px) and self.min_flow_px >= 0, "min_flow_px", "must be >= 0")
-        need(self.mask_dilate_px >= 0, "mask_dilate_px", "must be >= 0")
-        need(math.isfinite(self.flow_check_px) and self.flow_check_px >= 0, "flow_check_px", "must be >= 0")
-        need(self.direction in DIRECTIONS, "direction", f"{self.direction!r} is not one of {list(DIRECTIONS)}")
+    """Drag points: sampled on the target where it moves, their handles from the tracks."""
+    k: int = knob(16, "points stored per pair (up to); the trainer draws any 1..k of them per step, whereas points "
+                      "cannot be added later without tracking again", ge=0)
+    min_spacing_px: float = knob(24.0, "no two target points closer than this", unit="px", ge=0)
+    min_flow_px: float = knob(2.0, "target pixels moving less than this are never sampled", unit="px", ge=0)
+    mask_dilate_px: int = knob(16, "dilation of the moving region + handles/targets for drag_mask", unit="px", ge=0)
+    flow_check_px: float = knob(3.0, "drop a point whose tracked source, moved by the src->tgt flow, misses its "
+                                     "target by more than this + 5 % of its displacement; 0 disables", unit="px", ge=0)
+    direction: Literal["source_to_target", "target_to_source"] = knob(
+        "source_to_target", "drag.json point order: handle on the source, target on the target (or reversed)")
 
 
 def _magnitude(flow: np.ndarray) -> np.ndarray:

@@ -33,14 +33,17 @@ CPU the models always run in fp32.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Literal, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import cv2
 import numpy as np
 
-from vid2pair.stages.base import resolve_device
+from vid2pair.core.device import resolve_device
+from vid2pair.core.items import Item, PairItem, pair_key
+from vid2pair.core.spec import knob, need
+from vid2pair.core.stage import Need, PairStage, Resources, Signal, pair_reject
 
 __all__ = [
     "FlowBackend",
@@ -58,6 +61,37 @@ __all__ = [
 ]
 
 BACKENDS = ("dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m", "sea_raft_l")
+FlowBackendName = Literal["dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m", "sea_raft_l"]
+DisPreset = Literal["ultrafast", "fast", "medium"]
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow source -> target (direct, chained over intermediate frames, or flow_advance)."""
+    backend: FlowBackendName = knob("dis", "dis (weight-free, CPU) | raft_small | raft_large | sea_raft_s | "
+                                           "sea_raft_m | sea_raft_l")
+    dis_preset: DisPreset = knob("medium", "dis: OpenCV DIS preset")
+    weights: Optional[str] = knob(None, "explicit local checkpoint; default: the model cache (vid2pair models fetch)")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N (model backends)")
+    precision: Literal["fp32", "fp16", "bf16"] = knob("fp32", "half precision only on CUDA (autocast)")
+    batch_size: int = knob(4, "pairs per flow-model call (and per actor batch in the Ray runner)", ge=1)
+    iters: Optional[int] = knob(None, "RAFT refinement iterations (null: the model's default)", ge=1)
+    inference_size: Optional[list[int]] = knob(None, "[H, W] the model runs at (multiples of 8); the flow is "
+                                                     "rescaled back", unit="px", items_ge=32)
+    bidirectional: bool = knob(False, "also compute tgt -> src flow (flow_bwd.npy; better sketches)")
+    chain: bool = knob(False, "chain flow over intermediate frames")
+    chain_max_steps: int = knob(8, "hops between source and target when chaining", ge=1)
+    num_gpus: float = knob(0.0, "GPUs per flow actor in the Ray runner (fractions share a GPU); ignored by dis, "
+                                "which never asks for a GPU", ge=0)
+    num_cpus: float = knob(0.25, "logical CPUs per flow actor (it shares cores with the clip workers)", gt=0)
+    actors: int = knob(1, "flow actor-pool size in the Ray runner", ge=1)
+
+    def check(self, prefix: str = "flow") -> None:
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
+             f"{self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        if self.inference_size is not None:
+            need(len(self.inference_size) == 2 and all(s % 8 == 0 for s in self.inference_size),
+                 f"{prefix}.inference_size", "must be [H, W], multiples of 8")
 SEA_RAFT_EXTRA_MESSAGE = "SEA-RAFT needs the optional extra: pip install 'vid2pair[sea-raft]'"
 
 
@@ -200,7 +234,7 @@ def flow_pair(backend: FlowBackend, src: np.ndarray, tgt: np.ndarray, bidirectio
 # DIS
 
 
-_DIS_PRESETS = {
+DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
@@ -211,12 +245,12 @@ class DISFlow:
     """OpenCV Dense Inverse Search flow on grayscale images (weight-free)."""
 
     def __init__(self, preset: str = "medium") -> None:
-        if preset not in _DIS_PRESETS:
-            raise ValueError(f"dis_preset must be one of {sorted(_DIS_PRESETS)}, got {preset!r}")
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"dis_preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
         self.preset = preset
         self.name = "dis"
         self.version = f"opencv-{cv2.__version__}/dis-{preset}"
-        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
 
     def __call__(self, img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
         a, b, single = _as_batches(img1, img2)
@@ -236,9 +270,9 @@ def _resolve_checkpoint(name: str, weights: Optional[Union[str, Path]]) -> Path:
     """An explicit existing file is used as is; everything else goes through the model cache."""
     if weights is not None and Path(weights).is_file():
         return Path(weights)
-    from vid2pair.pipeline.models import resolve_weights  # lazy: only the weighted backends need the model cache
+    from vid2pair.core.weights import resolve_weights
 
-    # raises pipeline.models.MissingWeightsError naming the expected file and the fetch command
+    # raises MissingWeightsError naming the expected file and the fetch command
     return Path(resolve_weights(name, explicit=weights, config_key="flow.weights"))
 
 
@@ -424,26 +458,137 @@ class PtlflowSEARAFT(_TorchFlowModel):
 # factory
 
 
-def make_flow_backend(cfg: Any) -> FlowBackend:
-    """Build the backend described by ``cfg`` (a ``FlowConfig``, namespace or mapping).
+def make_flow_backend(cfg: FlowConfig) -> FlowBackend:
+    """The backend a :class:`FlowConfig` describes."""
+    common = dict(device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size, iters=cfg.iters,
+                  inference_size=cfg.inference_size)
+    if cfg.backend == "dis":
+        return DISFlow(cfg.dis_preset)
+    if cfg.backend in ("raft_small", "raft_large"):
+        return TorchvisionRAFT(cfg.backend.split("_")[1], cfg.weights, **common)
+    if cfg.backend in ("sea_raft_s", "sea_raft_m", "sea_raft_l"):
+        return PtlflowSEARAFT(cfg.backend[-1], cfg.weights, **common)
+    raise ValueError(f"unknown flow backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
 
-    Attributes used: ``backend``, ``dis_preset``, ``weights``, ``device``, ``precision``,
-    ``batch_size``, ``iters``, ``inference_size``.
-    """
-    if isinstance(cfg, Mapping):
-        cfg = SimpleNamespace(**cfg)
-    backend = getattr(cfg, "backend", "dis")
-    common = dict(
-        device=getattr(cfg, "device", "auto"),
-        precision=getattr(cfg, "precision", "fp32"),
-        batch_size=int(getattr(cfg, "batch_size", 4) or 4),
-        iters=getattr(cfg, "iters", None),
-        inference_size=getattr(cfg, "inference_size", None),
-    )
-    if backend == "dis":
-        return DISFlow(getattr(cfg, "dis_preset", "medium"))
-    if backend in ("raft_small", "raft_large"):
-        return TorchvisionRAFT(backend.split("_")[1], getattr(cfg, "weights", None), **common)
-    if backend in ("sea_raft_s", "sea_raft_m", "sea_raft_l"):
-        return PtlflowSEARAFT(backend[-1], getattr(cfg, "weights", None), **common)
-    raise ValueError(f"unknown flow backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+# --------------------------------------------------------------------------------------
+# the stage
+
+
+class FlowStage(PairStage):
+    """Optical flow src -> tgt for a batch of pairs (a model stage: one backend per worker / actor).
+
+    Reads ``arrays["frames"]`` (src, intermediate frames, tgt); writes ``src``, ``tgt``, ``flow``
+    (and ``flow_bwd``), keeps ``frames`` for the tracker, and ``meta["flow"]``. With
+    ``pairs.policy: flow_advance`` it also chooses the target (Magic Fixup's advance rule)."""
+
+    name = "flow"
+    sections = {"flow": FlowConfig}
+    reads = ("frames",)
+    # flow.npy / flow_bwd.npy are written by the encoder from arrays["flow"] / ["flow_bwd"]
+    signals = (Signal("flow", ("flow.npy",), "output.flow"),
+               Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional"))
+
+    @classmethod
+    def resources(cls, cfg) -> Optional[Resources]:
+        fl = cfg.flow
+        if fl.backend == "dis":
+            return None  # weight-free CPU flow: no model to hold, never a GPU; runs with the light stages
+        return Resources(actors=fl.actors, num_gpus=fl.num_gpus, num_cpus=fl.num_cpus, batch_size=fl.batch_size,
+                         gpu_key="flow.num_gpus")
+
+    @classmethod
+    def needs(cls, cfg) -> list[Need]:
+        fl = cfg.flow
+        if fl.backend == "dis":
+            return []
+        out = [Need("weights", fl.backend, f"flow.backend={fl.backend}", path=fl.weights, path_key="flow.weights")]
+        if fl.backend.startswith("sea_raft"):
+            out.append(Need("extra", "ptlflow", f"flow.backend={fl.backend}", extra="sea-raft"))
+        return out
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = make_flow_backend(self.cfg.flow)
+        return self._backend
+
+    def process(self, items: list[PairItem]) -> list[Item]:
+        try:
+            be = self.backend
+        except Exception as e:  # missing weights / extra: every pair is recorded, the message says why
+            return [pair_reject(it, "flow", "flow_backend_unavailable", str(e)[:500]) for it in items]
+        res = {}
+        direct = [it for it in items if not self._needs_sequence(it)]
+        bs = self.cfg.flow.batch_size
+        for k in range(0, len(direct), bs):  # direct src->tgt flow, batched across pairs
+            chunk = direct[k:k + bs]
+            try:
+                src = np.stack([it.arrays["frames"][0] for it in chunk])
+                tgt = np.stack([it.arrays["frames"][-1] for it in chunk])
+                fwd = be(src, tgt)
+                bwd = be(tgt, src) if self.cfg.flow.bidirectional else None
+                for j, it in enumerate(chunk):
+                    res[id(it)] = self._finish(it, fwd[j], None if bwd is None else bwd[j])
+            except Exception as e:
+                for it in chunk:
+                    res[id(it)] = pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500])
+        out: list[Item] = []
+        for it in items:
+            if id(it) not in res:
+                try:
+                    res[id(it)] = self._sequence(it)
+                except Exception as e:
+                    res[id(it)] = pair_reject(it, "flow", "flow_failed", f"{type(e).__name__}: {e}"[:500])
+            out.append(res[id(it)])
+        return out
+
+    def _needs_sequence(self, it: PairItem) -> bool:
+        return it.arrays["frames"].shape[0] > 2 and (self.cfg.flow.chain or self.cfg.pairs.policy == "flow_advance")
+
+    def _sequence(self, it: PairItem) -> Item:
+        """Chained flow over intermediate frames, or the flow_advance target search."""
+        from vid2pair.stages.motion import flow_stats
+        from vid2pair.stages.pairs import advance_select
+
+        fr = it.arrays["frames"]
+        advance = self.cfg.pairs.policy == "flow_advance"
+        sel = np.arange(len(fr)) if advance else chain_indices(len(fr), self.cfg.flow.chain_max_steps)
+        hops = self.backend(fr[sel[:-1]], fr[sel[1:]])  # consecutive hops, batched
+        acc = [hops[0]]
+        for h in hops[1:]:
+            acc.append(compose_flows(acc[-1], h))
+        if advance:
+            st = [flow_stats(f, 1.0, 1e9) for f in acc]
+            k, why = advance_select([s["p90"] for s in st], [s["p95"] for s in st], self.cfg.pairs)
+            if k is None:
+                return pair_reject(it, "pairs", "advance_rejected", why)
+            tgt_frame = it.meta["frame_indices"][k + 1]
+            fps = it.meta["fps"]
+            it.meta.update(tgt_frame=tgt_frame, tgt_time=round(tgt_frame / fps, 6),
+                           dt=round(abs(tgt_frame - it.meta["src_frame"]) / fps, 6), advance_steps=k + 1,
+                           frame_indices=it.meta["frame_indices"][:k + 2])
+            it.key = pair_key(it.clip_id, it.meta["shot"], it.meta["src_frame"], tgt_frame)
+            it.arrays["frames"] = fr[:k + 2]
+            flow = acc[k]
+        else:
+            flow = acc[-1]
+        fr = it.arrays["frames"]
+        bwd = self.backend(fr[-1][None], fr[0][None])[0] if self.cfg.flow.bidirectional else None
+        return self._finish(it, flow, bwd)
+
+    def _finish(self, it: PairItem, flow, bwd) -> PairItem:
+        fr = it.arrays.pop("frames")
+        it.arrays.update(src=fr[0], tgt=fr[-1], flow=flow.astype(np.float32))
+        if self.cfg.track.enabled:
+            it.arrays["frames"] = fr  # the tracker needs the frames in between (it drops them)
+        if bwd is not None:
+            it.arrays["flow_bwd"] = bwd.astype(np.float32)
+        it.meta["flow"] = {"backend": self.cfg.flow.backend, "version": getattr(self.backend, "version", ""),
+                           "chained": bool(self.cfg.flow.chain), "direction": "src->tgt",
+                           "bidirectional": bwd is not None}
+        return it

@@ -5,9 +5,34 @@ Pixel thresholds in the config are for a frame whose short side is
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from vid2pair.core.items import Item, PairItem
+from vid2pair.core.spec import knob, need
+from vid2pair.core.stage import PairStage, pair_reject
+
+
+@dataclass
+class MotionConfig:
+    """Reject pairs whose motion is too small or too large (pixel thresholds at a reference size)."""
+    reference_short_side: int = knob(512, "the px@512 thresholds below are for this short side; scaled to the "
+                                          "stored frame", unit="px", gt=0)
+    min_p50: Optional[float] = knob(None, "too small: median flow magnitude below this", unit="px@512", ge=0)
+    min_p90: Optional[float] = knob(1.0, "too small: p90 of the flow magnitude below this", unit="px@512", ge=0)
+    min_moving_frac: Optional[float] = knob(0.002, "too small: fewer pixels than this move more than moving_px",
+                                            unit="frac", ge=0, le=1)
+    moving_px: float = knob(1.0, "a pixel moves above this flow magnitude", unit="px@512", ge=0)
+    max_p99: Optional[float] = knob(None, "too large: p99 of the flow magnitude above this", unit="px@512", ge=0)
+    large_px: float = knob(350.0, "large-motion threshold", unit="px@512", gt=0)
+    max_large_frac: Optional[float] = knob(0.1, "too large: this fraction or more moves >= large_px", unit="frac",
+                                           ge=0, le=1)
+
+    def check(self, prefix: str = "motion") -> None:
+        if self.min_p90 is not None and self.max_p99 is not None:
+            need(self.max_p99 > self.min_p90, f"{prefix}.max_p99", f"must be > {prefix}.min_p90")
 
 
 def flow_stats(flow: np.ndarray, moving_px: float, large_px: float) -> dict:
@@ -44,3 +69,28 @@ def motion_verdict(stats: dict, short_side: int, cfg) -> Optional[tuple[str, str
         return "motion_too_large", (f"{stats['large_frac']:.3f} of pixels move >= {stats['large_px']:.1f} px "
                                     f"(>= {cfg.max_large_frac})")
     return None
+
+
+class MotionStage(PairStage):
+    """Flow-magnitude statistics (into ``meta["flow"]["stats"]`` and the index) and the min/max rules."""
+
+    name = "motion"
+    sections = {"motion": MotionConfig}
+    reads = ("flow",)
+
+    @classmethod
+    def index_columns(cls, meta: dict) -> dict:
+        return {f"flow_{k}": v for k, v in ((meta.get("flow") or {}).get("stats") or {}).items()}
+
+    def one(self, it: PairItem) -> Item:
+        flow = it.arrays["flow"]
+        bad_px = int((~np.isfinite(flow)).any(axis=-1).sum())
+        if bad_px:  # NaN / inf compare False against every threshold: catch them here, by name
+            return pair_reject(it, "motion", "invalid_flow", f"{bad_px} of {flow.shape[0] * flow.shape[1]} "
+                                                             f"pixels have non-finite flow")
+        st = motion_stats(flow, self.cfg.motion)
+        it.meta["flow"]["stats"] = {k: round(v, 5) for k, v in st.items()}
+        bad = motion_verdict(st, min(flow.shape[:2]), self.cfg.motion)
+        if bad:
+            return pair_reject(it, "motion", *bad)
+        return it

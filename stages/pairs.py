@@ -17,9 +17,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
+
+from vid2pair.core.spec import knob, need
+
+
+@dataclass
+class PairsConfig:
+    """Which (source, target) frames a static shot yields."""
+    policy: Literal["min_gap", "uniform_seconds", "flow_advance"] = knob(
+        "min_gap", "min_gap (FramePainter) | uniform_seconds (Magic Fixup paper) | flow_advance (Magic Fixup code)")
+    per_shot: int = knob(4, "pairs drawn per static shot", ge=1)
+    min_gap_s: float = knob(1.0, "min_gap: dt >= this", unit="s", gt=0)
+    max_gap_s: Optional[float] = knob(None, "min_gap: dt <= this (null: up to the shot length)", unit="s", gt=0)
+    uniform_min_s: int = knob(1, "uniform_seconds: dt drawn uniformly from the integers min..max", unit="s", ge=1)
+    uniform_max_s: int = knob(10, "uniform_seconds: largest dt", unit="s", ge=1)
+    reverse_prob: float = knob(0.0, "probability of swapping source and target (time reversal)", unit="frac",
+                               ge=0, le=1)
+    max_attempts: int = knob(20, "draws per requested pair before giving up", ge=1)
+    advance_step_s: float = knob(1.0, "flow_advance: time between candidate targets", unit="s", gt=0)
+    advance_max_steps: int = knob(10, "flow_advance: candidate targets after the start", ge=1)
+    advance_max_p90: float = knob(300.0, "flow_advance: advance while the flow p90 stays <= this", unit="px", ge=0)
+    advance_first_min_p90: float = knob(1.0, "flow_advance: drop when p90 < this at the first step", unit="px", ge=0)
+    advance_step5_min_p95: float = knob(20.0, "flow_advance: drop when p95 < this at step 5", unit="px", ge=0)
+    advance_final_min_p95: float = knob(50.0, "flow_advance: drop when p95 < this at the step before the target",
+                                        unit="px", ge=0)
+
+    def check(self, prefix: str = "pairs") -> None:
+        need(self.max_gap_s is None or self.max_gap_s >= self.min_gap_s, f"{prefix}.max_gap_s",
+             f"must be >= {prefix}.min_gap_s ({self.min_gap_s})")
+        need(self.uniform_max_s >= self.uniform_min_s, f"{prefix}.uniform_max_s",
+             f"must be >= {prefix}.uniform_min_s ({self.uniform_min_s})")
 
 
 @dataclass
@@ -43,7 +73,8 @@ def min_duration_s(cfg) -> float:
     return cfg.advance_step_s
 
 
-def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator) -> tuple[list[PairSpec], Optional[str]]:
+def sample_pairs(start: int, end: int, fps: float, cfg,
+                 rng: np.random.Generator) -> tuple[list[PairSpec], Optional[str]]:
     """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn)."""
     n = end - start
     out: list[PairSpec] = []

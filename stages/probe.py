@@ -7,8 +7,19 @@ Reasons: ``not_found``, ``unreadable``, ``no_video_stream``, ``too_small``, ``to
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from typing import Optional
+
+from vid2pair.core.spec import knob
+
+
+@dataclass
+class ProbeConfig:
+    """Container checks before any decoding."""
+    min_width: int = knob(64, "narrower videos are rejected (too_small)", unit="px", ge=1)
+    min_height: int = knob(64, "lower videos are rejected (too_small)", unit="px", ge=1)
+    min_duration_s: Optional[float] = knob(None, "shorter videos are rejected (too_short); null: derived from "
+                                                 "the pair policy's smallest gap and shots.min_shot_s", unit="s", gt=0)
 
 
 @dataclass

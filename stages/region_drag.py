@@ -42,6 +42,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from vid2pair.core.spec import knob
+
 __all__ = ["RegionDragConfig", "region_drags", "classify", "TYPES"]
 
 TYPES = ("translation", "rotation", "deformation")
@@ -49,38 +51,23 @@ TYPES = ("translation", "rotation", "deformation")
 
 @dataclass
 class RegionDragConfig:
-    enabled: bool = True  # region_drag.json + region_masks.png (needs collage)
-    reference_short_side: int = 512  # moving_px is for this short side, scaled to the frame
-    moving_px: float = 2.0  # a segment moves when its median |flow| exceeds this
-    rotation_deg: float = 5.0  # |similarity angle| >= this -> rotation
-    deformation_ratio: float = 0.25  # p75 residual > ratio * median motion (and > deformation_min_px) -> deformation
-    deformation_min_px: float = 2.0  # frame px (a flow-noise floor: not scaled with the frame)
-    scale_change: float = 0.15  # |scale - 1| > this -> deformation
-    merge: bool = True  # merge adjacent moving segments that one similarity explains
-    merge_tol_px: float = 2.0  # ... with a p75 residual <= this (frame px, not scaled)
-    n_handles: int = 4  # points per region (the center included)
-    max_regions: int = 16  # at most 255 (the mask label map is uint8)
-    fit_samples: int = 400  # pixels per region for the refit
-    ransac_thresh: float = 3.0  # RANSAC threshold (px) of the region similarity fits
-
-    def validate(self, prefix: str = "region_drag") -> None:
-        from vid2pair.pipeline.config import ConfigError
-
-        def need(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"{prefix}.{key}: {msg}")
-
-        need(self.reference_short_side > 0, "reference_short_side", "must be > 0")
-        need(self.moving_px >= 0, "moving_px", "must be >= 0")
-        need(0 < self.rotation_deg < 180, "rotation_deg", "must be in (0, 180)")
-        need(self.deformation_ratio > 0, "deformation_ratio", "must be > 0")
-        need(self.deformation_min_px >= 0, "deformation_min_px", "must be >= 0")
-        need(self.scale_change > 0, "scale_change", "must be > 0")
-        need(self.merge_tol_px >= 0, "merge_tol_px", "must be >= 0")
-        need(self.n_handles >= 1, "n_handles", "must be >= 1")
-        need(1 <= self.max_regions <= 255, "max_regions", "must be in [1, 255] (uint8 label map)")
-        need(self.fit_samples >= 3, "fit_samples", "must be >= 3")
-        need(self.ransac_thresh > 0, "ransac_thresh", "must be > 0")
+    """Region drags from the collage's segments, with an operation type."""
+    enabled: bool = knob(True, "region_drag.json + region_masks.png (needs the collage)")
+    reference_short_side: int = knob(512, "the px@512 knobs are for this short side, scaled to the frame",
+                                     unit="px", gt=0)
+    moving_px: float = knob(2.0, "a segment moves when its median flow magnitude exceeds this", unit="px@512", ge=0)
+    rotation_deg: float = knob(5.0, "|similarity angle| >= this: rotation", unit="deg", gt=0, lt=180)
+    deformation_ratio: float = knob(0.25, "p75 residual > ratio x median motion (and > deformation_min_px): "
+                                          "deformation", gt=0)
+    deformation_min_px: float = knob(2.0, "a flow-noise floor for deformation (not scaled with the frame)",
+                                     unit="px", ge=0)
+    scale_change: float = knob(0.15, "|scale - 1| > this: deformation", gt=0)
+    merge: bool = knob(True, "merge adjacent moving segments that one similarity explains")
+    merge_tol_px: float = knob(2.0, "... with a p75 residual <= this (not scaled)", unit="px", ge=0)
+    n_handles: int = knob(4, "points per region (the centre included)", ge=1)
+    max_regions: int = knob(16, "regions kept per pair (the mask label map is uint8)", ge=1, le=255)
+    fit_samples: int = knob(400, "pixels per region for the refit", ge=3)
+    ransac_thresh: float = knob(3.0, "RANSAC threshold of the region similarity fits", unit="px", gt=0)
 
 
 def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig) -> str:

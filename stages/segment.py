@@ -40,7 +40,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from vid2pair.stages.base import resolve_device
+from vid2pair.core.device import resolve_device
 
 __all__ = ["FelzenszwalbSegmenter", "SlicSegmenter", "SamSegmenter", "make_segmenter", "relabel",
            "SAM_EXTRA_MESSAGE", "SEGMENTERS", "REFERENCE_SHORT_SIDE"]
@@ -200,7 +200,7 @@ class SamSegmenter:
             raise ValueError(f"sam model_type must be one of vit_b, vit_l, vit_h, got {model_type!r}")
         self.device = resolve_device(device)
         if model is None:
-            from vid2pair.pipeline.models import resolve_weights
+            from vid2pair.core.weights import resolve_weights
 
             # raises MissingWeightsError naming `vid2pair models fetch sam_<type>`
             path = resolve_weights(f"sam_{model_type}", explicit=checkpoint, config_key="collage.sam_checkpoint")
@@ -231,21 +231,15 @@ class SamSegmenter:
 
 
 def make_segmenter(cfg: Any, model: Any = None):
-    """The segmenter a ``CollageConfig`` (or namespace) describes; ``model`` injects a SAM model."""
-    name = getattr(cfg, "segmenter", "felzenszwalb")
-    min_area = int(getattr(cfg, "min_area", 300))
-    if name == "felzenszwalb":
-        return FelzenszwalbSegmenter(scale=getattr(cfg, "fz_scale", 300.0), sigma=getattr(cfg, "fz_sigma", 0.8),
-                                     min_size=getattr(cfg, "fz_min_size", 50),
-                                     flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area,
-                                     max_short_side=getattr(cfg, "segment_short_side", None))
-    if name == "slic":
-        return SlicSegmenter(n_segments=getattr(cfg, "slic_segments", 150),
-                             compactness=getattr(cfg, "slic_compactness", 10.0),
-                             flow_weight=getattr(cfg, "flow_weight", 1.0), min_area=min_area,
-                             max_short_side=getattr(cfg, "segment_short_side", None))
-    if name == "sam":
-        return SamSegmenter(getattr(cfg, "sam_model_type", "vit_b"), getattr(cfg, "sam_checkpoint", None),
-                            points_per_side=getattr(cfg, "points_per_side", 32), min_area=min_area,
-                            device=getattr(cfg, "device", "auto"), model=model)
-    raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
+    """The segmenter a :class:`~vid2pair.stages.collage.CollageConfig` describes; ``model`` injects a SAM model."""
+    if cfg.segmenter == "felzenszwalb":
+        return FelzenszwalbSegmenter(scale=cfg.fz_scale, sigma=cfg.fz_sigma, min_size=cfg.fz_min_size,
+                                     flow_weight=cfg.flow_weight, min_area=cfg.min_area,
+                                     max_short_side=cfg.segment_short_side)
+    if cfg.segmenter == "slic":
+        return SlicSegmenter(n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
+                             flow_weight=cfg.flow_weight, min_area=cfg.min_area, max_short_side=cfg.segment_short_side)
+    if cfg.segmenter == "sam":
+        return SamSegmenter(cfg.sam_model_type, cfg.sam_checkpoint, points_per_side=cfg.points_per_side,
+                            min_area=cfg.min_area, device=cfg.device, model=model)
+    raise ValueError(f"unknown segmenter {cfg.segmenter!r}; choose one of {', '.join(SEGMENTERS)}")

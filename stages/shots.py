@@ -5,9 +5,22 @@ Pure core: :func:`detect_cuts` takes an iterable of RGB frames and returns cut f
 """
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Literal
 
 import numpy as np
+
+from vid2pair.core.spec import knob
+
+
+@dataclass
+class ShotsConfig:
+    """Cut detection (PySceneDetect) on small frames decoded sequentially."""
+    detector: Literal["content", "adaptive", "none"] = knob("content", "scenedetect detector; none: one shot per clip")
+    threshold: float = knob(27.0, "ContentDetector threshold", gt=0)
+    min_shot_s: float = knob(1.0, "shorter shots are rejected (stage shots)", unit="s", gt=0)
+    analysis_width: int = knob(128, "frames are decoded this wide for cut detection", unit="px", ge=16)
+    trim_s: float = knob(0.1, "dropped at both ends of each shot (fades, cut blur)", unit="s", ge=0)
 
 
 def detect_cuts(frames: Iterable[tuple[int, np.ndarray]], fps: float, detector: str = "content",

@@ -41,7 +41,9 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem
-from vid2pair.stages.base import PairStage, pair_reject
+from vid2pair.core.spec import knob
+from vid2pair.core.stage import Member, PairStage, Signal, pair_reject
+from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["SketchConfig", "sketch_from_flow", "edge_strength", "thin", "target_flow", "SketchStage"]
 
@@ -53,31 +55,17 @@ SPLAT_SHARPNESS = 10.0
 
 @dataclass
 class SketchConfig:
-    enabled: bool = True  # sketch.png
-    rel_thresh: float = 0.25  # edge strength must exceed this x the 98th-percentile flow magnitude ...
-    abs_thresh_px: float = 1.0  # ... and this absolute floor (px of flow jump)
-    stroke_width: int = 3  # px, final stroke thickness
-    min_component_px: int = 10  # skeleton pieces shorter than this (px) are dropped
-    density: float = 1.0  # fraction of the skeleton length kept, strongest strokes first
-    max_stroke_frac: Optional[float] = None  # reject pairs whose strokes cover more of the frame; null: never
-    use_flow_bwd: bool = True  # use flow_bwd (tgt -> src) when present; else always splat the forward flow
-
-    def validate(self, prefix: str = "sketch") -> None:
-        from vid2pair.pipeline.config import ConfigError
-
-        if not self.rel_thresh >= 0:
-            raise ConfigError(f"{prefix}.rel_thresh: must be >= 0, got {self.rel_thresh}")
-        if not self.abs_thresh_px > 0:
-            raise ConfigError(f"{prefix}.abs_thresh_px: must be > 0 (a static scene must give no strokes), "
-                              f"got {self.abs_thresh_px}")
-        if self.stroke_width < 1:
-            raise ConfigError(f"{prefix}.stroke_width: must be >= 1, got {self.stroke_width}")
-        if self.min_component_px < 1:
-            raise ConfigError(f"{prefix}.min_component_px: must be >= 1, got {self.min_component_px}")
-        if not 0.0 < self.density <= 1.0:
-            raise ConfigError(f"{prefix}.density: must be in (0, 1], got {self.density}")
-        if self.max_stroke_frac is not None and not 0.0 < self.max_stroke_frac <= 1.0:
-            raise ConfigError(f"{prefix}.max_stroke_frac: must be in (0, 1] or null, got {self.max_stroke_frac}")
+    """The sketch: clean strokes along the motion boundaries, in the target's layout."""
+    enabled: bool = knob(True, "sketch.png")
+    rel_thresh: float = knob(0.25, "edge strength must exceed this x the 98th-percentile flow magnitude ...", ge=0)
+    abs_thresh_px: float = knob(1.0, "... and this absolute floor (a static scene gives no strokes)", unit="px", gt=0)
+    stroke_width: int = knob(3, "final stroke thickness", unit="px", ge=1)
+    min_component_px: int = knob(10, "skeleton pieces shorter than this are dropped", unit="px", ge=1)
+    density: float = knob(1.0, "fraction of the skeleton length kept, strongest strokes first", unit="frac",
+                          gt=0, le=1)
+    max_stroke_frac: Optional[float] = knob(None, "reject pairs whose strokes cover more of the frame; null: never",
+                                            unit="frac", gt=0, le=1)
+    use_flow_bwd: bool = knob(True, "use flow_bwd (tgt -> src) when present; else splat the forward flow")
 
 
 # ----------------------------------------------------------------------------------- pieces
@@ -250,19 +238,16 @@ class SketchStage(PairStage):
     """Adds ``arrays["sketch"]`` (H, W) uint8 (255 strokes on 0, target layout) and ``meta["sketch"]``."""
 
     name = "sketch"
+    sections = {"sketch": SketchConfig}
+    reads = ("src", "tgt", "flow", "flow_bwd")
+    writes = (Member("sketch.png", "sketch", "png"),)
+    signals = (Signal("sketch", ("sketch.png",), "sketch.enabled"),)
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.c: SketchConfig = cfg.sketch
 
-    def process(self, items: list[PairItem]) -> list[Item]:
-        if not self.c.enabled:
-            return list(items)
-        return super().process(items)
-
     def one(self, it: PairItem) -> Item:
-        from vid2pair.stages.coarse import check_pair_arrays
-
         bad = check_pair_arrays(it)
         if bad:
             return pair_reject(it, self.name, *bad)

@@ -33,7 +33,8 @@ from typing import Optional
 
 import numpy as np
 
-from vid2pair.stages.base import resolve_device  # noqa: E402  (re-exported)
+from vid2pair.core.device import resolve_device  # noqa: F401  (re-exported)
+from vid2pair.core.items import PairItem
 
 MODES = ("sum", "avg", "linear", "soft")
 
@@ -256,3 +257,23 @@ def reference_splat_numpy(img: np.ndarray, flow: np.ndarray, metric: Optional[np
             elif den > 0:
                 out[bi, :, py, px] = num / den
     return out
+
+
+def check_pair_arrays(it: PairItem) -> Optional[tuple[str, str]]:
+    """None when ``src`` / ``tgt`` / ``flow`` are usable, else (reason, detail): ``bad_input`` or ``invalid_flow``."""
+    a = it.arrays
+    if any(k not in a for k in ("src", "tgt", "flow")):
+        return "bad_input", f"missing arrays: have {sorted(a)}"
+    src, tgt, flow = (np.asarray(a[k]) for k in ("src", "tgt", "flow"))
+    if src.ndim != 3 or src.shape[-1] != 3 or src.dtype != np.uint8 or tgt.shape != src.shape \
+            or tgt.dtype != np.uint8:
+        return "bad_input", (f"src/tgt must be (H, W, 3) uint8 of one size, "
+                             f"got {src.shape} {src.dtype} / {tgt.shape} {tgt.dtype}")
+    if min(src.shape[:2]) < 2:
+        return "bad_input", f"frame too small: {src.shape[1]}x{src.shape[0]}"
+    if flow.shape != src.shape[:2] + (2,):
+        return "bad_input", f"flow shape {flow.shape} does not match the frame {src.shape[:2]}"
+    if not np.issubdtype(flow.dtype, np.floating) or not np.isfinite(flow).all():
+        return "invalid_flow", "flow has non-finite values" if np.issubdtype(flow.dtype, np.floating) \
+            else f"flow dtype {flow.dtype} is not floating point"
+    return None

@@ -11,8 +11,22 @@ and the shot is static when ``score <= static_camera.max_shift``. See docs/calib
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+from vid2pair.core.spec import knob
+
+
+@dataclass
+class StaticCameraConfig:
+    """Keep only shots whose camera does not move (docs/calibration.md)."""
+    enabled: bool = knob(True, "false: every shot counts as static")
+    samples: int = knob(8, "frames sampled across the shot", ge=2)
+    analysis_width: int = knob(320, "frames are decoded this wide for the camera-motion fit", unit="px", ge=32)
+    max_shift: float = knob(0.008, "camera score threshold (largest chained corner shift)", unit="frac_diag", gt=0)
+    min_inliers: int = knob(12, "fewer RANSAC inliers: camera_motion_unknown (a similarity needs 2 points)", ge=3)
 
 
 def _track(a: np.ndarray, b: np.ndarray, max_corners: int = 400):

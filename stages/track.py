@@ -36,13 +36,18 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import cv2
 import numpy as np
 
-from vid2pair.core.items import Item, PairItem, clip_seed
-from vid2pair.stages.base import PairStage, pair_reject, resolve_device
+from vid2pair.core.device import resolve_device
+from vid2pair.core.items import Item, PairItem
+from vid2pair.core.seeding import rng_for
+from vid2pair.core.spec import knob, need, validate
+from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
+from vid2pair.stages.drag import DragConfig
+from vid2pair.stages.flow import DIS_PRESETS, DisPreset
 
 __all__ = [
     "TrackConfig",
@@ -66,49 +71,35 @@ TRACK_BACKENDS = ("flow_chain", "cotracker3_offline", "cotracker3_online")
 
 @dataclass
 class TrackConfig:
-    enabled: bool = True  # track target->source, drag points, tracks.npy / visibility.npy
-    backend: str = "flow_chain"  # flow_chain | cotracker3_offline | cotracker3_online
-    # frames between target and source given to the tracker (evenly subsampled, both ends kept)
-    max_frames: int = 24
-    # query grid spacing in stored px; 0 = auto: one point per latent token of the image once it
-    # is resized to a 576 px short side (8 px at 576x1024, 3 px at 240x320): auto_grid_stride()
-    grid_stride: int = 0
-    step_px: float = 20.0  # flow_chain: motion covered by one chained DIS hop
-    fb_thresh_px: float = 2.0  # flow_chain: forward-backward error above this -> invisible
-    min_ncc: float = 0.5  # flow_chain: 7x7 patch NCC target vs source below this -> invisible (-1: off)
-    dis_preset: str = "medium"  # flow_chain: ultrafast | fast | medium
-    analysis_width: int = 160  # flow_chain: width of the motion profile used to plan the hops
-    min_visible_frac: float = 0.1  # fewer visible grid points than this fraction -> pair rejected
-    hub_repo: str = "facebookresearch/co-tracker"  # GitHub owner/name, or a local dir with hubconf.py
-    checkpoint: Optional[str] = None  # local weights; default: the model cache (vid2pair models fetch)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp16"  # fp16 | fp32: CoTracker under fp16 autocast on CUDA (half the memory); CPU stays fp32
-    batch_size: int = 2  # pairs per tracker call
-    num_gpus: float = 0.0  # per tracker actor in the Ray runner
+    """Target -> source point tracking: drag handles and the matching-attention supervision."""
+    enabled: bool = knob(True, "track target->source: drag points, tracks.npy / visibility.npy")
+    backend: Literal["flow_chain", "cotracker3_offline", "cotracker3_online"] = knob(
+        "flow_chain", "flow_chain (weight-free, CPU) | cotracker3_offline | cotracker3_online (weights)")
+    max_frames: int = knob(24, "frames between target and source given to the tracker (evenly subsampled, both "
+                               "ends kept)", unit="frames", ge=2)
+    grid_stride: int = knob(0, "query grid spacing; 0 = auto: one point per latent token of the image resized to a "
+                               "576-px short side (8 px at 576x1024, 3 px at 240x320)", unit="px", ge=0)
+    step_px: float = knob(20.0, "flow_chain: motion covered by one chained DIS hop", unit="px@dis", gt=0)
+    fb_thresh_px: float = knob(2.0, "flow_chain: forward-backward error above this: invisible", unit="px@dis", gt=0)
+    min_ncc: float = knob(0.5, "flow_chain: 7x7 patch NCC target vs source below this: invisible (-1: off)",
+                          ge=-1, le=1)
+    dis_preset: DisPreset = knob("medium", "flow_chain: OpenCV DIS preset of the hops")
+    analysis_width: int = knob(160, "flow_chain: width of the motion profile used to plan the hops", unit="px",
+                               ge=32)
+    min_visible_frac: float = knob(0.1, "fewer visible grid points than this fraction: pair rejected", unit="frac",
+                                   ge=0, le=1)
+    hub_repo: str = knob("facebookresearch/co-tracker", "cotracker: GitHub owner/name, or a local dir with hubconf.py")
+    checkpoint: Optional[str] = knob(None, "cotracker: local weights; default: the model cache (vid2pair models fetch)")
+    device: str = knob("auto", "cotracker: auto | cpu | cuda | cuda:N")
+    precision: Literal["fp16", "fp32"] = knob("fp16", "cotracker: fp16 autocast on CUDA (half the memory); CPU "
+                                                      "stays fp32")
+    batch_size: int = knob(2, "pairs per tracker call", ge=1)
+    num_gpus: float = knob(0.0, "GPUs per tracker actor in the Ray runner; flow_chain never asks for one", ge=0)
 
-    def validate(self, prefix: str = "track") -> None:
-        from vid2pair.pipeline.config import ConfigError  # lazy: pipeline.config may import this module
-
-        def need(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"{prefix}.{key}: {msg}")
-
-        need(self.backend in TRACK_BACKENDS, "backend", f"{self.backend!r} is not one of {list(TRACK_BACKENDS)}")
-        need(self.max_frames >= 2, "max_frames", "must be >= 2 (target and source)")
-        need(self.grid_stride >= 0, "grid_stride", "must be >= 0 (0 = auto)")
-        need(math.isfinite(self.step_px) and self.step_px > 0, "step_px", "must be > 0")
-        need(math.isfinite(self.fb_thresh_px) and self.fb_thresh_px > 0, "fb_thresh_px", "must be > 0")
-        need(-1.0 <= self.min_ncc <= 1.0, "min_ncc", "must be in [-1, 1]")
-        need(self.dis_preset in ("ultrafast", "fast", "medium"), "dis_preset",
-             f"{self.dis_preset!r} is not one of ['fast', 'medium', 'ultrafast']")
-        need(self.analysis_width >= 32, "analysis_width", "must be >= 32")
-        need(0.0 <= self.min_visible_frac <= 1.0, "min_visible_frac", "must be in [0, 1]")
-        need(bool(self.hub_repo), "hub_repo", "must not be empty")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+    def check(self, prefix: str = "track") -> None:
+        need(bool(self.hub_repo), f"{prefix}.hub_repo", "must not be empty")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
              f"{self.device!r} is not one of auto, cpu, cuda, cuda:N")
-        need(self.precision in ("fp32", "fp16"), "precision", f"{self.precision!r} is not one of ['fp16', 'fp32']")
-        need(self.batch_size >= 1, "batch_size", "must be >= 1")
-        need(self.num_gpus >= 0, "num_gpus", "must be >= 0")
 
 
 # --------------------------------------------------------------------------------------
@@ -213,10 +204,6 @@ def _batch_inputs(frames, queries) -> tuple[list[np.ndarray], list[np.ndarray]]:
 # flow_chain
 
 
-_DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-
-
 def _gray(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
 
@@ -292,31 +279,31 @@ class FlowChainTracker:
        cannot: a point whose chain stuck to the static background in both directions (an object
        outline, or an object leaving the frame).
 
-    ``finest_scale``: DIS's finest pyramid level for the hops (None: :func:`auto_finest_scale`).
+    The knobs (``step_px``, ``fb_thresh_px``, ``dis_preset``, ``analysis_width``, ``min_ncc``) come
+    from a :class:`TrackConfig` (its defaults when none is given). ``finest_scale``: DIS's finest
+    pyramid level for the hops (None: :func:`auto_finest_scale`); ``init`` / ``fb`` switch off the
+    profile initialisation / the forward-backward check (ablations).
     """
 
     name = "flow_chain"
 
-    def __init__(self, step_px: float = 20.0, fb_thresh_px: float = 2.0, dis_preset: str = "medium",
-                 analysis_width: int = 160, finest_scale: Optional[int] = None, init: bool = True,
-                 fb: bool = True, min_ncc: float = 0.5) -> None:
-        if dis_preset not in _DIS_PRESETS:
-            raise ValueError(f"dis_preset must be one of {sorted(_DIS_PRESETS)}, got {dis_preset!r}")
-        if not (step_px > 0 and fb_thresh_px > 0 and analysis_width >= 16):
-            raise ValueError("step_px and fb_thresh_px must be > 0 and analysis_width >= 16")
-        self.step_px = float(step_px)
-        self.fb_thresh_px = float(fb_thresh_px)
-        self.dis_preset = dis_preset
-        self.analysis_width = int(analysis_width)
+    def __init__(self, cfg: Optional[TrackConfig] = None, *, finest_scale: Optional[int] = None, init: bool = True,
+                 fb: bool = True) -> None:
+        cfg = cfg if cfg is not None else TrackConfig()
+        validate(cfg, "track.")
+        self.step_px = float(cfg.step_px)
+        self.fb_thresh_px = float(cfg.fb_thresh_px)
+        self.dis_preset = cfg.dis_preset
+        self.analysis_width = int(cfg.analysis_width)
         self.finest_scale = finest_scale
         self.init = bool(init)
         self.fb = bool(fb)
-        self.min_ncc = float(min_ncc)
-        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
-        self._profile_dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[dis_preset])
+        self.min_ncc = float(cfg.min_ncc)
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.dis_preset])
+        self._profile_dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.dis_preset])
         self._profile_dis.setFinestScale(0)  # resolve ~1 px steps at analysis_width
         fs = "auto" if finest_scale is None else str(int(finest_scale))
-        self.version = (f"opencv-{cv2.__version__}/dis-{dis_preset}/step{self.step_px:g}/fb{self.fb_thresh_px:g}"
+        self.version = (f"opencv-{cv2.__version__}/dis-{self.dis_preset}/step{self.step_px:g}/fb{self.fb_thresh_px:g}"
                         f"/ncc{self.min_ncc:g}/aw{self.analysis_width}/fs-{fs}{'' if self.init else '/noinit'}"
                         f"{'' if self.fb else '/nofb'}")
         self.last_info: list[dict] = []
@@ -460,7 +447,7 @@ def load_cotracker_predictor(variant: str, hub_repo: str = "facebookresearch/co-
         raise ValueError(f"CoTracker3 variant must be 'offline' or 'online', got {variant!r}")
     import torch
 
-    from vid2pair.pipeline.models import resolve_weights
+    from vid2pair.core.weights import resolve_weights
 
     entry = f"cotracker3_{variant}"
     ckpt = Path(resolve_weights(entry, explicit=checkpoint, config_key="track.checkpoint"))
@@ -564,18 +551,14 @@ class CoTrackerTracker:
         return src_xy, src_vis
 
 
-def make_tracker(cfg: Any, builder: Optional[Callable[[str], Any]] = None) -> Tracker:
-    """The tracker described by a :class:`TrackConfig` (or anything with its attributes)."""
-    backend = getattr(cfg, "backend", "flow_chain")
-    d = TrackConfig()
-    get = lambda key: getattr(cfg, key, getattr(d, key))  # noqa: E731
-    if backend == "flow_chain":
-        return FlowChainTracker(step_px=get("step_px"), fb_thresh_px=get("fb_thresh_px"), dis_preset=get("dis_preset"),
-                                analysis_width=get("analysis_width"), min_ncc=get("min_ncc"))
-    if backend in ("cotracker3_offline", "cotracker3_online"):
-        return CoTrackerTracker(backend.rsplit("_", 1)[1], hub_repo=get("hub_repo"), checkpoint=get("checkpoint"),
-                                device=get("device"), precision=get("precision"), builder=builder)
-    raise ValueError(f"unknown track backend {backend!r}; choose one of {', '.join(TRACK_BACKENDS)}")
+def make_tracker(cfg: TrackConfig, builder: Optional[Callable[[str], Any]] = None) -> Tracker:
+    """The tracker a :class:`TrackConfig` describes."""
+    if cfg.backend == "flow_chain":
+        return FlowChainTracker(cfg)
+    if cfg.backend in ("cotracker3_offline", "cotracker3_online"):
+        return CoTrackerTracker(cfg.backend.rsplit("_", 1)[1], hub_repo=cfg.hub_repo, checkpoint=cfg.checkpoint,
+                                device=cfg.device, precision=cfg.precision, builder=builder)
+    raise ValueError(f"unknown track backend {cfg.backend!r}; choose one of {', '.join(TRACK_BACKENDS)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -625,13 +608,33 @@ class TrackStage(PairStage):
     """
 
     name = "track"
+    sections = {"track": TrackConfig, "drag": DragConfig}
+    reads = ("src", "tgt", "flow", "frames")
+    writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
+              Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
+    signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
+               Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"))
+
+    @classmethod
+    def resources(cls, cfg) -> Optional[Resources]:
+        t = cfg.track
+        if t.backend == "flow_chain":
+            return None  # weight-free chained DIS: CPU, no model, never a GPU
+        return Resources(actors=1, num_gpus=t.num_gpus, num_cpus=0.25, batch_size=t.batch_size,
+                         gpu_key="track.num_gpus")
+
+    @classmethod
+    def needs(cls, cfg) -> list[Need]:
+        t = cfg.track
+        if t.backend == "flow_chain":
+            return []
+        return [Need("weights", t.backend, f"track.backend={t.backend}", path=t.checkpoint,
+                     path_key="track.checkpoint")]
 
     def __init__(self, cfg: Any, tracker: Optional[Tracker] = None) -> None:
-        from vid2pair.stages.drag import DragConfig
-
-        self.cfg = cfg
-        self.tcfg = getattr(cfg, "track", None) or TrackConfig()
-        self.dcfg = getattr(cfg, "drag", None) or DragConfig()
+        super().__init__(cfg)
+        self.tcfg: TrackConfig = cfg.track
+        self.dcfg: DragConfig = cfg.drag
         self._tracker = tracker
 
     @property
@@ -679,8 +682,7 @@ class TrackStage(PairStage):
         # forward splat of the pair's own src->tgt flow, not flow_bwd: with chained flow the
         # backward flow is a direct one that fails on large motion (docs/tracking.md)
         mag = target_side_magnitude(flow)
-        seed = int(getattr(self.cfg, "seed", 0) or 0)
-        rng = np.random.default_rng(np.random.SeedSequence(clip_seed(seed, it.key).entropy, spawn_key=(0xD2A6,)))
+        rng = rng_for(self.cfg.seed, it.key, "drag")
         # over-sample: candidates come in weighted-random order, the first k that survive the
         # visibility and flow checks are kept (dropping some keeps the others' spacing)
         drag_tgt = sample_drag_points(drag_weights(mag, self.dcfg.min_flow_px), _DRAG_OVERSAMPLE * self.dcfg.k,
@@ -739,12 +741,8 @@ class TrackStage(PairStage):
         return [(xy[k], vis[k], info[k]) for k in range(len(preps))]
 
     def process(self, items: list[PairItem]) -> list[Item]:
-        if not self.tcfg.enabled:
-            for it in items:
-                it.arrays.pop("frames", None)
-            return list(items)
         try:
-            self.tracker
+            _ = self.tracker
         except Exception as e:  # missing weights / hub repo: every pair is recorded with the reason
             msg = f"{type(e).__name__}: {e}"[:500]
             return [pair_reject(it, "track", "tracker_unavailable", msg) for it in items]
@@ -770,7 +768,7 @@ class TrackStage(PairStage):
                         out[id(it)] = pair_reject(it, "track", "track_failed", f"{type(e).__name__}: {e}"[:500])
                         continue
                     results = []
-                    for it, p in chunk:  # isolate the failing pair(s)
+                    for _it, p in chunk:  # isolate the failing pair(s)
                         try:
                             results.append(self._track([p])[0])
                         except Exception as e1:

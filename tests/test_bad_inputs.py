@@ -124,35 +124,44 @@ def test_every_bad_input_is_accounted_for(corpus, tmp_path):
     assert (idx["width"] == 320).all()  # 4K decoded at reduced size then cropped
 
 
-def test_decoder_crash_and_hang_lose_only_that_clip(corpus, tmp_path, monkeypatch):
-    d, _ = corpus
+def test_decoder_crash_and_hang_lose_only_that_clip(corpus, tmp_path):
+    """A crash or a hang in the isolation child loses only that clip, and the reject names the step
+    that was running: a decoder abort, a stage abort after decoding, a decoder hang. The faults come
+    from stages of the test's own (tests/fault_stages.py), passed to build()."""
+    from fault_stages import AbortOnC1, FlowAbortOnC2, HangOnC0, with_stage
+
+    from vid2pair.stages.clip import ClipStage
+    from vid2pair.stages.flow import FlowStage
+
     clips = tmp_path / "clips"
     clips.mkdir()
-    for k in range(3):
+    for k in range(3):  # mpeg4: a bit-exact encoder, so every clip's pairs are the same on every run
         write_video(make_clip(width=160, height=120, n_frames=36, fps=12, seed=10 + k).frames,
-                    clips / f"c{k}.mp4", 12)
+                    clips / f"c{k}.mp4", 12, codec="mpeg4")
     cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=8",
                                "frame.size=[120, 160]"])
-    monkeypatch.setenv("VID2PAIR_FAULT", "crash:c1.mp4")
-    s = build(cfg, str(clips), tmp_path / "o1", log_summary=False)
+    s = build(cfg, str(clips), tmp_path / "o0", log_summary=False)
+    assert s["clips_with_samples"] == 3 and s["rejects_total"] == 0  # no fault: every clip gives samples
+    s = build(cfg, str(clips), tmp_path / "o1", log_summary=False, stages=with_stage(ClipStage, AbortOnC1))
     rej = read_rejects(tmp_path / "o1")
     crashed = rej[rej.reason == "decoder_crashed"]
     assert list(crashed.source.map(lambda x: Path(x).name)) == ["c1.mp4"]
-    assert "SIGABRT" in crashed.detail.iloc[0]
+    assert crashed.stage.iloc[0] == "decode" and "SIGABRT" in crashed.detail.iloc[0]
     assert s["clips_with_samples"] == 2
     # a crash after decoding, in the CPU pair stages (flow, tracking, signals, encode run in the same
-    # isolation child): also loses only that clip
-    monkeypatch.setenv("VID2PAIR_FAULT", "crash_stages:c2.mp4")
-    s = build(cfg, str(clips), tmp_path / "o3", log_summary=False)
+    # isolation child): also loses only that clip, and is recorded against that stage
+    s = build(cfg, str(clips), tmp_path / "o3", log_summary=False, stages=with_stage(FlowStage, FlowAbortOnC2))
     rej = read_rejects(tmp_path / "o3")
-    crashed = rej[rej.reason == "decoder_crashed"]
+    crashed = rej[rej.reason == "stage_crashed"]
     assert list(crashed.source.map(lambda x: Path(x).name)) == ["c2.mp4"]
-    assert "SIGABRT" in crashed.detail.iloc[0] and "then flow, motion" in crashed.detail.iloc[0]
+    assert crashed.stage.iloc[0] == "flow" and "SIGABRT" in crashed.detail.iloc[0]
+    assert "then flow, motion" in crashed.detail.iloc[0]
+    assert not (rej.reason == "decoder_crashed").any()
     assert s["clips_with_samples"] == 2 and s["all_inputs_accounted"]
-    monkeypatch.setenv("VID2PAIR_FAULT", "hang:c0.mp4")
-    s = build(cfg, str(clips), tmp_path / "o2", log_summary=False)
+    s = build(cfg, str(clips), tmp_path / "o2", log_summary=False, stages=with_stage(ClipStage, HangOnC0))
     rej = read_rejects(tmp_path / "o2")
-    assert list(rej[rej.reason == "decode_timeout"].source.map(lambda x: Path(x).name)) == ["c0.mp4"]
+    hung = rej[rej.reason == "decode_timeout"]
+    assert list(hung.source.map(lambda x: Path(x).name)) == ["c0.mp4"] and hung.stage.iloc[0] == "shots"
     assert s["clips_with_samples"] == 2
 
 

@@ -55,7 +55,8 @@ def test_default_runner_does_not_join_another_cluster_on_the_machine(tmp_path):
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        code = ("import json, ray; from vid2pair.pipeline.config import load_config; from vid2pair.pipeline.runners import init_ray; "
+        code = ("import json, ray; from vid2pair.pipeline.config import load_config; "
+                "from vid2pair.pipeline.runners import init_ray; "
                 "init_ray(load_config('demo', ['runner.num_cpus=1'])); "
                 "print(json.dumps({'gcs': ray.get_runtime_context().gcs_address}))")
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.collage import CollageConfig, CollageStage, composite, fit_segments, make_collage
@@ -67,7 +68,7 @@ def test_collage_psnr_beats_source(pairs):
     >= 8 dB (GT) / 6.5 dB (DIS); the coarse edit's bar is 6 dB.
     """
     gains = {}
-    for seed, gap, name, c, src, tgt, fl in pairs:
+    for seed, gap, name, _c, src, tgt, fl in pairs:
         cfg = CollageConfig()
         lab = FelzenszwalbSegmenter(flow_weight=cfg.flow_weight, min_area=cfg.min_area)(src, fl)
         res = make_collage(src, tgt, fl, lab, cfg=cfg, moving_px=1.0, rng=np.random.default_rng(seed))
@@ -103,7 +104,7 @@ def test_occlusion_order_matches_synthetic_z_order(pairs):
 
 def test_segments_follow_motion_boundaries(pairs):
     """Felzenszwalb on image + flow: segments do not straddle objects (purity vs GT masks)."""
-    for seed, gap, name, c, src, tgt, fl in pairs[:2]:
+    for _seed, _gap, name, c, src, _tgt, fl in pairs[:2]:
         lab = FelzenszwalbSegmenter()(src, fl)
         g0 = c.object_masks(0)
         assert lab.shape == g0.shape and lab.dtype == np.int32
@@ -187,8 +188,8 @@ def test_stage_outputs_and_meta():
     src, tgt = c.frames[0], c.frames[3]
     flow, _ = c.flow(0, 3)
     cfg = _cfg()
-    cfg.collage.validate()
-    cfg.region_drag.validate()
+    validate(cfg.collage, "collage.")
+    validate(cfg.region_drag, "region_drag.")
     it = CollageStage(cfg)([_item(src, tgt, flow)])[0]
     assert isinstance(it, PairItem), it
     a = it.arrays
@@ -217,20 +218,14 @@ def test_stage_outputs_and_meta():
 def test_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
-    CollageConfig().validate()
+    validate(CollageConfig(), "collage.")
     for kw, key in ((dict(segmenter="grabcut"), "collage.segmenter"), (dict(depth="zoe"), "collage.depth"),
                     (dict(fit_samples=2), "collage.fit_samples"), (dict(ransac_thresh=0), "collage.ransac_thresh"),
                     (dict(sam_model_type="vit_x"), "collage.sam_model_type"), (dict(num_gpus=-1), "collage.num_gpus")):
         with pytest.raises(ConfigError, match=key):
-            CollageConfig(**kw).validate()
+            validate(CollageConfig(**kw), "collage.")
     with pytest.raises(ConfigError, match="region_drag.max_regions"):
-        RegionDragConfig(max_regions=300).validate()
-
-
-def test_disabled_stage_passes_items_through():
-    it = _item(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 2)))
-    out = CollageStage(_cfg(enabled=False))([it])
-    assert out[0] is it and "collage" not in it.arrays
+        validate(RegionDragConfig(max_regions=300), "region_drag.")
 
 
 # ------------------------------------------------------------------------------ weights / extras

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.drag import (DragConfig, drag_json, drag_mask, drag_weights, flow_agreement, sample_drag_points,
@@ -171,13 +172,13 @@ def test_drag_json_and_mask_helpers():
 def test_drag_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
-    DragConfig().validate("drag")
+    validate(DragConfig(), "drag.")
     for kw, key in [({"k": -1}, "drag.k"), ({"min_spacing_px": -1.0}, "drag.min_spacing_px"),
                     ({"min_flow_px": float("nan")}, "drag.min_flow_px"),
                     ({"mask_dilate_px": -2}, "drag.mask_dilate_px"),
                     ({"direction": "up"}, "drag.direction"), ({"flow_check_px": -1.0}, "drag.flow_check_px")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            DragConfig(**kw).validate("drag")
+            validate(DragConfig(**kw), "drag.")
 
 
 # --------------------------------------------------------------------------------------

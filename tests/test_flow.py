@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from vid2pair.pipeline.config import FlowConfig
+from vid2pair.stages.flow import FlowConfig
 from vid2pair.pipeline.synthetic import CameraMotion, make_clip
 from vid2pair.stages.flow import (
     SEA_RAFT_EXTRA_MESSAGE,
@@ -351,7 +351,7 @@ def test_sea_raft_adapter_with_real_ptlflow_random_weights(tmp_path):
 
 def test_make_flow_backend_choices():
     assert isinstance(make_flow_backend(FlowConfig()), DISFlow)
-    be = make_flow_backend({"backend": "dis", "dis_preset": "fast"})
+    be = make_flow_backend(FlowConfig(backend="dis", dis_preset="fast"))
     assert be.version.endswith("dis-fast")
     with pytest.raises(ValueError, match="unknown flow backend"):
         make_flow_backend(FlowConfig(backend="farneback"))

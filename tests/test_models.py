@@ -139,11 +139,9 @@ def _entry(name="tiny", url="http://127.0.0.1:1/none", size=len(PAYLOAD), sha256
 
 
 @pytest.fixture
-def reg(monkeypatch):
-    """A private registry swapped in for models.REGISTRY."""
-    r: dict[str, WeightEntry] = {}
-    monkeypatch.setattr(models, "REGISTRY", r)
-    return r
+def reg():
+    """A private registry, passed explicitly (``registry=``) to the functions under test."""
+    return {}
 
 
 FAST = dict(progress=False, backoff=0.0, timeout=10.0, chunk_size=16 * 1024)
@@ -154,24 +152,24 @@ FAST = dict(progress=False, backoff=0.0, timeout=10.0, chunk_size=16 * 1024)
 def test_fetch_downloads_and_verifies(serve, reg, tmp_path):
     base, st = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth")
-    paths = fetch(["tiny"], tmp_path, **FAST)
+    paths = fetch(["tiny"], tmp_path, **FAST, registry=reg)
     assert paths == [tmp_path / "tiny.pth"]
     assert hashlib.sha256(paths[0].read_bytes()).hexdigest() == SHA
     assert not (tmp_path / "tiny.pth.part").exists()
     assert st.bytes_served == len(PAYLOAD)
     # second call: already present and verified -> no request at all
     n = len(st.requests)
-    assert fetch(["tiny"], tmp_path, **FAST) == paths
+    assert fetch(["tiny"], tmp_path, **FAST, registry=reg) == paths
     assert len(st.requests) == n
-    assert verify(["tiny"], tmp_path) == [("tiny", "ok")]
+    assert verify(["tiny"], tmp_path, registry=reg) == [("tiny", "ok")]
 
 
 def test_fetch_with_progress_bar(serve, reg, tmp_path, capsys):
     base, _ = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth")
-    fetch(["tiny"], tmp_path, progress=True, backoff=0.0)
+    fetch(["tiny"], tmp_path, progress=True, backoff=0.0, registry=reg)
     assert "tiny" in capsys.readouterr().err  # tqdm bar labelled with the entry
-    assert verify(["tiny"], tmp_path) == [("tiny", "ok")]
+    assert verify(["tiny"], tmp_path, registry=reg) == [("tiny", "ok")]
 
 
 def test_resume_from_existing_part_transfers_only_remainder(serve, reg, tmp_path):
@@ -179,7 +177,7 @@ def test_resume_from_existing_part_transfers_only_remainder(serve, reg, tmp_path
     reg["tiny"] = _entry(url=base + "/w.pth")
     k = 123_457
     (tmp_path / "tiny.pth.part").write_bytes(PAYLOAD[:k])
-    (p,) = fetch(["tiny"], tmp_path, **FAST)
+    (p,) = fetch(["tiny"], tmp_path, **FAST, registry=reg)
     assert p.read_bytes() == PAYLOAD
     assert st.bytes_served == len(PAYLOAD) - k
     assert [r["range"] for r in st.requests] == [f"bytes={k}-"]
@@ -189,7 +187,7 @@ def test_resume_from_existing_part_transfers_only_remainder(serve, reg, tmp_path
 def test_resume_after_dropped_connection(serve, reg, tmp_path):
     base, st = serve({"/w.pth": PAYLOAD}, drop_after=100_000, drops=1)
     reg["tiny"] = _entry(url=base + "/w.pth")
-    (p,) = fetch(["tiny"], tmp_path, retries=3, **FAST)
+    (p,) = fetch(["tiny"], tmp_path, retries=3, **FAST, registry=reg)
     assert hashlib.sha256(p.read_bytes()).hexdigest() == SHA
     # the second request resumed where the first was cut: nothing sent twice
     assert st.bytes_served == len(PAYLOAD)
@@ -200,12 +198,12 @@ def test_dropped_connection_without_retries_keeps_part(serve, reg, tmp_path):
     base, st = serve({"/w.pth": PAYLOAD}, drop_after=50_000, drops=5)
     reg["tiny"] = _entry(url=base + "/w.pth")
     with pytest.raises(DownloadError, match="re-run the fetch to resume"):
-        fetch(["tiny"], tmp_path, retries=1, **FAST)
+        fetch(["tiny"], tmp_path, retries=1, **FAST, registry=reg)
     assert len(st.requests) == 2
     assert (tmp_path / "tiny.pth.part").stat().st_size == 100_000
     assert not (tmp_path / "tiny.pth").exists()
     st.drops = 0  # the network recovers: the next fetch finishes the file
-    fetch(["tiny"], tmp_path, **FAST)
+    fetch(["tiny"], tmp_path, **FAST, registry=reg)
     assert (tmp_path / "tiny.pth").read_bytes() == PAYLOAD
     assert st.bytes_served == len(PAYLOAD)
 
@@ -214,7 +212,7 @@ def test_server_ignoring_range_restarts_from_zero(serve, reg, tmp_path):
     base, st = serve({"/w.pth": PAYLOAD}, honor_range=False)
     reg["tiny"] = _entry(url=base + "/w.pth")
     (tmp_path / "tiny.pth.part").write_bytes(PAYLOAD[:1000])
-    (p,) = fetch(["tiny"], tmp_path, **FAST)
+    (p,) = fetch(["tiny"], tmp_path, **FAST, registry=reg)
     assert p.read_bytes() == PAYLOAD  # not 1000 bytes duplicated at the front
     assert st.requests[0]["range"] == "bytes=1000-" and st.requests[0]["status"] == 200
     assert len(st.requests) == 1
@@ -224,7 +222,7 @@ def test_complete_part_is_verified_and_renamed_without_body(serve, reg, tmp_path
     base, st = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth", size=None)  # size unknown -> server says 416
     (tmp_path / "tiny.pth.part").write_bytes(PAYLOAD)
-    fetch(["tiny"], tmp_path, **FAST)
+    fetch(["tiny"], tmp_path, **FAST, registry=reg)
     assert (tmp_path / "tiny.pth").read_bytes() == PAYLOAD
     assert st.bytes_served == 0 and st.requests[0]["status"] == 416
 
@@ -233,7 +231,7 @@ def test_checksum_mismatch_deletes_part_and_raises(serve, reg, tmp_path):
     base, _ = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth", sha256="0" * 64)
     with pytest.raises(ChecksumError) as ei:
-        fetch(["tiny"], tmp_path, **FAST)
+        fetch(["tiny"], tmp_path, **FAST, registry=reg)
     msg = str(ei.value)
     assert "sha256_mismatch" in msg and SHA in msg and "0" * 64 in msg
     assert not (tmp_path / "tiny.pth").exists()
@@ -245,11 +243,11 @@ def test_corrupt_part_detected_after_resume(serve, reg, tmp_path):
     reg["tiny"] = _entry(url=base + "/w.pth")
     (tmp_path / "tiny.pth.part").write_bytes(b"\0" * 5000)  # wrong prefix bytes
     with pytest.raises(ChecksumError):
-        fetch(["tiny"], tmp_path, **FAST)
+        fetch(["tiny"], tmp_path, **FAST, registry=reg)
     assert not (tmp_path / "tiny.pth.part").exists()
     assert not (tmp_path / "tiny.pth").exists()
-    fetch(["tiny"], tmp_path, **FAST)  # a clean retry then succeeds
-    assert verify(["tiny"], tmp_path) == [("tiny", "ok")]
+    fetch(["tiny"], tmp_path, **FAST, registry=reg)  # a clean retry then succeeds
+    assert verify(["tiny"], tmp_path, registry=reg) == [("tiny", "ok")]
 
 
 def test_sha256_prefix_entry(serve, reg, tmp_path):
@@ -258,17 +256,17 @@ def test_sha256_prefix_entry(serve, reg, tmp_path):
                         sha256_prefix=SHA[:8])
     reg["bad"] = _entry("bad", url=base + "/w.pth", size=None, sha256=None,
                         sha256_prefix="deadbeef")
-    fetch(["pre"], tmp_path, **FAST)
-    assert verify(["pre"], tmp_path) == [("pre", "ok")]
+    fetch(["pre"], tmp_path, **FAST, registry=reg)
+    assert verify(["pre"], tmp_path, registry=reg) == [("pre", "ok")]
     with pytest.raises(ChecksumError):
-        fetch(["bad"], tmp_path, **FAST)
+        fetch(["bad"], tmp_path, **FAST, registry=reg)
 
 
 def test_http_404_is_not_retried(serve, reg, tmp_path):
     base, st = serve({})
     reg["tiny"] = _entry(url=base + "/missing.pth")
     with pytest.raises(DownloadError, match="HTTP 404"):
-        fetch(["tiny"], tmp_path, retries=3, **FAST)
+        fetch(["tiny"], tmp_path, retries=3, **FAST, registry=reg)
     assert len(st.requests) == 1
 
 
@@ -276,7 +274,7 @@ def test_remote_size_differs_from_registry(serve, reg, tmp_path):
     base, st = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth", size=len(PAYLOAD) + 1)
     with pytest.raises(DownloadError, match="registry records"):
-        fetch(["tiny"], tmp_path, **FAST)
+        fetch(["tiny"], tmp_path, **FAST, registry=reg)
     # refused on the headers alone: nothing written (the server may still have pushed
     # bytes into the socket buffer, so bytes_served is not asserted)
     assert len(st.requests) == 1
@@ -287,9 +285,9 @@ def test_present_but_corrupt_file_is_redownloaded(serve, reg, tmp_path):
     base, _ = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth")
     (tmp_path / "tiny.pth").write_bytes(b"x" * len(PAYLOAD))
-    assert verify(["tiny"], tmp_path) == [("tiny", "sha256_mismatch")]
-    fetch(["tiny"], tmp_path, **FAST)
-    assert verify(["tiny"], tmp_path) == [("tiny", "ok")]
+    assert verify(["tiny"], tmp_path, registry=reg) == [("tiny", "sha256_mismatch")]
+    fetch(["tiny"], tmp_path, **FAST, registry=reg)
+    assert verify(["tiny"], tmp_path, registry=reg) == [("tiny", "ok")]
 
 
 def test_url_override_and_shared_file(serve, reg, tmp_path):
@@ -297,7 +295,7 @@ def test_url_override_and_shared_file(serve, reg, tmp_path):
     reg["a"] = _entry("a", url="http://127.0.0.1:9/unreachable")
     # like sea_raft_l / sea_raft_m: two entries, one file
     reg["b"] = WeightEntry(**{**reg["a"].__dict__, "name": "b"})
-    paths = fetch(["a", "b"], tmp_path, url_override={"a": base + "/mirror.pth"}, **FAST)
+    paths = fetch(["a", "b"], tmp_path, url_override={"a": base + "/mirror.pth"}, **FAST, registry=reg)
     assert paths == [tmp_path / "a.pth", tmp_path / "a.pth"]
     assert len(st.requests) == 1
 
@@ -312,16 +310,16 @@ def test_multi_file_entry(serve, reg, tmp_path):
                ("sub/model.bin", base + "/repo/sub/model.bin", len(PAYLOAD), SHA)),
     )
     with pytest.raises(MissingWeightsError):
-        resolve_weights("multi", cache_dir=tmp_path)
-    assert fetch(["multi"], tmp_path, **FAST) == [tmp_path / "multi"]
+        resolve_weights("multi", cache_dir=tmp_path, registry=reg)
+    assert fetch(["multi"], tmp_path, **FAST, registry=reg) == [tmp_path / "multi"]
     assert (tmp_path / "multi" / "sub" / "model.bin").read_bytes() == PAYLOAD
-    assert resolve_weights("multi", cache_dir=tmp_path) == tmp_path / "multi"
+    assert resolve_weights("multi", cache_dir=tmp_path, registry=reg) == tmp_path / "multi"
     # config.json has no digest -> the entry as a whole is honestly "unverified"
-    assert verify(["multi"], tmp_path) == [("multi", "unverified (no sha256 recorded)")]
+    assert verify(["multi"], tmp_path, registry=reg) == [("multi", "unverified (no sha256 recorded)")]
     (tmp_path / "multi" / "sub" / "model.bin").unlink()
     with pytest.raises(MissingWeightsError, match="model.bin"):
-        resolve_weights("multi", cache_dir=tmp_path)
-    assert verify(["multi"], tmp_path) == [("multi", "missing")]
+        resolve_weights("multi", cache_dir=tmp_path, registry=reg)
+    assert verify(["multi"], tmp_path, registry=reg) == [("multi", "missing")]
 
 
 def test_auth_header_not_forwarded_across_hosts(serve, reg, tmp_path, monkeypatch):
@@ -333,7 +331,7 @@ def test_auth_header_not_forwarded_across_hosts(serve, reg, tmp_path, monkeypatc
     monkeypatch.setenv("HF_TOKEN", "secret")
     reg["same"] = _entry("same", url=base + "/same")
     reg["other"] = _entry("other", url=base + "/other")
-    fetch(["same", "other"], tmp_path, **FAST)
+    fetch(["same", "other"], tmp_path, **FAST, registry=reg)
     auth = [(r["path"], r["auth"]) for r in st.requests]
     assert auth == [("/same", "Bearer secret"), ("/w.pth", "Bearer secret"),
                     ("/other", "Bearer secret"), ("/w.pth", None)]
@@ -354,7 +352,7 @@ def test_verify_statuses(reg, tmp_path):
         "sha": _entry("sha"),
         "unv": _entry("unv", size=None, sha256=None),
     })
-    assert dict(verify(None, tmp_path)) == {
+    assert dict(verify(None, tmp_path, registry=reg)) == {
         "ok": "ok", "missing": "missing", "size": "size_mismatch",
         "sha": "sha256_mismatch", "unv": "unverified (no sha256 recorded)",
     }
@@ -363,7 +361,7 @@ def test_verify_statuses(reg, tmp_path):
 def test_resolve_missing_message(reg, tmp_path):
     reg["tiny"] = _entry()
     with pytest.raises(MissingWeightsError) as ei:
-        resolve_weights("tiny", cache_dir=tmp_path, config_key="flow.weights")
+        resolve_weights("tiny", cache_dir=tmp_path, config_key="flow.weights", registry=reg)
     msg = str(ei.value)
     assert isinstance(ei.value, FileNotFoundError)
     assert str(tmp_path / "tiny.pth") in msg
@@ -377,26 +375,26 @@ def test_resolve_present_wrong_size_and_ok(reg, tmp_path):
     reg["tiny"] = _entry()
     (tmp_path / "tiny.pth").write_bytes(PAYLOAD[:10])
     with pytest.raises(MissingWeightsError, match="wrong size"):
-        resolve_weights("tiny", cache_dir=tmp_path)
+        resolve_weights("tiny", cache_dir=tmp_path, registry=reg)
     (tmp_path / "tiny.pth").write_bytes(PAYLOAD)
-    assert resolve_weights("tiny", cache_dir=tmp_path) == tmp_path / "tiny.pth"
+    assert resolve_weights("tiny", cache_dir=tmp_path, registry=reg) == tmp_path / "tiny.pth"
 
 
 def test_resolve_explicit_path(reg, tmp_path):
     reg["tiny"] = _entry()
     f = tmp_path / "mine.pth"
     f.write_bytes(b"weights")
-    assert resolve_weights("tiny", explicit=f, cache_dir=tmp_path / "empty") == f
-    assert resolve_weights("tiny", explicit=str(f)) == f
+    assert resolve_weights("tiny", explicit=f, cache_dir=tmp_path / "empty", registry=reg) == f
+    assert resolve_weights("tiny", explicit=str(f), registry=reg) == f
     missing = tmp_path / "nope.pth"
     with pytest.raises(MissingWeightsError) as ei:
-        resolve_weights("tiny", explicit=missing, config_key="flow.weights")
+        resolve_weights("tiny", explicit=missing, config_key="flow.weights", registry=reg)
     assert str(missing) in str(ei.value) and "flow.weights" in str(ei.value)
 
 
 def test_resolve_unknown_name(reg):
     with pytest.raises(KeyError, match="unknown model weights"):
-        resolve_weights("nope")
+        resolve_weights("nope", registry=reg)
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -414,7 +412,7 @@ def test_default_cache_used_by_resolve(monkeypatch, reg, tmp_path):
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path))
     reg["tiny"] = _entry()
     with pytest.raises(MissingWeightsError) as ei:
-        resolve_weights("tiny")
+        resolve_weights("tiny", registry=reg)
     assert "`vid2pair models fetch tiny`" in str(ei.value)  # default cache: no --cache-dir
 
 
@@ -422,29 +420,48 @@ def test_default_cache_used_by_resolve(monkeypatch, reg, tmp_path):
 
 
 def test_presets_weights():
-    cfg = {
-        "flow": {"backend": "raft_large"},
-        "tracker": {"backend": "cotracker3", "mode": "online"},
-        "segmenter": {"backend": "sam", "model_type": "vit_b"},
-        "depth": {"backend": "dpt-hybrid-midas", "enabled": False},
-        "trainer": {"base_model": "svd_xt_1_1", "weights": "/local/svd"},
-        "future_stage": {"backend": "something_new", "knob": 3},
-        "seed": 7,
-        "io": {"out": "x"},
-    }
-    assert presets_weights(cfg) == ["raft_large", "cotracker3_online", "sam_vit_b"]
-    assert presets_weights({"flow": {"backend": "farneback"}}) == []
-    assert presets_weights({}) == []
+    """The cache entries a config needs come from the stages' declared needs: every enabled model
+    backend, none for a disabled stage or a weight-free backend, none for an explicit local path."""
+    from vid2pair.pipeline.config import load_config
+
+    cfg = load_config(None, ["flow.backend=raft_large", "track.backend=cotracker3_online", "collage.segmenter=sam",
+                             "collage.depth=dpt"])
+    assert presets_weights(cfg) == ["raft_large", "cotracker3_online", "sam_vit_b", "dpt_hybrid_midas"]
+    assert presets_weights(load_config(None, ["flow.backend=raft_large", "flow.weights=/local/raft.pth",
+                                              "collage.enabled=false", "track.backend=cotracker3_offline",
+                                              "track.enabled=false"])) == []
+    assert presets_weights(load_config("demo")) == []
+
+
+def test_explicit_local_checkpoint_satisfies_the_preflight(tmp_path, monkeypatch):
+    """Regression: --set track.backend=cotracker3_offline --set track.checkpoint=/local/file.pth
+    used to demand the cache entry anyway; an explicit path now counts as present."""
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.models import check_build_weights
+
+    monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "empty-cache"))
+    ck = tmp_path / "cotracker.pth"
+    ck.write_bytes(b"x")
+    base = ["track.backend=cotracker3_offline"]
+    missing = check_build_weights(load_config("demo", base))
+    assert len(missing) == 1 and "vid2pair models fetch cotracker3_offline" in missing[0], missing
+    assert "track.checkpoint" in missing[0]  # names the key that takes a local path
+    assert check_build_weights(load_config("demo", [*base, f"track.checkpoint={ck}"])) == []
+    gone = check_build_weights(load_config("demo", [*base, f"track.checkpoint={tmp_path / 'nope.pth'}"]))
+    assert len(gone) == 1 and gone[0].startswith("track.checkpoint:") and "does not exist" in gone[0]
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _parse(argv):
+def _parse(argv, registry=None):
     ap = argparse.ArgumentParser(prog="vid2pair")
     sub = ap.add_subparsers(dest="command")
     models_add_subparser(sub)
-    return ap.parse_args(argv)
+    ns = ap.parse_args(argv)
+    if registry is not None:
+        ns.registry = registry
+    return ns
 
 
 def test_cli_list(reg, tmp_path, capsys):
@@ -453,7 +470,7 @@ def test_cli_list(reg, tmp_path, capsys):
                           approx_size=5_000_000)
     (tmp_path / "tiny.pth").write_bytes(PAYLOAD)
     (tmp_path / "other.pth.part").write_bytes(b"x")
-    ns = _parse(["models", "list", "--cache-dir", str(tmp_path)])
+    ns = _parse(["models", "list", "--cache-dir", str(tmp_path)], reg)
     assert ns.func is cli_models
     assert ns.func(ns) == 0
     out = capsys.readouterr().out
@@ -476,36 +493,37 @@ def test_cli_list_real_registry(tmp_path, capsys):
 def test_cli_fetch_and_verify(serve, reg, tmp_path, capsys):
     base, _ = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth")
+    reg["raft_large"] = _entry("raft_large", url=base + "/w.pth")
     preset = tmp_path / "p.yaml"
-    preset.write_text("flow:\n  backend: tiny\n")
+    preset.write_text("flow:\n  backend: raft_large\n")
     cache = tmp_path / "cache"
 
-    ns = _parse(["models", "verify", "tiny", "--cache-dir", str(cache)])
+    ns = _parse(["models", "verify", "tiny", "--cache-dir", str(cache)], reg)
     assert cli_models(ns) == 1  # explicitly asked for and missing
     assert re.search(r"^tiny\s+missing", capsys.readouterr().out, re.M)
 
     ns = _parse(["models", "fetch", "--preset", str(preset), "--no-progress",
-                 "--cache-dir", str(cache)])
+                 "--cache-dir", str(cache)], reg)
     assert cli_models(ns) == 0
-    assert f"tiny: {cache / 'tiny.pth'}" in capsys.readouterr().out
+    assert f"raft_large: {cache / 'raft_large.pth'}" in capsys.readouterr().out
 
-    ns = _parse(["models", "verify", "--cache-dir", str(cache)])
+    ns = _parse(["models", "verify", "--cache-dir", str(cache)], reg)
     assert cli_models(ns) == 0
-    assert re.search(r"^tiny\s+ok", capsys.readouterr().out, re.M)
+    assert re.search(r"^raft_large\s+ok", capsys.readouterr().out, re.M)
 
 
 def test_cli_fetch_errors(serve, reg, tmp_path, capsys):
     base, _ = serve({"/w.pth": PAYLOAD})
     reg["tiny"] = _entry(url=base + "/w.pth", sha256="1" * 64)
-    assert cli_models(_parse(["models", "fetch", "--cache-dir", str(tmp_path)])) == 2
+    assert cli_models(_parse(["models", "fetch", "--cache-dir", str(tmp_path)], reg)) == 2
     assert "nothing to fetch" in capsys.readouterr().err
-    assert cli_models(_parse(["models", "fetch", "bogus", "--cache-dir", str(tmp_path)])) == 2
+    assert cli_models(_parse(["models", "fetch", "bogus", "--cache-dir", str(tmp_path)], reg)) == 2
     assert "unknown model weights: bogus" in capsys.readouterr().err
-    ns = _parse(["models", "fetch", "tiny", "--no-progress", "--cache-dir", str(tmp_path)])
+    ns = _parse(["models", "fetch", "tiny", "--no-progress", "--cache-dir", str(tmp_path)], reg)
     assert cli_models(ns) == 1
     assert "failed verification" in capsys.readouterr().err
     ns = _parse(["models", "fetch", "tiny", "--no-progress", "--cache-dir", str(tmp_path),
-                 "--url", "tiny=" + base + "/nope"])
+                 "--url", "tiny=" + base + "/nope"], reg)
     assert cli_models(ns) == 1
     assert "HTTP 404" in capsys.readouterr().err
 
@@ -531,7 +549,7 @@ def test_registry_is_consistent():
             assert f"-{e.sha256_prefix}." in e.filename  # torch.hub naming convention
         if e.is_multi:
             assert e.filename == name
-            for rel, url, size, sha in e.files:
+            for rel, url, _size, sha in e.files:
                 assert url.startswith("https://") and url.endswith("/" + rel)
                 assert sha is None or hexre.fullmatch(sha)
         else:

@@ -57,7 +57,7 @@ def test_preset_rules(preset, flow, expect):
 
 
 def test_non_finite_flow_is_rejected_by_name():
-    from vid2pair.pipeline.graph import MotionStage
+    from vid2pair.stages.motion import MotionStage
     from vid2pair.core.items import PairItem, Reject
 
     cfg = load_config("demo")

@@ -181,7 +181,8 @@ def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    from vid2pair.pipeline.graph import model_stage_options
+    from vid2pair.pipeline.plan import fused_prefix, pair_classes, ray_groups
+    from vid2pair.stages.collage import CollageStage
 
     torch.manual_seed(0)
     dpt = DPTForDepthEstimation(DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -192,8 +193,12 @@ def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path
     dpt.save_pretrained(weights)
     DPTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(weights)
     more = ["collage.depth=dpt", f"collage.dpt_weights={weights}", "collage.device=cpu", "track.enabled=false"]
-    assert model_stage_options(_cfg("ray", *more), "collage") is not None
-    assert model_stage_options(_cfg("ray", *more), "flow") is None  # DIS on CPU: fused into the clip task
+    cfg = _cfg("ray", *more)
+    classes = pair_classes(cfg)
+    assert [S.name for S in fused_prefix(cfg, classes)] == ["flow", "motion", "sketch", "coarse"]  # DIS on CPU
+    groups = ray_groups(cfg, classes)
+    assert [[S.name for S in g] for g, _ in groups] == [["collage"], ["encode"]]
+    assert groups[0][1] is not None and groups[1][1] is None and CollageStage.resources(cfg).num_gpus == 0
     a = build(_cfg("local", *more), str(demo_corpus[0]), tmp_path / "local", log_summary=False)
     b = build(_cfg("ray", *more), str(demo_corpus[0]), tmp_path / "ray", log_summary=False)
     assert a["samples"] == b["samples"] == 9

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from vid2pair.core.spec import validate
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.collage import CollageConfig, SegmentFit, fit_segments, make_collage
 from vid2pair.stages.flow import DISFlow
@@ -57,7 +58,7 @@ def test_pure_translations_are_translations(flow_name):
         drag, masks, _ = _drags(clip, flow_name)
         objs = _object_regions(drag, masks, clip)
         assert {o for _, o, _ in objs} == {1, 2}
-        for r, obj, cover in objs:
+        for r, obj, _cover in objs:
             assert r["type"] == "translation", (seed, r)
             assert abs(r["angle_deg"]) < 1.0 and abs(r["scale"] - 1) < 0.02
             v = np.array(clip.objects[obj - 1].velocity) * GAP
@@ -195,8 +196,8 @@ def test_nothing_moves_no_regions():
 def test_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
-    RegionDragConfig().validate()
+    validate(RegionDragConfig(), "region_drag.")
     for kw, key in ((dict(rotation_deg=0), "rotation_deg"), (dict(n_handles=0), "n_handles"),
                     (dict(max_regions=0), "max_regions"), (dict(moving_px=-1), "moving_px")):
         with pytest.raises(ConfigError, match=f"region_drag.{key}"):
-            RegionDragConfig(**kw).validate()
+            validate(RegionDragConfig(**kw), "region_drag.")

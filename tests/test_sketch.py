@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.stages.sketch import SketchConfig, SketchStage, edge_strength, sketch_from_flow, target_flow, thin
 
@@ -180,8 +181,6 @@ def test_sketch_stage_adds_sketch_and_meta():
     assert c.meta["sketch"]["flow"] == "splat"
     (d,) = _stage(max_stroke_frac=0.001)([_item(src, tgt, fwd, flow_bwd=bwd)])
     assert isinstance(d, Reject) and d.stage == "sketch" and d.reason == "sketch_too_dense"
-    (e,) = _stage(enabled=False)([_item(src, tgt, fwd)])
-    assert "sketch" not in e.arrays
 
 
 def test_static_pair_gives_empty_sketch_in_stage():
@@ -206,9 +205,9 @@ def test_bad_input_is_rejected_not_raised():
 def test_config_validation():
     from vid2pair.pipeline.config import ConfigError
 
-    SketchConfig().validate("sketch")
+    validate(SketchConfig(), "sketch.")
     for kw, key in [({"rel_thresh": -1.0}, "sketch.rel_thresh"), ({"abs_thresh_px": 0.0}, "sketch.abs_thresh_px"),
                     ({"stroke_width": 0}, "sketch.stroke_width"), ({"min_component_px": 0}, "sketch.min_component_px"),
                     ({"density": 0.0}, "sketch.density"), ({"max_stroke_frac": 2.0}, "sketch.max_stroke_frac")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            SketchConfig(**kw).validate("sketch")
+            validate(SketchConfig(**kw), "sketch.")

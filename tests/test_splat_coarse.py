@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from vid2pair.core.spec import validate
 from vid2pair.core.items import ClipDone, PairItem, Reject
 from vid2pair.stages.coarse import CoarseConfig, CoarseStage, coarse_edit, coarse_edit_batch
 from vid2pair.stages.splat import (MODES, backwarp, magicfixup_metric, reference_splat_numpy, softmax_splat,
@@ -335,20 +336,13 @@ def test_unavailable_device_rejects_with_reason():
     assert isinstance(r, Reject) and r.reason == "device_unavailable"
 
 
-def test_disabled_stage_is_a_no_op():
-    src = np.zeros((16, 16, 3), np.uint8)
-    it = _item(src, src, np.full((16, 16, 2), 99.0, np.float32))
-    (out,) = _stage(enabled=False)([it])
-    assert out is it and "coarse" not in it.arrays
-
-
 def test_config_validation():
     from vid2pair.pipeline.config import ConfigError
 
-    CoarseConfig().validate("coarse")
+    validate(CoarseConfig(), "coarse.")
     for kw, key in [({"mode": "max"}, "coarse.mode"), ({"min_coverage": 1.5}, "coarse.min_coverage"),
                     ({"hole_thresh": 1.0}, "coarse.hole_thresh"), ({"device": "tpu"}, "coarse.device"),
                     ({"batch_size": 0}, "coarse.batch_size")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            CoarseConfig(**kw).validate("coarse")
-    CoarseConfig(min_coverage=None, device="cuda:1", mode="avg").validate("coarse")
+            validate(CoarseConfig(**kw), "coarse.")
+    validate(CoarseConfig(min_coverage=None, device="cuda:1", mode="avg"), "coarse.")

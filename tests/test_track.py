@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.drag import DragConfig
@@ -415,20 +416,16 @@ def test_track_stage_outputs(clip_a):
     import json
 
     json.dumps(m)  # JSON-able
-    # disabled: frames dropped, nothing else
-    it2 = _item(clip_a.frames[:3])
-    out2 = _stage(enabled=False)([it2])[0]
-    assert "frames" not in out2.arrays and "tracks" not in out2.arrays
 
 
 def test_track_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
-    TrackConfig().validate("track")
+    validate(TrackConfig(), "track.")
     for kw, key in [({"backend": "raft"}, "track.backend"), ({"max_frames": 1}, "track.max_frames"),
                     ({"step_px": 0.0}, "track.step_px"), ({"fb_thresh_px": -1.0}, "track.fb_thresh_px"),
                     ({"precision": "bf16"}, "track.precision"), ({"batch_size": 0}, "track.batch_size"),
                     ({"grid_stride": -1}, "track.grid_stride"), ({"device": "tpu"}, "track.device"),
                     ({"num_gpus": -0.5}, "track.num_gpus"), ({"min_visible_frac": 2.0}, "track.min_visible_frac")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            TrackConfig(**kw).validate("track")
+            validate(TrackConfig(**kw), "track.")

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from vid2pair.pipeline.config import ConfigError, _build, load_config_data, preset_path
+from vid2pair.core.spec import build as _build
+from vid2pair.pipeline.config import ConfigError, load_config_data, preset_path
 
 __all__ = ["TrainerConfig", "load_train_config", "train_config_from_dict", "ConfigError", "TASKS",
            "signal_channels", "required_weights", "resolve_grad_accum"]

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from vid2pair.core.seeding import derive_seed
+
 log = logging.getLogger("vid2pair.trainer.data")
 
 IMAGE_EXTS = ("jpg", "png", "webp", "jpeg")
@@ -118,9 +120,7 @@ def is_eval_key(key: str, eval_permille: int, by: str = "key") -> bool:
     return key_bucket(key, by) < eval_permille
 
 
-def _seed(*parts) -> int:
-    h = hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()
-    return int(h[:15], 16)
+_seed = derive_seed  # the one seeding scheme (vid2pair.core.seeding)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -139,12 +139,14 @@ class SampleSpec:
     random_drag: bool = True  # train: draw a random subset of drag points per sample; eval: the first ones
 
     def required(self) -> list[str]:
-        """Members (by extension, images: any format) a sample must have."""
-        req = ["src.*", "tgt.*"]
-        req += {"sketch": ["sketch.png"], "coarse": ["coarse.png", "coarse_mask.png"],
-                "collage": ["collage.png", "collage_mask.png"], "drag": ["drag.json"]}[self.task]
+        """Members (by extension, images: any format) a sample must have: the source and target, the
+        members of the task's signal and, for matching attention, of the tracks (as the pipeline's
+        stages declare them)."""
+        from vid2pair.pipeline.plan import signal_members
+
+        req = ["src.*", "tgt.*", *signal_members(self.task)]
         if self.match_grids:
-            req += ["tracks.npy", "visibility.npy"]
+            req += list(signal_members("tracks"))
         return req
 
     def wanted_member(self, name: str) -> bool:

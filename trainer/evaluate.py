@@ -137,7 +137,8 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
     ck_path = resolve_checkpoint(checkpoint)
     state = load_state(ck_path)
     if state.get("model_name") not in (None, cfg.model.name) or state.get("task") not in (None, cfg.task):
-        raise ConfigError(f"--checkpoint: {ck_path} was trained as model {state.get('model_name')!r} / task {state.get('task')!r}, "
+        raise ConfigError(f"--checkpoint: {ck_path} was trained as model {state.get('model_name')!r} / "
+                          f"task {state.get('task')!r}, "
                          f"the config says {cfg.model.name!r} / {cfg.task!r}")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, dev)

@@ -1,0 +1,143 @@
+"""The stage contract: what a stage module declares next to its pure core.
+
+A stage is a class. Besides doing its work (:class:`PairStage`: pair items in, pair items or
+rejects out; no Ray), it declares as class attributes and classmethods:
+
+* ``name``: the stage's name (rejects, progress, crash reports);
+* ``sections``: the config sections it owns, ``{"track": TrackConfig, "drag": DragConfig}``
+  (dataclasses of :func:`vid2pair.core.spec.knob` fields);
+* ``reads``: the arrays / meta fields it reads; ``writes``: the tar members it adds
+  (:class:`Member`: member name, the ``arrays`` / ``meta`` key holding it, the codec);
+* ``signals``: the training signals a sample carries when it holds some of those members
+  (:class:`Signal`; the QC report and the trainer read them from here);
+* :meth:`enabled`, whether the config turns the stage on;
+* :meth:`resources`, ``None`` for a stage without a model (the runners fuse such stages with
+  their neighbours), or a :class:`Resources` (Ray runs it as an actor pool);
+* :meth:`needs`, the weights and optional extras its config needs (:class:`Need`; an explicit
+  local path counts as present), checked before any work;
+* :meth:`index_columns`, the scalars of a written sample's meta that go into the parquet index.
+
+``vid2pair.pipeline.graph`` lists the stages in order; everything else (the Ray grouping, the
+pre-flight check, the encoder's member list, the QC signal list, the trainer's member names, the
+config tree) is derived from these declarations by ``vid2pair.pipeline.plan``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional
+
+from vid2pair.core.items import Item, PairItem, Reject
+
+__all__ = ["Member", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A tar member a stage writes: ``name`` (``"sketch.png"``) from ``arrays[key]`` (``png`` /
+    ``npy``) or ``meta[key]`` (``json``: moved out of meta.json into its own member)."""
+    name: str
+    key: str
+    codec: Literal["png", "npy", "json"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A training signal: a sample carries it when it holds every one of ``members``; ``switch`` is
+    the config key that turns it on (the QC report names it when a signal is missing)."""
+    name: str
+    members: tuple[str, ...]
+    switch: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    """A stage that holds a model: Ray runs it as ``actors`` actors with ``num_gpus`` GPUs (a
+    fraction packs several on one GPU) and ``num_cpus`` CPUs each, ``batch_size`` pairs per call.
+    ``gpu_key`` is the config key of the GPU share (named in resource errors)."""
+    actors: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 0.25
+    batch_size: int = 4
+    gpu_key: str = ""
+
+
+@dataclass(frozen=True)
+class Need:
+    """Something a stage's config needs before any work: registry ``weights`` (entry ``name``, or the
+    explicit local ``path`` the config key ``path_key`` gives, which then counts instead) or an
+    optional ``extra`` (import ``name``, pip extra ``extra``). ``key`` is the config setting that
+    asks for it (named in the error)."""
+    what: Literal["weights", "extra"]
+    name: str
+    key: str
+    path: Optional[str] = None
+    path_key: str = ""
+    extra: str = ""
+
+
+class Stage:
+    """Declarations shared by every stage (see the module docstring)."""
+
+    name: ClassVar[str] = "stage"
+    sections: ClassVar[dict[str, type]] = {}
+    reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[Member, ...]] = ()
+    signals: ClassVar[tuple[Signal, ...]] = ()
+
+    @classmethod
+    def enabled(cls, cfg: Any) -> bool:
+        """On unless its first section says ``enabled: false``."""
+        for sec in cls.sections:
+            return bool(getattr(getattr(cfg, sec), "enabled", True))
+        return True
+
+    @classmethod
+    def resources(cls, cfg: Any) -> Optional[Resources]:
+        return None
+
+    @classmethod
+    def needs(cls, cfg: Any) -> list[Need]:
+        return []
+
+    @classmethod
+    def index_columns(cls, meta: dict) -> dict:
+        return {}
+
+    @classmethod
+    def build(cls, cfg: Any, upstream: tuple[type, ...] = ()) -> "Stage":
+        """The stage object for ``cfg``; ``upstream`` are the enabled stage classes before it."""
+        return cls(cfg)
+
+    def close(self) -> None:
+        """Release what the stage holds (child processes, models)."""
+
+
+class PairStage(Stage):
+    """Base for stages that transform pair items; rejects and markers pass through untouched."""
+
+    name = "pair"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        pairs_in = [i for i in items if isinstance(i, PairItem)]
+        done = {id(i): r for i, r in zip(pairs_in, self.process(pairs_in))} if pairs_in else {}
+        return [done.get(id(i), i) for i in items]
+
+    def process(self, items: list[PairItem]) -> list[Item]:
+        out = []
+        for it in items:
+            try:
+                out.append(self.one(it))
+            except Exception as e:
+                out.append(pair_reject(it, self.name, "stage_error", f"{type(e).__name__}: {e}"[:500]))
+        return out
+
+    def one(self, it: PairItem) -> Item:
+        raise NotImplementedError
+
+
+def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:
+    return Reject(source=it.source, clip_id=it.clip_id, chunk=it.chunk, clip_idx=it.clip_idx, stage=stage,
+                  reason=reason, detail=detail, level="pair", key=it.key)

@@ -1,0 +1,184 @@
+"""Everything derived from the stage declarations of :mod:`vid2pair.pipeline.graph`.
+
+* which stages a config enables, and their objects (:func:`build_pair_stages`);
+* the Ray grouping: the CPU stages before the first model stage run fused with the clip stage
+  (:func:`fused_prefix`), each model stage is an actor pool, the CPU stages between them are fused
+  tasks (:func:`ray_groups`);
+* the unit a runner runs per clip, isolated in a child process (:class:`ClipUnit`);
+* the pre-flight needs (weights, extras) of a config (:func:`needs`);
+* the training signals and their tar members (:func:`signals`, :func:`signal_members`);
+* the index columns of a written sample (:func:`index_columns`).
+
+A ``stages`` tuple (default :data:`~vid2pair.pipeline.graph.STAGES`, the clip stage first) can be
+given everywhere: tests insert their own stages (faults, probes) that way.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject
+from vid2pair.core.stage import Need, Resources, Signal, Stage
+from vid2pair.pipeline.graph import STAGES
+from vid2pair.stages.clip import CLIP_STEPS, clip_reject
+
+
+def pair_classes(cfg, stages: tuple = STAGES) -> tuple[type, ...]:
+    """The pair-stage classes ``cfg`` enables, in order."""
+    return tuple(S for S in stages[1:] if S.enabled(cfg))
+
+
+def build_pair_stages(cfg, classes: Iterable[type]) -> list[Stage]:
+    """Stage objects for ``classes``; each is built knowing the enabled classes before it."""
+    classes = tuple(classes)
+    return [S.build(cfg, classes[:k]) for k, S in enumerate(classes)]
+
+
+def fused_prefix(cfg, classes: tuple[type, ...]) -> tuple[type, ...]:
+    """The pair stages before the first model stage (none holds a model or a GPU): the runners run
+    them with the clip stage, in its isolation child."""
+    out = []
+    for S in classes:
+        if S.resources(cfg) is not None:
+            break
+        out.append(S)
+    return tuple(out)
+
+
+def ray_groups(cfg, classes: tuple[type, ...]) -> list[tuple[tuple[type, ...], Optional[Resources]]]:
+    """The pair stages after the fused prefix: one group per model stage (an actor pool with its
+    resources), consecutive CPU stages together (``None``: plain retryable tasks)."""
+    groups: list[tuple[list[type], Optional[Resources]]] = []
+    for S in classes[len(fused_prefix(cfg, classes)):]:
+        res = S.resources(cfg)
+        if res is None and groups and groups[-1][1] is None:
+            groups[-1][0].append(S)
+        else:
+            groups.append(([S], res))
+    return [(tuple(g), r) for g, r in groups]
+
+
+def needs(cfg, stages: tuple = STAGES) -> list[Need]:
+    """Weights and extras the enabled stages of ``cfg`` need, de-duplicated, in pipeline order."""
+    out: list[Need] = []
+    for S in stages:
+        if S.enabled(cfg):
+            out += [n for n in S.needs(cfg) if n not in out]
+    return out
+
+
+def signals(stages: tuple = STAGES) -> dict[str, Signal]:
+    """Every training signal the stages can write, by name (whatever a config enables)."""
+    return {sig.name: sig for S in stages for sig in S.signals}
+
+
+def signal_members(name: str, stages: tuple = STAGES) -> tuple[str, ...]:
+    """The tar members a sample holds when it carries signal ``name`` (KeyError names the known ones)."""
+    sigs = signals(stages)
+    if name not in sigs:
+        raise KeyError(f"unknown signal {name!r}; known: {', '.join(sigs)}")
+    return sigs[name].members
+
+
+def index_columns(meta: dict, stages: tuple = STAGES) -> dict:
+    """The index scalars the stages declare for a written sample's meta."""
+    out: dict = {}
+    for S in stages:
+        out.update(S.index_columns(meta))
+    return out
+
+
+def sections(stages: tuple = STAGES) -> dict[str, type]:
+    """The config sections the stages own, in pipeline order."""
+    out: dict[str, type] = {}
+    for S in stages:
+        for name, cls in S.sections.items():
+            if name in out and out[name] is not cls:
+                raise TypeError(f"config section {name!r} is declared by two stages")
+            out[name] = cls
+    return out
+
+
+# ---------------------------------------------------------------- the per-clip unit
+
+def _crash_reject(task: ClipTask, status: str, detail: str, step: str, fused: tuple[str, ...]) -> Reject:
+    """A crash, hang or error in the isolated work, recorded against the step that was running."""
+    step = step or "probe"
+    if step in CLIP_STEPS:
+        reason = {"crashed": "decoder_crashed", "timeout": "decode_timeout", "error": "decoder_error"}[status]
+    else:
+        reason = {"crashed": "stage_crashed", "timeout": "stage_timeout", "error": "stage_error"}[status]
+    where = f"in {step}" + (f" (the child runs decoding, then {', '.join(fused)})" if fused else "")
+    return clip_reject(task, step, reason, f"{detail} {where}"[:500])
+
+
+class _UnitWork:
+    """What runs (in the isolation child, or in process): the clip stage, then the fused stages."""
+
+    def __init__(self, cfg, clip_cls: type, fused: tuple[type, ...]):
+        from vid2pair.pipeline.storage import local_copy
+
+        self.clip = clip_cls(cfg, opener=local_copy)
+        self.fused = build_pair_stages(cfg, fused)
+
+    def __call__(self, task: ClipTask, report) -> list[Item]:
+        items = self.clip(task, report)
+        for st in self.fused:
+            report(st.name)
+            items = st(items)
+        return items
+
+
+def _unit_work(cfg, clip_cls: type, fused: tuple[type, ...]) -> _UnitWork:
+    """Factory run inside the isolation child."""
+    return _UnitWork(cfg, clip_cls, fused)
+
+
+class ClipUnit:
+    """The clip stage plus the pair stages ``fused`` with it, for one clip at a time, in an isolation
+    child (``isolation.mode: process``: a crash or hang there loses that clip only, the frames never
+    cross the pipe) or in process. Ends every clip's items with its :class:`ClipDone`."""
+
+    def __init__(self, cfg, fused: tuple[type, ...] = (), clip_cls: type = STAGES[0]):
+        self.cfg, self.fused, self.clip_cls = cfg, tuple(fused), clip_cls
+        self._isolated = None
+        self._work = None
+
+    def close(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
+            self._isolated = None
+        for st in getattr(self._work, "fused", ()):
+            st.close()
+
+    def __call__(self, task: ClipTask) -> list[Item]:
+        if self.cfg.isolation.mode == "process":
+            if self._isolated is None:
+                from vid2pair.pipeline.isolation import IsolatedCall
+
+                self._isolated = IsolatedCall(_unit_work, (self.cfg, self.clip_cls, self.fused),
+                                              self.cfg.isolation.clip_timeout_s)
+            status, res, step = self._isolated.call(task)
+        else:
+            if self._work is None:
+                self._work = _UnitWork(self.cfg, self.clip_cls, self.fused)
+            steps = [""]
+            try:
+                status, res = "ok", self._work(task, steps.append)
+            except Exception as e:  # one bad video must never kill a job
+                status, res = "error", f"{type(e).__name__}: {e}"
+            step = steps[-1]
+        items = res if status == "ok" else [_crash_reject(task, status, str(res), step,
+                                                          tuple(S.name for S in self.fused))]
+        n = sum(isinstance(i, PairItem) for i in items)
+        if n == 0 and not any(isinstance(i, Reject) for i in items):
+            items.append(clip_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
+        return items + [ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk,
+                                 clip_idx=task.clip_idx, n_items=len(items), info={"pairs": n})]
+
+
+def run_items(unit: ClipUnit, pair_stages: Iterable[Stage], task: ClipTask) -> list[Item]:
+    """All stages for one clip, in process (the local runner's unit of work)."""
+    items = unit(task)
+    for st in pair_stages:
+        items = st(items)
+    return items

@@ -1,0 +1,175 @@
+"""clip: one input clip -> candidate pairs with their decoded frames (probe, shots, static camera,
+pairs, decode), or rejects naming the step that dropped the clip, a shot or a pair.
+
+Pure: a :class:`~vid2pair.core.items.ClipTask` in, items out, no Ray, no child processes (the
+runners add isolation around it). ``opener`` turns a source into a local path (the runners pass
+the object-store fetcher); ``report(step)`` is told each step as it starts, so a crash can be
+attributed to the step that was running.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Optional
+
+import cv2
+import numpy as np
+
+from vid2pair import __version__
+from vid2pair.core.items import ClipTask, Item, PairItem, Reject, pair_key
+from vid2pair.core.seeding import rng_for
+from vid2pair.core.stage import Stage
+from vid2pair.stages import decode, pairs, probe, shots, static_camera
+
+__all__ = ["ClipStage", "clip_reject", "CLIP_STEPS"]
+
+#: the steps of the clip stage, in order (each can name a reject or a crash)
+CLIP_STEPS = ("probe", "shots", "static_camera", "pairs", "decode")
+
+
+def clip_reject(task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip",
+                key: str = "") -> Reject:
+    return Reject(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
+                  stage=stage, reason=reason, detail=detail, level=level, key=key)
+
+
+def _versions() -> dict:
+    import decord
+
+    return {"vid2pair": __version__, "opencv": cv2.__version__, "decord": decord.__version__}
+
+
+def _local(path: str) -> ContextManager[str]:
+    return contextlib.nullcontext(path)
+
+
+class ClipStage(Stage):
+    """probe -> shots -> static camera -> pairs -> decode, for one clip."""
+
+    name = "clip"
+    sections = {"probe": probe.ProbeConfig, "shots": shots.ShotsConfig,
+                "static_camera": static_camera.StaticCameraConfig, "pairs": pairs.PairsConfig,
+                "frame": decode.FrameConfig}
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return True
+
+    def __init__(self, cfg: Any, opener: Callable[[str], ContextManager[str]] = _local):
+        self.cfg = cfg
+        self.opener = opener
+
+    def __call__(self, task: ClipTask, report: Optional[Callable[[str], None]] = None) -> list[Item]:
+        self._report = report or (lambda step: None)
+        self._report("probe")
+        try:
+            with self.opener(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
+                return self._run(task, path)
+        except FileNotFoundError as e:
+            return [clip_reject(task, "probe", "not_found", str(e)[:300])]
+
+    def _run(self, task: ClipTask, path: str) -> list[Item]:
+        cfg = self.cfg
+        info, bad = probe.probe(path)
+        if bad:
+            return [clip_reject(task, "probe", *bad)]
+        min_dur = cfg.probe.min_duration_s
+        if min_dur is None:
+            min_dur = max(pairs.min_duration_s(cfg.pairs), cfg.shots.min_shot_s)
+        bad = probe.check_limits(info, cfg.probe.min_width, cfg.probe.min_height, min_dur)
+        if bad:
+            return [clip_reject(task, "probe", *bad)]
+
+        # --- shots, on small frames decoded sequentially
+        self._report("shots")
+        w, h = info.width, info.height
+        sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
+        small = decode.open_reader(path, sw, sh)
+        n_index = len(small)
+        fps = info.fps
+        counter = decode.FrameCounter(small)
+        cuts = shots.detect_cuts(counter, fps, cfg.shots.detector, cfg.shots.threshold,
+                                 min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
+        del small
+        # frame counts from headers/indexes are not trusted: only what really decoded is used
+        n_frames = counter.decoded
+        self._counts = {"n_frames_header": info.n_frames, "n_frames_index": n_index,
+                        "n_frames_decoded": n_frames}
+        if n_frames < 2:
+            return [clip_reject(task, "decode", "too_few_frames",
+                                f"decoded {n_frames} of {n_index} indexed frame(s) {counter.error}".strip())]
+        kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s)
+        out: list[Item] = []
+        shot_ids = {}
+        all_shots = sorted([(a, b, None) for a, b in kept] + [(a, b, d) for a, b, d in short])
+        for k, (a, b, d) in enumerate(all_shots):
+            if d is not None:
+                out.append(clip_reject(task, "shots", "shot_too_short", d, "shot", f"{task.clip_id}_s{k:03d}"))
+            else:
+                shot_ids[(a, b)] = k
+
+        # --- static camera
+        self._report("static_camera")
+        static = []
+        aw, ah = decode.scaled_size(w, h, cfg.static_camera.analysis_width)
+        ana = decode.open_reader(path, aw, ah) if cfg.static_camera.enabled else None
+        for (a, b), k in shot_ids.items():
+            score = {"score": 0.0, "tracked": True, "shifts": []}
+            if ana is not None:
+                fr = decode.read_frames(ana, static_camera.sample_indices(a, b, cfg.static_camera.samples))
+                score = static_camera.camera_motion_score(fr, cfg.static_camera.min_inliers)
+                if not score["tracked"]:
+                    out.append(clip_reject(task, "static_camera", "camera_motion_unknown",
+                                           f"too few trackable points (inliers {score['inliers']})", "shot",
+                                           f"{task.clip_id}_s{k:03d}"))
+                    continue
+                if score["score"] > cfg.static_camera.max_shift:
+                    out.append(clip_reject(task, "static_camera", "camera_moving",
+                                           f"score {score['score']:.4f} > {cfg.static_camera.max_shift}", "shot",
+                                           f"{task.clip_id}_s{k:03d}"))
+                    continue
+            static.append((k, a, b, score["score"]))
+        del ana
+
+        # --- pairs (seeded per clip and shot) and decode of just the frames needed
+        self._report("pairs")
+        dw, dh = decode.decode_size(w, h, cfg.frame)
+        reader = None
+        for k, a, b, score in static:
+            specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k))
+            if why:
+                out.append(clip_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}"))
+                continue
+            if reader is None:
+                self._report("decode")
+                reader = decode.open_reader(path, dw, dh)
+            for sp in specs:
+                out.append(self._pair_item(task, reader, info, k, (a, b), score, sp))
+        return out
+
+    def _pair_item(self, task, reader, info, shot, rng_ab, score, sp: pairs.PairSpec) -> PairItem:
+        cfg = self.cfg
+        if sp.sequence:  # flow_advance: start + candidate targets
+            idx = [sp.src] + list(sp.sequence)
+        else:  # src, evenly spaced intermediate frames (for chained flow / the tracker), tgt
+            n = 2
+            if cfg.flow.chain:
+                n = max(n, cfg.flow.chain_max_steps + 1)
+            if cfg.track.enabled:
+                n = max(n, cfg.track.max_frames)
+            idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(sp.src, sp.tgt, n)))
+        frames = decode.apply_frame_policy(decode.read_frames(reader, idx), cfg.frame)
+        fps = info.fps
+        meta = {
+            "source": task.source, "clip_id": task.clip_id, "shot": shot,
+            "shot_range": list(rng_ab), "src_frame": sp.src, "tgt_frame": sp.tgt,
+            "src_time": round(sp.src / fps, 6), "tgt_time": round(sp.tgt / fps, 6),
+            "dt": round(abs(sp.tgt - sp.src) / fps, 6), "fps": fps, "reversed": sp.reversed,
+            "frame_indices": idx, "orig_size": [info.width, info.height],
+            "size": [int(frames.shape[2]), int(frames.shape[1])], "codec": info.codec,
+            **self._counts,
+            "static_score": round(score, 6), "seed": cfg.seed, "policy": cfg.pairs.policy,
+            "versions": _versions(),
+        }
+        return PairItem(key=pair_key(task.clip_id, shot, sp.src, sp.tgt), clip_id=task.clip_id,
+                        source=task.source, chunk=task.chunk, clip_idx=task.clip_idx, meta=meta,
+                        arrays={"frames": frames})

@@ -1,0 +1,48 @@
+"""Stages that fail on purpose, for the isolation tests (the production code has no fault hooks).
+
+They are passed to ``build(..., stages=...)``; the isolation child imports this module by name
+(pytest puts tests/ on sys.path, and a spawned child inherits it).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from vid2pair.pipeline.graph import STAGES
+from vid2pair.stages.clip import ClipStage
+from vid2pair.stages.flow import FlowStage
+
+
+class AbortOnC1(ClipStage):
+    """Aborts the process while decoding c1.mp4 (a native crash in the decoder)."""
+
+    def _run(self, task, path):
+        self._report("decode")
+        if "c1.mp4" in task.source:
+            os.abort()
+        return super()._run(task, path)
+
+
+class HangOnC0(ClipStage):
+    """Never returns on c0.mp4 (a decoder that hangs)."""
+
+    def _run(self, task, path):
+        if "c0.mp4" in task.source:
+            self._report("shots")
+            while True:
+                time.sleep(3600)
+        return super()._run(task, path)
+
+
+class FlowAbortOnC2(FlowStage):
+    """Aborts the process in the flow stage, after decoding, on c2.mp4's pairs."""
+
+    def process(self, items):
+        if any("c2.mp4" in it.source for it in items):
+            os.abort()
+        return super().process(items)
+
+
+def with_stage(replace: type, by: type) -> tuple:
+    """The pipeline with one stage class replaced."""
+    return tuple(by if S is replace else S for S in STAGES)

@@ -1,0 +1,203 @@
+"""The stage contract: every fact about a stage lives in its module; the rest is derived."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import io
+import json
+import tarfile
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vid2pair.core.errors import ConfigError
+from vid2pair.core.seeding import derive_seed, rng_for
+from vid2pair.pipeline.config import Config, config_from_dict, load_config
+from vid2pair.pipeline.graph import STAGES
+from vid2pair.pipeline.plan import fused_prefix, needs, pair_classes, ray_groups, signal_members, signals
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+@pytest.mark.parametrize("folder", ["stages", "core"])
+def test_layering_stages_and_core_import_nothing_from_pipeline(folder):
+    bad = {p.name: sorted(m for m in _imports(p) if m.startswith(("vid2pair.pipeline", "vid2pair.trainer")))
+           for p in (ROOT / folder).glob("*.py")}
+    assert not {k: v for k, v in bad.items() if v}
+    if folder == "core":  # the core imports only the core
+        core_bad = {p.name: sorted(m for m in _imports(p) if m.startswith("vid2pair.") and
+                                   not m.startswith("vid2pair.core"))
+                    for p in (ROOT / folder).glob("*.py")}
+        assert not {k: v for k, v in core_bad.items() if v}
+
+
+def _sections():
+    hints = typing.get_type_hints(Config)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])]
+
+
+def _valid_base() -> dict:
+    return {"frame": {"mode": "resize", "size": [64, 64]}}
+
+
+def test_every_knob_is_declared_with_a_meaning():
+    for name, cls in _sections():
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc"), f"{name}.{f.name} has no knob() declaration"
+
+
+def test_one_generic_validator_checks_every_range_and_choice():
+    """For every knob with a declared range, a value just outside it is an error naming the key;
+    for every choice knob, an unknown choice is."""
+    checked = 0
+    for name, cls in _sections():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            md, key = f.metadata, f"{name}.{f.name}"
+            bad = None
+            if "ge" in md:
+                bad = md["ge"] - 1
+            elif "gt" in md:
+                bad = md["gt"] if not isinstance(md["gt"], bool) else None
+            elif "le" in md:
+                bad = md["le"] + 1
+            elif typing.get_origin(hints[f.name]) is typing.Literal:
+                bad = "no-such-choice"
+            if bad is None:
+                continue
+            tp = hints[f.name]
+            if bad != "no-such-choice" and (tp is int or int in typing.get_args(tp)):
+                bad = int(np.floor(bad))
+            data = _valid_base()
+            data.setdefault(name, {})[f.name] = bad
+            with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                config_from_dict(data)
+            checked += 1
+    assert checked > 100
+
+
+def test_defaults_validate_and_presets_load():
+    config_from_dict({})
+    for p in sorted((ROOT / "configs").glob("*.yaml")):
+        if not p.name.startswith("train_"):
+            load_config(p.stem)
+
+
+def test_the_config_tree_is_the_stages_sections():
+    names = [n for n, _ in _sections()]
+    for S in STAGES:
+        for sec in S.sections:
+            assert sec in names
+    assert names[:2] == ["input", "probe"] and names[-3:] == ["isolation", "output", "runner"]
+
+
+def test_ray_grouping_is_derived_from_the_resources():
+    cfg = load_config("demo")
+    classes = pair_classes(cfg)
+    assert [S.name for S in classes] == ["flow", "motion", "track", "sketch", "coarse", "collage", "encode"]
+    assert fused_prefix(cfg, classes) == classes and ray_groups(cfg, classes) == []  # weight-free: one task
+    # a weight-free backend never asks for a GPU, whatever its stage's share says
+    cfg = load_config("demo", ["flow.num_gpus=1", "track.num_gpus=1", "collage.num_gpus=1"])
+    assert ray_groups(cfg, pair_classes(cfg)) == []
+    cfg = load_config("demo", ["flow.backend=raft_small", "flow.num_gpus=0.5", "flow.actors=2", "sketch.enabled=false"])
+    classes = pair_classes(cfg)
+    assert "sketch" not in [S.name for S in classes]
+    assert fused_prefix(cfg, classes) == ()
+    (g1, r1), (g2, r2) = ray_groups(cfg, classes)
+    assert [S.name for S in g1] == ["flow"] and (r1.num_gpus, r1.actors, r1.gpu_key) == (0.5, 2, "flow.num_gpus")
+    assert [S.name for S in g2] == ["motion", "track", "coarse", "collage", "encode"] and r2 is None
+
+
+def test_needs_are_declared_by_each_stage():
+    cfg = load_config("demo", ["flow.backend=sea_raft_m", "track.backend=cotracker3_online",
+                               "track.checkpoint=/x/ct.pth", "collage.segmenter=sam", "collage.sam_model_type=vit_h"])
+    got = {(n.what, n.name, n.path) for n in needs(cfg)}
+    assert got == {("weights", "sea_raft_m", None), ("extra", "ptlflow", None),
+                   ("weights", "cotracker3_online", "/x/ct.pth"), ("weights", "sam_vit_h", None),
+                   ("extra", "segment_anything", None)}
+    assert needs(load_config("demo", ["flow.backend=raft_large", "collage.segmenter=sam", "collage.enabled=false"])) \
+        == [n for n in needs(load_config("demo", ["flow.backend=raft_large"])) if n.name == "raft_large"]
+
+
+def test_signals_and_trainer_members_come_from_the_declarations():
+    sig = signals()
+    assert set(sig) == {"flow", "flow_bwd", "drag", "tracks", "sketch", "coarse", "collage", "region_drag"}
+    assert signal_members("coarse") == ("coarse.png", "coarse_mask.png")
+    from vid2pair.trainer.data import SampleSpec
+
+    spec = SampleSpec(task="drag", resolution=(64, 64), match_grids=[(8, 8)])
+    assert spec.required() == ["src.*", "tgt.*", "drag.json", "drag_mask.png", "tracks.npy", "visibility.npy"]
+    from vid2pair.pipeline import qc
+
+    assert qc.SIGNALS["sketch"] == (("sketch.png",), "sketch.enabled")
+
+
+def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
+    """tests/toy_stage.py adds a signal: with one more line in the stage list, its members are
+    encoded into every sample (through the isolation child), its index column appears, its signal
+    is listed and its needs are checked before any work."""
+    from toy_stage import NeedyToyStage, ToyStage
+
+    from vid2pair.pipeline.models import check_build_weights
+    from vid2pair.pipeline.runners import build
+
+    stages = (*STAGES[:-1], ToyStage, STAGES[-1])
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "frame.size=[96, 128]",
+                               "track.enabled=false", "collage.enabled=false"])
+    s = build(cfg, str(demo_corpus[0]), tmp_path / "out", log_summary=False, stages=stages)
+    assert s["samples"] > 0
+    import pandas as pd
+
+    idx = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "out" / "index").glob("*.parquet"))])
+    assert idx["toy_mean"].notna().all()
+    n = 0
+    for tar in sorted((tmp_path / "out" / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            names = tf.getnames()
+            for m in names:
+                if m.endswith(".toy.json"):
+                    n += 1
+                    key = m[:-len(".toy.json")]
+                    assert json.loads(tf.extractfile(m).read()) == {"hello": key}
+                    assert f"{key}.toy.png" in names
+                    meta = json.loads(tf.extractfile(f"{key}.meta.json").read())
+                    assert "toy.png" in meta["files"] and "toy_json" not in meta
+                    from PIL import Image
+
+                    toy = np.asarray(Image.open(io.BytesIO(tf.extractfile(f"{key}.toy.png").read())))
+                    assert toy.shape == (96, 128, 3)
+    assert n == s["samples"]
+    assert signals(stages)["toy"].members == ("toy.png", "toy.json")
+    problems = check_build_weights(cfg, stages=(*STAGES[:-1], NeedyToyStage, STAGES[-1]))
+    assert problems == ["toy.backend=needy needs the vid2pair_no_such_module package: pip install 'vid2pair[toy]'"]
+
+
+def test_one_default_per_knob():
+    from vid2pair.stages.track import FlowChainTracker, TrackConfig, make_tracker
+
+    d = TrackConfig()
+    tr = FlowChainTracker()
+    assert (tr.step_px, tr.fb_thresh_px, tr.min_ncc, tr.analysis_width) == (d.step_px, d.fb_thresh_px, d.min_ncc,
+                                                                           d.analysis_width)
+    assert make_tracker(TrackConfig(step_px=7.0)).step_px == 7.0
+    with pytest.raises(ConfigError, match="track.step_px"):
+        FlowChainTracker(TrackConfig(step_px=0.0))
+
+
+def test_one_seeding_scheme():
+    assert derive_seed(0, "clip", "shot", 1) == derive_seed(0, "clip", "shot", 1)
+    assert derive_seed(0, "clip", "shot", 1) != derive_seed(0, "clip", "shot", 2) != derive_seed(1, "clip", "shot", 1)
+    a, b = rng_for(3, "k", "drag").random(4), rng_for(3, "k", "drag").random(4)
+    assert np.array_equal(a, b) and not np.array_equal(a, rng_for(3, "k", "collage").random(4))
