@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from vid2pair.core.items import Item, PairItem, Reject
 
-__all__ = ["Member", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject"]
+__all__ = ["Member", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject", "drop_signal"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,15 @@ class PairStage(Stage):
 
     def one(self, it: PairItem) -> Item:
         raise NotImplementedError
+
+
+def drop_signal(it: PairItem, stage: str, signal: str, reason: str, detail: str = "") -> PairItem:
+    """Record that ``stage`` dropped ``signal`` from this pair (the pair goes on with its other
+    signals). The writer turns each record into a ``signal``-level row of the rejects table; the
+    stage removes the signal's arrays itself."""
+    it.meta.setdefault("signal_rejects", []).append(
+        {"stage": stage, "signal": signal, "reason": reason, "detail": str(detail)[:500]})
+    return it
 
 
 def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:

@@ -31,7 +31,7 @@ __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "preset_p
 @dataclass
 class InputConfig:
     """Which files ``--input`` picks up."""
-    extensions: list[str] = knob([".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"],
+    extensions: list[str] = knob([".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv"],
                                  "file extensions picked up from directories and globs")
 
     def check(self, prefix: str = "input") -> None:

@@ -16,6 +16,7 @@ from vid2pair.stages.collage import CollageStage
 from vid2pair.stages.encode import EncodeStage
 from vid2pair.stages.flow import FlowStage
 from vid2pair.stages.motion import MotionStage
+from vid2pair.stages.quality import QualityStage
 from vid2pair.stages.sketch import SketchStage
 from vid2pair.stages.track import TrackStage
 
@@ -27,5 +28,6 @@ STAGES = (
     SketchStage,   # strokes along the motion boundaries (target layout)
     CoarseStage,   # softmax-splat coarse edit + hole mask
     CollageStage,  # piecewise-similarity collage + hole mask, region drags
+    QualityStage,  # every signal judged against the pair's own images; failing ones dropped / rejected
     EncodeStage,   # arrays and meta -> tar members
 )

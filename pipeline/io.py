@@ -207,7 +207,12 @@ class OutputWriter:
 
         items = self._items.pop(chunk, [])
         samples = sorted((i for i in items if isinstance(i, PairItem)), key=lambda i: i.key)
-        rejects = sorted((i for i in items if isinstance(i, Reject)), key=lambda r: (r.clip_idx, r.key, r.stage))
+        rejects = [i for i in items if isinstance(i, Reject)]
+        for s in samples:  # a signal a stage dropped from a written sample: a signal-level row
+            rejects += [Reject(source=s.source, clip_id=s.clip_id, chunk=s.chunk, clip_idx=s.clip_idx, key=s.key,
+                               level="signal", stage=r["stage"], reason=r["reason"], detail=r["detail"])
+                        for r in s.meta.get("signal_rejects", ())]
+        rejects.sort(key=lambda r: (r.clip_idx, r.key, r.stage, r.reason))
         name = f"pairs-{chunk:06d}.tar"
         index_rows = []
         if samples:  # the tar appears under its final name only once complete

@@ -79,24 +79,34 @@ class ClipStage(Stage):
         if bad:
             return [clip_reject(task, "probe", *bad)]
 
-        # --- shots, on small frames decoded sequentially
+        # --- shots, on small frames decoded sequentially (decord; PyAV when decord fails)
         self._report("shots")
         w, h = info.width, info.height
         sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
-        small = decode.open_reader(path, sw, sh)
-        n_index = len(small)
         fps = info.fps
-        counter = decode.FrameCounter(small)
-        cuts = shots.detect_cuts(counter, fps, cfg.shots.detector, cfg.shots.threshold,
-                                 min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
-        del small
-        # frame counts from headers/indexes are not trusted: only what really decoded is used
-        n_frames = counter.decoded
+        tried = []
+        for dec in ("decord", "pyav"):
+            try:
+                small = decode.open_reader(path, sw, sh, dec)
+            except decode.DecodeError as e:
+                tried.append(str(e))
+                continue
+            n_index = len(small)
+            counter = decode.FrameCounter(small)
+            cuts = shots.detect_cuts(counter, fps, cfg.shots.detector, cfg.shots.threshold,
+                                     min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
+            del small
+            # frame counts from headers/indexes are not trusted: only what really decoded is used
+            n_frames = counter.decoded
+            if n_frames >= 2:
+                break
+            tried.append(f"{dec}: decoded {n_frames} of {n_index} indexed frame(s) {counter.error}".strip())
+        else:
+            reason = "too_few_frames" if len(tried) == 2 and all("decoded" in t for t in tried) else "decoder_error"
+            return [clip_reject(task, "decode", reason, "; ".join(tried)[:500])]
+        self._decoder = dec
         self._counts = {"n_frames_header": info.n_frames, "n_frames_index": n_index,
-                        "n_frames_decoded": n_frames}
-        if n_frames < 2:
-            return [clip_reject(task, "decode", "too_few_frames",
-                                f"decoded {n_frames} of {n_index} indexed frame(s) {counter.error}".strip())]
+                        "n_frames_decoded": n_frames, "decoder": dec}
         kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s)
         out: list[Item] = []
         shot_ids = {}
@@ -111,7 +121,7 @@ class ClipStage(Stage):
         self._report("static_camera")
         static = []
         aw, ah = decode.scaled_size(w, h, cfg.static_camera.analysis_width)
-        ana = decode.open_reader(path, aw, ah) if cfg.static_camera.enabled else None
+        ana = decode.open_reader(path, aw, ah, self._decoder) if cfg.static_camera.enabled else None
         for (a, b), k in shot_ids.items():
             score = {"score": 0.0, "tracked": True, "shifts": []}
             if ana is not None:
@@ -141,7 +151,7 @@ class ClipStage(Stage):
                 continue
             if reader is None:
                 self._report("decode")
-                reader = decode.open_reader(path, dw, dh)
+                reader = decode.open_reader(path, dw, dh, self._decoder)
             for sp in specs:
                 out.append(self._pair_item(task, reader, info, k, (a, b), score, sp))
         return out

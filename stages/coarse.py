@@ -30,7 +30,7 @@ import numpy as np
 from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob, need
-from vid2pair.core.stage import Member, PairStage, Signal, pair_reject
+from vid2pair.core.stage import Member, PairStage, Signal, drop_signal, pair_reject
 from vid2pair.stages.splat import MODES, check_pair_arrays
 
 __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage"]
@@ -46,6 +46,8 @@ class CoarseConfig:
     hole_thresh: float = knob(0.5, "a pixel is a hole when its splatted density is <= this", ge=0, lt=1)
     device: str = knob("cpu", "cpu | cuda | cuda:N | auto")
     batch_size: int = knob(8, "pairs of equal size splatted together", ge=1)
+    mask_inconsistent: bool = knob(True, "do not splat forward-backward inconsistent pixels (flow.fb_mask): they "
+                                         "become holes, not ghost copies")
 
     def check(self, prefix: str = "coarse") -> None:
         need(self.device in ("cpu", "cuda", "auto") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
@@ -114,7 +116,7 @@ class CoarseStage(PairStage):
 
     name = "coarse"
     sections = {"coarse": CoarseConfig}
-    reads = ("src", "tgt", "flow")
+    reads = ("src", "tgt", "flow", "flow_valid")
     writes = (Member("coarse.png", "coarse", "png"), Member("coarse_mask.png", "coarse_mask", "png"))
     signals = (Signal("coarse", ("coarse.png", "coarse_mask.png"), "coarse.enabled"),)
 
@@ -122,14 +124,26 @@ class CoarseStage(PairStage):
         super().__init__(cfg)
         self.c: CoarseConfig = cfg.coarse
 
+    def _splat_flow(self, it: PairItem) -> np.ndarray:
+        """The flow to splat: forward-backward inconsistent pixels (``flow_valid``, from the flow
+        stage) are not splatted (a non-finite flow sends a pixel nowhere), so they leave holes
+        instead of ghosts."""
+        f = np.asarray(it.arrays["flow"], np.float32)
+        valid = it.arrays.get("flow_valid")
+        if self.c.mask_inconsistent and valid is not None:
+            f = f.copy()
+            f[~np.asarray(valid, bool)] = np.nan
+        return f
+
     def _finish(self, it: PairItem, img, holes, cov: float) -> Item:
         c = self.c
         it.arrays["coarse"] = img
         it.arrays["coarse_mask"] = holes
         it.meta["coarse"] = {"coverage": round(cov, 5), "hole_frac": round(1.0 - cov, 5), "mode": c.mode,
                              "hole_thresh": c.hole_thresh}
-        if c.min_coverage is not None and cov < c.min_coverage:
-            return pair_reject(it, self.name, "low_coverage", f"coverage {cov:.3f} < {c.min_coverage}")
+        if c.min_coverage is not None and cov < c.min_coverage:  # the other signals go on
+            del it.arrays["coarse"], it.arrays["coarse_mask"]
+            return drop_signal(it, self.name, "coarse", "low_coverage", f"coverage {cov:.3f} < {c.min_coverage}")
         return it
 
     def process(self, items: list[PairItem]) -> list[Item]:
@@ -148,7 +162,7 @@ class CoarseStage(PairStage):
                 try:
                     src = np.stack([it.arrays["src"] for it in chunk])
                     tgt = np.stack([it.arrays["tgt"] for it in chunk])
-                    flow = np.stack([it.arrays["flow"] for it in chunk]).astype(np.float32, copy=False)
+                    flow = np.stack([self._splat_flow(it) for it in chunk])
                     img, holes, cov = coarse_edit_batch(src, flow, c.mode, tgt=tgt, hole_thresh=c.hole_thresh,
                                                         device=c.device)
                 except Exception as e:  # e.g. CUDA requested but unavailable, out of memory

@@ -1,4 +1,5 @@
-"""decode: read only the frames a stage needs with decord, then apply the preset's resize/crop.
+"""decode: read only the frames a stage needs (decord, or PyAV when decord fails), then apply the
+preset's resize/crop.
 
 decord scales while decoding when given ``width``/``height``, so large videos never materialise at
 full resolution (memory per clip is bounded by ``frame.max_decode_side``). Frame counts from headers
@@ -37,10 +38,91 @@ class FrameConfig:
              f"{prefix}.short_side", "must be set and >= max(frame.size) for short_side_crop")
 
 
-def open_reader(path: str, width: int = -1, height: int = -1):
-    import decord
+class DecodeError(RuntimeError):
+    """No decoder could open or decode the file; the message names each decoder and its error."""
 
-    return decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+
+class _Frames:
+    """What ``get_batch`` / ``[i]`` return: decord's NDArray interface (``asnumpy()``)."""
+
+    def __init__(self, arr: np.ndarray):
+        self._arr = arr
+
+    def asnumpy(self) -> np.ndarray:
+        return self._arr
+
+
+class PyAVReader:
+    """A decord-like reader on PyAV (FFmpeg): the fallback for files decord cannot open or decode
+    (theora in Ogg, streams with lying or missing headers). Frames are counted by decoding the
+    stream once; reads decode sequentially from the start, keeping only the frames asked for, at
+    ``width`` x ``height`` (scaled by FFmpeg's swscale)."""
+
+    name = "pyav"
+
+    def __init__(self, path: str, width: int = -1, height: int = -1):
+        import av
+
+        self.path, self.width, self.height = path, width, height
+        with av.open(path, metadata_errors="ignore") as c:
+            self._n = sum(1 for _ in c.decode(video=0))
+        if self._n == 0:
+            raise DecodeError(f"pyav: no decodable video frame in {path}")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _decode(self, wanted: set[int]) -> dict[int, np.ndarray]:
+        import av
+
+        out: dict[int, np.ndarray] = {}
+        last = max(wanted)
+        with av.open(self.path, metadata_errors="ignore") as c:
+            for i, f in enumerate(c.decode(video=0)):
+                if i in wanted:
+                    kw = {} if self.width <= 0 else {"width": self.width, "height": self.height}
+                    out[i] = f.to_ndarray(format="rgb24", **kw)
+                if i >= last:
+                    break
+        return out
+
+    def get_batch(self, indices) -> _Frames:
+        idx = [int(i) for i in indices]
+        got = self._decode(set(idx))
+        missing = [i for i in idx if i not in got]
+        if missing:
+            raise DecodeError(f"pyav: frames {missing[:5]} did not decode")
+        return _Frames(np.stack([got[i] for i in idx]))
+
+    def __getitem__(self, i: int) -> _Frames:
+        return _Frames(self.get_batch([i]).asnumpy()[0])
+
+
+def open_reader(path: str, width: int = -1, height: int = -1, decoder: str = "auto"):
+    """A frame reader (``len``, ``get_batch(indices).asnumpy()``, ``[i]``) at ``width`` x ``height``.
+
+    ``decoder``: ``decord`` (fast, random access), ``pyav`` (FFmpeg through PyAV) or ``auto``:
+    decord, and PyAV when decord cannot open the file. The reader's ``vid2pair_decoder`` says which
+    one it is; :class:`DecodeError` names every decoder tried and its error."""
+    errors = []
+    if decoder in ("auto", "decord"):
+        try:
+            import decord
+
+            r = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+            r.vid2pair_decoder = "decord"
+            return r
+        except Exception as e:  # decord raises DECORDError (and RuntimeError) on files it cannot handle
+            errors.append(f"decord: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+            if decoder == "decord":
+                raise DecodeError("; ".join(errors)) from None
+    try:
+        r = PyAVReader(path, width, height)
+        r.vid2pair_decoder = "pyav"
+        return r
+    except Exception as e:
+        errors.append(f"pyav: {type(e).__name__}: {str(e)[:200]}")
+    raise DecodeError("; ".join(errors))
 
 
 def scaled_size(w: int, h: int, target_w: int) -> tuple[int, int]:

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.spec import knob
+from vid2pair.stages.evidence import sample_field
 
 __all__ = ["DragConfig", "target_side_magnitude", "drag_weights", "sample_drag_points", "flow_agreement", "drag_mask",
            "drag_json", "DIRECTIONS"]
@@ -145,19 +146,6 @@ def sample_drag_points(flow_mag_at_target: np.ndarray, k: int, min_spacing: floa
     return np.asarray(chosen, np.float32).reshape(-1, 2)
 
 
-def _bilinear(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """(N, C) bilinear samples of an (H, W, C) field at (N, 2) points; maps stay < 32767 wide."""
-    pts = np.asarray(pts, np.float32).reshape(-1, 2)
-    f = np.ascontiguousarray(field, np.float32)
-    out = []
-    for s in range(0, len(pts), 16384):
-        p = pts[s:s + 16384]
-        v = cv2.remap(f, np.ascontiguousarray(p[:, :1]), np.ascontiguousarray(p[:, 1:]), cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_REPLICATE)
-        out.append(v.reshape(len(p), -1))
-    return np.concatenate(out) if out else np.zeros((0, f.shape[2] if f.ndim == 3 else 1), np.float32)
-
-
 def flow_agreement(flow: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float,
                    rel: float = 0.05) -> np.ndarray:
     """(K,) bool: ``|src + flow(src) - tgt| <= tol_px + rel * |tgt - src|`` (bilinear flow).
@@ -172,7 +160,7 @@ def flow_agreement(flow: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, t
     if len(src) == 0:
         return np.zeros(0, bool)
     h, w = flow.shape[:2]
-    f = _bilinear(flow, src)
+    f = sample_field(flow, src)
     tol = tol_px + rel * np.linalg.norm(tgt - src, axis=1)
     return np.linalg.norm(src + f - tgt, axis=1) <= tol
 

@@ -3,7 +3,9 @@
 ``src`` / ``tgt`` in ``output.image_format``, ``flow.npy`` (and ``flow_bwd.npy``) when
 ``output.flow`` is not ``none``, every member the enabled stages before it declare
 (:attr:`vid2pair.core.stage.Stage.writes`: PNG images and masks, ``.npy`` arrays, JSON taken out
-of the meta), and ``meta.json`` last, listing the files.
+of the meta), and ``meta.json`` last, listing the files and the signals the sample carries
+(``meta["signals"]``: every declared signal whose members are all present; the index has them as
+the comma-separated ``signals`` column).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem
-from vid2pair.core.stage import Member, PairStage
+from vid2pair.core.stage import Member, PairStage, Signal
 
 __all__ = ["EncodeStage", "encode_image", "encode_npy"]
 
@@ -48,11 +50,16 @@ class EncodeStage(PairStage):
 
     @classmethod
     def build(cls, cfg, upstream=()):
-        return cls(cfg, tuple(m for s in upstream for m in s.writes))
+        return cls(cfg, tuple(m for s in upstream for m in s.writes), tuple(g for s in upstream for g in s.signals))
 
-    def __init__(self, cfg, members: tuple[Member, ...] = ()):
+    @classmethod
+    def index_columns(cls, meta: dict) -> dict:
+        return {"signals": ",".join(meta.get("signals") or [])}
+
+    def __init__(self, cfg, members: tuple[Member, ...] = (), signals: tuple[Signal, ...] = ()):
         super().__init__(cfg)
         self.members = members
+        self.signals = signals
 
     def one(self, it: PairItem) -> Item:
         o = self.cfg.output
@@ -71,6 +78,7 @@ class EncodeStage(PairStage):
             elif m.codec == "json" and m.key in it.meta:
                 files[m.name] = json.dumps(it.meta.pop(m.key), sort_keys=True).encode()
         it.meta["key"] = it.key
+        it.meta["signals"] = [g.name for g in self.signals if all(m in files for m in g.members)]
         it.meta["files"] = sorted(files) + ["meta.json"]
         files["meta.json"] = json.dumps(it.meta, sort_keys=True).encode()
         it.files, it.arrays = files, {}

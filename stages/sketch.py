@@ -239,7 +239,7 @@ class SketchStage(PairStage):
 
     name = "sketch"
     sections = {"sketch": SketchConfig}
-    reads = ("src", "tgt", "flow", "flow_bwd")
+    reads = ("src", "tgt", "flow", "flow_bwd", "flow_bwd_valid")
     writes = (Member("sketch.png", "sketch", "png"),)
     signals = (Signal("sketch", ("sketch.png",), "sketch.enabled"),)
 
@@ -258,6 +258,12 @@ class SketchStage(PairStage):
             if bwd.shape != a["flow"].shape or not np.isfinite(bwd).all():
                 return pair_reject(it, self.name, "invalid_flow", "flow_bwd is non-finite or of the wrong shape")
         field, how = target_flow(a["flow"], bwd, a["src"], a["tgt"])
+        valid = a.get("flow_bwd_valid") if how == "flow_bwd" else None
+        if valid is not None and not np.asarray(valid, bool).all():
+            # inconsistent target pixels (occlusions): filled from their least-moving surroundings,
+            # like the splat's holes, so the strokes follow the consistent outlines
+            field = _fill_holes_low_motion(np.asarray(field, np.float32), np.asarray(valid, bool))
+            how = "flow_bwd (fb-filled)"
         info: dict = {}
         a["sketch"] = sketch_from_flow(field, self.c, info)
         it.meta["sketch"] = {"frame": "tgt", "flow": how, **info}

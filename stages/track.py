@@ -45,9 +45,11 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
-from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
+from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.flow import DIS_PRESETS, DisPreset
+from vid2pair.stages.evidence import patch_ncc, sample_field
+from vid2pair.stages.flow import (DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops,
+                                   to_gray)
 
 __all__ = [
     "TrackConfig",
@@ -141,22 +143,6 @@ def subsample_indices(n: int, max_frames: int) -> np.ndarray:
     return np.unique(np.rint(np.linspace(0, n - 1, max(2, max_frames))).astype(int))
 
 
-def sample_field(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Bilinear samples (N, C) of an (H, W, C) float32 field at (N, 2) points (replicated border)."""
-    pts = np.asarray(pts, np.float32)
-    n = len(pts)
-    if n == 0:
-        return np.zeros((0, field.shape[2]), np.float32)
-    cols = 1024  # cv2.remap maps must stay below 32767 per dimension
-    rows = -(-n // cols)
-    mx = np.zeros(rows * cols, np.float32)
-    my = np.zeros(rows * cols, np.float32)
-    mx[:n], my[:n] = pts[:, 0], pts[:, 1]
-    out = cv2.remap(np.ascontiguousarray(field, np.float32), mx.reshape(rows, cols), my.reshape(rows, cols),
-                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(rows * cols, -1)[:n]
-
-
 def _inside(pts: np.ndarray, height: int, width: int) -> np.ndarray:
     return ((pts[:, 0] >= -0.5) & (pts[:, 0] <= width - 0.5) & (pts[:, 1] >= -0.5)
             & (pts[:, 1] <= height - 0.5) & np.isfinite(pts).all(axis=1))
@@ -202,62 +188,6 @@ def _batch_inputs(frames, queries) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 # --------------------------------------------------------------------------------------
 # flow_chain
-
-
-def _gray(img: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-
-
-def auto_finest_scale(height: int, width: int) -> int:
-    """DIS finest pyramid level for the chained hops: work at a short side of 240-480 px.
-
-    The presets stop at level 1 (half size), which smears flow over object boundaries; on the
-    240x320 synthetic clips level 0 cuts the moving points' median error from ~2 px to ~0.15 px.
-    Larger frames keep the same effective working size (576 -> level 1, 1080 -> level 2).
-    """
-    return max(0, int(math.floor(math.log2(max(1, min(height, width)) / 240.0))))
-
-
-def _motion_stat(flow: np.ndarray, min_px: float) -> float:
-    """p90 magnitude of the pixels moving more than ``min_px`` (0 when fewer than 8 move)."""
-    mag = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
-    moving = mag[mag > min_px]
-    if moving.size < 8:
-        return 0.0
-    return float(np.percentile(moving, 90))
-
-
-def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
-              radius: int = 3, min_std: float = 2.0) -> np.ndarray:
-    """(N,) normalised cross-correlation of (2r+1)^2 grey patches around ``pts_a`` in ``img_a`` and
-    ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1: no
-    evidence either way."""
-    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
-    offs = offs.reshape(-1, 2).astype(np.float32)
-    n = len(pts_a)
-
-    def patches(img, pts):
-        g = img if img.ndim == 2 else _gray(img)
-        at = (pts[:, None, :] + offs[None]).reshape(-1, 2)
-        return sample_field(g.astype(np.float32)[..., None], at).reshape(n, -1)
-
-    a = patches(img_a, np.asarray(pts_a, np.float32))
-    b = patches(img_b, np.asarray(pts_b, np.float32))
-    a -= a.mean(axis=1, keepdims=True)
-    b -= b.mean(axis=1, keepdims=True)
-    sa, sb = np.sqrt((a * a).mean(axis=1)), np.sqrt((b * b).mean(axis=1))
-    ncc = (a * b).mean(axis=1) / np.maximum(sa * sb, 1e-6)
-    return np.where((sa < min_std) | (sb < min_std), 1.0, ncc).astype(np.float32)
-
-
-def _invert_flow(f: np.ndarray, iters: int = 2) -> np.ndarray:
-    """Approximate inverse ``b`` of a flow ``f`` (``b(y) = -f(y + b(y))``, fixed-point iterations)."""
-    h, w = f.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    b = -f
-    for _ in range(iters):
-        b = -cv2.remap(f, xs + b[..., 0], ys + b[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return b
 
 
 class FlowChainTracker:
@@ -308,51 +238,16 @@ class FlowChainTracker:
                         f"{'' if self.fb else '/nofb'}")
         self.last_info: list[dict] = []
 
-    @staticmethod
-    def _calc(dis, a: np.ndarray, b: np.ndarray, init: Optional[np.ndarray] = None) -> np.ndarray:
-        # OpenCV's DIS takes a same-size CV_32FC2 `flow` argument as its initial flow
-        if init is None:
-            return dis.calc(a, b, None)
-        return dis.calc(a, b, np.ascontiguousarray(init, np.float32))
-
     def plan(self, gray: Sequence[np.ndarray], step_px: Optional[float] = None
              ) -> tuple[list[tuple[int, int]], list[Optional[np.ndarray]], np.ndarray]:
         """Hops ``[(i, j), ...]`` covering frames 0..T-1, their initial flows (full size, or None)
-        and the per-step motion profile (T-1,) in stored px."""
-        step_px = self.step_px if step_px is None else step_px
-        t = len(gray)
-        h, w = gray[0].shape
-        if t == 2:
-            return [(0, 1)], [None], np.zeros(1)
-        s = min(1.0, self.analysis_width / float(w))
-        if s < 1.0:
-            size = (max(16, int(round(w * s))), max(16, int(round(h * s))))
-            small = [cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in gray]
-            s = size[0] / float(w)
-        else:
-            small = list(gray)
-        flows = [self._calc(self._profile_dis, small[k], small[k + 1]) for k in range(t - 1)]
-        profile = np.array([_motion_stat(f, 0.5 * s) / s for f in flows])
-        from vid2pair.stages.flow import compose_flows
-
-        hops, accs, i, acc = [], [], 0, None
-        for k in range(t - 1):
-            nxt = flows[k] if acc is None else compose_flows(acc, flows[k])
-            if acc is not None and _motion_stat(nxt, s) / s > step_px:
-                hops.append((i, k))
-                accs.append(acc)
-                i, nxt = k, flows[k]
-            acc = nxt
-        hops.append((i, t - 1))
-        accs.append(acc)
-        inits: list[Optional[np.ndarray]] = []
-        for acc in accs:
-            inits.append(cv2.resize(acc, (w, h), interpolation=cv2.INTER_LINEAR) / s if self.init else None)
-        return hops, inits, profile
+        and the per-step motion profile (T-1,) in stored px (:func:`~vid2pair.stages.flow.plan_hops`)."""
+        return plan_hops(gray, self.step_px if step_px is None else step_px, self.analysis_width,
+                         self._profile_dis, init=self.init)
 
     def track_one(self, frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         """One clip (T, H, W, 3), frame 0 = query frame -> positions on frame T-1, visible, info."""
-        gray = [_gray(f) for f in frames]
+        gray = [to_gray(f) for f in frames]
         h, w = gray[0].shape
         fs = self.finest_scale if self.finest_scale is not None else auto_finest_scale(h, w)
         self._dis.setFinestScale(int(fs))
@@ -362,7 +257,7 @@ class FlowChainTracker:
         pts = q.copy()
         fwd = []
         for (i, j), init in zip(hops, inits):
-            f = self._calc(self._dis, gray[i], gray[j], init)
+            f = dis_calc(self._dis, gray[i], gray[j], init)
             fwd.append(f)
             pts = pts + sample_field(f, pts)
         visible = _inside(pts, h, w)
@@ -370,7 +265,7 @@ class FlowChainTracker:
         if self.fb:
             back = pts.copy()
             for (i, j), f in zip(reversed(hops), reversed(fwd)):
-                b = self._calc(self._dis, gray[j], gray[i], _invert_flow(f) if self.init else None)
+                b = dis_calc(self._dis, gray[j], gray[i], invert_flow(f) if self.init else None)
                 back = back + sample_field(b, back)
             fb_err = np.linalg.norm(back - q, axis=1).astype(np.float32)
             visible &= fb_err <= self.fb_thresh_px * unit
@@ -604,12 +499,14 @@ class TrackStage(PairStage):
     * ``frames_mismatch`` - ``frames`` do not start at ``src`` / contain ``tgt``;
     * ``untrackable`` - the target has no texture (constant frames);
     * ``track_failed`` - the tracker raised;
-    * ``too_few_visible`` - fewer than ``track.min_visible_frac`` of the grid visible on the source.
+    * ``too_few_visible`` - fewer than ``track.min_visible_frac`` of the grid visible on the source:
+      not a pair reject, the pair goes on without its drag and tracks signals (signal-level rows of
+      the rejects table).
     """
 
     name = "track"
     sections = {"track": TrackConfig, "drag": DragConfig}
-    reads = ("src", "tgt", "flow", "frames")
+    reads = ("src", "tgt", "flow", "frames", "flow_bwd_valid")
     writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
               Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
     signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
@@ -675,7 +572,7 @@ class TrackStage(PairStage):
             frames = frames[:hit[0] + 1]
         idx = subsample_indices(len(frames), self.tcfg.max_frames)
         rev = np.ascontiguousarray(frames[idx][::-1])  # target first: the query frame
-        if _texture(_gray(tgt)) < 0.25:
+        if _texture(to_gray(tgt)) < 0.25:
             raise _Untrackable("untrackable", "the target image has no texture (constant frame?)")
         stride = self.tcfg.grid_stride or auto_grid_stride(h, w)
         grid = query_grid(h, w, stride)
@@ -685,8 +582,10 @@ class TrackStage(PairStage):
         rng = rng_for(self.cfg.seed, it.key, "drag")
         # over-sample: candidates come in weighted-random order, the first k that survive the
         # visibility and flow checks are kept (dropping some keeps the others' spacing)
-        drag_tgt = sample_drag_points(drag_weights(mag, self.dcfg.min_flow_px), _DRAG_OVERSAMPLE * self.dcfg.k,
-                                      self.dcfg.min_spacing_px, rng)
+        weights = drag_weights(mag, self.dcfg.min_flow_px)
+        if a.get("flow_bwd_valid") is not None:  # never on a target pixel whose correspondence is inconsistent
+            weights = np.where(np.asarray(a["flow_bwd_valid"], bool), weights, 0.0)
+        drag_tgt = sample_drag_points(weights, _DRAG_OVERSAMPLE * self.dcfg.k, self.dcfg.min_spacing_px, rng)
         return {"frames": rev, "grid": grid, "drag_tgt": drag_tgt, "stride": stride, "mag": mag,
                 "flow": flow, "size": (w, h), "n_frames": int(len(idx))}
 
@@ -701,10 +600,12 @@ class TrackStage(PairStage):
         vis = np.asarray(vis, bool) & _inside(xy, h, w)
         g_xy, g_vis = xy[:ng], vis[:ng]
         frac = float(g_vis.mean()) if ng else 0.0
-        if frac < self.tcfg.min_visible_frac:
-            return pair_reject(it, "track", "too_few_visible",
-                               f"{frac:.3f} of {ng} grid points visible < track.min_visible_frac "
-                               f"{self.tcfg.min_visible_frac}")
+        if frac < self.tcfg.min_visible_frac:  # no drags, no matching supervision; the other signals go on
+            it.arrays.pop("frames", None)
+            detail = f"{frac:.3f} of {ng} grid points visible < track.min_visible_frac {self.tcfg.min_visible_frac}"
+            it.meta["track"] = {"backend": self.tracker.name, "visible_frac": round(frac, 4), "n_points": int(ng)}
+            drop_signal(it, "track", "drag", "too_few_visible", detail)
+            return drop_signal(it, "track", "tracks", "too_few_visible", detail)
         d_src, d_vis = xy[ng:ng + nd], vis[ng:ng + nd]
         n_vis = int(d_vis.sum())
         if self.dcfg.flow_check_px > 0:

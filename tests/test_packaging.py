@@ -27,8 +27,13 @@ def _run(cmd, cwd, timeout=600, env=None):
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    import shutil
+
     d = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(d)],
+    src = d / "src"  # a copy: an in-tree build/ could hold stale modules and leak them into the wheel
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                              "__pycache__", "demo_output", "runs", "artifacts"))
+    _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(d)],
          cwd=d)
     (whl,) = d.glob("vid2pair-*.whl")
     return whl

@@ -1,0 +1,110 @@
+"""What a pair's own pixels say: the changed region, forward-backward consistency, patch agreement.
+
+These are the measurements every signal is judged by (:mod:`vid2pair.stages.quality`) and that
+clean the motion estimates before the signals are made (:class:`~vid2pair.stages.flow.FlowStage`),
+whichever flow, tracker or segmenter produced them:
+
+* :func:`changed_mask`: pixels where the blurred source and target differ by more than a
+  threshold (grey levels). With a static camera nothing outside it moves.
+* :func:`object_region`: the changed mask closed and with its enclosed holes filled, so the
+  untextured interior of a moving object (which does not change) counts as moving.
+* :func:`fb_consistent`: ``|F(x) + B(x + F(x))| < abs_px + rel |F(x)|``, per pixel of F's grid.
+* :func:`patch_ncc`: normalised cross-correlation of grey patches at two point sets.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["changed_mask", "object_region", "fb_consistent", "patch_ncc", "sample_field", "masked_psnr"]
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    f = img.astype(np.float32)
+    return cv2.GaussianBlur(f, (0, 0), sigma) if sigma > 0 else f
+
+
+def changed_mask(src: np.ndarray, tgt: np.ndarray, thresh: float = 15.0, sigma: float = 1.5) -> np.ndarray:
+    """(H, W) bool: the largest per-channel difference of the blurred images exceeds ``thresh``."""
+    d = np.abs(_blur(src, sigma) - _blur(tgt, sigma))
+    if d.ndim == 3:
+        d = d.max(axis=2)
+    return d > thresh
+
+
+def object_region(changed: np.ndarray, close_px: int = 3, dilate_px: int = 2) -> np.ndarray:
+    """The changed mask closed by a ``close_px`` disc, its enclosed holes filled, dilated by ``dilate_px``."""
+    m = changed.astype(np.uint8)
+    if close_px > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * close_px + 1, 2 * close_px + 1))
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k)
+    h, w = m.shape
+    flood = np.pad(m, 1).copy()  # fill holes: flood the background from the border
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 2)
+    m = np.where(flood[1:-1, 1:-1] == 2, 0, 1).astype(np.uint8)
+    if dilate_px > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
+        m = cv2.dilate(m, k)
+    return m > 0
+
+
+def sample_field(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Bilinear samples (N, C) of an (H, W, C) float field at (N, 2) points (replicated border)."""
+    pts = np.asarray(pts, np.float32).reshape(-1, 2)
+    f = np.ascontiguousarray(field, np.float32)
+    if f.ndim == 2:
+        f = f[..., None]
+    out = []
+    for s in range(0, len(pts), 16384):  # cv2.remap maps stay below 32767 per dimension
+        p = pts[s:s + 16384]
+        v = cv2.remap(f, np.ascontiguousarray(p[:, :1]), np.ascontiguousarray(p[:, 1:]), cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE)
+        out.append(v.reshape(len(p), -1))
+    return np.concatenate(out) if out else np.zeros((0, f.shape[2]), np.float32)
+
+
+def fb_consistent(fwd: np.ndarray, bwd: np.ndarray, abs_px: float = 1.0, rel: float = 0.05) -> np.ndarray:
+    """(H, W) bool on ``fwd``'s grid: the point ``x + F(x)`` lands inside the frame and the backward
+    flow there brings it back within ``abs_px + rel |F(x)|``."""
+    h, w = fwd.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    tx, ty = xs + fwd[..., 0], ys + fwd[..., 1]
+    b = cv2.remap(np.ascontiguousarray(bwd, np.float32), tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    err = np.hypot(fwd[..., 0] + b[..., 0], fwd[..., 1] + b[..., 1])
+    inside = (tx >= -0.5) & (tx <= w - 0.5) & (ty >= -0.5) & (ty <= h - 0.5)
+    return inside & (err < abs_px + rel * np.hypot(fwd[..., 0], fwd[..., 1])) & np.isfinite(err)
+
+
+def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
+              radius: int = 3, min_std: float = 2.0) -> np.ndarray:
+    """(N,) normalised cross-correlation of (2r+1)^2 grey patches around ``pts_a`` in ``img_a`` and
+    ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1: no
+    evidence either way."""
+    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
+    offs = offs.reshape(-1, 2).astype(np.float32)
+    pts_a, pts_b = np.asarray(pts_a, np.float32).reshape(-1, 2), np.asarray(pts_b, np.float32).reshape(-1, 2)
+    n = len(pts_a)
+    if n == 0:
+        return np.zeros(0, np.float32)
+
+    def patches(img, pts):
+        g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+        at = (pts[:, None, :] + offs[None]).reshape(-1, 2)
+        return sample_field(g.astype(np.float32), at).reshape(n, -1)
+
+    a, b = patches(img_a, pts_a), patches(img_b, pts_b)
+    a -= a.mean(axis=1, keepdims=True)
+    b -= b.mean(axis=1, keepdims=True)
+    sa, sb = np.sqrt((a * a).mean(axis=1)), np.sqrt((b * b).mean(axis=1))
+    ncc = (a * b).mean(axis=1) / np.maximum(sa * sb, 1e-6)
+    return np.where((sa < min_std) | (sb < min_std), 1.0, ncc).astype(np.float32)
+
+
+def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR (dB, 8-bit) of ``a`` against ``b`` on ``mask`` (None when the mask is empty)."""
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return None
+    d = a.astype(np.float32)[m] - b.astype(np.float32)[m]
+    mse = float(np.mean(d * d))
+    return 99.0 if mse <= 1e-10 else float(10.0 * np.log10(255.0 ** 2 / mse))

@@ -1,0 +1,360 @@
+"""quality: every signal of a pair judged against the pair's own images, whichever flow, tracker or
+segmenter made it.
+
+The target is known at build time, so each signal can be checked against it. Measurements
+(:mod:`vid2pair.stages.evidence`; ``C`` is the changed region, pixels where the blurred source
+and target differ by more than ``quality.change_thresh`` grey levels, ``R`` the same closed,
+filled and slightly dilated):
+
+* **visible change** (pair): ``changed_frac`` = mean of ``C``. Below ``min_changed_frac`` nothing
+  visibly changes, whatever the flow says: ``no_visible_change``; above ``max_changed_frac`` most
+  of the frame changed (a cut, a title card, a fade, a camera or lighting change): ``global_change``.
+* **flow** (pair): ``fb_consistent`` = the fraction of the moving pixels (``R`` and ``|F| >
+  moving_px``) whose forward flow the backward flow undoes (needs ``flow.bidirectional``).
+  Below ``min_fb_consistent``: ``flow_inconsistent``.
+* **correspondence** (pair): the source forward-warped by the flow (the coarse edit, or the same
+  splat made here when the coarse edit is off) must explain the target where it changed.
+  ``unexplained_frac`` is the share of ``C`` that a non-hole warped pixel still gets wrong (by
+  more than ``change_thresh``; opened by a 3x3 square, so 1-px outline slips do not count) and
+  ``unexplained_blob_frac`` the largest connected piece of it, as a fraction of the frame: an
+  object that appears or disappears has no correspondence, and its region stays unexplained
+  (``unmatched_change`` above ``max_unexplained_frac`` or ``max_unexplained_blob_frac``).
+* **coarse edit / collage** (signal): ``*_gain_db``, PSNR against the target on the changed,
+  covered pixels minus that of "no edit" (the source) on the same pixels, at least
+  ``min_gain_db``; ``*_false_hole_frac``, holes where nothing changed (outside ``R``), as a
+  fraction of the frame, at most ``max_false_hole_frac`` (holes belong where something
+  disoccludes, which is inside the changed region).
+* **drags** (signal): a drag is valid when its handle and its target both lie in ``R`` (on
+  something that moves), it is at least ``drag_min_len_px`` long, and the source patch at the
+  handle agrees with the target patch at the target (NCC >= ``drag_min_ncc``). Invalid drags are
+  removed; fewer than ``min_drags`` valid ones drop the signal.
+* **sketch** (signal): at least one stroke, and at least ``sketch_min_on_change`` of the stroke
+  pixels on what changed (``R`` dilated by the stroke width).
+* **region drags** (signal): regions with less than ``region_min_on_change`` of their mask in
+  ``R`` are removed; none left drops the signal.
+
+A failed pair rule rejects the pair (stage ``quality``, its reason, the numbers in the detail). A
+failed signal rule drops that signal (``drop_signals: true``; the rejects table gets a
+``signal``-level row naming it) and the pair is written with the signals that pass, or rejected
+(``no_valid_signal``) when none does; ``drop_signals: false`` rejects the pair instead. Every
+score goes into ``meta["quality"]`` and the index (``q_*`` columns); ``meta["signals"]`` lists
+what the sample carries (the encoder writes it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+from vid2pair.core.items import Item, PairItem
+from vid2pair.core.spec import knob
+from vid2pair.core.stage import PairStage, drop_signal, pair_reject
+from vid2pair.stages.evidence import changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc
+
+__all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
+
+#: the training signals this stage judges (others, e.g. flow.npy or tracks.npy, pass untouched)
+JUDGED_SIGNALS = ("sketch", "drag", "coarse", "collage", "region_drag")
+
+
+@dataclass
+class QualityConfig:
+    """Judge every signal against the pair's own images; reject or drop what is wrong (docs/quality.md)."""
+    enabled: bool = knob(True, "the quality stage (scores into meta.json and the index; rejects with stage quality)")
+    change_thresh: float = knob(15.0, "a pixel changed when the blurred source and target differ by more than "
+                                      "this in some channel", unit="grey", gt=0)
+    blur_sigma: float = knob(1.5, "Gaussian blur before the change test", unit="px@512", ge=0)
+    min_changed_frac: float = knob(0.01, "pair rule: fewer changed pixels than this fraction: no_visible_change",
+                                   unit="frac", ge=0, le=1)
+    max_changed_frac: Optional[float] = knob(0.4, "pair rule: more changed pixels than this fraction: global_change "
+                                                  "(a cut, a title card, a lighting or camera change; not an edit)",
+                                             unit="frac", ge=0, le=1)
+    max_camera_shift_px: Optional[float] = knob(2.0, "pair rule: the background (corners off the moving objects) "
+                                                     "moved by more than this between source and target: "
+                                                     "camera_moved (a shake the shot-level test missed); null: off",
+                                                unit="px@512", ge=0)
+    moving_px: float = knob(1.0, "a pixel moves when its flow exceeds this", unit="px@512", ge=0)
+    min_fb_consistent: Optional[float] = knob(0.2, "pair rule: forward-backward consistent share of the moving "
+                                                    "pixels below this: flow_inconsistent (needs flow_bwd); null: off",
+                                              unit="frac", ge=0, le=1)
+    max_unexplained_frac: Optional[float] = knob(0.4, "pair rule: share of the changed region the warped source "
+                                                      "does not explain above this: unmatched_change; null: off",
+                                                 unit="frac", ge=0, le=1)
+    max_unexplained_blob_frac: Optional[float] = knob(0.005, "pair rule: largest unexplained connected region, as a "
+                                                            "fraction of the frame, above this: unmatched_change "
+                                                            "(an object without a correspondence); null: off",
+                                                      unit="frac", ge=0, le=1)
+    min_gain_db: float = knob(1.0, "coarse / collage rule: PSNR gain over no edit on the changed, covered pixels",
+                              unit="dB")
+    max_false_hole_frac: float = knob(0.03, "coarse / collage rule: holes where nothing changed, fraction of the frame",
+                                      unit="frac", ge=0, le=1)
+    max_hole_ratio: float = knob(0.75, "coarse / collage rule: holes / changed area; what disoccludes is at most "
+                                       "where something was (about half the changed area for a moving object)",
+                                 ge=0)
+    min_drags: int = knob(2, "drag rule: fewer valid drags than this drop the drag signal", ge=1)
+    drag_min_len_px: float = knob(4.0, "drag rule: shorter drags are zero-length noise", unit="px@512", ge=0)
+    drag_min_ncc: float = knob(0.5, "drag rule: the 11x11 patch NCC of handle (source) and target (target) below "
+                                    "this: the drag does not follow the content", ge=-1, le=1)
+    sketch_min_on_change: float = knob(0.6, "sketch rule: share of stroke pixels on what changed", unit="frac",
+                                       ge=0, le=1)
+    region_min_on_change: float = knob(0.5, "region rule: share of a region's mask on what changed", unit="frac",
+                                       ge=0, le=1)
+    drop_signals: bool = knob(True, "a failed signal rule drops that signal and keeps the pair (if any signal is "
+                                    "left); false: it rejects the pair")
+
+
+def _frame_scale(h: int, w: int) -> float:
+    return min(h, w) / 512.0
+
+
+def _largest_component(mask: np.ndarray) -> int:
+    if not mask.any():
+        return 0
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+
+
+def _splat_explanation(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The source splatted along the flow (soft, Magic Fixup metric) and its holes (density <= 0.5)."""
+    from vid2pair.stages.coarse import coarse_edit
+
+    img, holes, _ = coarse_edit(src, flow, "soft", tgt=tgt)
+    return img, holes > 0
+
+
+def _residual(a: np.ndarray, b: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
+    return changed_mask(a, b, thresh, sigma)
+
+
+def _edit_scores(name: str, edit: np.ndarray, holes: np.ndarray, src: np.ndarray, tgt: np.ndarray, C: np.ndarray,
+                 R: np.ndarray, c: QualityConfig, sigma: float) -> dict:
+    covered = C & ~holes
+    p_edit, p_src = masked_psnr(edit, tgt, covered), masked_psnr(src, tgt, covered)
+    gain = None if p_edit is None or p_src is None else p_edit - p_src
+    return {f"{name}_gain_db": None if gain is None else round(gain, 3),
+            f"{name}_false_hole_frac": round(float((holes & ~R).mean()), 5),
+            f"{name}_hole_frac": round(float(holes.mean()), 5)}
+
+
+def _drag_points(drag: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(handles on the source, targets on the target), whatever the drag.json direction."""
+    pts = drag.get("points") or []
+    s = np.array([p["source"] for p in pts], np.float32).reshape(-1, 2)
+    t = np.array([p["target"] for p in pts], np.float32).reshape(-1, 2)
+    return (t, s) if drag.get("direction") == "target_to_source" else (s, t)
+
+
+def _in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    xi = np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
+    yi = np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1)
+    return mask[yi, xi]
+
+
+def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
+    """Scores, failed pair rules ``[(reason, detail)]`` and failed signal rules
+    ``{signal: (reason, detail)}`` of one pair; also filters its drags and region drags in place."""
+    a, meta = it.arrays, it.meta
+    src, tgt = a["src"], a["tgt"]
+    h, w = src.shape[:2]
+    s = _frame_scale(h, w)
+    sigma = c.blur_sigma * s
+    C = changed_mask(src, tgt, c.change_thresh, sigma)
+    R = object_region(C, close_px=max(1, int(round(3 * s * 2))), dilate_px=max(1, int(round(2 * s * 2))))
+    sc: dict[str, Any] = {"changed_frac": round(float(C.mean()), 5)}
+    pair_fail: list[tuple[str, str]] = []
+    sig_fail: dict[str, tuple[str, str]] = {}
+    if sc["changed_frac"] < c.min_changed_frac:
+        pair_fail.append(("no_visible_change", f"changed_frac {sc['changed_frac']:.4f} < {c.min_changed_frac} "
+                                               f"(pixels differing by > {c.change_thresh:g} grey levels)"))
+        return sc, pair_fail, sig_fail
+    if c.max_changed_frac is not None and sc["changed_frac"] > c.max_changed_frac:
+        pair_fail.append(("global_change", f"changed_frac {sc['changed_frac']:.3f} > {c.max_changed_frac}: most of "
+                                           f"the frame changed (a cut, a title card, a lighting or camera change)"))
+        return sc, pair_fail, sig_fail
+    if c.max_camera_shift_px is not None:
+        from vid2pair.stages.static_camera import pair_camera_shift
+
+        shift, _ = pair_camera_shift(cv2.cvtColor(src, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
+        sc["camera_shift_px"] = None if shift is None else round(shift, 3)
+        if shift is not None and shift > c.max_camera_shift_px * s:
+            pair_fail.append(("camera_moved", f"the background moved {shift:.2f} px between source and target "
+                                              f"(> {c.max_camera_shift_px * s:.2f} px)"))
+            return sc, pair_fail, sig_fail
+    flow = a["flow"]
+    mpx = c.moving_px * s
+    moving = R & (np.hypot(flow[..., 0], flow[..., 1]) > mpx)
+    sc["moving_frac"] = round(float(moving.mean()), 5)
+    if "flow_bwd" in a:
+        bwd = a["flow_bwd"]
+        vf = np.asarray(a["flow_valid"], bool) if "flow_valid" in a else fb_consistent(flow, bwd)
+        vb = np.asarray(a["flow_bwd_valid"], bool) if "flow_bwd_valid" in a else fb_consistent(bwd, flow)
+        sc["fb_consistent"] = round(float(vf[moving].mean()), 4) if moving.any() else None
+        if c.min_fb_consistent is not None and sc["fb_consistent"] is not None \
+                and sc["fb_consistent"] < c.min_fb_consistent:
+            pair_fail.append(("flow_inconsistent", f"fb_consistent {sc['fb_consistent']:.3f} < {c.min_fb_consistent} "
+                                                   f"on {int(moving.sum())} moving pixels"))
+        # correspondence: a changed pixel is explained when it holds moving content that the flows
+        # follow consistently, on the source (where something left) or on the target (where it
+        # arrived); an object that appears or disappears has no such content
+        explained = (vf & moving) | (vb & R & (np.hypot(bwd[..., 0], bwd[..., 1]) > mpx))
+        r = max(1, int(round(4 * s)))
+        explained = cv2.dilate(explained.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+    else:
+        sc["fb_consistent"] = None
+        explained = np.ones_like(C)
+    # ... and the source warped by that flow must look like the target there (holes aside: what
+    # disoccludes has no source); a consistent but wrong flow (new text matched to old) fails here
+    if "coarse" in a and "coarse_mask" in a:
+        expl, holes = a["coarse"], a["coarse_mask"] > 0
+    else:
+        expl, holes = _splat_explanation(src, tgt, flow)
+    bad = C & (~explained | (_residual(expl, tgt, c.change_thresh, sigma) & ~holes))
+    bad = cv2.morphologyEx(bad.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    sc["unexplained_frac"] = round(float(bad.sum() / max(1, C.sum())), 4)
+    # the largest changed region (R's components: an object, a block of text) that is mostly unexplained
+    n_lab, lab = cv2.connectedComponents(R.astype(np.uint8), connectivity=8)
+    worst = 0
+    if n_lab > 1:
+        area = np.bincount(lab[C], minlength=n_lab)
+        unexp = np.bincount(lab[bad], minlength=n_lab)
+        mostly = (unexp >= 0.5 * np.maximum(area, 1)) & (np.arange(n_lab) > 0)
+        worst = int(area[mostly].max()) if mostly.any() else 0
+    sc["unexplained_blob_frac"] = round(max(worst, _largest_component(bad)) / float(h * w), 5)
+    if c.max_unexplained_frac is not None and sc["unexplained_frac"] > c.max_unexplained_frac:
+        pair_fail.append(("unmatched_change", f"unexplained_frac {sc['unexplained_frac']:.3f} > "
+                                              f"{c.max_unexplained_frac}: the warped source does not explain the "
+                                              f"changed target"))
+    elif c.max_unexplained_blob_frac is not None and sc["unexplained_blob_frac"] > c.max_unexplained_blob_frac:
+        pair_fail.append(("unmatched_change", f"unexplained_blob_frac {sc['unexplained_blob_frac']:.4f} > "
+                                              f"{c.max_unexplained_blob_frac}: a changed region without a "
+                                              f"correspondence (something appears or disappears)"))
+    # the edit signals
+    for name in ("coarse", "collage"):
+        if name in a and f"{name}_mask" in a:
+            e = _edit_scores(name, a[name], a[f"{name}_mask"] > 0, src, tgt, C, R, c, sigma)
+            sc.update(e)
+            g, fh = e[f"{name}_gain_db"], e[f"{name}_false_hole_frac"]
+            ratio = e[f"{name}_hole_frac"] / max(sc["changed_frac"], 1e-6)
+            e[f"{name}_hole_ratio"] = sc[f"{name}_hole_ratio"] = round(ratio, 3)
+            if g is None or g < c.min_gain_db:
+                sig_fail[name] = (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region "
+                                                     f"(< {c.min_gain_db})")
+            elif fh > c.max_false_hole_frac:
+                sig_fail[name] = (f"{name}_false_holes", f"{name} holes where nothing changed: {fh:.4f} of the "
+                                                         f"frame (> {c.max_false_hole_frac})")
+            elif ratio > c.max_hole_ratio:
+                sig_fail[name] = (f"{name}_too_many_holes", f"{name} holes are {ratio:.2f} x the changed area "
+                                                            f"(> {c.max_hole_ratio}): more than disocclusion")
+    if "drag" in meta:
+        hs, ts = _drag_points(meta["drag"])
+        n = len(hs)
+        ok = np.zeros(n, bool)
+        if n:
+            length = np.linalg.norm(ts - hs, axis=1)
+            ncc = patch_ncc(src, hs, tgt, ts, radius=5)
+            ok = _in_mask(R, hs) & _in_mask(R, ts) & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
+            meta["drag"]["points"] = [p for p, k in zip(meta["drag"]["points"], ok) if k]
+        sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
+        if ok.sum() < c.min_drags:
+            sig_fail["drag"] = ("drag_too_few_valid", f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
+                                                      f"{c.drag_min_len_px * s:.1f} px long and match their patches "
+                                                      f"(< {c.min_drags})")
+    if "sketch" in a:
+        strokes = a["sketch"] > 0
+        n_on = int(strokes.sum())
+        if n_on == 0:
+            sc["sketch_on_change"] = None
+            sig_fail["sketch"] = ("sketch_empty", "no stroke")
+        else:
+            wide = cv2.dilate(R.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            sc["sketch_on_change"] = round(float((strokes & wide).sum() / n_on), 4)
+            if sc["sketch_on_change"] < c.sketch_min_on_change:
+                sig_fail["sketch"] = ("sketch_off_change", f"{sc['sketch_on_change']:.3f} of the stroke pixels lie "
+                                                           f"on what changed (< {c.sketch_min_on_change})")
+    if "region_drag" in meta and "region_masks" in a:
+        regions = meta["region_drag"].get("regions") or []
+        labels = a["region_masks"]
+        keep = []
+        for r in regions:
+            m = labels == r["mask_index"] + 1
+            frac = float((m & R).sum() / max(1, m.sum()))
+            if frac >= c.region_min_on_change:
+                keep.append(r)
+        lut = np.zeros(256, np.uint8)
+        for i, r in enumerate(keep):
+            lut[r["mask_index"] + 1] = i + 1
+            r["id"] = r["mask_index"] = i
+        a["region_masks"] = lut[labels]
+        meta["region_drag"]["regions"] = keep
+        sc["region_total"], sc["region_valid"] = len(regions), len(keep)
+        if not keep:
+            sig_fail["region_drag"] = ("region_off_change", f"none of {len(regions)} regions lies on what changed "
+                                                            f"(>= {c.region_min_on_change} of its mask)")
+    return sc, pair_fail, sig_fail
+
+
+class QualityStage(PairStage):
+    """Judges every pair's signals against its own images (see the module docstring)."""
+
+    name = "quality"
+    sections = {"quality": QualityConfig}
+    reads = ("src", "tgt", "flow", "flow_bwd", "coarse", "coarse_mask", "collage", "collage_mask", "sketch",
+             "drag", "region_drag", "region_masks")
+
+    @classmethod
+    def build(cls, cfg, upstream=()):
+        # which arrays / meta entries make up each judged signal, from the stages before this one
+        keys: dict[str, list[tuple[str, str]]] = {}
+        for S in upstream:
+            by_member = {m.name: m for m in S.writes}
+            for sig in S.signals:
+                if sig.name in JUDGED_SIGNALS:
+                    keys[sig.name] = [(by_member[n].key, by_member[n].codec) for n in sig.members if n in by_member]
+        return cls(cfg, keys)
+
+    @classmethod
+    def index_columns(cls, meta: dict) -> dict:
+        q = meta.get("quality") or {}
+        return {f"q_{k}": v for k, v in q.items() if isinstance(v, (int, float)) or v is None}
+
+    def __init__(self, cfg, signal_keys: Optional[dict] = None):
+        super().__init__(cfg)
+        self.c: QualityConfig = cfg.quality
+        self.signal_keys = signal_keys or {}
+
+    def _carried(self, it: PairItem) -> list[str]:
+        out = []
+        for sig, keys in self.signal_keys.items():
+            if keys and all((k in it.meta) if codec == "json" else (k in it.arrays) for k, codec in keys):
+                out.append(sig)
+        return out
+
+    def _drop(self, it: PairItem, sig: str) -> None:
+        for k, codec in self.signal_keys.get(sig, ()):
+            (it.meta if codec == "json" else it.arrays).pop(k, None)
+
+    def one(self, it: PairItem) -> Item:
+        c = self.c
+        had = self._carried(it)
+        sc, pair_fail, sig_fail = judge(it, c)
+        it.meta["quality"] = sc
+        if pair_fail:
+            reason, detail = pair_fail[0]
+            return pair_reject(it, self.name, reason, "; ".join(d for _, d in pair_fail)[:500])
+        failed = [s for s in had if s in sig_fail]
+        earlier = [r for r in it.meta.get("signal_rejects", ()) if r["signal"] in JUDGED_SIGNALS]
+        if (failed or earlier) and not c.drop_signals:
+            why = [f"{r['signal']}: {r['detail']}" for r in earlier] + [f"{s}: {sig_fail[s][1]}" for s in failed]
+            reason = sig_fail[failed[0]][0] if failed else earlier[0]["reason"]
+            return pair_reject(it, self.name, reason, "; ".join(why)[:500])
+        if len(failed) == len(had) and (had or earlier):  # nothing left to train on
+            why = [f"{r['signal']}: {r['reason']} ({r['stage']})" for r in earlier]
+            why += [f"{s}: {sig_fail[s][1]}" for s in failed]
+            return pair_reject(it, self.name, "no_valid_signal", "; ".join(why)[:500])
+        for s in failed:  # the writer turns these into signal-level rows of the rejects table
+            self._drop(it, s)
+            drop_signal(it, self.name, s, sig_fail[s][0], sig_fail[s][1])
+        return it
