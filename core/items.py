@@ -53,8 +53,9 @@ class Reject:
     stage: str
     reason: str
     detail: str = ""
-    level: str = "clip"  # clip | shot | pair
-    key: str = ""  # pair key (pair level) or shot key (shot level)
+    level: str = "clip"  # clip | shot | pair | signal
+    key: str = ""  # pair key (pair and signal level) or shot key (shot level)
+    preview: bytes = b""  # a small JPEG of the rejected pair (core.preview), for output.reject_previews
 
 
 @dataclass
@@ -123,7 +124,7 @@ def item_to_row(it: Item) -> dict[str, Any]:
     if isinstance(it, Reject):
         d = {k: getattr(it, k) for k in ("stage", "reason", "detail", "level")}
         return {"kind": "reject", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": it.key,
-                "source": it.source, "clip_id": it.clip_id, "meta": json.dumps(d), "blob": b""}
+                "source": it.source, "clip_id": it.clip_id, "meta": json.dumps(d), "blob": it.preview or b""}
     return {"kind": "done", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": "",
             "source": it.source, "clip_id": it.clip_id,
             "meta": json.dumps({"n_items": it.n_items, "info": it.info}), "blob": b""}
@@ -137,7 +138,7 @@ def row_to_item(row: dict) -> Item:
         arrays, files = _unpack(row["blob"])
         return PairItem(key=row["key"], meta=meta, arrays=arrays, files=files, **base)
     if kind == "reject":
-        return Reject(key=row["key"], **meta, **base)
+        return Reject(key=row["key"], preview=bytes(row["blob"] or b""), **meta, **base)
     return ClipDone(n_items=meta["n_items"], info=meta["info"], **base)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
 from vid2pair.core.items import Item, PairItem, Reject
+from vid2pair.core.preview import preview_strip
 
 __all__ = ["Member", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject", "drop_signal"]
 
@@ -148,5 +149,11 @@ def drop_signal(it: PairItem, stage: str, signal: str, reason: str, detail: str 
 
 
 def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:
+    """The pair-level reject of ``it``, with a small preview of the pair (the writer keeps up to
+    ``output.reject_previews`` of them)."""
+    try:
+        preview = preview_strip(it.arrays)
+    except Exception:  # a preview must never cost the reject
+        preview = b""
     return Reject(source=it.source, clip_id=it.clip_id, chunk=it.chunk, clip_idx=it.clip_idx, stage=stage,
-                  reason=reason, detail=detail, level="pair", key=it.key)
+                  reason=reason, detail=detail, level="pair", key=it.key, preview=preview)

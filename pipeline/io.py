@@ -111,7 +111,8 @@ def index_row(key: str, shard: str, meta: dict, stages: tuple | None = None) -> 
     return row
 
 
-REJECT_COLUMNS = ("source", "clip_id", "level", "key", "stage", "reason", "detail")
+REJECT_COLUMNS = ("source", "clip_id", "level", "key", "stage", "reason", "detail", "preview")
+PREVIEW_DIR = "rejects/previews"
 
 
 def _table(rows: list[dict], columns=None):
@@ -129,7 +130,7 @@ class OutputWriter:
         self.store = Store(out_dir)
         self.cfg = cfg
         self.stages = stages
-        for d in ("shards", "index", "rejects", "_done"):
+        for d in ("shards", "index", "rejects", "_done", PREVIEW_DIR):
             self.store.makedirs(d)
         self._check_run_identity()
         self.tasks_by_chunk: dict[int, list[ClipTask]] = defaultdict(list)
@@ -144,8 +145,17 @@ class OutputWriter:
         self._clips_finished: Counter = Counter()  # chunk -> clips complete
         self.written_chunks: list[int] = []
         self.new_samples = 0
+        # previews of rejected pairs: at most output.reject_previews, at most a sixth of them per
+        # (stage, reason), first come first kept in commit order (chunks commit in input order, and a
+        # resumed run counts the previews already committed, so the choice is reproducible)
+        self._preview_cap = int(cfg.output.reject_previews)
+        self._preview_counts: Counter = Counter()
+        for name in self.store.list(PREVIEW_DIR, ".jpg"):
+            stage, reason = name.split("__")[:2]
+            self._preview_counts[(stage, reason)] += 1
         rows = [{"source": s, "clip_id": clip_id_for(s), "level": "clip", "key": "", "stage": "input",
-                 "reason": "duplicate_input", "detail": f"same file as {first}"} for s, first in duplicates]
+                 "reason": "duplicate_input", "detail": f"same file as {first}", "preview": ""}
+                for s, first in duplicates]
         self.store.write_parquet("rejects/inputs.parquet", _table(rows, REJECT_COLUMNS))
 
     def _check_run_identity(self) -> None:
@@ -213,6 +223,7 @@ class OutputWriter:
                                level="signal", stage=r["stage"], reason=r["reason"], detail=r["detail"])
                         for r in s.meta.get("signal_rejects", ())]
         rejects.sort(key=lambda r: (r.clip_idx, r.key, r.stage, r.reason))
+        previews = {id(r): self._keep_preview(r) for r in rejects}
         name = f"pairs-{chunk:06d}.tar"
         index_rows = []
         if samples:  # the tar appears under its final name only once complete
@@ -224,12 +235,26 @@ class OutputWriter:
                 w.close()
         self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
         self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet",
-                                 _table([{k: getattr(r, k) for k in REJECT_COLUMNS} for r in rejects], REJECT_COLUMNS))
+                                 _table([{**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"},
+                                          "preview": previews[id(r)]} for r in rejects], REJECT_COLUMNS))
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
             {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
              "clips": [t.source for t in self.tasks_by_chunk[chunk]]}).encode())
         self.written_chunks.append(chunk)
         self.new_samples += len(samples)
+
+    def _keep_preview(self, r: Reject) -> str:
+        """Write ``r``'s preview if the budget allows; its path relative to the output, or ``""``."""
+        if not r.preview or self._preview_cap <= 0:
+            return ""
+        per_reason = max(1, self._preview_cap // 6)
+        kind = (r.stage, r.reason)
+        if sum(self._preview_counts.values()) >= self._preview_cap or self._preview_counts[kind] >= per_reason:
+            return ""
+        self._preview_counts[kind] += 1
+        rel = f"{PREVIEW_DIR}/{r.stage}__{r.reason}__{r.key or r.clip_id}.jpg"
+        self.store.write_bytes(rel, r.preview)
+        return rel
 
     def incomplete_chunks(self) -> list[int]:
         return sorted(set(t.chunk for t in self.pending_tasks) - set(self.written_chunks))

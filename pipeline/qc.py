@@ -946,6 +946,83 @@ def _static_scores(ds: QCDataset) -> tuple[np.ndarray, np.ndarray]:
     return kept, rej
 
 
+def _col(df, c):
+    return df[c].dropna().to_numpy(dtype=float) if c in df and len(df) else np.array([])
+
+
+def _hist(ax, series, title, xlabel, why, log=False, vline=None):
+    """Histograms of ``[(label, values)]`` on ``ax`` (one filled, several as steps); ``why`` when empty;
+    ``vline``: ``(x, label)`` or a list of them."""
+    series = [(lab, np.asarray(v, float)[np.isfinite(np.asarray(v, float))]) for lab, v in series]
+    series = [(lab, v) for lab, v in series if len(v)]
+    ax.set_title(title, fontsize=10)
+    if not series:
+        _no_data(ax, why)
+        return
+    allv = np.concatenate([v for _, v in series])
+    if log:
+        pos = allv[allv > 0]
+        lo = pos.min() if len(pos) else 1e-6
+        bins = np.logspace(np.log10(lo) - 0.05, np.log10(max(allv.max(), lo * 1.1)) + 0.05, 30)
+        ax.set_xscale("log")
+        series = [(lab, np.maximum(v, lo)) for lab, v in series]
+    else:
+        bins = np.histogram_bin_edges(allv, bins=min(30, max(5, int(np.sqrt(len(allv))) + 1)))
+    for lab, v in series:
+        ax.hist(v, bins=bins, histtype="stepfilled" if len(series) == 1 else "step", linewidth=1.5,
+                alpha=0.8 if len(series) == 1 else 1.0, label=f"{lab} (n={len(v)})")
+    for x, lab in ([vline] if isinstance(vline, tuple) else (vline or [])):
+        ax.axvline(x, color="k", linestyle="--", linewidth=1, label=lab)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("count", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=8)
+
+
+#: the quality scores of the index: (column, title, the quality.* thresholds drawn, which end is worse)
+QUALITY_METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("q_changed_frac", "changed fraction of the frame", ("min_changed_frac", "max_changed_frac"), "low"),
+    ("q_fb_consistent", "forward-backward consistent (moving)", ("min_fb_consistent",), "low"),
+    ("q_unexplained_frac", "unexplained share of the change", ("max_unexplained_frac",), "high"),
+    ("q_unexplained_blob_frac", "largest unexplained region (frame)", ("max_unexplained_blob_frac",), "high"),
+    ("q_camera_shift_px", "background shift src -> tgt (px)", (), "high"),
+    ("q_coarse_gain_db", "coarse edit gain over no edit (dB)", ("min_gain_db",), "low"),
+    ("q_collage_gain_db", "collage gain over no edit (dB)", ("min_gain_db",), "low"),
+    ("q_coarse_hole_ratio", "coarse holes / changed area", ("max_hole_ratio",), "high"),
+    ("q_sketch_on_change", "sketch strokes on the change", ("sketch_min_on_change",), "low"),
+)
+
+
+def quality_order(ds: QCDataset, metric: str) -> list[str]:
+    """Sample keys sorted worst first by a quality (or any index) column: ascending for the metrics
+    whose low end is worse (:data:`QUALITY_METRICS`), descending otherwise; samples without it last."""
+    idx = ds.index
+    if metric not in idx:
+        raise KeyError(f"no column {metric!r} in the index; quality columns: "
+                       f"{', '.join(c for c in idx.columns if c.startswith('q_')) or 'none'}")
+    worse = {c: w for c, _, _, w in QUALITY_METRICS}.get(metric, "high")
+    df = idx[["key", metric]].copy()
+    return list(df.sort_values(metric, ascending=worse == "low", kind="stable", na_position="last")["key"])
+
+
+def fig_quality(ds: QCDataset):
+    """Histograms of the quality stage's scores (index columns, every sample) with the thresholds."""
+    metrics = [m for m in QUALITY_METRICS if m[0] in ds.index]
+    fig = _new_fig(13, 2.9 * max(1, -(-len(metrics) // 3)))
+    if not metrics:
+        _no_data(fig.add_subplot(), "no quality scores in the index (quality.enabled=false, or an older output)")
+        return fig
+    axs = np.atleast_1d(fig.subplots(-(-len(metrics) // 3), 3)).ravel()
+    for ax, (c, title, keys, _) in zip(axs, metrics):
+        lines = [(ds.config_value(f"quality.{k}"), k) for k in keys]
+        lines = [(v, k) for v, k in lines if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        _hist(ax, [("samples", _col(ds.index, c))], title, c, "no values", vline=lines)
+    for ax in axs[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle(f"quality scores of the {len(ds)} written samples (dashed: the thresholds)", fontsize=11)
+    return fig
+
+
 def fig_histograms(ds: QCDataset, meta=None):
     """3×3 histograms: Δt, flow magnitude (p50/p90/p99), moving fraction, static-camera score (kept and
     rejected shots, threshold), drag lengths, hole fractions (coarse, collage), sketch density, region
@@ -959,34 +1036,7 @@ def fig_histograms(ds: QCDataset, meta=None):
     fig = _new_fig(13, 10)
     axs = fig.subplots(3, 3)
 
-    def col(df, c):
-        return df[c].dropna().to_numpy(dtype=float) if c in df and len(df) else np.array([])
-
-    def hist(ax, series, title, xlabel, why, log=False, vline=None):
-        series = [(lab, np.asarray(v, float)[np.isfinite(np.asarray(v, float))]) for lab, v in series]
-        series = [(lab, v) for lab, v in series if len(v)]
-        ax.set_title(title, fontsize=10)
-        if not series:
-            _no_data(ax, why)
-            return
-        allv = np.concatenate([v for _, v in series])
-        if log:
-            pos = allv[allv > 0]
-            lo = pos.min() if len(pos) else 1e-6
-            bins = np.logspace(np.log10(lo) - 0.05, np.log10(max(allv.max(), lo * 1.1)) + 0.05, 30)
-            ax.set_xscale("log")
-            series = [(lab, np.maximum(v, lo)) for lab, v in series]
-        else:
-            bins = np.histogram_bin_edges(allv, bins=min(30, max(5, int(np.sqrt(len(allv))) + 1)))
-        for lab, v in series:
-            ax.hist(v, bins=bins, histtype="stepfilled" if len(series) == 1 else "step", linewidth=1.5,
-                    alpha=0.8 if len(series) == 1 else 1.0, label=f"{lab} (n={len(v)})")
-        if vline is not None:
-            ax.axvline(vline[0], color="k", linestyle="--", linewidth=1, label=vline[1])
-        ax.set_xlabel(xlabel, fontsize=9)
-        ax.set_ylabel("count", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.tick_params(labelsize=8)
+    col, hist = _col, _hist
 
     none = "no samples" if not n_all else None
     hist(axs[0, 0], [("pairs", col(idx, "dt"))], "Δt between source and target", "Δt (s)", none or "no dt column")

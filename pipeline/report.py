@@ -121,27 +121,62 @@ def _gallery(ds: qc.QCDataset, keys: list[str], thumb: int, quality: int) -> tup
     return "\n".join(parts), n_img
 
 
+def _reject_previews(ds: qc.QCDataset) -> tuple[str, int]:
+    """The kept previews of rejected pairs (output.reject_previews), grouped by stage and reason."""
+    r = ds.rejects
+    if not len(r) or "preview" not in r:
+        return '<p class="note">No previews (an output built before output.reject_previews existed).</p>', 0
+    r = r[r["preview"].fillna("").astype(str) != ""]
+    if not len(r):
+        n_pair = int((ds.rejects["level"] == "pair").sum()) if "level" in ds.rejects else 0
+        return f'<p class="note">No previews kept ({n_pair} pair-level rejects; output.reject_previews=0?).</p>', 0
+    parts, n_img = [], 0
+    for (stage, reason), g in r.groupby(["stage", "reason"], sort=True):
+        figs = []
+        for _, row in g.iterrows():
+            try:
+                data = ds.out.read_bytes(str(row["preview"]))
+            except Exception as e:  # noqa: BLE001 - shown in the report
+                figs.append(f'<p class="note warn">{_e(row["key"])}: preview unreadable ({_e(e)})</p>')
+                continue
+            figs.append(f'<figure style="max-width:480px">{_img(data, "image/jpeg", row["key"], "p")}'
+                        f'<figcaption><b>{_e(row["key"])}</b><br>{_e(row["detail"])}</figcaption></figure>')
+            n_img += 1
+        parts.append(f'<h3>{_e(stage)}: {_e(reason)} ({len(g)} shown)</h3><div class="cols">{"".join(figs)}</div>')
+    note = ('<p class="note">Source | target | a signal the pair had (coarse edit, collage, sketch or flow '
+            'magnitude), for up to <code>output.reject_previews</code> rejected pairs, at most a sixth per reason: '
+            'what each rule throws away.</p>')
+    return note + "\n".join(parts), n_img
+
+
 def build_report(out_dir, html_path=None, n: int = 50, seed: int = 0, meta_sample: int = 500,
-                 thumb: int = 240, quality: int = 80) -> Path:
+                 thumb: int = 240, quality: int = 80, sort: str | None = None) -> Path:
     """Write the QC report of ``out_dir`` to ``html_path`` (default ``<out_dir>/qc/report.html``;
     ``./vid2pair-qc/report.html`` for an object-store output) and return its path.
 
-    Overview over the whole index (summary, rejects, Δt / flow / static-camera histograms); drag,
-    hole, sketch, region and track statistics over a random ``meta_sample`` samples (their json
-    members only); a gallery of ``n`` random samples (``seed``), ``thumb`` px wide JPEG panels."""
+    Overview over the whole index (summary, rejects, Δt / flow / static-camera / quality
+    histograms); drag, hole, sketch, region and track statistics over a random ``meta_sample``
+    samples (their json members only); previews of rejected pairs; a gallery of ``n`` samples,
+    ``thumb`` px wide JPEG panels: random (``seed``), or the worst ``n`` by the index column ``sort``
+    (a quality score such as ``q_unexplained_frac``)."""
     t0 = time.time()
     ds = qc.QCDataset(out_dir)
     if html_path is None:
         html_path = (Path("vid2pair-qc") if ds.out.remote else ds.out.path / "qc") / "report.html"
     html_path = Path(html_path)
     meta = ds.meta_table(max_samples=meta_sample, seed=seed)
-    keys = ds.sample_keys(n, seed) if n > 0 else []
+    if sort:
+        keys = qc.quality_order(ds, sort)[:max(0, n)]
+    else:
+        keys = ds.sample_keys(n, seed) if n > 0 else []
     n_all = len(ds)
 
     overview_imgs = [
         _img(qc.fig_to_png(qc.fig_rejects(ds)), "image/png", "rejects by stage and reason"),
         _img(qc.fig_to_png(qc.fig_histograms(ds, meta)), "image/png", "distributions"),
+        _img(qc.fig_to_png(qc.fig_quality(ds)), "image/png", "quality scores"),
     ]
+    previews, n_preview_img = _reject_previews(ds)
     sig = qc.signals_table(ds, meta)
     missing = sig[sig["samples with it"] < sig["of"]] if len(meta) else sig.iloc[0:0]
     miss_note = ""
@@ -151,7 +186,9 @@ def build_report(out_dir, html_path=None, n: int = 50, seed: int = 0, meta_sampl
             for _, r in missing.iterrows()) + "</p>"
     if n_all:
         gallery, n_gallery_img = _gallery(ds, keys, thumb, quality)
-        gallery_intro = (f'<p class="note">{len(keys)} random samples of {n_all} (seed {seed}), in key order.</p>')
+        gallery_intro = (f'<p class="note">{len(keys)} random samples of {n_all} (seed {seed}), in key order.</p>'
+                         if not sort else f'<p class="note">The {len(keys)} samples of {n_all} with the worst '
+                                          f'<code>{_e(sort)}</code>, worst first.</p>')
     else:
         gallery, n_gallery_img = "", 0
         gallery_intro = ('<p class="note warn"><b>No samples in this output.</b> '
@@ -178,7 +215,8 @@ figure{{--w:{thumb}px}}</style></head>
 <p class="sub">{_e(ds.out_dir)} · {n_all} samples · {len(ds.rejects)} rejects · generated
 {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>vid2pair report --n {n} --seed {seed}</code></p>
 <nav><a href="#summary">Summary</a><a href="#rejects">Rejects</a><a href="#signals">Signals</a>
-<a href="#distributions">Distributions</a><a href="#extremes">Extremes</a><a href="#gallery">Gallery</a>
+<a href="#distributions">Distributions</a><a href="#quality">Quality</a><a href="#extremes">Extremes</a>
+<a href="#rejected">Rejected pairs</a><a href="#gallery">Gallery</a>
 <a href="#config">Config</a></nav>
 {status}
 <div class="cols">
@@ -202,13 +240,19 @@ figure{{--w:{thumb}px}}</style></head>
 <p class="note">Δt, flow and static-camera scores: every sample (and the shots rejected as camera_moving);
 drags, holes, sketch, regions, tracks: {_e(f'a random {len(meta)} of {n_all} samples' if sub else 'every sample')}.</p>
 {overview_imgs[1]}
+<h2 id="quality">Quality scores</h2>
+<p class="note">The quality stage's scores of every written sample (the <code>q_*</code> index columns; re-filter
+with them without rebuilding, e.g. <code>vid2pair report OUT --sort q_unexplained_frac</code> for the worst).</p>
+{overview_imgs[2]}
+<h2 id="rejected">Rejected pairs</h2>
+{previews}
 <h2 id="gallery">Gallery</h2>
 {gallery_intro}
 {legend if n_all else ""}
 {gallery}
 <h2 id="config">Config</h2>
 <details><summary>the run's resolved config</summary><pre>{_e(cfg)}</pre></details>
-<p class="sub">{2 + n_gallery_img} images, built in {time.time() - t0:.1f} s.</p>
+<p class="sub">{3 + n_preview_img + n_gallery_img} images, built in {time.time() - t0:.1f} s.</p>
 </body></html>
 """
     html_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +265,7 @@ drags, holes, sketch, regions, tracks: {_e(f'a random {len(meta)} of {n_all} sam
 def cmd_report(a) -> int:
     try:
         p = build_report(a.output_dir, a.html, n=a.n, seed=a.seed, meta_sample=a.meta_sample, thumb=a.thumb,
-                         quality=a.quality)
+                         quality=a.quality, sort=a.sort)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"vid2pair: error: {e}", file=sys.stderr)
         return 2
@@ -241,4 +285,6 @@ def report_add_subparser(subparsers) -> None:
                    help="samples whose json members feed the drag/hole/sketch/region statistics (default 500)")
     r.add_argument("--thumb", type=int, default=240, help="gallery panel width in px (default 240)")
     r.add_argument("--quality", type=int, default=80, help="JPEG quality of the gallery panels (default 80)")
+    r.add_argument("--sort", metavar="COLUMN", help="gallery of the worst --n samples by an index column, e.g. "
+                                                    "q_unexplained_frac or q_fb_consistent (default: random)")
     r.set_defaults(func=cmd_report)

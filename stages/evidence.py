@@ -16,7 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["changed_mask", "object_region", "fb_consistent", "patch_ncc", "sample_field", "masked_psnr"]
+__all__ = ["changed_mask", "object_region", "textured", "moving_support", "fb_consistent", "patch_ncc",
+           "sample_field", "masked_psnr"]
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -48,6 +49,24 @@ def object_region(changed: np.ndarray, close_px: int = 3, dilate_px: int = 2) ->
     return m > 0
 
 
+def textured(img: np.ndarray, min_grad: float = 4.0, sigma: float = 1.0) -> np.ndarray:
+    """(H, W) bool: where the blurred grey image has a gradient above ``min_grad`` grey levels / px,
+    i.e. where motion is observable (a flow on a plain wall or desk cannot be checked, nor seen)."""
+    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    g = _blur(g, sigma)
+    return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) / 8.0 > min_grad
+
+
+def moving_support(src: np.ndarray, tgt: np.ndarray, thresh: float = 15.0, sigma: float = 1.5, close_px: int = 3,
+                   band_px: int = 4) -> np.ndarray:
+    """Where a static camera's flow may be non-zero: the changed region (closed, holes filled) plus a
+    ``band_px`` band around it where the source is textured. Flat, unchanged pixels next to a moving
+    object are where dense flow leaks ("blobby" flow on a plain desk); they do not move."""
+    core = object_region(changed_mask(src, tgt, thresh, sigma), close_px=close_px, dilate_px=0)
+    band = object_region(core, close_px=0, dilate_px=band_px) & ~core
+    return core | (band & textured(src))
+
+
 def sample_field(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Bilinear samples (N, C) of an (H, W, C) float field at (N, 2) points (replicated border)."""
     pts = np.asarray(pts, np.float32).reshape(-1, 2)
@@ -76,10 +95,10 @@ def fb_consistent(fwd: np.ndarray, bwd: np.ndarray, abs_px: float = 1.0, rel: fl
 
 
 def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
-              radius: int = 3, min_std: float = 2.0) -> np.ndarray:
+              radius: int = 3, min_std: float = 4.0) -> np.ndarray:
     """(N,) normalised cross-correlation of (2r+1)^2 grey patches around ``pts_a`` in ``img_a`` and
-    ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1: no
-    evidence either way."""
+    ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1 (no
+    evidence either way: compressed video of a plain wall or desk has a noise std of 1-3 grey levels)."""
     offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
     offs = offs.reshape(-1, 2).astype(np.float32)
     pts_a, pts_b = np.asarray(pts_a, np.float32).reshape(-1, 2), np.asarray(pts_b, np.float32).reshape(-1, 2)

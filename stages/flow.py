@@ -90,8 +90,9 @@ class FlowConfig:
     chain_analysis_width: int = knob(160, "adaptive chaining: width of the motion profile that plans the hops",
                                      unit="px", ge=32)
     static_suppress: bool = knob(True, "zero the flow where source and target do not change (a static camera: "
-                                       "what does not change does not move); flow noise on plain, still surfaces "
-                                       "then puts no drags, strokes or holes there")
+                                       "what does not change does not move), keeping a narrow band of textured "
+                                       "pixels around the change; flow noise and leaks on plain, still surfaces "
+                                       "then put no drags, strokes or holes there")
     fb_mask: bool = knob(True, "with flow_bwd: mark forward-backward inconsistent pixels (occlusions, lost "
                                "motion); the coarse edit does not splat them, drags are not sampled there and the "
                                "sketch fills them from their surroundings")
@@ -717,7 +718,7 @@ class FlowStage(PairStage):
         return self._finish(it, flow, bwd)
 
     def _finish(self, it: PairItem, flow, bwd) -> PairItem:
-        from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
+        from vid2pair.stages.evidence import fb_consistent, moving_support
 
         fl = self.cfg.flow
         fr = it.arrays.pop("frames")
@@ -733,11 +734,13 @@ class FlowStage(PairStage):
         if fl.static_suppress and np.isfinite(flow).all():
             # with a static camera, what does not change does not move: zero the flow there
             s = min(src.shape[:2]) / 512.0
-            moving = object_region(changed_mask(src, tgt, 15.0, 1.5 * s), close_px=max(1, round(6 * s)),
-                                   dilate_px=max(2, round(8 * s)))
+            moving = moving_support(src, tgt, 15.0, 1.5 * s, close_px=max(1, round(6 * s)),
+                                    band_px=max(2, round(8 * s)))
             flow[~moving] = 0.0
             if bwd is not None:
                 bwd[~moving] = 0.0
+            if self.cfg.track.enabled:
+                it.arrays["still"] = ~moving  # where points stay put (the tracker uses it)
             info["static_suppressed_frac"] = round(float((~moving).mean()), 4)
         it.arrays.update(src=src, tgt=tgt, flow=flow)
         if self.cfg.track.enabled:

@@ -16,8 +16,10 @@ filled and slightly dilated):
   splat made here when the coarse edit is off) must explain the target where it changed.
   ``unexplained_frac`` is the share of ``C`` that a non-hole warped pixel still gets wrong (by
   more than ``change_thresh``; opened by a 3x3 square, so 1-px outline slips do not count) and
-  ``unexplained_blob_frac`` the largest connected piece of it, as a fraction of the frame: an
-  object that appears or disappears has no correspondence, and its region stays unexplained
+  ``unexplained_blob_frac`` the largest connected piece of it, or the largest changed region (a
+  component of ``R``) that is mostly unexplained, as a fraction of the frame: an object that
+  appears or disappears (a car entering, new text on a screen) has no correspondence, and its
+  region stays unexplained
   (``unmatched_change`` above ``max_unexplained_frac`` or ``max_unexplained_blob_frac``).
 * **coarse edit / collage** (signal): ``*_gain_db``, PSNR against the target on the changed,
   covered pixels minus that of "no edit" (the source) on the same pixels, at least
@@ -51,7 +53,7 @@ import numpy as np
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
-from vid2pair.stages.evidence import changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc
+from vid2pair.stages.evidence import changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc, textured
 
 __all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
 
@@ -187,19 +189,22 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
     mpx = c.moving_px * s
     moving = R & (np.hypot(flow[..., 0], flow[..., 1]) > mpx)
     sc["moving_frac"] = round(float(moving.mean()), 5)
+    tex = textured(src)
     if "flow_bwd" in a:
         bwd = a["flow_bwd"]
         vf = np.asarray(a["flow_valid"], bool) if "flow_valid" in a else fb_consistent(flow, bwd)
         vb = np.asarray(a["flow_bwd_valid"], bool) if "flow_bwd_valid" in a else fb_consistent(bwd, flow)
-        sc["fb_consistent"] = round(float(vf[moving].mean()), 4) if moving.any() else None
+        observable = moving & tex  # a flow on a plain surface can be neither checked nor seen
+        sc["fb_consistent"] = round(float(vf[observable].mean()), 4) if observable.sum() >= 20 else None
         if c.min_fb_consistent is not None and sc["fb_consistent"] is not None \
                 and sc["fb_consistent"] < c.min_fb_consistent:
             pair_fail.append(("flow_inconsistent", f"fb_consistent {sc['fb_consistent']:.3f} < {c.min_fb_consistent} "
-                                                   f"on {int(moving.sum())} moving pixels"))
+                                                   f"on {int(observable.sum())} moving, textured pixels"))
         # correspondence: a changed pixel is explained when it holds moving content that the flows
         # follow consistently, on the source (where something left) or on the target (where it
         # arrived); an object that appears or disappears has no such content
-        explained = (vf & moving) | (vb & R & (np.hypot(bwd[..., 0], bwd[..., 1]) > mpx))
+        moving_b = R & (np.hypot(bwd[..., 0], bwd[..., 1]) > mpx)
+        explained = (vf & moving) | (vb & moving_b)
         r = max(1, int(round(4 * s)))
         explained = cv2.dilate(explained.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
     else:
@@ -211,15 +216,23 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         expl, holes = a["coarse"], a["coarse_mask"] > 0
     else:
         expl, holes = _splat_explanation(src, tgt, flow)
-    bad = C & (~explained | (_residual(expl, tgt, c.change_thresh, sigma) & ~holes))
-    bad = cv2.morphologyEx(bad.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    photo_bad = _residual(expl, tgt, c.change_thresh, sigma) & ~holes
+    tex_tgt = textured(tgt)
+    # plain on both sides, the flows cannot be checked there: the warped source matching decides
+    explained |= ~tex & ~tex_tgt & ~holes & ~photo_bad
+    # a hole is a disocclusion where the source held (textured) content that moved away; textured
+    # target content in a hole where the source was plain came from nowhere (new text, an object
+    # entering over a plain desk)
+    appeared = holes & tex_tgt & ~cv2.dilate(tex.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    raw_bad = C & (~explained | photo_bad | appeared)
+    bad = cv2.morphologyEx(raw_bad.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     sc["unexplained_frac"] = round(float(bad.sum() / max(1, C.sum())), 4)
     # the largest changed region (R's components: an object, a block of text) that is mostly unexplained
     n_lab, lab = cv2.connectedComponents(R.astype(np.uint8), connectivity=8)
     worst = 0
     if n_lab > 1:
         area = np.bincount(lab[C], minlength=n_lab)
-        unexp = np.bincount(lab[bad], minlength=n_lab)
+        unexp = np.bincount(lab[raw_bad], minlength=n_lab)  # thin strokes (new text) count here
         mostly = (unexp >= 0.5 * np.maximum(area, 1)) & (np.arange(n_lab) > 0)
         worst = int(area[mostly].max()) if mostly.any() else 0
     sc["unexplained_blob_frac"] = round(max(worst, _largest_component(bad)) / float(h * w), 5)
@@ -255,7 +268,8 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         if n:
             length = np.linalg.norm(ts - hs, axis=1)
             ncc = patch_ncc(src, hs, tgt, ts, radius=5)
-            ok = _in_mask(R, hs) & _in_mask(R, ts) & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
+            ok = (_in_mask(R, hs) & _in_mask(R, ts) & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
+                  & _in_mask(cv2.dilate(tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs))
             meta["drag"]["points"] = [p for p, k in zip(meta["drag"]["points"], ok) if k]
         sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
         if ok.sum() < c.min_drags:

@@ -506,7 +506,7 @@ class TrackStage(PairStage):
 
     name = "track"
     sections = {"track": TrackConfig, "drag": DragConfig}
-    reads = ("src", "tgt", "flow", "frames", "flow_bwd_valid")
+    reads = ("src", "tgt", "flow", "frames", "flow_bwd_valid", "still")
     writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
               Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
     signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
@@ -598,10 +598,21 @@ class TrackStage(PairStage):
         ng, nd = len(grid), len(dt)
         xy = np.asarray(xy, np.float32)
         vis = np.asarray(vis, bool) & _inside(xy, h, w)
+        still = it.arrays.get("still")
+        n_still = 0
+        if still is not None and ng:
+            # a static camera: where nothing changes between source and target (the flow stage's
+            # support), a point stays where it is and is visible; flat, still surfaces (a plain desk)
+            # that a chained flow cannot follow are then tracked right
+            s = np.asarray(still, bool)[np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1),
+                                        np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)]
+            xy[:ng][s], vis[:ng][s] = grid[s], True
+            n_still = int(s.sum())
         g_xy, g_vis = xy[:ng], vis[:ng]
         frac = float(g_vis.mean()) if ng else 0.0
         if frac < self.tcfg.min_visible_frac:  # no drags, no matching supervision; the other signals go on
             it.arrays.pop("frames", None)
+            it.arrays.pop("still", None)
             detail = f"{frac:.3f} of {ng} grid points visible < track.min_visible_frac {self.tcfg.min_visible_frac}"
             it.meta["track"] = {"backend": self.tracker.name, "visible_frac": round(frac, 4), "n_points": int(ng)}
             drop_signal(it, "track", "drag", "too_few_visible", detail)
@@ -613,6 +624,7 @@ class TrackStage(PairStage):
         d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
         it.arrays.pop("frames", None)
+        it.arrays.pop("still", None)
         it.arrays["tracks"] = np.concatenate([grid, g_xy], axis=1).astype(np.float32)
         it.arrays["visibility"] = g_vis.astype(np.uint8)
         it.arrays["drag_mask"] = drag_mask(prep["flow"], prep["mag"], d_src, d_tgt, self.dcfg.min_flow_px,
@@ -622,7 +634,7 @@ class TrackStage(PairStage):
         meta = {"backend": tr.name, "version": tr.version, "direction": "tgt->src", "grid_stride": int(prep["stride"]),
                 "n_points": int(ng), "visible_frac": round(frac, 4), "n_frames": prep["n_frames"],
                 "flow_agreement": round(float(agree.mean()) if len(agree) else 0.0, 4),
-                "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src))}
+                "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src)), "still_points": n_still}
         meta.update(info or {})
         it.meta["track"] = meta
         return it

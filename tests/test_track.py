@@ -394,7 +394,10 @@ def test_track_stage_tracker_failures(clip_a):
     assert [o.reason for o in out] == ["track_failed"] * 3 and "tracker exploded" in out[0].detail
     out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(), drag=DragConfig()),
                      tracker=_AllInvisible())([_item(clip_a.frames[:4])])
-    assert out[0].reason == "too_few_visible"
+    # too few visible: the pair goes on without its drag and tracks signals, recorded per signal
+    assert isinstance(out[0], PairItem) and "tracks" not in out[0].arrays and "drag" not in out[0].meta
+    assert [(r["signal"], r["reason"]) for r in out[0].meta["signal_rejects"]] == [
+        ("drag", "too_few_visible"), ("tracks", "too_few_visible")]
 
 
 def test_track_stage_outputs(clip_a):

@@ -149,8 +149,27 @@ class SampleSpec:
             req += list(signal_members("tracks"))
         return req
 
+    def signals_needed(self) -> list[str]:
+        """The pipeline signals a sample must carry for this task (and its matching supervision)."""
+        return [self.task] + (["tracks"] if self.match_grids else [])
+
+    def carries(self, raw: dict) -> bool:
+        """Whether a raw sample carries the signals this task trains on, by its meta.json ``signals``
+        list (the pipeline's quality stage drops a failing signal and keeps the pair for the others).
+        Outputs without that list are taken to carry everything (missing members then raise)."""
+        data = raw.get("meta.json")
+        if data is None:
+            return True
+        try:
+            sigs = json.loads(data).get("signals")
+        except (ValueError, AttributeError):
+            return True  # decode_sample reports the broken meta
+        return sigs is None or all(s in sigs for s in self.signals_needed())
+
     def wanted_member(self, name: str) -> bool:
         """Tar members worth reading (the rest, e.g. flow.npy, is skipped without loading)."""
+        if name.endswith("meta.json") and (name == "meta.json" or name.endswith(".meta.json")):
+            return True
         ext = name.split(".", 1)[1] if "." in name else ""
         for r in self.required():
             stem, rext = r.split(".", 1)
@@ -333,6 +352,7 @@ class _Counter:
     def __init__(self):
         self.bad_samples = 0
         self.bad_shards = 0
+        self.without_signal = 0  # written without this task's signal (dropped by the quality stage)
 
 
 class PairStream(IterableDataset):
@@ -430,13 +450,24 @@ class PairStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
+    def _carrying(self, raws):
+        """Only the samples that carry this task's signals (counted, logged once, not errors)."""
+        for raw in raws:
+            if self.spec.carries(raw):
+                yield raw
+                continue
+            self.counter.without_signal += 1
+            if self.counter.without_signal == 1:
+                log.info("samples without the %s signal(s) are not used (the quality stage dropped them); "
+                         "first: %s", "+".join(self.spec.signals_needed()), raw.get("__key__", "?"))
+
     def _samples(self) -> Iterator[tuple[int, dict]]:
         consumer, n_consumers, wid, nw = self._consumer()
         epochs = itertools.count() if self.infinite else range(1)
         for epoch in epochs:
             rng = random.Random(_seed(self.seed, epoch, consumer, "buffer"))
             got = 0
-            for s in self._shuffled(self._raw_epoch(epoch, consumer, n_consumers), rng):
+            for s in self._shuffled(self._carrying(self._raw_epoch(epoch, consumer, n_consumers)), rng):
                 got += 1
                 yield epoch, s
             if got == 0:

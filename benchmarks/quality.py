@@ -1,0 +1,117 @@
+"""Quality of the pairs built from real footage: yield, reject reasons and quality scores per clip.
+
+    python benchmarks/quality.py [--videos ../shared/videos] [--presets demo,framepainter] [--per-shot 8]
+
+Builds each preset (FramePainter with weight-free overrides: DIS flow, flow_chain tracking) on the
+real clips with the local runner, twice: with the quality stage and without it (the rules that
+existed before it: static camera, motion, coarse coverage). Prints, per clip, the candidate pairs,
+how many were written and why the others were rejected; per signal, the share of the pairs reaching
+the quality stage that keep it; and the quantiles of every quality score. Nothing is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHT_FREE = {"framepainter": ["flow.backend=dis", "track.backend=flow_chain", "runner.check_weights=false"]}
+
+
+def _build(preset: str, videos: str, out: Path, extra: list[str]) -> dict:
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.runners import build
+
+    cfg = load_config(preset, ["runner.name=local", "runner.progress=false", *WEIGHT_FREE.get(preset, []), *extra])
+    return build(cfg, videos, out, log_summary=False)
+
+
+def _per_clip(out: Path) -> dict:
+    from vid2pair.pipeline.io import read_index, read_rejects
+
+    idx, rej = read_index(out), read_rejects(out)
+    clips: dict = {}
+    for src in sorted(set(idx["source"]) | set(rej["source"])):
+        name = Path(src).name
+        r = rej[(rej["source"] == src) & (rej["level"] != "signal")]
+        pair_rej = r[r["level"] == "pair"]
+        clips[name] = {"written": int((idx["source"] == src).sum()),
+                       "pairs_rejected": int(len(pair_rej)),
+                       "reasons": dict(Counter(f"{s}/{x}" for s, x in zip(r["stage"], r["reason"]))),
+                       "signal_drops": dict(Counter(rej[(rej["source"] == src) & (rej["level"] == "signal")]["reason"]))}
+    return clips
+
+
+def _signal_shares(out: Path) -> dict:
+    from vid2pair.pipeline.io import read_index, read_rejects
+
+    idx, rej = read_index(out), read_rejects(out)
+    judged = len(idx) + int(((rej["stage"] == "quality") & (rej["level"] == "pair")).sum())
+    shares = {}
+    for sig in ("sketch", "drag", "coarse", "collage", "region_drag", "tracks"):
+        have = int(idx["signals"].fillna("").str.split(",").apply(lambda s, g=sig: g in s).sum()) if len(idx) else 0
+        shares[sig] = {"written_with": have, "of_written": len(idx),
+                       "share_of_judged": round(have / judged, 3) if judged else None}
+    return {"judged_pairs": judged, **shares}
+
+
+def _score_quantiles(out: Path) -> dict:
+    from vid2pair.pipeline.io import read_index
+
+    idx = read_index(out)
+    out_q = {}
+    for c in sorted(c for c in idx.columns if c.startswith("q_")):
+        v = idx[c].dropna()
+        if len(v):
+            out_q[c] = [round(float(x), 4) for x in v.quantile([0.0, 0.5, 1.0])]
+    return out_q
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", default=str(ROOT.parent / "shared" / "videos"))
+    ap.add_argument("--presets", default="demo,framepainter")
+    ap.add_argument("--per-shot", type=int, default=8, help="pairs drawn per static shot (default 8)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    a = ap.parse_args()
+    if not Path(a.videos).exists():
+        print(f"no real clips at {a.videos}: nothing to measure")
+        return 0
+    report = {}
+    with tempfile.TemporaryDirectory() as d:
+        for preset in a.presets.split(","):
+            extra = [f"pairs.per_shot={a.per_shot}"]
+            res = {}
+            for mode, more in (("with quality", []), ("without quality", ["quality.enabled=false"])):
+                out = Path(d) / f"{preset}-{mode.replace(' ', '_')}"
+                s = _build(preset, a.videos, out, extra + more)
+                res[mode] = {"samples": s["samples"], "clips_with_samples": s["clips_with_samples"],
+                             "per_clip": _per_clip(out)}
+                if mode == "with quality":
+                    res[mode]["signals"] = _signal_shares(out)
+                    res[mode]["scores"] = _score_quantiles(out)
+            report[preset] = res
+            w, wo = res["with quality"], res["without quality"]
+            print(f"\n=== {preset} (per_shot {a.per_shot}): {w['samples']} samples from {w['clips_with_samples']} "
+                  f"clips with the quality stage; {wo['samples']} from {wo['clips_with_samples']} clips without it")
+            print(f"{'clip':28s} {'without':>7s} {'with':>5s}  rejects (with the quality stage)")
+            for clip, c in w["per_clip"].items():
+                before = wo["per_clip"].get(clip, {}).get("written", 0)
+                why = ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items()))
+                drops = ", ".join(f"{k} {v}" for k, v in sorted(c["signal_drops"].items()))
+                print(f"{clip:28s} {before:7d} {c['written']:5d}  {why}" + (f" | signals dropped: {drops}" if drops else ""))
+            sg = w["signals"]
+            print(f"signals kept, of the {sg['judged_pairs']} pairs the quality stage judged: " + ", ".join(
+                f"{k} {v['written_with']} ({v['share_of_judged']})" for k, v in sg.items() if isinstance(v, dict)))
+            print("quality scores of the written samples (min / median / max):")
+            for c, q in w["scores"].items():
+                print(f"  {c:28s} {q[0]:>9} {q[1]:>9} {q[2]:>9}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
