@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHT_FREE = {"framepainter": ["flow.backend=dis", "track.backend=flow_chain", "runner.check_weights=false"]}
+WEIGHT_FREE = {"framepainter": ["flow.backend=dis", "flow.chain=true", "flow.bidirectional=true", "flow.num_gpus=0",
+                                "track.backend=flow_chain", "runner.check_weights=false"]}
 
 
 def _build(preset: str, videos: str, out: Path, extra: list[str]) -> dict:

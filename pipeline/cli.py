@@ -16,7 +16,8 @@ def _fail(msg: str) -> int:
 def cmd_build(a) -> int:
     from vid2pair.pipeline.io import InputError
     from vid2pair.pipeline.models import MissingWeightsError
-    from vid2pair.pipeline.runners import build
+    from vid2pair.pipeline.runners import Interrupted, ResourceError, build
+    from vid2pair.pipeline.storage import OutputError
 
     overrides = list(a.set or [])
     if a.runner:
@@ -28,21 +29,29 @@ def cmd_build(a) -> int:
     try:
         cfg = load_config(a.config, overrides)
         build(cfg, a.input, a.output)
-    except (ConfigError, InputError, MissingWeightsError) as e:
+    except (ConfigError, InputError, MissingWeightsError, OutputError, ResourceError) as e:
         return _fail(str(e))
+    except Interrupted as e:
+        print(f"vid2pair: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     return 0
 
 
 def cmd_demo(a) -> int:
     from vid2pair.pipeline.demo import run_demo
+    from vid2pair.pipeline.runners import Interrupted, ResourceError
+    from vid2pair.pipeline.storage import OutputError
 
     overrides = list(a.set or [])
     if a.runner:
         overrides.append(f"runner.name={a.runner}")
     try:
         run_demo(a.output, overrides=overrides)
-    except ConfigError as e:
+    except (ConfigError, OutputError, ResourceError) as e:
         return _fail(str(e))
+    except Interrupted as e:
+        print(f"vid2pair: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     return 0
 
 

@@ -72,6 +72,10 @@ class RunnerConfig:
     progress: bool = knob(True, "progress bar on stderr")
     threads_per_worker: int = knob(1, "OpenCV / torch CPU threads per worker (parallelism comes from workers)", ge=1)
     check_weights: bool = knob(True, "fail before any work when model weights / extras are missing on the driver")
+    wait_for_resources_s: Optional[float] = knob(None, "Ray: how long to wait for the cluster to offer what the "
+                                                       "stages ask for (GPUs, CPUs) before failing; null: 0 for a "
+                                                       "private local instance, 300 when joining a cluster (it may "
+                                                       "autoscale)", unit="s", ge=0)
 
 
 class _ConfigMethods:

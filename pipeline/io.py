@@ -74,6 +74,17 @@ def list_inputs(spec: str, extensions: Iterable[str]) -> list[str]:
     raise InputError(f"--input {spec!r}: not a directory, glob, .txt list, .parquet or video file")
 
 
+def require_inputs(spec: str, sources: list[str], extensions: Iterable[str]) -> None:
+    """An input that matches nothing is almost always a typo: an error, not an empty dataset."""
+    if sources:
+        return
+    s = str(spec)
+    if s.endswith((".txt", ".parquet")):
+        raise InputError(f"--input {spec}: the list is empty (no paths in it)")
+    raise InputError(f"no video files found in {spec} (extensions: {' '.join(sorted(extensions))}; "
+                     f"set input.extensions to pick up others)")
+
+
 def make_tasks(sources: list[str], clips_per_shard: int) -> tuple[list[ClipTask], list[tuple[str, str]]]:
     """De-duplicate (by absolute path) and assign stable clip ids and chunks.
     Returns (tasks, duplicates as (source, first occurrence))."""

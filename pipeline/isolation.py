@@ -20,7 +20,22 @@ import time
 from typing import Any, Callable
 
 
-def _child(conn, factory: Callable, factory_args: tuple) -> None:
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to this process when its parent dies (a worker killed, a
+    build stopped with SIGTERM or SIGKILL), so no isolation child outlives its build."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's close() and daemon flag remain
+        pass
+
+
+def _child(conn, factory: Callable, factory_args: tuple, parent_pid: int = 0) -> None:
+    _die_with_parent()
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     try:
         import cv2
@@ -69,7 +84,7 @@ class IsolatedCall:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
-        self._proc = self._ctx.Process(target=_child, args=(child, self.factory, self.args), daemon=True)
+        self._proc = self._ctx.Process(target=_child, args=(child, self.factory, self.args, os.getpid()), daemon=True)
         self._proc.start()
         child.close()
         self._conn = parent

@@ -146,6 +146,44 @@ class Store:
         self.write_bytes(rel, buf.getvalue())
 
 
+class OutputError(OSError):
+    """The output location cannot be written; the message names it and why."""
+
+
+def check_writable(root: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` unless ``root`` is (or can become) a directory we can write to:
+    a local path that is not a file and whose nearest existing parent is writable, or an object
+    store prefix where a probe object can be written and deleted (a missing or denied bucket)."""
+    root = str(root)
+    if not is_uri(root):
+        p = Path(root).expanduser().resolve()
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"--output {root}: exists and is not a directory")
+        q = p
+        while not q.exists():
+            q = q.parent
+        if not q.is_dir():
+            raise OutputError(f"--output {root}: {q} is a file, not a directory")
+        if not os.access(q, os.W_OK | os.X_OK):
+            raise OutputError(f"--output {root}: cannot write there (permission denied on {q})")
+        try:
+            os.makedirs(p, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".vid2pair-write-test-", dir=p)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            raise OutputError(f"--output {root}: cannot write there ({e.strerror or e})") from None
+        return
+    try:
+        store = Store(root)
+        name = f".vid2pair-write-test-{os.getpid()}"
+        store.write_bytes(name, b"")
+        store.fs.delete_file(store.path(name))
+    except Exception as e:  # pyarrow raises OSError / ArrowException subclasses with the store's reason
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OutputError(f"--output {root}: cannot write there ({msg})") from None
+
+
 @contextlib.contextmanager
 def local_copy(source: str):
     """A local path for ``source``: itself when local, else a temporary download (removed after)."""

@@ -80,3 +80,15 @@ def test_list_in_bucket_with_missing_object_and_resume(s3):
     assert list(gone.reason) == ["not_found"]
     again = build(_cfg(), "s3://clips/list.txt", "s3://out/run2", log_summary=False)  # resume: nothing to do
     assert again["new_samples_this_run"] == 0 and again["samples"] == s["samples"]
+
+
+def test_an_output_bucket_that_is_missing_fails_before_any_work(s3, tmp_path):
+    """A missing bucket is an error naming the output before anything is read or written."""
+    from vid2pair.pipeline.cli import main
+    from vid2pair.pipeline.storage import OutputError, check_writable
+
+    with pytest.raises(OutputError, match=r"s3://no-such-bucket/out: cannot write there"):
+        check_writable("s3://no-such-bucket/out")
+    check_writable("s3://out/fine")  # an existing bucket is fine
+    assert main(["build", "--config", "demo", "--input", "s3://clips/list.txt", "--output", "s3://no-such-bucket/o",
+                 "--runner", "local", "--no-progress"]) == 2
