@@ -41,7 +41,8 @@ def _per_clip(out: Path) -> dict:
         clips[name] = {"written": int((idx["source"] == src).sum()),
                        "pairs_rejected": int(len(pair_rej)),
                        "reasons": dict(Counter(f"{s}/{x}" for s, x in zip(r["stage"], r["reason"]))),
-                       "signal_drops": dict(Counter(rej[(rej["source"] == src) & (rej["level"] == "signal")]["reason"]))}
+                       "signal_drops": dict(Counter(rej[(rej["source"] == src)
+                                                        & (rej["level"] == "signal")]["reason"]))}
     return clips
 
 
@@ -102,7 +103,8 @@ def main() -> int:
                 before = wo["per_clip"].get(clip, {}).get("written", 0)
                 why = ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items()))
                 drops = ", ".join(f"{k} {v}" for k, v in sorted(c["signal_drops"].items()))
-                print(f"{clip:28s} {before:7d} {c['written']:5d}  {why}" + (f" | signals dropped: {drops}" if drops else ""))
+                print(f"{clip:28s} {before:7d} {c['written']:5d}  {why}"
+                      + (f" | signals dropped: {drops}" if drops else ""))
             sg = w["signals"]
             print(f"signals kept, of the {sg['judged_pairs']} pairs the quality stage judged: " + ", ".join(
                 f"{k} {v['written_with']} ({v['share_of_judged']})" for k, v in sg.items() if isinstance(v, dict)))
