@@ -84,7 +84,9 @@ def corpus(tmp_path_factory):
 
 def test_every_bad_input_is_accounted_for(corpus, tmp_path):
     d, lst = corpus
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=120"])
+    # quality off: these tests are about what decodes (the quality of tiny synthetic pairs is tested elsewhere)
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=120",
+                               "quality.enabled=false"])
     s = build(cfg, str(lst), tmp_path, log_summary=False)
     idx, rej = read_index(tmp_path), read_rejects(tmp_path)
     by_name = {}
@@ -139,6 +141,7 @@ def test_decoder_crash_and_hang_lose_only_that_clip(corpus, tmp_path):
         write_video(make_clip(width=160, height=120, n_frames=36, fps=12, seed=10 + k).frames,
                     clips / f"c{k}.mp4", 12, codec="mpeg4")
     cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=8",
+                               "quality.enabled=false",
                                "frame.size=[120, 160]"])
     s = build(cfg, str(clips), tmp_path / "o0", log_summary=False)
     assert s["clips_with_samples"] == 3 and s["rejects_total"] == 0  # no fault: every clip gives samples
@@ -179,7 +182,8 @@ def test_unreadable_file_through_the_cli(corpus, tmp_path):
     lst.write_text(f"{d / 'unreadable.mp4'}\n{good}\n")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(lst),
-           "--output", str(out), "--runner", "local", "--no-progress", "--set", "frame.size=[120, 160]"]
+           "--output", str(out), "--runner", "local", "--no-progress", "--set", "frame.size=[120, 160]",
+           "--set", "quality.enabled=false"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:

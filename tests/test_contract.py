@@ -106,7 +106,7 @@ def test_the_config_tree_is_the_stages_sections():
 def test_ray_grouping_is_derived_from_the_resources():
     cfg = load_config("demo")
     classes = pair_classes(cfg)
-    assert [S.name for S in classes] == ["flow", "motion", "track", "sketch", "coarse", "collage", "encode"]
+    assert [S.name for S in classes] == ["flow", "motion", "track", "sketch", "coarse", "collage", "quality", "encode"]
     assert fused_prefix(cfg, classes) == classes and ray_groups(cfg, classes) == []  # weight-free: one task
     # a weight-free backend never asks for a GPU, whatever its stage's share says
     cfg = load_config("demo", ["flow.num_gpus=1", "track.num_gpus=1", "collage.num_gpus=1"])
@@ -117,7 +117,7 @@ def test_ray_grouping_is_derived_from_the_resources():
     assert fused_prefix(cfg, classes) == ()
     (g1, r1), (g2, r2) = ray_groups(cfg, classes)
     assert [S.name for S in g1] == ["flow"] and (r1.num_gpus, r1.actors, r1.gpu_key) == (0.5, 2, "flow.num_gpus")
-    assert [S.name for S in g2] == ["motion", "track", "coarse", "collage", "encode"] and r2 is None
+    assert [S.name for S in g2] == ["motion", "track", "coarse", "collage", "quality", "encode"] and r2 is None
 
 
 def test_needs_are_declared_by_each_stage():

@@ -197,7 +197,7 @@ def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path
     classes = pair_classes(cfg)
     assert [S.name for S in fused_prefix(cfg, classes)] == ["flow", "motion", "sketch", "coarse"]  # DIS on CPU
     groups = ray_groups(cfg, classes)
-    assert [[S.name for S in g] for g, _ in groups] == [["collage"], ["encode"]]
+    assert [[S.name for S in g] for g, _ in groups] == [["collage"], ["quality", "encode"]]
     assert groups[0][1] is not None and groups[1][1] is None and CollageStage.resources(cfg).num_gpus == 0
     a = build(_cfg("local", *more), str(demo_corpus[0]), tmp_path / "local", log_summary=False)
     b = build(_cfg("ray", *more), str(demo_corpus[0]), tmp_path / "ray", log_summary=False)

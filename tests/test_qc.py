@@ -284,7 +284,8 @@ def test_report_renders_in_headless_chromium(demo_out, tmp_path):
     text = html.read_text()
     _check_self_contained(text)
     ds = qc.QCDataset(demo_out)
-    expected = 2 + min(n, len(ds)) * len(qc.PANELS)  # rejects chart + histograms + the gallery panels
+    # rejects chart + histograms + quality histograms + the reject previews + the gallery panels
+    expected = 3 + _n_previews(ds) + min(n, len(ds)) * len(qc.PANELS)
     assert len(IMG_RE.findall(text)) == expected == text.count("<img")
     assert html.stat().st_size < 3e6
     for k in ds.sample_keys(n, 0):
@@ -300,6 +301,12 @@ def test_report_renders_in_headless_chromium(demo_out, tmp_path):
     assert build_report(demo_out, n=1) == Path(demo_out) / "qc" / "report.html"
 
 
+def _n_previews(ds) -> int:
+    """Previews of rejected pairs the output kept (output.reject_previews); the report shows each."""
+    r = ds.rejects
+    return int((r["preview"].fillna("").astype(str) != "").sum()) if len(r) and "preview" in r else 0
+
+
 def test_report_subcommand(demo_out, tmp_path, capsys):
     import argparse
 
@@ -310,7 +317,8 @@ def test_report_subcommand(demo_out, tmp_path, capsys):
     a = parser.parse_args(["report", str(demo_out), "--html", str(tmp_path / "cli.html"), "--n", "2", "--seed", "3"])
     assert a.func(a) == 0 and (tmp_path / "cli.html").exists()
     assert str(tmp_path / "cli.html") in capsys.readouterr().out
-    assert len(IMG_RE.findall((tmp_path / "cli.html").read_text())) == 2 + 2 * len(qc.PANELS)
+    n_prev = _n_previews(qc.QCDataset(demo_out))
+    assert len(IMG_RE.findall((tmp_path / "cli.html").read_text())) == 3 + n_prev + 2 * len(qc.PANELS)
     a = parser.parse_args(["report", str(tmp_path / "nothing")])
     assert a.func(a) == 2 and "not a vid2pair output" in capsys.readouterr().err
 
@@ -332,7 +340,7 @@ def test_report_and_panels_with_missing_signals(nosig_out, tmp_path):
     html = build_report(nosig_out, tmp_path / "r.html", n=3)
     text = html.read_text()
     assert "collage.enabled=false" in text and "track.enabled=false" in text and "Missing signals" in text
-    assert len(IMG_RE.findall(text)) == 2 + 3 * len(qc.PANELS)
+    assert len(IMG_RE.findall(text)) == 3 + _n_previews(ds) + 3 * len(qc.PANELS)
     qc.contact_sheet(s, ds=ds)
     text, png = qc.inspect_key(nosig_out, s.key, png_path=tmp_path / "i.png")
     assert "missing signals" in text and png.exists()
@@ -345,7 +353,7 @@ def test_report_with_zero_samples(empty_out, tmp_path):
     text = html.read_text()
     _check_self_contained(text)
     assert "No samples in this output" in text and "camera_moving" in text
-    assert len(IMG_RE.findall(text)) == 2
+    assert len(IMG_RE.findall(text)) == 3 + _n_previews(qc.QCDataset(empty_out))
     img = _screenshot(html, tmp_path / "empty.png", tmp_path)
     assert img.mean(axis=2).std() > 10
 

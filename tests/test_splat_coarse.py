@@ -290,13 +290,16 @@ def test_low_coverage_is_rejected_and_recorded():
     off = np.full((48, 64, 2), 80.0, np.float32)  # everything leaves the frame
     img, holes, cov = coarse_edit(src, off, "soft", tgt=src)
     assert cov == 0.0 and (holes == 255).all()
+    # the pair goes on without its coarse edit (its other signals may be fine): a signal-level record
     (r,) = _stage()([_item(src, src, off)])
-    assert isinstance(r, Reject) and r.stage == "coarse" and r.reason == "low_coverage" and r.level == "pair"
-    assert "coverage 0.000 < 0.6" in r.detail and r.key == "k"
+    assert isinstance(r, PairItem) and "coarse" not in r.arrays and "coarse_mask" not in r.arrays
+    (rec,) = r.meta["signal_rejects"]
+    assert (rec["stage"], rec["signal"], rec["reason"]) == ("coarse", "coarse", "low_coverage")
+    assert "coverage 0.000 < 0.6" in rec["detail"]
     half = np.zeros((48, 64, 2), np.float32)
     half[..., 0] = 40.0  # 24 of 64 columns stay: coverage 0.375
     (r,) = _stage()([_item(src, src, half)])
-    assert isinstance(r, Reject) and r.reason == "low_coverage"
+    assert r.meta["signal_rejects"][0]["reason"] == "low_coverage"
     (ok,) = _stage(min_coverage=None)([_item(src, src, half)])
     assert isinstance(ok, PairItem) and ok.meta["coarse"]["coverage"] == pytest.approx(24 / 64)
     (ok,) = _stage(min_coverage=0.3)([_item(src, src, half)])
