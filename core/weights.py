@@ -298,6 +298,25 @@ _ENTRIES: tuple[WeightEntry, ...] = (
             "Exact size of the .bin and digests of the JSON files not established."
         ),
     ),
+    # ---- depth: DPT-Large (MiDaS 3.0, what Magic Fixup uses), transformers layout -----------
+    WeightEntry(
+        name="dpt_large",
+        filename="dpt_large",
+        url="https://huggingface.co/Intel/dpt-large/tree/main",
+        size=None,
+        sha256=None,
+        files=(
+            ("config.json", _hf("Intel/dpt-large", "main", "config.json"), None, None),
+            ("preprocessor_config.json", _hf("Intel/dpt-large", "main", "preprocessor_config.json"), None, None),
+            ("pytorch_model.bin", _hf("Intel/dpt-large", "main", "pytorch_model.bin"), None, None),
+        ),
+        approx_size=1370 * _MB,
+        license="Apache-2.0 (Intel/dpt-large)",
+        used_by="depth: dpt_large (Magic Fixup's MiDaS DPT-Large)",
+        notes="Load with transformers DPTForDepthEstimation.from_pretrained(<dir>).",
+        source=("file names: the transformers DPT layout of Intel/dpt-large on the HF hub; no revision pinned, "
+                "sizes and digests not established here (no network): verified by presence only."),
+    ),
     # ---- trainer base model: Stable Video Diffusion XT 1.1 (gated) --------------------
     WeightEntry(
         name="svd_xt_1_1",

@@ -164,16 +164,33 @@ def parse_override(item: str) -> dict:
     return node
 
 
+def _preset_data(p: Path, seen: tuple = ()) -> dict:
+    """A preset's mapping with its ``base:`` chain merged in (the base first, this file on top)."""
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base: expected a preset name or path, got {base!r}")
+    # a relative base path is next to this preset; a name is a shipped preset
+    cand = p.parent / base
+    bp = cand if cand.is_file() else (p.parent / f"{base}.yaml" if (p.parent / f"{base}.yaml").is_file()
+                                      else preset_path(base))
+    if bp.resolve() in seen:
+        raise ConfigError(f"{p}: base: {base} makes a cycle ({' -> '.join(str(s) for s in seen)})")
+    return _deep_merge(_preset_data(bp, (*seen, p.resolve())), data)
+
+
 def load_config_data(p: Path | None, overrides: list[str] | tuple = (), extra: dict | None = None) -> dict:
     """The raw mapping of a YAML file ``p`` (or ``{}``) with ``--set`` overrides and ``extra`` merged in.
 
     Shared by the pipeline's and the trainer's config loaders (each validates the result)."""
-    data: dict = {}
-    if p is not None:
-        try:
-            data = yaml.safe_load(Path(p).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    data: dict = {} if p is None else _preset_data(Path(p))
     for item in overrides:
         data = _deep_merge(data, parse_override(item))
     if extra:

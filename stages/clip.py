@@ -180,6 +180,8 @@ class ClipStage(Stage):
             "static_score": round(score, 6), "seed": cfg.seed, "policy": cfg.pairs.policy,
             "versions": _versions(),
         }
+        if sp.sequence:
+            meta["advance_guess"] = sp.guess
         return PairItem(key=pair_key(task.clip_id, shot, sp.src, sp.tgt), clip_id=task.clip_id,
                         source=task.source, chunk=task.chunk, clip_idx=task.clip_idx, meta=meta,
                         arrays={"frames": frames})

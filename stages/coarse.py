@@ -43,7 +43,12 @@ class CoarseConfig:
     mode: Literal["sum", "avg", "linear", "soft"] = knob("soft", "splatting mode")
     min_coverage: Optional[float] = knob(0.6, "reject pairs whose non-hole fraction is below this; null: keep all",
                                          unit="frac", ge=0, le=1)
-    hole_thresh: float = knob(0.5, "a pixel is a hole when its splatted density is <= this", ge=0, lt=1)
+    hole_rule: Literal["density", "alpha"] = knob(
+        "density", "density (ours): a pixel is a hole when the sum-splatted bilinear density of the source is <= "
+                   "hole_thresh (stretched content, e.g. a zoom, leaves holes); alpha (Magic Fixup): softmax-splat "
+                   "an alpha of ones with the image's weights, a hole where it is <= hole_thresh (only where "
+                   "nothing lands)")
+    hole_thresh: float = knob(0.5, "the hole threshold of hole_rule", ge=0, lt=1)
     device: str = knob("cpu", "cpu | cuda | cuda:N | auto")
     batch_size: int = knob(8, "pairs of equal size splatted together", ge=1)
     mask_inconsistent: bool = knob(True, "do not splat forward-backward inconsistent pixels (flow.fb_mask): they "
@@ -61,7 +66,7 @@ def _to_tensor_images(a: np.ndarray, dev):
 
 
 def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, tgt: Optional[np.ndarray] = None,
-                      hole_thresh: float = 0.5, device: str = "cpu"):
+                      hole_thresh: float = 0.5, device: str = "cpu", hole_rule: str = "density"):
     """Batched :func:`coarse_edit`: ``src`` / ``tgt`` (B, H, W, 3) uint8, ``flow`` (B, H, W, 2) src -> tgt.
 
     Returns ``(coarse (B, H, W, 3) uint8, hole_mask (B, H, W) uint8 (255 = hole), coverage (B,) float64)``.
@@ -89,8 +94,14 @@ def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, 
             metric = magicfixup_metric(s, _to_tensor_images(tgt, dev), f)
             if mode == "linear":
                 metric = (1.0 + metric / 20.0).clamp_(min=1e-3)
-        out, dens = splat_with_density(s, f, metric, mode)
-        holes = dens[:, 0] <= hole_thresh
+        if hole_rule == "alpha":  # Magic Fixup: splat an alpha of ones with the same (softmax) weights
+            ones = torch.ones_like(s[:, :1])
+            out, dens = splat_with_density(torch.cat([s, ones], 1), f, metric, mode)
+            holes = out[:, 3] <= hole_thresh
+            out = out[:, :3]
+        else:
+            out, dens = splat_with_density(s, f, metric, mode)
+            holes = dens[:, 0] <= hole_thresh
         img = out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         img = img.masked_fill(holes[..., None], 0)
         coverage = 1.0 - holes.flatten(1).float().mean(dim=1) if holes[0].numel() else torch.zeros(len(src))
@@ -99,7 +110,8 @@ def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, 
 
 
 def coarse_edit(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, tgt: Optional[np.ndarray] = None,
-                hole_thresh: float = 0.5, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, float]:
+                hole_thresh: float = 0.5, device: str = "cpu",
+                hole_rule: str = "density") -> tuple[np.ndarray, np.ndarray, float]:
     """Splat ``src`` (H, W, 3) uint8 along ``flow`` (H, W, 2, src -> tgt) to the target layout.
 
     ``tgt`` (H, W, 3) uint8 is needed by ``soft`` / ``linear`` (the Magic Fixup metric). Returns
@@ -107,7 +119,7 @@ def coarse_edit(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, tgt: O
     """
     img, holes, cov = coarse_edit_batch(np.asarray(src)[None], np.asarray(flow)[None], mode,
                                         tgt=None if tgt is None else np.asarray(tgt)[None],
-                                        hole_thresh=hole_thresh, device=device)
+                                        hole_thresh=hole_thresh, device=device, hole_rule=hole_rule)
     return img[0], holes[0], float(cov[0])
 
 
@@ -140,7 +152,7 @@ class CoarseStage(PairStage):
         it.arrays["coarse"] = img
         it.arrays["coarse_mask"] = holes
         it.meta["coarse"] = {"coverage": round(cov, 5), "hole_frac": round(1.0 - cov, 5), "mode": c.mode,
-                             "hole_thresh": c.hole_thresh}
+                             "hole_rule": c.hole_rule, "hole_thresh": c.hole_thresh}
         if c.min_coverage is not None and cov < c.min_coverage:  # the other signals go on
             del it.arrays["coarse"], it.arrays["coarse_mask"]
             return drop_signal(it, self.name, "coarse", "low_coverage", f"coverage {cov:.3f} < {c.min_coverage}")
@@ -164,7 +176,7 @@ class CoarseStage(PairStage):
                     tgt = np.stack([it.arrays["tgt"] for it in chunk])
                     flow = np.stack([self._splat_flow(it) for it in chunk])
                     img, holes, cov = coarse_edit_batch(src, flow, c.mode, tgt=tgt, hole_thresh=c.hole_thresh,
-                                                        device=c.device)
+                                                        device=c.device, hole_rule=c.hole_rule)
                 except Exception as e:  # e.g. CUDA requested but unavailable, out of memory
                     reason = "device_unavailable" if "CUDA is not available" in str(e) else "stage_error"
                     for it in chunk:

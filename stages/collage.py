@@ -76,7 +76,9 @@ class CollageConfig:
     flow_weight: float = knob(1.0, "weight of a 1-px flow difference (at 240 px) vs a full-range colour difference",
                               ge=0)
     depth: Literal["occlusion", "dpt"] = knob("occlusion", "occlusion (weight-free order) | dpt (MiDaS, weights)")
-    dpt_weights: Optional[str] = knob(None, "local DPT directory; default: the model cache (dpt_hybrid_midas)")
+    dpt_model: Literal["dpt_hybrid_midas", "dpt_large"] = knob("dpt_hybrid_midas", "which MiDaS DPT (registry "
+                                                                                   "entry; Magic Fixup: dpt_large)")
+    dpt_weights: Optional[str] = knob(None, "local DPT directory; default: the model cache (collage.dpt_model)")
     fit_samples: int = knob(50, "pixels per segment for the similarity fit (Magic Fixup: 50)", ge=3)
     ransac_thresh: float = knob(3.0, "RANSAC reprojection threshold (OpenCV's default, as Magic Fixup)", unit="px",
                                 gt=0)
@@ -84,6 +86,8 @@ class CollageConfig:
                                   ge=0, le=1)
     hole_thresh: float = knob(0.5, "a pixel no segment covers is a hole when its splatted density is <= this",
                               ge=0, lt=1)
+    erode_px: int = knob(0, "erode each warped segment's alpha by a (2r+1)^2 square before compositing (Magic "
+                            "Fixup: 1, a 3x3 erosion)", unit="px", ge=0)
     device: str = knob("auto", "SAM / DPT device: auto | cpu | cuda | cuda:N")
     num_gpus: float = knob(0.0, "GPUs per collage actor in the Ray runner (SAM / DPT); the weight-free "
                                 "backends never ask for one", ge=0)
@@ -228,7 +232,7 @@ def _splat_leftover(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, leftover
 
 def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, fits: list[SegmentFit],
               order: list[int], disparity: Optional[np.ndarray] = None, *, hole_thresh: float = 0.5,
-              device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+              device: str = "cpu", erode_px: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Warp kept segments back to front with a z-buffer, splat the rest.
 
     Returns ``(collage (H, W, 3) uint8, hole mask (H, W) uint8 255 = hole, owner, info)``;
@@ -273,6 +277,8 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
         warped = cv2.warpAffine(np.ascontiguousarray(np.concatenate(stack, axis=-1)), B, (rw, rh),
                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         m = warped[..., 3] > 0.5
+        if erode_px > 0:
+            m = cv2.erode(m.astype(np.uint8), np.ones((2 * erode_px + 1,) * 2, np.uint8)) > 0
         z = warped[..., 4] if disparity is not None else np.full((rh, rw), rank[k], np.float32)
         zr = zbuf[y0:y0 + rh, x0:x0 + rw]
         win = m & (z >= zr)
@@ -333,7 +339,7 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
         f.depth = float(per_seg[k])
     t2 = time.perf_counter()
     collage, mask, owner, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, hole_thresh=cfg.hole_thresh,
-                                     device=device)
+                                            device=device, erode_px=cfg.erode_px)
     t3 = time.perf_counter()
     hole_frac = float((mask > 0).mean())
     status: dict = {}
@@ -377,7 +383,7 @@ class CollageStage(PairStage):
                          path_key="collage.sam_checkpoint"),
                     Need("extra", "segment_anything", "collage.segmenter=sam", extra="collage")]
         if c.depth == "dpt":
-            out += [Need("weights", "dpt_hybrid_midas", "collage.depth=dpt", path=c.dpt_weights,
+            out += [Need("weights", c.dpt_model, "collage.depth=dpt", path=c.dpt_weights,
                          path_key="collage.dpt_weights"),
                     Need("extra", "transformers", "collage.depth=dpt", extra="collage")]
         return out

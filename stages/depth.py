@@ -56,7 +56,7 @@ class DPTDepth:
     name = "dpt"
 
     def __init__(self, weights: Optional[str] = None, *, device: str = "auto", model: Any = None,
-                 processor: Any = None) -> None:
+                 processor: Any = None, entry: str = "dpt_hybrid_midas") -> None:
         try:
             import transformers
             from transformers import DPTForDepthEstimation, DPTImageProcessor
@@ -66,8 +66,8 @@ class DPTDepth:
         if model is None:
             from vid2pair.core.weights import resolve_weights
 
-            # raises MissingWeightsError naming `vid2pair models fetch dpt_hybrid_midas`
-            path = Path(resolve_weights("dpt_hybrid_midas", explicit=weights, config_key="collage.dpt_weights"))
+            # raises MissingWeightsError naming `vid2pair models fetch <entry>`
+            path = Path(resolve_weights(entry, explicit=weights, config_key="collage.dpt_weights"))
             model = DPTForDepthEstimation.from_pretrained(str(path))
             if processor is None:
                 processor = DPTImageProcessor.from_pretrained(str(path))
@@ -226,5 +226,5 @@ def make_depth(cfg: Any, model: Any = None, processor: Any = None):
     if cfg.depth == "occlusion":
         return None
     if cfg.depth == "dpt":
-        return DPTDepth(cfg.dpt_weights, device=cfg.device, model=model, processor=processor)
+        return DPTDepth(cfg.dpt_weights, device=cfg.device, model=model, processor=processor, entry=cfg.dpt_model)
     raise ValueError(f"unknown depth backend {cfg.depth!r}; choose one of {', '.join(DEPTHS)}")

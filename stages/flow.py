@@ -79,6 +79,9 @@ class FlowConfig:
     iters: Optional[int] = knob(None, "RAFT refinement iterations (null: the model's default)", ge=1)
     inference_size: Optional[list[int]] = knob(None, "[H, W] the model runs at (multiples of 8); the flow is "
                                                      "rescaled back", unit="px", items_ge=32)
+    median_filter_px: Optional[int] = knob(None, "a median filter of this (odd) size on the final flow (and, with "
+                                                 "flow_advance, on each candidate's), used for the statistics and "
+                                                 "every signal (Magic Fixup: 15); null: off", unit="px", ge=3)
     bidirectional: bool = knob(False, "also compute tgt -> src flow (flow_bwd.npy; better sketches)")
     chain: bool = knob(False, "chain flow over intermediate frames (forward, and backward for flow_bwd)")
     chain_mode: Literal["adaptive", "fixed"] = knob(
@@ -104,6 +107,8 @@ class FlowConfig:
     def check(self, prefix: str = "flow") -> None:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
              f"{self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        need(self.median_filter_px is None or self.median_filter_px % 2 == 1, f"{prefix}.median_filter_px",
+             f"must be odd, got {self.median_filter_px}")
         if self.inference_size is not None:
             need(len(self.inference_size) == 2 and all(s % 8 == 0 for s in self.inference_size),
                  f"{prefix}.inference_size", "must be [H, W], multiples of 8")
@@ -555,6 +560,16 @@ class PtlflowSEARAFT(_TorchFlowModel):
 # factory
 
 
+def median_filter_flow(flow: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """Each flow channel median-filtered over ``size`` x ``size`` pixels (None: unchanged)."""
+    if not size:
+        return flow
+    from scipy.ndimage import median_filter
+
+    return np.stack([median_filter(flow[..., k], size=int(size), mode="nearest") for k in range(2)],
+                    axis=-1).astype(np.float32)
+
+
 def make_flow_backend(cfg: FlowConfig) -> FlowBackend:
     """The backend a :class:`FlowConfig` describes."""
     common = dict(device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size, iters=cfg.iters,
@@ -699,6 +714,7 @@ class FlowStage(PairStage):
         for h in hops[1:]:
             acc.append(compose_flows(acc[-1], h))
         if advance:
+            acc = [median_filter_flow(f, self.cfg.flow.median_filter_px) for f in acc]
             st = [flow_stats(f, 1.0, 1e9) for f in acc]
             k, why = advance_select([s["p90"] for s in st], [s["p95"] for s in st], self.cfg.pairs)
             if k is None:
@@ -725,6 +741,11 @@ class FlowStage(PairStage):
         src, tgt = fr[0], fr[-1]
         flow = flow.astype(np.float32)
         bwd = None if bwd is None else bwd.astype(np.float32)
+        if fl.median_filter_px and self.cfg.pairs.policy != "flow_advance":  # (advance: filtered already)
+            flow = median_filter_flow(flow, fl.median_filter_px)
+            bwd = None if bwd is None else median_filter_flow(bwd, fl.median_filter_px)
+        elif fl.median_filter_px and bwd is not None:
+            bwd = median_filter_flow(bwd, fl.median_filter_px)
         info = {"backend": fl.backend, "version": getattr(self.backend, "version", ""), "chained": bool(fl.chain),
                 "direction": "src->tgt", "bidirectional": bwd is not None}
         if fl.chain:

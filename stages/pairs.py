@@ -6,9 +6,11 @@ Policies (``pairs.policy``):
   uniformly over the feasible gaps, then the source uniformly over the feasible starts.
 * ``uniform_seconds`` (Magic Fixup paper): dt drawn uniformly from the integers
   ``uniform_min_s..uniform_max_s`` that fit in the shot.
-* ``flow_advance`` (Magic Fixup released code): a start frame and a sequence of frames every
-  ``advance_step_s`` after it; the flow stage advances the target along the sequence while the
-  flow's p90 stays <= ``advance_max_p90`` (see :func:`advance_select`).
+* ``flow_advance`` (Magic Fixup released code): a start frame drawn in ``[0, advance_start_max)``
+  of the shot, ``advance_frames`` frames spaced linearly from it to the end of the shot, and a
+  random target-index guess in ``[1, min(len, advance_frames))``; the flow stage advances the
+  target along the frames up to the guess while the (median-filtered) flow's p90 stays <=
+  ``advance_max_p90`` (see :func:`advance_select`).
 
 With probability ``reverse_prob`` source and target are swapped (time reversed).
 Pure functions: numbers in, :class:`PairSpec` out.
@@ -37,8 +39,10 @@ class PairsConfig:
     reverse_prob: float = knob(0.0, "probability of swapping source and target (time reversal)", unit="frac",
                                ge=0, le=1)
     max_attempts: int = knob(20, "draws per requested pair before giving up", ge=1)
-    advance_step_s: float = knob(1.0, "flow_advance: time between candidate targets", unit="s", gt=0)
-    advance_max_steps: int = knob(10, "flow_advance: candidate targets after the start", ge=1)
+    advance_frames: int = knob(20, "flow_advance: frames spaced linearly from the start to the end of the shot "
+                                   "(the start and its candidate targets)", unit="frames", ge=2)
+    advance_start_max: int = knob(20, "flow_advance: the start is a random frame in [0, this) of the shot",
+                                  unit="frames", ge=1)
     advance_max_p90: float = knob(300.0, "flow_advance: advance while the flow p90 stays <= this", unit="px", ge=0)
     advance_first_min_p90: float = knob(1.0, "flow_advance: drop when p90 < this at the first step", unit="px", ge=0)
     advance_step5_min_p95: float = knob(20.0, "flow_advance: drop when p95 < this at step 5", unit="px", ge=0)
@@ -58,6 +62,7 @@ class PairSpec:
     tgt: int
     reversed: bool = False
     sequence: list = field(default_factory=list)  # flow_advance: candidate target frames, in order
+    guess: int = 0  # flow_advance: the random target-index guess (1-based index into sequence + 1)
 
     @property
     def frames(self) -> tuple[int, int]:
@@ -70,7 +75,7 @@ def min_duration_s(cfg) -> float:
         return cfg.min_gap_s
     if cfg.policy == "uniform_seconds":
         return float(cfg.uniform_min_s)
-    return cfg.advance_step_s
+    return 0.0  # flow_advance: any shot of two frames or more
 
 
 def sample_pairs(start: int, end: int, fps: float, cfg,
@@ -80,7 +85,7 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
     out: list[PairSpec] = []
     seen: set = set()
 
-    def add(a: int, b: int, seq=()):
+    def add(a: int, b: int, seq=(), guess: int = 0):
         rev = bool(rng.random() < cfg.reverse_prob)
         if rev:
             if seq:  # walk the same frames backwards: start at the last one, end at the first
@@ -88,9 +93,9 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
                 a, seq, b = full[0], full[1:], full[-1]
             else:
                 a, b = b, a
-        if (a, b) not in seen:
-            seen.add((a, b))
-            out.append(PairSpec(a, b, rev, list(seq)))
+        if (a, b, guess) not in seen:
+            seen.add((a, b, guess))
+            out.append(PairSpec(a, b, rev, list(seq), guess))
 
     if cfg.policy == "min_gap":
         gmin = int(math.ceil(cfg.min_gap_s * fps - 1e-9))
@@ -114,15 +119,20 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
             a = start + int(rng.integers(0, n - g))
             add(a, a + g)
     elif cfg.policy == "flow_advance":
-        step = max(1, int(round(cfg.advance_step_s * fps)))
-        if n - 1 < step:
-            return [], f"shot of {n / fps:.2f} s is shorter than one advance step ({cfg.advance_step_s} s)"
+        if n < 2:
+            return [], f"shot of {n} frame(s): flow_advance needs two"
         for _ in range(cfg.per_shot * cfg.max_attempts):
             if len(out) >= cfg.per_shot:
                 break
-            a = start + int(rng.integers(0, n - step))
-            seq = [a + k * step for k in range(1, cfg.advance_max_steps + 1) if a + k * step < end]
-            add(a, seq[-1], seq)
+            # the released sampler: a random start in [0, 20), 20 frames spaced linearly from it to the
+            # end, a random target-index guess in [1, min(len, 20)) (the target the advance may reach)
+            a = start + int(rng.integers(0, min(cfg.advance_start_max, n - 1)))
+            frames = list(dict.fromkeys(int(round(x)) for x in np.linspace(a, end - 1, cfg.advance_frames)))
+            if len(frames) < 2:
+                continue
+            guess = int(rng.integers(1, min(len(frames), cfg.advance_frames))) if len(frames) > 2 else 1
+            seq = frames[1:guess + 1]
+            add(a, seq[-1], seq, guess)
     else:  # guarded by config validation
         raise ValueError(f"unknown pair policy {cfg.policy!r}")
     out.sort(key=lambda p: (min(p.src, p.tgt), p.tgt))
@@ -130,12 +140,15 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
 
 
 def advance_select(p90: list[float], p95: list[float], cfg) -> tuple[Optional[int], Optional[str]]:
-    """Magic Fixup's advance rule over flows start->sequence[k] (k = 0, 1, ...).
+    """Magic Fixup's advance rule over the flows start->sequence[k] (k = 0, 1, ..., up to the guess:
+    the sequence holds the candidates up to it).
 
     The target advances while p90 <= advance_max_p90. The pair is dropped when p90 <
     advance_first_min_p90 at the first step, when p95 < advance_step5_min_p95 at step 5, or when
-    p95 < advance_final_min_p95 at the step before the chosen target. Returns (index into the
-    sequence of the chosen target, or None with a reason).
+    p95 < advance_final_min_p95 at the step before the chosen target (the step before the guess
+    when the advance reaches it). Returns (index into the sequence of the chosen target, or None
+    with a reason). Statistics are of the median-filtered flows when ``flow.median_filter_px`` is
+    set, as in the released code.
     """
     if not p90:
         return None, "empty advance sequence"

@@ -247,3 +247,56 @@ def test_correspondence_from_stage_tracks(moving_pair, stage_out):
     true_src, _ = clip.track(tc[on_obj], clip.n_frames - 1, 0)
     got = tc[c[on_obj].argmax(axis=1)]
     assert np.median(np.abs(got - true_src).max(axis=1)) <= 4.0  # within the source token (8 px)
+
+
+@pytest.mark.parametrize("grid", [(72, 128), (36, 64), (18, 32), (9, 16)])
+def test_matching_target_maps_each_token_centre_where_it_moves(grid):
+    """Tracks one per 8x8 cell at 576x1024 (as stored), random sub-pixel translations: each target
+    token's source token is where the token's own centre moves (<= 1 % wrong rows at every grid)."""
+    from vid2pair.stages.matching import correspondence_index, token_centres
+    from vid2pair.stages.track import query_grid
+
+    H_, W_ = 576, 1024
+    q = query_grid(H_, W_, 8)
+    rng = np.random.default_rng(0)
+    wrong = total = 0
+    for _ in range(20):
+        d = rng.uniform(-40, 40, 2)
+        tracks = np.concatenate([q, q + d], axis=1)
+        idx = correspondence_index(tracks, np.ones(len(q), np.uint8), (W_, H_), grid)
+        c = token_centres((W_, H_), grid).astype(np.float64) + d
+        ht, wt = grid
+        col = np.floor((c[:, 0] + 0.5) * wt / W_).astype(int)
+        row = np.floor((c[:, 1] + 0.5) * ht / H_).astype(int)
+        inside = (col >= 0) & (col < wt) & (row >= 0) & (row < ht)
+        want = np.where(inside, row * wt + col, -1)
+        moving = want >= 0
+        wrong += int((idx[moving] != want[moving]).sum())
+        total += int(moving.sum())
+    assert wrong <= 0.01 * total, (grid, wrong, total)
+
+
+def test_trainer_reads_drag_direction():
+    """drag.json with direction target_to_source lists (target point, source point): the trainer's
+    [xs, ys, xt, yt] must come out the same as from the default direction."""
+    import io as _io
+
+    from PIL import Image
+
+    from vid2pair.trainer.data import SampleSpec, decode_sample
+
+    img = Image.new("RGB", (64, 48), (120, 60, 30))
+    b = _io.BytesIO()
+    img.save(b, format="PNG")
+    pts = [{"source": [10.0, 20.0], "target": [30.0, 25.0]}]
+    fwd = {"image_size": [64, 48], "direction": "source_to_target", "points": pts}
+    rev = {"image_size": [64, 48], "direction": "target_to_source",
+           "points": [{"source": p["target"], "target": p["source"]} for p in pts]}
+    spec = SampleSpec(task="drag", resolution=(48, 64), random_drag=False)
+    out = []
+    for d in (fwd, rev):
+        raw = {"__key__": "k", "__url__": "u", "src.png": b.getvalue(), "tgt.png": b.getvalue(),
+               "drag.json": json.dumps(d).encode(), "drag_mask.png": b.getvalue()}
+        out.append(decode_sample(raw, spec)["drag_points"][0].numpy())
+    np.testing.assert_allclose(out[0], [10, 20, 30, 25], atol=1e-4)
+    np.testing.assert_allclose(out[1], out[0], atol=1e-4)

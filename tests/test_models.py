@@ -579,7 +579,8 @@ def test_build_fails_fast_naming_missing_weights_and_extras(tmp_path, monkeypatc
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "empty-cache"))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ptlflow" else real_find_spec(n, *a))
-    cfg = load_config("framepainter", ["collage.segmenter=sam", "collage.sam_checkpoint=/nowhere/sam.pth"])
+    cfg = load_config("framepainter", ["collage.enabled=true", "collage.segmenter=sam",
+                                       "collage.sam_checkpoint=/nowhere/sam.pth"])
     problems = check_build_weights(cfg)
     assert any("'sea_raft_m'" in p and "vid2pair models fetch sea_raft_m" in p for p in problems), problems
     assert any("collage.sam_checkpoint: /nowhere/sam.pth does not exist" in p for p in problems), problems

@@ -46,18 +46,29 @@ def test_uniform_seconds_only_feasible_dt():
     assert pairs and all((p.tgt - p.src) / 30.0 in (1.0, 2.0, 3.0) for p in pairs)
 
 
-def test_flow_advance_sequence_and_reversal():
-    cfg = _cfg(policy="flow_advance", per_shot=40, advance_step_s=1.0, advance_max_steps=10, reverse_prob=0.5,
-               max_attempts=50)
-    pairs, why = sample_pairs(0, 25 * 20, 25.0, cfg, np.random.default_rng(3))
-    assert why is None
+def test_flow_advance_is_the_released_sampler():
+    """A start in [0, 20) of the shot, 20 frames spaced linearly from it to the end of the shot, a
+    target-index guess in [1, min(len, 20)): the sequence holds the candidates up to the guess;
+    time reversal walks the same frames backwards."""
+    cfg = _cfg(policy="flow_advance", per_shot=60, reverse_prob=0.5, max_attempts=50)
+    start, end = 100, 100 + 25 * 20
+    pairs, why = sample_pairs(start, end, 25.0, cfg, np.random.default_rng(3))
+    assert why is None and len(pairs) == 60
     rev = [p for p in pairs if p.reversed]
-    assert 8 <= len(rev) <= 32  # p = 0.5 of 40
+    assert 15 <= len(rev) <= 45  # p = 0.5 of 60
+    guesses = set()
     for p in pairs:
-        seq = p.sequence
-        steps = np.diff([p.src] + seq)
-        assert (np.abs(steps) == 25).all() and len(seq) <= 10
-        assert p.tgt == seq[-1] and (steps < 0).all() == p.reversed
+        frames = [p.src] + p.sequence
+        if p.reversed:
+            frames = frames[::-1]
+        first = frames[0]
+        assert start <= first < start + 20
+        full = list(dict.fromkeys(int(round(x)) for x in np.linspace(first, end - 1, 20)))
+        assert frames == full[:len(frames)]
+        assert 1 <= p.guess < 20 and len(frames) == p.guess + 1
+        guesses.add(p.guess)
+        assert p.tgt == ([p.src] + p.sequence)[-1]
+    assert len(guesses) >= 10  # the guess is random over [1, 20)
 
 
 def test_same_seed_same_pairs():

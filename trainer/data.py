@@ -299,7 +299,11 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
         else:  # drag
             current = "drag.json"
             drag = json.loads(raw["drag.json"])
-            pts = np.array([[*p["source"], *p["target"]] for p in drag.get("points", [])], np.float64)
+            # [xs, ys, xt, yt]: handle on the source image, where it goes on the target; drag.json
+            # with direction target_to_source lists them the other way round
+            flip = drag.get("direction", "source_to_target") == "target_to_source"
+            pts = np.array([[*p["target"], *p["source"]] if flip else [*p["source"], *p["target"]]
+                            for p in drag.get("points", [])], np.float64)
             pts = pts.reshape(-1, 4)
             if len(pts):
                 pts = np.concatenate([fit.points(pts[:, :2]), fit.points(pts[:, 2:])], axis=1)
