@@ -1,9 +1,9 @@
 """Quality of the pairs built from real footage: yield, reject reasons and quality scores per clip.
 
-    python benchmarks/quality.py [--videos ../shared/videos] [--presets demo,framepainter] [--per-shot 8]
+    python benchmarks/quality.py [--videos ../shared/videos] [--presets demo,framepainter_cpu] [--per-shot 8]
 
-Builds each preset (FramePainter with weight-free overrides: DIS flow, flow_chain tracking) on the
-real clips with the local runner, twice: with the quality stage and without it (the rules that
+Builds each preset (the demo, and FramePainter's weight-free counterpart framepainter_cpu: DIS flow,
+flow_chain tracking) on the real clips with the local runner, twice: with the quality stage and without it (the rules that
 existed before it: static camera, motion, coarse coverage). Prints, per clip, the candidate pairs,
 how many were written and why the others were rejected; per signal, the share of the pairs reaching
 the quality stage that keep it; and the quantiles of every quality score. Nothing is timed.
@@ -17,15 +17,13 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHT_FREE = {"framepainter": ["flow.backend=dis", "flow.chain=true", "flow.bidirectional=true", "flow.num_gpus=0",
-                                "track.backend=flow_chain", "runner.check_weights=false"]}
 
 
 def _build(preset: str, videos: str, out: Path, extra: list[str]) -> dict:
     from vid2pair.pipeline.config import load_config
     from vid2pair.pipeline.runners import build
 
-    cfg = load_config(preset, ["runner.name=local", "runner.progress=false", *WEIGHT_FREE.get(preset, []), *extra])
+    cfg = load_config(preset, ["runner.name=local", "runner.progress=false", *extra])
     return build(cfg, videos, out, log_summary=False)
 
 
@@ -74,7 +72,7 @@ def _score_quantiles(out: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", default=str(ROOT.parent / "shared" / "videos"))
-    ap.add_argument("--presets", default="demo,framepainter")
+    ap.add_argument("--presets", default="demo,framepainter_cpu")
     ap.add_argument("--per-shot", type=int, default=8, help="pairs drawn per static shot (default 8)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     a = ap.parse_args()

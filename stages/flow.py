@@ -425,8 +425,9 @@ class _TorchFlowModel:
         import torch.nn.functional as F
 
         h0, w0 = a.shape[1:3]
-        t1 = torch.from_numpy(np.array(a, order="C")).to(self.device).permute(0, 3, 1, 2).float()
-        t2 = torch.from_numpy(np.array(b, order="C")).to(self.device).permute(0, 3, 1, 2).float()
+        # contiguous NCHW: a permuted (channels-last) batch makes ptlflow's SEA-RAFT padding fail for B > 1
+        t1 = torch.from_numpy(np.array(a, order="C")).to(self.device).permute(0, 3, 1, 2).float().contiguous()
+        t2 = torch.from_numpy(np.array(b, order="C")).to(self.device).permute(0, 3, 1, 2).float().contiguous()
         resized = self.inference_size is not None and tuple(self.inference_size) != (h0, w0)
         if resized:
             h, w = self.inference_size

@@ -347,6 +347,13 @@ def test_sea_raft_adapter_with_real_ptlflow_random_weights(tmp_path):
         ref = model({"images": x[:, :, [2, 1, 0]] / 255.0})["flows"][:, 0].permute(0, 2, 3, 1).numpy()
     assert np.abs(out - ref).max() < 1e-4
     assert be.version.startswith(f"ptlflow-{ptlflow.__version__}/sea_raft_s-sea_raft_s-random")
+    # batched, as the flow stage calls it (flow.batch_size pairs): the same flows as one at a time
+    both = be(clip.frames[0:2], clip.frames[1:3])
+    assert both.shape == (2, 128, 160, 2)
+    # (a random network amplifies the float differences of batched convolutions: median 0.001 px,
+    # max 0.1 px here)
+    d = np.abs(both[0] - out[0])
+    assert np.median(d) < 0.01 and d.max() < 0.25
 
 
 def test_make_flow_backend_choices():
