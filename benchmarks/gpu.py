@@ -177,7 +177,7 @@ def s_sam(b: Bench) -> dict:
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
     if b.smoke:  # SAM's image encoder always runs at 1024x1024: ~30 s even for ViT-B on a CPU
-        return {"skipped": "smoke: SAM's encoder runs at 1024x1024 whatever the image (tests/test_collage.py covers it)"}
+        return {"skipped": "smoke: SAM's encoder runs at 1024x1024 whatever the image (test_collage.py covers it)"}
     kind = "vit_b" if b.smoke else "vit_h"
     sam = sam_model_registry[kind](checkpoint=None).to(b.dev).eval()
     gen = SamAutomaticMaskGenerator(sam, points_per_side=4 if b.smoke else 32)
@@ -277,7 +277,8 @@ def s_pipeline(b: Bench) -> dict:
                                              "motion and quality rules off (random weights)"}
     if sampler and sampler.util:
         util = float(np.mean(sampler.util))
-        res.update({"gpu_util_mean_%": round(util, 1), "gpu_util_p90_%": round(float(np.percentile(sampler.util, 90)), 1),
+        res.update({"gpu_util_mean_%": round(util, 1),
+                    "gpu_util_p90_%": round(float(np.percentile(sampler.util, 90)), 1),
                     "peak_gpu_mem_MiB": round(max(sampler.mem)),
                     "decode_starves_gpu": util < 50})
     clip_rate = s["samples"] / wall / 4  # per_shot 4, one shot per synthetic clip
@@ -305,14 +306,15 @@ def s_trainer(b: Bench) -> dict:
             model = FramePainterModel(cfg, dev).to(dev)
             opt = torch.optim.AdamW([p for _, p in model.trainable_named_parameters()], lr=1e-5)
             H, W = res_hw
-            batch = {"src": torch.rand(1, 3, H, W, device=dev) * 2 - 1, "tgt": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
+            batch = {"src": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
+                     "tgt": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
                      "signal": torch.rand(1, signal_channels(cfg.task), H, W, device=dev)}
             for (h, w) in model.match_grids:
                 batch[f"match_idx_{h}x{w}"] = torch.randint(0, h * w, (1, h * w), device=dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
-            def step():
+            def step(model=model, batch=batch, opt=opt):
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     loss, _ = model(batch)
                 loss.backward()

@@ -1,6 +1,7 @@
 """Quality of the pairs built from real footage: yield, reject reasons and quality scores per clip.
 
-    python benchmarks/quality.py [--videos ../shared/videos] [--presets demo,framepainter_cpu] [--per-shot 8]
+    python benchmarks/quality.py [--videos ../shared/videos] [--presets demo,framepainter_cpu]
+                                 [--per-shot 8]
 
 Builds each preset (the demo, and FramePainter's weight-free counterpart framepainter_cpu: DIS flow,
 flow_chain tracking) on the real clips with the local runner, twice: with the quality stage and without it (the rules that
