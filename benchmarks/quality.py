@@ -5,9 +5,10 @@
 
 Builds each preset (the demo, and FramePainter's weight-free counterpart framepainter_cpu: DIS flow,
 flow_chain tracking) on the real clips with the local runner, twice: with the quality stage and
-without it (the rules that existed before it: static camera, motion, coarse coverage). Prints, per clip, the candidate pairs,
-how many were written and why the others were rejected; per signal, the share of the pairs reaching
-the quality stage that keep it; and the quantiles of every quality score. Nothing is timed.
+without it (the rules that existed before it: static camera, motion, coarse coverage). Prints, per
+clip, the candidate pairs, how many were written and why the others were rejected; per signal, the
+share of the pairs reaching the quality stage that keep it; and the quantiles of every quality
+score. Nothing is timed.
 """
 from __future__ import annotations
 
