@@ -46,7 +46,7 @@ def cmd_demo(a) -> int:
     if a.runner:
         overrides.append(f"runner.name={a.runner}")
     try:
-        run_demo(a.output, overrides=overrides)
+        run_demo(a.output, overrides=overrides, n_static=max(1, a.clips - 1), n_moving_camera=1 if a.clips > 1 else 0)
     except (ConfigError, OutputError, ResourceError) as e:
         return _fail(str(e))
     except Interrupted as e:
@@ -113,6 +113,8 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="demo_output", help="output directory (default: demo_output)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE")
     d.add_argument("--runner", choices=["ray", "local"])
+    d.add_argument("--clips", type=int, default=5, help="synthetic clips to generate (default 5: one filmed by a "
+                                                        "panning camera, the others static); more for training")
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("inspect", help="counts, reject reasons and sample keys of an output directory")

@@ -14,8 +14,12 @@ def run_demo(output="demo_output", overrides=(), n_static: int = 4, n_moving_cam
     out = Path(output)
     cfg = load_config("demo", list(overrides))  # validate before generating anything
     videos = out / "videos"
-    if not videos.is_dir() or not any(videos.glob("*.mp4")):
-        print(f"demo: writing synthetic clips to {videos}", file=sys.stderr)
+    want = n_static + n_moving_camera
+    have = sorted(videos.glob("*.mp4")) if videos.is_dir() else []
+    if len(have) != want:
+        for p in have:  # another clip count than last time: a fresh corpus
+            p.unlink()
+        print(f"demo: writing {want} synthetic clips to {videos}", file=sys.stderr)
         make_demo_corpus(videos, n_static=n_static, n_moving_camera=n_moving_camera, seed=cfg.seed)
     summary = build(cfg, str(videos), out / "dataset")
     print(f"\ndemo dataset: {(out / 'dataset').resolve()}\n"

@@ -298,9 +298,12 @@ def test_tiny_loss_goes_down_and_eval(shards, tmp_path):
     print("tiny eval:", met)
     # measured: psnr 20.5, ssim 0.69 after 60 steps and 4 DDIM steps (18.9 / 0.65 with residual); the
     # unedited source scores 29.4-30.0 / 0.95 (the pairs depend on the clips' paths, i.e. the tmp dir)
-    assert 12 < met["psnr"] < 60 and 0.2 < met["ssim"] <= 1, met
-    assert 25 < met["psnr_source"] < 40 and 0.85 < met["ssim_source"] <= 1, met
-    assert "lpips" in report["skipped"] or "lpips" in report["metrics"]
+    assert 12 < met["model_psnr"] < 60 and 0.2 < met["model_ssim"] <= 1, met
+    assert 25 < met["source_psnr"] < 40 and 0.85 < met["source_ssim"] <= 1, met
+    # the changed region is harder for a copy than the full frame
+    assert met["source_psnr_changed"] < met["source_psnr"] and 0 < met["changed_frac"] < 0.5, met
+    assert set(report["scores"]) == {"model", "source"}  # sketch: no image signal to score
+    assert "lpips" in report["skipped"] or "model_lpips" in report["metrics"]
     assert "clip" in report["skipped"]  # no local CLIP weights for the tiny model
     assert (tmp_path / "eval" / "eval.json").is_file() and (tmp_path / "eval" / "batch-0000.png").is_file()
 

@@ -265,8 +265,10 @@ def test_train_and_resume_framepainter(shards, tmp_path):
     cfg = fp_cfg(shards, out, "sketch", f"eval.clip_weights={clip_dir}", f"data.eval={held_out}", "eval.batch_size=2")
     report = evaluate(cfg, out, output=str(tmp_path / "eval"), max_eval=2, steps=2)
     assert report["n"] == 2 and report["step"] == 3
-    assert -1 <= report["metrics"]["clip_i"]["mean"] <= 1 and "clip" not in report["skipped"]
-    assert np.isfinite(report["metrics"]["psnr"]["mean"])
+    assert -1 <= report["metrics"]["model_clip_i"]["mean"] <= 1 and "clip" not in report["skipped"]
+    assert np.isfinite(report["metrics"]["model_psnr"]["mean"])
+    # the same report as the tiny model's: baselines and the changed region
+    assert set(report["scores"]) == {"model", "source"} and report["scores"]["source"]["psnr_changed"] is not None
 
 
 def test_pretrained_loading_from_a_local_svd_directory(tmp_path):

@@ -53,7 +53,8 @@ def cmd_eval(a) -> int:
                           use_ema=None if a.ema is None else a.ema == "on", steps=a.steps, device=a.device)
     except (ConfigError, DataError, FileNotFoundError) as e:
         return _fail(str(e))
-    print(json.dumps({k: report[k] for k in ("checkpoint", "step", "n", "metrics", "skipped")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("checkpoint", "step", "n", "changed_frac", "scores", "skipped")},
+                     indent=2))
     return 0
 
 

@@ -7,8 +7,12 @@
   CLIP vision model (``eval.clip_weights``, or for ``framepainter`` the SVD directory's
   ``image_encoder``); otherwise skipped with a logged message.
 
-The report also has ``psnr_source`` / ``ssim_source`` (the unedited source against the target):
-a prediction must beat that to have learned anything about the edit.
+Every score is given for the model and for baselines, on the full frame and on the changed region
+(where the source and the target differ: the full frame is dominated by still background that any
+copy gets right): ``source`` (no edit) and, for the coarse / collage tasks, ``signal`` (the
+conditioning image itself, holes filled from the source). A prediction must beat them on the
+changed region to have learned the edit. ``eval.json`` has ``scores`` (the means, by who and
+metric), ``metrics`` (mean / std / n of every per-sample score) and the per-sample rows.
 """
 from __future__ import annotations
 
@@ -40,6 +44,57 @@ def psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torc
     psnr = torch.stack([kornia.metrics.psnr(a[i:i + 1], b[i:i + 1], 1.0) for i in range(len(a))])
     ssim = kornia.metrics.ssim(a, b, window_size=11).flatten(1).mean(1)
     return psnr, ssim
+
+
+def changed_region(src: torch.Tensor, tgt: torch.Tensor, thresh: float = 15 / 255) -> torch.Tensor:
+    """(B, 1, H, W) bool: where the source and the target differ (largest channel difference of the
+    3x3-blurred images above 15 grey levels, like the pipeline's quality stage): where the edit happens.
+    The full frame is dominated by still background that any copy gets right."""
+    blur = lambda x: F.avg_pool2d((x.float() + 1) / 2, 3, stride=1, padding=1, count_include_pad=False)  # noqa: E731
+    return ((blur(src) - blur(tgt)).abs().amax(1, keepdim=True) > thresh)
+
+
+def masked_psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR / SSIM over ``mask`` (B, 1, H, W); NaN where the mask is empty."""
+    import kornia
+
+    a = ((pred.float() + 1) / 2).clamp(0, 1)
+    b = ((tgt.float() + 1) / 2).clamp(0, 1)
+    m = mask.float()
+    n = m.flatten(1).sum(1)
+    mse = (((a - b) ** 2).mean(1, keepdim=True) * m).flatten(1).sum(1) / n.clamp(min=1)
+    psnr = torch.where(n > 0, 10 * torch.log10(1.0 / mse.clamp(min=1e-10)), torch.nan)
+    smap = kornia.metrics.ssim(a, b, window_size=11).mean(1, keepdim=True)
+    ssim = torch.where(n > 0, (smap * m).flatten(1).sum(1) / n.clamp(min=1), torch.nan)
+    return psnr, ssim
+
+
+def signal_baseline(task: str, batch: dict) -> Optional[torch.Tensor]:
+    """The conditioning signal itself as an answer, where it is an image: the coarse edit or the
+    collage with its holes filled from the source (None for sketch and drag)."""
+    if task not in ("coarse", "collage"):
+        return None
+    sig = batch["signal"].float()
+    rgb, hole = sig[:, :3], sig[:, 3:4] > 0.5
+    return torch.where(hole, batch["src"].float(), rgb)
+
+
+def score_batch(task: str, batch: dict, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample scores of the prediction and of the baselines: ``{who}_{metric}`` for who in
+    model, source (no edit) and, for coarse / collage, signal; metric psnr, ssim (full frame) and
+    psnr_changed, ssim_changed (the changed region); plus changed_frac."""
+    tgt = batch["tgt"]
+    mask = changed_region(batch["src"], tgt)
+    out = {"changed_frac": mask.float().flatten(1).mean(1)}
+    who = {"model": pred, "source": batch["src"]}
+    sig = signal_baseline(task, batch)
+    if sig is not None:
+        who["signal"] = sig
+    for name, img in who.items():
+        out[f"{name}_psnr"], out[f"{name}_ssim"] = psnr_ssim(img, tgt)
+        out[f"{name}_psnr_changed"], out[f"{name}_ssim_changed"] = masked_psnr_ssim(img, tgt, mask)
+    return out
 
 
 class LpipsMetric:
@@ -179,7 +234,7 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
     amp = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     stream = eval_stream(cfg, sample_spec(cfg, (), train=False), batch_size=cfg.eval.batch_size,
                          max_eval=max_eval if max_eval is not None else cfg.data.max_eval)
-    scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_source", "ssim_source", *extra)}
+    scores: dict[str, list[float]] = {}
     per_sample = []
     saved = 0
     gen = torch.Generator(device=dev)
@@ -190,13 +245,11 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
             gen.manual_seed(cfg.seed + bi)
             with amp:
                 pred = model.predict(b, steps=steps or cfg.eval.sample_steps, generator=gen).float()
-            p, s = psnr_ssim(pred, b["tgt"])
-            p0, s0 = psnr_ssim(b["src"], b["tgt"])
-            vals = {"psnr": p, "ssim": s, "psnr_source": p0, "ssim_source": s0}
+            vals = score_batch(cfg.task, b, pred)
             for k, m in extra.items():
-                vals[k] = m(pred, b["tgt"])
+                vals[f"model_{k}"] = m(pred, b["tgt"])
             for k, v in vals.items():
-                scores[k].extend(float(x) for x in v.cpu())
+                scores.setdefault(k, []).extend(float(x) for x in v.cpu() if math.isfinite(float(x)))
             for i, key in enumerate(batch["key"]):
                 per_sample.append({"key": key, "shard": batch["shard"][i],
                                    **{k: round(float(v[i]), 5) for k, v in vals.items()}})
@@ -207,13 +260,24 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
                 saved += len(batch["key"])
     if not per_sample:
         raise DataError("the eval split is empty (data.eval / data.eval_permille)")
+    metrics = {k: _stats(v) for k, v in scores.items()}
+    table = {who: {m: metrics.get(f"{who}_{m}", {}).get("mean") for m in
+                   ("psnr", "ssim", "psnr_changed", "ssim_changed")}
+             for who in ("model", "source", "signal") if f"{who}_psnr" in metrics}
     report = {"checkpoint": str(ck_path), "step": int(state.get("step", -1)), "model": cfg.model.name,
               "task": cfg.task, "ema": used_ema, "n": len(per_sample), "resolution": list(cfg.model.resolution),
               "sample_steps": steps or cfg.eval.sample_steps, "seconds": round(time.perf_counter() - t0, 2),
-              "metrics": {k: _stats(v) for k, v in scores.items()}, "skipped": skipped}
+              "changed_frac": metrics["changed_frac"]["mean"], "scores": table, "metrics": metrics,
+              "skipped": skipped}
     (out_dir / "eval.json").write_text(json.dumps({**report, "samples": per_sample}, indent=2))
-    log.info("eval %s: %d pairs, PSNR %.2f dB (source %.2f), SSIM %.3f (source %.3f)%s -> %s", ck_path.parent.name,
-             report["n"], report["metrics"]["psnr"]["mean"], report["metrics"]["psnr_source"]["mean"],
-             report["metrics"]["ssim"]["mean"], report["metrics"]["ssim_source"]["mean"],
-             "".join(f", {k} {report['metrics'][k]['mean']:.4f}" for k in extra), out_dir)
+
+    def fmt(who):
+        r = table.get(who)
+        if not r:
+            return ""
+        pc, sc = r["psnr_changed"] or float("nan"), r["ssim_changed"] or float("nan")
+        return f"{who} {r['psnr']:.2f} dB / {r['ssim']:.3f} full, {pc:.2f} dB / {sc:.3f} changed"
+    log.info("eval %s: %d pairs (changed region %.1f %% of the frame): %s%s -> %s", ck_path.parent.name,
+             report["n"], 100 * (report["changed_frac"] or 0), "; ".join(x for x in map(fmt, table) if x),
+             "".join(f", {k} {metrics['model_' + k]['mean']:.4f}" for k in extra if "model_" + k in metrics), out_dir)
     return report
