@@ -216,8 +216,8 @@ def test_correspondence_one_hot_rows():
 def test_correspondence_aggregation_and_edges():
     w, h, grid = 32, 16, (2, 4)  # 8 px tokens
     tracks = np.array([
-        [1.0, 1.0, 30.0, 15.0],  # token 0, off-centre: loses to the next one
-        [3.4, 3.6, 9.0, 2.0],  # token 0, nearest its centre (3.5, 3.5) -> source token 1
+        [1.0, 1.0, 3.0, 1.0],  # token 0 moves +2 px alone (-> token 0) ...
+        [3.4, 3.6, 17.4, 3.6],  # ... and +14 px (-> token 2): the centre (3.5, 3.5) moves +8 -> source token 1
         [12.0, 4.0, 40.0, 4.0],  # token 1, lands outside the image -> M = 0
         [20.0, 12.0, 31.49, 15.49],  # token 6 -> source token 7 (last pixel centre)
         [27.0, 3.0, 5.0, 5.0],  # token 3, invisible -> M = 0

@@ -75,7 +75,7 @@ def test_a_read_only_output_through_the_cli(tmp_path, demo_corpus):
 def test_resource_requests_are_checked_against_the_nodes():
     cpu_only = [{"CPU": 16.0}]
     one_gpu = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}]
-    assert resource_problems(load_config("framepainter", ["flow.backend=dis"]), nodes=cpu_only) == []  # DIS: no GPU
+    assert resource_problems(load_config("framepainter_cpu"), nodes=cpu_only) == []  # weight-free: no GPU
     cfg = load_config("demo", ["flow.backend=raft_large", "flow.num_gpus=1"])
     assert resource_problems(cfg, nodes=cpu_only) == [
         "flow.num_gpus=1 but the Ray cluster has no GPU; set flow.num_gpus=0 to run the flow stage on CPU"]
