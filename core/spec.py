@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, field
@@ -106,6 +107,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
         raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -45,6 +45,8 @@ def cmd_demo(a) -> int:
     overrides = list(a.set or [])
     if a.runner:
         overrides.append(f"runner.name={a.runner}")
+    if a.clips < 1:
+        return _fail(f"--clips {a.clips}: need at least 1 clip")
     try:
         run_demo(a.output, overrides=overrides, n_static=max(1, a.clips - 1), n_moving_camera=1 if a.clips > 1 else 0)
     except (ConfigError, OutputError, ResourceError) as e:

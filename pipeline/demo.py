@@ -1,6 +1,7 @@
 """``vid2pair demo``: synthetic clips (one with camera motion, which must be rejected) -> shards."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,8 +18,10 @@ def run_demo(output="demo_output", overrides=(), n_static: int = 4, n_moving_cam
     want = n_static + n_moving_camera
     have = sorted(videos.glob("*.mp4")) if videos.is_dir() else []
     if len(have) != want:
-        for p in have:  # another clip count than last time: a fresh corpus
+        for p in have:  # another clip count than last time: a fresh corpus, and a fresh dataset from it
             p.unlink()
+        if (out / "dataset" / "run.json").is_file():
+            shutil.rmtree(out / "dataset")
         print(f"demo: writing {want} synthetic clips to {videos}", file=sys.stderr)
         make_demo_corpus(videos, n_static=n_static, n_moving_camera=n_moving_camera, seed=cfg.seed)
     summary = build(cfg, str(videos), out / "dataset")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["model.resolution=[32, 48]", "model.tiny.base_channels=16", "model.tiny.channel_mults=[1, 2, 2]",
          "data.batch_size=4", "data.num_workers=0", "data.shuffle_buffer=16", "train.num_threads=2",
          "train.eval_every=0", "optim.lr=0.001", "optim.warmup_steps=0", "train.ema_decay=0.99",
-         "model.tiny.sample_steps=4", "data.eval=null", "data.eval_permille=0"]
+         "model.tiny.sample_steps=4", "data.eval=null", "data.eval_permille=0", "task=sketch"]
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +76,12 @@ def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml", [override])
     assert str(e.value).startswith(key + ":"), str(e.value)
+
+
+def test_exponent_numbers_without_a_dot_are_numbers():
+    # YAML 1.1 reads `1e-3` as a string; a user's `--set optim.lr=1e-3` means the number
+    cfg = load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml", ["optim.lr=1e-3", "train.ema_decay=9.9E-1"])
+    assert cfg.optim.lr == 0.001 and cfg.train.ema_decay == 0.99
 
 
 # --------------------------------------------------------------------------- data

@@ -94,7 +94,8 @@ def expand_shards(specs, s3_command: str = "aws s3 cp {url} -") -> list[str]:
                 elif p.is_file():
                     out.append(str(p))
                 else:
-                    raise DataError(f"shard {item!r} does not exist")
+                    raise DataError(f"shard {item!r} does not exist (build a dataset with `vid2pair build` or "
+                                    f"`vid2pair demo`, or point data.train / data.eval at one)")
     seen: set = set()
     return [u for u in out if not (u in seen or seen.add(u))]
 
