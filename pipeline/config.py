@@ -43,7 +43,9 @@ class IsolationConfig:
     """The child process that decoding and the CPU stages before any model stage run in."""
     mode: Literal["process", "none"] = knob("process", "process: decode (+ the CPU stages before any model stage) "
                                                        "in a child process, a crash loses one clip | none")
-    clip_timeout_s: float = knob(300.0, "per-clip limit for the work in the child; then it is killed", unit="s", gt=0)
+    clip_timeout_s: float = knob(300.0, "limit on the child's silence: each item of a clip (its next pair "
+                                 "or reject) must come within this, else the child is killed (start-up not "
+                                 "counted)", unit="s", gt=0)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import platform
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject, clip_id_for
 from vid2pair.pipeline.storage import Store, is_uri, list_remote
@@ -151,6 +151,11 @@ class OutputWriter:
         self._check_done_chunks(tasks)
         self.pending_tasks = [t for t in tasks if t.chunk not in self.done_chunks]
         self._items: dict[int, list[Item]] = defaultdict(list)
+        # encoded samples wait for their chunk's commit in a local spool directory, not in memory
+        # (a long clip's samples would otherwise all be held by the driver)
+        self._spool: Optional[Path] = None
+        self._spooled: dict[int, Path] = {}  # id(sample) -> its spooled files (the sample waits in _items)
+        self._n_spooled = 0
         self._expected: dict[int, int] = {}  # clip_idx -> items the clip emitted (from its ClipDone)
         self._arrived: Counter = Counter()  # clip_idx -> items arrived
         self._clips_finished: Counter = Counter()  # chunk -> clips complete
@@ -213,6 +218,8 @@ class OutputWriter:
         if isinstance(it, ClipDone):
             self._expected[it.clip_idx] = it.n_items
         else:
+            if isinstance(it, PairItem) and it.files:
+                self._spool_files(it)
             self._items[c].append(it)
             self._arrived[it.clip_idx] += 1
         if it.clip_idx in self._expected and self._arrived[it.clip_idx] >= self._expected[it.clip_idx]:
@@ -222,6 +229,36 @@ class OutputWriter:
                 self._commit(c)
                 return [c]
         return []
+
+    def _spool_files(self, it: PairItem) -> None:
+        import pickle
+        import tempfile
+
+        if self._spool is None:
+            self._spool = Path(tempfile.mkdtemp(prefix="vid2pair-spool-"))
+        self._n_spooled += 1
+        path = self._spool / f"{self._n_spooled:09d}.pkl"
+        path.write_bytes(pickle.dumps(it.files, protocol=pickle.HIGHEST_PROTOCOL))
+        self._spooled[id(it)] = path
+        it.files = {}
+
+    def _files(self, s: PairItem) -> dict:
+        import pickle
+
+        path = self._spooled.pop(id(s), None)
+        if path is None:
+            return s.files
+        files = pickle.loads(path.read_bytes())
+        path.unlink()
+        return files
+
+    def close(self) -> None:
+        """Remove the spool directory (what it still holds belongs to chunks that did not commit)."""
+        if self._spool is not None:
+            import shutil
+
+            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spool, self._spooled = None, {}
 
     def _commit(self, chunk: int) -> None:
         import webdataset as wds
@@ -241,7 +278,7 @@ class OutputWriter:
             with self.store.atomic_file(f"shards/{name}") as f:
                 w = wds.TarWriter(f, mtime=0.0, encoder=False)
                 for s in samples:
-                    w.write({"__key__": s.key, **s.files})
+                    w.write({"__key__": s.key, **self._files(s)})
                     index_rows.append(index_row(s.key, name, s.meta, self.stages))
                 w.close()
         self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))

@@ -5,9 +5,10 @@ that clip.
 :class:`IsolatedCall` keeps one long-lived child process (``spawn`` start method: no state is
 inherited from a Ray worker or a threaded parent) and sends it one task at a time. The work
 function is ``factory(*args)``, called as ``fn(task, report)``; ``report(step)`` tells the parent
-which step is running, so a crash or hang names it. If the child dies while working on a task the
-result is ``("crashed", detail, step)``; if it does not answer within the time limit it is killed
-and the result is ``("timeout", detail, step)``. A fresh child is started for the next task.
+which step is running, so a crash or hang names it, and ``report.emit(item)`` streams results to
+the parent as they are ready. If the child dies while working on a task the result is
+``("crashed", detail, step)``; if its next item or answer does not come within the time limit it
+is killed and the result is ``("timeout", detail, step)``. A fresh child is started for the next task.
 Results travel back over a pipe (our own objects between our own processes). Tests inject faults
 with a factory of their own.
 """
@@ -17,7 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def _die_with_parent() -> None:
@@ -32,6 +33,20 @@ def _die_with_parent() -> None:
         pass
 
 
+class _Reporter:
+    """The work's line to the parent: ``report(step)`` names the running step, ``report.emit(x)``
+    sends one result item now (so the parent can process it while the work goes on)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __call__(self, step: str) -> None:
+        self.conn.send(("step", step))
+
+    def emit(self, item: Any) -> None:
+        self.conn.send(("item", item))
+
+
 def _child(conn, factory: Callable, factory_args: tuple, parent_pid: int = 0) -> None:
     _die_with_parent()
     if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -44,10 +59,8 @@ def _child(conn, factory: Callable, factory_args: tuple, parent_pid: int = 0) ->
     except ImportError:
         pass
     fn = factory(*factory_args)
-
-    def report(step: str) -> None:
-        conn.send(("step", step))
-
+    conn.send(("ready", None))  # imports and models are loaded: the parent's clock for tasks starts now
+    report = _Reporter(conn)
     while True:
         try:
             task = conn.recv()
@@ -75,19 +88,26 @@ def _describe_exit(code) -> str:
 class IsolatedCall:
     """``call(task)`` runs ``factory(*args)(task, report)`` in a child process with a time limit."""
 
-    def __init__(self, factory: Callable, args: tuple = (), timeout_s: float = 300.0):
+    def __init__(self, factory: Callable, args: tuple = (), timeout_s: float = 300.0, startup_timeout_s: float = 600.0):
         self.factory, self.args, self.timeout_s = factory, args, timeout_s
+        self.startup_timeout_s = startup_timeout_s  # a cold start (imports, models) on a busy node is not a hang
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
         self.restarts = 0
 
     def _start(self) -> None:
+        """A fresh child, ready for tasks (its factory has run); raises ``OSError`` / ``TimeoutError``."""
         parent, child = self._ctx.Pipe(duplex=True)
         self._proc = self._ctx.Process(target=_child, args=(child, self.factory, self.args, os.getpid()), daemon=True)
         self._proc.start()
         child.close()
         self._conn = parent
+        if not parent.poll(self.startup_timeout_s):
+            raise TimeoutError(f"worker process not ready within {self.startup_timeout_s:g} s")
+        kind, _ = parent.recv()  # EOFError if the factory failed or crashed
+        if kind != "ready":
+            raise EOFError(f"unexpected first message {kind!r}")
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -99,29 +119,66 @@ class IsolatedCall:
         self._proc = self._conn = None
 
     def call(self, task: Any) -> tuple[str, Any, str]:
-        """``(status, result or detail, the last step reported)``; status: ok | error | crashed | timeout."""
-        if self._proc is None or not self._proc.is_alive():
-            if self._proc is not None:
-                self.restarts += 1
-                self._kill()
-            self._start()
+        """``(status, result or detail, the last step reported)``; status: ok | error | crashed | timeout.
+        Items the work emitted come first in an ``ok`` result."""
+        items = []
+        for kind, payload, step in self.stream(task):
+            if kind == "item":
+                items.append(payload)
+                continue
+            return kind, (items + list(payload) if kind == "ok" and items else payload), step
+        raise AssertionError("stream() ended without a status")  # pragma: no cover
+
+    def stream(self, task: Any) -> Iterator[tuple[str, Any, str]]:
+        """Yields ``("item", x, step)`` for each item the work emits (``report.emit``), as it
+        arrives, then one final ``(status, result or detail, step)`` as :meth:`call` returns it.
+        The time limit applies to each wait for the child's next item (or its final answer): a long
+        clip that keeps producing pairs never times out, a hung one does. The caller's own time
+        between items and the child's start-up do not count. A stream abandoned before its end
+        kills the child (a fresh one serves the next task)."""
         step = ""
-        deadline = time.monotonic() + self.timeout_s
+        budget = self.timeout_s
+        finished = False
         try:
+            if self._proc is None or not self._proc.is_alive():
+                if self._proc is not None:
+                    self.restarts += 1
+                    self._kill()
+                self._start()
             self._conn.send(task)
-            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+            while True:
+                t = time.monotonic()
+                ready = self._conn.poll(max(0.0, budget))
+                budget -= time.monotonic() - t
+                if not ready:
+                    break
                 kind, payload = self._conn.recv()
                 if kind == "step":
                     step = payload
-                    continue
-                return kind, payload, step
+                elif kind == "item":
+                    budget = self.timeout_s  # progress: the limit is on the time to the next item
+                    yield kind, payload, step
+                else:
+                    finished = True
+                    yield kind, payload, step
+                    return
+        except TimeoutError as e:
+            self._kill()
+            finished = True
+            yield "timeout", f"{e}; worker process killed", step
+            return
         except (EOFError, OSError, BrokenPipeError):
             self._proc.join(5)
             detail = _describe_exit(self._proc.exitcode)
             self._kill()
-            return "crashed", f"worker process died ({detail})", step
-        self._kill()
-        return "timeout", f"no result within {self.timeout_s:g} s; worker process killed", step
+            finished = True
+            yield "crashed", f"worker process died ({detail})", step
+            return
+        finally:
+            if not finished:  # timed out, or the caller stopped reading: the child may still be sending
+                self._kill()
+        finished = True
+        yield "timeout", f"no result within {self.timeout_s:g} s; worker process killed", step
 
     def close(self) -> None:
         if self._conn is not None and self._proc is not None and self._proc.is_alive():

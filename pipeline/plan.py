@@ -14,7 +14,7 @@ given everywhere: tests insert their own stages (faults, probes) that way.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject
 from vid2pair.core.stage import Need, Resources, Signal, Stage
@@ -112,7 +112,9 @@ def _crash_reject(task: ClipTask, status: str, detail: str, step: str, fused: tu
 
 
 class _UnitWork:
-    """What runs (in the isolation child, or in process): the clip stage, then the fused stages."""
+    """What runs (in the isolation child, or in process): the clip stage, then the fused stages,
+    pair by pair: a pair's frames are decoded, run through the fused stages and handed on before
+    the next pair is decoded, so memory holds one pair's frames however long the clip is."""
 
     def __init__(self, cfg, clip_cls: type, fused: tuple[type, ...]):
         from vid2pair.pipeline.storage import local_copy
@@ -120,12 +122,24 @@ class _UnitWork:
         self.clip = clip_cls(cfg, opener=local_copy)
         self.fused = build_pair_stages(cfg, fused)
 
+    def iter(self, task: ClipTask, report) -> Iterator[Item]:
+        items = self.clip.iter_items(task, report) if hasattr(self.clip, "iter_items") else self.clip(task, report)
+        for it in items:
+            out = [it]
+            if isinstance(it, PairItem):
+                for st in self.fused:
+                    report(st.name)
+                    out = st(out)
+            yield from out
+
     def __call__(self, task: ClipTask, report) -> list[Item]:
-        items = self.clip(task, report)
-        for st in self.fused:
-            report(st.name)
-            items = st(items)
-        return items
+        """In the isolation child: each item goes to the parent as soon as it is ready (``report.emit``)."""
+        emit = getattr(report, "emit", None)
+        if emit is None:
+            return list(self.iter(task, report))
+        for it in self.iter(task, report):
+            emit(it)
+        return []
 
 
 def _unit_work(cfg, clip_cls: type, fused: tuple[type, ...]) -> _UnitWork:
@@ -151,34 +165,73 @@ class ClipUnit:
             st.close()
 
     def __call__(self, task: ClipTask) -> list[Item]:
+        return list(self.iter(task))
+
+    def iter(self, task: ClipTask) -> Iterator[Item]:
+        """The clip's items as they are ready, then its :class:`ClipDone`. A crash, hang or error
+        mid-clip ends the clip with a reject naming the step; the items before it stand."""
+        seen = {"items": 0, "pairs": 0, "rejects": 0}
+
+        def counted(it: Item) -> Item:
+            seen["items"] += 1
+            seen["pairs"] += isinstance(it, PairItem)
+            seen["rejects"] += isinstance(it, Reject)
+            return it
+
+        status, res, step = "ok", [], ""
         if self.cfg.isolation.mode == "process":
             if self._isolated is None:
                 from vid2pair.pipeline.isolation import IsolatedCall
 
                 self._isolated = IsolatedCall(_unit_work, (self.cfg, self.clip_cls, self.fused),
                                               self.cfg.isolation.clip_timeout_s)
-            status, res, step = self._isolated.call(task)
+            for kind, payload, last in self._isolated.stream(task):
+                step = last
+                if kind == "item":
+                    yield counted(payload)
+                else:
+                    status, res = kind, payload
         else:
             if self._work is None:
                 self._work = _UnitWork(self.cfg, self.clip_cls, self.fused)
             steps = [""]
-            try:
-                status, res = "ok", self._work(task, steps.append)
-            except Exception as e:  # one bad video must never kill a job
-                status, res = "error", f"{type(e).__name__}: {e}"
+            gen = self._work.iter(task, steps.append)
+            while True:
+                try:
+                    it = next(gen)
+                except StopIteration:
+                    break
+                except Exception as e:  # one bad video must never kill a job
+                    status, res = "error", f"{type(e).__name__}: {e}"
+                    break
+                yield counted(it)
             step = steps[-1]
-        items = res if status == "ok" else [_crash_reject(task, status, str(res), step,
-                                                          tuple(S.name for S in self.fused))]
-        n = sum(isinstance(i, PairItem) for i in items)
-        if n == 0 and not any(isinstance(i, Reject) for i in items):
-            items.append(clip_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
-        return items + [ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk,
-                                 clip_idx=task.clip_idx, n_items=len(items), info={"pairs": n})]
+        if status == "ok":
+            for it in res:  # a work function that returns its items instead of emitting them
+                yield counted(it)
+        else:
+            yield counted(_crash_reject(task, status, str(res), step, tuple(S.name for S in self.fused)))
+        if seen["pairs"] == 0 and seen["rejects"] == 0:
+            yield counted(clip_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
+        yield ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
+                       n_items=seen["items"], info={"pairs": seen["pairs"]})
 
 
-def run_items(unit: ClipUnit, pair_stages: Iterable[Stage], task: ClipTask) -> list[Item]:
-    """All stages for one clip, in process (the local runner's unit of work)."""
-    items = unit(task)
-    for st in pair_stages:
-        items = st(items)
-    return items
+def run_items(unit: ClipUnit, pair_stages: Iterable[Stage], task: ClipTask, batch_size: int = 1) -> Iterator[Item]:
+    """All stages for one clip, in process (the local runner's unit of work): the unit's items go
+    through the remaining stages ``batch_size`` pairs at a time, as they arrive, so memory holds
+    at most a batch of pairs' frames."""
+    pair_stages = list(pair_stages)
+    buf: list[Item] = []
+    for it in unit.iter(task):
+        buf.append(it)
+        if isinstance(it, ClipDone) or sum(isinstance(i, PairItem) for i in buf) >= batch_size:
+            for st in pair_stages:
+                buf = st(buf)
+            yield from buf
+            buf = []
+
+
+def batch_size_of(cfg, classes: Iterable[type]) -> int:
+    """The largest per-call batch the model stages among ``classes`` ask for (1 without any)."""
+    return max([1] + [r.batch_size for r in (S.resources(cfg) for S in classes) if r is not None])

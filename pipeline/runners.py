@@ -19,13 +19,15 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from typing import Iterator
 
 from tqdm import tqdm
 
 from vid2pair.core.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
 from vid2pair.pipeline.graph import STAGES
 from vid2pair.pipeline.io import OutputWriter
-from vid2pair.pipeline.plan import ClipUnit, build_pair_stages, fused_prefix, pair_classes, ray_groups, run_items
+from vid2pair.pipeline.plan import (ClipUnit, batch_size_of, build_pair_stages, fused_prefix, pair_classes, ray_groups,
+                                   run_items)
 
 log = logging.getLogger("vid2pair")
 
@@ -40,10 +42,11 @@ def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = 
     fused = fused_prefix(cfg, classes)
     unit = ClipUnit(cfg, fused, stages[0])
     rest = build_pair_stages(cfg, classes)[len(fused):]
+    batch = batch_size_of(cfg, classes[len(fused):])
     try:
         with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
             for task in tasks:
-                for it in run_items(unit, rest, task):
+                for it in run_items(unit, rest, task, batch):
                     writer.add(it)
                 bar.update(1)
                 bar.set_postfix(samples=writer.new_samples, shards=len(writer.written_chunks))
@@ -70,7 +73,7 @@ def set_threads(n: int) -> None:
 _CLIP_UNITS: dict = {}
 
 
-def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> list[dict]:
+def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> Iterator[dict]:
     """The clip unit (clip stage + the fused pair stages) as a Ray task. Tasks (not actors) so that
     a task lost with its node or worker is simply retried elsewhere; the unit (and its warm
     isolation child) is cached per worker process, which Ray reuses across tasks."""
@@ -81,7 +84,8 @@ def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> list[dict]:
         unit = _CLIP_UNITS[key] = ClipUnit(cfg, fused, clip_cls)
     task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=row["clip_id"])
-    return [item_to_row(i) for i in unit(task)]
+    for it in unit.iter(task):  # a generator: Ray Data builds the output blocks as pairs arrive
+        yield item_to_row(it)
 
 
 class _PairFn:
@@ -308,6 +312,8 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
                 if cfg.runner.name == "ray":
                     _shutdown_private_ray(cfg)
                 raise Interrupted(done, len(chunks), caught.get("signum", 2)) from None
+            finally:
+                writer.close()
     missing = writer.incomplete_chunks()
     if missing:
         raise RuntimeError(f"chunks {missing[:10]} did not complete (a clip's items were lost); rerun to resume")

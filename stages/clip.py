@@ -9,7 +9,7 @@ attributed to the step that was running.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -59,25 +59,33 @@ class ClipStage(Stage):
         self.opener = opener
 
     def __call__(self, task: ClipTask, report: Optional[Callable[[str], None]] = None) -> list[Item]:
+        return list(self.iter_items(task, report))
+
+    def iter_items(self, task: ClipTask, report: Optional[Callable[[str], None]] = None) -> Iterator[Item]:
+        """The clip's items one at a time: each candidate pair's frames are decoded only when the
+        consumer asks for it, so whoever runs the pair stages per item holds one pair's frames at a
+        time, however many shots and pairs the clip has."""
         self._report = report or (lambda step: None)
         self._report("probe")
         try:
             with self.opener(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
-                return self._run(task, path)
+                yield from self._run(task, path)
         except FileNotFoundError as e:
-            return [clip_reject(task, "probe", "not_found", str(e)[:300])]
+            yield clip_reject(task, "probe", "not_found", str(e)[:300])
 
-    def _run(self, task: ClipTask, path: str) -> list[Item]:
+    def _run(self, task: ClipTask, path: str) -> Iterator[Item]:
         cfg = self.cfg
         info, bad = probe.probe(path)
         if bad:
-            return [clip_reject(task, "probe", *bad)]
+            yield clip_reject(task, "probe", *bad)
+            return
         min_dur = cfg.probe.min_duration_s
         if min_dur is None:
             min_dur = max(pairs.min_duration_s(cfg.pairs), cfg.shots.min_shot_s)
         bad = probe.check_limits(info, cfg.probe.min_width, cfg.probe.min_height, min_dur)
         if bad:
-            return [clip_reject(task, "probe", *bad)]
+            yield clip_reject(task, "probe", *bad)
+            return
 
         # --- shots, on small frames decoded sequentially (decord; PyAV when decord fails)
         self._report("shots")
@@ -103,17 +111,17 @@ class ClipStage(Stage):
             tried.append(f"{dec}: decoded {n_frames} of {n_index} indexed frame(s) {counter.error}".strip())
         else:
             reason = "too_few_frames" if len(tried) == 2 and all("decoded" in t for t in tried) else "decoder_error"
-            return [clip_reject(task, "decode", reason, "; ".join(tried)[:500])]
+            yield clip_reject(task, "decode", reason, "; ".join(tried)[:500])
+            return
         self._decoder = dec
         self._counts = {"n_frames_header": info.n_frames, "n_frames_index": n_index,
                         "n_frames_decoded": n_frames, "decoder": dec}
         kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s)
-        out: list[Item] = []
         shot_ids = {}
         all_shots = sorted([(a, b, None) for a, b in kept] + [(a, b, d) for a, b, d in short])
         for k, (a, b, d) in enumerate(all_shots):
             if d is not None:
-                out.append(clip_reject(task, "shots", "shot_too_short", d, "shot", f"{task.clip_id}_s{k:03d}"))
+                yield clip_reject(task, "shots", "shot_too_short", d, "shot", f"{task.clip_id}_s{k:03d}")
             else:
                 shot_ids[(a, b)] = k
 
@@ -128,14 +136,14 @@ class ClipStage(Stage):
                 fr = decode.read_frames(ana, static_camera.sample_indices(a, b, cfg.static_camera.samples))
                 score = static_camera.camera_motion_score(fr, cfg.static_camera.min_inliers)
                 if not score["tracked"]:
-                    out.append(clip_reject(task, "static_camera", "camera_motion_unknown",
-                                           f"too few trackable points (inliers {score['inliers']})", "shot",
-                                           f"{task.clip_id}_s{k:03d}"))
+                    yield clip_reject(task, "static_camera", "camera_motion_unknown",
+                                      f"too few trackable points (inliers {score['inliers']})", "shot",
+                                      f"{task.clip_id}_s{k:03d}")
                     continue
                 if score["score"] > cfg.static_camera.max_shift:
-                    out.append(clip_reject(task, "static_camera", "camera_moving",
-                                           f"score {score['score']:.4f} > {cfg.static_camera.max_shift}", "shot",
-                                           f"{task.clip_id}_s{k:03d}"))
+                    yield clip_reject(task, "static_camera", "camera_moving",
+                                      f"score {score['score']:.4f} > {cfg.static_camera.max_shift}", "shot",
+                                      f"{task.clip_id}_s{k:03d}")
                     continue
             static.append((k, a, b, score["score"]))
         del ana
@@ -147,14 +155,13 @@ class ClipStage(Stage):
         for k, a, b, score in static:
             specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k))
             if why:
-                out.append(clip_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}"))
+                yield clip_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}")
                 continue
-            if reader is None:
-                self._report("decode")
-                reader = decode.open_reader(path, dw, dh, self._decoder)
             for sp in specs:
-                out.append(self._pair_item(task, reader, info, k, (a, b), score, sp))
-        return out
+                self._report("decode")  # again for each pair: the consumer reports its own steps between items
+                if reader is None:
+                    reader = decode.open_reader(path, dw, dh, self._decoder)
+                yield self._pair_item(task, reader, info, k, (a, b), score, sp)
 
     def _pair_item(self, task, reader, info, shot, rng_ab, score, sp: pairs.PairSpec) -> PairItem:
         cfg = self.cfg
