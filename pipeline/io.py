@@ -231,24 +231,26 @@ class OutputWriter:
         return []
 
     def _spool_files(self, it: PairItem) -> None:
-        import pickle
+        """Move a sample's tar members to a spool file: a JSON line of (name, size), then the bytes."""
         import tempfile
 
         if self._spool is None:
             self._spool = Path(tempfile.mkdtemp(prefix="vid2pair-spool-"))
         self._n_spooled += 1
-        path = self._spool / f"{self._n_spooled:09d}.pkl"
-        path.write_bytes(pickle.dumps(it.files, protocol=pickle.HIGHEST_PROTOCOL))
+        path = self._spool / f"{self._n_spooled:09d}.bin"
+        with open(path, "wb") as f:
+            f.write(json.dumps([[k, len(v)] for k, v in it.files.items()]).encode() + b"\n")
+            for v in it.files.values():
+                f.write(v)
         self._spooled[id(it)] = path
         it.files = {}
 
     def _files(self, s: PairItem) -> dict:
-        import pickle
-
         path = self._spooled.pop(id(s), None)
         if path is None:
             return s.files
-        files = pickle.loads(path.read_bytes())
+        with open(path, "rb") as f:
+            files = {k: f.read(n) for k, n in json.loads(f.readline())}
         path.unlink()
         return files
 
