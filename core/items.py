@@ -79,10 +79,12 @@ def sanitize(text: str, max_len: int = 40) -> str:
     return s or "clip"
 
 
-def clip_id_for(source: str) -> str:
-    """Stable clip identity: sanitised file stem + 10 hex of sha1(source URI)."""
+def clip_id_for(source: str, identity: str | None = None) -> str:
+    """Stable clip identity: sanitised file stem + 10 hex of sha1(``identity``), where the identity is
+    the clip's name under its input root (``pipeline.io.clip_identity``), so that the same corpus
+    gets the same ids, keys and seeds wherever it is mounted; the source itself when not given."""
     stem = Path(str(source).rstrip("/")).stem
-    h = hashlib.sha1(str(source).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    h = hashlib.sha1(str(identity or source).encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{sanitize(stem)}-{h}"
 
 

@@ -18,6 +18,7 @@ skips chunks that have a marker, so resuming is exactly-once at chunk granularit
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import platform
@@ -85,8 +86,38 @@ def require_inputs(spec: str, sources: list[str], extensions: Iterable[str]) -> 
                      f"set input.extensions to pick up others)")
 
 
-def make_tasks(sources: list[str], clips_per_shard: int) -> tuple[list[ClipTask], list[tuple[str, str]]]:
-    """De-duplicate (by absolute path) and assign stable clip ids and chunks.
+def input_root(spec: str) -> Optional[str]:
+    """The folder an input's clips are named under: the directory itself, a glob's fixed leading
+    folder, a list file's folder. ``None`` for object-store URIs (their URIs do not move)."""
+    s = str(spec)
+    if is_uri(s):
+        return None
+    if glob.has_magic(s):
+        parts = Path(s).parts
+        fixed = [p for p in itertools.takewhile(lambda p: not glob.has_magic(p), parts)]
+        return os.path.abspath(os.path.join(*fixed)) if fixed else os.getcwd()
+    p = Path(s)
+    return os.path.abspath(p if p.is_dir() else p.parent)
+
+
+def clip_identity(source: str, root: Optional[str]) -> str:
+    """What a clip id hashes: ``<root folder name>/<path under the root>`` for a clip under its input
+    root, so that ids (and the keys and per-clip seeds derived from them) do not depend on where the
+    corpus is mounted (another machine, a CI checkout, a tmp dir); the absolute path or the URI
+    otherwise."""
+    if "://" in source or root is None:
+        return source
+    src = os.path.abspath(source)
+    rel = os.path.relpath(src, root)
+    if rel == os.curdir or rel.startswith(os.pardir):
+        return src
+    return f"{Path(root).name}/{Path(rel).as_posix()}"
+
+
+def make_tasks(sources: list[str], clips_per_shard: int,
+               root: Optional[str] = None) -> tuple[list[ClipTask], list[tuple[str, str]]]:
+    """De-duplicate (by absolute path) and assign stable clip ids and chunks. ``root``: the input
+    root (:func:`input_root`) the ids are taken relative to; without it they hash the absolute path.
     Returns (tasks, duplicates as (source, first occurrence))."""
     seen: dict[str, str] = {}
     uniq, dups = [], []
@@ -97,8 +128,8 @@ def make_tasks(sources: list[str], clips_per_shard: int) -> tuple[list[ClipTask]
             continue
         seen[norm] = s
         uniq.append(norm)
-    tasks = [ClipTask(source=s, clip_idx=i, chunk=i // clips_per_shard, clip_id=clip_id_for(s))
-             for i, s in enumerate(uniq)]
+    tasks = [ClipTask(source=s, clip_idx=i, chunk=i // clips_per_shard,
+                      clip_id=clip_id_for(s, clip_identity(s, root))) for i, s in enumerate(uniq)]
     return tasks, dups
 
 
@@ -169,7 +200,9 @@ class OutputWriter:
         for name in self.store.list(PREVIEW_DIR, ".jpg"):
             stage, reason = name.split("__")[:2]
             self._preview_counts[(stage, reason)] += 1
-        rows = [{"source": s, "clip_id": clip_id_for(s), "level": "clip", "key": "", "stage": "input",
+        ids = {t.source: t.clip_id for t in tasks}  # a duplicate is the same clip as its first occurrence
+        rows = [{"source": s, "clip_id": ids.get(first if "://" in first else os.path.abspath(first), clip_id_for(s)),
+                 "level": "clip", "key": "", "stage": "input",
                  "reason": "duplicate_input", "detail": f"same file as {first}", "preview": ""}
                 for s, first in duplicates]
         self.store.write_parquet("rejects/inputs.parquet", _table(rows, REJECT_COLUMNS))

@@ -276,7 +276,8 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     summarise. Returns the summary dict. ``stages``: the pipeline (default
     :data:`~vid2pair.pipeline.graph.STAGES`; tests add their own). SIGINT / SIGTERM while it runs
     raise :class:`Interrupted` (committed chunks stay; a rerun resumes)."""
-    from vid2pair.pipeline.io import format_summary, list_inputs, make_tasks, require_inputs, summarize
+    from vid2pair.pipeline.io import (format_summary, input_root, list_inputs, make_tasks, require_inputs,
+                                      summarize)
     from vid2pair.pipeline.storage import check_writable
 
     t0 = time.time()
@@ -295,7 +296,7 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     if cfg.runner.name == "ray":
         init_ray(cfg)
         check_resources(cfg, stages)
-    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard)
+    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard, input_root(input_spec))
     writer = OutputWriter(out_dir, cfg, tasks, dups, stages=stages)
     todo = writer.pending_tasks
     skipped = len(tasks) - len(todo)

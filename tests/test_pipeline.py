@@ -16,6 +16,16 @@ def _digests(out):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(out, "shards").glob("*.tar"))}
 
 
+def _all_members(out):
+    import tarfile
+
+    got = {}
+    for p in sorted(Path(out, "shards").glob("*.tar")):
+        with tarfile.open(p) as t:
+            got.update({m.name: t.extractfile(m).read() for m in t.getmembers()})
+    return got
+
+
 def _cfg(runner, *more):
     return load_config("demo", [f"runner.name={runner}", "runner.progress=false", *more])
 
@@ -156,6 +166,38 @@ def test_resume_with_a_changed_input_list_is_refused_or_appends(local_out, demo_
     s = build(_cfg("local"), str(lst), work, log_summary=False)
     assert s["inputs"] == 5 and s["new_samples_this_run"] == 3 and s["samples"] == s0["samples"] + 3
     assert s["all_inputs_accounted"] and _digests(work)["pairs-000000.tar"] == _digests(out)["pairs-000000.tar"]
+
+
+def test_clip_ids_do_not_depend_on_where_the_corpus_is(local_out, demo_corpus, tmp_path):
+    """Clip ids (so keys, per-clip seeds, pairs and shards) hash a clip's name under its input root,
+    not its absolute path: the same corpus mounted elsewhere (another machine, a CI checkout) builds
+    the same samples, byte for byte apart from the source path in meta.json."""
+    from vid2pair.pipeline.io import clip_identity, input_root
+
+    out, s0 = local_out
+    d, paths = demo_corpus
+    moved = tmp_path / "elsewhere" / d.name
+    shutil.copytree(d, moved)
+    s = build(_cfg("local"), str(moved), tmp_path / "out", log_summary=False)
+    assert s["samples"] == s0["samples"] == 9
+    assert list(read_index(tmp_path / "out")["key"]) == list(read_index(out)["key"])
+    a, b = _all_members(out), _all_members(tmp_path / "out")
+    assert a.keys() == b.keys() and len(a) > 9 * 5
+    for name in a:  # every member byte for byte, meta.json apart from the source path it records
+        if name.endswith("meta.json"):
+            ma, mb = json.loads(a[name]), json.loads(b[name])
+            assert ma.pop("source") != mb.pop("source") and ma == mb, name
+        else:
+            assert a[name] == b[name], name
+    # the identity of each kind of input
+    clip = str(moved / "static_00.mp4")
+    assert clip_identity(clip, input_root(str(moved))) == f"{d.name}/static_00.mp4"
+    assert clip_identity(clip, input_root(str(moved / "*.mp4"))) == f"{d.name}/static_00.mp4"
+    assert input_root(str(tmp_path / "elsewhere" / "*" / "*.mp4")) == str(tmp_path / "elsewhere")
+    lst = tmp_path / "list.txt"  # a list names its clips relative to its own folder
+    assert clip_identity(clip, input_root(str(lst))) == f"{tmp_path.name}/elsewhere/{d.name}/static_00.mp4"
+    assert clip_identity("/data/x.mp4", input_root(str(lst))) == "/data/x.mp4"  # outside the root: absolute
+    assert clip_identity("s3://b/v/x.mp4", input_root("s3://b/v/")) == "s3://b/v/x.mp4"
 
 
 def test_accounting_is_exact(local_out):
