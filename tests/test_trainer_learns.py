@@ -44,7 +44,7 @@ def run(tmp_path_factory):
     assert preset.data.eval_permille == 200
     train(cfg)
     report = evaluate(cfg, out, output=str(out / "eval"), steps=20)
-    print("held-out", report["n"], json.dumps(report["scores"]))  # the figures quoted below (pytest -s)
+    print("held-out", report["n"], report["changed_frac"], json.dumps(report["scores"]))  # pytest -s: the figures below
     return out, report, held["samples"]
 
 
@@ -52,9 +52,9 @@ def test_model_beats_no_edit_and_the_coarse_edit_on_held_out_clips(run):
     out, r, n_held = run
     sc = r["scores"]
     assert r["n"] == n_held, (r["n"], n_held)  # every held-out pair carries the coarse edit
-    assert 0.05 < r["changed_frac"] < 0.5, r["changed_frac"]  # 20 % measured
-    # measured (dB) alone: model 18.74 changed / 24.58 full; source 14.73 / 22.23; coarse edit 16.89 / 24.17;
-    # in the whole suite: model 18.21 / 23.82; source 15.36 / 23.13; coarse edit 16.55 / 23.87
+    assert 0.05 < r["changed_frac"] < 0.5, r["changed_frac"]  # the changed share of the frame
+    # measured (dB, 14 held-out pairs): model 18.03 changed / 24.87 full; source 15.25 / 23.68;
+    # coarse edit 16.76 / 24.92
     assert sc["model"]["psnr_changed"] > sc["source"]["psnr_changed"] + 2.0, sc
     assert sc["model"]["psnr_changed"] > sc["signal"]["psnr_changed"] + 0.5, sc
     assert sc["model"]["ssim_changed"] > max(sc["source"]["ssim_changed"], sc["signal"]["ssim_changed"]), sc
