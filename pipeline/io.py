@@ -165,6 +165,38 @@ def _table(rows: list[dict], columns=None):
     return pa.table({c: pa.array([], pa.string()) for c in (columns or ("key",))})
 
 
+class ShardWriter:
+    """A WebDataset shard: an uncompressed tar stream, a sample's members ``<key>.<suffix>`` in
+    sorted order, mtime 0, mode 0444 and a fixed owner, so shards are reproducible byte for byte.
+    The same layout as ``webdataset.TarWriter(mtime=0, encoder=False)`` writes, without importing
+    webdataset, whose package import pulls in torch (about 600 MB in the driver)."""
+
+    def __init__(self, fileobj):
+        import tarfile
+
+        self._tarfile = tarfile
+        self._tar = tarfile.open(fileobj=fileobj, mode="w|")
+
+    def write(self, key: str, files: dict) -> None:
+        import io
+
+        for suffix in sorted(files):
+            data = files[suffix]
+            ti = self._tarfile.TarInfo(f"{key}.{suffix}")
+            ti.size, ti.mtime, ti.mode = len(data), 0.0, 0o444  # a float, as webdataset sets it (a PAX mtime record)
+            ti.uname = ti.gname = "bigdata"
+            self._tar.addfile(ti, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class OutputWriter:
     """Collects items from any runner and commits complete chunks atomically."""
 
@@ -296,8 +328,6 @@ class OutputWriter:
             self._spool, self._spooled = None, {}
 
     def _commit(self, chunk: int) -> None:
-        import webdataset as wds
-
         items = self._items.pop(chunk, [])
         samples = sorted((i for i in items if isinstance(i, PairItem)), key=lambda i: i.key)
         rejects = [i for i in items if isinstance(i, Reject)]
@@ -311,11 +341,10 @@ class OutputWriter:
         index_rows = []
         if samples:  # the tar appears under its final name only once complete
             with self.store.atomic_file(f"shards/{name}") as f:
-                w = wds.TarWriter(f, mtime=0.0, encoder=False)
-                for s in samples:
-                    w.write({"__key__": s.key, **self._files(s)})
-                    index_rows.append(index_row(s.key, name, s.meta, self.stages))
-                w.close()
+                with ShardWriter(f) as w:
+                    for s in samples:
+                        w.write(s.key, self._files(s))
+                        index_rows.append(index_row(s.key, name, s.meta, self.stages))
         self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
         self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet",
                                  _table([{**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"},

@@ -129,3 +129,35 @@ def test_spooled_writer_gives_the_same_shards(clip, tmp_path, monkeypatch):
     build(cfg, str(clip), tmp_path / "memory", log_summary=False)
     assert len(list((tmp_path / "spooled" / "shards").glob("*.tar"))) == 1
     assert _digest(tmp_path / "spooled") == _digest(tmp_path / "memory")
+
+
+def test_the_driver_stays_light(clip, tmp_path):
+    """The local runner's driver only lists, commits and writes: it imports neither torch nor
+    webdataset (whose package import pulls torch in: ~600 MB of RSS the driver does not need), and
+    its shards are byte-identical to webdataset's TarWriter(mtime=0, encoder=False) output."""
+    import subprocess
+    import sys
+    import tarfile
+
+    code = ("import sys; from vid2pair.pipeline.config import load_config; "
+            "from vid2pair.pipeline.runners import build; "
+            f"s = build(load_config('demo', {CFG!r}), {str(clip)!r}, {str(tmp_path / 'out')!r}, log_summary=False); "
+            "print(s['samples'], 'torch' in sys.modules, 'webdataset' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n, torch_in, wds_in = r.stdout.split()[-3:]
+    assert int(n) > 0 and torch_in == "False" and wds_in == "False", r.stdout
+    import webdataset as wds
+
+    (shard,) = sorted((tmp_path / "out" / "shards").glob("*.tar"))
+    with tarfile.open(shard) as t:
+        samples: dict = {}
+        for m in t.getmembers():
+            key, suffix = m.name.split(".", 1)
+            samples.setdefault(key, {})[suffix] = t.extractfile(m).read()
+    with open(tmp_path / "wds.tar", "wb") as f:
+        w = wds.TarWriter(f, mtime=0.0, encoder=False)
+        for key in sorted(samples):
+            w.write({"__key__": key, **samples[key]})
+        w.close()
+    assert (tmp_path / "wds.tar").read_bytes() == shard.read_bytes()
