@@ -28,7 +28,7 @@ def test_tar_members_have_plain_names(tmp_path):
     write_video(make_clip(width=160, height=120, n_frames=36, fps=12, seed=4).frames, odd, 12)
     out = tmp_path / "out"
     cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "frame.size=[120, 160]",
-                               "collage.enabled=false"])
+                               "collage.enabled=false", "quality.enabled=false"])  # mechanics: names
     s = build(cfg, str(d), out, log_summary=False)
     assert s["samples"] == 3
     for tar in Path(out, "shards").glob("*.tar"):
