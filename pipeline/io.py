@@ -160,8 +160,9 @@ PREVIEW_DIR = "rejects/previews"
 def _table(rows: list[dict], columns=None):
     import pyarrow as pa
 
-    if rows:
-        return pa.Table.from_pylist(rows)
+    if rows:  # every key of any row (from_pylist alone keeps only the first row's keys)
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
     return pa.table({c: pa.array([], pa.string()) for c in (columns or ("key",))})
 
 

@@ -177,14 +177,27 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
                                            f"the frame changed (a cut, a title card, a lighting or camera change)"))
         return sc, pair_fail, sig_fail
     if c.max_camera_shift_px is not None:
-        from vid2pair.stages.static_camera import pair_camera_shift
+        from vid2pair.stages.static_camera import pair_camera_fit
 
-        shift, _ = pair_camera_shift(cv2.cvtColor(src, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
+        shift, _, cam = pair_camera_fit(cv2.cvtColor(src, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
         sc["camera_shift_px"] = None if shift is None else round(shift, 3)
         if shift is not None and shift > c.max_camera_shift_px * s:
             pair_fail.append(("camera_moved", f"the background moved {shift:.2f} px between source and target "
                                               f"(> {c.max_camera_shift_px * s:.2f} px)"))
             return sc, pair_fail, sig_fail
+        if cam is not None:
+            # a camera shake below the limit still changes every strong edge by a pixel: what changed
+            # is measured against the source aligned onto the target, so that strokes, handles and
+            # regions on a still edge do not count as lying on what changed
+            aligned = cv2.warpAffine(src, cam, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            C = changed_mask(aligned, tgt, c.change_thresh, sigma)
+            R = object_region(C, close_px=max(1, int(round(3 * s * 2))), dilate_px=max(1, int(round(2 * s * 2))))
+            sc["changed_frac_aligned"] = round(float(C.mean()), 5)
+            if sc["changed_frac_aligned"] < c.min_changed_frac:
+                pair_fail.append(("no_visible_change", f"changed_frac {sc['changed_frac_aligned']:.4f} < "
+                                                       f"{c.min_changed_frac} once the {shift:.2f} px camera shake "
+                                                       f"is taken out"))
+                return sc, pair_fail, sig_fail
     flow = a["flow"]
     mpx = c.moving_px * s
     moving = R & (np.hypot(flow[..., 0], flow[..., 1]) > mpx)
@@ -250,7 +263,7 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
             e = _edit_scores(name, a[name], a[f"{name}_mask"] > 0, src, tgt, C, R, c, sigma)
             sc.update(e)
             g, fh = e[f"{name}_gain_db"], e[f"{name}_false_hole_frac"]
-            ratio = e[f"{name}_hole_frac"] / max(sc["changed_frac"], 1e-6)
+            ratio = e[f"{name}_hole_frac"] / max(float(C.mean()), 1e-6)
             e[f"{name}_hole_ratio"] = sc[f"{name}_hole_ratio"] = round(ratio, 3)
             if g is None or g < c.min_gain_db:
                 sig_fail[name] = (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region "

@@ -110,11 +110,19 @@ def pair_camera_shift(a: np.ndarray, b: np.ndarray, min_inliers: int = 12) -> tu
     region, which survive a morphological opening; the thin lines a camera shake leaves along
     edges do not) are left out, and a fit that does not explain the textured background better than
     no motion counts as 0."""
+    shift, n_in, _ = pair_camera_fit(a, b, min_inliers)
+    return shift, n_in
+
+
+def pair_camera_fit(a: np.ndarray, b: np.ndarray,
+                    min_inliers: int = 12) -> tuple[float | None, int, np.ndarray | None]:
+    """:func:`pair_camera_shift` and the fitted 2x3 similarity taking ``a``'s background onto
+    ``b``'s (None when the shift is unknown or counts as 0)."""
     changed = changed_mask(a, b, 8.0, 1.0).astype(np.uint8)
     k5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     blobs = cv2.dilate(cv2.morphologyEx(changed, cv2.MORPH_OPEN, k5), np.ones((9, 9), np.uint8)) > 0
     h, w = a.shape
-    best = (None, 0)
+    best: tuple = (None, 0, None)
     for quality, spacing in ((0.01, 7), (0.001, 5)):
         p0, p1 = _track(a, b, quality=quality, spacing=spacing)
         if p0 is None:
@@ -124,18 +132,20 @@ def pair_camera_shift(a: np.ndarray, b: np.ndarray, min_inliers: int = 12) -> tu
         keep = ~blobs[yi, xi]
         p0, p1 = p0[keep], p1[keep]
         if len(p0) < min_inliers:
-            best = max(best, (None, int(len(p0))), key=lambda r: r[1])
+            best = max(best, (None, int(len(p0)), None), key=lambda r: r[1])
             continue
         m, inl = cv2.estimateAffinePartial2D(p0, p1, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000,
                                              confidence=0.995)
         n_in = int(inl.sum()) if inl is not None else 0
         if m is None or n_in < min_inliers:
-            best = max(best, (None, n_in), key=lambda r: r[1])
+            best = max(best, (None, n_in, None), key=lambda r: r[1])
             continue
         corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
         shift = float(np.linalg.norm(corners @ m[:, :2].T + m[:, 2] - corners, axis=1).mean())
         textured = _texture(a) & ~blobs
-        return (shift if _explains(a, b, m, where=textured) else 0.0), n_in
+        if _explains(a, b, m, where=textured):
+            return shift, n_in, m
+        return 0.0, n_in, None
     return best
 
 

@@ -98,6 +98,35 @@ def test_a_camera_jolt_between_source_and_target():
         assert float(it.detail.split("moved ")[1].split(" px")[0]) == pytest.approx(3.0, abs=0.5)
 
 
+def test_a_camera_shake_below_the_limit_does_not_count_as_change(clean):
+    """A sub-pixel shake (0.8 px, under the 0.94 px limit at 240 px) changes every strong edge by a
+    few grey levels. What changed is measured against the source aligned onto the target: the
+    changed fraction stays the clean pair's, and strokes on the shaken still edges are off it."""
+    import cv2
+
+    c, it_clean = clean
+    frames = c.frames.copy()
+    shake = np.float32([[1, 0, 0.8], [0, 1, 0.4]])
+    frames[-1] = cv2.warpAffine(frames[-1], shake, (W, H), borderMode=cv2.BORDER_REPLICATE)
+    it = _run(frames, _cfg(), upto="collage")
+    from vid2pair.stages.quality import _frame_scale
+
+    qc = QualityConfig()
+    sigma = qc.blur_sigma * _frame_scale(H, W)
+    raw = changed_mask(it.arrays["src"], it.arrays["tgt"], qc.change_thresh, sigma)
+    still = changed_mask(c.frames[0], c.frames[-1], qc.change_thresh, sigma)
+    clean_frac = it_clean.meta["quality"]["changed_frac"]  # 0.145 measured; shaken raw 0.230, aligned 0.145
+    assert raw.mean() > 1.3 * clean_frac
+    edges = raw & ~(cv2.dilate(object_region(still).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+    assert edges.sum() > 500  # changed by the shake alone
+    it.arrays["sketch"] = np.where(edges, 255, 0).astype(np.uint8)
+    sc, pair_fail, sig_fail = judge(it, qc)
+    assert not pair_fail, pair_fail
+    assert 0.5 < sc["camera_shift_px"] < 0.94 and sc["changed_frac"] > 1.3 * clean_frac, sc
+    assert sc["changed_frac_aligned"] == pytest.approx(clean_frac, rel=0.05), sc
+    assert sig_fail["sketch"][0] == "sketch_off_change" and sc["sketch_on_change"] < 0.2, sc
+
+
 def test_a_lighting_change_is_not_an_edit():
     c = _clip(MOVING)
     frames = c.frames.copy()
