@@ -257,3 +257,13 @@ def _members(out, suffix):
             for m in tf:
                 if m.name.endswith(suffix):
                     yield tf.extractfile(m).read()
+
+
+def test_index_parts_keep_every_rows_columns():
+    """A chunk whose first sample lacks a score (its coarse edit was dropped, say) keeps the other
+    samples' column of it: pyarrow's from_pylist alone takes the first row's keys."""
+    from vid2pair.pipeline.io import _table
+
+    t = _table([{"key": "a", "q_x": 1.0}, {"key": "b", "q_x": 2.0, "q_coarse_gain_db": 7.5}])
+    assert t.column_names == ["key", "q_x", "q_coarse_gain_db"]
+    assert t.column("q_coarse_gain_db").to_pylist() == [None, 7.5]
