@@ -60,7 +60,8 @@ def _digests(out: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").glob("*.tar"))}
 
 
-@pytest.mark.parametrize("runner,sig", [("local", signal.SIGINT), ("ray", signal.SIGTERM)])
+@pytest.mark.parametrize("runner,sig", [("local", signal.SIGINT), ("local", signal.SIGTERM), ("ray", signal.SIGINT),
+                                        ("ray", signal.SIGTERM)])
 def test_interrupt_stops_fast_and_resumes_to_the_same_output(clips, tmp_path, runner, sig):
     straight = tmp_path / "straight"
     subprocess.run(_cmd(clips, straight, "local"), check=True, capture_output=True, timeout=600)
