@@ -56,3 +56,23 @@ def test_shared_moving_camera_shots_are_rejected():
     # the shots of bikes.mp4 that have enough texture to track (cuts at 30, 76, 137, 187, 242)
     scores = _shot_scores("bikes.mp4", [(32, 74), (78, 135), (139, 185), (189, 240)])
     assert min(scores) > THR * 2, scores
+
+
+def test_pair_camera_fit_on_a_large_upscaled_frame():
+    """A 576x1024 frame upscaled from a 480-line video, the camera moved by (4, 2) px: fitted at
+    320 px wide and mapped back, the shift and the similarity are in the frame's own pixels (at full
+    size the thick, upscaled edge lines passed for moving blobs and left too few corners)."""
+    import cv2
+    import numpy as np
+
+    from vid2pair.stages.static_camera import pair_camera_fit
+
+    rng = np.random.default_rng(3)
+    small = cv2.GaussianBlur(rng.uniform(0, 255, (480, 854)).astype(np.float32), (0, 0), 2.0)
+    small = cv2.normalize(small, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    a = cv2.resize(small, (1024, 576), interpolation=cv2.INTER_CUBIC)
+    move = np.float32([[1, 0, 4.0], [0, 1, 2.0]])
+    b = cv2.warpAffine(a, move, (1024, 576), borderMode=cv2.BORDER_REFLECT)
+    shift, n_in, m = pair_camera_fit(a, b)
+    assert shift == pytest.approx(np.hypot(4.0, 2.0), abs=0.5) and n_in >= 12, (shift, n_in)
+    assert m is not None and np.allclose(m[:, 2], [4.0, 2.0], atol=0.5) and np.allclose(m[:, :2], np.eye(2), atol=0.01)
