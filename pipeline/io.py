@@ -18,10 +18,12 @@ skips chunks that have a marker, so resuming is exactly-once at chunk granularit
 from __future__ import annotations
 
 import glob
+import io
 import itertools
 import json
 import os
 import platform
+import tarfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -94,7 +96,7 @@ def input_root(spec: str) -> Optional[str]:
         return None
     if glob.has_magic(s):
         parts = Path(s).parts
-        fixed = [p for p in itertools.takewhile(lambda p: not glob.has_magic(p), parts)]
+        fixed = list(itertools.takewhile(lambda p: not glob.has_magic(p), parts))
         return os.path.abspath(os.path.join(*fixed)) if fixed else os.getcwd()
     p = Path(s)
     return os.path.abspath(p if p.is_dir() else p.parent)
@@ -114,6 +116,12 @@ def clip_identity(source: str, root: Optional[str]) -> str:
     return f"{Path(root).name}/{Path(rel).as_posix()}"
 
 
+def _normalized(source: str) -> str:
+    """The form inputs are de-duplicated and processed by: a URI (any scheme) as given, a path made
+    absolute."""
+    return source if "://" in source else os.path.abspath(source)
+
+
 def make_tasks(sources: list[str], clips_per_shard: int,
                root: Optional[str] = None) -> tuple[list[ClipTask], list[tuple[str, str]]]:
     """De-duplicate (by absolute path) and assign stable clip ids and chunks. ``root``: the input
@@ -122,7 +130,7 @@ def make_tasks(sources: list[str], clips_per_shard: int,
     seen: dict[str, str] = {}
     uniq, dups = [], []
     for s in sources:
-        norm = s if "://" in s else os.path.abspath(s)
+        norm = _normalized(s)
         if norm in seen:
             dups.append((s, seen[norm]))
             continue
@@ -173,17 +181,12 @@ class ShardWriter:
     webdataset, whose package import pulls in torch (about 600 MB in the driver)."""
 
     def __init__(self, fileobj):
-        import tarfile
-
-        self._tarfile = tarfile
         self._tar = tarfile.open(fileobj=fileobj, mode="w|")
 
     def write(self, key: str, files: dict) -> None:
-        import io
-
         for suffix in sorted(files):
             data = files[suffix]
-            ti = self._tarfile.TarInfo(f"{key}.{suffix}")
+            ti = tarfile.TarInfo(f"{key}.{suffix}")
             ti.size, ti.mtime, ti.mode = len(data), 0.0, 0o444  # a float, as webdataset sets it (a PAX mtime record)
             ti.uname = ti.gname = "bigdata"
             self._tar.addfile(ti, io.BytesIO(data))
@@ -234,7 +237,7 @@ class OutputWriter:
             stage, reason = name.split("__")[:2]
             self._preview_counts[(stage, reason)] += 1
         ids = {t.source: t.clip_id for t in tasks}  # a duplicate is the same clip as its first occurrence
-        rows = [{"source": s, "clip_id": ids.get(first if "://" in first else os.path.abspath(first), clip_id_for(s)),
+        rows = [{"source": s, "clip_id": ids.get(_normalized(first), clip_id_for(s)),
                  "level": "clip", "key": "", "stage": "input",
                  "reason": "duplicate_input", "detail": f"same file as {first}", "preview": ""}
                 for s, first in duplicates]

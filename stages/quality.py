@@ -163,8 +163,12 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
     h, w = src.shape[:2]
     s = _frame_scale(h, w)
     sigma = c.blur_sigma * s
-    C = changed_mask(src, tgt, c.change_thresh, sigma)
-    R = object_region(C, close_px=max(1, int(round(3 * s * 2))), dilate_px=max(1, int(round(2 * s * 2))))
+
+    def changed(source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # C and R against the target
+        C = changed_mask(source, tgt, c.change_thresh, sigma)
+        return C, object_region(C, close_px=max(1, int(round(3 * s * 2))), dilate_px=max(1, int(round(2 * s * 2))))
+
+    C, R = changed(src)
     sc: dict[str, Any] = {"changed_frac": round(float(C.mean()), 5)}
     pair_fail: list[tuple[str, str]] = []
     sig_fail: dict[str, tuple[str, str]] = {}
@@ -189,9 +193,7 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
             # a camera shake below the limit still changes every strong edge by a pixel: what changed
             # is measured against the source aligned onto the target, so that strokes, handles and
             # regions on a still edge do not count as lying on what changed
-            aligned = cv2.warpAffine(src, cam, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            C = changed_mask(aligned, tgt, c.change_thresh, sigma)
-            R = object_region(C, close_px=max(1, int(round(3 * s * 2))), dilate_px=max(1, int(round(2 * s * 2))))
+            C, R = changed(cv2.warpAffine(src, cam, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
             sc["changed_frac_aligned"] = round(float(C.mean()), 5)
             if sc["changed_frac_aligned"] < c.min_changed_frac:
                 pair_fail.append(("no_visible_change", f"changed_frac {sc['changed_frac_aligned']:.4f} < "

@@ -104,20 +104,14 @@ def _explains(a: np.ndarray, b: np.ndarray, m: np.ndarray, gain: float = 0.9, wh
     return float(np.abs(warped - gb)[inside].mean()) < gain * float(np.abs(ga - gb)[inside].mean())
 
 
-def pair_camera_shift(a: np.ndarray, b: np.ndarray, min_inliers: int = 12) -> tuple[float | None, int]:
-    """How far the camera moved between two grey frames of a pair (mean displacement of the image
-    corners, px), or None when it cannot be told. Corners on moving objects (blobs of the changed
-    region, which survive a morphological opening; the thin lines a camera shake leaves along
-    edges do not) are left out, and a fit that does not explain the textured background better than
-    no motion counts as 0."""
-    shift, n_in, _ = pair_camera_fit(a, b, min_inliers)
-    return shift, n_in
-
-
 def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12,
                     analysis_width: int = 320) -> tuple[float | None, int, np.ndarray | None]:
-    """:func:`pair_camera_shift` and the fitted 2x3 similarity taking ``a``'s background onto
-    ``b``'s (None when the shift is unknown or counts as 0), in ``a``'s pixels.
+    """How far the camera moved between two grey frames of a pair (mean displacement of the image
+    corners, in ``a``'s px; None when it cannot be told), the inliers, and the fitted 2x3
+    similarity taking ``a``'s background onto ``b``'s (None when the shift is unknown or counts as
+    0). Corners on moving objects (blobs of the changed region, which survive a morphological
+    opening; the thin lines a camera shake leaves along edges do not) are left out, and a fit that
+    does not explain the textured background better than no motion counts as 0.
 
     Frames wider than ``analysis_width`` are fitted downscaled to it: the blob test and the
     tracker's spacing are tuned for that size, and on a 576x1024 frame upscaled from a 640x480 video a
