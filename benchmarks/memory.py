@@ -20,37 +20,11 @@ import sys
 import tempfile
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_shots(path: Path, n_shots: int, width: int, height: int, shot_s: float, fps: float) -> None:
-    """A clip of ``n_shots`` static-camera shots with one moving object each (hard cuts between)."""
-    import av
-    import cv2
-
-    from vid2pair.pipeline.synthetic import make_clip
-
-    n = int(round(shot_s * fps))
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": "18"})
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        pts = 0
-        for k in range(n_shots):
-            frames = make_clip(width=width, height=height, n_frames=n, fps=fps, n_objects=1, seed=1000 + k).frames
-            for f in frames:
-                fr = av.VideoFrame.from_ndarray(cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-                fr.pts = pts
-                pts += 1
-                for p in s.encode(fr):
-                    c.mux(p)
-            del frames
-        for p in s.encode():
-            c.mux(p)
 
 
 def tree_rss(pid: int) -> int:
@@ -104,12 +78,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = ap.parse_args()
+    from vid2pair.pipeline.synthetic import write_shots_video
+
     w, h = (int(x) for x in a.size.lower().split("x"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in a.shots:
             clip = Path(tmp) / f"shots{n:03d}.mp4"
-            write_shots(clip, n, w, h, a.shot_s, a.fps)
+            write_shots_video(clip, n, w, h, a.shot_s, a.fps)
             secs, peak, s = build_peak(clip, Path(tmp) / f"out{n:03d}", a.preset, a.set)
             pairs = s.get("samples", 0) + sum(v for k, v in s.get("rejects_by_level", {}).items() if k == "pair")
             rows.append({"shots": n, "seconds_of_video": round(n * a.shot_s, 1), "candidate_pairs": pairs,

@@ -25,11 +25,40 @@ import numpy as np
 
 @dataclass
 class ClipTask:
-    """One input clip, with its stable identity and output chunk (= shard)."""
+    """One work unit: an input clip, or (a long clip split by ``input.unit_s``) the span
+    ``[start_s, end_s)`` of it, with the clip's stable identity and the unit's output chunk
+    (= shard). ``clip_idx`` numbers the work units of a build (one per clip when none is split);
+    ``end_s <= 0``: to the end of the clip."""
     source: str
     clip_idx: int
     chunk: int
     clip_id: str
+    unit: int = 0
+    units: int = 1
+    start_s: float = 0.0
+    end_s: float = 0.0
+
+    @property
+    def split(self) -> bool:
+        return self.units > 1
+
+    @property
+    def label(self) -> str:
+        """The unit as the commit markers name it: the source, plus ``#unit U/N`` for a split clip."""
+        return f"{self.source}#unit {self.unit + 1}/{self.units}" if self.split else self.source
+
+    @property
+    def unit_key(self) -> str:
+        return f"{self.clip_id}_u{self.unit:03d}"
+
+    @property
+    def shot_base(self) -> int:
+        """Shot numbers of a split clip's unit U start at U * SHOTS_PER_UNIT: unique in the clip."""
+        return self.unit * SHOTS_PER_UNIT
+
+
+#: shot numbers reserved per work unit of a split clip (a unit with more shots is rejected)
+SHOTS_PER_UNIT = 10000
 
 
 @dataclass

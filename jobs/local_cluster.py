@@ -94,8 +94,9 @@ def main() -> int:
     t0 = time.perf_counter()
     summary = build(cfg, a.input, a.output, log_summary=False)
     wall = time.perf_counter() - t0
-    print(json.dumps({"summary": {k: summary[k] for k in ("inputs", "samples", "shards", "clips_with_samples",
-                                                          "clips_rejected", "all_inputs_accounted")},
+    print(json.dumps({"summary": {k: summary.get(k) for k in ("inputs", "work_units", "samples", "shards",
+                                                              "clips_with_samples", "clips_rejected",
+                                                              "all_inputs_accounted")},
                       "wall_s": wall, "warmup_s": warm_s, "chaos": log, "nodes": len(ray.nodes())}))
     ray.shutdown()
     cluster.shutdown()

@@ -33,6 +33,10 @@ class InputConfig:
     """Which files ``--input`` picks up."""
     extensions: list[str] = knob([".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv"],
                                  "file extensions picked up from directories and globs")
+    unit_s: float = knob(60.0, "a clip at least 1.5 x this long (by its container header) is split into "
+                               "spans of about this length, each its own work unit: its own Ray task and "
+                               "shard, retried and resumed on its own. 0: never split. Local files only",
+                         unit="s", ge=0)
 
     def check(self, prefix: str = "input") -> None:
         need(bool(self.extensions), f"{prefix}.extensions", "must not be empty")

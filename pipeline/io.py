@@ -21,6 +21,7 @@ import glob
 import io
 import itertools
 import json
+import math
 import os
 import platform
 import tarfile
@@ -122,11 +123,49 @@ def _normalized(source: str) -> str:
     return source if "://" in source else os.path.abspath(source)
 
 
-def make_tasks(sources: list[str], clips_per_shard: int,
-               root: Optional[str] = None) -> tuple[list[ClipTask], list[tuple[str, str]]]:
+def units_of(duration_s: Optional[float], unit_s: float) -> int:
+    """How many work units a clip of ``duration_s`` seconds becomes: spans of about ``unit_s``
+    (``round(duration / unit_s)``, so a clip up to 1.5 units long stays whole); 1 when the
+    duration is unknown or ``unit_s`` is 0."""
+    if not unit_s or not duration_s or duration_s <= 0:
+        return 1
+    return max(1, int(math.floor(duration_s / unit_s + 0.5)))
+
+
+def clip_durations(sources: list[str], unit_s: float, threads: int = 8) -> dict[str, float]:
+    """The container duration (seconds, from the header: nothing is decoded) of each local clip, for
+    splitting long clips into work units; object-store URIs and files that cannot be probed are
+    left out (they stay one unit; the clip stage reports what is wrong with them)."""
+    if not unit_s:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vid2pair.stages.probe import probe
+
+    def one(src: str) -> Optional[float]:
+        try:
+            info, bad = probe(src)
+        except Exception:  # a hostile file must not stop the listing
+            return None
+        return None if bad else info.duration_s
+
+    local = [s for s in sources if "://" not in s]
+    with ThreadPoolExecutor(max(1, threads)) as ex:
+        got = dict(zip(local, ex.map(one, local)))
+    return {s: d for s, d in got.items() if d}
+
+
+def make_tasks(sources: list[str], clips_per_shard: int, root: Optional[str] = None,
+               durations: Optional[dict[str, float]] = None,
+               unit_s: float = 0.0) -> tuple[list[ClipTask], list[tuple[str, str]]]:
     """De-duplicate (by absolute path) and assign stable clip ids and chunks. ``root``: the input
     root (:func:`input_root`) the ids are taken relative to; without it they hash the absolute path.
-    Returns (tasks, duplicates as (source, first occurrence))."""
+
+    A clip whose duration (``durations``, by source as listed) is 1.5 ``unit_s`` or more is
+    split into :func:`units_of` equal spans, each a work unit with a chunk of its own (so a failure
+    costs one unit and a rerun resumes per unit); whole clips share chunks ``clips_per_shard`` at
+    a time, in input order. Returns (tasks, duplicates as (source, first occurrence))."""
+    durations = durations or {}
     seen: dict[str, str] = {}
     uniq, dups = [], []
     for s in sources:
@@ -135,9 +174,23 @@ def make_tasks(sources: list[str], clips_per_shard: int,
             dups.append((s, seen[norm]))
             continue
         seen[norm] = s
-        uniq.append(norm)
-    tasks = [ClipTask(source=s, clip_idx=i, chunk=i // clips_per_shard,
-                      clip_id=clip_id_for(s, clip_identity(s, root))) for i, s in enumerate(uniq)]
+        uniq.append((norm, units_of(durations.get(s), unit_s), durations.get(s)))
+    tasks: list[ClipTask] = []
+    chunk, in_chunk = 0, 0  # the chunk being filled with whole clips, and how many it holds
+    for src, n, dur in uniq:
+        cid = clip_id_for(src, clip_identity(src, root))
+        if n == 1:
+            if in_chunk == clips_per_shard:
+                chunk, in_chunk = chunk + 1, 0
+            tasks.append(ClipTask(source=src, clip_idx=len(tasks), chunk=chunk, clip_id=cid))
+            in_chunk += 1
+            continue
+        if in_chunk:
+            chunk, in_chunk = chunk + 1, 0
+        for u in range(n):
+            tasks.append(ClipTask(source=src, clip_idx=len(tasks), chunk=chunk, clip_id=cid, unit=u, units=n,
+                                  start_s=u * dur / n, end_s=(u + 1) * dur / n if u < n - 1 else 0.0))
+            chunk += 1
     return tasks, dups
 
 
@@ -266,12 +319,12 @@ class OutputWriter:
         or reordering inputs (which moves clips between chunks) is refused before any work."""
         import hashlib
 
-        digest = hashlib.sha1("\n".join(t.source for t in tasks).encode()).hexdigest()
+        digest = hashlib.sha1("\n".join(t.label for t in tasks).encode()).hexdigest()
         inputs = {"n": len(tasks), "sha1": digest}
         if self.done_chunks and self._old_inputs != inputs:
             for c in sorted(self.done_chunks):
                 marker = json.loads(self.store.read_bytes(f"_done/{c:06d}.json"))
-                now = [t.source for t in self.tasks_by_chunk.get(c, [])]
+                now = [t.label for t in self.tasks_by_chunk.get(c, [])]
                 if marker.get("clips") != now:
                     was = marker.get("clips") or []
                     raise InputError(
@@ -355,7 +408,7 @@ class OutputWriter:
                                           "preview": previews[id(r)]} for r in rejects], REJECT_COLUMNS))
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
             {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
-             "clips": [t.source for t in self.tasks_by_chunk[chunk]]}).encode())
+             "clips": [t.label for t in self.tasks_by_chunk[chunk]]}).encode())
         self.written_chunks.append(chunk)
         self.new_samples += len(samples)
 
@@ -440,6 +493,9 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
     }
     n_dup_rejects = by_stage.get("input", {}).get("duplicate_input", 0)
     if tasks is not None:
+        tasks = list(tasks)
+        summary["work_units"] = len(tasks)
+        summary["split_clips"] = len({t.source for t in tasks if t.split})
         on_disk = written_clips | (set(rej[rej["stage"] != "input"]["source"]) if len(rej) else set())
         missing = {t.source for t in tasks} - on_disk
         summary["all_inputs_accounted"] = (not missing and len(on_disk) == len({t.source for t in tasks})
@@ -456,7 +512,9 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
 def format_summary(s: dict, out_dir) -> str:
     lines = [f"output: {out_dir}",
              f"  inputs {s['inputs']}: {s['clips_with_samples']} clips with samples, {s['clips_rejected']} clips "
-             f"rejected, {s['clips_without_samples']} clips with every shot/pair rejected",
+             f"rejected, {s['clips_without_samples']} clips with every shot/pair rejected"
+             + (f" ({s['split_clips']} long clip(s) split: {s['work_units']} work units)" if s.get("split_clips")
+                else ""),
              f"  samples {s['samples']} in {s['shards']} shard(s); {s['new_samples_this_run']} new this run; "
              f"wall {s['wall_s']:.1f} s ({s['pairs_per_s']} pairs/s, runner {s['runner']})",
              f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})"]

@@ -32,8 +32,11 @@ from vid2pair.pipeline.plan import (ClipUnit, batch_size_of, build_pair_stages, 
 log = logging.getLogger("vid2pair")
 
 
-def _bar(total: int, enabled: bool, desc: str):
-    return tqdm(total=total, desc=desc, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+def _bar(tasks: list[ClipTask], enabled: bool):
+    """The progress bar: clips, or work units when a long clip was split."""
+    what = "units" if any(t.split for t in tasks) else "clips"
+    return tqdm(total=len(tasks), desc=what, unit=what[:-1], disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True)
 
 
 def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = STAGES) -> None:
@@ -44,7 +47,7 @@ def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = 
     rest = build_pair_stages(cfg, classes)[len(fused):]
     batch = batch_size_of(cfg, classes[len(fused):])
     try:
-        with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
+        with _bar(tasks, cfg.runner.progress) as bar:
             for task in tasks:
                 for it in run_items(unit, rest, task, batch):
                     writer.add(it)
@@ -82,8 +85,9 @@ def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> Iterator[dict]:
     if unit is None:
         set_threads(cfg.runner.threads_per_worker)
         unit = _CLIP_UNITS[key] = ClipUnit(cfg, fused, clip_cls)
-    task = ClipTask(source=row["source"], clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
-                    clip_id=row["clip_id"])
+    task = ClipTask(source=str(row["source"]), clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
+                    clip_id=str(row["clip_id"]), unit=int(row["unit"]), units=int(row["units"]),
+                    start_s=float(row["start_s"]), end_s=float(row["end_s"]))
     for it in unit.iter(task):  # a generator: Ray Data builds the output blocks as pairs arrive
         yield item_to_row(it)
 
@@ -162,7 +166,7 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = ST
             ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "group": group, "upstream": upstream},
                                 batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus)
         done += group
-    with _bar(len(tasks), cfg.runner.progress, "clips") as bar:
+    with _bar(tasks, cfg.runner.progress) as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 it = row_to_item(row)
@@ -276,8 +280,8 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     summarise. Returns the summary dict. ``stages``: the pipeline (default
     :data:`~vid2pair.pipeline.graph.STAGES`; tests add their own). SIGINT / SIGTERM while it runs
     raise :class:`Interrupted` (committed chunks stay; a rerun resumes)."""
-    from vid2pair.pipeline.io import (format_summary, input_root, list_inputs, make_tasks, require_inputs,
-                                      summarize)
+    from vid2pair.pipeline.io import (clip_durations, format_summary, input_root, list_inputs, make_tasks,
+                                      require_inputs, summarize)
     from vid2pair.pipeline.storage import check_writable
 
     t0 = time.time()
@@ -296,12 +300,19 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     if cfg.runner.name == "ray":
         init_ray(cfg)
         check_resources(cfg, stages)
-    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard, input_root(input_spec))
+    durations = clip_durations(sources, cfg.input.unit_s)  # long clips become several work units
+    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard, input_root(input_spec), durations,
+                             cfg.input.unit_s)
     writer = OutputWriter(out_dir, cfg, tasks, dups, stages=stages)
     todo = writer.pending_tasks
     skipped = len(tasks) - len(todo)
+    what = "clips" if len(tasks) == len(sources) else "work units"
+    if len(tasks) > len(sources) and log_summary:
+        n_split = len({t.source for t in tasks if t.split})
+        print(f"{n_split} long clip(s) split into {sum(t.split for t in tasks)} work units of about "
+              f"{cfg.input.unit_s:g} s (input.unit_s)", file=sys.stderr)
     if skipped and log_summary:
-        print(f"resume: {skipped} of {len(tasks)} clips are in finished shards; processing {len(todo)}",
+        print(f"resume: {skipped} of {len(tasks)} {what} are in finished shards; processing {len(todo)}",
               file=sys.stderr)
     if todo:
         with _signals_raise() as caught:

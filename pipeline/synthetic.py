@@ -475,6 +475,9 @@ def _isolated_entry(payload: dict):
         frames = np.load(payload["frames"], allow_pickle=False)
         return str(write_video(frames, payload["path"], payload["fps"], codec=payload["codec"], crf=payload["crf"],
                                isolate=False))
+    if payload["op"] == "shots_video":
+        return str(write_shots_video(payload["path"], payload["n_shots"], payload["width"], payload["height"],
+                                     payload["shot_s"], payload["fps"], payload["seed"], isolate=False))
     if payload["op"] == "demo_corpus":
         paths = make_demo_corpus(payload["out_dir"], payload["n_static"], payload["n_moving_camera"],
                                  payload["seed"], isolate=False, **payload["kw"])
@@ -536,6 +539,38 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def write_shots_video(path: Union[str, Path], n_shots: int, width: int = 320, height: int = 240,
+                      shot_s: float = 3.0, fps: float = 12.0, seed: int = 1000, *,
+                      isolate: Optional[bool] = None) -> Path:
+    """A long clip: ``n_shots`` static-camera shots of ``shot_s`` seconds, one moving object each
+    (shot k drawn from ``seed + k``), hard cuts between. Shots are rendered and encoded one at a
+    time (libx264, crf 18), so a long clip never sits in memory. ``isolate``: as in :func:`write_video`."""
+    path = Path(path)
+    if isolate is None:
+        isolate = _x264_clash()
+    if isolate:
+        return Path(_run_isolated({"op": "shots_video", "path": str(path.resolve()), "n_shots": n_shots,
+                                   "width": width, "height": height, "shot_s": shot_s, "fps": fps, "seed": seed}))
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(round(shot_s * fps))
+    with av.open(str(path), mode="w") as c:
+        st = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": "18"})
+        st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+        pts = 0
+        for k in range(n_shots):
+            for f in make_clip(width=width, height=height, n_frames=n, fps=fps, n_objects=1, seed=seed + k).frames:
+                fr = av.VideoFrame.from_ndarray(cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+                fr.pts = pts
+                pts += 1
+                for p in st.encode(fr):
+                    c.mux(p)
+        for p in st.encode():
+            c.mux(p)
     return path
 
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from vid2pair import __version__
-from vid2pair.core.items import ClipTask, Item, PairItem, Reject, pair_key
+from vid2pair.core.items import SHOTS_PER_UNIT, ClipTask, Item, PairItem, Reject, pair_key
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.stage import Stage
 from vid2pair.stages import decode, pairs, probe, shots, static_camera
@@ -28,6 +28,10 @@ CLIP_STEPS = ("probe", "shots", "static_camera", "pairs", "decode")
 
 def clip_reject(task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip",
                 key: str = "") -> Reject:
+    """A reject of the clip (or of a shot / pair of it). A split clip's unit rejects only its span:
+    level ``unit``, keyed ``<clip_id>_uNNN`` (the clip is accounted as a whole by its source)."""
+    if level == "clip" and task.split:
+        level, key = "unit", key or task.unit_key
     return Reject(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
                   stage=stage, reason=reason, detail=detail, level=level, key=key)
 
@@ -87,11 +91,14 @@ class ClipStage(Stage):
             yield clip_reject(task, "probe", *bad)
             return
 
-        # --- shots, on small frames decoded sequentially (decord; PyAV when decord fails)
+        # --- shots, on small frames decoded sequentially (decord; PyAV when decord fails), over
+        # the unit's span [first, stop) of a split clip (all of it otherwise)
         self._report("shots")
         w, h = info.width, info.height
         sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
         fps = info.fps
+        first = int(round(task.start_s * fps)) if task.split else 0
+        stop = int(round(task.end_s * fps)) if task.split and task.end_s > 0 else None
         tried = []
         for dec in ("decord", "pyav"):
             try:
@@ -100,15 +107,17 @@ class ClipStage(Stage):
                 tried.append(str(e))
                 continue
             n_index = len(small)
-            counter = decode.FrameCounter(small)
+            counter = decode.FrameCounter(small, start=first, stop=stop)
             cuts = shots.detect_cuts(counter, fps, cfg.shots.detector, cfg.shots.threshold,
                                      min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
             del small
             # frame counts from headers/indexes are not trusted: only what really decoded is used
             n_frames = counter.decoded
-            if n_frames >= 2:
+            if n_frames - first >= 2:
                 break
-            tried.append(f"{dec}: decoded {n_frames} of {n_index} indexed frame(s) {counter.error}".strip())
+            what = f"of frames {first}-{stop if stop is not None else 'end'} " if task.split else "of "
+            tried.append(f"{dec}: decoded {n_frames - first} {what}{n_index} indexed frame(s) "
+                         f"{counter.error}".strip())
         else:
             reason = "too_few_frames" if len(tried) == 2 and all("decoded" in t for t in tried) else "decoder_error"
             yield clip_reject(task, "decode", reason, "; ".join(tried)[:500])
@@ -116,10 +125,17 @@ class ClipStage(Stage):
         self._decoder = dec
         self._counts = {"n_frames_header": info.n_frames, "n_frames_index": n_index,
                         "n_frames_decoded": n_frames, "decoder": dec}
-        kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s)
+        if task.split:
+            self._counts["unit"] = [task.unit, task.units]
+            self._counts["unit_frames"] = [first, n_frames]
+        kept, short = shots.shots_from_cuts(cuts, n_frames, fps, cfg.shots.min_shot_s, cfg.shots.trim_s, first)
         shot_ids = {}
         all_shots = sorted([(a, b, None) for a, b in kept] + [(a, b, d) for a, b, d in short])
-        for k, (a, b, d) in enumerate(all_shots):
+        if len(all_shots) > SHOTS_PER_UNIT:
+            yield clip_reject(task, "shots", "too_many_shots",
+                              f"{len(all_shots)} shots > {SHOTS_PER_UNIT} in one work unit; lower input.unit_s")
+            return
+        for k, (a, b, d) in enumerate(all_shots, start=task.shot_base):
             if d is not None:
                 yield clip_reject(task, "shots", "shot_too_short", d, "shot", f"{task.clip_id}_s{k:03d}")
             else:

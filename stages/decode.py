@@ -184,20 +184,22 @@ def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
 class FrameCounter:
     """Sequential iteration over a reader that does not trust its length.
 
-    Iterating yields ``(index, frame)`` for indices 0, step, 2*step, ... in chunks. When the decoder
-    fails part-way (a header that claims more frames than the file holds, a truncated file), the
-    iteration stops there instead of raising; ``decoded`` is the number of frames that really
-    decoded (the last good index + 1) and ``error`` says what stopped it.
+    Iterating yields ``(index, frame)`` for indices start, start + step, ... below ``stop`` (default:
+    the reader's length) in chunks. When the decoder fails part-way (a header that claims more
+    frames than the file holds, a truncated file), the iteration stops there instead of raising;
+    ``decoded`` is the index after the last frame that really decoded (``start`` when none did) and
+    ``error`` says what stopped it.
     """
 
-    def __init__(self, reader, step: int = 1, chunk: int = 64):
+    def __init__(self, reader, step: int = 1, chunk: int = 64, start: int = 0, stop: Optional[int] = None):
         self.reader, self.step, self.chunk = reader, step, chunk
-        self.decoded = 0
+        self.start, self.stop = int(start), stop
+        self.decoded = self.start
         self.error = ""
 
     def __iter__(self):
-        n = len(self.reader)
-        idx = list(range(0, n, self.step))
+        n = len(self.reader) if self.stop is None else min(len(self.reader), int(self.stop))
+        idx = list(range(self.start, n, self.step))
         for k in range(0, len(idx), self.chunk):
             part = idx[k:k + self.chunk]
             try:

@@ -45,9 +45,10 @@ def detect_cuts(frames: Iterable[tuple[int, np.ndarray]], fps: float, detector: 
 
 
 def shots_from_cuts(cuts: list[int], n_frames: int, fps: float, min_shot_s: float,
-                    trim_s: float = 0.0) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
-    """Return (kept shots, rejected shots with a detail string). Ranges are ``[start, end)`` after trimming."""
-    bounds = [0] + [c for c in cuts if 0 < c < n_frames] + [n_frames]
+                    trim_s: float = 0.0, start: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+    """Return (kept shots, rejected shots with a detail string) of the frames ``[start, n_frames)``
+    (a work unit's span of a long clip starts later than 0). Ranges are ``[start, end)`` after trimming."""
+    bounds = [start] + [c for c in cuts if start < c < n_frames] + [n_frames]
     trim = int(round(trim_s * fps))
     kept, rejected = [], []
     for a, b in zip(bounds[:-1], bounds[1:]):

@@ -47,6 +47,34 @@ def test_multinode_cluster_survives(corpus, tmp_path, chaos):
     assert ok, report
 
 
+def test_killing_a_worker_mid_way_through_a_long_clip_costs_one_unit(tmp_path):
+    """A 40-s clip split into four 10-s work units (input.unit_s=10) spreads over both worker nodes;
+    a clip worker SIGKILLed while it runs a unit is retried, and the output equals a straight local
+    run: the same keys and the same shards, byte for byte."""
+    from vid2pair.pipeline.synthetic import write_shots_video
+
+    d = tmp_path / "in"
+    write_shots_video(d / "long.mp4", 10, 320, 240, 4.0, 12.0)
+    opts = ["input.unit_s=10"]
+    ref = tmp_path / "ref"
+    s_ref = build(load_config("demo", ["runner.name=local", "runner.progress=false", *opts]), str(d), ref,
+                  log_summary=False)
+    assert s_ref["work_units"] == 4 and s_ref["shards"] == 4
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "jobs" / "local_cluster.py"), "--workers", "2", "--input", str(d),
+           "--output", str(out), "--chaos", "kill_worker", "--set", *opts]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["chaos"] and res["chaos"][0].startswith("SIGKILLed"), res
+    assert res["summary"]["work_units"] == 4 and res["summary"]["all_inputs_accounted"]
+    assert list(read_index(out)["key"]) == list(read_index(ref)["key"])
+    tars = lambda o: {p.name: p.read_bytes() for p in sorted((o / "shards").glob("*.tar"))}  # noqa: E731
+    assert tars(out) == tars(ref) and len(tars(ref)) == 4
+    ok, report = verify_output(out)
+    assert ok, report
+
+
 def test_default_runner_does_not_join_another_cluster_on_the_machine(tmp_path):
     """Without --ray-address, vid2pair starts a private local Ray. A bare ray.init() would attach to
     the newest `ray start` cluster on the machine (here one started by ray.cluster_utils) and die
