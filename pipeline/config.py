@@ -78,6 +78,14 @@ class RunnerConfig:
     progress: bool = knob(True, "progress bar on stderr")
     threads_per_worker: int = knob(1, "OpenCV / torch CPU threads per worker (parallelism comes from workers)", ge=1)
     check_weights: bool = knob(True, "fail before any work when model weights / extras are missing on the driver")
+    shard_writers: Literal["auto", "workers", "driver"] = knob(
+        "auto", "Ray: who writes the shards. workers: the worker that runs a sample's last stage writes its "
+                "members to the output's _staging/, and a Ray task writes each complete chunk's tar, index "
+                "and rejects parts; the driver only gets small records and writes the commit markers. driver: "
+                "the driver writes everything (the samples' bytes pass through it). auto: workers when the "
+                "output is an object store or every Ray node is on the driver's machine, else driver (a "
+                "local path on a multi-node cluster is only shared when it is a network file system: say "
+                "workers then)")
     wait_for_resources_s: Optional[float] = knob(None, "Ray: how long to wait for the cluster to offer what the "
                                                        "stages ask for (GPUs, CPUs) before failing; null: 0 for a "
                                                        "private local instance, 300 when joining a cluster (it may "

@@ -254,11 +254,64 @@ class ShardWriter:
         self.close()
 
 
+STAGING = "_staging"
+
+
+def _pack_members(files: dict) -> bytes:
+    """A sample's tar members as one blob: a JSON line of (name, size), then the bytes."""
+    names = sorted(files)
+    return json.dumps([[k, len(files[k])] for k in names]).encode() + b"\n" + b"".join(files[k] for k in names)
+
+
+def _unpack_members(blob: bytes) -> dict:
+    head, _, body = blob.partition(b"\n")
+    out, pos = {}, 0
+    for k, n in json.loads(head):
+        out[k] = body[pos:pos + n]
+        pos += n
+    return out
+
+
+def stage_sample(root: str, it: Item) -> Item:
+    """Worker side, after a sample's last stage: write its tar members to ``<out>/_staging/<chunk>/``
+    (temp + rename; a retried task rewrites the same bytes) and keep only their path in the item, so
+    what travels to the driver is a small record."""
+    if isinstance(it, PairItem) and it.files:
+        rel = f"{STAGING}/{it.chunk:06d}/{it.key}.bin"
+        Store(root).write_bytes(rel, _pack_members(it.files))
+        it.files = {}
+        it.meta["_staged"] = rel
+    return it
+
+
+def write_chunk(root: str, chunk: int, staged: list[tuple[str, str]], index_rows: list[dict],
+                reject_rows: list[dict]) -> int:
+    """Write chunk ``chunk``'s shard from the staged members ``staged`` ((key, path) sorted by key),
+    then its index and rejects parts, then drop its staging folder; returns the samples written.
+    Runs where the runner puts it (a Ray task with the ``workers`` shard writers); the caller
+    writes the commit marker afterwards."""
+    store = Store(root)
+    name = f"pairs-{chunk:06d}.tar"
+    if staged:
+        with store.atomic_file(f"shards/{name}") as f:
+            with ShardWriter(f) as w:
+                for key, rel in staged:
+                    w.write(key, _unpack_members(store.read_bytes(rel)))
+    store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
+    store.write_parquet(f"rejects/part-{chunk:06d}.parquet", _table(reject_rows, REJECT_COLUMNS))
+    store.delete_dir(f"{STAGING}/{chunk:06d}")
+    return len(staged)
+
+
 class OutputWriter:
-    """Collects items from any runner and commits complete chunks atomically."""
+    """Collects items from any runner and commits complete chunks atomically. ``chunk_writer``: how a
+    chunk whose samples were staged by the workers (:func:`stage_sample`) is written (default:
+    :func:`write_chunk` in this process; the Ray runner sets a Ray task)."""
 
     def __init__(self, out_dir: str | Path, cfg, tasks: list[ClipTask], duplicates=(), stages: tuple | None = None):
         self.store = Store(out_dir)
+        self.root = self.store.uri if self.store.remote else self.store.base  # absolute: workers have another cwd
+        self.chunk_writer = write_chunk
         self.cfg = cfg
         self.stages = stages
         for d in ("shards", "index", "rejects", "_done", PREVIEW_DIR):
@@ -268,6 +321,8 @@ class OutputWriter:
         for t in tasks:
             self.tasks_by_chunk[t.chunk].append(t)
         self.done_chunks = {int(n.split(".")[0]) for n in self.store.list("_done", ".json")}
+        self.store.delete_dir(STAGING)  # members staged for chunks that never committed: rebuilt now
+        self._staged_any = False
         self._check_done_chunks(tasks)
         self.pending_tasks = [t for t in tasks if t.chunk not in self.done_chunks]
         self._items: dict[int, list[Item]] = defaultdict(list)
@@ -342,6 +397,7 @@ class OutputWriter:
         else:
             if isinstance(it, PairItem) and it.files:
                 self._spool_files(it)
+            self._staged_any = self._staged_any or (isinstance(it, PairItem) and "_staged" in it.meta)
             self._items[c].append(it)
             self._arrived[it.clip_idx] += 1
         if it.clip_idx in self._expected and self._arrived[it.clip_idx] >= self._expected[it.clip_idx]:
@@ -353,31 +409,32 @@ class OutputWriter:
         return []
 
     def _spool_files(self, it: PairItem) -> None:
-        """Move a sample's tar members to a spool file: a JSON line of (name, size), then the bytes."""
+        """Move a sample's tar members to a local spool file (:func:`_pack_members`)."""
         import tempfile
 
         if self._spool is None:
             self._spool = Path(tempfile.mkdtemp(prefix="vid2pair-spool-"))
         self._n_spooled += 1
         path = self._spool / f"{self._n_spooled:09d}.bin"
-        with open(path, "wb") as f:
-            f.write(json.dumps([[k, len(v)] for k, v in it.files.items()]).encode() + b"\n")
-            for v in it.files.values():
-                f.write(v)
+        path.write_bytes(_pack_members(it.files))
         self._spooled[id(it)] = path
         it.files = {}
 
     def _files(self, s: PairItem) -> dict:
+        if "_staged" in s.meta:
+            return _unpack_members(self.store.read_bytes(s.meta["_staged"]))
         path = self._spooled.pop(id(s), None)
         if path is None:
             return s.files
-        with open(path, "rb") as f:
-            files = {k: f.read(n) for k, n in json.loads(f.readline())}
+        files = _unpack_members(path.read_bytes())
         path.unlink()
         return files
 
     def close(self) -> None:
-        """Remove the spool directory (what it still holds belongs to chunks that did not commit)."""
+        """Remove the spool directory and the staging area (what they still hold belongs to chunks
+        that did not commit: a rerun rebuilds those)."""
+        if self._staged_any:
+            self.store.delete_dir(STAGING)
         if self._spool is not None:
             import shutil
 
@@ -395,17 +452,22 @@ class OutputWriter:
         rejects.sort(key=lambda r: (r.clip_idx, r.key, r.stage, r.reason))
         previews = {id(r): self._keep_preview(r) for r in rejects}
         name = f"pairs-{chunk:06d}.tar"
-        index_rows = []
-        if samples:  # the tar appears under its final name only once complete
-            with self.store.atomic_file(f"shards/{name}") as f:
-                with ShardWriter(f) as w:
-                    for s in samples:
-                        w.write(s.key, self._files(s))
-                        index_rows.append(index_row(s.key, name, s.meta, self.stages))
-        self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
-        self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet",
-                                 _table([{**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"},
-                                          "preview": previews[id(r)]} for r in rejects], REJECT_COLUMNS))
+        index_rows = [index_row(s.key, name, s.meta, self.stages) for s in samples]
+        reject_rows = [{**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"}, "preview": previews[id(r)]}
+                       for r in rejects]
+        if samples and all("_staged" in s.meta for s in samples):  # the workers wrote the members
+            self.chunk_writer(self.root, chunk, [(s.key, s.meta["_staged"]) for s in samples], index_rows,
+                              reject_rows)
+        else:
+            if samples:  # the tar appears under its final name only once complete
+                with self.store.atomic_file(f"shards/{name}") as f:
+                    with ShardWriter(f) as w:
+                        for s in samples:
+                            w.write(s.key, self._files(s))
+            self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
+            self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet", _table(reject_rows, REJECT_COLUMNS))
+            if any("_staged" in s.meta for s in samples):
+                self.store.delete_dir(f"{STAGING}/{chunk:06d}")
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
             {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
              "clips": [t.label for t in self.tasks_by_chunk[chunk]]}).encode())

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from vid2pair.core.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
 from vid2pair.pipeline.graph import STAGES
-from vid2pair.pipeline.io import OutputWriter
+from vid2pair.pipeline.io import OutputWriter, stage_sample, write_chunk
+from vid2pair.pipeline.storage import is_uri
 from vid2pair.pipeline.plan import (ClipUnit, batch_size_of, build_pair_stages, fused_prefix, pair_classes, ray_groups,
                                    run_items)
 
@@ -76,10 +77,11 @@ def set_threads(n: int) -> None:
 _CLIP_UNITS: dict = {}
 
 
-def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> Iterator[dict]:
+def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type, stage_root: str | None = None) -> Iterator[dict]:
     """The clip unit (clip stage + the fused pair stages) as a Ray task. Tasks (not actors) so that
     a task lost with its node or worker is simply retried elsewhere; the unit (and its warm
-    isolation child) is cached per worker process, which Ray reuses across tasks."""
+    isolation child) is cached per worker process, which Ray reuses across tasks. ``stage_root``:
+    the output, when this task runs the last stage and the workers write the shards."""
     key = (cfg.fingerprint() + repr(cfg.isolation), fused, clip_cls)
     unit = _CLIP_UNITS.get(key)
     if unit is None:
@@ -89,33 +91,50 @@ def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type) -> Iterator[dict]:
                     clip_id=str(row["clip_id"]), unit=int(row["unit"]), units=int(row["units"]),
                     start_s=float(row["start_s"]), end_s=float(row["end_s"]))
     for it in unit.iter(task):  # a generator: Ray Data builds the output blocks as pairs arrive
-        yield item_to_row(it)
+        yield item_to_row(stage_sample(stage_root, it) if stage_root else it)
 
 
 class _PairFn:
     """Runs the pair stages ``group`` (in order) on a pyarrow batch of item rows; ``upstream``: the
-    enabled stage classes before the group (the encoder's members come from them)."""
+    enabled stage classes before the group (the encoder's members come from them); ``stage_root``:
+    as in :func:`_clip_rows`."""
 
-    def __init__(self, cfg, group: tuple, upstream: tuple):
+    def __init__(self, cfg, group: tuple, upstream: tuple, stage_root: str | None = None):
         set_threads(cfg.runner.threads_per_worker)
         self.stages = build_pair_stages(cfg, upstream + group)[len(upstream):]
+        self.stage_root = stage_root
 
     def __call__(self, batch):
         items = [row_to_item(r) for r in batch.to_pylist()]
         for st in self.stages:
             items = st(items)
+        if self.stage_root:
+            items = [stage_sample(self.stage_root, i) for i in items]
         return rows_to_table([item_to_row(i) for i in items])
 
 
 _PAIR_FNS: dict = {}
 
 
-def _apply_pair_stages(batch, cfg, group: tuple, upstream: tuple):
-    key = (cfg.fingerprint(), group)
+def _apply_pair_stages(batch, cfg, group: tuple, upstream: tuple, stage_root: str | None = None):
+    key = (cfg.fingerprint(), group, stage_root)
     fn = _PAIR_FNS.get(key)
     if fn is None:
-        fn = _PAIR_FNS[key] = _PairFn(cfg, group, upstream)
+        fn = _PAIR_FNS[key] = _PairFn(cfg, group, upstream, stage_root)
     return fn(batch)
+
+
+def workers_write(cfg, out_dir) -> bool:
+    """Whether the Ray workers write the shards (``runner.shard_writers``; see its doc for ``auto``)."""
+    mode = cfg.runner.shard_writers
+    if mode != "auto":
+        return mode == "workers"
+    if is_uri(str(out_dir)):
+        return True
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return all(n.get("NodeManagerAddress") == here for n in ray.nodes() if n.get("Alive"))
 
 
 def init_ray(cfg) -> None:
@@ -150,20 +169,30 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = ST
     ctx.print_on_execution_start = False
     classes = pair_classes(cfg, stages)
     fused = fused_prefix(cfg, classes)
+    groups = ray_groups(cfg, classes)
+    # the workers write the shards: whoever runs the last stage stages each sample's members under
+    # the output, a Ray task writes each complete chunk, the driver only gets records and commits
+    root = writer.root if workers_write(cfg, writer.root) else None
+    if root:
+        write_task = ray.remote(num_cpus=0.1, max_retries=3)(write_chunk)
+        writer.chunk_writer = lambda *a: ray.get(write_task.remote(*a))
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     # clip unit: retryable tasks, about one core each (a bit less, so the model actors always fit);
     # with weight-free CPU backends it runs the whole pipeline: no frames cross the object store
-    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "fused": fused, "clip_cls": stages[0]},
+    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "fused": fused, "clip_cls": stages[0],
+                                            "stage_root": None if groups else root},
                      num_cpus=cfg.runner.clip_stage_cpus)
     done = list(fused)
-    for group, res in ray_groups(cfg, classes):
+    for k, (group, res) in enumerate(groups):
         upstream = tuple(done)
+        last_root = root if k == len(groups) - 1 else None
         if res is not None:  # a model stage: an actor pool, one model per actor, with its GPU share
-            ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, group, upstream), batch_format="pyarrow",
+            ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, group, upstream, last_root), batch_format="pyarrow",
                                 batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.actors),
                                 num_gpus=res.num_gpus or None, num_cpus=res.num_cpus)
         else:  # consecutive CPU stages: plain retryable tasks
-            ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "group": group, "upstream": upstream},
+            ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "group": group, "upstream": upstream,
+                                                               "stage_root": last_root},
                                 batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus)
         done += group
     with _bar(tasks, cfg.runner.progress) as bar:

@@ -120,8 +120,8 @@ class Store:
 
     def delete_dir(self, rel: str) -> None:
         if self.remote:
-            with contextlib.suppress(OSError):
-                self.fs.delete_dir_contents(self.path(rel), missing_dir_ok=True)
+            with contextlib.suppress(OSError):  # the folder's marker object too, not only what is in it
+                self.fs.delete_dir(self.path(rel))
         else:
             shutil.rmtree(self.path(rel), ignore_errors=True)
 

@@ -91,6 +91,41 @@ def test_ray_runner_gives_identical_shards(local_out, demo_corpus, tmp_path, ray
     assert sorted(r["__key__"] for r in rows) == sorted(a["key"])
 
 
+@pytest.mark.parametrize("writers", ["workers", "driver"])
+def test_ray_workers_write_the_shards_and_the_driver_only_commits(local_out, demo_corpus, tmp_path, ray_local,
+                                                                  writers):
+    """runner.shard_writers=workers: the samples reach the driver as records without their bytes
+    (the workers staged them; a Ray task wrote each tar); driver: every byte passes through the
+    driver. Both give the local runner's shards, byte for byte, and leave no staging behind."""
+    from vid2pair.pipeline.io import OutputWriter, input_root, list_inputs, make_tasks
+    from vid2pair.pipeline.runners import run_ray
+
+    out, _ = local_out
+    cfg = _cfg("ray", f"runner.shard_writers={writers}")
+    sources = list_inputs(str(demo_corpus[0]), cfg.input.extensions)
+    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard, input_root(str(demo_corpus[0])))
+    w = OutputWriter(tmp_path, cfg, tasks, dups)
+    got = {"bytes": 0, "samples": 0}
+    add = w.add
+
+    def counting_add(it):
+        if hasattr(it, "files"):
+            got["samples"] += 1
+            got["bytes"] += sum(len(v) for v in it.files.values())
+        return add(it)
+
+    w.add = counting_add
+    run_ray(cfg, tasks, w)
+    w.close()
+    assert got["samples"] == 9
+    if writers == "workers":
+        assert got["bytes"] == 0
+    else:
+        assert got["bytes"] > 9 * 20_000  # src, tgt, flow and the signals of 9 pairs at 320x240
+    assert _digests(tmp_path) == _digests(out)
+    assert not (tmp_path / "_staging").exists() or not any((tmp_path / "_staging").rglob("*"))
+
+
 def test_resume_skips_done_chunks_and_redoes_lost_ones(local_out, tmp_path):
     out, _ = local_out
     work = tmp_path / "out"

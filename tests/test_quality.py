@@ -198,3 +198,82 @@ def test_evidence_helpers():
     f = np.zeros((40, 60, 2), np.float32)
     f[..., 0] = 2.0
     assert fb_consistent(f, -f)[:, :55].all() and not fb_consistent(f, f)[:, :55].any()
+
+
+# ---------------------------------------------------------------- each remaining rule, fired on purpose
+
+def _collage_item(clean):
+    c, _ = clean
+    return _run(c.frames, _cfg(), upto="collage")
+
+
+def test_a_flow_that_is_not_forward_backward_consistent(clean):
+    """The backward flow replaced by the forward one: on the moving objects the two no longer
+    cancel, so the pair is rejected as flow_inconsistent (the clean pair scores 0.51)."""
+    it = _collage_item(clean)
+    it.arrays["flow_bwd"] = it.arrays["flow"].copy()
+    it.arrays.pop("flow_valid", None)
+    it.arrays.pop("flow_bwd_valid", None)
+    sc, pair_fail, _ = judge(it, QualityConfig())
+    assert "flow_inconsistent" in [r for r, _ in pair_fail], (sc, pair_fail)
+    assert sc["fb_consistent"] < 0.2, sc
+
+
+@pytest.mark.parametrize("name", ["coarse", "collage"])
+def test_holes_where_nothing_changed_drop_the_edit(clean, name):
+    """A 50x60 hole over the still background (0.039 of the frame, > 0.03): {name}_false_holes; the
+    pair is kept."""
+    it = _collage_item(clean)
+    it.arrays[f"{name}_mask"] = it.arrays[f"{name}_mask"].copy()
+    it.arrays[f"{name}_mask"][0:50, 260:320] = 255
+    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    assert not pair_fail, pair_fail
+    assert sig_fail[name][0] == f"{name}_false_holes" and sc[f"{name}_false_hole_frac"] > 0.03, (sc, sig_fail)
+
+
+@pytest.mark.parametrize("name", ["coarse", "collage"])
+def test_holes_over_most_of_the_change_drop_the_edit(clean, name):
+    """Holes (besides the edit's own) over 9 rows in 10 of what changed: more than disocclusion
+    ({name}_too_many_holes, the ratio about 0.9 > 0.75); the rows left still gain over no edit."""
+    it = _collage_item(clean)
+    qc = QualityConfig()
+    C = changed_mask(it.arrays["src"], it.arrays["tgt"], qc.change_thresh, qc.blur_sigma * 240 / 512)
+    rows = np.ones((H, 1), bool)
+    rows[::10] = False
+    it.arrays[f"{name}_mask"] = np.where((C & rows) | (it.arrays[f"{name}_mask"] > 0), 255, 0).astype(np.uint8)
+    sc, pair_fail, sig_fail = judge(it, qc)
+    assert not pair_fail, pair_fail
+    assert sig_fail[name][0] == f"{name}_too_many_holes", (sc, sig_fail)
+    assert sc[f"{name}_hole_ratio"] > 0.75 and sc[f"{name}_gain_db"] >= qc.min_gain_db, sc
+
+
+def test_too_few_valid_drags_drop_the_drag_signal(clean):
+    it = _collage_item(clean)
+    it.meta["drag"]["points"] = [{"source": [300.0, 20.0], "target": [300.0, 20.0]},  # zero-length, still wall
+                                 {"source": [20.0, 220.0], "target": [24.0, 220.0]}]  # on the still background
+    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    assert not pair_fail and sig_fail["drag"][0] == "drag_too_few_valid", sig_fail
+    assert (sc["drag_total"], sc["drag_valid"]) == (2, 0)
+
+
+def test_an_empty_sketch_is_dropped(clean):
+    it = _collage_item(clean)
+    it.arrays["sketch"] = np.zeros((H, W), np.uint8)
+    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    assert not pair_fail and sig_fail["sketch"] == ("sketch_empty", "no stroke") and sc["sketch_on_change"] is None
+
+
+def test_regions_off_the_change_are_dropped(clean):
+    """Every region drag's mask moved onto the still top-right corner: none lies on what changed."""
+    it = _collage_item(clean)
+    regions = (it.meta.get("region_drag") or {}).get("regions") or []
+    if not regions:  # the collage found none: one of our own
+        regions = [{"id": 0, "mask_index": 0, "type": "translation"}]
+        it.meta["region_drag"] = {"regions": regions}
+    labels = np.zeros((H, W), np.uint8)
+    for k, r in enumerate(regions):
+        labels[0:30, 200 + 10 * (k % 10):210 + 10 * (k % 10)] = r["mask_index"] + 1
+    it.arrays["region_masks"] = labels
+    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    assert not pair_fail and sig_fail["region_drag"][0] == "region_off_change", sig_fail
+    assert sc["region_valid"] == 0 and sc["region_total"] == len(regions) and it.meta["region_drag"]["regions"] == []
