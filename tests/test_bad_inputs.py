@@ -197,3 +197,25 @@ def test_unreadable_file_through_the_cli(corpus, tmp_path):
     row = rej[rej["source"].str.endswith("unreadable.mp4")]
     assert list(row["reason"]) == ["unreadable"] and list(row["detail"]) == ["permission denied"]
     assert "rejects 1 (clip: 1)" in r.stderr  # the summary printed at the end says where it went
+
+
+def test_decord_falls_back_to_pyav_and_names_both_decoders(tmp_path):
+    """A theora .ogv that decord cannot open is decoded with PyAV (and .ogv is picked up by
+    default); a file neither can read is a DecodeError naming both."""
+    from tests.conftest import shared_video
+    from vid2pair.pipeline.config import InputConfig
+    from vid2pair.stages.decode import DecodeError, open_reader, read_frames
+
+    assert ".ogv" in InputConfig().extensions
+    ogv = str(shared_video("real/Effet_force_magnetique.ogv"))
+    with pytest.raises(DecodeError, match="decord"):
+        open_reader(ogv, 160, 120, "decord")
+    r = open_reader(ogv, 160, 120)
+    assert r.vid2pair_decoder == "pyav" and len(r) >= 30  # 34 frames (1.36 s at 25 fps)
+    fr = read_frames(r, [0, 17, len(r) - 1])
+    assert fr.shape == (3, 120, 160, 3) and fr[1].std() > 10  # real picture content, not a blank frame
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4096))
+    with pytest.raises(DecodeError) as e:
+        open_reader(str(junk))
+    assert "decord:" in str(e.value) and "pyav:" in str(e.value)

@@ -302,3 +302,45 @@ def test_index_parts_keep_every_rows_columns():
     t = _table([{"key": "a", "q_x": 1.0}, {"key": "b", "q_x": 2.0, "q_coarse_gain_db": 7.5}])
     assert t.column_names == ["key", "q_x", "q_coarse_gain_db"]
     assert t.column("q_coarse_gain_db").to_pylist() == [None, 7.5]
+
+
+def test_quality_scores_reach_meta_json_and_the_index(local_out):
+    """Every written sample's quality scores are in its meta.json and, as q_* columns, in the index,
+    with the same values: users re-filter without rebuilding."""
+    out, _ = local_out
+    idx = read_index(out).set_index("key")
+    qcols = [c for c in idx.columns if c.startswith("q_")]
+    assert {"q_changed_frac", "q_fb_consistent", "q_unexplained_frac", "q_coarse_gain_db"} <= set(qcols), qcols
+    metas = {k[:-len(".meta.json")]: json.loads(v) for k, v in _all_members(out).items() if k.endswith(".meta.json")}
+    assert set(metas) == set(idx.index)
+    for key, meta in metas.items():
+        q = meta["quality"]
+        assert 0.01 <= q["changed_frac"] <= 0.4  # what the pair rules let through
+        for c in qcols:
+            v = q.get(c[2:])
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                assert idx.at[key, c] == pytest.approx(v), (key, c)
+
+
+def test_reject_previews_are_capped_and_spread_over_the_reasons(tmp_path):
+    """output.reject_previews=12: at most 12 previews, at most 12 // 6 = 2 per (stage, reason),
+    first come first kept, so a flood of one reason cannot crowd out the others."""
+    from vid2pair.core.items import ClipDone, ClipTask, Reject
+    from vid2pair.pipeline.io import OutputWriter, read_rejects
+
+    cfg = _cfg("local", "output.reject_previews=12")
+    task = ClipTask(source="/v/a.mp4", clip_idx=0, chunk=0, clip_id="a-0123456789")
+    w = OutputWriter(tmp_path, cfg, [task])
+    reasons = [("motion", "motion_too_small")] * 20 + [("quality", "unmatched_change")] * 3 + \
+              [("quality", "no_visible_change")] * 1 + [("track", "untrackable")] * 2
+    for k, (stage, reason) in enumerate(reasons):
+        w.add(Reject(source=task.source, clip_id=task.clip_id, chunk=0, clip_idx=0, stage=stage, reason=reason,
+                     level="pair", key=f"a-0123456789_s000_f{k:06d}_f{k + 20:06d}", preview=b"\xff\xd8jpeg"))
+    assert w.add(ClipDone(source=task.source, clip_id=task.clip_id, chunk=0, clip_idx=0, n_items=len(reasons))) == [0]
+    rej = read_rejects(tmp_path)
+    kept = rej[rej["preview"] != ""]
+    assert len(rej) == 26 and kept.groupby("reason").size().to_dict() == {
+        "motion_too_small": 2, "unmatched_change": 2, "no_visible_change": 1, "untrackable": 2}
+    assert all((tmp_path / p).read_bytes() == b"\xff\xd8jpeg" for p in kept["preview"])
+    assert sorted(kept[kept.reason == "motion_too_small"]["key"]) == sorted(rej[rej.reason == "motion_too_small"]
+                                                                            ["key"])[:2]

@@ -389,3 +389,19 @@ def test_notebook_executes_headless(which, min_images, request, monkeypatch):
     assert len(images) >= min_images, f"{len(images)} figures"
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outs)
     assert str(out) in text
+
+
+def test_gallery_sort_puts_the_worst_scores_first(demo_out):
+    """--sort METRIC: ascending for scores whose low end is worse (a coarse edit's gain), descending
+    for the others (the unexplained share); an unknown column is an error naming the q_ columns."""
+    ds = qc.QCDataset(demo_out)
+    idx = ds.index.set_index("key")
+    low = qc.quality_order(ds, "q_coarse_gain_db")
+    vals = [v for v in (idx.at[k, "q_coarse_gain_db"] for k in low) if v == v]  # NaN (no coarse edit) last
+    assert [v for v in (idx.at[k, "q_coarse_gain_db"] for k in low[:len(vals)])] == vals
+    assert len(vals) >= 2 and vals == sorted(vals) and vals[0] < vals[-1]
+    high = qc.quality_order(ds, "q_unexplained_frac")
+    vals = [idx.at[k, "q_unexplained_frac"] for k in high]
+    assert vals == sorted(vals, reverse=True) and sorted(high) == sorted(idx.index)
+    with pytest.raises(KeyError, match="q_coarse_gain_db"):
+        qc.quality_order(ds, "q_no_such_score")

@@ -438,3 +438,35 @@ def test_trainer_docs_and_config_agree():
         para = section.split(head)[1].split("\n\n")[0]
         missing = {f.name for f in dataclasses.fields(cls)} - set(re.findall(r"`([a-z_0-9]+)`", para))
         assert not missing, f"{cls.__name__}: config keys missing from docs/trainer.md: {sorted(missing)}"
+
+
+def test_samples_without_the_task_signal_are_left_out(shards, tmp_path):
+    """A sample whose sketch the quality stage dropped (meta.json ``signals`` without it, no
+    sketch.png) is not used by the sketch task, counted, and not an error; the drag task still
+    uses it."""
+    import io
+    import tarfile
+
+    src = sorted(shards.glob("*.tar"))[0]
+    out = tmp_path / "dropped-000000.tar"
+    with tarfile.open(src) as tin:
+        members = [(m, tin.extractfile(m).read()) for m in tin.getmembers()]
+    keys = sorted({m.name.split(".", 1)[0] for m, _ in members})
+    victim = keys[0]
+    with tarfile.open(out, "w") as tout:
+        for m, data in members:
+            if m.name == f"{victim}.sketch.png":
+                continue
+            if m.name == f"{victim}.meta.json":
+                meta = json.loads(data)
+                assert "sketch" in meta["signals"]
+                meta["signals"] = [s for s in meta["signals"] if s != "sketch"]
+                data = json.dumps(meta).encode()
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+    cfg = small_cfg(out, tmp_path / "o", "data.eval_permille=0")
+    stream = PairStream([str(out)], sample_spec(cfg), batch_size=1, split="all", infinite=False)
+    got = list(stream)
+    assert len(got) == len(keys) - 1 and stream.counter.without_signal == 1
+    cfg_d = small_cfg(out, tmp_path / "o", "task=drag", "data.eval_permille=0")
+    assert len(list(PairStream([str(out)], sample_spec(cfg_d), batch_size=1, split="all", infinite=False))) == len(keys)
