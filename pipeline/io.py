@@ -521,11 +521,13 @@ def package_versions() -> dict:
 
 
 def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: str, new_samples: int,
-              tasks: Iterable[ClipTask] | None = None, n_duplicates: int | None = None) -> dict:
+              tasks: Iterable[ClipTask] | None = None, n_duplicates: int | None = None,
+              model_io: dict | None = None) -> dict:
     """Counts from what is on disk (so a resumed run's summary covers the whole output).
 
     With ``tasks`` (the de-duplicated inputs) and ``n_duplicates``, ``all_inputs_accounted`` is exact:
-    every task's clip is in the index or the rejects, nothing else is, and every duplicate is recorded."""
+    every task's clip is in the index or the rejects, nothing else is, and every duplicate is recorded.
+    ``model_io``: what the Ray runner's model-stage actors received this run (stage -> figures)."""
     idx, rej = read_index(out_dir), read_rejects(out_dir)
     written_clips = set(idx["source"]) if len(idx) else set()
     rejected_sources = set(rej["source"]) if len(rej) else set()
@@ -567,6 +569,8 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
     else:
         accounted = summary["clips_with_samples"] + summary["clips_rejected"] + summary["clips_without_samples"]
         summary["all_inputs_accounted"] = accounted + n_dup_rejects >= n_inputs
+    if model_io:
+        summary["model_io"] = model_io
     Store(out_dir).write_bytes("summary.json", json.dumps(summary, indent=1, default=str).encode())
     return summary
 
@@ -582,4 +586,7 @@ def format_summary(s: dict, out_dir) -> str:
              f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})"]
     for stage, reasons in sorted(s["rejects_by_stage"].items()):
         lines.append(f"    {stage:>14}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
+    for stage, m in s.get("model_io", {}).items():
+        lines.append(f"  model stage {stage}: {m['pairs']} pairs in {m['calls']} calls to {m['actors']} actor(s); "
+                     f"received {m['mib_in']:.1f} MiB ({', '.join(m['arrays'])}), sent back {m['mib_out']:.1f} MiB")
     return "\n".join(lines)

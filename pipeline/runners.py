@@ -19,16 +19,17 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+
+import numpy as np
 from typing import Iterator
 
 from tqdm import tqdm
 
-from vid2pair.core.items import ClipDone, ClipTask, item_to_row, row_to_item, rows_to_table
+from vid2pair.core.items import ClipDone, ClipTask, PairItem, item_to_row, row_to_item
 from vid2pair.pipeline.graph import STAGES
 from vid2pair.pipeline.io import OutputWriter, stage_sample, write_chunk
 from vid2pair.pipeline.storage import is_uri
-from vid2pair.pipeline.plan import (ClipUnit, batch_size_of, build_pair_stages, fused_prefix, pair_classes, ray_groups,
-                                   run_items)
+from vid2pair.pipeline.plan import ClipUnit, batch_size_of, build_pair_stages, fused_prefix, pair_classes, run_items
 
 log = logging.getLogger("vid2pair")
 
@@ -74,54 +75,99 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _writable(v):
+    return v.copy() if getattr(v, "flags", None) is not None and not v.flags.writeable else v
+
+
+class _ModelActor:
+    """A Ray actor holding one model stage (its model loaded once, with its GPU share). The clip tasks
+    call :meth:`run` with slim pairs: only the arrays the stage reads (:func:`~pipeline.plan.slim`);
+    what it sends back leaves out the arrays it did not change (:func:`~pipeline.plan.mark_unchanged`).
+    It counts what it received (:meth:`io`), so a run can show that nothing else reached it."""
+
+    def __init__(self, cfg, cls: type, upstream: tuple):
+        set_threads(cfg.runner.threads_per_worker)
+        self.stage = cls.build(cfg, upstream)
+        self.stats = {"calls": 0, "pairs": 0, "bytes_in": 0, "bytes_out": 0, "arrays": set()}
+
+    def run(self, items: list) -> list:
+        from vid2pair.pipeline.plan import mark_unchanged
+
+        st = self.stats
+        before = [it.arrays for it in items]  # as received (read-only shared memory, mostly)
+        for it in items:  # the stage works on copies: it may write in place
+            it.arrays = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in it.arrays.items()}
+        sent = [dict(it.arrays) for it in items]
+        st["calls"] += 1
+        st["pairs"] += len(items)
+        for a in sent:
+            st["arrays"] |= set(a)
+            st["bytes_in"] += sum(getattr(v, "nbytes", 0) for v in a.values())
+        out = self.stage(list(items))
+        for it, a, b in zip(out, sent, before):
+            if isinstance(it, PairItem):
+                it.arrays = mark_unchanged(a, it.arrays, b)
+                st["bytes_out"] += sum(getattr(v, "nbytes", 0) for v in it.arrays.values())
+        return out
+
+    def io(self) -> dict:
+        return {**self.stats, "arrays": sorted(self.stats["arrays"])}
+
+
+class _RemoteStage:
+    """Stands in, inside a clip task, for the model stage ``cls`` running in ``actors``: each batch of
+    pairs goes to one actor as slim copies, the answers are merged back into the whole pairs."""
+
+    def __init__(self, cls: type, actors: list):
+        self.name, self.reads, self.actors = cls.name, tuple(cls.reads), list(actors)
+        self._next = os.getpid()
+
+    def __call__(self, items: list) -> list:
+        import ray
+
+        from vid2pair.pipeline.plan import merge_back, slim
+
+        pairs = [i for i in items if isinstance(i, PairItem)]
+        if not pairs:
+            return items
+        self._next += 1
+        actor = self.actors[self._next % len(self.actors)]
+        back = ray.get(actor.run.remote(slim(pairs, self.reads)))
+        for o in back:
+            if isinstance(o, PairItem):
+                o.arrays = {k: _writable(v) for k, v in o.arrays.items()}
+        done = {id(p): merge_back(p, o, self.reads) for p, o in zip(pairs, back)}
+        return [done.get(id(i), i) for i in items]
+
+    def close(self) -> None:
+        pass
+
+
 _CLIP_UNITS: dict = {}
 
 
-def _clip_rows(row: dict, cfg, fused: tuple, clip_cls: type, stage_root: str | None = None) -> Iterator[dict]:
-    """The clip unit (clip stage + the fused pair stages) as a Ray task. Tasks (not actors) so that
-    a task lost with its node or worker is simply retried elsewhere; the unit (and its warm
-    isolation child) is cached per worker process, which Ray reuses across tasks. ``stage_root``:
-    the output, when this task runs the last stage and the workers write the shards."""
-    key = (cfg.fingerprint() + repr(cfg.isolation), fused, clip_cls)
-    unit = _CLIP_UNITS.get(key)
-    if unit is None:
+def _clip_rows(row: dict, cfg, classes: tuple, clip_cls: type, actors: dict, stage_root: str | None = None
+               ) -> Iterator[dict]:
+    """One clip (or work unit) through every pair stage, as a Ray task: the clip stage and the CPU
+    stages before the first model stage in the isolation child, the rest here, the model stages by
+    calling their actors (``actors``: stage name -> handles). Tasks (not actors) so that a task lost
+    with its node or worker is simply retried elsewhere; the unit (and its warm isolation child) is
+    cached per worker process, which Ray reuses across tasks. ``stage_root``: the output, when the
+    workers write the shards."""
+    key = (cfg.fingerprint() + repr(cfg.isolation), classes, clip_cls, tuple(sorted(actors)))
+    cached = _CLIP_UNITS.get(key)
+    if cached is None:
         set_threads(cfg.runner.threads_per_worker)
-        unit = _CLIP_UNITS[key] = ClipUnit(cfg, fused, clip_cls)
+        fused = fused_prefix(cfg, classes)
+        rest = [_RemoteStage(S, actors[S.name]) if S.name in actors else S.build(cfg, classes[:k])
+                for k, S in enumerate(classes) if k >= len(fused)]
+        cached = _CLIP_UNITS[key] = (ClipUnit(cfg, fused, clip_cls), rest, batch_size_of(cfg, classes[len(fused):]))
+    unit, rest, batch = cached
     task = ClipTask(source=str(row["source"]), clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=str(row["clip_id"]), unit=int(row["unit"]), units=int(row["units"]),
                     start_s=float(row["start_s"]), end_s=float(row["end_s"]))
-    for it in unit.iter(task):  # a generator: Ray Data builds the output blocks as pairs arrive
+    for it in run_items(unit, rest, task, batch):  # a generator: Ray Data builds the blocks as pairs arrive
         yield item_to_row(stage_sample(stage_root, it) if stage_root else it)
-
-
-class _PairFn:
-    """Runs the pair stages ``group`` (in order) on a pyarrow batch of item rows; ``upstream``: the
-    enabled stage classes before the group (the encoder's members come from them); ``stage_root``:
-    as in :func:`_clip_rows`."""
-
-    def __init__(self, cfg, group: tuple, upstream: tuple, stage_root: str | None = None):
-        set_threads(cfg.runner.threads_per_worker)
-        self.stages = build_pair_stages(cfg, upstream + group)[len(upstream):]
-        self.stage_root = stage_root
-
-    def __call__(self, batch):
-        items = [row_to_item(r) for r in batch.to_pylist()]
-        for st in self.stages:
-            items = st(items)
-        if self.stage_root:
-            items = [stage_sample(self.stage_root, i) for i in items]
-        return rows_to_table([item_to_row(i) for i in items])
-
-
-_PAIR_FNS: dict = {}
-
-
-def _apply_pair_stages(batch, cfg, group: tuple, upstream: tuple, stage_root: str | None = None):
-    key = (cfg.fingerprint(), group, stage_root)
-    fn = _PAIR_FNS.get(key)
-    if fn is None:
-        fn = _PAIR_FNS[key] = _PairFn(cfg, group, upstream, stage_root)
-    return fn(batch)
 
 
 def workers_write(cfg, out_dir) -> bool:
@@ -168,33 +214,54 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = ST
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines in the user's terminal
     ctx.print_on_execution_start = False
     classes = pair_classes(cfg, stages)
-    fused = fused_prefix(cfg, classes)
-    groups = ray_groups(cfg, classes)
-    # the workers write the shards: whoever runs the last stage stages each sample's members under
-    # the output, a Ray task writes each complete chunk, the driver only gets records and commits
+    # a model stage is a pool of actors, one model each with its GPU share; the clip tasks call them
+    # with only the arrays the stage reads, so frames never travel to a stage that does not read
+    # them, and an unchanged array never travels back
+    pools = {S.name: [ray.remote(_ModelActor).options(num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
+                                                      max_restarts=-1, max_task_retries=3)
+                      .remote(cfg, S, classes[:k]) for _ in range(res.actors)]
+             for k, S in enumerate(classes) for res in [S.resources(cfg)] if res is not None}
+    # the workers write the shards: the clip task stages each sample's members under the output, a
+    # Ray task writes each complete chunk, the driver only gets records and commits
     root = writer.root if workers_write(cfg, writer.root) else None
     if root:
         write_task = ray.remote(num_cpus=0.1, max_retries=3)(write_chunk)
         writer.chunk_writer = lambda *a: ray.get(write_task.remote(*a))
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
-    # clip unit: retryable tasks, about one core each (a bit less, so the model actors always fit);
-    # with weight-free CPU backends it runs the whole pipeline: no frames cross the object store
-    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "fused": fused, "clip_cls": stages[0],
-                                            "stage_root": None if groups else root},
+    # one retryable task per clip or work unit, about one core each (a bit less, so the model actors
+    # always fit); with weight-free CPU backends no frame leaves it
+    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "classes": classes, "clip_cls": stages[0], "actors": pools,
+                                            "stage_root": root},
                      num_cpus=cfg.runner.clip_stage_cpus)
-    done = list(fused)
-    for k, (group, res) in enumerate(groups):
-        upstream = tuple(done)
-        last_root = root if k == len(groups) - 1 else None
-        if res is not None:  # a model stage: an actor pool, one model per actor, with its GPU share
-            ds = ds.map_batches(_PairFn, fn_constructor_args=(cfg, group, upstream, last_root), batch_format="pyarrow",
-                                batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.actors),
-                                num_gpus=res.num_gpus or None, num_cpus=res.num_cpus)
-        else:  # consecutive CPU stages: plain retryable tasks
-            ds = ds.map_batches(_apply_pair_stages, fn_kwargs={"cfg": cfg, "group": group, "upstream": upstream,
-                                                               "stage_root": last_root},
-                                batch_format="pyarrow", batch_size=4, num_cpus=cfg.runner.pair_stage_cpus)
-        done += group
+    try:
+        _drain(ds, tasks, writer, cfg)
+    finally:
+        if pools:
+            writer.model_io = _model_io(pools)
+            for handles in pools.values():
+                for h in handles:
+                    ray.kill(h)
+
+
+def _model_io(pools: dict) -> dict:
+    """What each model stage's actors received, summed over the pool (``summary.json``: model_io)."""
+    import ray
+
+    out = {}
+    for name, handles in pools.items():
+        try:
+            parts = ray.get([h.io.remote() for h in handles], timeout=30)
+        except Exception:  # an actor lost at the end: the figures are only a report
+            continue
+        out[name] = {"actors": len(handles), "calls": sum(p["calls"] for p in parts),
+                     "pairs": sum(p["pairs"] for p in parts),
+                     "mib_in": round(sum(p["bytes_in"] for p in parts) / 2**20, 3),
+                     "mib_out": round(sum(p["bytes_out"] for p in parts) / 2**20, 3),
+                     "arrays": sorted({k for p in parts for k in p["arrays"]})}
+    return out
+
+
+def _drain(ds, tasks, writer, cfg) -> None:
     with _bar(tasks, cfg.runner.progress) as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
@@ -359,7 +426,7 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     if missing:
         raise RuntimeError(f"chunks {missing[:10]} did not complete (a clip's items were lost); rerun to resume")
     summary = summarize(out_dir, cfg, len(sources), time.time() - t0, cfg.runner.name, writer.new_samples,
-                        tasks=tasks, n_duplicates=len(dups))
+                        tasks=tasks, n_duplicates=len(dups), model_io=getattr(writer, "model_io", None))
     if log_summary:
         print(format_summary(summary, out_dir), file=sys.stderr)
     return summary

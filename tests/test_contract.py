@@ -16,7 +16,7 @@ from vid2pair.core.errors import ConfigError
 from vid2pair.core.seeding import derive_seed, rng_for
 from vid2pair.pipeline.config import Config, config_from_dict, load_config
 from vid2pair.pipeline.graph import STAGES
-from vid2pair.pipeline.plan import fused_prefix, needs, pair_classes, ray_groups, signal_members, signals
+from vid2pair.pipeline.plan import fused_prefix, model_stages, needs, pair_classes, signal_members, signals
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,17 +107,20 @@ def test_ray_grouping_is_derived_from_the_resources():
     cfg = load_config("demo")
     classes = pair_classes(cfg)
     assert [S.name for S in classes] == ["flow", "motion", "track", "sketch", "coarse", "collage", "quality", "encode"]
-    assert fused_prefix(cfg, classes) == classes and ray_groups(cfg, classes) == []  # weight-free: one task
+    assert fused_prefix(cfg, classes) == classes and model_stages(cfg, classes) == []  # weight-free: one task
     # a weight-free backend never asks for a GPU, whatever its stage's share says
     cfg = load_config("demo", ["flow.num_gpus=1", "track.num_gpus=1", "collage.num_gpus=1"])
-    assert ray_groups(cfg, pair_classes(cfg)) == []
+    assert model_stages(cfg, pair_classes(cfg)) == []
     cfg = load_config("demo", ["flow.backend=raft_small", "flow.num_gpus=0.5", "flow.actors=2", "sketch.enabled=false"])
     classes = pair_classes(cfg)
     assert "sketch" not in [S.name for S in classes]
     assert fused_prefix(cfg, classes) == ()
-    (g1, r1), (g2, r2) = ray_groups(cfg, classes)
-    assert [S.name for S in g1] == ["flow"] and (r1.num_gpus, r1.actors, r1.gpu_key) == (0.5, 2, "flow.num_gpus")
-    assert [S.name for S in g2] == ["motion", "track", "coarse", "collage", "quality", "encode"] and r2 is None
+    ((S, r),) = model_stages(cfg, classes)
+    assert S.name == "flow" and (r.num_gpus, r.actors, r.gpu_key) == (0.5, 2, "flow.num_gpus")
+    cfg = load_config("demo", ["track.backend=cotracker3_offline", "collage.segmenter=sam"])
+    classes = pair_classes(cfg)
+    assert [S.name for S in fused_prefix(cfg, classes)] == ["flow", "motion"]
+    assert [S.name for S, _ in model_stages(cfg, classes)] == ["track", "collage"]
 
 
 def test_needs_are_declared_by_each_stage():

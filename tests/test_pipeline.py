@@ -251,14 +251,15 @@ def test_accounting_is_exact(local_out):
     assert not summarize(out, cfg, len(sources), 1.0, "local", 0, tasks=tasks, n_duplicates=1)["all_inputs_accounted"]
 
 
-def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path, ray_local):
+def test_ray_model_stage_actors_get_only_what_they_read_and_give_identical_shards(demo_corpus, tmp_path, ray_local):
     """A stage holding a model (here collage depth from a tiny random DPT saved as a local weights
-    directory, loaded like the published one) runs as an actor pool between the clip tasks and the
-    CPU pair-stage tasks; the shards equal the local runner's."""
+    directory, loaded like the published one) runs in a pool of actors that the clip tasks call with
+    only the arrays the stage reads: src, tgt and flow, not the frames in between or any other
+    signal, and it sends back only what it made. The shards equal the local runner's."""
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    from vid2pair.pipeline.plan import fused_prefix, pair_classes, ray_groups
+    from vid2pair.pipeline.plan import fused_prefix, model_stages, pair_classes
     from vid2pair.stages.collage import CollageStage
 
     torch.manual_seed(0)
@@ -273,15 +274,22 @@ def test_ray_model_stage_actor_pool_gives_identical_shards(demo_corpus, tmp_path
     cfg = _cfg("ray", *more)
     classes = pair_classes(cfg)
     assert [S.name for S in fused_prefix(cfg, classes)] == ["flow", "motion", "sketch", "coarse"]  # DIS on CPU
-    groups = ray_groups(cfg, classes)
-    assert [[S.name for S in g] for g, _ in groups] == [["collage"], ["quality", "encode"]]
-    assert groups[0][1] is not None and groups[1][1] is None and CollageStage.resources(cfg).num_gpus == 0
+    assert [S.name for S, _ in model_stages(cfg, classes)] == ["collage"] and CollageStage.resources(cfg).num_gpus == 0
     a = build(_cfg("local", *more), str(demo_corpus[0]), tmp_path / "local", log_summary=False)
     b = build(_cfg("ray", *more), str(demo_corpus[0]), tmp_path / "ray", log_summary=False)
     assert a["samples"] == b["samples"] == 9
     assert _digests(tmp_path / "ray") == _digests(tmp_path / "local")
     meta = json.loads(next(iter(_members(tmp_path / "ray", "meta.json"))))
     assert meta["collage"]["depth"]["backend"] == "dpt"
+    # what the actors received: per pair two 240x320 RGB frames and a float32 flow field, nothing else
+    io = b["model_io"]["collage"]
+    assert io["arrays"] == ["flow", "src", "tgt"] and io["pairs"] >= 9
+    per_pair = (2 * 240 * 320 * 3 + 240 * 320 * 2 * 4) / 2**20
+    assert io["mib_in"] == pytest.approx(io["pairs"] * per_pair, rel=1e-3)
+    # back: the collage (3 bytes a pixel), its hole mask and region masks (1 each), not the frames or
+    # the flow it was sent
+    assert io["mib_out"] == pytest.approx(io["pairs"] * 240 * 320 * 5 / 2**20, rel=1e-3)
+    assert "model_io" not in a
 
 
 def _members(out, suffix):
