@@ -4,8 +4,9 @@
                                  [--per-shot 8]
 
 Builds each preset (the demo, and FramePainter's weight-free counterpart framepainter_cpu: DIS flow,
-flow_chain tracking) on the real clips with the local runner, twice: with the quality stage and
-without it (the rules that existed before it: static camera, motion, coarse coverage). Prints, per
+flow_chain tracking) on the real clips with the local runner, three times: with the quality stage;
+with it and a retry of a pair rejected for motion at a shorter gap (``pairs.retry_shorter=1``); and without it
+(the rules that existed before it: static camera, motion, coarse coverage). Prints, per
 clip, the candidate pairs, how many were written and why the others were rejected; per signal, the
 share of the pairs reaching the quality stage that keep it; and the quantiles of every quality
 score. Nothing is timed.
@@ -86,7 +87,8 @@ def main() -> int:
         for preset in a.presets.split(","):
             extra = [f"pairs.per_shot={a.per_shot}"]
             res = {}
-            for mode, more in (("with quality", []), ("without quality", ["quality.enabled=false"])):
+            for mode, more in (("with quality", []), ("with retries", ["pairs.retry_shorter=1"]),
+                               ("without quality", ["quality.enabled=false"])):
                 out = Path(d) / f"{preset}-{mode.replace(' ', '_')}"
                 s = _build(preset, a.videos, out, extra + more)
                 res[mode] = {"samples": s["samples"], "clips_with_samples": s["clips_with_samples"],
@@ -95,15 +97,18 @@ def main() -> int:
                     res[mode]["signals"] = _signal_shares(out)
                     res[mode]["scores"] = _score_quantiles(out)
             report[preset] = res
-            w, wo = res["with quality"], res["without quality"]
+            w, wo, nr = res["with quality"], res["without quality"], res["with retries"]
             print(f"\n=== {preset} (per_shot {a.per_shot}): {w['samples']} samples from {w['clips_with_samples']} "
-                  f"clips with the quality stage; {wo['samples']} from {wo['clips_with_samples']} clips without it")
-            print(f"{'clip':28s} {'without':>7s} {'with':>5s}  rejects (with the quality stage)")
+                  f"clips with the quality stage; {nr['samples']} from {nr['clips_with_samples']} clips with "
+                  f"retries at a shorter gap (pairs.retry_shorter=1); {wo['samples']} from "
+                  f"{wo['clips_with_samples']} clips without the quality stage")
+            print(f"{'clip':28s} {'no-qual':>7s} {'retry':>8s} {'with':>5s}  rejects (with the quality stage)")
             for clip, c in w["per_clip"].items():
                 before = wo["per_clip"].get(clip, {}).get("written", 0)
+                no_retry = nr["per_clip"].get(clip, {}).get("written", 0)
                 why = ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items()))
                 drops = ", ".join(f"{k} {v}" for k, v in sorted(c["signal_drops"].items()))
-                print(f"{clip:28s} {before:7d} {c['written']:5d}  {why}"
+                print(f"{clip:28s} {before:7d} {no_retry:8d} {c['written']:5d}  {why}"
                       + (f" | signals dropped: {drops}" if drops else ""))
             sg = w["signals"]
             print(f"signals kept, of the {sg['judged_pairs']} pairs the quality stage judged: " + ", ".join(

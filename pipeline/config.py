@@ -73,8 +73,6 @@ class RunnerConfig:
                                             "a private local Ray")
     num_cpus: Optional[int] = knob(None, "CPUs of the private local Ray (null: all)", ge=1)
     clip_stage_cpus: float = knob(0.75, "Ray: logical CPUs per clip task", gt=0)
-    pair_stage_cpus: float = knob(0.75, "Ray: logical CPUs per task of the CPU pair stages after a model stage",
-                                  gt=0)
     progress: bool = knob(True, "progress bar on stderr")
     threads_per_worker: int = knob(1, "OpenCV / torch CPU threads per worker (parallelism comes from workers)", ge=1)
     check_weights: bool = knob(True, "fail before any work when model weights / extras are missing on the driver")

@@ -284,23 +284,24 @@ def stage_sample(root: str, it: Item) -> Item:
     return it
 
 
-def write_chunk(root: str, chunk: int, staged: list[tuple[str, str]], index_rows: list[dict],
-                reject_rows: list[dict]) -> int:
-    """Write chunk ``chunk``'s shard from the staged members ``staged`` ((key, path) sorted by key),
-    then its index and rejects parts, then drop its staging folder; returns the samples written.
-    Runs where the runner puts it (a Ray task with the ``workers`` shard writers); the caller
-    writes the commit marker afterwards."""
+def write_chunk(root: str, chunk: int, members: list, index_rows: list[dict], reject_rows: list[dict]) -> int:
+    """Write chunk ``chunk``'s shard, then its index and rejects parts; returns the samples written.
+    ``members``: (key, where) sorted by key, ``where`` the path of the members a worker staged
+    (:func:`stage_sample`) or a function giving them. With staged members it drops the chunk's
+    staging folder. Runs where the runner puts it (a Ray task with the ``workers`` shard writers,
+    staged members only); the caller writes the commit marker afterwards."""
     store = Store(root)
     name = f"pairs-{chunk:06d}.tar"
-    if staged:
+    if members:  # the tar appears under its final name only once complete
         with store.atomic_file(f"shards/{name}") as f:
             with ShardWriter(f) as w:
-                for key, rel in staged:
-                    w.write(key, _unpack_members(store.read_bytes(rel)))
+                for key, where in members:
+                    w.write(key, _unpack_members(store.read_bytes(where)) if isinstance(where, str) else where())
     store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
     store.write_parquet(f"rejects/part-{chunk:06d}.parquet", _table(reject_rows, REJECT_COLUMNS))
-    store.delete_dir(f"{STAGING}/{chunk:06d}")
-    return len(staged)
+    if any(isinstance(where, str) for _, where in members):
+        store.delete_dir(f"{STAGING}/{chunk:06d}")
+    return len(members)
 
 
 class OutputWriter:
@@ -455,19 +456,9 @@ class OutputWriter:
         index_rows = [index_row(s.key, name, s.meta, self.stages) for s in samples]
         reject_rows = [{**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"}, "preview": previews[id(r)]}
                        for r in rejects]
-        if samples and all("_staged" in s.meta for s in samples):  # the workers wrote the members
-            self.chunk_writer(self.root, chunk, [(s.key, s.meta["_staged"]) for s in samples], index_rows,
-                              reject_rows)
-        else:
-            if samples:  # the tar appears under its final name only once complete
-                with self.store.atomic_file(f"shards/{name}") as f:
-                    with ShardWriter(f) as w:
-                        for s in samples:
-                            w.write(s.key, self._files(s))
-            self.store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
-            self.store.write_parquet(f"rejects/part-{chunk:06d}.parquet", _table(reject_rows, REJECT_COLUMNS))
-            if any("_staged" in s.meta for s in samples):
-                self.store.delete_dir(f"{STAGING}/{chunk:06d}")
+        members = [(s.key, s.meta["_staged"] if "_staged" in s.meta else (lambda s=s: self._files(s))) for s in samples]
+        staged = bool(members) and all(isinstance(w, str) for _, w in members)  # the workers wrote the members
+        (self.chunk_writer if staged else write_chunk)(self.root, chunk, members, index_rows, reject_rows)
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
             {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
              "clips": [t.label for t in self.tasks_by_chunk[chunk]]}).encode())

@@ -202,14 +202,32 @@ class _UnitWork:
         self.fused = build_pair_stages(cfg, fused)
 
     def iter(self, task: ClipTask, report) -> Iterator[Item]:
+        import copy
+
+        from vid2pair.stages.pairs import RETRY_REASONS
+
         items = self.clip.iter_items(task, report) if hasattr(self.clip, "iter_items") else self.clip(task, report)
+        retry = getattr(self.clip, "retry_item", None)
         for it in items:
-            out = [it]
-            if isinstance(it, PairItem):
-                for st in self.fused:
-                    report(st.name)
-                    out = st(out)
-            yield from out
+            while True:
+                out = [it]
+                frames = it.arrays.get("frames") if isinstance(it, PairItem) else None
+                meta = copy.deepcopy(it.meta) if frames is not None and retry is not None else None
+                if isinstance(it, PairItem):
+                    for st in self.fused:
+                        report(st.name)
+                        out = st(out)
+                # a pair rejected for motion the estimates cannot follow: again at a shorter gap
+                nxt = None
+                if (retry is not None and frames is not None and len(out) == 1 and isinstance(out[0], Reject)
+                        and out[0].level == "pair" and out[0].reason in RETRY_REASONS):
+                    nxt = retry(it, meta, frames)
+                    if nxt is not None:
+                        out[0].detail = (f"{out[0].detail}; retried at dt {nxt.meta['dt']:g} s as {nxt.key}")[:500]
+                yield from out
+                if nxt is None:
+                    break
+                it = nxt
 
     def __call__(self, task: ClipTask, report) -> list[Item]:
         """In the isolation child: each item goes to the parent as soon as it is ready (``report.emit``)."""

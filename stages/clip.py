@@ -179,6 +179,25 @@ class ClipStage(Stage):
                     reader = decode.open_reader(path, dw, dh, self._decoder)
                 yield self._pair_item(task, reader, info, k, (a, b), score, sp)
 
+    def retry_item(self, it: PairItem, meta: dict, frames) -> Optional[PairItem]:
+        """The retry of pair ``it`` (as this stage made it: ``meta``, decoded as ``frames``) at a shorter
+        gap, from the same frames (:func:`pairs.shorter_target`), keyed ``<key>_r<n>``; None when it has
+        no shorter gap left."""
+        m = meta
+        if m.get("retry", 0) >= self.cfg.pairs.retry_shorter or "advance_guess" in m:
+            return None
+        j = pairs.shorter_target(m["frame_indices"], m["fps"], self.cfg.pairs)
+        if j is None:
+            return None
+        idx = m["frame_indices"][:j + 1]
+        fps = m["fps"]
+        meta = {**m, "tgt_frame": idx[-1], "tgt_time": round(idx[-1] / fps, 6),
+                "dt": round(abs(idx[-1] - idx[0]) / fps, 6), "frame_indices": idx,
+                "retry": m.get("retry", 0) + 1, "retry_of": m.get("retry_of", it.key)}
+        key = f"{meta['retry_of']}_r{meta['retry']}"
+        return PairItem(key=key, clip_id=it.clip_id, source=it.source, chunk=it.chunk, clip_idx=it.clip_idx,
+                        meta=meta, arrays={"frames": frames[:j + 1]})
+
     def _pair_item(self, task, reader, info, shot, rng_ab, score, sp: pairs.PairSpec) -> PairItem:
         cfg = self.cfg
         if sp.sequence:  # flow_advance: start + candidate targets

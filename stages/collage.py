@@ -148,14 +148,17 @@ def residual_px(A: np.ndarray, xy: np.ndarray, f: np.ndarray) -> float:
 
 def fit_segments(labels: np.ndarray, flow: np.ndarray, *, fit_samples: int = 50, ransac_thresh: float = 3.0,
                  min_inlier_frac: float = 0.3, min_area: int = 0, rng: Optional[np.random.Generator] = None,
-                 residual_samples: int = 4096) -> list[SegmentFit]:
+                 residual_samples: int = 4096, valid: Optional[np.ndarray] = None) -> list[SegmentFit]:
     """One similarity per segment of ``labels`` (see the module docstring). Never raises on a
-    degenerate segment: it gets ``transform=None`` and a ``status`` instead."""
+    degenerate segment: it gets ``transform=None`` and a ``status`` instead. ``valid``: (H, W) bool,
+    where the flow is forward-backward consistent; a segment's fit samples are drawn there when at
+    least a fifth of it is (what an occlusion hides has no correspondence to fit)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     h, w = labels.shape
     n = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
     pixels = segment_pixels(labels, n)
     fl = np.asarray(flow, np.float32).reshape(-1, 2)
+    ok_px = None if valid is None else np.asarray(valid, bool).reshape(-1)
     fits = []
     for k, pix in enumerate(pixels):
         area = len(pix)
@@ -165,8 +168,13 @@ def fit_segments(labels: np.ndarray, flow: np.ndarray, *, fit_samples: int = 50,
             fit.status = "too_small"
             fits.append(fit)
             continue
-        m = min(fit_samples, area)
-        sel = pix[rng.choice(area, size=m, replace=False)]
+        fit_pix = pix
+        if ok_px is not None:
+            vpix = pix[ok_px[pix]]
+            if len(vpix) >= max(3, area // 5):
+                fit_pix = vpix
+        m = min(fit_samples, len(fit_pix))
+        sel = fit_pix[rng.choice(len(fit_pix), size=m, replace=False)]
         xy = np.stack([sel % w, sel // w], axis=1).astype(np.float64)
         f = fl[sel].astype(np.float64)
         good = np.isfinite(f).all(axis=1)
@@ -308,7 +316,8 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
 
 def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, *,
                  depth_model: Any = None, cfg: Any = None, moving_px: float = 1.0,
-                 rng: Optional[np.random.Generator] = None, device: str = "cpu") -> dict:
+                 rng: Optional[np.random.Generator] = None, device: str = "cpu",
+                 valid: Optional[np.ndarray] = None) -> dict:
     """The whole collage for one pair, given the segment label map. ``cfg``: a :class:`CollageConfig`.
 
     Returns ``{"collage", "mask", "owner", "fits", "order", "disparity", "meta", "ms"}``: ``meta`` is
@@ -319,7 +328,7 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     cfg = cfg or CollageConfig()
     t0 = time.perf_counter()
     fits = fit_segments(labels, flow, fit_samples=cfg.fit_samples, ransac_thresh=cfg.ransac_thresh,
-                        min_inlier_frac=cfg.min_inlier_frac, min_area=cfg.min_area, rng=rng)
+                        min_inlier_frac=cfg.min_inlier_frac, min_area=cfg.min_area, rng=rng, valid=valid)
     t1 = time.perf_counter()
     n = len(fits)
     depth_info: dict = {"backend": "occlusion" if depth_model is None else "dpt"}
@@ -357,7 +366,7 @@ class CollageStage(PairStage):
 
     name = "collage"
     sections = {"collage": CollageConfig, "region_drag": RegionDragConfig}
-    reads = ("src", "tgt", "flow")
+    reads = ("src", "tgt", "flow", "flow_valid")
     writes = (Member("collage.png", "collage", "png"), Member("collage_mask.png", "collage_mask", "png"),
               Member("region_drag.json", "region_drag", "json"), Member("region_masks.png", "region_masks", "png"))
     signals = (Signal("collage", ("collage.png", "collage_mask.png"), "collage.enabled"),
@@ -432,7 +441,8 @@ class CollageStage(PairStage):
             rng = rng_for(self.cfg.seed, it.key, "collage")
             moving_px = self.rcfg.moving_px * min(src.shape[:2]) / self.rcfg.reference_short_side
             res = make_collage(src, tgt, flow, labels, depth_model=self.depth, cfg=self.ccfg, moving_px=moving_px,
-                               rng=rng, device=str(resolve_device(self.ccfg.device)))
+                               rng=rng, device=str(resolve_device(self.ccfg.device)),
+                               valid=it.arrays.get("flow_valid"))
             meta = res["meta"]  # no timings: reruns must write identical samples
             meta["segmenter"] = getattr(self.segmenter, "version", self.ccfg.segmenter)
             if self._depth is not None:

@@ -39,6 +39,12 @@ class PairsConfig:
     reverse_prob: float = knob(0.0, "probability of swapping source and target (time reversal)", unit="frac",
                                ge=0, le=1)
     max_attempts: int = knob(20, "draws per requested pair before giving up", ge=1)
+    retry_shorter: int = knob(0, "a pair rejected for motion the estimates cannot follow (reasons in "
+                                 "pairs.RETRY_REASONS) is tried again up to this many times, each at about half "
+                                 "its dt (never below min_gap_s / uniform_min_s), from the frames already "
+                                 "decoded; its reject stays in the table. min_gap / uniform_seconds only, "
+                                 "stages that run with the decoder (all with weight-free backends); 0: off",
+                              ge=0, le=4)
     advance_frames: int = knob(20, "flow_advance: frames spaced linearly from the start to the end of the shot "
                                    "(the start and its candidate targets)", unit="frames", ge=2)
     advance_start_max: int = knob(20, "flow_advance: the start is a random frame in [0, this) of the shot",
@@ -67,6 +73,28 @@ class PairSpec:
     @property
     def frames(self) -> tuple[int, int]:
         return self.src, self.tgt
+
+
+#: rejects a shorter gap may cure: the object moved too far or out of sight for the flow to follow
+RETRY_REASONS = frozenset({"unmatched_change", "flow_inconsistent", "motion_too_large", "no_valid_signal"})
+
+
+def shorter_target(indices: list[int], fps: float, cfg) -> Optional[int]:
+    """For a pair decoded as frames ``indices`` (source first, target last, evenly spaced between),
+    the position among them of the target of its retry: about half the gap, at least the policy's
+    smallest gap; None when no such frame is left (or the policy has no gap to shorten)."""
+    if cfg.policy == "min_gap":
+        gmin = int(math.ceil(cfg.min_gap_s * fps - 1e-9))
+    elif cfg.policy == "uniform_seconds":
+        gmin = int(round(cfg.uniform_min_s * fps))
+    else:
+        return None
+    gaps = [abs(i - indices[0]) for i in indices]
+    want = max(gmin, gaps[-1] // 2)
+    ok = [j for j in range(1, len(indices) - 1) if gmin <= gaps[j] < gaps[-1]]
+    if not ok:
+        return None
+    return min(ok, key=lambda j: (abs(gaps[j] - want), j))
 
 
 def min_duration_s(cfg) -> float:

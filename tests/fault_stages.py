@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import time
 
+from vid2pair.core.stage import pair_reject
 from vid2pair.pipeline.graph import STAGES
 from vid2pair.stages.clip import ClipStage
 from vid2pair.stages.flow import FlowStage
+from vid2pair.stages.motion import MotionStage
 
 
 class AbortOnC1(ClipStage):
@@ -46,3 +48,13 @@ class FlowAbortOnC2(FlowStage):
 def with_stage(replace: type, by: type) -> tuple:
     """The pipeline with one stage class replaced."""
     return tuple(by if S is replace else S for S in STAGES)
+
+
+class RejectLongGaps(MotionStage):
+    """Says ``motion_too_large`` for every pair more than 1.6 s apart (a stand-in for motion the flow
+    cannot follow over a long gap), for the retry-at-a-shorter-gap tests."""
+
+    def one(self, it):
+        if it.meta["dt"] > 1.6:
+            return pair_reject(it, self.name, "motion_too_large", f"dt {it.meta['dt']:.2f} s > 1.6 s")
+        return super().one(it)

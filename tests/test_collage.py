@@ -340,3 +340,26 @@ def test_order_helpers():
     order, _ = occlusion_order(np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 3), np.uint8), lab,
                                [eye, eye], [False, False])
     assert order == [0, 1]
+
+
+def test_fits_skip_flow_the_forward_backward_check_marks_occluded():
+    """A 40x40 segment moves by (5, 3); the flow on 70 % of it is garbage (what an occluder hid) and
+    the fb mask says so. Fitted on every pixel, RANSAC finds too few inliers; fitted on the
+    consistent pixels, it recovers the move to within 0.1 px."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((60, 60), np.int32)
+    labels[10:50, 10:50] = 1
+    flow = np.zeros((60, 60, 2), np.float32)
+    flow[10:50, 10:50] = (5.0, 3.0)
+    bad = (rng.random((60, 60)) < 0.7) & (labels == 1)
+    flow[bad] = rng.uniform(-30, 30, (int(bad.sum()), 2))
+    plain = fit_segments(labels, flow, min_inlier_frac=0.4, rng=np.random.default_rng(1))[1]
+    masked = fit_segments(labels, flow, min_inlier_frac=0.4, rng=np.random.default_rng(1), valid=~bad)[1]
+    assert plain.transform is None and plain.status == "few_inliers"
+    assert masked.transform is not None and masked.inliers == masked.samples
+    assert np.allclose(masked.transform[:, 2], (5.0, 3.0), atol=0.1)
+    assert np.allclose(masked.transform[:, :2], np.eye(2), atol=0.01)
+    # too little of the segment left consistent (< a fifth): every pixel is used, as without a mask
+    few = ~bad & (rng.random((60, 60)) < 0.2)
+    assert fit_segments(labels, flow, min_inlier_frac=0.4, rng=np.random.default_rng(1), valid=few)[1].status \
+        == "few_inliers"

@@ -364,3 +364,54 @@ def test_make_flow_backend_choices():
         make_flow_backend(FlowConfig(backend="farneback"))
     with pytest.raises(ValueError, match="precision"):
         TorchvisionRAFT("small", random_init=True, device="cpu", precision="fp8")
+
+
+def _fast_object_item(over=()):
+    """A 70x60 textured box moving 7 px a frame over 12 frames (84 px) on a textured background."""
+    from vid2pair.core.items import PairItem
+    from vid2pair.pipeline.config import load_config
+    from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
+    from vid2pair.stages.flow import FlowStage
+
+    clip = make_clip(width=320, height=240, n_frames=13, fps=12.0, seed=3,
+                     objects=[ObjectSpec("rect", (70, 60), (90.0, 120.0), velocity=(7.0, 0.0), texture_seed=5)])
+    it = PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0,
+                  meta={"frame_indices": list(range(13)), "fps": 12.0, "src_frame": 0, "shot": 0},
+                  arrays={"frames": clip.frames.copy()})
+    return FlowStage(load_config("demo", list(over)))([it])[0]
+
+
+@pytest.mark.parametrize("over, median_max, p90_min", [
+    ((), 0.5, None),                             # adaptive: hops planned from the motion
+    (("flow.chain_mode=fixed",), None, 20.0),    # 8 even hops: most right, the leading edge lost
+    (("flow.chain=false",), None, 80.0),         # one DIS call: the 84-px move is lost
+])
+def test_adaptive_chaining_follows_a_fast_object(over, median_max, p90_min):
+    out = _fast_object_item(over)
+    f = out.arrays["flow"][100:140, 65:115]  # inside the box at the source
+    epe = np.hypot(f[..., 0] - 84.0, f[..., 1])
+    if median_max is not None:
+        assert np.median(epe) <= median_max and np.percentile(epe, 90) <= 1.0
+        hops = out.meta["flow"]["hops"]
+        assert len(hops) >= 4 and hops[0][0] == 0 and hops[-1][1] == 12
+        assert all(j > i for i, j in hops) and all(a[1] == b[0] for a, b in zip(hops, hops[1:]))
+    else:
+        assert np.percentile(epe, 90) >= p90_min  # what adaptive chaining fixes
+
+
+def test_static_suppress_zeroes_the_still_background_and_fb_mask_marks_what_gets_covered():
+    out = _fast_object_item()
+    bg = np.zeros((240, 320), bool)
+    bg[:, 250:] = True
+    bg[:60, :] = True
+    assert (np.abs(out.arrays["flow"][bg]).sum(-1) == 0).mean() == 1.0
+    assert out.meta["flow"]["static_suppressed_frac"] > 0.5
+    raw = _fast_object_item(("flow.static_suppress=false",))
+    assert (np.abs(raw.arrays["flow"][bg]).sum(-1) == 0).mean() < 0.5
+    assert "static_suppressed_frac" not in raw.meta["flow"]
+    v, vb = out.arrays["flow_valid"], out.arrays["flow_bwd_valid"]
+    assert v.dtype == bool and v.shape == (240, 320)
+    assert v[95:145, 130:205].mean() < 0.3  # background the box covers by the target: no correspondence
+    assert v[100:140, 65:115].mean() > 0.95 and v[bg].mean() > 0.95  # the box and the still background
+    assert vb[95:145, 60:120].mean() < 0.3  # in the target: what the box uncovered
+    assert "flow_valid" not in _fast_object_item(("flow.fb_mask=false",)).arrays

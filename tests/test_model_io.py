@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.core.stage import pair_reject

@@ -92,3 +92,57 @@ def test_advance_select_rules(p90, p95, expect):
     assert k == expect[0]
     if expect[1]:
         assert expect[1] in why
+
+
+def test_a_retry_takes_about_half_the_gap_and_never_less_than_the_policys_minimum():
+    from vid2pair.stages.pairs import shorter_target
+
+    idx = [int(round(x)) for x in np.linspace(100, 160, 17)]  # 2.4 s at 25 fps, 17 frames decoded
+    cfg = _cfg(policy="min_gap", min_gap_s=1.0)
+    j = shorter_target(idx, 25.0, cfg)
+    assert idx[j] - 100 == 30  # half of 60 frames
+    cfg2 = _cfg(policy="min_gap", min_gap_s=2.0, max_gap_s=3.0)
+    assert idx[shorter_target(idx, 25.0, cfg2)] - 100 == 52  # not below 2 s: the first decoded frame >= 50
+    assert shorter_target(idx[:13], 25.0, cfg2) is None  # a 1.8-s pair: no shorter gap of 2 s or more
+    rev = idx[::-1]  # a reversed pair: source 160, target 100
+    assert rev[shorter_target(rev, 25.0, cfg)] == 130
+    uni = _cfg(policy="uniform_seconds", uniform_min_s=1, uniform_max_s=10)
+    idx4 = [int(round(x)) for x in np.linspace(0, 100, 21)]  # 4 s
+    assert idx4[shorter_target(idx4, 25.0, uni)] == 50
+    assert shorter_target(idx, 25.0, _cfg(policy="flow_advance")) is None
+    assert shorter_target([0, 25], 25.0, cfg) is None  # nothing in between to stop at
+
+
+def test_pairs_rejected_for_motion_are_retried_at_a_shorter_gap(demo_corpus, tmp_path):
+    """A stage that rejects every pair more than 1.6 s apart as motion_too_large: each such pair is
+    tried again at about half its gap (>= min_gap_s 1 s) from the frames already decoded, keyed
+    ``<key>_r1``; its reject stays in the table and names the retry; retry_shorter=0 turns it off."""
+    from fault_stages import RejectLongGaps, with_stage
+
+    from vid2pair.pipeline.io import read_index, read_rejects
+    from vid2pair.pipeline.runners import build
+    from vid2pair.stages.motion import MotionStage
+
+    stages = with_stage(MotionStage, RejectLongGaps)
+    clip = str(demo_corpus[1][0])
+    base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=6", "pairs.max_gap_s=3.0"]
+    s = build(load_config("demo", [*base, "pairs.retry_shorter=1"]), clip, tmp_path / "on", log_summary=False, stages=stages)
+    s0 = build(load_config("demo", [*base, "pairs.retry_shorter=0"]), clip, tmp_path / "off", log_summary=False,
+               stages=stages)
+    idx, rej = read_index(tmp_path / "on"), read_rejects(tmp_path / "on")
+    idx0, rej0 = read_index(tmp_path / "off"), read_rejects(tmp_path / "off")
+    long = rej0[rej0["reason"] == "motion_too_large"]
+    assert len(long) >= 2 and not any("_r" in k for k in idx0["key"])  # off: the long pairs are just rejected
+    retried = rej[(rej["reason"] == "motion_too_large") & rej["detail"].str.contains("retried at dt")]
+    assert set(retried["key"]) == set(long["key"])  # the same candidates, now each with a retry
+    pair_level = rej[rej["level"] == "pair"]
+    for key, detail in zip(retried["key"], retried["detail"]):
+        r1 = detail.split(" as ")[-1]
+        assert r1 == f"{key}_r1" and (r1 in set(idx["key"]) or r1 in set(pair_level["key"]))
+    r_keys = [k for k in idx["key"] if k.endswith("_r1")]
+    assert r_keys and s["samples"] == s0["samples"] + len(r_keys)
+    dts = dict(zip(idx["key"], idx["dt"]))
+    for k in r_keys:
+        orig_dt = float(long[long["key"] == k[:-3]]["detail"].iloc[0].split()[1])
+        assert 1.0 - 1e-6 <= dts[k] <= max(1.0, orig_dt / 2) + 0.15, (k, dts[k], orig_dt)
+    assert s["all_inputs_accounted"] and s0["all_inputs_accounted"]

@@ -254,7 +254,7 @@ def test_accounting_is_exact(local_out):
 def test_ray_model_stage_actors_get_only_what_they_read_and_give_identical_shards(demo_corpus, tmp_path, ray_local):
     """A stage holding a model (here collage depth from a tiny random DPT saved as a local weights
     directory, loaded like the published one) runs in a pool of actors that the clip tasks call with
-    only the arrays the stage reads: src, tgt and flow, not the frames in between or any other
+    only the arrays the stage reads: src, tgt, flow and its fb mask, not the frames in between or any other
     signal, and it sends back only what it made. The shards equal the local runner's."""
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
@@ -281,10 +281,11 @@ def test_ray_model_stage_actors_get_only_what_they_read_and_give_identical_shard
     assert _digests(tmp_path / "ray") == _digests(tmp_path / "local")
     meta = json.loads(next(iter(_members(tmp_path / "ray", "meta.json"))))
     assert meta["collage"]["depth"]["backend"] == "dpt"
-    # what the actors received: per pair two 240x320 RGB frames and a float32 flow field, nothing else
+    # what the actors received: per pair two 240x320 RGB frames, a float32 flow field and its fb mask,
+    # nothing else
     io = b["model_io"]["collage"]
-    assert io["arrays"] == ["flow", "src", "tgt"] and io["pairs"] >= 9
-    per_pair = (2 * 240 * 320 * 3 + 240 * 320 * 2 * 4) / 2**20
+    assert io["arrays"] == ["flow", "flow_valid", "src", "tgt"] and io["pairs"] >= 9
+    per_pair = (2 * 240 * 320 * 3 + 240 * 320 * 2 * 4 + 240 * 320) / 2**20
     assert io["mib_in"] == pytest.approx(io["pairs"] * per_pair, rel=1e-3)
     # back: the collage (3 bytes a pixel), its hole mask and region masks (1 each), not the frames or
     # the flow it was sent
