@@ -126,7 +126,8 @@ def test_pairs_rejected_for_motion_are_retried_at_a_shorter_gap(demo_corpus, tmp
     stages = with_stage(MotionStage, RejectLongGaps)
     clip = str(demo_corpus[1][0])
     base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=6", "pairs.max_gap_s=3.0"]
-    s = build(load_config("demo", [*base, "pairs.retry_shorter=1"]), clip, tmp_path / "on", log_summary=False, stages=stages)
+    s = build(load_config("demo", [*base, "pairs.retry_shorter=1"]), clip, tmp_path / "on", log_summary=False,
+              stages=stages)
     s0 = build(load_config("demo", [*base, "pairs.retry_shorter=0"]), clip, tmp_path / "off", log_summary=False,
                stages=stages)
     idx, rej = read_index(tmp_path / "on"), read_rejects(tmp_path / "on")
