@@ -224,6 +224,9 @@ class _UnitWork:
                     nxt = retry(it, meta, frames)
                     if nxt is not None:
                         out[0].detail = (f"{out[0].detail}; retried at dt {nxt.meta['dt']:g} s as {nxt.key}")[:500]
+                done = [o for o in out if isinstance(o, PairItem)]
+                if done and hasattr(self.clip, "came_through_one"):
+                    self.clip.came_through_one(done[0])  # spare candidates replace only rejected pairs
                 yield from out
                 if nxt is None:
                     break

@@ -9,6 +9,7 @@ attributed to the step that was running.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import cv2
@@ -61,6 +62,13 @@ class ClipStage(Stage):
     def __init__(self, cfg: Any, opener: Callable[[str], ContextManager[str]] = _local):
         self.cfg = cfg
         self.opener = opener
+        #: pairs per shot that came through the stages run with the decoder (:meth:`came_through_one`);
+        #: once a shot has ``pairs.per_shot`` of them its spare candidates are not drawn
+        self.came_through: Counter = Counter()
+
+    def came_through_one(self, it: PairItem) -> None:
+        """The consumer's word that pair ``it`` passed the stages that run with the decoder."""
+        self.came_through[it.meta.get("shot")] += 1
 
     def __call__(self, task: ClipTask, report: Optional[Callable[[str], None]] = None) -> list[Item]:
         return list(self.iter_items(task, report))
@@ -70,6 +78,7 @@ class ClipStage(Stage):
         consumer asks for it, so whoever runs the pair stages per item holds one pair's frames at a
         time, however many shots and pairs the clip has."""
         self._report = report or (lambda step: None)
+        self.came_through = Counter()
         self._report("probe")
         try:
             with self.opener(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
@@ -173,7 +182,9 @@ class ClipStage(Stage):
             if why:
                 yield clip_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}")
                 continue
-            for sp in specs:
+            for n, sp in enumerate(specs):
+                if n >= cfg.pairs.per_shot and self.came_through[k] >= cfg.pairs.per_shot:
+                    break  # spares only replace pairs the stages that run with the decoder rejected
                 self._report("decode")  # again for each pair: the consumer reports its own steps between items
                 if reader is None:
                     reader = decode.open_reader(path, dw, dh, self._decoder)

@@ -31,7 +31,12 @@ class PairsConfig:
     """Which (source, target) frames a static shot yields."""
     policy: Literal["min_gap", "uniform_seconds", "flow_advance"] = knob(
         "min_gap", "min_gap (FramePainter) | uniform_seconds (Magic Fixup paper) | flow_advance (Magic Fixup code)")
-    per_shot: int = knob(4, "pairs drawn per static shot", ge=1)
+    per_shot: int = knob(4, "pairs wanted per static shot", ge=1)
+    oversample: float = knob(
+        1.0, "candidate pairs drawn per static shot, at most per_shot x this: a candidate that a stage running with "
+             "the decoder rejects (with the weight-free backends: every stage, the quality stage too) is replaced by "
+             "the next draw until per_shot pairs came through; every draw is written or in the rejects table; "
+             "1: no replacement", ge=1, le=20)
     min_gap_s: float = knob(1.0, "min_gap: dt >= this", unit="s", gt=0)
     max_gap_s: Optional[float] = knob(None, "min_gap: dt <= this (null: up to the shot length)", unit="s", gt=0)
     uniform_min_s: int = knob(1, "uniform_seconds: dt drawn uniformly from the integers min..max", unit="s", ge=1)
@@ -106,10 +111,20 @@ def min_duration_s(cfg) -> float:
     return 0.0  # flow_advance: any shot of two frames or more
 
 
+def draws_per_shot(cfg) -> int:
+    """Candidate pairs a shot may draw: ``per_shot`` x ``oversample`` (the spares replace rejected pairs)."""
+    return max(cfg.per_shot, int(math.ceil(cfg.per_shot * cfg.oversample - 1e-9)))
+
+
 def sample_pairs(start: int, end: int, fps: float, cfg,
                  rng: np.random.Generator) -> tuple[list[PairSpec], Optional[str]]:
-    """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn)."""
+    """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn).
+
+    The first ``per_shot`` pairs are the ones to use, ordered by time; the rest, up to
+    ``per_shot`` x ``oversample``, are spares in the order drawn, that replace rejected ones.
+    The first ``per_shot`` are those drawn without spares whenever the shot has that many distinct pairs."""
     n = end - start
+    want = draws_per_shot(cfg)
     out: list[PairSpec] = []
     seen: set = set()
 
@@ -130,8 +145,8 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
         gmax = n - 1 if cfg.max_gap_s is None else min(n - 1, int(math.floor(cfg.max_gap_s * fps + 1e-9)))
         if gmin > gmax:
             return [], f"shot of {n / fps:.2f} s has no gap >= {cfg.min_gap_s} s"
-        for _ in range(cfg.per_shot * cfg.max_attempts):
-            if len(out) >= cfg.per_shot:
+        for _ in range(want * cfg.max_attempts):
+            if len(out) >= want:
                 break
             g = int(rng.integers(gmin, gmax + 1))
             a = start + int(rng.integers(0, n - g))
@@ -140,8 +155,8 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
         secs = [s for s in range(cfg.uniform_min_s, cfg.uniform_max_s + 1) if round(s * fps) <= n - 1]
         if not secs:
             return [], f"shot of {n / fps:.2f} s is shorter than {cfg.uniform_min_s} s"
-        for _ in range(cfg.per_shot * cfg.max_attempts):
-            if len(out) >= cfg.per_shot:
+        for _ in range(want * cfg.max_attempts):
+            if len(out) >= want:
                 break
             g = int(round(secs[int(rng.integers(0, len(secs)))] * fps))
             a = start + int(rng.integers(0, n - g))
@@ -149,8 +164,8 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
     elif cfg.policy == "flow_advance":
         if n < 2:
             return [], f"shot of {n} frame(s): flow_advance needs two"
-        for _ in range(cfg.per_shot * cfg.max_attempts):
-            if len(out) >= cfg.per_shot:
+        for _ in range(want * cfg.max_attempts):
+            if len(out) >= want:
                 break
             # the released sampler: a random start in [0, 20), 20 frames spaced linearly from it to the
             # end, a random target-index guess in [1, min(len, 20)) (the target the advance may reach)
@@ -163,8 +178,7 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
             add(a, seq[-1], seq, guess)
     else:  # guarded by config validation
         raise ValueError(f"unknown pair policy {cfg.policy!r}")
-    out.sort(key=lambda p: (min(p.src, p.tgt), p.tgt))
-    return out, None
+    return sorted(out[:cfg.per_shot], key=lambda p: (min(p.src, p.tgt), p.tgt)) + out[cfg.per_shot:], None
 
 
 def advance_select(p90: list[float], p95: list[float], cfg) -> tuple[Optional[int], Optional[str]]:

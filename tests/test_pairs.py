@@ -147,3 +147,43 @@ def test_pairs_rejected_for_motion_are_retried_at_a_shorter_gap(demo_corpus, tmp
         orig_dt = float(long[long["key"] == k[:-3]]["detail"].iloc[0].split()[1])
         assert 1.0 - 1e-6 <= dts[k] <= max(1.0, orig_dt / 2) + 0.15, (k, dts[k], orig_dt)
     assert s["all_inputs_accounted"] and s0["all_inputs_accounted"]
+
+
+def test_oversample_draws_spares_after_the_pairs_to_use():
+    """``oversample`` adds spare draws after the ``per_shot`` pairs to use: those first pairs are the
+    ones drawn without spares, and every draw is distinct."""
+    base = sample_pairs(0, 200, 25.0, _cfg(per_shot=3, oversample=1), np.random.default_rng(7))[0]
+    more = sample_pairs(0, 200, 25.0, _cfg(per_shot=3, oversample=4), np.random.default_rng(7))[0]
+    assert [p.frames for p in more[:3]] == [p.frames for p in base]
+    assert len(more) == 12 and len({p.frames for p in more}) == 12
+    assert len(sample_pairs(0, 200, 25.0, _cfg(per_shot=3, oversample=2.5), np.random.default_rng(7))[0]) == 8
+
+
+def test_rejected_pairs_are_replaced_by_spare_draws_until_per_shot_came_through(demo_corpus, tmp_path):
+    """With ``pairs.oversample`` a pair that a stage rejects is replaced by the next spare draw, until
+    ``per_shot`` pairs came through; no spare is drawn after that, and every draw is written or
+    rejected with its reason."""
+    from fault_stages import RejectLongGaps, with_stage
+
+    from vid2pair.pipeline.io import read_index, read_rejects
+    from vid2pair.pipeline.runners import build
+    from vid2pair.stages.motion import MotionStage
+
+    stages = with_stage(MotionStage, RejectLongGaps)
+    clip = str(demo_corpus[1][0])
+    base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=3", "pairs.max_gap_s=2.5",
+            "pairs.retry_shorter=0"]
+    s1 = build(load_config("demo", [*base, "pairs.oversample=1"]), clip, tmp_path / "one", log_summary=False,
+               stages=stages)
+    s4 = build(load_config("demo", [*base, "pairs.oversample=6"]), clip, tmp_path / "four", log_summary=False,
+               stages=stages)
+    idx1, rej1 = read_index(tmp_path / "one"), read_rejects(tmp_path / "one")
+    idx4, rej4 = read_index(tmp_path / "four"), read_rejects(tmp_path / "four")
+    rej1, rej4 = rej1[rej1["level"] == "pair"], rej4[rej4["level"] == "pair"]
+    assert len(rej1) >= 1 and len(idx1) + len(rej1) == 3  # without spares: 3 candidates, some rejected
+    assert set(idx1["key"]) <= set(idx4["key"]) and set(rej1["key"]) <= set(rej4["key"])  # the same first draws
+    assert len(idx4) == 3 and len(idx4) + len(rej4) <= 18  # spares filled the shot up to per_shot
+    assert (idx4["dt"] <= 1.6).all() and rej4["reason"].eq("motion_too_large").all()
+    assert s1["all_inputs_accounted"] and s4["all_inputs_accounted"]
+    # no spare is drawn once three pairs came through: fewer than the 18 allowed were tried
+    assert len(idx4) + len(rej4) < 18
