@@ -6,6 +6,7 @@ from vid2pair.stages.pairs import advance_select, sample_pairs
 
 
 def _cfg(**kw):
+    kw.setdefault("oversample", 1)  # the pairs to use only (the demo preset adds spares)
     return load_config("demo", [f"pairs.{k}={v}" for k, v in kw.items()]).pairs
 
 
@@ -125,7 +126,8 @@ def test_pairs_rejected_for_motion_are_retried_at_a_shorter_gap(demo_corpus, tmp
 
     stages = with_stage(MotionStage, RejectLongGaps)
     clip = str(demo_corpus[1][0])
-    base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=6", "pairs.max_gap_s=3.0"]
+    base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=6", "pairs.max_gap_s=3.0",
+            "pairs.oversample=1"]  # retries only, no spare draws
     s = build(load_config("demo", [*base, "pairs.retry_shorter=1"]), clip, tmp_path / "on", log_summary=False,
               stages=stages)
     s0 = build(load_config("demo", [*base, "pairs.retry_shorter=0"]), clip, tmp_path / "off", log_summary=False,
