@@ -1,12 +1,14 @@
 """Quality of the pairs built from real footage: yield, reject reasons and quality scores per clip.
 
     python benchmarks/quality.py [--videos ../shared/videos] [--presets demo,framepainter_cpu]
-                                 [--per-shot 8]
+                                 [--per-shot N] [--retries]
 
 Builds each preset (the demo, and FramePainter's weight-free counterpart framepainter_cpu: DIS flow,
-flow_chain tracking) on the real clips with the local runner, three times: with the quality stage;
-with it and a retry of a pair rejected for motion at a shorter gap (``pairs.retry_shorter=1``); and without it
-(the rules that existed before it: static camera, motion, coarse coverage). Prints, per
+flow_chain tracking) on the real clips with the local runner, three times: with the quality stage
+and the preset's spare candidates (``pairs.oversample``); with the quality stage and no spares
+(``pairs.oversample=1``); and without the quality stage (the rules that existed before it: static
+camera, motion, coarse coverage). ``--retries`` adds a build with a retry of a pair rejected for
+motion at a shorter gap (``pairs.retry_shorter=1``). Prints, per
 clip, the candidate pairs, how many were written and why the others were rejected; per signal, the
 share of the pairs reaching the quality stage that keep it; and the quantiles of every quality
 score. Nothing is timed.
@@ -76,7 +78,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", default=str(ROOT.parent / "shared" / "videos"))
     ap.add_argument("--presets", default="demo,framepainter_cpu")
-    ap.add_argument("--per-shot", type=int, default=8, help="pairs drawn per static shot (default 8)")
+    ap.add_argument("--per-shot", type=int, default=None, help="pairs per static shot (default: the preset's)")
+    ap.add_argument("--retries", action="store_true", help="also build with pairs.retry_shorter=1")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     a = ap.parse_args()
     if not Path(a.videos).exists():
@@ -85,10 +88,13 @@ def main() -> int:
     report = {}
     with tempfile.TemporaryDirectory() as d:
         for preset in a.presets.split(","):
-            extra = [f"pairs.per_shot={a.per_shot}"]
+            extra = [f"pairs.per_shot={a.per_shot}"] if a.per_shot else []
             res = {}
-            for mode, more in (("with quality", []), ("with retries", ["pairs.retry_shorter=1"]),
-                               ("without quality", ["quality.enabled=false"])):
+            modes = [("with quality", []), ("no spares", ["pairs.oversample=1"]),
+                     ("without quality", ["quality.enabled=false", "pairs.oversample=1"])]
+            if a.retries:
+                modes.append(("with retries", ["pairs.retry_shorter=1"]))
+            for mode, more in modes:
                 out = Path(d) / f"{preset}-{mode.replace(' ', '_')}"
                 s = _build(preset, a.videos, out, extra + more)
                 res[mode] = {"samples": s["samples"], "clips_with_samples": s["clips_with_samples"],
@@ -97,18 +103,20 @@ def main() -> int:
                     res[mode]["signals"] = _signal_shares(out)
                     res[mode]["scores"] = _score_quantiles(out)
             report[preset] = res
-            w, wo, nr = res["with quality"], res["without quality"], res["with retries"]
-            print(f"\n=== {preset} (per_shot {a.per_shot}): {w['samples']} samples from {w['clips_with_samples']} "
-                  f"clips with the quality stage; {nr['samples']} from {nr['clips_with_samples']} clips with "
-                  f"retries at a shorter gap (pairs.retry_shorter=1); {wo['samples']} from "
-                  f"{wo['clips_with_samples']} clips without the quality stage")
-            print(f"{'clip':28s} {'no-qual':>7s} {'retry':>8s} {'with':>5s}  rejects (with the quality stage)")
+            w, wo, ns = res["with quality"], res["without quality"], res["no spares"]
+            print(f"\n=== {preset} (per_shot {a.per_shot or 'of the preset'}): {w['samples']} samples from "
+                  f"{w['clips_with_samples']} clips with the quality stage and spares; {ns['samples']} from "
+                  f"{ns['clips_with_samples']} clips without spares (pairs.oversample=1); {wo['samples']} from "
+                  f"{wo['clips_with_samples']} clips without the quality stage"
+                  + (f"; {res['with retries']['samples']} from {res['with retries']['clips_with_samples']} clips "
+                     f"with retries at a shorter gap" if a.retries else ""))
+            print(f"{'clip':28s} {'no-qual':>7s} {'no-spare':>8s} {'with':>5s}  rejects (with the quality stage)")
             for clip, c in w["per_clip"].items():
                 before = wo["per_clip"].get(clip, {}).get("written", 0)
-                no_retry = nr["per_clip"].get(clip, {}).get("written", 0)
+                no_spare = ns["per_clip"].get(clip, {}).get("written", 0)
                 why = ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items()))
                 drops = ", ".join(f"{k} {v}" for k, v in sorted(c["signal_drops"].items()))
-                print(f"{clip:28s} {before:7d} {no_retry:8d} {c['written']:5d}  {why}"
+                print(f"{clip:28s} {before:7d} {no_spare:8d} {c['written']:5d}  {why}"
                       + (f" | signals dropped: {drops}" if drops else ""))
             sg = w["signals"]
             print(f"signals kept, of the {sg['judged_pairs']} pairs the quality stage judged: " + ", ".join(
