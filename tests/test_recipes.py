@@ -1,6 +1,7 @@
 """The presets are the papers' method sections; their weight-free counterparts run anywhere."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,10 @@ def test_cpu_counterparts_inherit_and_need_nothing():
     for paper in ("framepainter", "magicfixup"):
         c, p = load_config(f"{paper}_cpu"), load_config(paper)
         assert needs(c) == [] and c.flow.num_gpus == 0
-        assert c.frame == p.frame and c.pairs == p.pairs and c.motion == p.motion  # only what differs is stated
+        # only what differs is stated: the weight-free backends, and spare candidates (the quality stage runs
+        # with the decoder there, so a rejected pair can be replaced)
+        assert c.pairs.oversample == 4 and p.pairs.oversample == 1
+        assert c.frame == p.frame and dataclasses.replace(c.pairs, oversample=1) == p.pairs and c.motion == p.motion
         raw = yaml.safe_load((ROOT / "configs" / f"{paper}_cpu.yaml").read_text())
         assert raw["base"] == paper and len(raw) <= 5
 
