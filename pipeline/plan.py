@@ -209,6 +209,7 @@ class _UnitWork:
         items = self.clip.iter_items(task, report) if hasattr(self.clip, "iter_items") else self.clip(task, report)
         retry = getattr(self.clip, "retry_item", None)
         for it in items:
+            first, passed = it, False
             while True:
                 out = [it]
                 frames = it.arrays.get("frames") if isinstance(it, PairItem) else None
@@ -224,13 +225,13 @@ class _UnitWork:
                     nxt = retry(it, meta, frames)
                     if nxt is not None:
                         out[0].detail = (f"{out[0].detail}; retried at dt {nxt.meta['dt']:g} s as {nxt.key}")[:500]
-                done = [o for o in out if isinstance(o, PairItem)]
-                if done and hasattr(self.clip, "came_through_one"):
-                    self.clip.came_through_one(done[0])  # spare candidates replace only rejected pairs
+                passed = passed or any(isinstance(o, PairItem) for o in out)
                 yield from out
                 if nxt is None:
                     break
                 it = nxt
+            if isinstance(first, PairItem) and not passed and hasattr(self.clip, "rejected_one"):
+                self.clip.rejected_one(first)  # a spare candidate replaces it
 
     def __call__(self, task: ClipTask, report) -> list[Item]:
         """In the isolation child: each item goes to the parent as soon as it is ready (``report.emit``)."""

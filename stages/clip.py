@@ -62,13 +62,15 @@ class ClipStage(Stage):
     def __init__(self, cfg: Any, opener: Callable[[str], ContextManager[str]] = _local):
         self.cfg = cfg
         self.opener = opener
-        #: pairs per shot that came through the stages run with the decoder (:meth:`came_through_one`);
-        #: once a shot has ``pairs.per_shot`` of them its spare candidates are not drawn
-        self.came_through: Counter = Counter()
+        #: pairs per shot that the stages run with the decoder rejected (:meth:`rejected_one`); each
+        #: lets the shot draw one spare candidate (``pairs.oversample``)
+        self.rejected: Counter = Counter()
 
-    def came_through_one(self, it: PairItem) -> None:
-        """The consumer's word that pair ``it`` passed the stages that run with the decoder."""
-        self.came_through[it.meta.get("shot")] += 1
+    def rejected_one(self, it: PairItem) -> None:
+        """The consumer's word that pair ``it`` (and its retries) did not come through the stages that
+        run with the decoder: a spare candidate may replace it. A consumer that never says so gets
+        ``pairs.per_shot`` candidates a shot, as without spares."""
+        self.rejected[it.meta.get("shot")] += 1
 
     def __call__(self, task: ClipTask, report: Optional[Callable[[str], None]] = None) -> list[Item]:
         return list(self.iter_items(task, report))
@@ -78,7 +80,7 @@ class ClipStage(Stage):
         consumer asks for it, so whoever runs the pair stages per item holds one pair's frames at a
         time, however many shots and pairs the clip has."""
         self._report = report or (lambda step: None)
-        self.came_through = Counter()
+        self.rejected = Counter()
         self._report("probe")
         try:
             with self.opener(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
@@ -183,8 +185,8 @@ class ClipStage(Stage):
                 yield clip_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}")
                 continue
             for n, sp in enumerate(specs):
-                if n >= cfg.pairs.per_shot and self.came_through[k] >= cfg.pairs.per_shot:
-                    break  # spares only replace pairs the stages that run with the decoder rejected
+                if n - self.rejected[k] >= cfg.pairs.per_shot:
+                    break  # per_shot came through (or are on their way): spares only replace rejected pairs
                 self._report("decode")  # again for each pair: the consumer reports its own steps between items
                 if reader is None:
                     reader = decode.open_reader(path, dw, dh, self._decoder)
