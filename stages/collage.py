@@ -366,7 +366,7 @@ class CollageStage(PairStage):
 
     name = "collage"
     sections = {"collage": CollageConfig, "region_drag": RegionDragConfig}
-    reads = ("src", "tgt", "flow", "flow_valid")
+    reads = ("src", "tgt", "flow", "flow_valid", "rematched_src")
     writes = (Member("collage.png", "collage", "png"), Member("collage_mask.png", "collage_mask", "png"),
               Member("region_drag.json", "region_drag", "json"), Member("region_masks.png", "region_masks", "png"))
     signals = (Signal("collage", ("collage.png", "collage_mask.png"), "collage.enabled"),
@@ -438,6 +438,11 @@ class CollageStage(PairStage):
         try:
             src, tgt, flow = it.arrays["src"], it.arrays["tgt"], it.arrays["flow"]
             labels = self.segmenter(src, flow)
+            pieces = it.arrays.pop("rematched_src", None)
+            if pieces is not None:  # objects the flow stage re-matched (stages/rematch.py): never half a segment
+                from vid2pair.stages.rematch import split_segments
+
+                labels = split_segments(labels, pieces)
             rng = rng_for(self.cfg.seed, it.key, "collage")
             moving_px = self.rcfg.moving_px * min(src.shape[:2]) / self.rcfg.reference_short_side
             res = make_collage(src, tgt, flow, labels, depth_model=self.depth, cfg=self.ccfg, moving_px=moving_px,

@@ -96,6 +96,12 @@ class FlowConfig:
                                        "what does not change does not move), keeping a narrow band of textured "
                                        "pixels around the change; flow noise and leaks on plain, still surfaces "
                                        "then put no drags, strokes or holes there")
+    rematch: bool = knob(True, "with static_suppress: a changed blob of the source that the flow lost (blur, a "
+                               "fast push, a moment hidden) is template-matched in the target, checked both ways, "
+                               "and given that move (stages/rematch.py); rotating, deforming or leaving objects "
+                               "keep their flow")
+    rematch_min_ncc: float = knob(0.8, "rematch: the normalised cross-correlation a match needs, both ways",
+                                  ge=0, le=1)
     fb_mask: bool = knob(True, "with flow_bwd: mark forward-backward inconsistent pixels (occlusions, lost "
                                "motion); the coarse edit does not splat them, drags are not sampled there and the "
                                "sketch fills them from their surroundings")
@@ -764,6 +770,18 @@ class FlowStage(PairStage):
             if self.cfg.track.enabled:
                 it.arrays["still"] = ~moving  # where points stay put (the tracker uses it)
             info["static_suppressed_frac"] = round(float((~moving).mean()), 4)
+            if fl.rematch:
+                from vid2pair.stages.rematch import rematch_objects
+
+                flow, bwd, done, pieces, rec = rematch_objects(src, tgt, flow, bwd, sigma=1.5 * s,
+                                                               close_px=max(1, round(6 * s)),
+                                                               min_ncc=fl.rematch_min_ncc)
+                if rec:
+                    info["rematched"] = rec
+                    if self.cfg.track.enabled:
+                        it.arrays["rematched"] = done  # target pixels whose source the tracker takes from flow_bwd
+                    if self.cfg.collage.enabled:
+                        it.arrays["rematched_src"] = pieces  # the collage cuts its segments along them
         it.arrays.update(src=src, tgt=tgt, flow=flow)
         if self.cfg.track.enabled:
             it.arrays["frames"] = fr  # the tracker needs the frames in between (it drops them)

@@ -506,7 +506,7 @@ class TrackStage(PairStage):
 
     name = "track"
     sections = {"track": TrackConfig, "drag": DragConfig}
-    reads = ("src", "tgt", "flow", "frames", "flow_bwd_valid", "still")
+    reads = ("src", "tgt", "flow", "frames", "flow_bwd", "flow_bwd_valid", "still", "rematched")
     writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
               Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
     signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
@@ -608,11 +608,22 @@ class TrackStage(PairStage):
                                         np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)]
             xy[:ng][s], vis[:ng][s] = grid[s], True
             n_still = int(s.sum())
+        rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
+        n_rem = 0
+        if rem is not None and bwd is not None and len(xy):
+            # an object the flow stage re-matched between source and target (stages/rematch.py): its
+            # points come from there, wherever the chain through the frames in between lost it
+            q = np.concatenate([grid, dt]).astype(np.float32)[:len(xy)]
+            on = np.asarray(rem, bool)[np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1),
+                                       np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)]
+            xy[on] = q[on] + sample_field(bwd, q[on])
+            vis[on] = _inside(xy[on], h, w)
+            n_rem = int(on.sum())
         g_xy, g_vis = xy[:ng], vis[:ng]
         frac = float(g_vis.mean()) if ng else 0.0
         if frac < self.tcfg.min_visible_frac:  # no drags, no matching supervision; the other signals go on
-            it.arrays.pop("frames", None)
-            it.arrays.pop("still", None)
+            for k in ("frames", "still", "rematched"):
+                it.arrays.pop(k, None)
             detail = f"{frac:.3f} of {ng} grid points visible < track.min_visible_frac {self.tcfg.min_visible_frac}"
             it.meta["track"] = {"backend": self.tracker.name, "visible_frac": round(frac, 4), "n_points": int(ng)}
             drop_signal(it, "track", "drag", "too_few_visible", detail)
@@ -623,8 +634,8 @@ class TrackStage(PairStage):
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
         d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
-        it.arrays.pop("frames", None)
-        it.arrays.pop("still", None)
+        for k in ("frames", "still", "rematched"):
+            it.arrays.pop(k, None)
         it.arrays["tracks"] = np.concatenate([grid, g_xy], axis=1).astype(np.float32)
         it.arrays["visibility"] = g_vis.astype(np.uint8)
         it.arrays["drag_mask"] = drag_mask(prep["flow"], prep["mag"], d_src, d_tgt, self.dcfg.min_flow_px,
@@ -635,6 +646,8 @@ class TrackStage(PairStage):
                 "n_points": int(ng), "visible_frac": round(frac, 4), "n_frames": prep["n_frames"],
                 "flow_agreement": round(float(agree.mean()) if len(agree) else 0.0, 4),
                 "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src)), "still_points": n_still}
+        if n_rem:
+            meta["rematched_points"] = n_rem
         meta.update(info or {})
         it.meta["track"] = meta
         return it

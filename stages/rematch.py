@@ -1,0 +1,182 @@
+"""rematch: objects that a dense flow lost, matched directly between source and target.
+
+A chained flow follows an object frame to frame; when the object blurs, is pushed fast or is
+hidden for a moment in between (a coin flicked by a pen, a dropped ball), the chain loses it, and
+so does a direct DIS call over a move of tens of pixels. Yet the object looks alike in the source
+and in the target. With a static camera what changed between the two frames is known on pixels,
+so each changed blob of the source can be looked up in the target directly:
+
+1. ``C`` = pixels where the blurred source and target differ; its pieces (closed, holes filled)
+   are the candidate objects, where they were (a piece of the source) or where they arrived (a
+   piece of the target).
+2. A piece's source content (masked to the piece) is template-matched over the target
+   (normalised cross-correlation); from that translation an affine map is refined by ECC
+   (the object may turn a little or grow as it comes closer), and the piece's pixels must
+   correlate with the target under it at least ``min_ncc``.
+3. The mapped piece must stay inside the frame, keep about its size, move at least
+   ``min_move_px`` and land mostly on changed pixels (the object arrived somewhere that changed).
+4. Only where the dense flow disagrees: when 90 % of the piece already carries that
+   move, forward-backward consistent, the flow had it and stays.
+
+A re-matched piece ``A`` mapped by ``M`` gets ``F(x) = M x - x`` on ``A`` and the inverse map on
+``M(A)`` for the backward flow; with a static camera the background it uncovers (``A`` minus
+``M(A)``, in the target) and the background it covers (``M(A)`` minus ``A``, in the source) does
+not move: 0 there. Pieces that deform, turn a lot or leave the frame do not correlate and keep
+their flow (the quality stage then judges them).
+
+Pure: arrays in, arrays and records out.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
+
+__all__ = ["rematch_objects", "split_segments", "COVERED"]
+
+#: the value of ``pieces`` on background that a re-matched object covers in the target
+COVERED = 255
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    return g.astype(np.float32)
+
+
+def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float
+           ) -> Optional[tuple[np.ndarray, float]]:
+    """The piece (mask ``m`` in ``box``) as it looks in ``a``, found in ``b`` by masked normalised
+    cross-correlation: (its translation, the NCC), or None when it is flat or as large as the frame."""
+    x, y, bw, bh = box
+    h, w = a.shape
+    if bw >= w - 1 or bh >= h - 1:
+        return None
+    t = a[y:y + bh, x:x + bw]
+    if float(t[m > 0].std()) < min_std:
+        return None
+    r = cv2.matchTemplate(b, t, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.uint8))
+    r = np.nan_to_num(r, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    py, px = np.unravel_index(int(np.argmax(r)), r.shape)
+    return np.array([px - x, py - y], np.float32), float(r[py, px])
+
+
+def _refine(box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.ndarray
+            ) -> Optional[tuple[np.ndarray, float]]:
+    """The affine map (2x3, frame coordinates of ``a`` -> ``b``) that carries the piece onto ``b``,
+    refined by ECC from the translation ``d`` over the piece's box (with a margin), and the NCC of
+    the piece's pixels under it; None when ECC fails or the map leaves the frame."""
+    x, y, bw, bh = box
+    h, w = a.shape
+    pad = max(3, int(0.15 * max(bw, bh)))
+    x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(w, x + bw + pad), min(h, y + bh + pad)
+    t = np.ascontiguousarray(a[y0:y1, x0:x1])
+    warp = np.float32([[1, 0, x0 + d[0]], [0, 1, y0 + d[1]]])  # template coordinates -> b
+    try:
+        _, warp = cv2.findTransformECC(t, b, warp, cv2.MOTION_AFFINE,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4), None, 1)
+    except cv2.error:
+        return None
+    aff = warp.astype(np.float64)
+    aff[:, 2] -= aff[:, :2] @ np.array([x0, y0], np.float64)  # frame coordinates of a -> b
+    seen = cv2.warpAffine(b, aff, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=-1.0)
+    p, q = a[piece], seen[piece]
+    if (q < 0).any() or len(p) < 10:
+        return None
+    p, q = p - p.mean(), q - q.mean()
+    return aff.astype(np.float32), float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
+
+
+def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Optional[np.ndarray], *,
+                    thresh: float = 15.0, sigma: float = 1.5, close_px: int = 3, min_ncc: float = 0.8,
+                    min_move_px: float = 2.0, min_area_frac: float = 0.0005, max_area_frac: float = 0.2,
+                    min_std: float = 6.0
+                    ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, list[dict]]:
+    """The flows with the pieces the dense flow lost re-matched (module docstring), the target-side
+    mask of where they arrived, the source-side pieces (uint8, piece i is i + 1, the background an
+    object covers in the target :data:`COVERED`, 0 elsewhere) and a
+    record per re-matched piece (its box on the source, its mean move, the NCC, its area in
+    pixels, its affine map). ``flow`` / ``bwd`` are not modified in place."""
+    h, w = src.shape[:2]
+    flow = flow.copy()
+    bwd = None if bwd is None else bwd.copy()
+    done = np.zeros((h, w), bool)
+    pieces_src = np.zeros((h, w), np.uint8)
+    records: list[dict] = []
+    core = object_region(changed_mask(src, tgt, thresh, sigma), close_px=close_px, dilate_px=0)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=8)
+    if n <= 2:  # one piece cannot have moved onto another
+        return flow, bwd, done, pieces_src, records
+    gs, gt = _gray(src), _gray(tgt)
+    area = stats[:, cv2.CC_STAT_AREA]
+    pieces = [int(k) for k in np.argsort(-area)
+              if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
+    valid = fb_consistent(flow, bwd) if bwd is not None else np.ones((h, w), bool)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    claimed = np.zeros((h, w), bool)
+    for k in pieces:
+        box = tuple(int(v) for v in stats[k, :4])
+        x, y, bw, bh = box
+        piece = lab == k
+        if (piece & claimed).any():
+            continue
+        found = _match(piece[y:y + bh, x:x + bw], box, gs, gt, min_std)
+        if found is None or found[1] < 0.5 * min_ncc:  # nothing like it in the target
+            continue
+        fit = _refine(box, found[0], gs, gt, piece)
+        if fit is None or fit[1] < min_ncc:
+            continue
+        aff, ncc = fit
+        fx = aff[0, 0] * xx + aff[0, 1] * yy + aff[0, 2] - xx  # the piece's move, per pixel
+        fy = aff[1, 0] * xx + aff[1, 1] * yy + aff[1, 2] - yy
+        move = np.array([fx[piece].mean(), fy[piece].mean()], np.float32)
+        if float(np.hypot(*move)) < min_move_px:
+            continue
+        dest = cv2.warpAffine(piece.astype(np.uint8), aff, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+        if not 0.5 * piece.sum() <= dest.sum() <= 2.0 * piece.sum():  # left the frame, or blown up
+            continue
+        if float(core[dest].mean()) < 0.6:  # did not arrive on something that changed
+            continue
+        tol = 1.5 + 0.1 * float(np.hypot(*move))
+        had = (np.hypot(flow[..., 0] - fx, flow[..., 1] - fy) < tol) & valid
+        if float(had[piece].mean()) >= 0.9:  # the dense flow had it already
+            continue
+        flow[dest & ~piece] = 0.0  # background the object covers does not move (static camera)
+        flow[piece] = np.stack([fx, fy], -1)[piece]
+        if bwd is not None:
+            inv = cv2.invertAffineTransform(aff)
+            bx = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2] - xx
+            by = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2] - yy
+            bwd[piece & ~dest] = 0.0  # background it uncovers
+            bwd[dest] = np.stack([bx, by], -1)[dest]
+        done |= dest
+        claimed |= piece | dest
+        pieces_src[dest & ~piece] = COVERED  # background the object covers in the target
+        if len(records) < COVERED - 1:
+            pieces_src[piece] = len(records) + 1
+        records.append({"box": list(box), "move": [round(float(move[0]), 2), round(float(move[1]), 2)],
+                        "ncc": round(ncc, 3), "area": int(piece.sum()),
+                        "affine": [[round(float(v), 5) for v in row] for row in aff]})
+    return flow, bwd, done, pieces_src, records
+
+
+def split_segments(labels: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """``labels`` (a segmentation, -1 = none) with each re-matched piece (``pieces`` as
+    :func:`rematch_objects` returns them) made one segment of its own, renumbered 0..n-1: no segment
+    straddles an object's outline, so a segment's single transform never mixes the object's move
+    with the still background around it, and the object is not cut into parts with seams between
+    them; the background an object covers in the target is no segment (-1: it is drawn only where
+    nothing else lands)."""
+    pieces = np.asarray(pieces)
+    if not pieces.any():
+        return labels
+    lab = np.asarray(labels).astype(np.int64)
+    obj = (pieces > 0) & (pieces != COVERED)
+    key = np.where(lab >= 0, (lab + 1) * 256, -1)
+    key = np.where(obj, pieces.astype(np.int64), key)  # each object one segment: one transform, no seams
+    key = np.where(pieces == COVERED, -1, key)
+    _, inv = np.unique(key, return_inverse=True)
+    out = inv.reshape(lab.shape).astype(np.int64) - (1 if (key < 0).any() else 0)
+    return out.astype(np.int32)
