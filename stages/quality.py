@@ -33,7 +33,9 @@ filled and slightly dilated):
 * **sketch** (signal): at least one stroke, and at least ``sketch_min_on_change`` of the stroke
   pixels on what changed (``R`` dilated by the stroke width).
 * **region drags** (signal): regions with less than ``region_min_on_change`` of their mask in
-  ``R`` are removed; none left drops the signal.
+  ``R``, or whose mask moved by their transform does not land on ``R`` or explains the target no
+  better than ``region_max_error_ratio`` times the region left in place, are removed; none left
+  drops the signal.
 
 A failed pair rule rejects the pair (stage ``quality``, its reason, the numbers in the detail). A
 failed signal rule drops that signal (``drop_signals: true``; the rejects table gets a
@@ -53,7 +55,8 @@ import numpy as np
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
-from vid2pair.stages.evidence import changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc, textured
+from vid2pair.stages.evidence import (changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc,
+                                      sample_field, textured)
 
 __all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
 
@@ -78,10 +81,10 @@ class QualityConfig:
                                                      "camera_moved (a shake the shot-level test missed); null: off",
                                                 unit="px@512", ge=0)
     moving_px: float = knob(1.0, "a pixel moves when its flow exceeds this", unit="px@512", ge=0)
-    min_fb_consistent: Optional[float] = knob(0.2, "pair rule: forward-backward consistent share of the moving "
+    min_fb_consistent: Optional[float] = knob(0.45, "pair rule: forward-backward consistent share of the moving "
                                                     "pixels below this: flow_inconsistent (needs flow_bwd); null: off",
                                               unit="frac", ge=0, le=1)
-    max_unexplained_frac: Optional[float] = knob(0.4, "pair rule: share of the changed region the warped source "
+    max_unexplained_frac: Optional[float] = knob(0.2, "pair rule: share of the changed region the warped source "
                                                       "does not explain above this: unmatched_change; null: off",
                                                  unit="frac", ge=0, le=1)
     max_unexplained_blob_frac: Optional[float] = knob(0.005, "pair rule: largest unexplained connected region, as a "
@@ -103,6 +106,10 @@ class QualityConfig:
                                        ge=0, le=1)
     region_min_on_change: float = knob(0.5, "region rule: share of a region's mask on what changed", unit="frac",
                                        ge=0, le=1)
+    region_max_error_ratio: float = knob(0.8, "region rule: the mean grey difference between a region's pixels "
+                                              "moved by its transform and the target there, at most this times "
+                                              "that of the region left in place; and the moved region lands on "
+                                              "what changed (region_min_on_change)", ge=0)
     drop_signals: bool = knob(True, "a failed signal rule drops that signal and keeps the pair (if any signal is "
                                     "left); false: it rejects the pair")
 
@@ -153,6 +160,35 @@ def _in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
     xi = np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
     yi = np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1)
     return mask[yi, xi]
+
+
+def _blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
+    g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return cv2.GaussianBlur(g, (0, 0), sigma) if sigma > 0 else g
+
+
+def _region_moves_onto_target(mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, R: np.ndarray,
+                              c: QualityConfig, max_points: int = 4000) -> bool:
+    """A region drag's mask, moved by its transform, lands on what changed and explains the target
+    there better than the region left in place does (a mask on still road where a walker arrives
+    explains nothing when moved)."""
+    if transform is None:
+        return True  # no transform to check: the share on the change decides
+    ys, xs = np.nonzero(mask)
+    step = max(1, len(xs) // max_points)
+    p = np.stack([xs[::step], ys[::step]], 1).astype(np.float32)
+    if not len(p):
+        return False
+    A = np.asarray(transform, np.float32)
+    q = p @ A[:, :2].T + A[:, 2]
+    h, w = mask.shape
+    inside = (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
+    if inside.mean() < c.region_min_on_change or _in_mask(R, q[inside]).mean() < c.region_min_on_change:
+        return False
+    a = sample_field(gs, p[inside])[:, 0]
+    moved = float(np.abs(a - sample_field(gt, q[inside])[:, 0]).mean())
+    still = float(np.abs(a - sample_field(gt, p[inside])[:, 0]).mean())
+    return moved <= c.region_max_error_ratio * still
 
 
 def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
@@ -307,10 +343,11 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         regions = meta["region_drag"].get("regions") or []
         labels = a["region_masks"]
         keep = []
+        blur_s = _blur_gray(src, sigma), _blur_gray(tgt, sigma)
         for r in regions:
             m = labels == r["mask_index"] + 1
             frac = float((m & R).sum() / max(1, m.sum()))
-            if frac >= c.region_min_on_change:
+            if frac >= c.region_min_on_change and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c):
                 keep.append(r)
         lut = np.zeros(256, np.uint8)
         for i, r in enumerate(keep):
@@ -321,7 +358,8 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         sc["region_total"], sc["region_valid"] = len(regions), len(keep)
         if not keep:
             sig_fail["region_drag"] = ("region_off_change", f"none of {len(regions)} regions lies on what changed "
-                                                            f"(>= {c.region_min_on_change} of its mask)")
+                                                            f"(>= {c.region_min_on_change} of its mask) and, "
+                                                            f"moved by its transform, explains the target")
     return sc, pair_fail, sig_fail
 
 

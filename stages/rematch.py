@@ -13,8 +13,10 @@ so each changed blob of the source can be looked up in the target directly:
    (normalised cross-correlation); from that translation an affine map is refined by ECC
    (the object may turn a little or grow as it comes closer), and the piece's pixels must
    correlate with the target under it at least ``min_ncc``.
-3. The mapped piece must stay inside the frame, keep about its size, move at least
-   ``min_move_px`` and land mostly on changed pixels (the object arrived somewhere that changed).
+3. The object is the part of the piece whose mapped pixels land on changed pixels (the object
+   arrived somewhere that changed; a piece may also hold plain background where something else
+   arrives); it must be at least 40 % of the piece, correlate as well, stay inside the frame, keep
+   about its size and move at least ``min_move_px``.
 4. Only where the dense flow disagrees: when 90 % of the piece already carries that
    move, forward-backward consistent, the flow had it and stays.
 
@@ -76,17 +78,25 @@ def _refine(box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.n
     warp = np.float32([[1, 0, x0 + d[0]], [0, 1, y0 + d[1]]])  # template coordinates -> b
     try:
         _, warp = cv2.findTransformECC(t, b, warp, cv2.MOTION_AFFINE,
-                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4), None, 1)
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5)
     except cv2.error:
         return None
     aff = warp.astype(np.float64)
     aff[:, 2] -= aff[:, :2] @ np.array([x0, y0], np.float64)  # frame coordinates of a -> b
+    aff = aff.astype(np.float32)
+    ncc = _ncc_under(aff, a, b, piece)
+    return None if ncc is None else (aff, ncc)
+
+
+def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> Optional[float]:
+    """NCC of ``a`` on ``mask`` and ``b`` at the same pixels mapped by ``aff`` (None: off the frame)."""
+    h, w = a.shape
     seen = cv2.warpAffine(b, aff, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=-1.0)
-    p, q = a[piece], seen[piece]
+    p, q = a[mask], seen[mask]
     if (q < 0).any() or len(p) < 10:
         return None
     p, q = p - p.mean(), q - q.mean()
-    return aff.astype(np.float32), float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
+    return float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
 
 
 def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Optional[np.ndarray], *,
@@ -128,9 +138,21 @@ def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Opt
         fit = _refine(box, found[0], gs, gt, piece)
         if fit is None or fit[1] < min_ncc:
             continue
-        aff, ncc = fit
+        aff = fit[0]
         fx = aff[0, 0] * xx + aff[0, 1] * yy + aff[0, 2] - xx  # the piece's move, per pixel
         fy = aff[1, 0] * xx + aff[1, 1] * yy + aff[1, 2] - yy
+        # the object is the part of the piece that lands on what changed: a piece may also hold
+        # plain background where something else arrives (closed onto the object), which a plain
+        # template cannot tell from the background next to where the object arrived
+        lx = np.clip(np.rint(xx + fx).astype(np.int32), 0, w - 1)
+        ly = np.clip(np.rint(yy + fy).astype(np.int32), 0, h - 1)
+        obj = piece & core[ly, lx]
+        if obj.sum() < 0.4 * piece.sum():
+            continue
+        ncc = _ncc_under(aff, gs, gt, obj) if not np.array_equal(obj, piece) else fit[1]
+        if ncc is None or ncc < min_ncc:
+            continue
+        piece = obj
         move = np.array([fx[piece].mean(), fy[piece].mean()], np.float32)
         if float(np.hypot(*move)) < min_move_px:
             continue
