@@ -48,21 +48,22 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return g.astype(np.float32)
 
 
-def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float
+def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float, area: tuple
            ) -> Optional[tuple[np.ndarray, float]]:
-    """The piece (mask ``m`` in ``box``) as it looks in ``a``, found in ``b`` by masked normalised
-    cross-correlation: (its translation, the NCC), or None when it is flat or as large as the frame."""
+    """The piece (mask ``m`` in ``box``) as it looks in ``a``, found in ``b`` inside ``area`` (x0,
+    y0, x1, y1: where things changed, with a margin) by masked normalised cross-correlation: (its
+    translation, the NCC), or None when it is flat or as large as the search area."""
     x, y, bw, bh = box
-    h, w = a.shape
-    if bw >= w - 1 or bh >= h - 1:
+    x0, y0, x1, y1 = area
+    if bw >= x1 - x0 - 1 or bh >= y1 - y0 - 1:
         return None
     t = a[y:y + bh, x:x + bw]
     if float(t[m > 0].std()) < min_std:
         return None
-    r = cv2.matchTemplate(b, t, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.uint8))
+    r = cv2.matchTemplate(b[y0:y1, x0:x1], t, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.uint8))
     r = np.nan_to_num(r, nan=-1.0, posinf=-1.0, neginf=-1.0)
     py, px = np.unravel_index(int(np.argmax(r)), r.shape)
-    return np.array([px - x, py - y], np.float32), float(r[py, px])
+    return np.array([x0 + px - x, y0 + py - y], np.float32), float(r[py, px])
 
 
 def _refine(box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.ndarray
@@ -124,6 +125,10 @@ def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Opt
     pieces = [int(k) for k in np.argsort(-area)
               if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
     valid = fb_consistent(flow, bwd) if bwd is not None else np.ones((h, w), bool)
+    cy, cx = np.nonzero(core)  # an object arrives on changed pixels: search only around them
+    pad = 8
+    area_box = (max(0, int(cx.min()) - pad), max(0, int(cy.min()) - pad),
+                min(w, int(cx.max()) + 1 + pad), min(h, int(cy.max()) + 1 + pad))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     claimed = np.zeros((h, w), bool)
     for k in pieces:
@@ -132,7 +137,7 @@ def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Opt
         piece = lab == k
         if (piece & claimed).any():
             continue
-        found = _match(piece[y:y + bh, x:x + bw], box, gs, gt, min_std)
+        found = _match(piece[y:y + bh, x:x + bw], box, gs, gt, min_std, area_box)
         if found is None or found[1] < 0.5 * min_ncc:  # nothing like it in the target
             continue
         fit = _refine(box, found[0], gs, gt, piece)
