@@ -34,8 +34,9 @@ filled and slightly dilated):
   pixels on what changed (``R`` dilated by the stroke width).
 * **region drags** (signal): regions with less than ``region_min_on_change`` of their mask in
   ``R``, or whose mask moved by their transform does not land on ``R`` or explains the target no
-  better than ``region_max_error_ratio`` times the region left in place, are removed; none left
-  drops the signal.
+  better than ``region_max_error_ratio`` times the region left in place, or whose flow is
+  forward-backward consistent on less than ``region_min_consistent`` of the mask, are removed;
+  none left drops the signal.
 
 A failed pair rule rejects the pair (stage ``quality``, its reason, the numbers in the detail). A
 failed signal rule drops that signal (``drop_signals: true``; the rejects table gets a
@@ -110,6 +111,9 @@ class QualityConfig:
                                               "moved by its transform and the target there, at most this times "
                                               "that of the region left in place; and the moved region lands on "
                                               "what changed (region_min_on_change)", ge=0)
+    region_min_consistent: float = knob(0.5, "region rule: share of a region's mask whose flow the backward "
+                                             "flow undoes (needs flow_bwd); a halo of plain background that the "
+                                             "flow leaked onto around an object is not", unit="frac", ge=0, le=1)
     drop_signals: bool = knob(True, "a failed signal rule drops that signal and keeps the pair (if any signal is "
                                     "left); false: it rejects the pair")
 
@@ -241,6 +245,7 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
     moving = R & (np.hypot(flow[..., 0], flow[..., 1]) > mpx)
     sc["moving_frac"] = round(float(moving.mean()), 5)
     tex = textured(src)
+    vf = None
     if "flow_bwd" in a:
         bwd = a["flow_bwd"]
         vf = np.asarray(a["flow_valid"], bool) if "flow_valid" in a else fb_consistent(flow, bwd)
@@ -347,7 +352,9 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         for r in regions:
             m = labels == r["mask_index"] + 1
             frac = float((m & R).sum() / max(1, m.sum()))
-            if frac >= c.region_min_on_change and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c):
+            consistent = 1.0 if vf is None else float(vf[m].mean())  # (a plain halo the flow leaked onto is not)
+            if frac >= c.region_min_on_change and consistent >= c.region_min_consistent \
+                    and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c):
                 keep.append(r)
         lut = np.zeros(256, np.uint8)
         for i, r in enumerate(keep):
