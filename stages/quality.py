@@ -82,7 +82,7 @@ class QualityConfig:
                                                      "camera_moved (a shake the shot-level test missed); null: off",
                                                 unit="px@512", ge=0)
     moving_px: float = knob(1.0, "a pixel moves when its flow exceeds this", unit="px@512", ge=0)
-    min_fb_consistent: Optional[float] = knob(0.45, "pair rule: forward-backward consistent share of the moving "
+    min_fb_consistent: Optional[float] = knob(0.3, "pair rule: forward-backward consistent share of the moving "
                                                     "pixels below this: flow_inconsistent (needs flow_bwd); null: off",
                                               unit="frac", ge=0, le=1)
     max_unexplained_frac: Optional[float] = knob(0.2, "pair rule: share of the changed region the warped source "

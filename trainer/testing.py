@@ -44,5 +44,13 @@ def rewrite_shard(src: Path, dst: Path, drop: dict[str, list[str]] | None = None
 
 def truncate_shard(src: Path, dst: Path, frac: float = 0.5) -> None:
     """Write the first ``frac`` of ``src``'s bytes to ``dst`` (a shard cut mid-member)."""
+    import tarfile
+
     data = Path(src).read_bytes()
-    Path(dst).write_bytes(data[: int(len(data) * frac)])
+    n = int(len(data) * frac)
+    with tarfile.open(src) as tf:  # a cut between two members reads as a shorter, intact tar: cut inside one
+        spans = [(m.offset_data, m.offset_data + m.size) for m in tf.getmembers() if m.size > 1]
+    if spans and not any(a < n < b for a, b in spans):
+        a, b = next(((a, b) for a, b in spans if a >= n), spans[-1])
+        n = (a + b) // 2
+    Path(dst).write_bytes(data[:n])
