@@ -167,8 +167,10 @@ def _in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def _blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
-    g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    return cv2.GaussianBlur(g, (0, 0), sigma) if sigma > 0 else g
+    from vid2pair.stages.evidence import _blur
+    from vid2pair.stages.flow import to_gray
+
+    return _blur(to_gray(img), sigma)
 
 
 def _region_moves_onto_target(mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, R: np.ndarray,

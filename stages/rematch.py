@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
+from vid2pair.stages.flow import to_gray
 
 __all__ = ["rematch_objects", "split_segments", "COVERED"]
 
@@ -44,8 +45,7 @@ COVERED = 255
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-    return g.astype(np.float32)
+    return (img if img.ndim == 2 else to_gray(img)).astype(np.float32)
 
 
 def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float, area: tuple
