@@ -335,6 +335,7 @@ class OutputWriter:
         self._expected: dict[int, int] = {}  # clip_idx -> items the clip emitted (from its ClipDone)
         self._arrived: Counter = Counter()  # clip_idx -> items arrived
         self._clips_finished: Counter = Counter()  # chunk -> clips complete
+        self._decode_info: dict[int, dict] = {}  # clip_idx -> what decoding met (ClipDone.info["decode"])
         self.written_chunks: list[int] = []
         self.new_samples = 0
         # previews of rejected pairs: at most output.reject_previews, at most a sixth of them per
@@ -395,6 +396,8 @@ class OutputWriter:
         c = it.chunk
         if isinstance(it, ClipDone):
             self._expected[it.clip_idx] = it.n_items
+            if it.info.get("decode"):
+                self._decode_info[it.clip_idx] = it.info["decode"]
         else:
             if isinstance(it, PairItem) and it.files:
                 self._spool_files(it)
@@ -459,9 +462,11 @@ class OutputWriter:
         members = [(s.key, s.meta["_staged"] if "_staged" in s.meta else (lambda s=s: self._files(s))) for s in samples]
         staged = bool(members) and all(isinstance(w, str) for _, w in members)  # the workers wrote the members
         (self.chunk_writer if staged else write_chunk)(self.root, chunk, members, index_rows, reject_rows)
+        decode = {t.label: self._decode_info.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk]
+                  if t.clip_idx in self._decode_info}
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
             {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
-             "clips": [t.label for t in self.tasks_by_chunk[chunk]]}).encode())
+             "clips": [t.label for t in self.tasks_by_chunk[chunk]], "decode": decode}).encode())
         self.written_chunks.append(chunk)
         self.new_samples += len(samples)
 
@@ -502,7 +507,7 @@ def package_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for n in ("vid2pair", "numpy", "opencv-python", "decord", "av", "torch", "torchvision", "ray", "webdataset",
+    for n in ("vid2pair", "numpy", "opencv-python", "av", "torch", "torchvision", "ray", "webdataset",
               "pyarrow", "scenedetect", "kornia", "timm"):
         try:
             out[n] = metadata.version(n)
@@ -562,8 +567,28 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
         summary["all_inputs_accounted"] = accounted + n_dup_rejects >= n_inputs
     if model_io:
         summary["model_io"] = model_io
+    summary["decode"] = decode_summary(out_dir)
     Store(out_dir).write_bytes("summary.json", json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def decode_summary(out_dir: str | Path, top: int = 50) -> dict:
+    """What decoding met over the whole output, from the chunks' commit markers: FFmpeg's error
+    lines (counted, never printed) and the frames that had to be read again to be exact, in all and
+    for each clip (work unit) that had any (the ``top`` worst)."""
+    store = Store(out_dir)
+    per: dict = {}
+    for name in store.list("_done", ".json"):
+        per.update(json.loads(store.read_bytes(f"_done/{name}")).get("decode") or {})
+    bad = {k: {f: v.get(f, 0) for f in ("errors", "rereads")} | ({"last_error": v["last_error"]}
+                                                                   if v.get("last_error") else {})
+           for k, v in per.items() if v.get("errors") or v.get("rereads")}
+    worst = sorted(bad, key=lambda k: (-bad[k]["errors"], -bad[k]["rereads"], k))[:top]
+    return {"clips": len(per), "ffmpeg_errors": sum(v.get("errors", 0) for v in per.values()),
+            "clips_with_errors": sum(1 for v in per.values() if v.get("errors")),
+            "frames_reread": sum(v.get("rereads", 0) for v in per.values()),
+            "frames_decoded": sum(v.get("decoded", 0) for v in per.values()),
+            "by_clip": {k: bad[k] for k in worst}}
 
 
 def format_summary(s: dict, out_dir) -> str:
@@ -577,6 +602,10 @@ def format_summary(s: dict, out_dir) -> str:
              f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})"]
     for stage, reasons in sorted(s["rejects_by_stage"].items()):
         lines.append(f"    {stage:>14}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
+    d = s.get("decode") or {}
+    if d.get("ffmpeg_errors") or d.get("frames_reread"):
+        lines.append(f"  decoding: {d['ffmpeg_errors']} FFmpeg error line(s) in {d['clips_with_errors']} clip(s), "
+                     f"{d['frames_reread']} read(s) redone to get the true frames (summary.json: decode)")
     for stage, m in s.get("model_io", {}).items():
         lines.append(f"  model stage {stage}: {m['pairs']} pairs in {m['calls']} calls to {m['actors']} actor(s); "
                      f"received {m['mib_in']:.1f} MiB ({', '.join(m['arrays'])}), sent back {m['mib_out']:.1f} MiB")

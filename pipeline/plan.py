@@ -190,6 +190,14 @@ def _crash_reject(task: ClipTask, status: str, detail: str, step: str, fused: tu
     return clip_reject(task, step, reason, f"{detail} {where}"[:500])
 
 
+class ClipInfo:
+    """What the clip stage learned about a clip besides its items (its decode figures), sent back from
+    the isolation child after the last item; it ends up in the clip's :class:`ClipDone`."""
+
+    def __init__(self, info: dict):
+        self.info = dict(info)
+
+
 class _UnitWork:
     """What runs (in the isolation child, or in process): the clip stage, then the fused stages,
     pair by pair: a pair's frames are decoded, run through the fused stages and handed on before
@@ -240,7 +248,7 @@ class _UnitWork:
             return list(self.iter(task, report))
         for it in self.iter(task, report):
             emit(it)
-        return []
+        return [ClipInfo(getattr(self.clip, "info", {}))]
 
 
 def _unit_work(cfg, clip_cls: type, fused: tuple[type, ...]) -> _UnitWork:
@@ -280,6 +288,7 @@ class ClipUnit:
             return it
 
         status, res, step = "ok", [], ""
+        info: dict = {}
         if self.cfg.isolation.mode == "process":
             if self._isolated is None:
                 from vid2pair.pipeline.isolation import IsolatedCall
@@ -307,15 +316,19 @@ class ClipUnit:
                     break
                 yield counted(it)
             step = steps[-1]
+            info = getattr(self._work.clip, "info", {})
         if status == "ok":
             for it in res:  # a work function that returns its items instead of emitting them
-                yield counted(it)
+                if isinstance(it, ClipInfo):
+                    info = it.info
+                else:
+                    yield counted(it)
         else:
             yield counted(_crash_reject(task, status, str(res), step, tuple(S.name for S in self.fused)))
         if seen["pairs"] == 0 and seen["rejects"] == 0:
             yield counted(clip_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
         yield ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
-                       n_items=seen["items"], info={"pairs": seen["pairs"]})
+                       n_items=seen["items"], info={"pairs": seen["pairs"], **info})
 
 
 def run_items(unit: ClipUnit, pair_stages: Iterable[Stage], task: ClipTask, batch_size: int = 1) -> Iterator[Item]:

@@ -30,12 +30,7 @@ black borders ever appear.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -444,58 +439,14 @@ def make_clip(*, width: int = 320, height: int = 240, n_frames: int = 48, fps: f
 # video files
 
 
-def _x264_clash() -> bool:
-    """Whether an in-process libx264 encode is unsafe.
-
-    decord's wheel bundles its own libx264 (0.164) and loads it with ``RTLD_GLOBAL``. PyAV's
-    libx264 (0.165) exports the same unversioned symbols (``x264_encoder_encode``,
-    ``x264_8_frame_pop``, ...), so once ``decord`` is imported, PyAV's encoder can bind to
-    decord's copies: two x264 versions mixed in one encoder. Observed effect: encodes stop
-    being reproducible (other outcomes are possible). Such encodes run in a clean subprocess.
-    """
-    return "decord" in sys.modules
-
-
-def _run_isolated(payload: dict):
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = ("import json, sys; from vid2pair.pipeline import synthetic; "
-            "print(json.dumps(synthetic._isolated_entry(json.load(sys.stdin))))")
-    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True,
-                          env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"isolated video encode failed ({payload['op']}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _isolated_entry(payload: dict):
-    """Entry point of the clean subprocess (see :func:`_x264_clash`)."""
-    if payload["op"] == "write_video":
-        frames = np.load(payload["frames"], allow_pickle=False)
-        return str(write_video(frames, payload["path"], payload["fps"], codec=payload["codec"], crf=payload["crf"],
-                               isolate=False))
-    if payload["op"] == "shots_video":
-        return str(write_shots_video(payload["path"], payload["n_shots"], payload["width"], payload["height"],
-                                     payload["shot_s"], payload["fps"], payload["seed"], isolate=False))
-    if payload["op"] == "demo_corpus":
-        paths = make_demo_corpus(payload["out_dir"], payload["n_static"], payload["n_moving_camera"],
-                                 payload["seed"], isolate=False, **payload["kw"])
-        return [str(p) for p in paths]
-    raise ValueError(f"unknown op {payload['op']!r}")
-
-
 def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: str = "libx264",
-                crf: int = 12, *, isolate: Optional[bool] = None) -> Path:
+                crf: int = 12) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to an mp4 (yuv420p) with PyAV.
 
     ``codec``: ``"libx264"`` (``crf`` controls quality; 12 is near-lossless) or ``"mpeg4"``
     (fixed quantiser 2, the best MPEG-4 part 2 quality; ``crf`` is ignored). H and W must be
     even (yuv420p). The frames fed to the encoder are reproducible; libx264's bitstream usually is
     too, but identical encodes occasionally differed here (encoder noise, decoded > 40 dB apart).
-    ``isolate``: encode in a
-    subprocess; ``None`` does so for libx264 when ``decord`` is already imported (see
-    :func:`_x264_clash`).
     """
     import av  # local: only the video writer needs PyAV
 
@@ -509,15 +460,6 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
         raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {codec!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isolate is None:
-        isolate = codec == "libx264" and _x264_clash()
-    if isolate:
-        with tempfile.TemporaryDirectory() as tmp:
-            npy = Path(tmp) / "frames.npy"
-            np.save(npy, frames)
-            _run_isolated({"op": "write_video", "frames": str(npy), "path": str(path.resolve()), "fps": float(fps),
-                           "codec": codec, "crf": int(crf)})
-        return path
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
         if codec == "libx264":
@@ -543,17 +485,11 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
 
 
 def write_shots_video(path: Union[str, Path], n_shots: int, width: int = 320, height: int = 240,
-                      shot_s: float = 3.0, fps: float = 12.0, seed: int = 1000, *,
-                      isolate: Optional[bool] = None) -> Path:
+                      shot_s: float = 3.0, fps: float = 12.0, seed: int = 1000) -> Path:
     """A long clip: ``n_shots`` static-camera shots of ``shot_s`` seconds, one moving object each
     (shot k drawn from ``seed + k``), hard cuts between. Shots are rendered and encoded one at a
-    time (libx264, crf 18), so a long clip never sits in memory. ``isolate``: as in :func:`write_video`."""
+    time (libx264, crf 18), so a long clip never sits in memory."""
     path = Path(path)
-    if isolate is None:
-        isolate = _x264_clash()
-    if isolate:
-        return Path(_run_isolated({"op": "shots_video", "path": str(path.resolve()), "n_shots": n_shots,
-                                   "width": width, "height": height, "shot_s": shot_s, "fps": fps, "seed": seed}))
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -575,22 +511,15 @@ def write_shots_video(path: Union[str, Path], n_shots: int, width: int = 320, he
 
 
 def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_camera: int = 1, seed: int = 0,
-                     *, isolate: Optional[bool] = None, **kw) -> list[Path]:
+                     **kw) -> list[Path]:
     """Write a small deterministic corpus of synthetic mp4 clips and return their paths.
 
     ``static_XX.mp4``: fixed camera, 1-3 moving objects. ``camera_pan_XX.mp4``: the same kind
     of scene filmed by a panning, shaking camera. Defaults: 320x240, 12 fps, 60 frames (5 s);
     ``kw`` is forwarded to :func:`make_clip` (``width``, ``height``, ``n_frames``, ``fps``, ...)
-    and may also carry ``codec`` / ``crf`` for :func:`write_video`. ``isolate``: as in
-    :func:`write_video`, but the whole corpus is made in one subprocess.
+    and may also carry ``codec`` / ``crf`` for :func:`write_video`.
     """
     out_dir = Path(out_dir)
-    if isolate is None:
-        isolate = kw.get("codec", "libx264") == "libx264" and _x264_clash()
-    if isolate:
-        return [Path(p) for p in _run_isolated({
-            "op": "demo_corpus", "out_dir": str(out_dir.resolve()), "n_static": n_static,
-            "n_moving_camera": n_moving_camera, "seed": seed, "kw": kw})]
     out_dir.mkdir(parents=True, exist_ok=True)
     codec = kw.pop("codec", "libx264")
     crf = kw.pop("crf", 12)
@@ -603,8 +532,7 @@ def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_came
         s = int(rng.integers(0, 2**31 - 1))
         n_obj = n_objects or 1 + k % 3
         clip = make_clip(**params, n_objects=n_obj, seed=s)
-        paths.append(write_video(clip.frames, out_dir / f"static_{k:02d}.mp4", clip.fps, codec=codec, crf=crf,
-                                  isolate=False))
+        paths.append(write_video(clip.frames, out_dir / f"static_{k:02d}.mp4", clip.fps, codec=codec, crf=crf))
     for k in range(n_moving_camera):
         s = int(rng.integers(0, 2**31 - 1))
         ang = rng.uniform(0, 2 * math.pi)
@@ -613,6 +541,105 @@ def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_came
                            rotation_jitter=0.3, zoom_jitter=0.005)
         n_obj = n_objects or 1 + k % 2
         clip = make_clip(**params, n_objects=n_obj, camera=cam, seed=s)
-        paths.append(write_video(clip.frames, out_dir / f"camera_pan_{k:02d}.mp4", clip.fps, codec=codec,
-                                  crf=crf, isolate=False))
+        paths.append(write_video(clip.frames, out_dir / f"camera_pan_{k:02d}.mp4", clip.fps, codec=codec, crf=crf))
     return paths
+
+
+# --------------------------------------------------------------------------------------
+# a decoding corpus: the stream shapes that break seeking
+
+#: name -> (codec, pixel format, codec options, what it exercises)
+DECODE_CORPUS = {
+    "long_gop_bpyramid.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=96:min-keyint=96:scenecut=0:bframes=3:"
+                                                                      "b-pyramid=normal"},
+                              "a keyframe every 4 s, B-frames referenced by B-frames"),
+    "open_gop.mkv": ("libx264", "yuv420p", {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=3:open-gop=1"},
+                     "open GOPs: B-frames before a keyframe reference the GOP before it"),
+    "x264_444.mp4": ("libx264", "yuv444p", {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=2"},
+                     "h264 High 4:4:4 Predictive"),
+    "x264_10bit.mp4": ("libx264", "yuv420p10le", {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=3"},
+                       "h264 High 10"),
+    "hevc_10bit.mp4": ("libx265", "yuv420p10le", {"x265-params": "keyint=48:min-keyint=48:bframes=4:log-level=none"},
+                       "HEVC Main 10 with B-frames"),
+    "vp9_altref.webm": ("libvpx-vp9", "yuv420p", {"auto-alt-ref": "1", "lag-in-frames": "16", "g": "48",
+                                                  "deadline": "realtime", "cpu-used": "8"},
+                        "VP9 with hidden alt-ref frames"),
+    "mpeg4_bframes.avi": ("mpeg4", "yuv420p", {}, "MPEG-4 part 2 with B-frames in AVI"),
+    "vfr.mkv": ("libx264", "yuv420p", {"x264-params": "keyint=48:bframes=2"},
+                "variable frame rate: frame durations of 25-60 ms"),
+    "start_offset.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=48:bframes=3"},
+                         "the first frame at 2 s: an edit list / start offset"),
+    "usec_timebase.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=72:bframes=3"},
+                          "a time base of 1/1,000,000"),
+    "intra_refresh.mp4": ("libx264", "yuv420p", {"x264-params": "intra-refresh=1:keyint=48:bframes=0"},
+                          "no IDR after the first frame: periodic intra refresh, recovery points flagged as keyframes"),
+    "lying_keyframes.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=96:min-keyint=96:scenecut=0:bframes=3"},
+                            "every 10th non-key packet listed as a sync sample (mp4 stss)"),
+}
+
+
+def write_decode_corpus(out_dir: Union[str, Path], width: int = 320, height: int = 240, seconds: float = 8.0,
+                        fps: float = 24.0, seed: int = 5, names: Optional[Sequence[str]] = None) -> list[Path]:
+    """Encode one synthetic scene (two moving textured objects on a still background) in each
+    stream shape of :data:`DECODE_CORPUS` (or those in ``names``); returns the paths. Every frame
+    differs from its neighbours, so a wrong frame is visible."""
+    import av
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = int(round(seconds * fps))
+    frames = make_clip(width=width, height=height, n_frames=n, fps=fps, n_objects=2, seed=seed).frames
+    rng = np.random.default_rng(seed)
+    durations = rng.integers(25, 61, n)  # ms, for the variable-frame-rate file
+    paths = []
+    for name in names or DECODE_CORPUS:
+        codec, pix, opts, _ = DECODE_CORPUS[name]
+        path = out_dir / name
+        target = out_dir / f"_keyed_{name}" if name == "lying_keyframes.mp4" else path
+        with av.open(str(target), mode="w") as c:
+            st = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=dict(opts))
+            st.width, st.height, st.pix_fmt = width, height, pix
+            if codec == "mpeg4":
+                st.codec_context.max_b_frames = 2
+                st.codec_context.gop_size = 48
+                st.codec_context.qscale = 2  # type: ignore[attr-defined]
+            if name == "vfr.mkv":
+                st.codec_context.time_base = Fraction(1, 1000)
+            if name == "usec_timebase.mp4":
+                st.time_base = Fraction(1, 1_000_000)
+            t = 0
+            for i in range(n):
+                fr = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(format=pix)
+                if name == "vfr.mkv":
+                    fr.pts, t = t, t + int(durations[i])
+                else:
+                    fr.pts = i + (int(round(2 * fps)) if name == "start_offset.mp4" else 0)
+                for p in st.encode(fr):
+                    c.mux(p)
+            for p in st.encode():
+                c.mux(p)
+        if name == "lying_keyframes.mp4":
+            _remux_with_false_keyframes(target, path, every=10)
+            target.unlink()
+        paths.append(path)
+    return paths
+
+
+def _remux_with_false_keyframes(src: Path, dst: Path, every: int = 10) -> None:
+    """Copy ``src``'s video packets into ``dst`` with every ``every``-th non-key packet flagged as a
+    keyframe (a container whose keyframe index lies)."""
+    import av
+
+    with av.open(str(src)) as i, av.open(str(dst), mode="w") as o:
+        ist = i.streams.video[0]
+        ost = o.add_stream_from_template(ist)
+        k = 0
+        for p in i.demux(ist):
+            if p.dts is None:
+                continue
+            if not p.is_keyframe:
+                k += 1
+                if k % every == 0:
+                    p.is_keyframe = True
+            p.stream = ost
+            o.mux(p)

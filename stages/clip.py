@@ -38,9 +38,14 @@ def clip_reject(task: ClipTask, stage: str, reason: str, detail: str = "", level
 
 
 def _versions() -> dict:
-    import decord
+    import av
 
-    return {"vid2pair": __version__, "opencv": cv2.__version__, "decord": decord.__version__}
+    return {"vid2pair": __version__, "opencv": cv2.__version__, "av": av.__version__,
+            "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))}
+
+
+def _ffmpeg_errors(video) -> str:
+    return f"{video.errors} FFmpeg error line(s), the last: {video.last_error}" if video.errors else ""
 
 
 def _local(path: str) -> ContextManager[str]:
@@ -65,6 +70,8 @@ class ClipStage(Stage):
         #: pairs per shot that the stages run with the decoder rejected (:meth:`rejected_one`); each
         #: lets the shot draw one spare candidate (``pairs.oversample``)
         self.rejected: Counter = Counter()
+        #: what the last clip's decoding met (FFmpeg errors, re-reads), for its ClipDone and summary.json
+        self.info: dict = {}
 
     def rejected_one(self, it: PairItem) -> None:
         """The consumer's word that pair ``it`` (and its retries) did not come through the stages that
@@ -81,6 +88,7 @@ class ClipStage(Stage):
         time, however many shots and pairs the clip has."""
         self._report = report or (lambda step: None)
         self.rejected = Counter()
+        self.info = {}
         self._report("probe")
         try:
             with self.opener(task.source) as path:  # objects in s3:// / gs:// are fetched to a temp file
@@ -102,40 +110,41 @@ class ClipStage(Stage):
             yield clip_reject(task, "probe", *bad)
             return
 
-        # --- shots, on small frames decoded sequentially (decord; PyAV when decord fails), over
-        # the unit's span [first, stop) of a split clip (all of it otherwise)
+        # --- shots, on small frames of the one in-order scan of the unit's span [first, stop) of a
+        # split clip (all of it otherwise); the scan also fingerprints every frame (decode.Video)
         self._report("shots")
         w, h = info.width, info.height
         sw, sh = decode.scaled_size(w, h, cfg.shots.analysis_width)
         fps = info.fps
         first = int(round(task.start_s * fps)) if task.split else 0
         stop = int(round(task.end_s * fps)) if task.split and task.end_s > 0 else None
-        tried = []
-        for dec in ("decord", "pyav"):
-            try:
-                small = decode.open_reader(path, sw, sh, dec)
-            except decode.DecodeError as e:
-                tried.append(str(e))
-                continue
-            n_index = len(small)
-            counter = decode.FrameCounter(small, start=first, stop=stop)
-            cuts = shots.detect_cuts(counter, fps, cfg.shots.detector, cfg.shots.threshold,
-                                     min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
-            del small
-            # frame counts from headers/indexes are not trusted: only what really decoded is used
-            n_frames = counter.decoded
-            if n_frames - first >= 2:
-                break
-            what = f"of frames {first}-{stop if stop is not None else 'end'} " if task.split else "of "
-            tried.append(f"{dec}: decoded {n_frames - first} {what}{n_index} indexed frame(s) "
-                         f"{counter.error}".strip())
-        else:
-            reason = "too_few_frames" if len(tried) == 2 and all("decoded" in t for t in tried) else "decoder_error"
-            yield clip_reject(task, "decode", reason, "; ".join(tried)[:500])
+        try:
+            video = decode.Video(path)
+        except decode.DecodeError as e:
+            yield clip_reject(task, "decode", "decoder_error", str(e)[:500])
             return
-        self._decoder = dec
-        self._counts = {"n_frames_header": info.n_frames, "n_frames_index": n_index,
-                        "n_frames_decoded": n_frames, "decoder": dec}
+        try:
+            yield from self._shots_and_pairs(task, info, video, first, stop, (sw, sh))
+        finally:
+            self.info = {"decode": video.summary()}
+            video.close()
+
+    def _shots_and_pairs(self, task: ClipTask, info, video: decode.Video, first: int, stop: Optional[int],
+                         scan_size: tuple[int, int]) -> Iterator[Item]:
+        cfg = self.cfg
+        fps, w, h = info.fps, info.width, info.height
+        cuts = shots.detect_cuts(video.scan(first, stop, scan_size), fps, cfg.shots.detector, cfg.shots.threshold,
+                                 min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
+        # frame counts from headers are not trusted: only what really decoded is used
+        n_frames = video.n_frames
+        if n_frames - first < 2:
+            what = f"of frames {first}-{stop if stop is not None else 'end'} " if task.split else ""
+            why = "; ".join(x for x in (video.error, _ffmpeg_errors(video)) if x)
+            yield clip_reject(task, "decode", "too_few_frames",
+                              f"decoded {n_frames - first} frame(s) {what}(the header says {info.n_frames})"
+                              + (f": {why}" if why else ""))
+            return
+        self._counts = {"n_frames_header": info.n_frames, "n_frames_decoded": n_frames, "decoder": "pyav"}
         if task.split:
             self._counts["unit"] = [task.unit, task.units]
             self._counts["unit_frames"] = [first, n_frames]
@@ -156,11 +165,15 @@ class ClipStage(Stage):
         self._report("static_camera")
         static = []
         aw, ah = decode.scaled_size(w, h, cfg.static_camera.analysis_width)
-        ana = decode.open_reader(path, aw, ah, self._decoder) if cfg.static_camera.enabled else None
         for (a, b), k in shot_ids.items():
             score = {"score": 0.0, "tracked": True, "shifts": []}
-            if ana is not None:
-                fr = decode.read_frames(ana, static_camera.sample_indices(a, b, cfg.static_camera.samples))
+            if cfg.static_camera.enabled:
+                try:
+                    fr = video.read(static_camera.sample_indices(a, b, cfg.static_camera.samples), (aw, ah))
+                except decode.InexactFrame as e:
+                    yield clip_reject(task, "decode", "decode_inexact", str(e)[:500], "shot",
+                                      f"{task.clip_id}_s{k:03d}")
+                    continue
                 score = static_camera.camera_motion_score(fr, cfg.static_camera.min_inliers)
                 if not score["tracked"]:
                     yield clip_reject(task, "static_camera", "camera_motion_unknown",
@@ -173,12 +186,10 @@ class ClipStage(Stage):
                                       f"{task.clip_id}_s{k:03d}")
                     continue
             static.append((k, a, b, score["score"]))
-        del ana
 
         # --- pairs (seeded per clip and shot) and decode of just the frames needed
         self._report("pairs")
-        dw, dh = decode.decode_size(w, h, cfg.frame)
-        reader = None
+        dsize = decode.decode_size(w, h, cfg.frame)
         for k, a, b, score in static:
             specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k))
             if why:
@@ -188,9 +199,12 @@ class ClipStage(Stage):
                 if n - self.rejected[k] >= cfg.pairs.per_shot:
                     break  # per_shot came through (or are on their way): spares only replace rejected pairs
                 self._report("decode")  # again for each pair: the consumer reports its own steps between items
-                if reader is None:
-                    reader = decode.open_reader(path, dw, dh, self._decoder)
-                yield self._pair_item(task, reader, info, k, (a, b), score, sp)
+                try:
+                    yield self._pair_item(task, video, dsize, info, k, (a, b), score, sp)
+                except decode.InexactFrame as e:
+                    self.rejected[k] += 1  # a spare may replace it
+                    yield clip_reject(task, "decode", "decode_inexact", str(e)[:500], "pair",
+                                      pair_key(task.clip_id, k, sp.src, sp.tgt))
 
     def retry_item(self, it: PairItem, meta: dict, frames) -> Optional[PairItem]:
         """The retry of pair ``it`` (as this stage made it: ``meta``, decoded as ``frames``) at a shorter
@@ -211,7 +225,8 @@ class ClipStage(Stage):
         return PairItem(key=key, clip_id=it.clip_id, source=it.source, chunk=it.chunk, clip_idx=it.clip_idx,
                         meta=meta, arrays={"frames": frames[:j + 1]})
 
-    def _pair_item(self, task, reader, info, shot, rng_ab, score, sp: pairs.PairSpec) -> PairItem:
+    def _pair_item(self, task, video: decode.Video, dsize, info, shot, rng_ab, score, sp: pairs.PairSpec
+                   ) -> PairItem:
         cfg = self.cfg
         if sp.sequence:  # flow_advance: start + candidate targets
             idx = [sp.src] + list(sp.sequence)
@@ -222,7 +237,7 @@ class ClipStage(Stage):
             if cfg.track.enabled:
                 n = max(n, cfg.track.max_frames)
             idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(sp.src, sp.tgt, n)))
-        frames = decode.apply_frame_policy(decode.read_frames(reader, idx), cfg.frame)
+        frames = decode.apply_frame_policy(video.read(idx, dsize), cfg.frame)
         fps = info.fps
         meta = {
             "source": task.source, "clip_id": task.clip_id, "shot": shot,
@@ -231,7 +246,7 @@ class ClipStage(Stage):
             "dt": round(abs(sp.tgt - sp.src) / fps, 6), "fps": fps, "reversed": sp.reversed,
             "frame_indices": idx, "orig_size": [info.width, info.height],
             "size": [int(frames.shape[2]), int(frames.shape[1])], "codec": info.codec,
-            **self._counts,
+            **self._counts, "decode": {k: v for k, v in video.summary().items() if k in ("errors", "rereads")},
             "static_score": round(score, 6), "seed": cfg.seed, "policy": cfg.pairs.policy,
             "versions": _versions(),
         }

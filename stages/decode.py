@@ -1,15 +1,40 @@
-"""decode: read only the frames a stage needs (decord, or PyAV when decord fails), then apply the
-preset's resize/crop.
+"""decode: every frame the pipeline reads is the frame an in-order decode gives, or the read fails.
 
-decord scales while decoding when given ``width``/``height``, so large videos never materialise at
-full resolution (memory per clip is bounded by ``frame.max_decode_side``). Frame counts from headers
-are not trusted: :func:`open_reader` reports the count decord indexed, and reads are clamped to it.
+Frames are decoded with FFmpeg through PyAV, in one way that is exact by construction and checked
+at run time:
+
+* **The scan** (:meth:`Video.scan`) decodes a clip's span once, in order, from the start of the
+  stream (or, for a later work unit of a long clip, from the keyframe before its span, after the
+  decoder has seen the stream's first frame). It feeds the shot detector small frames and records,
+  for every frame, its timestamp, whether the decoder called it a keyframe, and a fingerprint: an
+  8-byte digest and a 32-px grey thumbnail of the frame scaled to the scan size. Frame ``i`` is the
+  ``i``-th frame the in-order decode gives: that is what "the true frame" means.
+* **Reads** (:meth:`Video.read`) decode forward from a keyframe the scan saw (no seek when the
+  decoder already stands before the frames asked for), identify each decoded frame by its
+  timestamp, and compare every frame returned with its fingerprint. A frame that differs (the
+  decoder needed state a seek lost, a keyframe that is not a clean entry point) is re-read from an
+  earlier keyframe, down to the scan's own starting point; one that still differs raises
+  :class:`InexactFrame` with the numbers (the clip stage rejects its pair as ``decode_inexact``).
+
+Why not seek with a random-access decoder: on h264 4:4:4 from x264 builds before 151, FFmpeg
+decodes a picture right only after it saw the first frame's x264 version SEI (an old x264 bug it
+works around); decord's random access and a plain PyAV seek both return grey smears there
+(``real2/mouse_openfield_topdown.mp4``), and FFmpeg printed thousands of lines about it. The scan
+primes the decoder with the stream's first frame and the reads keep that decoder.
+
+FFmpeg's own log never reaches the terminal: its error lines are counted per video
+(:attr:`Video.errors`), and the clip stage reports them (meta ``decode``, ``summary.json``).
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
+import itertools
+import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -39,91 +64,402 @@ class FrameConfig:
 
 
 class DecodeError(RuntimeError):
-    """No decoder could open or decode the file; the message names each decoder and its error."""
+    """The file cannot be opened or decoded; the message says what FFmpeg said."""
 
 
-class _Frames:
-    """What ``get_batch`` / ``[i]`` return: decord's NDArray interface (``asnumpy()``)."""
-
-    def __init__(self, arr: np.ndarray):
-        self._arr = arr
-
-    def asnumpy(self) -> np.ndarray:
-        return self._arr
+class InexactFrame(DecodeError):
+    """A frame could not be read as the in-order decode gives it, even from the scan's start."""
 
 
-class PyAVReader:
-    """A decord-like reader on PyAV (FFmpeg): the fallback for files decord cannot open or decode
-    (theora in Ogg, streams with lying or missing headers). Frames are counted by decoding the
-    stream once; reads decode sequentially from the start, keeping only the frames asked for, at
-    ``width`` x ``height`` (scaled by FFmpeg's swscale)."""
+# ---------------------------------------------------------------- FFmpeg's log: counted, never printed
 
-    name = "pyav"
+class _ErrorCount(logging.Handler):
+    """Counts FFmpeg's error lines (PyAV forwards them to the ``libav`` logger) and keeps the last."""
 
-    def __init__(self, path: str, width: int = -1, height: int = -1):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.n = 0
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.n += 1
+        self.last = record.getMessage()[:200]
+
+
+_ERRORS = _ErrorCount()
+
+
+def quiet_ffmpeg() -> _ErrorCount:
+    """Route FFmpeg's error lines into a counter instead of the terminal (idempotent). PyAV ignores
+    FFmpeg's log by default, which also hides why a decode failed; here errors are kept, counted
+    and never printed (the ``libav`` logger does not propagate)."""
+    import av.logging
+
+    if av.logging.get_level() != av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)
+    log = logging.getLogger("libav")
+    if _ERRORS not in log.handlers:
+        log.addHandler(_ERRORS)
+        log.propagate = False
+    return _ERRORS
+
+
+# ---------------------------------------------------------------- the exact reader
+
+#: fingerprint thumbnails are this wide (grey levels; for the numbers of a mismatch)
+THUMB_W = 32
+
+
+def _fingerprint(small: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """(8-byte digest, grey thumbnail THUMB_W wide) of a frame scaled to the scan size."""
+    digest = hashlib.blake2b(np.ascontiguousarray(small).tobytes(), digest_size=8).digest()
+    h, w = small.shape[:2]
+    th = max(1, int(round(h * THUMB_W / w)))
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    return digest, cv2.resize(grey, (THUMB_W, th), interpolation=cv2.INTER_AREA)
+
+
+#: 8-bit planar YUV formats the scan scales plane by plane with OpenCV (swscale's area filter costs
+#: about as much as decoding at these sizes); any other format goes through swscale
+_PLANAR_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
+               "yuv411p", "yuv410p"}
+
+
+def _plane(p) -> np.ndarray:
+    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+
+
+def _small(frame, width: int, height: int) -> np.ndarray:
+    """A frame shrunk to ``width`` x ``height`` for the scan (shot detection, fingerprints): each YUV
+    plane area-averaged by OpenCV, then converted to RGB. Deterministic for a given decoded frame,
+    which is all a fingerprint needs; not the colour-exact conversion of the stored frames."""
+    if frame.format.name not in _PLANAR_YUV:
+        return _rgb(frame, width, height)
+    yuv = cv2.merge([cv2.resize(_plane(frame.planes[k]), (width, height), interpolation=cv2.INTER_AREA)
+                     for k in range(3)])
+    return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB)
+
+
+def _rgb(frame, width: int, height: int) -> np.ndarray:
+    """An FFmpeg frame as RGB at ``width`` x ``height`` (swscale: area when shrinking, bilinear otherwise)."""
+    shrink = width * height < frame.width * frame.height
+    return frame.to_ndarray(format="rgb24", width=width, height=height,
+                            interpolation="AREA" if shrink else "BILINEAR")
+
+
+class Video:
+    """One video file, decoded exactly (see the module docstring).
+
+    ``scan`` first (it defines the frames), then ``read`` any frames of the scanned span, in any
+    order, at any size. ``stats`` counts what the reads cost (frames decoded, seeks, re-reads);
+    ``errors`` the FFmpeg error lines while decoding this video."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._log = quiet_ffmpeg()
+        self._err0 = self._log.n
+        self.stats: Counter = Counter()
+        self._c = None
+        self._frames = None  # the live decoder: an iterator of (index, frame)
+        self._open()
+        s = self._s
+        self.width, self.height = int(s.codec_context.width or 0), int(s.codec_context.height or 0)
+        self.first = 0  # the scanned span: frames [first, n_frames)
+        self.n_frames = 0
+        self.error = ""  # what ended the scan early (a truncated or broken file), "" when the stream ended
+        self.last_mismatch = ""  # the last frame a read had to read again, and by how much it was off
+        self.scan_errors = 0  # FFmpeg error lines during the in-order scan: the file's own damage
+        self._pts: list = []  # per scanned frame (index - first)
+        self._digest: list[bytes] = []
+        self._thumb: list[np.ndarray] = []
+        self._keys: list[int] = []  # indices of the frames a read may start decoding from (verified when used)
+        self._key_pts: set = set()  # timestamps of the packets the container flags as keyframes
+        self._by_pts: dict = {}
+        self._pts_ok = True  # every scanned frame has a unique timestamp (else reads decode from the scan's start)
+        self._bad: set = set()  # starts whose decode did not give the true frames
+        self._at: Optional[int] = None  # index of the last frame the live decoder gave
+        self._from: Optional[int] = None  # the start it decodes from (a key index, or None: the scan's start)
+        self._scan_size = (0, 0)
+        self._table = None  # the packet timestamps (a later work unit's scan)
+        self._unit_key = None  # the keyframe packet a later work unit's scan starts from
+
+    # -- plumbing
+    @property
+    def errors(self) -> int:
+        """FFmpeg error lines while opening and decoding this video."""
+        return self._log.n - self._err0
+
+    @property
+    def last_error(self) -> str:
+        return self._log.last if self.errors else ""
+
+    def _open(self) -> None:
         import av
 
-        self.path, self.width, self.height = path, width, height
-        with av.open(path, metadata_errors="ignore") as c:
-            self._n = sum(1 for _ in c.decode(video=0))
-        if self._n == 0:
-            raise DecodeError(f"pyav: no decodable video frame in {path}")
+        self.close()
+        try:
+            self._c = av.open(self.path, metadata_errors="ignore")
+        except Exception as e:  # PyAV raises many error types for broken input
+            raise DecodeError(f"pyav: {type(e).__name__}: {str(e)[:200]}") from None
+        vs = self._c.streams.video
+        if not vs:
+            self.close()
+            raise DecodeError("pyav: no video stream")
+        self._s = vs[0]
+        self._s.codec_context.thread_count = 1  # one core per clip worker
+        self._fresh, self._primed = True, False
 
-    def __len__(self) -> int:
-        return self._n
+    def close(self) -> None:
+        if self._c is not None:
+            self._c.close()
+            self._c = None
+        self._frames = None
 
-    def _decode(self, wanted: set[int]) -> dict[int, np.ndarray]:
-        import av
+    def __enter__(self) -> "Video":
+        return self
 
-        out: dict[int, np.ndarray] = {}
-        last = max(wanted)
-        with av.open(self.path, metadata_errors="ignore") as c:
-            for i, f in enumerate(c.decode(video=0)):
-                if i in wanted:
-                    kw = {} if self.width <= 0 else {"width": self.width, "height": self.height}
-                    out[i] = f.to_ndarray(format="rgb24", **kw)
-                if i >= last:
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _decoded(self) -> Iterator:
+        """The live container's frames in presentation order (a decode error ends the stream)."""
+        try:
+            for pk in self._c.demux(self._s):
+                if pk.is_keyframe and pk.pts is not None:
+                    self._key_pts.add(pk.pts)
+                for f in pk.decode():
+                    self.stats["decoded"] += 1
+                    if self._fresh:  # the decoder saw the stream's first frame and what came with it
+                        self._fresh, self._primed = False, True
+                    yield f
+        except Exception as e:  # a broken packet or a truncated file: what came before stands
+            self.error = f"{type(e).__name__}: {str(e)[:200]}"
+
+    def _prime(self) -> None:
+        """Reopen the file and decode up to its first frame, so that the decoder has seen the stream's
+        headers and first-frame SEI (x264's version among them) before it is sent elsewhere."""
+        self._open()
+        for _ in self._decoded():
+            break
+
+    def _seek(self, pts) -> None:
+        if self._c is None or not self._primed:
+            self._prime()
+        self._fresh = False
+        self._c.seek(int(pts), stream=self._s, backward=True, any_frame=False)
+        self.stats["seeks"] += 1
+
+    # -- the scan
+    def scan(self, start: int = 0, stop: Optional[int] = None, size: tuple[int, int] = (128, 96)
+             ) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode frames ``[start, stop)`` (to the end of the stream without ``stop``) once, in order,
+        yielding ``(index, RGB frame at size)``, and learn their fingerprints. ``n_frames`` is then
+        the index after the last frame that decoded; ``error`` says what stopped it early."""
+        self._scan_size = (int(size[0]), int(size[1]))
+        self.first = self.n_frames = int(start)
+        self.error = ""
+        errors = None
+        for i, f in self._origin_frames(int(start)):
+            if stop is not None and i >= stop:
+                break
+            if i < start:
+                continue
+            if errors is None:  # what came before (a later unit's pre-roll) is the seek's, not the file's
+                errors = self.errors
+            if i != self.n_frames:  # a gap in the timestamps: the scan cannot name the frames
+                self.error = f"frame {self.n_frames} missing from the decoded stream (got {i})"
+                break
+            small = _small(f, *self._scan_size)
+            digest, thumb = _fingerprint(small)
+            self._pts.append(f.pts)
+            self._digest.append(digest)
+            self._thumb.append(thumb)
+            if i > self.first and (f.key_frame or f.pts in self._key_pts):
+                self._keys.append(i)  # where the decoder or the container say decoding may start
+            self.n_frames = i + 1
+            yield i, small
+        self._frames = None  # reads position the decoder themselves
+        self.scan_errors = self.errors - (self.errors if errors is None else errors)
+        pts = [p for p in self._pts if p is not None]
+        self._pts_ok = len(pts) == len(self._pts) and len(set(pts)) == len(pts)
+        self._by_pts = {p: self.first + k for k, p in enumerate(self._pts)} if self._pts_ok else {}
+
+    def _origin_frames(self, start: int) -> Iterator:
+        """(index, frame) the way the scan of a span starting at ``start`` decodes: from the start of the
+        stream, counting frames (frame 0 is the first frame). For ``start`` > 0 (a later work unit of
+        a long clip) from a keyframe packet before frame ``start`` instead, after priming, frames named
+        by the rank of their timestamp among the stream's packets: accepted only when the decoder
+        calls the first frame a keyframe, logs no error and names every frame up to ``start`` (else an
+        earlier keyframe packet, and after three, the stream's start)."""
+        self._frames = None
+        if start > 0:
+            table, keys = self._packet_table()
+            if start < len(table):
+                cands = [k for k in keys if k <= table[start]][::-1][:3]
+                if self._unit_key is not None:
+                    cands = [self._unit_key]
+                for key_pts in cands:
+                    got = self._from_key(table, key_pts, start)
+                    if got is not None:
+                        self._unit_key = key_pts
+                        return got
+        self._open()
+        return enumerate(self._decoded())
+
+    def _from_key(self, table: list, key_pts, start: int) -> Optional[Iterator]:
+        """Frames from keyframe packet ``key_pts`` named by timestamp rank, or None when that start does
+        not decode cleanly up to frame ``start`` (see :meth:`_origin_frames`). Leading frames of an open
+        GOP (before the keyframe, and the errors their missing references cause) are passed over."""
+        self._seek(key_pts)
+        key = bisect.bisect_left(table, key_pts)
+        frames = self._decoded()
+        expect, errors = None, 0
+        for f in frames:
+            k = bisect.bisect_left(table, f.pts) if f.pts is not None else len(table)
+            if k >= len(table) or table[k] != f.pts:
+                return None
+            if expect is None:
+                if k < key:
+                    continue
+                if k != key or not (f.key_frame or f.pts in self._key_pts):
+                    return None
+                errors = self.errors
+            elif k != expect or self.errors > errors:
+                return None
+            if k >= start:
+                return itertools.chain([(k, f)], self._ranked(table, frames))
+            expect = k + 1
+        return None
+
+    def _ranked(self, table: list, frames: Iterator) -> Iterator:
+        for f in frames:
+            k = bisect.bisect_left(table, f.pts) if f.pts is not None else len(table)
+            if k < len(table) and table[k] == f.pts:
+                yield k, f
+
+    def _packet_table(self) -> tuple[list, list]:
+        """Sorted timestamps of the stream's packets (one per frame) and of its keyframe packets,
+        read without decoding (once per video)."""
+        if self._table is None:
+            self._open()
+            pts, keys = [], []
+            for pk in self._c.demux(self._s):
+                if pk.pts is None or pk.size == 0:
+                    continue
+                pts.append(pk.pts)
+                if pk.is_keyframe:
+                    keys.append(pk.pts)
+            self._table = (sorted(pts), sorted(keys))
+            self._open()
+        return self._table
+
+    # -- reads
+    def read(self, indices: Sequence[int], size: Optional[tuple[int, int]] = None) -> np.ndarray:
+        """Frames by index (any order, repeats allowed) as RGB at ``size`` (w, h; default the file's
+        size), each equal to the in-order decode's frame: verified against the scan's fingerprint,
+        re-read from an earlier start where it differs; :class:`InexactFrame` when no start gives it."""
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if not self.first <= i < self.n_frames]
+        if bad:
+            raise IndexError(f"frame indices {bad[:5]} outside the {self.n_frames - self.first} scanned frames "
+                             f"[{self.first}, {self.n_frames})")
+        w, h = size or (self.width, self.height)
+        got: dict[int, np.ndarray] = {}
+        todo = sorted(set(idx))
+        while todo:
+            self._position_for(todo[0])
+            mismatch = None
+            for i, f in self._frames:
+                self._at = i
+                if i < todo[0]:
+                    continue
+                if i > todo[0]:  # the frame asked for never came out from this start
+                    mismatch = (todo[0], None)
                     break
+                small = _small(f, *self._scan_size)
+                digest, thumb = _fingerprint(small)
+                if digest != self._digest[i - self.first]:
+                    mismatch = (i, thumb)
+                    break
+                got[i] = _rgb(f, w, h)
+                todo.pop(0)
+                if not todo or self._jump(todo[0]):
+                    break
+            else:
+                mismatch = (todo[0], None)  # the stream ended first
+            if mismatch is not None:
+                self._frames = None
+                self._reject_start(self._from, *mismatch)
+        self.stats["read"] += len(idx)
+        return np.stack([got[i] for i in idx])
+
+    def _start_for(self, i: int) -> Optional[int]:
+        """The latest keyframe after the scan's first frame and at or before ``i`` that has not failed,
+        else None: the scan's own starting point."""
+        if not self._pts_ok or len(self._bad) >= MAX_BAD_STARTS:
+            return None
+        k = bisect.bisect_right(self._keys, i) - 1
+        while k >= 0 and self._keys[k] in self._bad:
+            k -= 1
+        return self._keys[k] if k >= 0 and self._keys[k] > self.first else None
+
+    def _jump(self, i: int) -> bool:
+        """Whether reaching frame ``i`` from a later keyframe decodes less than going on from here."""
+        start = self._start_for(i)
+        return start is not None and self._at is not None and start > self._at + 1
+
+    def _position_for(self, i: int) -> None:
+        """Make the live decoder stand before frame ``i``: go on where it is when it is before ``i`` and
+        past the best start, else restart from that start."""
+        start = self._start_for(i)
+        at = self._at
+        if self._frames is not None and at is not None and at < i and (start is None or at >= start - 1):
+            return
+        self._from, self._at = start, None
+        if start is None:
+            self._frames = self._origin_frames(self.first)
+            self.stats["from_origin"] += 1
+            return
+        self._seek(self._pts[start - self.first])
+        by_pts = self._by_pts
+        self._frames = ((by_pts[f.pts], f) for f in self._decoded() if f.pts in by_pts)
+
+    def _reject_start(self, start: Optional[int], i: int, thumb: Optional[np.ndarray]) -> None:
+        """Reading frame ``i`` from ``start`` did not give the true frame: never start there again."""
+        self.stats["rereads"] += 1
+        if thumb is not None:
+            d = np.abs(thumb.astype(np.int16) - self._thumb[i - self.first].astype(np.int16))
+            detail = f"frame {i}: mean |diff| {d.mean():.1f}, max {int(d.max())} grey levels from the in-order decode"
+        else:
+            detail = f"frame {i} did not come out" + (f" ({self.error})" if self.error else "")
+        self.last_mismatch = detail
+        if start is None:
+            raise InexactFrame(f"{detail}, even decoding in order from the scan's start ({self.errors} FFmpeg "
+                               f"error lines)")
+        self._bad.add(start)
+
+    def summary(self) -> dict:
+        """What decoding this video met and cost, for the sample's meta and ``summary.json``."""
+        out = {"decoder": "pyav", "frames": self.n_frames - self.first, "errors": self.scan_errors,
+               "seek_errors": self.errors - self.scan_errors, "decoded": int(self.stats["decoded"]),
+               "seeks": int(self.stats["seeks"]), "rereads": int(self.stats["rereads"]), "bad_starts": len(self._bad)}
+        if self.errors:
+            out["last_error"] = self.last_error
         return out
 
-    def get_batch(self, indices) -> _Frames:
-        idx = [int(i) for i in indices]
-        got = self._decode(set(idx))
-        missing = [i for i in idx if i not in got]
-        if missing:
-            raise DecodeError(f"pyav: frames {missing[:5]} did not decode")
-        return _Frames(np.stack([got[i] for i in idx]))
 
-    def __getitem__(self, i: int) -> _Frames:
-        return _Frames(self.get_batch([i]).asnumpy()[0])
+#: after this many keyframes of a video failed to give the true frames, its reads decode in order
+#: from the scan's start (a container whose seeking is broken everywhere costs one failure per read)
+MAX_BAD_STARTS = 3
 
 
-def open_reader(path: str, width: int = -1, height: int = -1, decoder: str = "auto"):
-    """A frame reader (``len``, ``get_batch(indices).asnumpy()``, ``[i]``) at ``width`` x ``height``.
+def open_video(path: str) -> Video:
+    """A :class:`Video` for ``path``; :class:`DecodeError` naming FFmpeg's complaint when it cannot open."""
+    return Video(path)
 
-    ``decoder``: ``decord`` (fast, random access), ``pyav`` (FFmpeg through PyAV) or ``auto``:
-    decord, and PyAV when decord cannot open the file. The reader's ``vid2pair_decoder`` says which
-    one it is; :class:`DecodeError` names every decoder tried and its error."""
-    errors = []
-    if decoder in ("auto", "decord"):
-        try:
-            import decord
 
-            r = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
-            r.vid2pair_decoder = "decord"
-            return r
-        except Exception as e:  # decord raises DECORDError (and RuntimeError) on files it cannot handle
-            errors.append(f"decord: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
-            if decoder == "decord":
-                raise DecodeError("; ".join(errors)) from None
-    try:
-        r = PyAVReader(path, width, height)
-        r.vid2pair_decoder = "pyav"
-        return r
-    except Exception as e:
-        errors.append(f"pyav: {type(e).__name__}: {str(e)[:200]}")
-    raise DecodeError("; ".join(errors))
-
+# ---------------------------------------------------------------- sizes and the frame policy
 
 def scaled_size(w: int, h: int, target_w: int) -> tuple[int, int]:
     """(w, h) scaled to width ``target_w`` (never up), even sizes for the scaler."""
@@ -134,7 +470,7 @@ def scaled_size(w: int, h: int, target_w: int) -> tuple[int, int]:
 
 
 def decode_size(w: int, h: int, frame_cfg) -> tuple[int, int]:
-    """The (w, h) to ask decord for, so that the resize/crop policy only crops (or barely scales)."""
+    """The (w, h) to decode at, so that the resize/crop policy only crops (or barely scales)."""
     mode, size = frame_cfg.mode, frame_cfg.size
     if mode == "none" or size is None:
         s = min(1.0, frame_cfg.max_decode_side / max(w, h))
@@ -168,58 +504,15 @@ def apply_frame_policy(frames: np.ndarray, frame_cfg) -> np.ndarray:
     return np.ascontiguousarray(frames[:, y0:y0 + th, x0:x0 + tw])
 
 
-def read_frames(reader, indices: Sequence[int]) -> np.ndarray:
-    """Read frames by index (sorted, unique reads; returned in the requested order)."""
-    n = len(reader)
-    idx = [int(i) for i in indices]
-    bad = [i for i in idx if i < 0 or i >= n]
-    if bad:
-        raise IndexError(f"frame indices {bad[:5]} outside the {n} decoded frames")
-    uniq = sorted(set(idx))
-    arr = reader.get_batch(uniq).asnumpy()
-    pos = {f: k for k, f in enumerate(uniq)}
-    return arr[[pos[i] for i in idx]]
+def decode_all(path: str, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Every frame of ``path`` decoded in order with a plain PyAV loop (RGB, at ``size`` (w, h) or the
+    file's size, scaled as the reads scale): the reference the reads are held to, independent of
+    :class:`Video`. For tests and benchmarks (it holds the whole clip)."""
+    import av
 
-
-class FrameCounter:
-    """Sequential iteration over a reader that does not trust its length.
-
-    Iterating yields ``(index, frame)`` for indices start, start + step, ... below ``stop`` (default:
-    the reader's length) in chunks. When the decoder fails part-way (a header that claims more
-    frames than the file holds, a truncated file), the iteration stops there instead of raising;
-    ``decoded`` is the index after the last frame that really decoded (``start`` when none did) and
-    ``error`` says what stopped it.
-    """
-
-    def __init__(self, reader, step: int = 1, chunk: int = 64, start: int = 0, stop: Optional[int] = None):
-        self.reader, self.step, self.chunk = reader, step, chunk
-        self.start, self.stop = int(start), stop
-        self.decoded = self.start
-        self.error = ""
-
-    def __iter__(self):
-        n = len(self.reader) if self.stop is None else min(len(self.reader), int(self.stop))
-        idx = list(range(self.start, n, self.step))
-        for k in range(0, len(idx), self.chunk):
-            part = idx[k:k + self.chunk]
-            try:
-                arr = self.reader.get_batch(part).asnumpy()
-            except Exception as e:  # decord raises DECORDError on broken streams
-                arr = []
-                for i in part:  # salvage frame by frame up to the first bad one
-                    try:
-                        arr.append(self.reader[i].asnumpy())
-                    except Exception:
-                        self.error = f"{type(e).__name__}: {e}"[:300]
-                        break
-                part = part[:len(arr)]
-            for i, f in zip(part, arr):
-                self.decoded = i + 1
-                yield i, f
-            if self.error:
-                return
-
-
-def iter_frames(reader, step: int = 1, chunk: int = 64):
-    """Sequential iteration (indices 0, step, 2*step, ...) in chunks: ``(index, frame)``."""
-    yield from FrameCounter(reader, step, chunk)
+    quiet_ffmpeg()
+    with av.open(path, metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        s.codec_context.thread_count = 1
+        w, h = size or (s.codec_context.width, s.codec_context.height)
+        return np.stack([_rgb(f, w, h) for f in c.decode(s)])

@@ -46,6 +46,9 @@ def probe(path: str) -> tuple[Optional[ProbeResult], Optional[tuple[str, str]]]:
         return None, ("unreadable", "empty file (0 bytes)")
     import av
 
+    from vid2pair.stages.decode import quiet_ffmpeg
+
+    quiet_ffmpeg()  # FFmpeg's complaints about a broken file are counted, never printed
     try:
         with av.open(path, metadata_errors="ignore") as c:
             vs = [s for s in c.streams if s.type == "video"]

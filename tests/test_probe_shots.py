@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vid2pair.pipeline.synthetic import make_clip, write_video
-from vid2pair.stages.decode import iter_frames, open_reader, scaled_size
+from vid2pair.stages.decode import Video, scaled_size
 from vid2pair.stages.probe import check_limits, probe
 from vid2pair.stages.shots import detect_cuts, shots_from_cuts
 from tests.conftest import shared_video
@@ -54,11 +54,9 @@ def test_probe_limits(tmp_path):
 
 
 def _cuts(path, fps):
-    r = open_reader(str(path))
-    h, w = r[0].shape[:2]
-    sw, sh = scaled_size(w, h, 128)
-    small = open_reader(str(path), sw, sh)
-    return detect_cuts(iter_frames(small), fps, min_scene_len=int(fps / 2)), len(small)
+    with Video(str(path)) as v:
+        cuts = detect_cuts(v.scan(0, None, scaled_size(v.width, v.height, 128)), fps, min_scene_len=int(fps / 2))
+        return cuts, v.n_frames
 
 
 def test_shots_on_real_cuts():

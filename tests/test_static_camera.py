@@ -8,7 +8,7 @@ import pytest
 
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.synthetic import CameraMotion, make_clip
-from vid2pair.stages.decode import open_reader, read_frames, scaled_size
+from vid2pair.stages.decode import Video, scaled_size
 from vid2pair.stages.static_camera import camera_motion_score, sample_indices
 from tests.conftest import shared_video
 
@@ -39,12 +39,11 @@ def test_moving_camera_is_rejected(cam):
 
 
 def _shot_scores(name, shots):
-    p = str(shared_video(name))
-    r = open_reader(p)
-    h, w = r[0].shape[:2]
-    aw, ah = scaled_size(w, h, 320)
-    ra = open_reader(p, aw, ah)
-    return [camera_motion_score(read_frames(ra, sample_indices(a, b, 8)))["score"] for a, b in shots]
+    with Video(str(shared_video(name))) as v:
+        for _ in v.scan(0, None, scaled_size(v.width, v.height, 128)):
+            pass
+        size = scaled_size(v.width, v.height, 320)
+        return [camera_motion_score(v.read(sample_indices(a, b, 8), size))["score"] for a, b in shots]
 
 
 def test_shared_fixed_camera_videos_are_static():
