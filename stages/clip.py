@@ -138,10 +138,10 @@ class ClipStage(Stage):
         # frame counts from headers are not trusted: only what really decoded is used
         n_frames = video.n_frames
         if n_frames - first < 2:
-            what = f"of frames {first}-{stop if stop is not None else 'end'} " if task.split else ""
+            what = f"of frames {first}-{stop if stop is not None else 'end'}" if task.split else "frame(s)"
             why = "; ".join(x for x in (video.error, _ffmpeg_errors(video)) if x)
             yield clip_reject(task, "decode", "too_few_frames",
-                              f"decoded {n_frames - first} frame(s) {what}(the header says {info.n_frames})"
+                              f"decoded {n_frames - first} {what} (the header says {info.n_frames} frames)"
                               + (f": {why}" if why else ""))
             return
         self._counts = {"n_frames_header": info.n_frames, "n_frames_decoded": n_frames, "decoder": "pyav"}

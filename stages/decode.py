@@ -208,7 +208,7 @@ class Video:
             raise DecodeError("pyav: no video stream")
         self._s = vs[0]
         self._s.codec_context.thread_count = 1  # one core per clip worker
-        self._fresh, self._primed = True, False
+        self._fresh, self._primed, self._untouched = True, False, True
 
     def close(self) -> None:
         if self._c is not None:
@@ -224,6 +224,7 @@ class Video:
 
     def _decoded(self) -> Iterator:
         """The live container's frames in presentation order (a decode error ends the stream)."""
+        self._untouched = False
         try:
             for pk in self._c.demux(self._s):
                 if pk.is_keyframe and pk.pts is not None:
@@ -239,14 +240,15 @@ class Video:
     def _prime(self) -> None:
         """Reopen the file and decode up to its first frame, so that the decoder has seen the stream's
         headers and first-frame SEI (x264's version among them) before it is sent elsewhere."""
-        self._open()
+        if not self._untouched:
+            self._open()
         for _ in self._decoded():
             break
 
     def _seek(self, pts) -> None:
         if self._c is None or not self._primed:
             self._prime()
-        self._fresh = False
+        self._fresh = self._untouched = False
         self._c.seek(int(pts), stream=self._s, backward=True, any_frame=False)
         self.stats["seeks"] += 1
 
@@ -275,7 +277,7 @@ class Video:
             self._pts.append(f.pts)
             self._digest.append(digest)
             self._thumb.append(thumb)
-            if i > self.first and (f.key_frame or f.pts in self._key_pts):
+            if (f.key_frame or f.pts in self._key_pts) and (i > self.first or i == 0):
                 self._keys.append(i)  # where the decoder or the container say decoding may start
             self.n_frames = i + 1
             yield i, small
@@ -304,7 +306,8 @@ class Video:
                     if got is not None:
                         self._unit_key = key_pts
                         return got
-        self._open()
+        if not self._untouched:
+            self._open()
         return enumerate(self._decoded())
 
     def _from_key(self, table: list, key_pts, start: int) -> Optional[Iterator]:
@@ -342,7 +345,9 @@ class Video:
         """Sorted timestamps of the stream's packets (one per frame) and of its keyframe packets,
         read without decoding (once per video)."""
         if self._table is None:
-            self._open()
+            if not self._untouched:
+                self._open()
+            self._untouched = False
             pts, keys = [], []
             for pk in self._c.demux(self._s):
                 if pk.pts is None or pk.size == 0:
@@ -402,7 +407,7 @@ class Video:
         k = bisect.bisect_right(self._keys, i) - 1
         while k >= 0 and self._keys[k] in self._bad:
             k -= 1
-        return self._keys[k] if k >= 0 and self._keys[k] > self.first else None
+        return self._keys[k] if k >= 0 and (self._keys[k] > self.first or self._keys[k] == 0) else None
 
     def _jump(self, i: int) -> bool:
         """Whether reaching frame ``i`` from a later keyframe decodes less than going on from here."""
