@@ -2,9 +2,11 @@
 
 Recipe (LightningDrag, used by FramePainter): sample TARGET points with probability proportional
 to the optical-flow magnitude there, with a minimum spacing, and read each point's SOURCE
-position from the target->source tracks (:mod:`stages.track` queries these exact points along
-with its grid, so no second tracker call is needed). Points the tracker marks invisible are
-dropped.
+position from the target->source tracks. The points are drawn among the tracker's query grid
+(:func:`pick_grid_points`; one point per latent token, 8 px at 576x1024), so the tracker is
+called with exactly the grid: ``tracks.npy`` is what the tracker gives for it (a joint tracker
+such as CoTracker3 tracks points together, so extra queries would move the others). Points the
+tracker marks invisible are dropped.
 
 Convention (``direction``)
 --------------------------
@@ -39,7 +41,8 @@ import numpy as np
 from vid2pair.core.spec import knob
 from vid2pair.stages.evidence import sample_field
 
-__all__ = ["DragConfig", "target_side_magnitude", "drag_weights", "sample_drag_points", "flow_agreement", "drag_mask",
+__all__ = ["DragConfig", "target_side_magnitude", "drag_weights", "sample_drag_points", "pick_grid_points",
+           "flow_agreement", "drag_mask",
            "drag_json", "DIRECTIONS"]
 
 DIRECTIONS = ("source_to_target", "target_to_source")
@@ -144,6 +147,38 @@ def sample_drag_points(flow_mag_at_target: np.ndarray, k: int, min_spacing: floa
             if inner >= 0:
                 blocked[max(0, y - inner):y + inner + 1, max(0, x - inner):x + inner + 1] = 1
     return np.asarray(chosen, np.float32).reshape(-1, 2)
+
+
+def pick_grid_points(weights: np.ndarray, grid: np.ndarray, k: int, min_spacing: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` indices into ``grid`` ((N, 2) ``(x, y)`` points, the tracker's query grid), drawn as
+    :func:`sample_drag_points` draws pixels: weighted by ``weights`` at each point (its nearest pixel;
+    <= 0 or non-finite: never), at least ``min_spacing`` px apart, in the order drawn. The drag
+    handles are then points the tracker already tracks, so its call holds exactly the grid."""
+    grid = np.asarray(grid, np.float32).reshape(-1, 2)
+    if k <= 0 or len(grid) == 0:
+        return np.zeros(0, np.int64)
+    h, w = weights.shape
+    xi = np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)
+    yi = np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1)
+    wt = np.asarray(weights, np.float64)[yi, xi]
+    wt = np.where(np.isfinite(wt), wt, 0.0)
+    cand = np.flatnonzero(wt > 0)
+    if cand.size == 0:
+        return np.zeros(0, np.int64)
+    order = cand[np.argsort(rng.exponential(size=cand.size) / wt[cand], kind="stable")]
+    r2 = float(min_spacing) ** 2
+    chosen: list[int] = []
+    for i in order:
+        p = grid[i]
+        if chosen and r2 > 0:
+            c = grid[chosen]
+            if (((c[:, 0] - p[0]) ** 2 + (c[:, 1] - p[1]) ** 2) < r2).any():
+                continue
+        chosen.append(int(i))
+        if len(chosen) >= k:
+            break
+    return np.asarray(chosen, np.int64)
 
 
 def flow_agreement(flow: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["changed_mask", "object_region", "textured", "moving_support", "fb_consistent", "patch_ncc",
+__all__ = ["changed_mask", "object_region", "textured", "moving_support", "still_support", "fb_consistent", "patch_ncc",
            "sample_field", "masked_psnr"]
 
 
@@ -65,6 +65,14 @@ def moving_support(src: np.ndarray, tgt: np.ndarray, thresh: float = 15.0, sigma
     core = object_region(changed_mask(src, tgt, thresh, sigma), close_px=close_px, dilate_px=0)
     band = object_region(core, close_px=0, dilate_px=band_px) & ~core
     return core | (band & textured(src))
+
+
+def still_support(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    """:func:`moving_support` at the settings the flow stage's ``static_suppress`` and the track
+    stage's ``hold_still`` share (15 grey levels; blur, closing and band scaled with the frame's
+    short side / 512): ``True`` where a fixed camera's pixels may move."""
+    s = min(src.shape[:2]) / 512.0
+    return moving_support(src, tgt, 15.0, 1.5 * s, close_px=max(1, round(6 * s)), band_px=max(2, round(8 * s)))
 
 
 def sample_field(field: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -741,7 +741,7 @@ class FlowStage(PairStage):
         return self._finish(it, flow, bwd)
 
     def _finish(self, it: PairItem, flow, bwd) -> PairItem:
-        from vid2pair.stages.evidence import fb_consistent, moving_support
+        from vid2pair.stages.evidence import fb_consistent, still_support
 
         fl = self.cfg.flow
         fr = it.arrays.pop("frames")
@@ -762,13 +762,10 @@ class FlowStage(PairStage):
         if fl.static_suppress and np.isfinite(flow).all():
             # with a static camera, what does not change does not move: zero the flow there
             s = min(src.shape[:2]) / 512.0
-            moving = moving_support(src, tgt, 15.0, 1.5 * s, close_px=max(1, round(6 * s)),
-                                    band_px=max(2, round(8 * s)))
+            moving = still_support(src, tgt)
             flow[~moving] = 0.0
             if bwd is not None:
                 bwd[~moving] = 0.0
-            if self.cfg.track.enabled:
-                it.arrays["still"] = ~moving  # where points stay put (the tracker uses it)
             info["static_suppressed_frac"] = round(float((~moving).mean()), 4)
             if fl.rematch:
                 from vid2pair.stages.rematch import rematch_objects

@@ -47,7 +47,7 @@ from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.evidence import patch_ncc, sample_field
+from vid2pair.stages.evidence import patch_ncc, sample_field, still_support
 from vid2pair.stages.flow import (DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops,
                                    to_gray)
 
@@ -88,6 +88,13 @@ class TrackConfig:
     dis_preset: DisPreset = knob("medium", "flow_chain: OpenCV DIS preset of the hops")
     analysis_width: int = knob(160, "flow_chain: width of the motion profile used to plan the hops", unit="px",
                                ge=32)
+    hold_still: bool = knob(True, "a fixed camera: grid points where source and target do not change (the same "
+                                  "support as flow.static_suppress, computed here from the pair) stay where they "
+                                  "are, visible, whatever the tracker said (chained flow cannot follow plain, still "
+                                  "surfaces); false: the tracker's own output")
+    follow_rematch: bool = knob(True, "points on an object the flow stage re-matched (flow.rematch) take their "
+                                      "source from the backward flow there, wherever the tracker lost it; false: "
+                                      "the tracker's own output")
     min_visible_frac: float = knob(0.1, "fewer visible grid points than this fraction: pair rejected", unit="frac",
                                    ge=0, le=1)
     hub_repo: str = knob("facebookresearch/co-tracker", "cotracker: GitHub owner/name, or a local dir with hubconf.py")
@@ -460,7 +467,7 @@ def make_tracker(cfg: TrackConfig, builder: Optional[Callable[[str], Any]] = Non
 # the stage
 
 
-_DRAG_OVERSAMPLE = 2  # drag candidates tracked per requested point
+_DRAG_OVERSAMPLE = 2  # drag candidates drawn per requested point (invisible or inconsistent ones are dropped)
 
 
 class _Untrackable(Exception):
@@ -506,7 +513,7 @@ class TrackStage(PairStage):
 
     name = "track"
     sections = {"track": TrackConfig, "drag": DragConfig}
-    reads = ("src", "tgt", "flow", "frames", "flow_bwd", "flow_bwd_valid", "still", "rematched")
+    reads = ("src", "tgt", "flow", "frames", "flow_bwd", "flow_bwd_valid", "rematched")
     writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
               Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
     signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
@@ -542,7 +549,7 @@ class TrackStage(PairStage):
 
     # ---------------------------------------------------------------- per pair, before tracking
     def _prepare(self, it: PairItem) -> dict:
-        from vid2pair.stages.drag import drag_weights, sample_drag_points, target_side_magnitude
+        from vid2pair.stages.drag import drag_weights, pick_grid_points, target_side_magnitude
 
         a = it.arrays
         for k in ("src", "tgt", "flow"):
@@ -585,8 +592,8 @@ class TrackStage(PairStage):
         weights = drag_weights(mag, self.dcfg.min_flow_px)
         if a.get("flow_bwd_valid") is not None:  # never on a target pixel whose correspondence is inconsistent
             weights = np.where(np.asarray(a["flow_bwd_valid"], bool), weights, 0.0)
-        drag_tgt = sample_drag_points(weights, _DRAG_OVERSAMPLE * self.dcfg.k, self.dcfg.min_spacing_px, rng)
-        return {"frames": rev, "grid": grid, "drag_tgt": drag_tgt, "stride": stride, "mag": mag,
+        drag_idx = pick_grid_points(weights, grid, _DRAG_OVERSAMPLE * self.dcfg.k, self.dcfg.min_spacing_px, rng)
+        return {"frames": rev, "grid": grid, "drag_idx": drag_idx, "stride": stride, "mag": mag,
                 "flow": flow, "size": (w, h), "n_frames": int(len(idx))}
 
     # ---------------------------------------------------------------- per pair, after tracking
@@ -594,47 +601,47 @@ class TrackStage(PairStage):
         from vid2pair.stages.drag import drag_json, drag_mask, flow_agreement
 
         w, h = prep["size"]
-        grid, dt = prep["grid"], prep["drag_tgt"]
-        ng, nd = len(grid), len(dt)
-        xy = np.asarray(xy, np.float32)
-        vis = np.asarray(vis, bool) & _inside(xy, h, w)
-        still = it.arrays.get("still")
+        grid, di = prep["grid"], prep["drag_idx"]
+        ng, nd = len(grid), len(di)
+        xy = np.asarray(xy, np.float32)[:ng].copy()  # (padding queries of a batch dropped)
+        vis = np.asarray(vis, bool)[:ng] & _inside(xy, h, w)
         n_still = 0
-        if still is not None and ng:
-            # a static camera: where nothing changes between source and target (the flow stage's
-            # support), a point stays where it is and is visible; flat, still surfaces (a plain desk)
-            # that a chained flow cannot follow are then tracked right
-            s = np.asarray(still, bool)[np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1),
-                                        np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)]
-            xy[:ng][s], vis[:ng][s] = grid[s], True
+        if self.tcfg.hold_still and ng:
+            # a static camera: where nothing changes between source and target, a point stays where it
+            # is and is visible; flat, still surfaces (a plain desk) that a chained flow cannot follow
+            # are then tracked right
+            still = ~still_support(it.arrays["src"], it.arrays["tgt"])
+            s = still[np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1),
+                      np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)]
+            xy[s], vis[s] = grid[s], True
             n_still = int(s.sum())
         rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
         n_rem = 0
-        if rem is not None and bwd is not None and len(xy):
+        if self.tcfg.follow_rematch and rem is not None and bwd is not None and ng:
             # an object the flow stage re-matched between source and target (stages/rematch.py): its
             # points come from there, wherever the chain through the frames in between lost it
-            q = np.concatenate([grid, dt]).astype(np.float32)[:len(xy)]
+            q = grid.astype(np.float32)
             on = np.asarray(rem, bool)[np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1),
                                        np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)]
             xy[on] = q[on] + sample_field(bwd, q[on])
             vis[on] = _inside(xy[on], h, w)
             n_rem = int(on.sum())
-        g_xy, g_vis = xy[:ng], vis[:ng]
+        g_xy, g_vis = xy, vis
         frac = float(g_vis.mean()) if ng else 0.0
         if frac < self.tcfg.min_visible_frac:  # no drags, no matching supervision; the other signals go on
-            for k in ("frames", "still", "rematched"):
+            for k in ("frames", "rematched"):
                 it.arrays.pop(k, None)
             detail = f"{frac:.3f} of {ng} grid points visible < track.min_visible_frac {self.tcfg.min_visible_frac}"
             it.meta["track"] = {"backend": self.tracker.name, "visible_frac": round(frac, 4), "n_points": int(ng)}
             drop_signal(it, "track", "drag", "too_few_visible", detail)
             return drop_signal(it, "track", "tracks", "too_few_visible", detail)
-        d_src, d_vis = xy[ng:ng + nd], vis[ng:ng + nd]
+        dt, d_src, d_vis = grid[di], xy[di], vis[di].copy()
         n_vis = int(d_vis.sum())
         if self.dcfg.flow_check_px > 0:
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
         d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
-        for k in ("frames", "still", "rematched"):
+        for k in ("frames", "rematched"):
             it.arrays.pop(k, None)
         it.arrays["tracks"] = np.concatenate([grid, g_xy], axis=1).astype(np.float32)
         it.arrays["visibility"] = g_vis.astype(np.uint8)
@@ -654,10 +661,10 @@ class TrackStage(PairStage):
 
     def _track(self, preps: list[dict]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         """One tracker call for pairs of equal frame shape; queries padded to a common N."""
-        n = max(len(p["grid"]) + len(p["drag_tgt"]) for p in preps)
+        n = max(len(p["grid"]) for p in preps)
         qs = []
         for p in preps:
-            q = np.concatenate([p["grid"], p["drag_tgt"]]).astype(np.float32)
+            q = p["grid"].astype(np.float32)
             if len(q) < n:  # pad with copies of the first query; dropped again below
                 q = np.concatenate([q, np.repeat(q[:1], n - len(q), axis=0)])
             qs.append(q)

@@ -32,6 +32,24 @@ def test_framepainter_is_the_paper():
     assert c.sketch.enabled and c.coarse.enabled and not c.collage.enabled and not c.region_drag.enabled
     assert c.pairs.min_gap_s == 1.0 and c.frame.size == [576, 1024]
     assert {n.name for n in needs(c) if n.what == "weights"} == {"sea_raft_m", "cotracker3_offline"}
+    # the models' own output: none of the weight-free path's fixes (tests/test_paper_parity.py)
+    assert not (c.flow.static_suppress or c.flow.rematch or c.flow.fb_mask)
+    assert not (c.track.hold_still or c.track.follow_rematch)
+    assert c.quality.enabled  # a declared addition: it judges, it never rewrites
+
+
+WEIGHT_FREE_FIXES = {"flow": ("static_suppress", "rematch", "fb_mask"), "track": ("hold_still", "follow_rematch")}
+
+
+@pytest.mark.parametrize("preset", ["framepainter", "magicfixup"])
+def test_the_paper_presets_header_names_each_fix_they_turn_off(preset):
+    text = (ROOT / "configs" / f"{preset}.yaml").read_text()
+    header = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+    for sec, knobs in WEIGHT_FREE_FIXES.items():
+        if preset == "magicfixup" and sec == "track":
+            continue  # no tracker in Magic Fixup
+        for k in knobs:
+            assert f"{sec}.{k}" in header, (preset, sec, k)
 
 
 def test_magicfixup_is_the_paper_and_its_code():
@@ -47,6 +65,7 @@ def test_magicfixup_is_the_paper_and_its_code():
     assert not c.track.enabled and not c.sketch.enabled
     assert [S.name for S in pair_classes(c)] == ["flow", "motion", "coarse", "collage", "quality", "encode"]
     assert {n.name for n in needs(c) if n.what == "weights"} == {"raft_large", "sam_vit_h", "dpt_large"}
+    assert not (c.flow.static_suppress or c.flow.rematch or c.flow.fb_mask)
 
 
 def test_cpu_counterparts_inherit_and_need_nothing():
@@ -59,6 +78,11 @@ def test_cpu_counterparts_inherit_and_need_nothing():
         assert c.frame == p.frame and dataclasses.replace(c.pairs, oversample=1) == p.pairs and c.motion == p.motion
         raw = yaml.safe_load((ROOT / "configs" / f"{paper}_cpu.yaml").read_text())
         assert raw["base"] == paper and len(raw) <= 5
+        # the weight-free path's fixes, off in the paper preset, are on here
+        assert c.flow.static_suppress and c.flow.rematch and c.flow.fb_mask
+        assert paper == "magicfixup" or (c.track.hold_still and c.track.follow_rematch)
+    d = load_config("demo")
+    assert d.flow.static_suppress and d.flow.rematch and d.flow.fb_mask and d.track.hold_still
 
 
 def test_base_inheritance_and_cycles(tmp_path):

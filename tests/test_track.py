@@ -392,7 +392,7 @@ def test_track_stage_tracker_failures(clip_a):
     out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(batch_size=2), drag=DragConfig()),
                      tracker=_Raising())(items)
     assert [o.reason for o in out] == ["track_failed"] * 3 and "tracker exploded" in out[0].detail
-    out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(), drag=DragConfig()),
+    out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(hold_still=False), drag=DragConfig()),
                      tracker=_AllInvisible())([_item(clip_a.frames[:4])])
     # too few visible: the pair goes on without its drag and tracks signals, recorded per signal
     assert isinstance(out[0], PairItem) and "tracks" not in out[0].arrays and "drag" not in out[0].meta
