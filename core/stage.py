@@ -84,6 +84,9 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[Member, ...]] = ()
     signals: ClassVar[tuple[Signal, ...]] = ()
+    #: the index columns :meth:`index_columns` can give, with their types (``float64``, ``int64``,
+    #: ``string``, ``bool``): every part of ``index/`` has all of them, so the folder reads as one table
+    index_schema: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def enabled(cls, cfg: Any) -> bool:

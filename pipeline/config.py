@@ -59,9 +59,12 @@ class OutputConfig:
     jpeg_quality: int = knob(95, "jpg / webp quality of src and tgt", ge=1, le=100)
     flow: Literal["none", "float16", "float32"] = knob("none", "store the flow as flow.npy (none: not stored)")
     clips_per_shard: int = knob(16, "consecutive inputs per chunk = shard = unit of resume", ge=1)
-    reject_previews: int = knob(36, "keep small src | tgt | signal previews (rejects/previews/*.jpg) of up to this "
+    reject_previews: int = knob(36, "keep small src | tgt | signal previews (previews/*.jpg) of up to this "
                                     "many rejected pairs, at most a sixth per stage and reason; the QC report "
                                     "shows them; 0: none", ge=0)
+    eval_frac: float = knob(0.0, "the share of clips whose samples are marked split=eval (meta.json and the index), "
+                                 "drawn per clip from the clip id: no clip feeds both sides; the trainer holds them "
+                                 "out", unit="frac", ge=0, le=1)
     overwrite: bool = knob(False, "discard an existing output built with another config")
 
 

@@ -25,6 +25,10 @@ def inspect_output(out_dir, n_keys: int = 5) -> str:
     shards = sorted(set(idx["shard"])) if len(idx) else []
     n_clips = idx['clip_id'].nunique() if len(idx) else 0
     lines.append(f"  index: {len(idx)} samples in {len(shards)} shards, {n_clips} clips")
+    if len(idx) and "split" in idx:
+        per = idx.groupby("split")["clip_id"].agg(["size", "nunique"])
+        lines.append("  split: " + ", ".join(f"{sp} {int(r['size'])} samples from {int(r['nunique'])} clips"
+                                            for sp, r in per.iterrows()))
     if len(idx) and "dt" in idx:
         lines.append(f"  dt: min {idx['dt'].min():.2f} s  median {idx['dt'].median():.2f} s  "
                      f"max {idx['dt'].max():.2f} s")

@@ -198,6 +198,31 @@ def make_tasks(sources: list[str], clips_per_shard: int, root: Optional[str] = N
 
 INDEX_SCALARS = ("clip_id", "source", "shot", "src_frame", "tgt_frame", "src_time", "tgt_time", "dt", "fps",
                  "reversed", "static_score", "seed", "policy")
+#: the index columns every sample has, before those the stages declare (``Stage.index_schema``)
+INDEX_BASE = {"key": "string", "shard": "string", "clip_id": "string", "source": "string", "shot": "int64",
+              "src_frame": "int64", "tgt_frame": "int64", "src_time": "float64", "tgt_time": "float64",
+              "dt": "float64", "fps": "float64", "reversed": "bool", "static_score": "float64", "seed": "int64",
+              "policy": "string", "width": "int64", "height": "int64", "orig_width": "int64", "orig_height": "int64",
+              "flow_backend": "string"}
+_ARROW = {"string": "string", "int64": "int64", "float64": "float64", "bool": "bool_"}
+
+
+def index_schema(cfg, stages: tuple | None = None):
+    """The pyarrow schema of every ``index/`` part of an output built with ``cfg``: the same in each
+    part (an empty chunk's too), so the folder reads as one table with pandas, pyarrow, Ray Data or
+    DuckDB."""
+    import pyarrow as pa
+
+    from vid2pair.pipeline.plan import index_types
+
+    types = {**INDEX_BASE, **(index_types(cfg) if stages is None else index_types(cfg, stages))}
+    return pa.schema([(k, getattr(pa, _ARROW[t])()) for k, t in types.items()])
+
+
+def reject_schema():
+    import pyarrow as pa
+
+    return pa.schema([(k, pa.string()) for k in REJECT_COLUMNS])
 
 
 def index_row(key: str, shard: str, meta: dict, stages: tuple | None = None) -> dict:
@@ -215,16 +240,24 @@ def index_row(key: str, shard: str, meta: dict, stages: tuple | None = None) -> 
 
 
 REJECT_COLUMNS = ("source", "clip_id", "level", "key", "stage", "reason", "detail", "preview")
-PREVIEW_DIR = "rejects/previews"
+PREVIEW_DIR = "previews"  # beside rejects/, not in it: rejects/ reads as one parquet dataset
 
 
-def _table(rows: list[dict], columns=None):
+def _table(rows: list[dict], schema):
+    """``rows`` as a table of exactly ``schema`` (missing values null; a column no declaration names is
+    left out, and logged once: a stage's ``index_schema`` misses it)."""
     import pyarrow as pa
 
-    if rows:  # every key of any row (from_pylist alone keeps only the first row's keys)
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
-    return pa.table({c: pa.array([], pa.string()) for c in (columns or ("key",))})
+    extra = sorted({k for r in rows for k in r} - set(schema.names))
+    if extra and not _table.warned:
+        import logging
+
+        logging.getLogger("vid2pair").warning("index columns without a declared type left out: %s", ", ".join(extra))
+        _table.warned = True
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+_table.warned = False
 
 
 class ShardWriter:
@@ -284,7 +317,8 @@ def stage_sample(root: str, it: Item) -> Item:
     return it
 
 
-def write_chunk(root: str, chunk: int, members: list, index_rows: list[dict], reject_rows: list[dict]) -> int:
+def write_chunk(root: str, chunk: int, members: list, index_rows: list[dict], reject_rows: list[dict],
+                schema=None) -> int:
     """Write chunk ``chunk``'s shard, then its index and rejects parts; returns the samples written.
     ``members``: (key, where) sorted by key, ``where`` the path of the members a worker staged
     (:func:`stage_sample`) or a function giving them. With staged members it drops the chunk's
@@ -297,8 +331,12 @@ def write_chunk(root: str, chunk: int, members: list, index_rows: list[dict], re
             with ShardWriter(f) as w:
                 for key, where in members:
                     w.write(key, _unpack_members(store.read_bytes(where)) if isinstance(where, str) else where())
-    store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, ("key", "shard")))
-    store.write_parquet(f"rejects/part-{chunk:06d}.parquet", _table(reject_rows, REJECT_COLUMNS))
+    if schema is None:  # (a caller without a config: the columns the rows have, strings where all are null)
+        import pyarrow as pa
+
+        schema = pa.Table.from_pylist(index_rows).schema if index_rows else pa.schema([("key", pa.string())])
+    store.write_parquet(f"index/part-{chunk:06d}.parquet", _table(index_rows, schema))
+    store.write_parquet(f"rejects/part-{chunk:06d}.parquet", _table(reject_rows, reject_schema()))
     if any(isinstance(where, str) for _, where in members):
         store.delete_dir(f"{STAGING}/{chunk:06d}")
     return len(members)
@@ -315,6 +353,7 @@ class OutputWriter:
         self.chunk_writer = write_chunk
         self.cfg = cfg
         self.stages = stages
+        self.schema = index_schema(cfg, stages)
         for d in ("shards", "index", "rejects", "_done", PREVIEW_DIR):
             self.store.makedirs(d)
         self._check_run_identity()
@@ -351,7 +390,7 @@ class OutputWriter:
                  "level": "clip", "key": "", "stage": "input",
                  "reason": "duplicate_input", "detail": f"same file as {first}", "preview": ""}
                 for s, first in duplicates]
-        self.store.write_parquet("rejects/inputs.parquet", _table(rows, REJECT_COLUMNS))
+        self.store.write_parquet("rejects/inputs.parquet", _table(rows, reject_schema()))
 
     def _check_run_identity(self) -> None:
         fp = self.cfg.fingerprint()
@@ -363,7 +402,7 @@ class OutputWriter:
                     raise InputError(
                         f"{self.store.uri} was built with a different config (fingerprint {old.get('fingerprint')} "
                         f"!= {fp}); use a new --output, or --set output.overwrite=true to discard it")
-                for d in ("shards", "index", "rejects", "_done"):
+                for d in ("shards", "index", "rejects", "_done", PREVIEW_DIR):
                     self.store.delete_dir(d)
                     self.store.makedirs(d)
         self._old_inputs = old.get("inputs") if old.get("fingerprint") == fp else None
@@ -461,7 +500,8 @@ class OutputWriter:
                        for r in rejects]
         members = [(s.key, s.meta["_staged"] if "_staged" in s.meta else (lambda s=s: self._files(s))) for s in samples]
         staged = bool(members) and all(isinstance(w, str) for _, w in members)  # the workers wrote the members
-        (self.chunk_writer if staged else write_chunk)(self.root, chunk, members, index_rows, reject_rows)
+        (self.chunk_writer if staged else write_chunk)(self.root, chunk, members, index_rows, reject_rows,
+                                                       self.schema)
         decode = {t.label: self._decode_info.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk]
                   if t.clip_idx in self._decode_info}
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last

@@ -166,6 +166,15 @@ def index_columns(meta: dict, stages: tuple = STAGES) -> dict:
     return out
 
 
+def index_types(cfg, stages: tuple = STAGES) -> dict[str, str]:
+    """Every index column the enabled stages of ``cfg`` can give, with its type (``Stage.index_schema``)."""
+    out: dict[str, str] = {}
+    for S in stages:
+        if S.enabled(cfg):
+            out.update(S.index_schema)
+    return out
+
+
 def sections(stages: tuple = STAGES) -> dict[str, type]:
     """The config sections the stages own, in pipeline order."""
     out: dict[str, type] = {}

@@ -50,7 +50,7 @@ PANELS: tuple[str, ...] = ("source", "target", "flow", "drag_src", "drag_tgt", "
 META_METRICS: tuple[str, ...] = (
     "coarse_hole_frac", "coarse_coverage", "collage_hole_frac", "collage_n_segments", "sketch_stroke_frac",
     "sketch_n_strokes", "drag_n", "drag_len_mean", "drag_len_max", "region_n", "region_translation",
-    "region_rotation", "region_deformation", "track_visible_frac", "track_flow_agreement")
+    "region_rotation", "region_scaling", "region_deformation", "track_visible_frac", "track_flow_agreement")
 
 #: members read for the meta table (small ones only)
 META_MEMBERS = ("meta.json", "drag.json", "region_drag.json")
@@ -62,7 +62,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 HOLE_COLOR = (255, 0, 255)
 SKETCH_COLOR = (0, 255, 0)
-REGION_TYPES = ("translation", "rotation", "deformation")
+REGION_TYPES = ("translation", "rotation", "scaling", "deformation")  # the parts of a type ("translation+scaling")
 
 
 class SampleNotFound(KeyError):
@@ -218,7 +218,8 @@ def meta_scalars(meta: dict, drag: dict | None = None, region: dict | None = Non
         "drag_len_mean": float(np.mean(lens)) if lens else None,
         "drag_len_max": float(np.max(lens)) if lens else None,
         "region_n": len(regions) if region is not None else None,
-        **{f"region_{t}": (types.count(t) if region is not None else None) for t in REGION_TYPES},
+        **{f"region_{t}": (sum(t in str(x).split("+") for x in types) if region is not None else None)
+           for t in REGION_TYPES},
         "track_visible_frac": g(tr, "visible_frac"), "track_flow_agreement": g(tr, "flow_agreement"),
         "drag_lens": lens,
         "files": list(meta.get("files", [])),
@@ -375,8 +376,13 @@ class QCDataset:
         cols = ["key", *META_METRICS, "drag_lens", "files"]
         return pd.DataFrame([{"key": k, **self._meta_cache[k]} for k in keys], columns=cols)
 
-    def signal_note(self, signal: str) -> str:
-        """Why a signal may be missing, from the run's config."""
+    def signal_note(self, signal: str, meta: dict | None = None) -> str:
+        """Why a signal may be missing: the sample's own signal-level reject when ``meta`` (the sample's
+        meta.json) records one (``quality/coarse_too_many_holes: coarse holes are 0.83 x ...``), else
+        from the run's config."""
+        for r in (meta or {}).get("signal_rejects") or ():
+            if r.get("signal") == signal:
+                return f"{r.get('stage')}/{r.get('reason')}: {r.get('detail')}"
         switch = SIGNALS[signal][1]
         v = self.config_value(switch)
         if signal == "region_drag" and self.config_value("collage.enabled") is False:
@@ -507,8 +513,14 @@ def flow_to_rgb(flow: np.ndarray, max_mag: float | None = None) -> np.ndarray:
 
 
 #: operation type -> colour (regions, their arrows and the histogram bars)
-TYPE_COLORS = {"translation": (40, 140, 255), "rotation": (255, 150, 0), "deformation": (255, 40, 40)}
-TYPE_COLOR_NAMES = {"translation": "blue", "rotation": "orange", "deformation": "red"}
+def _main_part(kind) -> str:
+    """The colour a region type is drawn in: its first part (``translation+scaling``: translation)."""
+    return str(kind).split("+")[0]
+
+
+TYPE_COLORS = {"translation": (40, 140, 255), "rotation": (255, 150, 0), "scaling": (160, 80, 255),
+               "deformation": (255, 40, 40)}
+TYPE_COLOR_NAMES = {"translation": "blue", "rotation": "orange", "scaling": "violet", "deformation": "red"}
 
 
 def draw_region_drags(img: np.ndarray, region_masks: np.ndarray | None, regions: Sequence[dict],
@@ -523,7 +535,7 @@ def draw_region_drags(img: np.ndarray, region_masks: np.ndarray | None, regions:
 
     out = _as_rgb(img).copy()
     sy = sx if sy is None else sy
-    colors = [TYPE_COLORS.get(r.get("type"), (200, 200, 200)) for r in regions]
+    colors = [TYPE_COLORS.get(_main_part(r.get("type")), (200, 200, 200)) for r in regions]
     for i, (r, col) in enumerate(zip(regions, colors)):
         if region_masks is not None:
             m = (np.asarray(region_masks) == int(r.get("mask_index", i)) + 1).astype(np.uint8)
@@ -675,7 +687,10 @@ def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None)
     m = sample.meta
 
     def why(signal: str) -> str:
-        return ds.signal_note(signal) if ds is not None else "not in this sample"
+        if ds is not None:
+            return ds.signal_note(signal, m)
+        rej = [r for r in m.get("signal_rejects") or () if r.get("signal") == signal]
+        return f"{rej[0]['stage']}/{rej[0]['reason']}: {rej[0]['detail']}" if rej else "not in this sample"
 
     def ph(name: str, label: str, what: str, signal: str | None) -> Panel:
         reason = f"missing: {what}" + (f" ({why(signal)})" if signal else "")
@@ -748,7 +763,7 @@ def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None)
         regions = rd.get("regions", [])
         rm = sample.image("region_masks")
         rm_d = None if rm is None else _resize(rm if rm.ndim == 2 else rm[..., 0], width, h, nearest=True)
-        counts = {t: sum(r.get("type") == t for r in regions) for t in REGION_TYPES}
+        counts = {t: sum(t in str(r.get("type")).split("+") for r in regions) for t in REGION_TYPES}
         desc = ", ".join(f"{c} {t} ({TYPE_COLOR_NAMES[t]})" for t, c in counts.items() if c) or "none (nothing moves)"
         panels.append(Panel("region_drag", f"region drags on source: {desc}",
                             draw_region_drags(disp(src), rm_d, regions, sx=sx, sy=sy)))
@@ -841,6 +856,10 @@ def summary_table(ds: QCDataset):
                  ("vid2pair", (s.get("versions") or {}).get("vid2pair"))]
     if len(ds):
         rows += [("clips in index", int(ds.index["clip_id"].nunique()) if "clip_id" in ds.index else "?")]
+        if "split" in ds.index and "clip_id" in ds.index:
+            per = ds.index.groupby("split")["clip_id"].agg(["size", "nunique"])
+            rows.append(("split", ", ".join(f"{sp} {int(r['size'])} samples / {int(r['nunique'])} clips"
+                                            for sp, r in per.iterrows())))
         if "width" in ds.index and "height" in ds.index:
             sizes = ds.index.groupby(["width", "height"]).size().sort_values(ascending=False)
             rows.append(("stored sizes", ", ".join(f"{w}×{h} ({n})" for (w, h), n in sizes.head(4).items())))
@@ -1144,6 +1163,6 @@ def inspect_key(out_dir, key: str, png_path=None, width: int = 320) -> tuple[str
         lines += ["", "region_drag.json:", _pretty(s.region_drag)]
     miss = s.missing()
     if miss:
-        lines += ["", "missing signals: " + "; ".join(f"{m} ({ds.signal_note(m)})" for m in miss)]
+        lines += ["", "missing signals: " + "; ".join(f"{m} ({ds.signal_note(m, s.meta)})" for m in miss)]
     lines += ["", f"contact sheet: {png_path}"]
     return "\n".join(lines), png_path

@@ -5,7 +5,8 @@
 (:attr:`vid2pair.core.stage.Stage.writes`: PNG images and masks, ``.npy`` arrays, JSON taken out
 of the meta), and ``meta.json`` last, listing the files and the signals the sample carries
 (``meta["signals"]``: every declared signal whose members are all present; the index has them as
-the comma-separated ``signals`` column).
+the comma-separated ``signals`` column) and the sample's ``split`` (``train`` / ``eval``, drawn per
+clip from the clip id with ``output.eval_frac``: :mod:`vid2pair.core.split`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem
+from vid2pair.core.split import split_of
 from vid2pair.core.stage import Member, PairStage, Signal
 
 __all__ = ["EncodeStage", "encode_image", "encode_npy"]
@@ -54,7 +56,9 @@ class EncodeStage(PairStage):
 
     @classmethod
     def index_columns(cls, meta: dict) -> dict:
-        return {"signals": ",".join(meta.get("signals") or [])}
+        return {"signals": ",".join(meta.get("signals") or []), "split": meta.get("split", "train")}
+
+    index_schema = {"signals": "string", "split": "string"}
 
     def __init__(self, cfg, members: tuple[Member, ...] = (), signals: tuple[Signal, ...] = ()):
         super().__init__(cfg)
@@ -78,6 +82,7 @@ class EncodeStage(PairStage):
             elif m.codec == "json" and m.key in it.meta:
                 files[m.name] = json.dumps(it.meta.pop(m.key), sort_keys=True).encode()
         it.meta["key"] = it.key
+        it.meta["split"] = split_of(it.clip_id, o.eval_frac)  # whole clips: no clip feeds both sides
         it.meta["signals"] = [g.name for g in self.signals if all(m in files for m in g.members)]
         it.meta["files"] = sorted(files) + ["meta.json"]
         files["meta.json"] = json.dumps(it.meta, sort_keys=True).encode()

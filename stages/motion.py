@@ -82,6 +82,9 @@ class MotionStage(PairStage):
     def index_columns(cls, meta: dict) -> dict:
         return {f"flow_{k}": v for k, v in ((meta.get("flow") or {}).get("stats") or {}).items()}
 
+    index_schema = {f"flow_{k}": "float64" for k in ("mean", "p50", "p90", "p95", "p99", "max", "moving_frac",
+                                                     "large_frac", "moving_px", "large_px")}
+
     def one(self, it: PairItem) -> Item:
         flow = it.arrays["flow"]
         bad_px = int((~np.isfinite(flow)).any(axis=-1).sum())

@@ -65,6 +65,16 @@ __all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
 JUDGED_SIGNALS = ("sketch", "drag", "coarse", "collage", "region_drag")
 
 
+#: every score :func:`judge` writes into ``meta["quality"]`` (the index has each as ``q_<name>``)
+SCORES = {"changed_frac": "float64", "camera_shift_px": "float64", "changed_frac_aligned": "float64",
+          "moving_frac": "float64", "fb_consistent": "float64", "unexplained_frac": "float64",
+          "unexplained_blob_frac": "float64",
+          **{f"{n}_{k}": "float64" for n in ("coarse", "collage") for k in ("gain_db", "false_hole_frac", "hole_frac",
+                                                                          "hole_ratio")},
+          "drag_total": "int64", "drag_valid": "int64", "sketch_on_change": "float64", "region_total": "int64",
+          "region_valid": "int64"}
+
+
 @dataclass
 class QualityConfig:
     """Judge every signal against the pair's own images; reject or drop what is wrong (docs/quality.md)."""
@@ -395,6 +405,8 @@ class QualityStage(PairStage):
     def index_columns(cls, meta: dict) -> dict:
         q = meta.get("quality") or {}
         return {f"q_{k}": v for k, v in q.items() if isinstance(v, (int, float)) or v is None}
+
+    index_schema = {f"q_{k}": t for k, t in SCORES.items()}
 
     def __init__(self, cfg, signal_keys: Optional[dict] = None):
         super().__init__(cfg)

@@ -1,7 +1,9 @@
 """Region drags with an operation type (DragNeXt-style instructions) from the collage's segment fits.
 
 A region drag says: *this region* (a mask) moves; here are handle points on it and where they
-go; and the kind of operation: ``translation``, ``rotation`` or ``deformation``.
+go; and the kind of operation, named as DragNeXt names them: ``translation``, ``rotation``,
+``scaling``, their combinations joined by ``+`` (``translation+scaling``: an object that comes
+towards the camera while it moves), or ``deformation``.
 
 How regions are found (:func:`region_drags`)
 --------------------------------------------
@@ -16,18 +18,21 @@ How regions are found (:func:`region_drags`)
    (RANSAC, ``ransac_thresh`` px): ``angle_deg`` (positive = clockwise on screen, y points
    down), ``scale``, ``residual_px`` (median ``|A p - (p + flow(p))|`` over the region) and
    ``residual_p75_px``.
-4. Type: ``deformation`` when the similarity does not explain the flow, i.e. the 75th
-   percentile residual exceeds ``deformation_ratio`` x the region's median motion and
+4. Type (:func:`classify`): ``deformation`` when the similarity does not explain the flow, i.e.
+   the 75th percentile residual exceeds ``deformation_ratio`` x the region's median motion and
    ``deformation_min_px`` (a percentile, not the median, because RANSAC fits the largest rigid
    part: for two halves moving apart the median sits on the boundary between inliers and
-   outliers), or when the scale changes by more than ``scale_change`` (the outline grows or
-   shrinks: not a rigid drag); else ``rotation`` when ``|angle_deg| >= rotation_deg``; else
-   ``translation``.
+   outliers). Otherwise what the fitted similarity does, each part with its tolerance:
+   ``translation`` when it moves the region's centroid by ``translation_px`` or more (px@512),
+   ``rotation`` when ``|angle_deg| >= rotation_deg``, ``scaling`` when ``|scale - 1| >=
+   scaling_tol``; the parts present, in that order, joined by ``+``. A region that moves (the
+   ``moving_px`` rule) but stays under every tolerance is typed by its largest part relative to
+   its tolerance.
 5. Points: ``center`` is the region's centroid (the nearest region pixel if the centroid falls
    outside it); ``handles`` are the center followed by ``n_handles - 1`` farthest-point samples
    of the region's interior (pixels >= 3 px from its border when there are any). ``targets``
-   are where the fitted similarity sends the handles for ``translation`` / ``rotation``, and
-   the handles plus the (5x5 median, region-only) flow for ``deformation``.
+   are where the fitted similarity sends the handles for every rigid type, and the handles plus
+   the (5x5 median, region-only) flow for ``deformation``.
 
 Regions are ordered by area (largest first), at most ``max_regions``; ``mask_index`` is the
 position in that order. The masks are returned as one label map ``(H, W)`` uint8 with value
@@ -46,7 +51,8 @@ from vid2pair.core.spec import knob
 
 __all__ = ["RegionDragConfig", "region_drags", "classify", "TYPES"]
 
-TYPES = ("translation", "rotation", "deformation")
+#: the parts a type is made of (a rigid type joins the parts present with ``+``)
+TYPES = ("translation", "rotation", "scaling", "deformation")
 
 
 @dataclass
@@ -56,12 +62,14 @@ class RegionDragConfig:
     reference_short_side: int = knob(512, "the px@512 knobs are for this short side, scaled to the frame",
                                      unit="px", gt=0)
     moving_px: float = knob(2.0, "a segment moves when its median flow magnitude exceeds this", unit="px@512", ge=0)
+    translation_px: float = knob(2.0, "the similarity moves the region's centroid by this or more: translation",
+                                 unit="px@512", gt=0)
     rotation_deg: float = knob(5.0, "|similarity angle| >= this: rotation", unit="deg", gt=0, lt=180)
+    scaling_tol: float = knob(0.05, "|similarity scale - 1| >= this: scaling (1.05: the outline grows by 5 %)", gt=0)
     deformation_ratio: float = knob(0.25, "p75 residual > ratio x median motion (and > deformation_min_px): "
                                           "deformation", gt=0)
     deformation_min_px: float = knob(2.0, "a flow-noise floor for deformation (not scaled with the frame)",
                                      unit="px", ge=0)
-    scale_change: float = knob(0.15, "|scale - 1| > this: deformation", gt=0)
     merge: bool = knob(True, "merge adjacent moving segments that one similarity explains")
     merge_tol_px: float = knob(2.0, "... with a p75 residual <= this (not scaled)", unit="px", ge=0)
     n_handles: int = knob(4, "points per region (the centre included)", ge=1)
@@ -70,15 +78,18 @@ class RegionDragConfig:
     ransac_thresh: float = knob(3.0, "RANSAC threshold of the region similarity fits", unit="px", gt=0)
 
 
-def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig) -> str:
-    """Operation type from the region's similarity and its fit residual (see the module docstring)."""
+def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig,
+             shift_px: Optional[float] = None, px_scale: float = 1.0) -> str:
+    """Operation type from the region's similarity and its fit residual (see the module docstring).
+    ``shift_px``: how far the similarity moves the region's centroid (default: ``motion``, the
+    median flow); ``px_scale``: the frame's short side / ``reference_short_side``."""
     if residual_p75 > max(cfg.deformation_ratio * motion, cfg.deformation_min_px):
         return "deformation"
-    if abs(scale - 1.0) > cfg.scale_change:
-        return "deformation"
-    if abs(angle_deg) >= cfg.rotation_deg:
-        return "rotation"
-    return "translation"
+    shift = motion if shift_px is None else shift_px
+    rel = {"translation": shift / (cfg.translation_px * px_scale), "rotation": abs(angle_deg) / cfg.rotation_deg,
+           "scaling": abs(scale - 1.0) / cfg.scaling_tol}
+    parts = [t for t, r in rel.items() if r >= 1.0]
+    return "+".join(parts) if parts else max(rel, key=rel.get)
 
 
 def _adjacent_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
@@ -188,9 +199,12 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
         else:
             r50 = r75 = float("inf")
             scale, angle = 1.0, 0.0
-        kind = classify(angle, scale, r75, motion, cfg)
+        c = np.array([float((pix % w).mean()), float((pix // w).mean())])
+        shift = float(np.hypot(*(A[:, :2] @ c + A[:, 2] - c))) if A is not None else motion
+        kind = classify(angle, scale, r75, motion, cfg, shift, px_scale)
         regions.append({"segs": sorted(segs), "pix": pix, "A": A, "motion": motion, "r50": r50, "r75": r75,
-                        "scale": scale, "angle": angle, "type": kind, "inliers": inl, "samples": m})
+                        "scale": scale, "angle": angle, "type": kind, "inliers": inl, "samples": m,
+                        "shift": shift})
     regions.sort(key=lambda r: (-len(r["pix"]), r["segs"][0]))
     regions = regions[:cfg.max_regions]
 
@@ -226,6 +240,7 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
         out.append({
             "id": i, "type": r["type"], "center": pt(center), "handles": [pt(p) for p in handles],
             "targets": [pt(p) for p in targets], "angle_deg": round(r["angle"], 3), "scale": round(r["scale"], 5),
+            "shift_px": round(r["shift"], 3),
             "residual_px": round(r["r50"], 4) if np.isfinite(r["r50"]) else None,
             "residual_p75_px": round(r["r75"], 4) if np.isfinite(r["r75"]) else None,
             "motion_px": round(r["motion"], 4), "area": int(len(r["pix"])), "segments": r["segs"],

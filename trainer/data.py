@@ -7,7 +7,8 @@ tensors:
       -> split by node (rank) and DataLoader worker; sample-level split when there are fewer
          shards than consumers, so every rank always gets data
       -> wds tar reading (only the members the task needs are read)
-      -> train / eval split by key hash: sha1(key) mod 1000 < eval_permille is eval, never trained on
+      -> train / eval split: the index's split column when the build marked one (output.eval_frac,
+         whole clips), else by key hash: sha1(key) mod 1000 < eval_permille is eval; never trained on
       -> seeded shuffle buffer (raw bytes, before decoding)
       -> [resume: skip the raw samples this worker already delivered]
       -> decode + resize (cover + centre crop) to the model resolution; the signal the task needs
@@ -23,7 +24,6 @@ key and the member; an unreadable / truncated shard raises naming the shard. Wit
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import itertools
 import json
@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vid2pair.core.seeding import derive_seed
+from vid2pair.core.split import bucket
 
 log = logging.getLogger("vid2pair.trainer.data")
 
@@ -112,9 +113,30 @@ def clip_of_key(key: str) -> str:
 
 def key_bucket(key: str, by: str = "key") -> int:
     """Deterministic bucket in [0, 1000) of a sample key, or of its clip id with ``by="clip"``
-    (sha1, independent of PYTHONHASHSEED)."""
-    k = clip_of_key(key) if by == "clip" else key
-    return int(hashlib.sha1(k.encode()).hexdigest()[:8], 16) % 1000
+    (sha1, independent of PYTHONHASHSEED; the buckets ``output.eval_frac`` draws the index's split
+    from: :mod:`vid2pair.core.split`)."""
+    return bucket(clip_of_key(key) if by == "clip" else key)
+
+
+def index_eval_keys(urls: list[str]) -> Optional[frozenset]:
+    """The keys the builds' indexes mark ``split == "eval"`` (``output.eval_frac``), for the local
+    shards in ``urls`` (the index of ``<out>/shards/x.tar`` is ``<out>/index``). None when no index
+    there has an eval split: the trainer then splits by ``data.eval_permille``."""
+    import pyarrow.parquet as pq
+
+    dirs = {Path(u).resolve().parent.parent / "index" for u in urls if not _is_url(u)}
+    keys: set = set()
+    found = False
+    for d in sorted(dirs):
+        for part in sorted(d.glob("*.parquet")):
+            t = pq.read_table(part, columns=None)
+            if "split" not in t.column_names:
+                continue
+            for k, sp in zip(t.column("key").to_pylist(), t.column("split").to_pylist()):
+                if sp == "eval":
+                    keys.add(k)
+                    found = True
+    return frozenset(keys) if found else None
 
 
 def is_eval_key(key: str, eval_permille: int, by: str = "key") -> bool:
@@ -374,7 +396,8 @@ class PairStream(IterableDataset):
                  shuffle_buffer: int = 256, shuffle_shards: bool = True, resampled: bool = False,
                  on_error: str = "raise", infinite: bool = True, rank: int = 0, world_size: int = 1,
                  skip_batches: int = 0,
-                 max_samples: Optional[int] = None, drop_last: bool = True):
+                 max_samples: Optional[int] = None, drop_last: bool = True,
+                 eval_keys: Optional[frozenset] = None):
         super().__init__()
         if not urls:
             raise DataError("no shards to read")
@@ -383,6 +406,7 @@ class PairStream(IterableDataset):
         self.urls, self.spec, self.batch_size = list(urls), spec, batch_size
         self.split, self.eval_permille, self.seed = split, eval_permille, seed
         self.eval_split_by = eval_split_by
+        self.eval_keys = eval_keys  # the index's split (output.eval_frac), which wins over eval_permille
         self.shuffle, self.shuffle_buffer, self.shuffle_shards = shuffle, shuffle_buffer, shuffle_shards
         self.resampled, self.on_error, self.infinite = resampled, on_error, infinite
         self.rank, self.world_size, self.skip_batches = rank, world_size, skip_batches
@@ -431,7 +455,10 @@ class PairStream(IterableDataset):
         for s in tarfile_samples(source, handler=self._handler, select_files=select):
             key = s.get("__key__", "")
             if self.split != "all":
-                ev = is_eval_key(key, self.eval_permille, self.eval_split_by) if self.eval_permille > 0 else False
+                if self.eval_keys is not None:
+                    ev = key in self.eval_keys
+                else:
+                    ev = is_eval_key(key, self.eval_permille, self.eval_split_by) if self.eval_permille > 0 else False
                 if ev != (self.split == "eval"):
                     continue
             if sample_split is not None:
@@ -543,12 +570,18 @@ def build_train_loader(cfg, spec: SampleSpec, rank: int = 0, world_size: int = 1
                        pin_memory: bool = False) -> DataLoader:
     d = cfg.data
     urls = expand_shards(cfg.train_shards, d.s3_command)
-    # held-out keys are excluded from training whenever the split is used for evaluation
+    # held-out keys are excluded from training whenever the split is used for evaluation: the index's
+    # split column when the build marked one (output.eval_frac), else data.eval_permille
+    eval_keys = index_eval_keys(urls) if cfg.eval_shards is None else None
     permille = d.eval_permille if cfg.eval_shards is None else 0
-    stream = PairStream(urls, spec, batch_size=d.batch_size, split="train" if permille else "all",
-                        eval_permille=permille, eval_split_by=d.eval_split_by, seed=cfg.seed, shuffle=True,
+    if eval_keys is not None:
+        log.info("train / eval split from the index's split column: %d eval samples held out", len(eval_keys))
+    stream = PairStream(urls, spec, batch_size=d.batch_size,
+                        split="train" if (permille or eval_keys is not None) else "all", eval_permille=permille,
+                        eval_split_by=d.eval_split_by, seed=cfg.seed, shuffle=True,
                         shuffle_buffer=d.shuffle_buffer, shuffle_shards=d.shuffle_shards, resampled=d.resampled,
-                        on_error=d.on_error, infinite=True, rank=rank, world_size=world_size, skip_batches=skip_batches)
+                        on_error=d.on_error, infinite=True, rank=rank, world_size=world_size, skip_batches=skip_batches,
+                        eval_keys=eval_keys)
     return make_loader(stream, d.num_workers, d.prefetch_factor, pin_memory, seed=cfg.seed)
 
 
@@ -556,13 +589,18 @@ def eval_stream(cfg, spec: SampleSpec, batch_size: int, max_eval: Optional[int] 
     """The held-out pairs, in shard order (deterministic): ``data.eval`` shards, else the eval split
     of ``data.train``; at most ``max_eval`` (default ``data.max_eval``)."""
     d = cfg.data
+    eval_keys = None
     if cfg.eval_shards is not None:
         urls, split, permille = expand_shards(cfg.eval_shards, d.s3_command), "all", 0
     else:
-        if d.eval_permille == 0:
-            raise DataError("no eval split: data.eval_permille is 0 and data.eval is not set")
-        urls, split, permille = expand_shards(cfg.train_shards, d.s3_command), "eval", d.eval_permille
+        urls = expand_shards(cfg.train_shards, d.s3_command)
+        eval_keys = index_eval_keys(urls)
+        if d.eval_permille == 0 and eval_keys is None:
+            raise DataError("no eval split: the index has no split=eval samples (output.eval_frac), "
+                            "data.eval_permille is 0 and data.eval is not set")
+        split, permille = "eval", d.eval_permille
     return PairStream(urls, spec, batch_size=batch_size, split=split, eval_permille=permille,
                       eval_split_by=d.eval_split_by, seed=cfg.seed,
                       shuffle=False, on_error=d.on_error, infinite=False,
-                      max_samples=max_eval if max_eval is not None else d.max_eval, drop_last=False)
+                      max_samples=max_eval if max_eval is not None else d.max_eval, drop_last=False,
+                      eval_keys=eval_keys)
