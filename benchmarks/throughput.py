@@ -1,12 +1,14 @@
 """Pipeline throughput against the bound implied by the summed stage costs, on the demo data.
 
 Prints, in one run:
-  * each stage's cost in ms per pair, measured alone on the same data (in process, no isolation);
+  * each stage's cost in ms per written pair, measured in process (no isolation) on the work a build
+    does: the stages fused with the clip stage run with it, so spare candidates and retries that the
+    stages reject are counted, whatever the corpus;
   * the bound those costs imply: 1 / sum, in pairs/s on one core;
   * pairs/s of the local runner (1 CPU, production settings incl. process isolation) and of the
     Ray runner on 2 CPUs (Ray start-up and a 2-clip warm-up build excluded and reported
     separately), each as a ratio to the bound;
-  * the cost of isolation per clip;
+  * the cost of isolation per clip; written samples per CPU-second of each runner;
   * peak RSS of the local runner for 10 and for 50 clips (streaming: it must not grow).
 
 Usage: python benchmarks/throughput.py [--clips 12] [--size 240x320] [--skip-rss] [--skip-ray]
@@ -27,26 +29,52 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def stage_costs(cfg, tasks):
-    """Each stage alone, in process, on the same data: ms per written pair."""
+    """Each stage's cost in ms per written pair, measured in process on the work a build really does:
+    the clip stage runs with the stages fused with it, as in the local runner's isolation child, so
+    the spare candidates drawn for rejected pairs (``pairs.oversample``) and the retries
+    (``pairs.retry_shorter``) are counted. Returns (costs, written pairs, candidate pairs)."""
     import webdataset  # noqa: F401  (a one-off 2-3 s import; not a per-pair cost)
 
     from vid2pair.core.items import PairItem
     from vid2pair.pipeline.io import OutputWriter
-    from vid2pair.pipeline.plan import ClipUnit, build_pair_stages, pair_classes
+    from vid2pair.pipeline.plan import ClipUnit, _UnitWork, build_pair_stages, fused_prefix, pair_classes
 
     cfg.isolation.mode = "none"
-    clip = ClipUnit(cfg)
-    stages = build_pair_stages(cfg, pair_classes(cfg))
-    for st in stages:  # load models outside the timing
+    classes = pair_classes(cfg)
+    fused = fused_prefix(cfg, classes)
+    unit = ClipUnit(cfg, fused)
+    unit._work = _UnitWork(cfg, unit.clip_cls, fused)  # in process: its fused stages are timed below
+    rest = build_pair_stages(cfg, classes)[len(fused):]
+    for st in rest:  # load models outside the timing
         if hasattr(st, "backend"):
             _ = st.backend
-    t = {"clip (probe+shots+static+pairs+decode)": 0.0, **{st.name: 0.0 for st in stages}, "write": 0.0}
+    t = {"clip (probe+shots+static+pairs+decode)": 0.0, **{S.name: 0.0 for S in classes}, "write": 0.0}
+    candidates = [0]
+
+    def timed(st):
+        call = st.__call__
+
+        def run(items):
+            t0 = time.perf_counter()
+            try:
+                return call(items)
+            finally:
+                t[st.name] += time.perf_counter() - t0
+        return run
+
     all_items = []
     for task in tasks:
         t0 = time.perf_counter()
-        items = clip(task)
-        t["clip (probe+shots+static+pairs+decode)"] += time.perf_counter() - t0
-        for st in stages:
+        inner0 = sum(v for k, v in t.items() if k in {S.name for S in fused})
+        if not getattr(unit._work, "_timed", False):
+            unit._work.fused = [_Wrapped(st, timed(st)) for st in unit._work.fused]
+            unit._work._timed = True
+        items = list(unit.iter(task))
+        inner = sum(v for k, v in t.items() if k in {S.name for S in fused}) - inner0
+        t["clip (probe+shots+static+pairs+decode)"] += time.perf_counter() - t0 - inner
+        candidates[0] += sum(1 for x in items if isinstance(x, PairItem)) + sum(
+            1 for x in items if getattr(x, "level", "") == "pair")
+        for st in rest:
             t0 = time.perf_counter()
             items = st(items)
             t[st.name] += time.perf_counter() - t0
@@ -59,7 +87,38 @@ def stage_costs(cfg, tasks):
             w.add(it)
         t["write"] = time.perf_counter() - t0
     n = sum(isinstance(i, PairItem) for i in all_items)
-    return {k: 1000 * v / n for k, v in t.items()}, n
+    return {k: 1000 * v / n for k, v in t.items()}, n, candidates[0]
+
+
+class _Wrapped:
+    """A stage whose calls are timed (the rest of its interface passes through)."""
+
+    def __init__(self, st, run):
+        self._st, self._run = st, run
+
+    def __call__(self, items):
+        return self._run(items)
+
+    def __getattr__(self, k):
+        return getattr(self._st, k)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its (waited-for and running) children."""
+    import resource
+
+    import psutil
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    for c in psutil.Process().children(recursive=True):
+        try:
+            ct = c.cpu_times()
+            live += ct.user + ct.system
+        except psutil.NoSuchProcess:
+            pass
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + live
 
 
 def timed_build(cfg, videos, out):
@@ -140,10 +199,11 @@ def main():
     base = load_config("demo", ["runner.progress=false", *size])
     tasks, _ = make_tasks(list_inputs(str(videos), base.input.extensions), base.output.clips_per_shard)
 
-    costs, n = stage_costs(copy.deepcopy(base), tasks)
+    costs, n, cands = stage_costs(copy.deepcopy(base), tasks)
     total = sum(costs.values())
     bound = 1000.0 / total
-    print(f"demo data: {len(tasks)} clips, {n} pairs, {w}x{h}, DIS flow")
+    print(f"demo data: {len(tasks)} clips, {n} pairs written of {cands} candidates (spares and retries "
+          f"included), {w}x{h}, DIS flow")
     print("stage costs (ms/pair, alone, one core):")
     for k, v in costs.items():
         print(f"  {k:<40} {v:8.2f}")
@@ -155,9 +215,12 @@ def main():
 
     cfg = copy.deepcopy(base)
     cfg.runner.name = "local"
+    cpu0 = _cpu_s()
     n_local, wall = timed_build(cfg, videos, work / "out_local")
     local = n_local / wall
-    print(f"local runner (1 CPU):  {local:.2f} pairs/s = {local / bound:.2f} x bound  (target >= 0.9)")
+    cpu = _cpu_s() - cpu0
+    print(f"local runner (1 CPU):  {local:.2f} pairs/s = {local / bound:.2f} x bound  (target >= 0.9); "
+          f"{n_local / cpu:.3f} written samples per CPU-second ({cpu:.1f} CPU-s, this process and its children)")
 
     if not a.skip_ray:
         import ray
@@ -175,6 +238,8 @@ def main():
         _, t_warm = timed_build(cfg, work / "warmup", work / "out_warm")
         n_ray, wall = timed_build(cfg, videos, work / "out_ray")
         r = n_ray / wall
+        print(f"  ray: {n_ray} samples in {wall:.1f} s wall on 2 CPUs = {n_ray / (2 * wall):.3f} written samples "
+              f"per CPU-second")
         print(f"ray runner (2 CPUs):   {r:.2f} pairs/s = {r / bound:.2f} x bound  (target >= 1.7; "
               f"ray.init {t_init:.1f} s and a {t_warm:.1f} s warm-up build of 2 clips excluded)")
         ray.shutdown()

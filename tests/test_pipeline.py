@@ -305,12 +305,14 @@ def _members(out, suffix):
 
 def test_index_parts_keep_every_rows_columns():
     """A chunk whose first sample lacks a score (its coarse edit was dropped, say) keeps the other
-    samples' column of it: pyarrow's from_pylist alone takes the first row's keys."""
-    from vid2pair.pipeline.io import _table
+    samples' column of it, and a chunk with no sample has every column too: each part is written
+    with the schema the config declares."""
+    from vid2pair.pipeline.io import _table, index_schema
 
-    t = _table([{"key": "a", "q_x": 1.0}, {"key": "b", "q_x": 2.0, "q_coarse_gain_db": 7.5}])
-    assert t.column_names == ["key", "q_x", "q_coarse_gain_db"]
-    assert t.column("q_coarse_gain_db").to_pylist() == [None, 7.5]
+    schema = index_schema(load_config("demo"))
+    t = _table([{"key": "a", "q_changed_frac": 0.1}, {"key": "b", "q_coarse_gain_db": 7.5}], schema)
+    assert t.schema == schema and t.column("q_coarse_gain_db").to_pylist() == [None, 7.5]
+    assert _table([], schema).schema == schema
 
 
 def test_quality_scores_reach_meta_json_and_the_index(local_out):

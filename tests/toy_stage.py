@@ -1,6 +1,7 @@
 """A stage written the way a new signal is added: one module, one line in the stage list.
 
-It writes ``toy.png`` (the source, inverted), declares a ``toy`` signal and an index column;
+It writes ``toy.png`` (the source, inverted), declares a ``toy`` signal and an index column (and
+its type);
 tests/test_contract.py checks that the encoder, the index, the signal list and the pre-flight
 follow from these declarations alone.
 """
@@ -20,6 +21,8 @@ class ToyStage(PairStage):
     @classmethod
     def index_columns(cls, meta: dict) -> dict:
         return {"toy_mean": (meta.get("toy") or {}).get("mean")}
+
+    index_schema = {"toy_mean": "float64"}
 
     def one(self, it):
         it.arrays["toy"] = 255 - it.arrays["src"]
