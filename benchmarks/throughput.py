@@ -187,7 +187,7 @@ def main():
     import copy
 
     from vid2pair.pipeline.config import load_config
-    from vid2pair.pipeline.io import list_inputs, make_tasks
+    from vid2pair.pipeline.io import input_root, list_inputs, make_tasks
     from vid2pair.pipeline.synthetic import make_demo_corpus
 
     from vid2pair.pipeline.runners import set_threads
@@ -197,7 +197,9 @@ def main():
     videos = work / "videos"
     make_demo_corpus(videos, n_static=a.clips, n_moving_camera=0, seed=0, width=w, height=h)
     base = load_config("demo", ["runner.progress=false", *size])
-    tasks, _ = make_tasks(list_inputs(str(videos), base.input.extensions), base.output.clips_per_shard)
+    # the same clip ids as the build (ids hash the path under the input root): the same draws, the same work
+    tasks, _ = make_tasks(list_inputs(str(videos), base.input.extensions), base.output.clips_per_shard,
+                          input_root(str(videos)))
 
     costs, n, cands = stage_costs(copy.deepcopy(base), tasks)
     total = sum(costs.values())
