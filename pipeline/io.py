@@ -375,6 +375,7 @@ class OutputWriter:
         self._arrived: Counter = Counter()  # clip_idx -> items arrived
         self._clips_finished: Counter = Counter()  # chunk -> clips complete
         self._decode_info: dict[int, dict] = {}  # clip_idx -> what decoding met (ClipDone.info["decode"])
+        self._footage: dict[int, dict] = {}  # clip_idx -> its frames' hashes (ClipDone.info["footage"])
         self.written_chunks: list[int] = []
         self.new_samples = 0
         # previews of rejected pairs: at most output.reject_previews, at most a sixth of them per
@@ -437,6 +438,8 @@ class OutputWriter:
             self._expected[it.clip_idx] = it.n_items
             if it.info.get("decode"):
                 self._decode_info[it.clip_idx] = it.info["decode"]
+            if it.info.get("footage"):
+                self._footage[it.clip_idx] = it.info["footage"]
         else:
             if isinstance(it, PairItem) and it.files:
                 self._spool_files(it)
@@ -504,9 +507,12 @@ class OutputWriter:
                                                        self.schema)
         decode = {t.label: self._decode_info.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk]
                   if t.clip_idx in self._decode_info}
+        footage = {t.label: self._footage.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk]
+                   if t.clip_idx in self._footage}
         self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
             {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
-             "clips": [t.label for t in self.tasks_by_chunk[chunk]], "decode": decode}).encode())
+             "clips": [t.label for t in self.tasks_by_chunk[chunk]], "decode": decode,
+             "footage": footage}).encode())
         self.written_chunks.append(chunk)
         self.new_samples += len(samples)
 
@@ -608,6 +614,7 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
     if model_io:
         summary["model_io"] = model_io
     summary["decode"] = decode_summary(out_dir)
+    summary["duplicate_footage"] = duplicate_footage(out_dir)
     Store(out_dir).write_bytes("summary.json", json.dumps(summary, indent=1, default=str).encode())
     return summary
 
@@ -631,6 +638,65 @@ def decode_summary(out_dir: str | Path, top: int = 50) -> dict:
             "by_clip": {k: bad[k] for k in worst}}
 
 
+def duplicate_footage(out_dir: str | Path, max_bits: int = 6, min_frames: int = 8, min_share: float = 0.5,
+                      sample: int = 256, max_ties: int = 8) -> list[dict]:
+    """Clips that repeat another clip's footage (a re-encode, a trimmed copy), from the frames' hashes
+    in the chunks' commit markers (``decode.Video.footage``): up to ``sample`` frames of each clip
+    are looked up among every other clip's frames (64-bit dhashes at most ``max_bits`` apart, found
+    through 16-bit bands); a clip is a duplicate of another when at least ``min_share`` of its
+    looked-up frames (and ``min_frames``) match that clip's frames at one time offset (within a
+    frame). Frames that match more than ``max_ties`` frames of a clip (a still scene) are no
+    evidence either way, so clips of one fixed camera at other times are not duplicates. Each
+    duplicate is reported once, the later clip in input order as the copy."""
+    store = Store(out_dir)
+    clips: dict[str, list] = {}  # source -> [(frame, hash)], in input order
+    for name in store.list("_done", ".json"):
+        for label, f in (json.loads(store.read_bytes(f"_done/{name}")).get("footage") or {}).items():
+            src = label.split("#unit ")[0]
+            hs, k0, st = f.get("hashes", ""), int(f.get("first", 0)), int(f.get("stride", 1))
+            clips.setdefault(src, []).extend((k0 + i * st, int(hs[16 * i:16 * i + 16], 16))
+                                             for i in range(len(hs) // 16))
+    names = list(clips)
+    bands: dict = defaultdict(list)
+    for ci, src in enumerate(names):
+        for fr, h in clips[src]:
+            if h:
+                for b in range(4):
+                    bands[(b, (h >> (16 * b)) & 0xFFFF)].append((ci, fr, h))
+    found: dict = {}
+    for ci, src in enumerate(names):
+        frames = [(fr, h) for fr, h in clips[src] if h]
+        if len(frames) < min_frames:
+            continue
+        step = max(1, len(frames) // sample)
+        looked = frames[::step][:sample]
+        votes: dict = defaultdict(list)  # other clip -> per looked-up frame, the offsets it matches at
+        for fr, h in looked:
+            best: dict = {}
+            for b in range(4):
+                for cj, fr2, h2 in bands.get((b, (h >> (16 * b)) & 0xFFFF), ()):
+                    if cj == ci:
+                        continue
+                    d = bin(h ^ h2).count("1")
+                    if d <= max_bits:
+                        best.setdefault(cj, {})[fr2] = d
+            for cj, cands in best.items():
+                dmin = min(cands.values())
+                ties = [f2 for f2, d in cands.items() if d == dmin]
+                if len(ties) <= max_ties:
+                    votes[cj].append({f2 - fr for f2 in ties})
+        for cj, per_frame in votes.items():
+            o = Counter(x for offs in per_frame for x in offs).most_common(1)[0][0]
+            n = sum(1 for offs in per_frame if offs & {o - 1, o, o + 1})
+            if n >= min_frames and n >= min_share * len(looked):
+                a, b = sorted((ci, cj))
+                if (a, b) not in found:
+                    found[(a, b)] = {"clip": names[b], "duplicate_of": names[a],
+                                     "offset_frames": o if b == ci else -o,
+                                     "frames_matched": int(n), "frames_looked_up": len(looked)}
+    return [found[k] for k in sorted(found)]
+
+
 def format_summary(s: dict, out_dir) -> str:
     lines = [f"output: {out_dir}",
              f"  inputs {s['inputs']}: {s['clips_with_samples']} clips with samples, {s['clips_rejected']} clips "
@@ -642,6 +708,9 @@ def format_summary(s: dict, out_dir) -> str:
              f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})"]
     for stage, reasons in sorted(s["rejects_by_stage"].items()):
         lines.append(f"    {stage:>14}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
+    for dup in s.get("duplicate_footage") or ():
+        lines.append(f"  duplicate footage: {Path(dup['clip']).name} repeats {Path(dup['duplicate_of']).name} "
+                     f"({dup['frames_matched']} of {dup['frames_looked_up']} frames looked up match)")
     d = s.get("decode") or {}
     if d.get("ffmpeg_errors") or d.get("frames_reread"):
         lines.append(f"  decoding: {d['ffmpeg_errors']} FFmpeg error line(s) in {d['clips_with_errors']} clip(s), "

@@ -126,14 +126,21 @@ class ClipStage(Stage):
         try:
             yield from self._shots_and_pairs(task, info, video, first, stop, (sw, sh))
         finally:
-            self.info = {"decode": video.summary()}
+            self.info = {"decode": video.summary(), "footage": video.footage()}
             video.close()
 
     def _shots_and_pairs(self, task: ClipTask, info, video: decode.Video, first: int, stop: Optional[int],
                          scan_size: tuple[int, int]) -> Iterator[Item]:
         cfg = self.cfg
         fps, w, h = info.fps, info.width, info.height
-        cuts = shots.detect_cuts(video.scan(first, stop, scan_size), fps, cfg.shots.detector, cfg.shots.threshold,
+        screens: list = []  # the pre-screen's 64-px view of every scanned frame (pairs.prescreen)
+
+        def scanned():
+            for i, small in video.scan(first, stop, scan_size):
+                if cfg.pairs.prescreen:
+                    screens.append(np.rint(pairs.screen_frame(small)).astype(np.uint8))
+                yield i, small
+        cuts = shots.detect_cuts(scanned(), fps, cfg.shots.detector, cfg.shots.threshold,
                                  min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
         # frame counts from headers are not trusted: only what really decoded is used
         n_frames = video.n_frames
@@ -190,10 +197,16 @@ class ClipStage(Stage):
         # --- pairs (seeded per clip and shot) and decode of just the frames needed
         self._report("pairs")
         dsize = decode.decode_size(w, h, cfg.frame)
+        def keep(i: int, j: int) -> bool:  # the pre-screen: a visible, local change between frames i and j
+            return pairs.screen_pair(screens[i - first].astype(np.float32), screens[j - first].astype(np.float32),
+                                     cfg.pairs)[0]
+
         for k, a, b, score in static:
-            specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k))
+            specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k),
+                                            keep=keep if screens else None)
             if why:
-                yield clip_reject(task, "pairs", "no_valid_pair", why, "shot", f"{task.clip_id}_s{k:03d}")
+                reason = "no_visible_change" if "pairs.prescreen" in why else "no_valid_pair"
+                yield clip_reject(task, "pairs", reason, why, "shot", f"{task.clip_id}_s{k:03d}")
                 continue
             for n, sp in enumerate(specs):
                 if n - self.rejected[k] >= cfg.pairs.per_shot:

@@ -141,6 +141,14 @@ def _small(frame, width: int, height: int) -> np.ndarray:
     return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB)
 
 
+def dhash(thumb: np.ndarray) -> int:
+    """A 64-bit difference hash of a grey thumbnail (9x8, each bit: is a pixel darker than its right
+    neighbour): near-identical frames have hashes a few bits apart (duplicate footage)."""
+    g = cv2.resize(thumb, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (g[:, :-1] < g[:, 1:]).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
 def _rgb(frame, width: int, height: int) -> np.ndarray:
     """An FFmpeg frame as RGB at ``width`` x ``height``: swscale's bilinear filter, which widens with
     the ratio when it shrinks (the frames the stages saw before, through decord's scaler, within a
@@ -174,6 +182,7 @@ class Video:
         self._pts: list = []  # per scanned frame (index - first)
         self._digest: list[bytes] = []
         self._thumb: list[np.ndarray] = []
+        self._hash: list[int] = []  # per scanned frame, its dhash (0 for a flat frame: no evidence)
         self._keys: list[int] = []  # indices of the frames a read may start decoding from (verified when used)
         self._key_pts: set = set()  # timestamps of the packets the container flags as keyframes
         self._by_pts: dict = {}
@@ -278,6 +287,7 @@ class Video:
             self._pts.append(f.pts)
             self._digest.append(digest)
             self._thumb.append(thumb)
+            self._hash.append(dhash(thumb) if float(thumb.std()) >= 2.0 else 0)  # 0: a flat frame
             if (f.key_frame or f.pts in self._key_pts) and (i > self.first or i == 0):
                 self._keys.append(i)  # where the decoder or the container say decoding may start
             self.n_frames = i + 1
@@ -444,6 +454,12 @@ class Video:
             raise InexactFrame(f"{detail}, even decoding in order from the scan's start ({self.errors} FFmpeg "
                                f"error lines)")
         self._bad.add(start)
+
+    def footage(self, max_frames: int = 2048) -> dict:
+        """The scanned frames' hashes (every ``stride``-th, at most ``max_frames``), to find clips that
+        repeat other clips' footage (``pipeline.io.duplicate_footage``)."""
+        stride = max(1, -(-len(self._hash) // max_frames))
+        return {"first": self.first, "stride": stride, "hashes": "".join(f"{h:016x}" for h in self._hash[::stride])}
 
     def summary(self) -> dict:
         """What decoding this video met and cost, for the sample's meta and ``summary.json``."""

@@ -42,7 +42,7 @@ from vid2pair.core.spec import knob
 from vid2pair.stages.evidence import sample_field
 
 __all__ = ["DragConfig", "target_side_magnitude", "drag_weights", "sample_drag_points", "pick_grid_points",
-           "flow_agreement", "drag_mask",
+           "add_matches", "flow_agreement", "drag_mask",
            "drag_json", "DIRECTIONS"]
 
 DIRECTIONS = ("source_to_target", "target_to_source")
@@ -58,6 +58,10 @@ class DragConfig:
     mask_dilate_px: int = knob(16, "dilation of the moving region + handles/targets for drag_mask", unit="px", ge=0)
     flow_check_px: float = knob(3.0, "drop a point whose tracked source, moved by the src->tgt flow, misses its "
                                      "target by more than this + 5 % of its displacement; 0 disables", unit="px", ge=0)
+    matches: bool = knob(False, "also take drags from sparse, verified SIFT matches between source and target on "
+                                "what changed (mutual, ratio test, patch NCC >= 0.5, moving >= min_flow_px): they "
+                                "survive moves a chained flow loses (hands, bodies, a pushed coin); the tracker's "
+                                "drags come first, matches fill up to k")
     direction: Literal["source_to_target", "target_to_source"] = knob(
         "source_to_target", "drag.json point order: handle on the source, target on the target (or reversed)")
 
@@ -179,6 +183,29 @@ def pick_grid_points(weights: np.ndarray, grid: np.ndarray, k: int, min_spacing:
         if len(chosen) >= k:
             break
     return np.asarray(chosen, np.int64)
+
+
+def add_matches(d_src: np.ndarray, d_tgt: np.ndarray, matches: np.ndarray, k: int, min_spacing: float,
+                min_move: float) -> tuple[np.ndarray, np.ndarray]:
+    """The drags ``(d_src, d_tgt)`` filled up to ``k`` with ``matches`` ((N, 4) ``[x_src, y_src, x_tgt,
+    y_tgt]``, longest move first) that move at least ``min_move`` px and whose target is at least
+    ``min_spacing`` px from every target already kept."""
+    d_src = np.asarray(d_src, np.float32).reshape(-1, 2)
+    d_tgt = np.asarray(d_tgt, np.float32).reshape(-1, 2)
+    if len(matches) == 0 or len(d_src) >= k:
+        return d_src, d_tgt
+    m = np.asarray(matches, np.float32).reshape(-1, 4)
+    move = np.linalg.norm(m[:, 2:] - m[:, :2], axis=1)
+    m = m[move >= min_move][np.argsort(-move[move >= min_move], kind="stable")]
+    src, tgt = list(d_src), list(d_tgt)
+    for row in m:
+        if len(tgt) >= k:
+            break
+        if tgt and min(float(np.hypot(*(row[2:] - t))) for t in tgt) < min_spacing:
+            continue
+        src.append(row[:2])
+        tgt.append(row[2:])
+    return np.asarray(src, np.float32).reshape(-1, 2), np.asarray(tgt, np.float32).reshape(-1, 2)
 
 
 def flow_agreement(flow: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float,

@@ -70,7 +70,7 @@ class EncodeStage(PairStage):
         a = it.arrays
         files = {f"src.{o.image_format}": encode_image(a["src"], o.image_format, o.jpeg_quality),
                  f"tgt.{o.image_format}": encode_image(a["tgt"], o.image_format, o.jpeg_quality)}
-        if o.flow != "none":
+        if o.flow != "none" and "flow" in a:  # (the quality stage drops a flow that does not hold)
             files["flow.npy"] = encode_npy(a["flow"].astype(o.flow))
             if "flow_bwd" in a:
                 files["flow_bwd.npy"] = encode_npy(a["flow_bwd"].astype(o.flow))

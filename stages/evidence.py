@@ -10,6 +10,11 @@ whichever flow, tracker or segmenter produced them:
   untextured interior of a moving object (which does not change) counts as moving.
 * :func:`fb_consistent`: ``|F(x) + B(x + F(x))| < abs_px + rel |F(x)|``, per pixel of F's grid.
 * :func:`patch_ncc`: normalised cross-correlation of grey patches at two point sets.
+* :func:`solid_change`: what of a changed mask survives an opening (a visible change, not the
+  slivers along a still subject's outline, swaying leaves or sensor noise).
+* :func:`sparse_matches`: SIFT correspondences between the two images on a region, mutual, past
+  Lowe's ratio test and agreeing in their patches: correspondences that survive moves dense flow
+  loses (``../shared/notes/real-footage-probes.md``).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import cv2
 import numpy as np
 
 __all__ = ["changed_mask", "object_region", "textured", "moving_support", "still_support", "fb_consistent", "patch_ncc",
-           "sample_field", "masked_psnr"]
+           "sample_field", "masked_psnr", "solid_change", "sparse_matches", "coherent_matches"]
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -135,3 +140,65 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
     d = a.astype(np.float32)[m] - b.astype(np.float32)[m]
     mse = float(np.mean(d * d))
     return 99.0 if mse <= 1e-10 else float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
+def solid_change(changed: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W) bool: ``changed`` opened by a disc of ``radius`` px: the solid part of a change. A thing
+    that moves leaves solid changed areas where it was and where it arrives; the outline of a still
+    subject that breathes, leaves that flicker and sensor noise change thin slivers and specks."""
+    if radius <= 0:
+        return changed.astype(bool)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, k) > 0
+
+
+def sparse_matches(src: np.ndarray, tgt: np.ndarray, region: np.ndarray | None = None, ratio: float = 0.8,
+                   min_ncc: float = 0.5, max_features: int = 1500) -> np.ndarray:
+    """(N, 4) float32 ``[x_src, y_src, x_tgt, y_tgt]``: SIFT keypoints of both images (on ``region``
+    of each when given), matched by mutual nearest neighbours that pass Lowe's ratio test, kept when
+    the 11x11 grey patches around both ends correlate (NCC >= ``min_ncc``). Not geometrically
+    filtered: each match stands alone (a hand and the cup it carries move differently)."""
+    g1 = src if src.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(src), cv2.COLOR_RGB2GRAY)
+    g2 = tgt if tgt.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(tgt), cv2.COLOR_RGB2GRAY)
+    mask = None if region is None else region.astype(np.uint8) * 255
+    sift = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=0.02)
+    k1, d1 = sift.detectAndCompute(g1, mask)
+    k2, d2 = sift.detectAndCompute(g2, mask)
+    none = np.zeros((0, 4), np.float32)
+    if d1 is None or d2 is None or len(k1) < 2 or len(k2) < 2:
+        return none
+    bf = cv2.BFMatcher(cv2.NORM_L2)
+    back = {m[0].queryIdx: m[0].trainIdx for m in bf.knnMatch(d2, d1, k=2)
+            if len(m) == 2 and m[0].distance < ratio * m[1].distance}
+    pairs = [(k1[m[0].queryIdx].pt, k2[m[0].trainIdx].pt) for m in bf.knnMatch(d1, d2, k=2)
+             if len(m) == 2 and m[0].distance < ratio * m[1].distance and back.get(m[0].trainIdx) == m[0].queryIdx]
+    if not pairs:
+        return none
+    m = np.array([[*a, *b] for a, b in pairs], np.float32)
+    # SIFT gives a keypoint once per dominant orientation: one location, one match
+    _, first = np.unique(np.rint(m[:, :2]).astype(np.int32), axis=0, return_index=True)
+    m = m[np.sort(first)]
+    ok = patch_ncc(g1, m[:, :2], g2, m[:, 2:], radius=5) >= min_ncc
+    return m[ok]
+
+
+def coherent_matches(m: np.ndarray, flow: np.ndarray | None = None, radius: float = 40.0, tol_px: float = 3.0,
+                     rel: float = 0.2) -> np.ndarray:
+    """The matches of :func:`sparse_matches` that something else agrees with: another match within
+    ``radius`` px (on the source) moving the same way (within ``tol_px`` + ``rel`` x the move), or
+    the dense ``flow`` at the match carrying it there. A lone match that nothing supports is dropped:
+    similar texture elsewhere (two objects of one material) can pass the ratio test and the patch
+    check, and a wrong drag is worse than none."""
+    m = np.asarray(m, np.float32).reshape(-1, 4)
+    if len(m) == 0:
+        return m
+    move = m[:, 2:] - m[:, :2]
+    tol = tol_px + rel * np.linalg.norm(move, axis=1)
+    d_src = np.linalg.norm(m[:, None, :2] - m[None, :, :2], axis=-1)
+    d_move = np.linalg.norm(move[:, None] - move[None], axis=-1)
+    near = (d_src <= radius) & (d_src > 1.5) & (d_move <= np.maximum(tol[:, None], tol[None]))
+    ok = near.any(axis=1)
+    if flow is not None:
+        f = sample_field(flow, m[:, :2])
+        ok |= np.linalg.norm(f - move, axis=1) <= tol
+    return m[ok]

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+import cv2
 import numpy as np
 
 from vid2pair.core.spec import knob, need
@@ -50,6 +51,21 @@ class PairsConfig:
                                  "decoded; its reject stays in the table. min_gap / uniform_seconds only, "
                                  "stages that run with the decoder (all with weight-free backends); 0: off",
                               ge=0, le=4)
+    prescreen: bool = knob(False, "draw prescreen_draws x more pairs and keep, in the order drawn, those whose "
+                                  "source and target differ by a visible, local change on the scan's 64-px frames "
+                                  "(a solid changed area of at least prescreen_min_solid of the frame, at most "
+                                  "prescreen_max_changed changed): the stages then spend the CPU where good pairs "
+                                  "can exist; min_gap / uniform_seconds only")
+    prescreen_draws: int = knob(6, "prescreen: draws per candidate wanted (per_shot x oversample)", ge=1, le=50)
+    prescreen_min_solid: float = knob(0.004, "prescreen: the changed area that survives a 3x3 opening at 64 px "
+                                             "(slivers of a still subject's outline, swaying leaves and sensor "
+                                             "noise do not) must cover at least this fraction of the frame",
+                                      unit="frac", ge=0, le=1)
+    prescreen_max_changed: float = knob(0.6, "prescreen: more changed than this fraction of the frame: a cut, a "
+                                             "fade or a lighting change, not an edit", unit="frac", ge=0, le=1)
+    min_separation_s: float = knob(0.0, "diversity: a candidate whose source and target both lie within this of "
+                                        "an earlier candidate's of the same shot is not drawn (0: off)",
+                                   unit="s", ge=0)
     advance_frames: int = knob(20, "flow_advance: frames spaced linearly from the start to the end of the shot "
                                    "(the start and its candidate targets)", unit="frames", ge=2)
     advance_start_max: int = knob(20, "flow_advance: the start is a random frame in [0, this) of the shot",
@@ -116,15 +132,24 @@ def draws_per_shot(cfg) -> int:
     return max(cfg.per_shot, int(math.ceil(cfg.per_shot * cfg.oversample - 1e-9)))
 
 
-def sample_pairs(start: int, end: int, fps: float, cfg,
-                 rng: np.random.Generator) -> tuple[list[PairSpec], Optional[str]]:
+def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator,
+                 keep=None) -> tuple[list[PairSpec], Optional[str]]:
     """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn).
 
     The first ``per_shot`` pairs are the ones to use, ordered by time; the rest, up to
     ``per_shot`` x ``oversample``, are spares in the order drawn, that replace rejected ones.
-    The first ``per_shot`` are those drawn without spares whenever the shot has that many distinct pairs."""
+    The first ``per_shot`` are those drawn without spares whenever the shot has that many distinct pairs.
+
+    ``keep(src, tgt) -> bool`` (the pre-screen, :func:`screen_pair`): with ``pairs.prescreen``,
+    ``prescreen_draws`` x as many pairs are drawn and only those it keeps count, in the order drawn.
+    With ``pairs.min_separation_s``, a pair whose ends both lie within that of an earlier pair's is
+    not drawn (near-duplicates)."""
     n = end - start
     want = draws_per_shot(cfg)
+    screen = keep if (keep is not None and cfg.prescreen and cfg.policy != "flow_advance") else None
+    budget = want * (cfg.prescreen_draws if screen is not None else 1)
+    sep = int(round(cfg.min_separation_s * fps))
+    drawn = [0]
     out: list[PairSpec] = []
     seen: set = set()
 
@@ -136,17 +161,26 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
                 a, seq, b = full[0], full[1:], full[-1]
             else:
                 a, b = b, a
-        if (a, b, guess) not in seen:
-            seen.add((a, b, guess))
-            out.append(PairSpec(a, b, rev, list(seq), guess))
+        if (a, b, guess) in seen:
+            return
+        seen.add((a, b, guess))
+        if sep and any(abs(a - p.src) <= sep and abs(b - p.tgt) <= sep for p in out):
+            return  # a near-duplicate of a pair already drawn
+        drawn[0] += 1
+        if screen is not None and not screen(a, b):
+            return
+        out.append(PairSpec(a, b, rev, list(seq), guess))
+
+    def more() -> bool:
+        return len(out) < want and drawn[0] < budget
 
     if cfg.policy == "min_gap":
         gmin = int(math.ceil(cfg.min_gap_s * fps - 1e-9))
         gmax = n - 1 if cfg.max_gap_s is None else min(n - 1, int(math.floor(cfg.max_gap_s * fps + 1e-9)))
         if gmin > gmax:
             return [], f"shot of {n / fps:.2f} s has no gap >= {cfg.min_gap_s} s"
-        for _ in range(want * cfg.max_attempts):
-            if len(out) >= want:
+        for _ in range(budget * cfg.max_attempts):
+            if not more():
                 break
             g = int(rng.integers(gmin, gmax + 1))
             a = start + int(rng.integers(0, n - g))
@@ -155,8 +189,8 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
         secs = [s for s in range(cfg.uniform_min_s, cfg.uniform_max_s + 1) if round(s * fps) <= n - 1]
         if not secs:
             return [], f"shot of {n / fps:.2f} s is shorter than {cfg.uniform_min_s} s"
-        for _ in range(want * cfg.max_attempts):
-            if len(out) >= want:
+        for _ in range(budget * cfg.max_attempts):
+            if not more():
                 break
             g = int(round(secs[int(rng.integers(0, len(secs)))] * fps))
             a = start + int(rng.integers(0, n - g))
@@ -164,8 +198,8 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
     elif cfg.policy == "flow_advance":
         if n < 2:
             return [], f"shot of {n} frame(s): flow_advance needs two"
-        for _ in range(want * cfg.max_attempts):
-            if len(out) >= want:
+        for _ in range(budget * cfg.max_attempts):
+            if not more():
                 break
             # the released sampler: a random start in [0, 20), 20 frames spaced linearly from it to the
             # end, a random target-index guess in [1, min(len, 20)) (the target the advance may reach)
@@ -178,7 +212,28 @@ def sample_pairs(start: int, end: int, fps: float, cfg,
             add(a, seq[-1], seq, guess)
     else:  # guarded by config validation
         raise ValueError(f"unknown pair policy {cfg.policy!r}")
+    if screen is not None and not out:
+        return [], f"none of {drawn[0]} pairs drawn shows a visible, local change (pairs.prescreen)"
     return sorted(out[:cfg.per_shot], key=lambda p: (min(p.src, p.tgt), p.tgt)) + out[cfg.per_shot:], None
+
+
+def screen_frame(small_rgb: np.ndarray, width: int = 64) -> np.ndarray:
+    """The pre-screen's view of a scanned frame: grey, ``width`` px wide, blurred (float32)."""
+    h, w = small_rgb.shape[:2]
+    g = cv2.cvtColor(small_rgb, cv2.COLOR_RGB2GRAY) if small_rgb.ndim == 3 else small_rgb
+    g = cv2.resize(g, (width, max(2, int(round(h * width / w)))), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(g.astype(np.float32), (0, 0), 0.8)
+
+
+def screen_pair(a: np.ndarray, b: np.ndarray, cfg, thresh: float = 15.0) -> tuple[bool, dict]:
+    """Whether two :func:`screen_frame` views differ by a visible, local change: a solid changed area
+    (what survives a 3x3 opening: not the slivers along a still subject's outline, swaying leaves or
+    sensor noise) of at least ``prescreen_min_solid`` of the frame, and not more than
+    ``prescreen_max_changed`` of it changed (a cut, a fade, a lighting change)."""
+    changed = (np.abs(a - b) > thresh).astype(np.uint8)
+    solid = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    cf, sf = float(changed.mean()), float(solid.mean())
+    return cfg.prescreen_min_solid <= sf and cf <= cfg.prescreen_max_changed, {"changed": cf, "solid": sf}
 
 
 def advance_select(p90: list[float], p95: list[float], cfg) -> tuple[Optional[int], Optional[str]]:

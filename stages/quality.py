@@ -57,21 +57,28 @@ from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
 from vid2pair.stages.evidence import (changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc,
-                                      sample_field, textured)
+                                      sample_field, solid_change, sparse_matches, textured, coherent_matches)
 
 __all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
 
 #: the training signals this stage judges (others, e.g. flow.npy or tracks.npy, pass untouched)
-JUDGED_SIGNALS = ("sketch", "drag", "coarse", "collage", "region_drag")
+JUDGED_SIGNALS = ("sketch", "drag", "coarse", "collage", "region_drag", "flow", "flow_bwd")
+#: the dense flow as a signal: dropped when it is not consistent or does not explain the change (the
+#: signals made from it keep what of it holds: holes, strokes and regions only where it is verified,
+#: each judged by its own rule)
+FLOW_SIGNALS = ("flow", "flow_bwd")
 
 
 #: every score :func:`judge` writes into ``meta["quality"]`` (the index has each as ``q_<name>``)
-SCORES = {"changed_frac": "float64", "camera_shift_px": "float64", "changed_frac_aligned": "float64",
+SCORES = {"changed_frac": "float64", "exposure_explained": "float64", "camera_shift_px": "float64",
+          "changed_frac_aligned": "float64", "solid_frac": "float64", "motion_px": "float64", "moving_matches": "int64",
           "moving_frac": "float64", "fb_consistent": "float64", "unexplained_frac": "float64",
-          "unexplained_blob_frac": "float64",
+          "unexplained_blob_frac": "float64", "orphan_blob_frac": "float64",
           **{f"{n}_{k}": "float64" for n in ("coarse", "collage") for k in ("gain_db", "false_hole_frac", "hole_frac",
                                                                           "hole_ratio")},
-          "drag_total": "int64", "drag_valid": "int64", "sketch_on_change": "float64", "region_total": "int64",
+          **{f"{n}_unexplained_frac": "float64" for n in ("coarse", "collage")},
+          "drag_total": "int64", "drag_valid": "int64", "sketch_on_change": "float64", "sketch_verified": "float64",
+          "region_total": "int64",
           "region_valid": "int64"}
 
 
@@ -84,24 +91,40 @@ class QualityConfig:
     blur_sigma: float = knob(1.5, "Gaussian blur before the change test", unit="px@512", ge=0)
     min_changed_frac: float = knob(0.01, "pair rule: fewer changed pixels than this fraction: no_visible_change",
                                    unit="frac", ge=0, le=1)
-    max_changed_frac: Optional[float] = knob(0.4, "pair rule: more changed pixels than this fraction: global_change "
-                                                  "(a cut, a title card, a lighting or camera change; not an edit)",
-                                             unit="frac", ge=0, le=1)
+    max_changed_frac: Optional[float] = knob(0.85, "pair rule: more changed pixels than this fraction: global_change "
+                                                   "(a cut, a title card, a fade; hands or a body filling half the "
+                                                   "frame are local motion, not this)", unit="frac", ge=0, le=1)
+    lighting_min_changed_frac: float = knob(0.2, "pair rule: when at least this fraction changed and a gain / offset "
+                                                 "of the colours explains half of it: global_change (a lighting or "
+                                                 "exposure change); a smaller exposure drift is taken out before "
+                                                 "the change is measured", unit="frac", ge=0, le=1)
     max_camera_shift_px: Optional[float] = knob(2.0, "pair rule: the background (corners off the moving objects) "
                                                      "moved by more than this between source and target: "
                                                      "camera_moved (a shake the shot-level test missed); null: off",
                                                 unit="px@512", ge=0)
+    solid_radius_px: float = knob(6.0, "the disc a change is opened by to count as solid (a thing moved into place), "
+                                       "not an outline, flicker or noise", unit="px@512", ge=0)
+    min_solid_frac: float = knob(0.002, "pair rule: the largest solid changed region smaller than this fraction of "
+                                        "the frame: no_visible_change (a subject standing still, swaying leaves: "
+                                        "slivers and specks, no thing moved into place)", unit="frac", ge=0, le=1)
+    min_motion_px: float = knob(8.0, "pair rule: the changed content must move at least this (p90 of the flow on the "
+                                     "solid change), or two sparse, verified matches must: else no_visible_motion",
+                                unit="px@512", ge=0)
     moving_px: float = knob(1.0, "a pixel moves when its flow exceeds this", unit="px@512", ge=0)
-    min_fb_consistent: Optional[float] = knob(0.3, "pair rule: forward-backward consistent share of the moving "
-                                                    "pixels below this: flow_inconsistent (needs flow_bwd); null: off",
+    min_fb_consistent: Optional[float] = knob(0.3, "flow rule: forward-backward consistent share of the moving "
+                                                    "pixels below this: the signals made from the dense flow (flow, "
+                                                    "sketch, coarse, collage, region drags) are dropped as "
+                                                    "flow_inconsistent (needs flow_bwd); null: off",
                                               unit="frac", ge=0, le=1)
-    max_unexplained_frac: Optional[float] = knob(0.2, "pair rule: share of the changed region the warped source "
-                                                      "does not explain above this: unmatched_change; null: off",
+    max_unexplained_frac: Optional[float] = knob(0.2, "flow rule: share of the changed region the source warped by "
+                                                      "the flow does not explain above this: the signals made from "
+                                                      "it are dropped as flow_unexplained; null: off",
                                                  unit="frac", ge=0, le=1)
-    max_unexplained_blob_frac: Optional[float] = knob(0.005, "pair rule: largest unexplained connected region, as a "
-                                                            "fraction of the frame, above this: unmatched_change "
-                                                            "(an object without a correspondence); null: off",
-                                                      unit="frac", ge=0, le=1)
+    max_unexplained_blob_frac: Optional[float] = knob(0.005, "pair rule: a changed region, as a fraction of the frame, "
+                                                            "mostly unexplained and with no correspondence at all (no "
+                                                            "consistent flow, no sparse match) above this: "
+                                                            "unmatched_change (something appears or disappears); null: "
+                                                            "off", unit="frac", ge=0, le=1)
     min_gain_db: float = knob(1.0, "coarse / collage rule: PSNR gain over no edit on the changed, covered pixels",
                               unit="dB")
     max_false_hole_frac: float = knob(0.03, "coarse / collage rule: holes where nothing changed, fraction of the frame",
@@ -110,11 +133,14 @@ class QualityConfig:
                                        "where something was (about half the changed area for a moving object)",
                                  ge=0)
     min_drags: int = knob(2, "drag rule: fewer valid drags than this drop the drag signal", ge=1)
-    drag_min_len_px: float = knob(4.0, "drag rule: shorter drags are zero-length noise", unit="px@512", ge=0)
+    drag_min_len_px: float = knob(8.0, "drag rule: shorter drags are no visible move", unit="px@512", ge=0)
     drag_min_ncc: float = knob(0.5, "drag rule: the 11x11 patch NCC of handle (source) and target (target) below "
                                     "this: the drag does not follow the content", ge=-1, le=1)
     sketch_min_on_change: float = knob(0.6, "sketch rule: share of stroke pixels on what changed", unit="frac",
                                        ge=0, le=1)
+    sketch_min_verified: float = knob(0.5, "sketch rule: share of stroke pixels next to moving target content whose "
+                                           "flow the forward flow undoes (needs flow_bwd): the strokes outline a "
+                                           "verified move, not flow noise", unit="frac", ge=0, le=1)
     region_min_on_change: float = knob(0.5, "region rule: share of a region's mask on what changed", unit="frac",
                                        ge=0, le=1)
     region_max_error_ratio: float = knob(0.8, "region rule: the mean grey difference between a region's pixels "
@@ -207,71 +233,130 @@ def _region_moves_onto_target(mask: np.ndarray, transform, gs: np.ndarray, gt: n
     return moved <= c.region_max_error_ratio * still
 
 
-def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
-    """Scores, failed pair rules ``[(reason, detail)]`` and failed signal rules
-    ``{signal: (reason, detail)}`` of one pair; also filters its drags and region drags in place."""
-    a, meta = it.arrays, it.meta
-    src, tgt = a["src"], a["tgt"]
-    h, w = src.shape[:2]
-    s = _frame_scale(h, w)
-    sigma = c.blur_sigma * s
+def compensate_exposure(src: np.ndarray, tgt: np.ndarray, step: int = 4) -> tuple[np.ndarray, float]:
+    """``src`` with a per-channel gain and offset fitted to ``tgt`` (least squares on every ``step``-th
+    pixel; gains kept in [0.5, 2]) when that brings the two closer: an auto-exposure drift or a
+    lighting change is then not counted as change. Returns (the image, how much of the mean absolute
+    difference the fit removed, 0..1)."""
+    a = src[::step, ::step].reshape(-1, src.shape[-1]).astype(np.float32)
+    b = tgt[::step, ::step].reshape(-1, tgt.shape[-1]).astype(np.float32)
+    out = np.empty(src.shape, np.float32)
+    for ch in range(src.shape[-1]):
+        x, y = a[:, ch], b[:, ch]
+        vx = float(x.var())
+        g = float(np.clip(((x - x.mean()) * (y - y.mean())).mean() / vx, 0.5, 2.0)) if vx > 1e-6 else 1.0
+        out[..., ch] = g * src[..., ch] + (float(y.mean()) - g * float(x.mean()))
+    comp = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    before = float(np.abs(a - b).mean())
+    after = float(np.abs(comp[::step, ::step].reshape(-1, src.shape[-1]).astype(np.float32) - b).mean())
+    gain = (before - after) / before if before > 1e-6 else 0.0
+    return (comp, round(gain, 4)) if gain > 0.1 else (src, round(max(gain, 0.0), 4))
 
-    def changed(source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # C and R against the target
-        C = changed_mask(source, tgt, c.change_thresh, sigma)
+
+class _Pair:
+    """What :func:`judge` measures once and every rule reads."""
+
+    def __init__(self, it: PairItem, c: QualityConfig):
+        a = it.arrays
+        self.src, self.tgt = a["src"], a["tgt"]
+        h, w = self.src.shape[:2]
+        self.h, self.w = h, w
+        self.s = _frame_scale(h, w)
+        self.sigma = c.blur_sigma * self.s
+        self.flow = a.get("flow")
+        self.bwd = a.get("flow_bwd")
+        self.c = c
+
+    def changed(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """C and R of ``source`` against the target (see the module docstring)."""
+        s, c = self.s, self.c
+        C = changed_mask(source, self.tgt, c.change_thresh, self.sigma)
         return C, object_region(C, close_px=max(1, int(round(3 * s * 2))), dilate_px=max(1, int(round(2 * s * 2))))
 
-    C, R = changed(src)
-    sc: dict[str, Any] = {"changed_frac": round(float(C.mean()), 5)}
-    pair_fail: list[tuple[str, str]] = []
-    sig_fail: dict[str, tuple[str, str]] = {}
-    if sc["changed_frac"] < c.min_changed_frac:
-        pair_fail.append(("no_visible_change", f"changed_frac {sc['changed_frac']:.4f} < {c.min_changed_frac} "
-                                               f"(pixels differing by > {c.change_thresh:g} grey levels)"))
-        return sc, pair_fail, sig_fail
+
+def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
+    """The rules that decide whether the pair is an edit at all: a visible, local change of a fixed
+    scene, with something in it that moves. Sets ``p.C``, ``p.R``, ``p.solid`` (on the source
+    aligned and exposure-compensated onto the target) and scores; returns a failed rule or None."""
+    c, s, src, tgt = p.c, p.s, p.src, p.tgt
+    C0, _ = p.changed(src)
+    sc["changed_frac"] = round(float(C0.mean()), 5)
     if c.max_changed_frac is not None and sc["changed_frac"] > c.max_changed_frac:
-        pair_fail.append(("global_change", f"changed_frac {sc['changed_frac']:.3f} > {c.max_changed_frac}: most of "
-                                           f"the frame changed (a cut, a title card, a lighting or camera change)"))
-        return sc, pair_fail, sig_fail
+        return "global_change", (f"changed_frac {sc['changed_frac']:.3f} > {c.max_changed_frac}: nearly all of the "
+                                 f"frame changed (a cut, a title card, a fade)")
+    comp, exposure = compensate_exposure(src, tgt)
+    sc["exposure_explained"] = exposure
+    C, R = p.changed(comp) if comp is not src else (C0, p.changed(src)[1])
+    if sc["changed_frac"] >= c.lighting_min_changed_frac and C.mean() < 0.5 * C0.mean():
+        return "global_change", (f"a gain / offset of the colours explains {1 - C.mean() / C0.mean():.0%} of the "
+                                 f"{sc['changed_frac']:.2f} changed: a lighting or exposure change, not an edit")
     if c.max_camera_shift_px is not None:
         from vid2pair.stages.static_camera import pair_camera_fit
 
-        shift, _, cam = pair_camera_fit(cv2.cvtColor(src, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
+        shift, _, cam = pair_camera_fit(cv2.cvtColor(comp, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
         sc["camera_shift_px"] = None if shift is None else round(shift, 3)
         if shift is not None and shift > c.max_camera_shift_px * s:
-            pair_fail.append(("camera_moved", f"the background moved {shift:.2f} px between source and target "
-                                              f"(> {c.max_camera_shift_px * s:.2f} px)"))
-            return sc, pair_fail, sig_fail
+            return "camera_moved", (f"the background moved {shift:.2f} px between source and target "
+                                    f"(> {c.max_camera_shift_px * s:.2f} px)")
         if cam is not None:
             # a camera shake below the limit still changes every strong edge by a pixel: what changed
             # is measured against the source aligned onto the target, so that strokes, handles and
             # regions on a still edge do not count as lying on what changed
-            C, R = changed(cv2.warpAffine(src, cam, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+            comp = cv2.warpAffine(comp, cam, (p.w, p.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            C, R = p.changed(comp)
             sc["changed_frac_aligned"] = round(float(C.mean()), 5)
-            if sc["changed_frac_aligned"] < c.min_changed_frac:
-                pair_fail.append(("no_visible_change", f"changed_frac {sc['changed_frac_aligned']:.4f} < "
-                                                       f"{c.min_changed_frac} once the {shift:.2f} px camera shake "
-                                                       f"is taken out"))
-                return sc, pair_fail, sig_fail
-    flow = a["flow"]
+    p.C, p.R = C, R
+    if C.mean() < c.min_changed_frac:
+        return "no_visible_change", (f"changed_frac {C.mean():.4f} < {c.min_changed_frac} (pixels differing by > "
+                                     f"{c.change_thresh:g} grey levels" + (", exposure and camera shake taken out)"
+                                                                          if comp is not src else ")"))
+    p.solid = solid_change(C, max(1, int(round(c.solid_radius_px * s))))
+    sc["solid_frac"] = round(_largest_component(p.solid) / float(p.h * p.w), 5)
+    if sc["solid_frac"] < c.min_solid_frac:
+        return "no_visible_change", (f"solid_frac {sc['solid_frac']:.4f} < {c.min_solid_frac}: no solid changed region "
+                                     f"(only thin outlines, specks, flicker or noise: a still subject, swaying "
+                                     f"leaves), nothing moved into place")
+    # something moves visibly: the flow on the solid change, or sparse matches a dense flow may miss
+    mags = [np.hypot(f[..., 0], f[..., 1])[p.solid] for f in (p.flow, p.bwd) if f is not None]
+    sc["motion_px"] = round(max((float(np.percentile(m, 90)) for m in mags if m.size), default=0.0), 3)
+    region = cv2.dilate(R.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    m = coherent_matches(sparse_matches(src, tgt, region, min_ncc=c.drag_min_ncc), p.flow,
+                         radius=max(8.0, 40.0 * s * 2), tol_px=3.0 * s * 2)
+    move = np.linalg.norm(m[:, 2:] - m[:, :2], axis=1) if len(m) else np.zeros(0)
+    on = (_in_mask(R, m[:, :2]) & _in_mask(R, m[:, 2:])) if len(m) else np.zeros(0, bool)
+    p.matches = m[on & (move >= c.min_motion_px * s)]
+    sc["moving_matches"] = int(len(p.matches))
+    if sc["motion_px"] < c.min_motion_px * s and len(p.matches) < 2:
+        return "no_visible_motion", (f"the changed content moves {sc['motion_px']:.2f} px (p90 of the flow on it) and "
+                                     f"{len(p.matches)} sparse match(es) move >= {c.min_motion_px * s:.1f} px: a "
+                                     f"change without a visible move (flicker, shimmer, a subject that barely moves)")
+    return None
+
+
+def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tuple[str, str]]:
+    """Does the dense flow hold: forward-backward consistent on the moving content, and the source
+    warped by it explaining the changed target? When not, the signals made from it are dropped (the
+    sparse, verified ones stay). A changed region without any correspondence (no consistent flow, no
+    sparse match: something appears or disappears) is not an edit: returns that pair rule."""
+    a, c, s, src, tgt, C, R = it.arrays, p.c, p.s, p.src, p.tgt, p.C, p.R
+    h, w = p.h, p.w
+    flow, bwd = p.flow, p.bwd
     mpx = c.moving_px * s
     moving = R & (np.hypot(flow[..., 0], flow[..., 1]) > mpx)
     sc["moving_frac"] = round(float(moving.mean()), 5)
     tex = textured(src)
-    vf = None
-    if "flow_bwd" in a:
-        bwd = a["flow_bwd"]
+    p.tex = tex
+    p.vf = p.vb = None
+    if bwd is not None:
         vf = np.asarray(a["flow_valid"], bool) if "flow_valid" in a else fb_consistent(flow, bwd)
         vb = np.asarray(a["flow_bwd_valid"], bool) if "flow_bwd_valid" in a else fb_consistent(bwd, flow)
+        p.vf, p.vb = vf, vb
         observable = moving & tex  # a flow on a plain surface can be neither checked nor seen
         sc["fb_consistent"] = round(float(vf[observable].mean()), 4) if observable.sum() >= 20 else None
-        if c.min_fb_consistent is not None and sc["fb_consistent"] is not None \
-                and sc["fb_consistent"] < c.min_fb_consistent:
-            pair_fail.append(("flow_inconsistent", f"fb_consistent {sc['fb_consistent']:.3f} < {c.min_fb_consistent} "
-                                                   f"on {int(observable.sum())} moving, textured pixels"))
-        # correspondence: a changed pixel is explained when it holds moving content that the flows
-        # follow consistently, on the source (where something left) or on the target (where it
-        # arrived); an object that appears or disappears has no such content
+        # a changed pixel is explained when it holds moving content that the flows follow consistently,
+        # on the source (where something left) or on the target (where it arrived)
         moving_b = R & (np.hypot(bwd[..., 0], bwd[..., 1]) > mpx)
+        p.verified_tgt = vb & moving_b
         explained = (vf & moving) | (vb & moving_b)
         r = max(1, int(round(4 * s)))
         explained = cv2.dilate(explained.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
@@ -284,7 +369,7 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         expl, holes = a["coarse"], a["coarse_mask"] > 0
     else:
         expl, holes = _splat_explanation(src, tgt, flow)
-    photo_bad = _residual(expl, tgt, c.change_thresh, sigma) & ~holes
+    photo_bad = _residual(expl, tgt, c.change_thresh, p.sigma) & ~holes
     tex_tgt = textured(tgt)
     # plain on both sides, the flows cannot be checked there: the warped source matching decides
     explained |= ~tex & ~tex_tgt & ~holes & ~photo_bad
@@ -295,91 +380,184 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
     raw_bad = C & (~explained | photo_bad | appeared)
     bad = cv2.morphologyEx(raw_bad.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     sc["unexplained_frac"] = round(float(bad.sum() / max(1, C.sum())), 4)
-    # the largest changed region (R's components: an object, a block of text) that is mostly unexplained
+    sc["unexplained_blob_frac"] = round(_largest_component(bad) / float(h * w), 5)
+    # the changed regions (R's components: an object, a block of text) that are mostly unexplained and
+    # that nothing verified corresponds to: no sparse match and no visible, moving track of the tracker
+    # lands in or leaves them (a deforming hand keeps some; something that appears has none)
     n_lab, lab = cv2.connectedComponents(R.astype(np.uint8), connectivity=8)
     worst = 0
     if n_lab > 1:
         area = np.bincount(lab[C], minlength=n_lab)
         unexp = np.bincount(lab[raw_bad], minlength=n_lab)  # thin strokes (new text) count here
-        mostly = (unexp >= 0.5 * np.maximum(area, 1)) & (np.arange(n_lab) > 0)
-        worst = int(area[mostly].max()) if mostly.any() else 0
-    sc["unexplained_blob_frac"] = round(max(worst, _largest_component(bad)) / float(h * w), 5)
-    if c.max_unexplained_frac is not None and sc["unexplained_frac"] > c.max_unexplained_frac:
-        pair_fail.append(("unmatched_change", f"unexplained_frac {sc['unexplained_frac']:.3f} > "
-                                              f"{c.max_unexplained_frac}: the warped source does not explain the "
-                                              f"changed target"))
-    elif c.max_unexplained_blob_frac is not None and sc["unexplained_blob_frac"] > c.max_unexplained_blob_frac:
-        pair_fail.append(("unmatched_change", f"unexplained_blob_frac {sc['unexplained_blob_frac']:.4f} > "
-                                              f"{c.max_unexplained_blob_frac}: a changed region without a "
-                                              f"correspondence (something appears or disappears)"))
-    # the edit signals
+        def landing(pts_list) -> np.ndarray:
+            hit = np.zeros(n_lab, bool)
+            for pts in pts_list:
+                if len(pts):
+                    hit[lab[np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1),
+                            np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)]] = True
+            return hit
+        matched = landing([p.matches[:, :2], p.matches[:, 2:]])
+        tracked = np.zeros(n_lab, bool)
+        if "tracks" in a and "visibility" in a:  # the tracker's visible points that moved, checked by it
+            tr, vis = np.asarray(a["tracks"], np.float32), np.asarray(a["visibility"], bool)
+            mg = max(4.0, 0.03 * min(h, w))
+            inside = ((tr[:, [0, 2]] >= mg) & (tr[:, [0, 2]] <= w - 1 - mg) & (tr[:, [1, 3]] >= mg)
+                      & (tr[:, [1, 3]] <= h - 1 - mg)).all(axis=1)
+            # a chain of flows follows what enters the frame back to its border, and latches onto background
+            # texture where the thing was not yet: only tracks inside the frame whose 11x11 patches agree well
+            moved = vis & inside & (np.linalg.norm(tr[:, 2:] - tr[:, :2], axis=1) >= c.min_motion_px * s)
+            if moved.any():
+                idx = np.flatnonzero(moved)
+                strong = patch_ncc(tgt, tr[idx, :2], src, tr[idx, 2:], radius=5) >= 0.7
+                moved[idx[~strong]] = False
+            tracked = landing([tr[moved, :2], tr[moved, 2:]])
+        # a deforming thing keeps a few verified correspondences (sparse matches or the tracker's visible
+        # points); something that enters, leaves or appears has none
+        orphan = (unexp >= 0.5 * np.maximum(area, 1)) & ~matched & ~tracked & (np.arange(n_lab) > 0)
+        worst = int(area[orphan].max()) if orphan.any() else 0
+    sc["orphan_blob_frac"] = round(worst / float(h * w), 5)
+    if c.max_unexplained_blob_frac is not None and sc["orphan_blob_frac"] > c.max_unexplained_blob_frac:
+        return "unmatched_change", (f"a changed region of {sc['orphan_blob_frac']:.4f} of the frame has no "
+                                    f"correspondence (> {c.max_unexplained_blob_frac}: the flow does not explain it, "
+                                    f"no sparse match, no visible track): something appears or disappears")
+    why = None
+    fb = sc["fb_consistent"]
+    if c.min_fb_consistent is not None and fb is not None and fb < c.min_fb_consistent:
+        why = ("flow_inconsistent", f"fb_consistent {sc['fb_consistent']:.3f} < {c.min_fb_consistent} on "
+                                    f"{int((moving & tex).sum())} moving, textured pixels")
+    elif c.max_unexplained_frac is not None and sc["unexplained_frac"] > c.max_unexplained_frac:
+        why = ("flow_unexplained", f"unexplained_frac {sc['unexplained_frac']:.3f} > {c.max_unexplained_frac}: the "
+                                   f"source warped by the flow does not explain the changed target")
+    if why:
+        for name in FLOW_SIGNALS:
+            sig_fail.setdefault(name, why)
+    return None
+
+
+def _edit_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The coarse edit and the collage: each gains over no edit where it covers what changed, and its
+    holes lie where something disoccludes."""
+    a, c, C, R = it.arrays, p.c, p.C, p.R
     for name in ("coarse", "collage"):
-        if name in a and f"{name}_mask" in a:
-            e = _edit_scores(name, a[name], a[f"{name}_mask"] > 0, src, tgt, C, R, c, sigma)
-            sc.update(e)
-            g, fh = e[f"{name}_gain_db"], e[f"{name}_false_hole_frac"]
-            ratio = e[f"{name}_hole_frac"] / max(float(C.mean()), 1e-6)
-            e[f"{name}_hole_ratio"] = sc[f"{name}_hole_ratio"] = round(ratio, 3)
-            if g is None or g < c.min_gain_db:
-                sig_fail[name] = (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region "
-                                                     f"(< {c.min_gain_db})")
-            elif fh > c.max_false_hole_frac:
-                sig_fail[name] = (f"{name}_false_holes", f"{name} holes where nothing changed: {fh:.4f} of the "
-                                                         f"frame (> {c.max_false_hole_frac})")
-            elif ratio > c.max_hole_ratio:
-                sig_fail[name] = (f"{name}_too_many_holes", f"{name} holes are {ratio:.2f} x the changed area "
-                                                            f"(> {c.max_hole_ratio}): more than disocclusion")
-    if "drag" in meta:
-        hs, ts = _drag_points(meta["drag"])
-        n = len(hs)
-        ok = np.zeros(n, bool)
-        if n:
-            length = np.linalg.norm(ts - hs, axis=1)
-            ncc = patch_ncc(src, hs, tgt, ts, radius=5)
-            ok = (_in_mask(R, hs) & _in_mask(R, ts) & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
-                  & _in_mask(cv2.dilate(tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs))
-            meta["drag"]["points"] = [p for p, k in zip(meta["drag"]["points"], ok) if k]
-        sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
-        if ok.sum() < c.min_drags:
-            sig_fail["drag"] = ("drag_too_few_valid", f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
-                                                      f"{c.drag_min_len_px * s:.1f} px long and match their patches "
-                                                      f"(< {c.min_drags})")
-    if "sketch" in a:
-        strokes = a["sketch"] > 0
-        n_on = int(strokes.sum())
-        if n_on == 0:
-            sc["sketch_on_change"] = None
-            sig_fail["sketch"] = ("sketch_empty", "no stroke")
-        else:
-            wide = cv2.dilate(R.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            sc["sketch_on_change"] = round(float((strokes & wide).sum() / n_on), 4)
-            if sc["sketch_on_change"] < c.sketch_min_on_change:
-                sig_fail["sketch"] = ("sketch_off_change", f"{sc['sketch_on_change']:.3f} of the stroke pixels lie "
-                                                           f"on what changed (< {c.sketch_min_on_change})")
-    if "region_drag" in meta and "region_masks" in a:
-        regions = meta["region_drag"].get("regions") or []
-        labels = a["region_masks"]
-        keep = []
-        blur_s = _blur_gray(src, sigma), _blur_gray(tgt, sigma)
-        for r in regions:
-            m = labels == r["mask_index"] + 1
-            frac = float((m & R).sum() / max(1, m.sum()))
-            consistent = 1.0 if vf is None else float(vf[m].mean())  # (a plain halo the flow leaked onto is not)
-            if frac >= c.region_min_on_change and consistent >= c.region_min_consistent \
-                    and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c):
-                keep.append(r)
-        lut = np.zeros(256, np.uint8)
-        for i, r in enumerate(keep):
-            lut[r["mask_index"] + 1] = i + 1
-            r["id"] = r["mask_index"] = i
-        a["region_masks"] = lut[labels]
-        meta["region_drag"]["regions"] = keep
-        sc["region_total"], sc["region_valid"] = len(regions), len(keep)
-        if not keep:
-            sig_fail["region_drag"] = ("region_off_change", f"none of {len(regions)} regions lies on what changed "
-                                                            f"(>= {c.region_min_on_change} of its mask) and, "
-                                                            f"moved by its transform, explains the target")
-    return sc, pair_fail, sig_fail
+        if name not in a or f"{name}_mask" not in a:
+            continue
+        holes = a[f"{name}_mask"] > 0
+        e = _edit_scores(name, a[name], holes, p.src, p.tgt, C, R, c, p.sigma)
+        sc.update(e)
+        g, fh = e[f"{name}_gain_db"], e[f"{name}_false_hole_frac"]
+        ratio = e[f"{name}_hole_frac"] / max(float(C.mean()), 1e-6)
+        e[f"{name}_hole_ratio"] = sc[f"{name}_hole_ratio"] = round(ratio, 3)
+        # what it draws (holes aside) must look like the target where it changed: no ghosts
+        wrong = C & _residual(a[name], p.tgt, c.change_thresh, p.sigma) & ~holes
+        wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+        sc[f"{name}_unexplained_frac"] = ux = round(float(wrong.sum() / max(1, C.sum())), 4)
+        if c.max_unexplained_frac is not None and ux > c.max_unexplained_frac:
+            sig_fail.setdefault(name, (f"{name}_unexplained", f"{name} is wrong on {ux:.2f} of the changed region, "
+                                                              f"holes aside (> {c.max_unexplained_frac})"))
+        elif g is None or g < c.min_gain_db:
+            sig_fail.setdefault(name, (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region "
+                                                          f"(< {c.min_gain_db})"))
+        elif fh > c.max_false_hole_frac:
+            sig_fail.setdefault(name, (f"{name}_false_holes", f"{name} holes where nothing changed: {fh:.4f} of the "
+                                                              f"frame (> {c.max_false_hole_frac})"))
+        elif ratio > c.max_hole_ratio:
+            sig_fail.setdefault(name, (f"{name}_too_many_holes", f"{name} holes are {ratio:.2f} x the changed area "
+                                                                 f"(> {c.max_hole_ratio}): more than disocclusion"))
+
+
+def _drag_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """Each drag: handle and target on what moves, long enough to see, on texture, and the source patch
+    at the handle agreeing with the target patch at the target. Invalid drags are removed."""
+    meta, c, s, R = it.meta, p.c, p.s, p.R
+    if "drag" not in meta:
+        return
+    hs, ts = _drag_points(meta["drag"])
+    n = len(hs)
+    ok = np.zeros(n, bool)
+    if n:
+        length = np.linalg.norm(ts - hs, axis=1)
+        ncc = patch_ncc(p.src, hs, p.tgt, ts, radius=5)
+        ok = (_in_mask(R, hs) & _in_mask(R, ts) & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
+              & _in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs))
+        meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
+    sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
+    if ok.sum() < c.min_drags:
+        sig_fail["drag"] = ("drag_too_few_valid", f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
+                                                  f"{c.drag_min_len_px * s:.1f} px long and match their patches "
+                                                  f"(< {c.min_drags})")
+
+
+def _sketch_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    a, c, R = it.arrays, p.c, p.R
+    if "sketch" not in a:
+        return
+    strokes = a["sketch"] > 0
+    n_on = int(strokes.sum())
+    if n_on == 0:
+        sc["sketch_on_change"] = None
+        sig_fail.setdefault("sketch", ("sketch_empty", "no stroke"))
+        return
+    width = int((it.meta.get("sketch") or {}).get("stroke_width", 3))
+    k = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    wide = cv2.dilate(R.astype(np.uint8), k) > 0
+    sc["sketch_on_change"] = round(float((strokes & wide).sum() / n_on), 4)
+    if p.vb is not None:  # the strokes outline content whose move the flows agree on (not flow noise)
+        near = cv2.dilate(p.verified_tgt.astype(np.uint8), k) > 0
+        sc["sketch_verified"] = round(float((strokes & near).sum() / n_on), 4)
+    if sc["sketch_on_change"] < c.sketch_min_on_change:
+        sig_fail.setdefault("sketch", ("sketch_off_change", f"{sc['sketch_on_change']:.2f} of the stroke pixels on "
+                                                            f"what changed (< {c.sketch_min_on_change})"))
+    elif sc.get("sketch_verified") is not None and sc["sketch_verified"] < c.sketch_min_verified:
+        sig_fail.setdefault("sketch", ("sketch_unverified", f"{sc['sketch_verified']:.2f} of the stroke pixels next "
+                                                            f"to moving content whose flow is forward-backward "
+                                                            f"consistent (< {c.sketch_min_verified})"))
+
+
+def _region_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    a, meta, c, R = it.arrays, it.meta, p.c, p.R
+    if "region_drag" not in meta or "region_masks" not in a:
+        return
+    regions = meta["region_drag"].get("regions") or []
+    labels = a["region_masks"]
+    keep = []
+    blur_s = _blur_gray(p.src, p.sigma), _blur_gray(p.tgt, p.sigma)
+    for r in regions:
+        m = labels == r["mask_index"] + 1
+        frac = float((m & R).sum() / max(1, m.sum()))
+        consistent = 1.0 if p.vf is None else float(p.vf[m].mean())  # (a plain halo the flow leaked onto is not)
+        if frac >= c.region_min_on_change and consistent >= c.region_min_consistent \
+                and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c):
+            keep.append(r)
+    lut = np.zeros(256, np.uint8)
+    for i, r in enumerate(keep):
+        lut[r["mask_index"] + 1] = i + 1
+        r["id"] = r["mask_index"] = i
+    a["region_masks"] = lut[labels]
+    meta["region_drag"]["regions"] = keep
+    sc["region_total"], sc["region_valid"] = len(regions), len(keep)
+    if not keep:
+        sig_fail.setdefault("region_drag", ("region_off_change", f"none of {len(regions)} regions lies on what "
+                                                                 f"changed (>= {c.region_min_on_change} of its mask) "
+                                                                 f"and, moved by its transform, explains the target"))
+
+
+def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
+    """Scores, failed pair rules ``[(reason, detail)]`` and failed signal rules
+    ``{signal: (reason, detail)}`` of one pair; also filters its drags and region drags in place."""
+    p = _Pair(it, c)
+    sc: dict[str, Any] = {}
+    sig_fail: dict[str, tuple[str, str]] = {}
+    p.matches = np.zeros((0, 4), np.float32)
+    fail = _pair_rules(p, sc)
+    if fail is None:
+        fail = _flow_rules(p, it, sc, sig_fail)
+    if fail is not None:
+        return sc, [fail], sig_fail
+    _edit_rules(p, it, sc, sig_fail)
+    _drag_rules(p, it, sc, sig_fail)
+    _sketch_rules(p, it, sc, sig_fail)
+    _region_rules(p, it, sc, sig_fail)
+    return sc, [], sig_fail
 
 
 class QualityStage(PairStage):
@@ -397,8 +575,12 @@ class QualityStage(PairStage):
         for S in upstream:
             by_member = {m.name: m for m in S.writes}
             for sig in S.signals:
+                if sig.name in ("flow", "flow_bwd") and cfg.output.flow == "none":
+                    continue  # not written: nothing to judge
                 if sig.name in JUDGED_SIGNALS:
-                    keys[sig.name] = [(by_member[n].key, by_member[n].codec) for n in sig.members if n in by_member]
+                    keys[sig.name] = [(by_member[n].key, by_member[n].codec) if n in by_member
+                                      else (n.rsplit(".", 1)[0], "npy")  # flow.npy: the encoder writes arrays["flow"]
+                                      for n in sig.members]
         return cls(cfg, keys)
 
     @classmethod

@@ -104,14 +104,16 @@ def _explains(a: np.ndarray, b: np.ndarray, m: np.ndarray, gain: float = 0.9, wh
     return float(np.abs(warped - gb)[inside].mean()) < gain * float(np.abs(ga - gb)[inside].mean())
 
 
-def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12,
-                    analysis_width: int = 320) -> tuple[float | None, int, np.ndarray | None]:
+def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12, analysis_width: int = 320,
+                    still_px: float = 0.3, still_share: float = 0.5) -> tuple[float | None, int, np.ndarray | None]:
     """How far the camera moved between two grey frames of a pair (mean displacement of the image
     corners, in ``a``'s px; None when it cannot be told), the inliers, and the fitted 2x3
     similarity taking ``a``'s background onto ``b``'s (None when the shift is unknown or counts as
     0). Corners on moving objects (blobs of the changed region, which survive a morphological
     opening; the thin lines a camera shake leaves along edges do not) are left out, and a fit that
-    does not explain the textured background better than no motion counts as 0.
+    does not explain the textured background better than no motion counts as 0, and so does a
+    background of which ``still_share`` of the corners stayed within ``still_px``: what moves there is
+    something in the scene (a person behind the subject, slower than the change threshold sees).
 
     Frames wider than ``analysis_width`` are fitted downscaled to it: the blob test and the
     tracker's spacing are tuned for that size, and on a 576x1024 frame upscaled from a 640x480 video a
@@ -122,7 +124,7 @@ def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12,
         s = analysis_width / float(w0)
         size = (analysis_width, max(16, int(round(h0 * s))))
         small = [cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (a, b)]
-        shift, n_in, m = pair_camera_fit(small[0], small[1], min_inliers, 0)
+        shift, n_in, m = pair_camera_fit(small[0], small[1], min_inliers, 0, still_px, still_share)
         sx, sy = w0 / float(size[0]), h0 / float(size[1])
         if m is not None:  # back to a's pixels: x = sx * x_small, y = sy * y_small
             m = m.copy()
@@ -147,6 +149,11 @@ def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12,
         if len(p0) < min_inliers:
             best = max(best, (None, int(len(p0)), None), key=lambda r: r[1])
             continue
+        still = np.linalg.norm(p1 - p0, axis=1) < still_px
+        if still.sum() >= max(min_inliers // 2, still_share * len(p0)):
+            # most of the background did not move: the camera is still, whatever a fit to the rest says
+            # (a person moving slightly behind the subject changes too little to be masked out)
+            return 0.0, int(still.sum()), None
         m, inl = cv2.estimateAffinePartial2D(p0, p1, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000,
                                              confidence=0.995)
         n_in = int(inl.sum()) if inl is not None else 0

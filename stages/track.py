@@ -47,7 +47,7 @@ from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.evidence import patch_ncc, sample_field, still_support
+from vid2pair.stages.evidence import coherent_matches, patch_ncc, sample_field, sparse_matches, still_support
 from vid2pair.stages.flow import (DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops,
                                    to_gray)
 
@@ -598,7 +598,7 @@ class TrackStage(PairStage):
 
     # ---------------------------------------------------------------- per pair, after tracking
     def _finish(self, it: PairItem, prep: dict, xy: np.ndarray, vis: np.ndarray, info: dict) -> Item:
-        from vid2pair.stages.drag import drag_json, drag_mask, flow_agreement
+        from vid2pair.stages.drag import add_matches, drag_json, drag_mask, flow_agreement
 
         w, h = prep["size"]
         grid, di = prep["grid"], prep["drag_idx"]
@@ -640,6 +640,17 @@ class TrackStage(PairStage):
         if self.dcfg.flow_check_px > 0:
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
         d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
+        n_matched = 0
+        if self.dcfg.matches and len(d_src) < self.dcfg.k:
+            # sparse, verified correspondences on what changed fill up the drags the tracks left short
+            src_img, tgt_img = it.arrays["src"], it.arrays["tgt"]
+            on = cv2.dilate(still_support(src_img, tgt_img).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+            sc = min(src_img.shape[:2]) / 240.0
+            m = coherent_matches(sparse_matches(src_img, tgt_img, on), prep["flow"], radius=40.0 * sc, tol_px=3.0 * sc)
+            before = len(d_src)
+            d_src, d_tgt = add_matches(d_src, d_tgt, m, self.dcfg.k, self.dcfg.min_spacing_px,
+                                       max(self.dcfg.min_flow_px, 1.0))
+            n_matched = len(d_src) - before
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
         for k in ("frames", "rematched"):
             it.arrays.pop(k, None)
@@ -652,7 +663,8 @@ class TrackStage(PairStage):
         meta = {"backend": tr.name, "version": tr.version, "direction": "tgt->src", "grid_stride": int(prep["stride"]),
                 "n_points": int(ng), "visible_frac": round(frac, 4), "n_frames": prep["n_frames"],
                 "flow_agreement": round(float(agree.mean()) if len(agree) else 0.0, 4),
-                "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src)), "still_points": n_still}
+                "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src)), "still_points": n_still,
+                "drag_matched": n_matched}
         if n_rem:
             meta["rematched_points"] = n_rem
         meta.update(info or {})

@@ -7,7 +7,69 @@ from vid2pair.stages.pairs import advance_select, sample_pairs
 
 def _cfg(**kw):
     kw.setdefault("oversample", 1)  # the pairs to use only (the demo preset adds spares)
+    kw.setdefault("min_separation_s", 0)  # the policies' own draws (the demo preset keeps candidates apart)
     return load_config("demo", [f"pairs.{k}={v}" for k, v in kw.items()]).pairs
+
+
+def test_no_two_candidates_of_a_shot_have_both_ends_within_the_separation():
+    cfg = _cfg(policy="min_gap", per_shot=30, min_gap_s=1.0, max_gap_s=2.5, min_separation_s=0.5)
+    fps = 30.0
+    pairs, why = sample_pairs(0, 30 * 20, fps, cfg, np.random.default_rng(4))
+    assert why is None and len(pairs) == 30
+    sep = int(round(0.5 * fps))
+    for i, p in enumerate(pairs):
+        for q in pairs[:i]:
+            assert not (abs(p.src - q.src) <= sep and abs(p.tgt - q.tgt) <= sep), (p, q)
+    # without the rule, the same draws hold near-duplicates
+    loose, _ = sample_pairs(0, 30 * 20, fps, _cfg(policy="min_gap", per_shot=30, min_gap_s=1.0, max_gap_s=2.5),
+                            np.random.default_rng(4))
+    assert any(abs(p.src - q.src) <= sep and abs(p.tgt - q.tgt) <= sep for i, p in enumerate(loose)
+               for q in loose[:i])
+
+
+def test_the_prescreen_keeps_only_pairs_it_accepts_and_says_when_none_was():
+    """``keep`` (the clip stage's pre-screen of the scan's small frames) decides which draws become
+    candidates: here only pairs whose target lies in the second half of the shot."""
+    cfg = _cfg(policy="min_gap", per_shot=3, oversample=2, min_gap_s=1.0, max_gap_s=2.0, prescreen=True,
+               prescreen_draws=8)
+    seen = []
+
+    def keep(a, b):
+        seen.append((a, b))
+        return b >= 150
+
+    pairs, why = sample_pairs(0, 200, 25.0, cfg, np.random.default_rng(5), keep=keep)
+    assert why is None and len(pairs) == 6 and all(p.tgt >= 150 for p in pairs)
+    assert len(seen) > 6 and len(seen) <= 6 * 8  # more draws than candidates, within the budget
+    none, why = sample_pairs(0, 200, 25.0, cfg, np.random.default_rng(5), keep=lambda a, b: False)
+    assert none == [] and "pairs.prescreen" in why and "48 pairs drawn" in why
+    # off, or for flow_advance, every draw is a candidate
+    assert len(sample_pairs(0, 200, 25.0, _cfg(per_shot=3, oversample=2, prescreen=False), np.random.default_rng(5),
+                            keep=lambda a, b: False)[0]) == 6
+
+
+def test_the_screen_sees_a_moving_thing_not_a_still_outline_or_flicker():
+    """At 64 px: a textured square that moves 12 px is a solid change; the same square's outline
+    shimmering by a pixel and a few scattered flickering specks are not."""
+    from vid2pair.stages.pairs import screen_frame, screen_pair
+
+    rng = np.random.default_rng(0)
+    bg = np.full((240, 320, 3), 120, np.uint8)
+    tex = np.zeros((60, 60, 3), np.uint8)  # a dark square with a bright band: visible at 64 px
+    tex[:, 20:40] = 230
+
+    def frame(x, y):
+        f = bg.copy()
+        f[y:y + 60, x:x + 60] = tex
+        return f
+    cfg = _cfg(prescreen=True)
+    moved, _ = screen_pair(screen_frame(frame(100, 90)), screen_frame(frame(160, 90)), cfg)
+    shimmer, sc = screen_pair(screen_frame(frame(100, 90)), screen_frame(frame(101, 90)), cfg)
+    specks = frame(100, 90)
+    for y, x in rng.integers(0, 230, (12, 2)):
+        specks[y:y + 3, x:x + 3] = 255 - specks[y:y + 3, x:x + 3]
+    flicker, _ = screen_pair(screen_frame(frame(100, 90)), screen_frame(specks), cfg)
+    assert moved and not shimmer and not flicker, sc
 
 
 def test_min_gap_intervals_and_bounds():
