@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 __all__ = ["changed_mask", "object_region", "textured", "moving_support", "still_support", "fb_consistent", "patch_ncc",
-           "sample_field", "masked_psnr", "solid_change", "sparse_matches", "coherent_matches"]
+           "sample_field", "masked_psnr", "solid_change", "sparse_matches", "coherent_matches", "klt_verify",
+           "klt_tracks"]
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -202,3 +203,64 @@ def coherent_matches(m: np.ndarray, flow: np.ndarray | None = None, radius: floa
         f = sample_field(flow, m[:, :2])
         ok |= np.linalg.norm(f - move, axis=1) <= tol
     return m[ok]
+
+
+def _klt_chain(grey: list, p: np.ndarray, fb_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``p`` (N, 2) followed frame to frame through ``grey`` by pyramidal Lucas-Kanade, checked
+    forward-backward at every hop: (end points, alive)."""
+    lk = dict(winSize=(15, 15), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    p = np.asarray(p, np.float32).reshape(-1, 1, 2).copy()
+    alive = np.ones(len(p), bool)
+    for a, b in zip(grey[:-1], grey[1:]):
+        q, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, p, None, **lk)
+        r, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, q, None, **lk)
+        fb = np.linalg.norm((p - r).reshape(-1, 2), axis=1)
+        alive &= (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_px)
+        p = q
+    return p.reshape(-1, 2), alive
+
+
+def _grey_frames(frames) -> list:
+    return [f if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+
+
+def klt_tracks(frames, region: np.ndarray, max_corners: int = 300, min_ncc: float = 0.5,
+               fb_px: float = 1.0) -> np.ndarray:
+    """(N, 4) ``[x_src, y_src, x_tgt, y_tgt]``: corners of the source (``frames[0]``) on ``region``
+    followed frame to frame to the target (``frames[-1]``) by pyramidal Lucas-Kanade, checked
+    forward-backward at every hop (``fb_px``), whose 11x11 patches at both ends agree (NCC >=
+    ``min_ncc``, on texture). Small steps through the frames in between follow a hand or a body that
+    deforms, where one dense flow over the whole gap, or a feature match, does not; an occlusion
+    breaks the forward-backward check."""
+    grey = _grey_frames(frames)
+    none = np.zeros((0, 4), np.float32)
+    if len(grey) < 2:
+        return none
+    c = cv2.goodFeaturesToTrack(grey[0], maxCorners=max_corners, qualityLevel=0.01, minDistance=5, blockSize=5,
+                                mask=region.astype(np.uint8))
+    if c is None:
+        return none
+    p0 = c.reshape(-1, 2).astype(np.float32)
+    end, alive = _klt_chain(grey, p0, fb_px)
+    m = np.concatenate([p0, end], axis=1)[alive]
+    if not len(m):
+        return none
+    # corners are on texture, so the patch check is real evidence there (flat patches count as agreeing)
+    return m[patch_ncc(grey[0], m[:, :2], grey[-1], m[:, 2:], radius=5) >= min_ncc]
+
+
+def klt_verify(frames, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float = 3.0, rel: float = 0.1,
+               fb_px: float = 1.0) -> np.ndarray:
+    """(N,) bool: each source point, tracked frame to frame through ``frames`` (the source first, the
+    target last) by pyramidal Lucas-Kanade, checked forward-backward at every hop, ends within
+    ``tol_px`` + ``rel`` x its move of its target point. A second, independent path to the same
+    correspondence: two people in the same dark suits match by appearance, but one of them does not
+    walk to where the other stands."""
+    src_pts = np.asarray(src_pts, np.float32).reshape(-1, 2)
+    tgt_pts = np.asarray(tgt_pts, np.float32).reshape(-1, 2)
+    n = len(src_pts)
+    if n == 0 or len(frames) < 2:
+        return np.zeros(n, bool)
+    end, alive = _klt_chain(_grey_frames(frames), src_pts, fb_px)
+    tol = tol_px + rel * np.linalg.norm(tgt_pts - src_pts, axis=1)
+    return alive & (np.linalg.norm(end - tgt_pts, axis=1) <= tol)

@@ -72,6 +72,7 @@ FLOW_SIGNALS = ("flow", "flow_bwd")
 #: every score :func:`judge` writes into ``meta["quality"]`` (the index has each as ``q_<name>``)
 SCORES = {"changed_frac": "float64", "exposure_explained": "float64", "camera_shift_px": "float64",
           "changed_frac_aligned": "float64", "solid_frac": "float64", "motion_px": "float64", "moving_matches": "int64",
+          "motion_ratio": "float64",
           "moving_frac": "float64", "fb_consistent": "float64", "unexplained_frac": "float64",
           "unexplained_blob_frac": "float64", "orphan_blob_frac": "float64",
           **{f"{n}_{k}": "float64" for n in ("coarse", "collage") for k in ("gain_db", "false_hole_frac", "hole_frac",
@@ -89,7 +90,7 @@ class QualityConfig:
     change_thresh: float = knob(15.0, "a pixel changed when the blurred source and target differ by more than "
                                       "this in some channel", unit="grey", gt=0)
     blur_sigma: float = knob(1.5, "Gaussian blur before the change test", unit="px@512", ge=0)
-    min_changed_frac: float = knob(0.01, "pair rule: fewer changed pixels than this fraction: no_visible_change",
+    min_changed_frac: float = knob(0.003, "pair rule: fewer changed pixels than this fraction: no_visible_change",
                                    unit="frac", ge=0, le=1)
     max_changed_frac: Optional[float] = knob(0.85, "pair rule: more changed pixels than this fraction: global_change "
                                                    "(a cut, a title card, a fade; hands or a body filling half the "
@@ -110,6 +111,9 @@ class QualityConfig:
     min_motion_px: float = knob(8.0, "pair rule: the changed content must move at least this (p90 of the flow on the "
                                      "solid change), or two sparse, verified matches must: else no_visible_motion",
                                 unit="px@512", ge=0)
+    min_motion_ratio: float = knob(0.05, "pair rule: that move, over the square root of the changed region's area, "
+                                         "below this: no_visible_motion (leaves or a whole tree swaying a few px)",
+                                   ge=0)
     moving_px: float = knob(1.0, "a pixel moves when its flow exceeds this", unit="px@512", ge=0)
     min_fb_consistent: Optional[float] = knob(0.3, "flow rule: forward-backward consistent share of the moving "
                                                     "pixels below this: the signals made from the dense flow (flow, "
@@ -265,6 +269,7 @@ class _Pair:
         self.sigma = c.blur_sigma * self.s
         self.flow = a.get("flow")
         self.bwd = a.get("flow_bwd")
+        self.given_matches = a.pop("matches", None)
         self.c = c
 
     def changed(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,9 +324,12 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
     # something moves visibly: the flow on the solid change, or sparse matches a dense flow may miss
     mags = [np.hypot(f[..., 0], f[..., 1])[p.solid] for f in (p.flow, p.bwd) if f is not None]
     sc["motion_px"] = round(max((float(np.percentile(m, 90)) for m in mags if m.size), default=0.0), 3)
-    region = cv2.dilate(R.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-    m = coherent_matches(sparse_matches(src, tgt, region, min_ncc=c.drag_min_ncc), p.flow,
-                         radius=max(8.0, 40.0 * s * 2), tol_px=3.0 * s * 2)
+    if p.given_matches is not None:  # verified through the frames in between by the track stage
+        m = np.asarray(p.given_matches, np.float32).reshape(-1, 4)
+    else:
+        region = cv2.dilate(R.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        m = coherent_matches(sparse_matches(src, tgt, region, min_ncc=c.drag_min_ncc), p.flow,
+                             radius=max(8.0, 40.0 * s * 2), tol_px=3.0 * s * 2)
     move = np.linalg.norm(m[:, 2:] - m[:, :2], axis=1) if len(m) else np.zeros(0)
     on = (_in_mask(R, m[:, :2]) & _in_mask(R, m[:, 2:])) if len(m) else np.zeros(0, bool)
     p.matches = m[on & (move >= c.min_motion_px * s)]
@@ -330,6 +338,13 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
         return "no_visible_motion", (f"the changed content moves {sc['motion_px']:.2f} px (p90 of the flow on it) and "
                                      f"{len(p.matches)} sparse match(es) move >= {c.min_motion_px * s:.1f} px: a "
                                      f"change without a visible move (flicker, shimmer, a subject that barely moves)")
+    # ... and by a visible part of its own size: a tree swaying a few px over its whole crown is not an edit
+    moved = max(sc["motion_px"], float(np.median(move[on])) if on.any() else 0.0)
+    sc["motion_ratio"] = round(moved / max(1.0, float(np.sqrt(R.sum()))), 4)
+    if sc["motion_ratio"] < c.min_motion_ratio:
+        return "no_visible_motion", (f"the changed region ({R.mean():.2f} of the frame) moves {moved:.1f} px, "
+                                     f"{sc['motion_ratio']:.3f} of its size (< {c.min_motion_ratio}): a sway, not an "
+                                     f"edit")
     return None
 
 
@@ -382,8 +397,7 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
     sc["unexplained_frac"] = round(float(bad.sum() / max(1, C.sum())), 4)
     sc["unexplained_blob_frac"] = round(_largest_component(bad) / float(h * w), 5)
     # the changed regions (R's components: an object, a block of text) that are mostly unexplained and
-    # that nothing verified corresponds to: no sparse match and no visible, moving track of the tracker
-    # lands in or leaves them (a deforming hand keeps some; something that appears has none)
+    # that no sparse, verified match lands in or leaves
     n_lab, lab = cv2.connectedComponents(R.astype(np.uint8), connectivity=8)
     worst = 0
     if n_lab > 1:
@@ -397,29 +411,20 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
                             np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)]] = True
             return hit
         matched = landing([p.matches[:, :2], p.matches[:, 2:]])
-        tracked = np.zeros(n_lab, bool)
-        if "tracks" in a and "visibility" in a:  # the tracker's visible points that moved, checked by it
-            tr, vis = np.asarray(a["tracks"], np.float32), np.asarray(a["visibility"], bool)
-            mg = max(4.0, 0.03 * min(h, w))
-            inside = ((tr[:, [0, 2]] >= mg) & (tr[:, [0, 2]] <= w - 1 - mg) & (tr[:, [1, 3]] >= mg)
-                      & (tr[:, [1, 3]] <= h - 1 - mg)).all(axis=1)
-            # a chain of flows follows what enters the frame back to its border, and latches onto background
-            # texture where the thing was not yet: only tracks inside the frame whose 11x11 patches agree well
-            moved = vis & inside & (np.linalg.norm(tr[:, 2:] - tr[:, :2], axis=1) >= c.min_motion_px * s)
-            if moved.any():
-                idx = np.flatnonzero(moved)
-                strong = patch_ncc(tgt, tr[idx, :2], src, tr[idx, 2:], radius=5) >= 0.7
-                moved[idx[~strong]] = False
-            tracked = landing([tr[moved, :2], tr[moved, 2:]])
-        # a deforming thing keeps a few verified correspondences (sparse matches or the tracker's visible
-        # points); something that enters, leaves or appears has none
-        orphan = (unexp >= 0.5 * np.maximum(area, 1)) & ~matched & ~tracked & (np.arange(n_lab) > 0)
+        # a deforming thing keeps a few verified correspondences; something that enters, leaves or appears
+        # has none. The dense flow and the tracker built on it are no evidence here: they latch onto the
+        # background texture (a wooden floor, a wall) where the thing was not
+        edge = np.zeros(n_lab, bool)  # at the frame's border: entering or leaving
+        edge[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = True
+        share = unexp / np.maximum(area, 1)
+        orphan = ((share >= 0.5) | (edge & (share >= 0.3))) & ~matched & (np.arange(n_lab) > 0)
+        p.components = {"area": area, "unexplained": unexp, "matched": matched}
         worst = int(area[orphan].max()) if orphan.any() else 0
     sc["orphan_blob_frac"] = round(worst / float(h * w), 5)
     if c.max_unexplained_blob_frac is not None and sc["orphan_blob_frac"] > c.max_unexplained_blob_frac:
         return "unmatched_change", (f"a changed region of {sc['orphan_blob_frac']:.4f} of the frame has no "
                                     f"correspondence (> {c.max_unexplained_blob_frac}: the flow does not explain it, "
-                                    f"no sparse match, no visible track): something appears or disappears")
+                                    f"no sparse match lands in it): something appears or disappears")
     why = None
     fb = sc["fb_consistent"]
     if c.min_fb_consistent is not None and fb is not None and fb < c.min_fb_consistent:
@@ -566,7 +571,7 @@ class QualityStage(PairStage):
     name = "quality"
     sections = {"quality": QualityConfig}
     reads = ("src", "tgt", "flow", "flow_bwd", "coarse", "coarse_mask", "collage", "collage_mask", "sketch",
-             "drag", "region_drag", "region_masks")
+             "drag", "region_drag", "region_masks", "matches", "flow_valid", "flow_bwd_valid", "tracks", "visibility")
 
     @classmethod
     def build(cls, cfg, upstream=()):

@@ -47,7 +47,8 @@ from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.evidence import coherent_matches, patch_ncc, sample_field, sparse_matches, still_support
+from vid2pair.stages.evidence import (coherent_matches, klt_tracks, klt_verify, patch_ncc, sample_field,
+                                      sparse_matches, still_support)
 from vid2pair.stages.flow import (DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops,
                                    to_gray)
 
@@ -602,6 +603,7 @@ class TrackStage(PairStage):
 
         w, h = prep["size"]
         grid, di = prep["grid"], prep["drag_idx"]
+        matches = self._matches(it, prep) if self.dcfg.matches else None
         ng, nd = len(grid), len(di)
         xy = np.asarray(xy, np.float32)[:ng].copy()  # (padding queries of a batch dropped)
         vis = np.asarray(vis, bool)[:ng] & _inside(xy, h, w)
@@ -636,19 +638,17 @@ class TrackStage(PairStage):
             drop_signal(it, "track", "drag", "too_few_visible", detail)
             return drop_signal(it, "track", "tracks", "too_few_visible", detail)
         dt, d_src, d_vis = grid[di], xy[di], vis[di].copy()
+        # a drag moves: not a point held still (hold_still), not one the tracker left in place
+        d_vis &= np.linalg.norm(d_src - dt, axis=1) >= max(self.dcfg.min_flow_px, 1.0)
         n_vis = int(d_vis.sum())
         if self.dcfg.flow_check_px > 0:
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
         d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
         n_matched = 0
-        if self.dcfg.matches and len(d_src) < self.dcfg.k:
+        if matches is not None and len(d_src) < self.dcfg.k:
             # sparse, verified correspondences on what changed fill up the drags the tracks left short
-            src_img, tgt_img = it.arrays["src"], it.arrays["tgt"]
-            on = cv2.dilate(still_support(src_img, tgt_img).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-            sc = min(src_img.shape[:2]) / 240.0
-            m = coherent_matches(sparse_matches(src_img, tgt_img, on), prep["flow"], radius=40.0 * sc, tol_px=3.0 * sc)
             before = len(d_src)
-            d_src, d_tgt = add_matches(d_src, d_tgt, m, self.dcfg.k, self.dcfg.min_spacing_px,
+            d_src, d_tgt = add_matches(d_src, d_tgt, matches, self.dcfg.k, self.dcfg.min_spacing_px,
                                        max(self.dcfg.min_flow_px, 1.0))
             n_matched = len(d_src) - before
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
@@ -670,6 +670,24 @@ class TrackStage(PairStage):
         meta.update(info or {})
         it.meta["track"] = meta
         return it
+
+    def _matches(self, it: PairItem, prep: dict) -> np.ndarray:
+        """Sparse SIFT matches on what changed, supported by a neighbour or the flow, and followed there
+        through the frames in between by Lucas-Kanade (look-alikes match by appearance only); kept in
+        ``arrays["matches"]`` as the quality stage's evidence of what moves."""
+        src_img, tgt_img = it.arrays["src"], it.arrays["tgt"]
+        on = cv2.dilate(still_support(src_img, tgt_img).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        sc = min(src_img.shape[:2]) / 240.0
+        fr = prep["frames"][::-1]  # source first
+        m = coherent_matches(sparse_matches(src_img, tgt_img, on), prep["flow"], radius=40.0 * sc, tol_px=3.0 * sc)
+        m = m[klt_verify(fr, m[:, :2], m[:, 2:], tol_px=3.0 * sc)]
+        # corners followed in small steps through the frames in between: a deforming hand or body
+        k = klt_tracks(fr, on)
+        if len(k) and len(m):
+            k = k[np.min(np.linalg.norm(k[:, None, :2] - m[None, :, :2], axis=-1), axis=1) > 2.0]
+        m = np.concatenate([m, k]).astype(np.float32)
+        it.arrays["matches"] = m
+        return m
 
     def _track(self, preps: list[dict]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         """One tracker call for pairs of equal frame shape; queries padded to a common N."""

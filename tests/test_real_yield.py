@@ -1,0 +1,165 @@
+"""Real fixed-camera footage of people, hands, animals and traffic (../shared/videos/real2): the
+outcomes a user checks by looking at what was written.
+
+* a clip of hands moving objects yields drags on what moves (the hand, the bottle);
+* near-duplicate pairs are not written;
+* people moving in front of a fixed camera are not taken for a camera move;
+* swaying foliage and a subject standing still yield no pair (the pre-screen and the quality stage);
+* a clip that repeats another clip's footage is reported as a duplicate (synthetic).
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import shared_video
+from vid2pair.core.items import PairItem, Reject
+from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.io import read_index, read_rejects
+from vid2pair.pipeline.plan import build_pair_stages, pair_classes
+from vid2pair.pipeline.runners import build
+from vid2pair.stages import decode
+from vid2pair.stages.evidence import changed_mask, object_region
+from vid2pair.stages.pairs import screen_frame, screen_pair
+
+HANDS = "real2/hand_moving_bottles.mp4"
+PEOPLE = ("real2/two_people_hug_room.mp4", "real2/asl_sign_book_woman.mkv")
+CLIPS = (HANDS, "real2/makeup_hand_face.avi", *PEOPLE)
+
+
+def _inputs(tmp: Path, names) -> str:
+    """Links to the shared clips under ``videos/`` (the clip ids, so the seeds and pairs, do not
+    depend on where ../shared is mounted)."""
+    root = tmp / "videos"
+    for n in names:
+        link = root / n
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared_video(n).resolve())
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    d = tmp_path_factory.mktemp("real_yield")
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "pairs.per_shot=3"])
+    s = build(cfg, _inputs(d, CLIPS), d / "out", log_summary=False)
+    return d / "out", s
+
+
+def _samples(o: Path) -> dict:
+    got: dict = {}
+    for tar in sorted((o / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, _, member = m.name.partition(".")
+                got.setdefault(key, {})[member] = tf.extractfile(m).read()
+    return got
+
+
+def _image(b: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_hands_moving_bottles_yield_drags_on_what_moves(out):
+    """Dense flow loses the hand (the issue's probes: unexplained 0.84-0.94 on such pairs); drags come
+    from sparse, verified matches and the tracker's verified points, each handle and target on what
+    changed, moving at least the visible minimum, the patches agreeing."""
+    from vid2pair.stages.evidence import patch_ncc
+
+    o, _ = out
+    with_drags = 0
+    for key, m in _samples(o).items():
+        if not key.startswith("hand_moving_bottles") or "drag.json" not in m:
+            continue
+        src, tgt = _image(m["src.jpg"]), _image(m["tgt.jpg"])
+        changed = object_region(changed_mask(src, tgt, 15.0, 1.5 * 240 / 512), close_px=3, dilate_px=3)
+        pts = json.loads(m["drag.json"])["points"]
+        assert len(pts) >= 2
+        for p in pts:
+            (hx, hy), (tx, ty) = p["source"], p["target"]
+            assert changed[int(round(hy)), int(round(hx))] and changed[int(round(ty)), int(round(tx))], p
+            assert np.hypot(tx - hx, ty - hy) >= 8 * 240 / 512 - 1e-6, p
+        ncc = patch_ncc(src, np.array([p["source"] for p in pts]), tgt, np.array([p["target"] for p in pts]), 5)
+        assert np.median(ncc) > 0.6, ncc
+        with_drags += 1
+    assert with_drags >= 1
+
+
+def test_no_near_duplicate_pairs_are_written(out):
+    o, _ = out
+    idx = read_index(o)
+    assert len(idx) >= 6
+    for (clip, shot), g in idx.groupby(["clip_id", "shot"]):
+        rows = list(zip(g["src_frame"], g["tgt_frame"], g["fps"]))
+        for i, (a, b, fps) in enumerate(rows):
+            for a2, b2, _ in rows[:i]:
+                sep = 0.5 * fps
+                assert not (abs(a - a2) <= sep and abs(b - b2) <= sep), (clip, shot, (a, b), (a2, b2))
+
+
+def test_people_moving_in_front_of_the_camera_are_not_a_camera_move(out):
+    o, _ = out
+    rej = read_rejects(o)
+    names = [Path(n).name for n in PEOPLE]
+    mine = rej[rej["source"].apply(lambda s: Path(s).name in names)]
+    assert not (mine["reason"].isin(["camera_moved", "camera_moving", "global_change"])).any(), \
+        mine[["source", "reason", "detail"]]
+    idx = read_index(o)
+    assert set(Path(s).name for s in idx["source"]) >= set(names)  # both yield samples
+
+
+def _pair(path: str, a: int, b: int, cfg):
+    """One candidate pair of a real clip through the preset's pair stages (frames decoded exactly)."""
+    with decode.Video(path) as v:
+        for _ in v.scan(0, None, decode.scaled_size(v.width, v.height, 128)):
+            pass
+        idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(a, b, cfg.track.max_frames)))
+        frames = decode.apply_frame_policy(v.read(idx, decode.decode_size(v.width, v.height, cfg.frame)), cfg.frame)
+    it = PairItem(key=f"c_s000_f{a:06d}_f{b:06d}", clip_id="c", source=path, chunk=0, clip_idx=0,
+                  meta={"frame_indices": idx, "fps": 30.0, "src_frame": a, "shot": 0}, arrays={"frames": frames})
+    items = [it]
+    for st in build_pair_stages(cfg, pair_classes(cfg)):
+        items = st(items)
+    return frames, items[0]
+
+
+@pytest.mark.parametrize("name,a,b,what", [
+    ("real2/street_traffic_cars.mp4", 806, 847, "leaves swaying, no car"),
+    ("real2/people_walk_past_table.mp4", 89, 102, "a woman standing almost still"),
+    ("tree.avi", 6, 39, "a tree in the wind"),
+])
+def test_swaying_foliage_and_a_still_subject_yield_no_pair(name, a, b, what):
+    """The pairs the issue found written as noise: the pre-screen does not draw them, and were they
+    drawn, the quality stage rejects them (no solid change, or no visible move)."""
+    cfg = load_config("demo")
+    frames, it = _pair(str(shared_video(name)), a, b, cfg)
+    assert not screen_pair(screen_frame(frames[0]), screen_frame(frames[-1]), cfg.pairs)[0], what
+    assert isinstance(it, Reject) and it.stage == "quality", (what, it)
+    assert it.reason in ("no_visible_change", "no_visible_motion"), (what, it.reason, it.detail)
+
+
+def test_a_clip_that_repeats_another_clips_footage_is_reported(tmp_path):
+    """A trimmed, re-encoded copy is found (with its offset); a clip of the same still background with
+    another object moving is not a duplicate, nor is an unrelated clip."""
+    from vid2pair.pipeline.synthetic import ObjectSpec, make_clip, write_video
+
+    d = tmp_path / "clips"
+    a = make_clip(width=320, height=240, n_frames=60, fps=12, n_objects=2, seed=5)
+    write_video(a.frames, d / "a.mp4", 12)
+    write_video(a.frames[12:], d / "b_copy.mp4", 12, crf=24)
+    write_video(make_clip(width=320, height=240, n_frames=60, fps=12, n_objects=2, seed=6).frames, d / "c.mp4", 12)
+    same_bg = make_clip(width=320, height=240, n_frames=60, fps=12, seed=5,
+                        objects=[ObjectSpec("rect", (40, 30), (200, 100), velocity=(-2, 1), texture_seed=9)])
+    write_video(same_bg.frames, d / "d_same_background.mp4", 12)
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "quality.enabled=false",
+                               "collage.enabled=false", "track.enabled=false", "pairs.prescreen=false"])
+    s = build(cfg, str(d), tmp_path / "out", log_summary=False)
+    dups = s["duplicate_footage"]
+    assert [(Path(x["clip"]).name, Path(x["duplicate_of"]).name) for x in dups] == [("b_copy.mp4", "a.mp4")], dups
+    assert dups[0]["offset_frames"] == 12 and dups[0]["frames_matched"] >= 30
