@@ -269,7 +269,7 @@ class _Pair:
         self.sigma = c.blur_sigma * self.s
         self.flow = a.get("flow")
         self.bwd = a.get("flow_bwd")
-        self.given_matches = a.pop("matches", None)
+        self.given_matches = a.get("matches")
         self.c = c
 
     def changed(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -482,7 +482,12 @@ def _drag_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
     if n:
         length = np.linalg.norm(ts - hs, axis=1)
         ncc = patch_ncc(p.src, hs, p.tgt, ts, radius=5)
-        ok = (_in_mask(R, hs) & _in_mask(R, ts) & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
+        # both ends where the image changed in place (the content left the handle and arrived at the
+        # target), not only inside the region around what changed: a point of still background there
+        # does not move
+        near_c = cv2.dilate(p.C.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ok = (_in_mask(R, hs) & _in_mask(R, ts) & _in_mask(near_c, hs) & _in_mask(near_c, ts)
+              & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
               & _in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs))
         meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
     sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())

@@ -516,6 +516,7 @@ class TrackStage(PairStage):
     sections = {"track": TrackConfig, "drag": DragConfig}
     reads = ("src", "tgt", "flow", "frames", "flow_bwd", "flow_bwd_valid", "rematched")
     writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
+              Member("matches.npy", "matches", "npy"),
               Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
     signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
                Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"))
