@@ -133,7 +133,7 @@ class ClipStage(Stage):
                          scan_size: tuple[int, int]) -> Iterator[Item]:
         cfg = self.cfg
         fps, w, h = info.fps, info.width, info.height
-        screens: list = []  # the pre-screen's 64-px view of every scanned frame (pairs.prescreen)
+        screens: list = []  # the pre-screen's 128-px view of every scanned frame (pairs.prescreen)
 
         def scanned():
             for i, small in video.scan(first, stop, scan_size):

@@ -133,6 +133,36 @@ def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np
     return np.where((sa < min_std) | (sb < min_std), 1.0, ncc).astype(np.float32)
 
 
+def patch_diff(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
+               radius: int = 5) -> np.ndarray:
+    """(N,) mean absolute grey difference of the (2r+1)^2 patches around ``pts_a`` in ``img_a`` and
+    ``pts_b`` in ``img_b`` (bilinear). Against :func:`patch_ncc` it sees plain patches too: the
+    plain floor that a moving foot uncovers differs from the foot."""
+    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
+    offs = offs.reshape(-1, 2).astype(np.float32)
+    pts_a, pts_b = np.asarray(pts_a, np.float32).reshape(-1, 2), np.asarray(pts_b, np.float32).reshape(-1, 2)
+    n = len(pts_a)
+    if n == 0:
+        return np.zeros(0, np.float32)
+
+    def patches(img, pts):
+        g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+        return sample_field(g.astype(np.float32), (pts[:, None, :] + offs[None]).reshape(-1, 2)).reshape(n, -1)
+
+    return np.abs(patches(img_a, pts_a) - patches(img_b, pts_b)).mean(axis=1).astype(np.float32)
+
+
+def moved_not_still(src: np.ndarray, tgt: np.ndarray, matches: np.ndarray, radius: int = 5) -> np.ndarray:
+    """(N,) bool for (N, 4) ``[x_src, y_src, x_tgt, y_tgt]``: the target's patch at the match's target
+    point is closer to the source's patch than the target's patch at the source point itself (the
+    content moved there rather than staying put). A Lucas-Kanade track that slid along a moving
+    outline from the still background behind it, or a tracker point that lost its object, fails."""
+    m = np.asarray(matches, np.float32).reshape(-1, 4)
+    if not len(m):
+        return np.zeros(0, bool)
+    return patch_diff(src, m[:, :2], tgt, m[:, 2:], radius) < patch_diff(src, m[:, :2], tgt, m[:, :2], radius)
+
+
 def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
     """PSNR (dB, 8-bit) of ``a`` against ``b`` on ``mask`` (None when the mask is empty)."""
     m = np.asarray(mask, bool)
@@ -205,9 +235,12 @@ def coherent_matches(m: np.ndarray, flow: np.ndarray | None = None, radius: floa
     return m[ok]
 
 
-def _klt_chain(grey: list, p: np.ndarray, fb_px: float) -> tuple[np.ndarray, np.ndarray]:
+def _klt_chain(grey: list, p: np.ndarray, fb_px: float, hop_ncc: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
     """Points ``p`` (N, 2) followed frame to frame through ``grey`` by pyramidal Lucas-Kanade, checked
-    forward-backward at every hop: (end points, alive)."""
+    forward-backward at every hop and for the 11x11 patch staying alike from one frame to the next
+    (NCC >= ``hop_ncc``): a point of background that an object's edge passes over and then pushes
+    along changes its look at that hop, while both directions of the flow agree on the edge's move.
+    Returns (end points, alive)."""
     lk = dict(winSize=(15, 15), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     p = np.asarray(p, np.float32).reshape(-1, 1, 2).copy()
     alive = np.ones(len(p), bool)
@@ -216,6 +249,9 @@ def _klt_chain(grey: list, p: np.ndarray, fb_px: float) -> tuple[np.ndarray, np.
         r, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, q, None, **lk)
         fb = np.linalg.norm((p - r).reshape(-1, 2), axis=1)
         alive &= (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_px)
+        if alive.any():
+            k = np.flatnonzero(alive)
+            alive[k] &= patch_ncc(a, p.reshape(-1, 2)[k], b, q.reshape(-1, 2)[k], radius=5) >= hop_ncc
         p = q
     return p.reshape(-1, 2), alive
 

@@ -52,14 +52,16 @@ class PairsConfig:
                                  "stages that run with the decoder (all with weight-free backends); 0: off",
                               ge=0, le=4)
     prescreen: bool = knob(False, "draw prescreen_draws x more pairs and keep, in the order drawn, those whose "
-                                  "source and target differ by a visible, local change on the scan's 64-px frames "
+                                  "source and target differ by a visible, local change on the scan's frames "
+                                  "(shots.analysis_width, 128 px) "
                                   "(a solid changed area of at least prescreen_min_solid of the frame, at most "
                                   "prescreen_max_changed changed): the stages then spend the CPU where good pairs "
                                   "can exist; min_gap / uniform_seconds only")
     prescreen_draws: int = knob(6, "prescreen: draws per candidate wanted (per_shot x oversample)", ge=1, le=50)
-    prescreen_min_solid: float = knob(0.004, "prescreen: the changed area that survives a 3x3 opening at 64 px "
+    prescreen_min_solid: float = knob(0.002, "prescreen: the changed area that survives a 3x3 opening at 128 px "
                                              "(slivers of a still subject's outline, swaying leaves and sensor "
-                                             "noise do not) must cover at least this fraction of the frame",
+                                             "noise do not) must cover at least this fraction of the frame "
+                                             "(quality.min_solid_frac's bar: no stricter than the judge)",
                                       unit="frac", ge=0, le=1)
     prescreen_max_changed: float = knob(0.6, "prescreen: more changed than this fraction of the frame: a cut, a "
                                              "fade or a lighting change, not an edit", unit="frac", ge=0, le=1)
@@ -217,9 +219,11 @@ def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator
     return sorted(out[:cfg.per_shot], key=lambda p: (min(p.src, p.tgt), p.tgt)) + out[cfg.per_shot:], None
 
 
-def screen_frame(small_rgb: np.ndarray, width: int = 64) -> np.ndarray:
-    """The pre-screen's view of a scanned frame: grey, ``width`` px wide, blurred (float32)."""
+def screen_frame(small_rgb: np.ndarray, width: int = 128) -> np.ndarray:
+    """The pre-screen's view of a scanned frame: grey, at most ``width`` px wide, blurred (float32).
+    (At 64 px a person drinking at 1/8 of a 1080p frame's width left no solid change.)"""
     h, w = small_rgb.shape[:2]
+    width = min(width, w)
     g = cv2.cvtColor(small_rgb, cv2.COLOR_RGB2GRAY) if small_rgb.ndim == 3 else small_rgb
     g = cv2.resize(g, (width, max(2, int(round(h * width / w)))), interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(g.astype(np.float32), (0, 0), 0.8)

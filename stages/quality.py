@@ -56,8 +56,8 @@ import numpy as np
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
-from vid2pair.stages.evidence import (changed_mask, fb_consistent, masked_psnr, object_region, patch_ncc,
-                                      sample_field, solid_change, sparse_matches, textured, coherent_matches)
+from vid2pair.stages.evidence import (changed_mask, coherent_matches, fb_consistent, masked_psnr, moved_not_still,
+                                      object_region, patch_ncc, sample_field, solid_change, sparse_matches, textured)
 
 __all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
 
@@ -108,6 +108,11 @@ class QualityConfig:
     min_solid_frac: float = knob(0.002, "pair rule: the largest solid changed region smaller than this fraction of "
                                         "the frame: no_visible_change (a subject standing still, swaying leaves: "
                                         "slivers and specks, no thing moved into place)", unit="frac", ge=0, le=1)
+    min_solid_share: float = knob(0.05, "pair rule: the largest solid changed region smaller than this share of "
+                                        "what changed: no_visible_change (a change scattered over foliage, water or "
+                                        "rain, with no thing moved into place; measured: 0.006-0.017 on a tree in "
+                                        "the wind, 0.24-0.8 on people, hands, animals and cars)",
+                                  unit="frac", ge=0, le=1)
     min_motion_px: float = knob(8.0, "pair rule: the changed content must move at least this (p90 of the flow on the "
                                      "solid change), or two sparse, verified matches must: else no_visible_motion",
                                 unit="px@512", ge=0)
@@ -321,6 +326,11 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
         return "no_visible_change", (f"solid_frac {sc['solid_frac']:.4f} < {c.min_solid_frac}: no solid changed region "
                                      f"(only thin outlines, specks, flicker or noise: a still subject, swaying "
                                      f"leaves), nothing moved into place")
+    if sc["solid_frac"] < c.min_solid_share * C.mean():
+        return "no_visible_change", (f"the largest solid changed region ({sc['solid_frac']:.4f} of the frame) is "
+                                     f"{sc['solid_frac'] / C.mean():.3f} of what changed ({C.mean():.3f}; < "
+                                     f"{c.min_solid_share}): a change scattered over foliage, water or rain, no thing "
+                                     f"moved into place")
     # something moves visibly: the flow on the solid change, or sparse matches a dense flow may miss
     mags = [np.hypot(f[..., 0], f[..., 1])[p.solid] for f in (p.flow, p.bwd) if f is not None]
     sc["motion_px"] = round(max((float(np.percentile(m, 90)) for m in mags if m.size), default=0.0), 3)
@@ -403,14 +413,14 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
     if n_lab > 1:
         area = np.bincount(lab[C], minlength=n_lab)
         unexp = np.bincount(lab[raw_bad], minlength=n_lab)  # thin strokes (new text) count here
-        def landing(pts_list) -> np.ndarray:
-            hit = np.zeros(n_lab, bool)
-            for pts in pts_list:
-                if len(pts):
-                    hit[lab[np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1),
-                            np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)]] = True
-            return hit
-        matched = landing([p.matches[:, :2], p.matches[:, 2:]])
+        def comp(pts) -> np.ndarray:
+            return lab[np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1),
+                       np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)]
+        # two verified matches at least land in or leave the region: one point of background that an
+        # entering object's edge pushed along is no correspondence of the object
+        a_, b_ = comp(p.matches[:, :2]), comp(p.matches[:, 2:])
+        hits = np.bincount(a_, minlength=n_lab) + np.bincount(b_[b_ != a_], minlength=n_lab)
+        matched = hits >= 2
         # a deforming thing keeps a few verified correspondences; something that enters, leaves or appears
         # has none. The dense flow and the tracker built on it are no evidence here: they latch onto the
         # background texture (a wooden floor, a wall) where the thing was not
@@ -488,6 +498,7 @@ def _drag_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
         near_c = cv2.dilate(p.C.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         ok = (_in_mask(R, hs) & _in_mask(R, ts) & _in_mask(near_c, hs) & _in_mask(near_c, ts)
               & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
+              & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
               & _in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs))
         meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
     sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())

@@ -47,8 +47,8 @@ from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.evidence import (coherent_matches, klt_tracks, klt_verify, patch_ncc, sample_field,
-                                      sparse_matches, still_support)
+from vid2pair.stages.evidence import (coherent_matches, klt_tracks, klt_verify, moved_not_still, patch_ncc,
+                                      sample_field, sparse_matches, still_support)
 from vid2pair.stages.flow import (DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops,
                                    to_gray)
 
@@ -687,6 +687,7 @@ class TrackStage(PairStage):
         if len(k) and len(m):
             k = k[np.min(np.linalg.norm(k[:, None, :2] - m[None, :, :2], axis=-1), axis=1) > 2.0]
         m = np.concatenate([m, k]).astype(np.float32)
+        m = m[moved_not_still(src_img, tgt_img, m)]
         it.arrays["matches"] = m
         return m
 

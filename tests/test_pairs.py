@@ -49,27 +49,31 @@ def test_the_prescreen_keeps_only_pairs_it_accepts_and_says_when_none_was():
 
 
 def test_the_screen_sees_a_moving_thing_not_a_still_outline_or_flicker():
-    """At 64 px: a textured square that moves 12 px is a solid change; the same square's outline
-    shimmering by a pixel and a few scattered flickering specks are not."""
+    """At the scan's 128 px, on a 640-px frame: a textured square that moves 24 px is a solid change,
+    and so is a small one (1/13 of the frame's width, like a person drinking far from the camera); the
+    same square's outline shimmering by a pixel and a few scattered flickering specks are not. (On a
+    320-px frame a 1-px shimmer of an edge of 230 grey levels is 0.4 px at 128 px and does leave a
+    solid change: the screen only saves CPU, the quality stage judges.)"""
     from vid2pair.stages.pairs import screen_frame, screen_pair
 
     rng = np.random.default_rng(0)
-    bg = np.full((240, 320, 3), 120, np.uint8)
-    tex = np.zeros((60, 60, 3), np.uint8)  # a dark square with a bright band: visible at 64 px
-    tex[:, 20:40] = 230
+    bg = np.full((480, 640, 3), 120, np.uint8)
+    tex = np.zeros((120, 120, 3), np.uint8)  # a dark square with a bright band
+    tex[:, 40:80] = 230
 
-    def frame(x, y):
+    def frame(x, y, size=120):
         f = bg.copy()
-        f[y:y + 60, x:x + 60] = tex
+        f[y:y + size, x:x + size] = tex[:size, :size]
         return f
     cfg = _cfg(prescreen=True)
-    moved, _ = screen_pair(screen_frame(frame(100, 90)), screen_frame(frame(160, 90)), cfg)
-    shimmer, sc = screen_pair(screen_frame(frame(100, 90)), screen_frame(frame(101, 90)), cfg)
-    specks = frame(100, 90)
-    for y, x in rng.integers(0, 230, (12, 2)):
-        specks[y:y + 3, x:x + 3] = 255 - specks[y:y + 3, x:x + 3]
-    flicker, _ = screen_pair(screen_frame(frame(100, 90)), screen_frame(specks), cfg)
-    assert moved and not shimmer and not flicker, sc
+    moved, _ = screen_pair(screen_frame(frame(200, 180)), screen_frame(frame(224, 180)), cfg)
+    small, sc_small = screen_pair(screen_frame(frame(200, 180, 48)), screen_frame(frame(260, 200, 48)), cfg)
+    shimmer, sc = screen_pair(screen_frame(frame(200, 180)), screen_frame(frame(201, 180)), cfg)
+    specks = frame(200, 180)
+    for y, x in rng.integers(0, 460, (12, 2)):
+        specks[y:y + 6, x:x + 6] = 255 - specks[y:y + 6, x:x + 6]
+    flicker, sc_flicker = screen_pair(screen_frame(frame(200, 180)), screen_frame(specks), cfg)
+    assert moved and small and not shimmer and not flicker, (sc, sc_small, sc_flicker)
 
 
 def test_min_gap_intervals_and_bounds():
