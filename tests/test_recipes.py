@@ -75,9 +75,12 @@ def test_cpu_counterparts_inherit_and_need_nothing():
         # only what differs is stated: the weight-free backends, and spare candidates (the quality stage runs
         # with the decoder there, so a rejected pair can be replaced)
         assert c.pairs.oversample == 4 and p.pairs.oversample == 1
-        assert c.frame == p.frame and dataclasses.replace(c.pairs, oversample=1) == p.pairs and c.motion == p.motion
+        # and the weight-free sampling: candidates only where the scan sees a local change, kept apart
+        assert c.pairs.prescreen and not p.pairs.prescreen and c.pairs.min_separation_s > 0
+        same = dataclasses.replace(c.pairs, oversample=1, prescreen=False, min_separation_s=p.pairs.min_separation_s)
+        assert c.frame == p.frame and same == p.pairs and c.motion == p.motion
         raw = yaml.safe_load((ROOT / "configs" / f"{paper}_cpu.yaml").read_text())
-        assert raw["base"] == paper and len(raw) <= 5
+        assert raw["base"] == paper and len(raw) <= 6
         # the weight-free path's fixes, off in the paper preset, are on here
         assert c.flow.static_suppress and c.flow.rematch and c.flow.fb_mask
         assert paper == "magicfixup" or (c.track.hold_still and c.track.follow_rematch)
