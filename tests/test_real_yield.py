@@ -136,11 +136,12 @@ def _pair(path: str, a: int, b: int, cfg):
     ("tree.avi", 6, 39, "a tree in the wind"),
 ])
 def test_swaying_foliage_and_a_still_subject_yield_no_pair(name, a, b, what):
-    """The pairs the issue found written as noise: the pre-screen does not draw them, and were they
-    drawn, the quality stage rejects them (no solid change, or no visible move)."""
+    """The pairs the issue found written as noise: the quality stage rejects them (no solid change, or
+    no visible move). The pre-screen is no guard here: at the scan's 128 px, which a small subject far
+    from the camera needs (below), the still woman's outline and the swaying tree keep a solid area of
+    0.002-0.009 of the frame, as much as the woman raising a cup (0.009), so it draws them."""
     cfg = load_config("demo")
     frames, it = _pair(str(shared_video(name)), a, b, cfg)
-    assert not screen_pair(screen_frame(frames[0]), screen_frame(frames[-1]), cfg.pairs)[0], what
     assert isinstance(it, Reject) and it.stage == "quality", (what, it)
     assert it.reason in ("no_visible_change", "no_visible_motion"), (what, it.reason, it.detail)
 
