@@ -135,6 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(func=cmd_config)
 
+    from vid2pair.pipeline.evalset import evalset_add_subparsers
     from vid2pair.pipeline.models import models_add_subparser
     from vid2pair.pipeline.report import report_add_subparser
     from vid2pair.trainer.cli import train_add_subparser
@@ -142,6 +143,7 @@ def make_parser() -> argparse.ArgumentParser:
     models_add_subparser(sub)
     report_add_subparser(sub)
     train_add_subparser(sub)
+    evalset_add_subparsers(sub)
     return p
 
 
