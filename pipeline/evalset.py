@@ -12,7 +12,7 @@ edit benchmarks use, and score edited results against the real target frames.
   ``other_objects``). ``target_image.png`` (the real result) sits beside them for ``score-edits``.
 * ``vid2pair-eval``: ``DIR/<item>/source.png``, ``target.png``, ``mask.png`` (the editable region,
   255 inside), ``handle_mask.png`` (what moves, on the source), ``region_XX.png`` (one per region
-  drag), ``coarse.png`` (the coarse edit, holes filled from the source: a ready "signal" baseline)
+  drag), ``coarse.png`` (the coarse edit, its holes inpainted: a ready "signal" baseline)
   and ``edit.json`` (points, regions with DragNeXt's operation types, the signal used, the sample's
   quality scores).
 
@@ -158,7 +158,9 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
     if coarse is not None:
         holes = s.image("coarse_mask")
         holes = np.zeros((h, w), bool) if holes is None else (holes if holes.ndim == 2 else holes[..., 0]) > 127
-        coarse = np.where(holes[..., None], src, coarse[..., :3])
+        # the holes (what the move uncovered) inpainted from round them: filled from the source they would
+        # keep the moved content where it was, which is no edit there
+        coarse = cv2.inpaint(np.ascontiguousarray(coarse[..., :3]), holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
     m = s.meta
     item = {
         "key": s.key, "signal": signal, "size": [W, H], "orig_size": [w, h],
