@@ -231,6 +231,8 @@ def export(out_dir, to, fmt: str = "vid2pair-eval", split: Optional[str] = "eval
         if unknown:
             raise EvalSetError(f"{len(unknown)} key(s) not in {out_dir}'s index, e.g. {unknown[0]}")
         sel = list(keys)
+    elif split == "all":
+        sel = idx["key"].tolist()
     else:
         if "split" not in idx.columns:
             raise EvalSetError(f"{out_dir}'s index has no split column (built before output.eval_frac): "
@@ -481,9 +483,11 @@ SCORE_COLUMNS = ("psnr", "ssim", "psnr_edit", "ssim_edit", "psnr_outside", "ssim
 HIGHER_IS_BETTER = {c: not c.startswith("point_error") for c in SCORE_COLUMNS}
 
 
-def score(eval_dir, results, lpips_weights: Optional[str] = None, output: Optional[str] = None) -> dict:
+def score(eval_dir, results, lpips_weights: Optional[str] = None, output: Optional[str] = None,
+          allow_missing: bool = False) -> dict:
     """Score ``results`` against ``eval_dir``'s targets; returns (and writes to ``output``, default
-    ``RESULTS/scores.json`` and ``scores.csv``) the per-item scores and their means."""
+    ``RESULTS/scores.json`` and ``scores.csv``) the per-item scores and their means. A missing result is
+    an error unless ``allow_missing`` (then only the items with a result are scored, and counted)."""
     results = Path(results)
     if not results.is_dir():
         raise EvalSetError(f"{results}: no such results folder")
@@ -492,7 +496,9 @@ def score(eval_dir, results, lpips_weights: Optional[str] = None, output: Option
         raise EvalSetError(f"{eval_dir} holds no items")
     found = {it["item"]: find_result(results, it["item"], manifest.get("category")) for it in items}
     missing = [k for k, p in found.items() if p is None]
-    if missing:
+    if missing and allow_missing and len(missing) < len(items):
+        items = [it for it in items if found[it["item"]] is not None]
+    elif missing:
         raise EvalSetError(f"{len(missing)} of {len(items)} result(s) missing in {results}, e.g. {missing[0]} "
                            f"(looked for {missing[0]}.png, {missing[0]}/dragged_image.png, {missing[0]}/result.png)")
     fid = RegionFidelity(lpips_weights)
@@ -504,7 +510,8 @@ def score(eval_dir, results, lpips_weights: Optional[str] = None, output: Option
                                f"{it['tgt'].shape[1]}x{it['tgt'].shape[0]} (export with --size to the model's size)")
         rows.append({"item": it["item"], **score_item(it, res, fid)})
     mean = {c: _nanmean([r[c] for r in rows]) for c in SCORE_COLUMNS}
-    report = {"eval_dir": str(eval_dir), "results": str(results), "n": len(rows), "fidelity": fid.name,
+    report = {"eval_dir": str(eval_dir), "results": str(results), "n": len(rows), "missing": missing,
+              "fidelity": fid.name,
               "higher_is_better": HIGHER_IS_BETTER, "mean": mean, "items": rows}
     out = Path(output) if output else results
     out.mkdir(parents=True, exist_ok=True)
@@ -550,11 +557,13 @@ def cmd_export(a) -> int:
 
 def cmd_score_edits(a) -> int:
     try:
-        r = score(a.eval_dir, a.results, a.lpips, a.output)
+        r = score(a.eval_dir, a.results, a.lpips, a.output, a.allow_missing)
     except EvalSetError as e:
         print(f"error: {e}")
         return 2
     print(format_table(r))
+    if r["missing"]:
+        print(f"{len(r['missing'])} item(s) without a result were not scored (--allow-missing)")
     print(f"per item: {Path(a.output or a.results) / 'scores.csv'}")
     return 0
 
@@ -563,7 +572,7 @@ def evalset_add_subparsers(sub) -> None:
     e = sub.add_parser("export", help="write a split as an evaluation set (DragBench layout or vid2pair-eval)")
     e.add_argument("output_dir", help="a vid2pair output directory")
     e.add_argument("--format", choices=FORMATS, default="vid2pair-eval")
-    e.add_argument("--split", default="eval", help="the index's split to export (default: eval)")
+    e.add_argument("--split", default="eval", help="the index's split to export (default: eval; all: every sample)")
     e.add_argument("--keys", help="comma-separated sample keys instead of a split")
     e.add_argument("--to", required=True, help="the folder to write")
     e.add_argument("--size", help="W (height by the aspect ratio; DragBench uses 512) or WxH; default: as stored")
@@ -575,5 +584,6 @@ def evalset_add_subparsers(sub) -> None:
     s.add_argument("eval_dir", help="a folder written by vid2pair export")
     s.add_argument("results", help="the edited results: <item>.png or <item>/dragged_image.png per item")
     s.add_argument("--lpips", help="LPIPS linear-layer weights (a local file); default: the 1-SSIM stand-in")
+    s.add_argument("--allow-missing", action="store_true", help="score the items that have a result, skip the rest")
     s.add_argument("--output", help="where scores.json / scores.csv go (default: the results folder)")
     s.set_defaults(func=cmd_score_edits)
