@@ -184,8 +184,8 @@ def test_a_failing_signal_is_dropped_and_the_pair_kept(clean):
 
 def test_no_signal_left_rejects_the_pair(clean):
     c, _ = clean
-    it = _run(c.frames, _cfg("drag.k=0", "quality.min_gain_db=100", "sketch.enabled=false",
-                             "region_drag.enabled=false", "output.flow=none"))
+    it = _run(c.frames, _cfg("drag.k=0", "quality.min_gain_db=100", "quality.coarse_min_gain_db=100",
+                             "sketch.enabled=false", "region_drag.enabled=false", "output.flow=none"))
     assert isinstance(it, Reject) and it.reason == "no_valid_signal", it
     assert "coarse" in it.detail and "collage" in it.detail
 
