@@ -108,24 +108,23 @@ def fb_consistent(fwd: np.ndarray, bwd: np.ndarray, abs_px: float = 1.0, rel: fl
     return inside & (err < abs_px + rel * np.hypot(fwd[..., 0], fwd[..., 1])) & np.isfinite(err)
 
 
+def _patches(img: np.ndarray, pts: np.ndarray, radius: int) -> np.ndarray:
+    """(N, (2r+1)^2) grey patches of ``img`` around ``pts`` (N, 2) x, y, sampled bilinearly."""
+    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
+    offs = offs.reshape(-1, 2).astype(np.float32)
+    pts = np.asarray(pts, np.float32).reshape(-1, 2)
+    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    return sample_field(g.astype(np.float32), (pts[:, None, :] + offs[None]).reshape(-1, 2)).reshape(len(pts), -1)
+
+
 def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
               radius: int = 3, min_std: float = 4.0) -> np.ndarray:
     """(N,) normalised cross-correlation of (2r+1)^2 grey patches around ``pts_a`` in ``img_a`` and
     ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1 (no
     evidence either way: compressed video of a plain wall or desk has a noise std of 1-3 grey levels)."""
-    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
-    offs = offs.reshape(-1, 2).astype(np.float32)
-    pts_a, pts_b = np.asarray(pts_a, np.float32).reshape(-1, 2), np.asarray(pts_b, np.float32).reshape(-1, 2)
-    n = len(pts_a)
-    if n == 0:
+    if len(np.asarray(pts_a).reshape(-1, 2)) == 0:
         return np.zeros(0, np.float32)
-
-    def patches(img, pts):
-        g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-        at = (pts[:, None, :] + offs[None]).reshape(-1, 2)
-        return sample_field(g.astype(np.float32), at).reshape(n, -1)
-
-    a, b = patches(img_a, pts_a), patches(img_b, pts_b)
+    a, b = _patches(img_a, pts_a, radius), _patches(img_b, pts_b, radius)
     a -= a.mean(axis=1, keepdims=True)
     b -= b.mean(axis=1, keepdims=True)
     sa, sb = np.sqrt((a * a).mean(axis=1)), np.sqrt((b * b).mean(axis=1))
@@ -138,18 +137,9 @@ def patch_diff(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: n
     """(N,) mean absolute grey difference of the (2r+1)^2 patches around ``pts_a`` in ``img_a`` and
     ``pts_b`` in ``img_b`` (bilinear). Against :func:`patch_ncc` it sees plain patches too: the
     plain floor that a moving foot uncovers differs from the foot."""
-    offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
-    offs = offs.reshape(-1, 2).astype(np.float32)
-    pts_a, pts_b = np.asarray(pts_a, np.float32).reshape(-1, 2), np.asarray(pts_b, np.float32).reshape(-1, 2)
-    n = len(pts_a)
-    if n == 0:
+    if len(np.asarray(pts_a).reshape(-1, 2)) == 0:
         return np.zeros(0, np.float32)
-
-    def patches(img, pts):
-        g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-        return sample_field(g.astype(np.float32), (pts[:, None, :] + offs[None]).reshape(-1, 2)).reshape(n, -1)
-
-    return np.abs(patches(img_a, pts_a) - patches(img_b, pts_b)).mean(axis=1).astype(np.float32)
+    return np.abs(_patches(img_a, pts_a, radius) - _patches(img_b, pts_b, radius)).mean(axis=1).astype(np.float32)
 
 
 def moved_not_still(src: np.ndarray, tgt: np.ndarray, matches: np.ndarray, radius: int = 5) -> np.ndarray:
