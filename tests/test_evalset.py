@@ -127,6 +127,11 @@ def test_bad_results_get_a_clear_error(synth, tmp_path):
     for rec in items:
         shutil.copy(tmp_path / "v" / rec["path"] / "target.png", res / f"{rec['item']}.png")
     first = res / f"{items[0]['item']}.png"
+    first.unlink()  # one missing: an error, or with allow_missing the others scored and the missing one named
+    with pytest.raises(E.EvalSetError, match=f"1 of {len(items)} result"):
+        E.score(tmp_path / "v", res)
+    r = E.score(tmp_path / "v", res, allow_missing=True)
+    assert r["n"] == len(items) - 1 and r["missing"] == [items[0]["item"]]
     cv2.imwrite(str(first), np.zeros((10, 12, 3), np.uint8))
     with pytest.raises(E.EvalSetError, match="12x10, but the target is"):
         E.score(tmp_path / "v", res)
@@ -135,6 +140,8 @@ def test_bad_results_get_a_clear_error(synth, tmp_path):
         E.score(tmp_path / "v", res)
     with pytest.raises(E.EvalSetError, match="no items.json"):
         E.score(res, res)
+    with pytest.raises(E.EvalSetError, match="no such file"):
+        E.RegionFidelity(str(tmp_path / "alex.pth"))  # LPIPS weights named but absent
 
 
 def test_a_real_export_ranks_the_target_over_the_coarse_edit_over_no_edit(tmp_path):
