@@ -9,7 +9,8 @@ edit benchmarks use, and score edited results against the real target frames.
   ``{"prompt": str, "points": [[x, y], ...], "mask": uint8 (H, W) of 0 / 1}`` whose points alternate
   handle, target, handle, target ... in pixels of ``original_image.png``. Their scripts loop over ten
   fixed category folders, so the items go into one of them (``--category``, default
-  ``other_objects``). ``target_image.png`` (the real result) sits beside them for ``score-edits``.
+  ``other_objects``). ``target_image.png`` (the real result) and ``mask.png`` (the pickle's mask)
+  sit beside them for ``score-edits``, which never loads a pickle.
 * ``vid2pair-eval``: ``DIR/<item>/source.png``, ``target.png``, ``mask.png`` (the editable region,
   255 inside), ``handle_mask.png`` (what moves, on the source), ``region_XX.png`` (one per region
   drag), ``coarse.png`` (the coarse edit, its holes inpainted: a ready "signal" baseline)
@@ -272,6 +273,7 @@ def _write_item(it: dict, to: Path, fmt: str, category: str) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         _png(d / "original_image.png", it["src"])
         _png(d / "target_image.png", it["tgt"])
+        _png(d / "mask.png", it["mask"])  # the pickle's mask as a PNG: score-edits unpickles nothing
         _png(d / "user_drag.png", _draw_drags(it["src"], pts, it["mask"]))
         flat = [[int(round(x)), int(round(y))] for pair in pts for (x, y) in pair]  # handle, target, ...
         with open(d / "meta_data.pkl", "wb") as f:
@@ -338,12 +340,11 @@ def load_items(eval_dir) -> tuple[dict, list[dict]]:
     for rec in manifest["items"]:
         d = eval_dir / rec["path"]
         if manifest["format"] == "dragbench":
+            # the pickle's points and mask, from items.json and mask.png (a pickle is never loaded: it
+            # can run code)
             src, tgt = _read_rgb(d / "original_image.png"), _read_rgb(d / "target_image.png")
-            with open(d / "meta_data.pkl", "rb") as f:
-                md = pickle.load(f)
-            mask = np.asarray(md["mask"]) > 0
-            flat = np.asarray(md["points"], np.float64).reshape(-1, 2, 2)
-            pts, handle = flat, None
+            mask = _read_mask(d / "mask.png")
+            pts, handle = np.asarray(rec["points"], np.float64).reshape(-1, 2, 2), None
         else:
             src, tgt, mask = _read_rgb(d / "source.png"), _read_rgb(d / "target.png"), _read_mask(d / "mask.png")
             e = json.loads((d / "edit.json").read_text())

@@ -192,3 +192,12 @@ def test_the_cli_exports_and_scores(synth, tmp_path, capsys):
     assert (res / "scores.csv").read_text().count("\n") == len(items) + 1
     assert main(["export", str(synth), "--to", str(tmp_path / "w"), "--split", "nope"]) == 2
     assert Path(res / "scores.json").is_file()
+    # a DragBench export, scored from DragDiffusion's own result layout <category>/<item>/dragged_image.png
+    assert main(["export", str(synth), "--format", "dragbench", "--to", str(tmp_path / "db")]) == 0
+    db = json.loads((tmp_path / "db" / "items.json").read_text())
+    for rec in db["items"]:
+        d = tmp_path / "dd" / rec["path"]
+        d.mkdir(parents=True)
+        shutil.copy(tmp_path / "db" / rec["path"] / "target_image.png", d / "dragged_image.png")
+    r = E.score(tmp_path / "db", tmp_path / "dd")
+    assert r["n"] == len(db["items"]) and r["mean"]["psnr"] == E.PSNR_CAP_DB and r["mean"]["IF_th"] == 1.0
