@@ -62,12 +62,15 @@ def parse_size(size, w: int, h: int) -> tuple[int, int]:
     if size in (None, "", 0):
         return w, h
     s = str(size).lower()
-    if "x" in s:
-        a, b = s.split("x", 1)
-        W, H = int(a), int(b)
-    else:
-        W = int(s)
-        H = max(1, int(round(h * W / w)))
+    try:
+        if "x" in s:
+            a, b = s.split("x", 1)
+            W, H = int(a), int(b)
+        else:
+            W = int(s)
+            H = max(1, int(round(h * W / w)))
+    except ValueError:
+        raise EvalSetError(f"--size {size}: a width (512) or WxH (512x288)") from None
     if W < 16 or H < 16:
         raise EvalSetError(f"--size {size}: at least 16 px a side")
     return W, H
@@ -335,7 +338,11 @@ def load_items(eval_dir) -> tuple[dict, list[dict]]:
     mf = eval_dir / "items.json"
     if not mf.is_file():
         raise EvalSetError(f"{eval_dir} is not an exported evaluation set (no items.json; run vid2pair export)")
-    manifest = json.loads(mf.read_text())
+    try:
+        manifest = json.loads(mf.read_text())
+        manifest["format"], manifest["items"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise EvalSetError(f"{mf} is not an export manifest ({type(e).__name__}: {e})") from None
     out = []
     for rec in manifest["items"]:
         d = eval_dir / rec["path"]
@@ -544,7 +551,7 @@ def cmd_export(a) -> int:
     try:
         m = export(a.output_dir, a.to, a.format, a.split, a.keys.split(",") if a.keys else None, a.size,
                    a.category, a.overwrite)
-    except (EvalSetError, FileNotFoundError) as e:
+    except (EvalSetError, OSError) as e:
         print(f"error: {e}")
         return 2
     print(f"exported {len(m['items'])} item(s) ({a.format}, {m['size'][0]}x{m['size'][1]} px) to {a.to}"
@@ -559,8 +566,8 @@ def cmd_export(a) -> int:
 def cmd_score_edits(a) -> int:
     try:
         r = score(a.eval_dir, a.results, a.lpips, a.output, a.allow_missing)
-    except EvalSetError as e:
-        print(f"error: {e}")
+    except (EvalSetError, OSError, ValueError, KeyError) as e:  # a damaged export: its file named
+        print(f"error: {type(e).__name__ + ': ' if not isinstance(e, EvalSetError) else ''}{e}")
         return 2
     print(format_table(r))
     if r["missing"]:

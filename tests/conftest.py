@@ -14,6 +14,17 @@ def shared_video(name: str) -> Path:
     return p
 
 
+def shared_inputs(tmp: Path, names) -> str:
+    """A folder ``videos/`` of links to the shared clips: the clip ids (so the per-clip seeds and
+    pairs) hash ``videos/<name>``, the same on every checkout, wherever ../shared is mounted."""
+    root = Path(tmp) / "videos"
+    for n in names:
+        link = root / n
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared_video(n).resolve())
+    return str(root)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the whole session (2 CPUs, like CI)."""

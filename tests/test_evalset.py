@@ -191,6 +191,8 @@ def test_the_cli_exports_and_scores(synth, tmp_path, capsys):
     assert "point_error_px" in printed and "1 - SSIM over the region (weight-free stand-in for LPIPS)" in printed
     assert (res / "scores.csv").read_text().count("\n") == len(items) + 1
     assert main(["export", str(synth), "--to", str(tmp_path / "w"), "--split", "nope"]) == 2
+    assert main(["export", str(synth), "--to", str(tmp_path / "w2"), "--size", "abc"]) == 2
+    assert main(["export", str(tmp_path / "nowhere"), "--to", str(tmp_path / "w3")]) == 2
     assert Path(res / "scores.json").is_file()
     # a DragBench export, scored from DragDiffusion's own result layout <category>/<item>/dragged_image.png
     assert main(["export", str(synth), "--format", "dragbench", "--to", str(tmp_path / "db")]) == 0

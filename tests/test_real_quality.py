@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import shared_video
+from tests.conftest import shared_inputs
 from vid2pair.core.items import PairItem
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.io import read_index, read_rejects
@@ -31,15 +31,7 @@ COINS = ("real/coin_pen.avi", "real/motion.mov")
 CLIPS = (*COINS, "real/movie-hello.mp4", "real/Principe_inertie.avi", "tree.avi")
 
 
-def _inputs(tmp, names) -> str:
-    """A folder ``videos/`` of links to the shared clips: the clip ids (so the per-clip seeds and
-    pairs) hash ``videos/<name>``, the same on every checkout, wherever ../shared is mounted."""
-    root = tmp / "videos"
-    for n in names:
-        link = root / n
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(shared_video(n).resolve())
-    return str(root)
+_inputs = shared_inputs
 
 
 def _cfg(*more):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import shared_video
+from tests.conftest import shared_inputs, shared_video
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.io import read_index, read_rejects
@@ -32,15 +32,7 @@ PEOPLE = ("real2/two_people_hug_room.mp4", "real2/asl_sign_book_woman.mkv")
 CLIPS = (HANDS, "real2/makeup_hand_face.avi", *PEOPLE)
 
 
-def _inputs(tmp: Path, names) -> str:
-    """Links to the shared clips under ``videos/`` (the clip ids, so the seeds and pairs, do not
-    depend on where ../shared is mounted)."""
-    root = tmp / "videos"
-    for n in names:
-        link = root / n
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(shared_video(n).resolve())
-    return str(root)
+_inputs = shared_inputs
 
 
 @pytest.fixture(scope="module")
