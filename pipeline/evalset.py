@@ -104,14 +104,6 @@ def _disc(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def changed_mask(src: np.ndarray, tgt: np.ndarray, thresh: float = 15.0) -> np.ndarray:
-    """Where source and target differ (largest channel difference of the 3x3-blurred images above 15
-    grey levels: the trainer's and the quality stage's changed region), bool (H, W)."""
-    a = cv2.blur(src.astype(np.float32), (3, 3))
-    b = cv2.blur(tgt.astype(np.float32), (3, 3))
-    return np.abs(a - b).max(-1) > thresh
-
-
 # ---------------------------------------------------------------- export
 
 def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict], str]:
@@ -121,7 +113,6 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
         return None, "no source or target image"
     h, w = src.shape[:2]
     W, H = wh or (w, h)
-    k = W / 512.0
     drag, regions_json = s.drag, s.region_drag
     points = np.array([[p["source"], p["target"]] for p in (drag or {}).get("points", [])], np.float64)
     points = points.reshape(-1, 2, 2)
@@ -148,7 +139,10 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
         edit = (dm if dm.ndim == 2 else dm[..., 0]) > 127
         mask_from = "drag_mask"
     else:
-        edit = cv2.dilate(changed_mask(src, tgt).astype(np.uint8), _disc(max(1, round(MASK_DILATE_PX * w / 512)))) > 0
+        from vid2pair.stages.evidence import changed_mask  # the quality stage's changed region
+
+        changed = changed_mask(src, tgt, 15.0, 1.5 * min(h, w) / 512)
+        edit = cv2.dilate(changed.astype(np.uint8), _disc(max(1, round(MASK_DILATE_PX * w / 512)))) > 0
         mask_from = "changed_region"
     # what the user grabs: the region drags' regions and a disc round every handle (point accuracy's patch)
     handle = np.zeros((h, w), np.uint8)
@@ -176,7 +170,7 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
         "regions": [{"mask": resize_mask(r["mask"].astype(np.uint8), (W, H)) > 0, "type": r["type"],
                      "handles": scale_points(r["handles"], (w, h), (W, H)),
                      "targets": scale_points(r["targets"], (w, h), (W, H))} for r in regions],
-        "mask_from": mask_from, "px_scale": k,
+        "mask_from": mask_from,
         "meta": {"clip_id": m.get("clip_id", s.row.get("clip_id")), "source": s.row.get("source"),
                  "src_frame": m.get("src_frame", s.row.get("src_frame")),
                  "tgt_frame": m.get("tgt_frame", s.row.get("tgt_frame")), "dt": s.row.get("dt"),
