@@ -38,6 +38,7 @@ SHARED = ROOT.parent / "shared" / "videos"
 def record_reads(path: str, cfg) -> list[tuple]:
     """The clip stage's reads on ``path``: ("scan", start, stop, size) then ("read", indices, size)."""
     from vid2pair.core.items import ClipTask
+    from vid2pair.pipeline.plan import frames_to_decode
     from vid2pair.stages import decode
     from vid2pair.stages.clip import ClipStage
 
@@ -54,7 +55,7 @@ def record_reads(path: str, cfg) -> list[tuple]:
 
     decode.Video.scan, decode.Video.read = rec_scan, rec_read
     try:
-        ClipStage(cfg)(ClipTask(source=path, clip_idx=0, chunk=0, clip_id="bench"))
+        ClipStage(cfg, frames=frames_to_decode(cfg))(ClipTask(source=path, clip_idx=0, chunk=0, clip_id="bench"))
     finally:
         decode.Video.scan, decode.Video.read = scan, read
     return reads

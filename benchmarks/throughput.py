@@ -43,7 +43,8 @@ def stage_costs(cfg, tasks):
     classes = pair_classes(cfg)
     fused = fused_prefix(cfg, classes)
     unit = ClipUnit(cfg, fused)
-    unit._work = _UnitWork(cfg, unit.clip_cls, fused)  # in process: its fused stages are timed below
+    # in process: its fused stages are timed below
+    unit._work = _UnitWork(cfg, unit.clip_cls, fused, classes[len(fused):])
     rest = build_pair_stages(cfg, classes)[len(fused):]
     for st in rest:  # load models outside the timing
         if hasattr(st, "backend"):

@@ -8,6 +8,11 @@ rejects out; no Ray), it declares as class attributes and classmethods:
   (dataclasses of :func:`vid2pair.core.spec.knob` fields);
 * ``reads``: the arrays / meta fields it reads; ``writes``: the tar members it adds
   (:class:`Member`: member name, the ``arrays`` / ``meta`` key holding it, the codec);
+  ``provides``: the arrays it adds that are no tar member (the frames, a validity mask) for the
+  stages after it. Every read has a provider before it (a member's key or a ``provides`` entry):
+  :func:`vid2pair.pipeline.plan.check_arrays` checks it before any work, and the plan tells each
+  built stage which arrays the enabled stages after it read (:attr:`Stage.wanted`), so a stage
+  emits an optional array only when someone reads it, without looking at another stage's config;
 * ``signals``: the training signals a sample carries when it holds some of those members
   (:class:`Signal`; the QC report and the trainer read them from here);
 * :meth:`enabled`, whether the config turns the stage on;
@@ -15,7 +20,9 @@ rejects out; no Ray), it declares as class attributes and classmethods:
   their neighbours), or a :class:`Resources` (Ray runs it as an actor pool);
 * :meth:`needs`, the weights and optional extras its config needs (:class:`Need`; an explicit
   local path counts as present), checked before any work;
-* :meth:`index_columns`, the scalars of a written sample's meta that go into the parquet index.
+* :meth:`index_columns`, the scalars of a written sample's meta that go into the parquet index;
+* :meth:`frames_read`, how many frames between source and target it reads (the clip stage decodes
+  that many).
 
 ``vid2pair.pipeline.graph`` lists the stages in order; everything else (the Ray grouping, the
 pre-flight check, the encoder's member list, the QC signal list, the trainer's member names, the
@@ -83,7 +90,11 @@ class Stage:
     sections: ClassVar[dict[str, type]] = {}
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[Member, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
     signals: ClassVar[tuple[Signal, ...]] = ()
+    #: the arrays / meta fields the enabled stages after this one read, set by the plan when it builds
+    #: the stage; ``None`` (a stage built by hand): every optional output is produced
+    wanted: Optional[frozenset[str]] = None
     #: the index columns :meth:`index_columns` can give, with their types (``float64``, ``int64``,
     #: ``string``, ``bool``): every part of ``index/`` has all of them, so the folder reads as one table
     index_schema: ClassVar[dict[str, str]] = {}
@@ -108,9 +119,19 @@ class Stage:
         return {}
 
     @classmethod
+    def frames_read(cls, cfg: Any) -> int:
+        """How many frames of a pair, source to target evenly spaced (both included), the stage reads
+        from ``arrays["frames"]``; the clip stage decodes the most any enabled stage reads."""
+        return 2
+
+    @classmethod
     def build(cls, cfg: Any, upstream: tuple[type, ...] = ()) -> "Stage":
         """The stage object for ``cfg``; ``upstream`` are the enabled stage classes before it."""
         return cls(cfg)
+
+    def wants(self, key: str) -> bool:
+        """Does a stage after this one read ``key`` (always true for a stage built by hand)?"""
+        return self.wanted is None or key in self.wanted
 
     def close(self) -> None:
         """Release what the stage holds (child processes, models)."""

@@ -15,7 +15,7 @@ given everywhere: tests insert their own stages (faults, probes) that way.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject
 from vid2pair.core.stage import Need, Resources, Signal, Stage
@@ -28,10 +28,52 @@ def pair_classes(cfg, stages: tuple = STAGES) -> tuple[type, ...]:
     return tuple(S for S in stages[1:] if S.enabled(cfg))
 
 
-def build_pair_stages(cfg, classes: Iterable[type]) -> list[Stage]:
-    """Stage objects for ``classes``; each is built knowing the enabled classes before it."""
+def provided(S: type) -> set[str]:
+    """The arrays / meta fields stage class ``S`` adds: its members' keys and its ``provides``."""
+    return {m.key for m in S.writes} | set(S.provides)
+
+
+class PlanError(ValueError):
+    """The stage list does not fit together (an array read before anything provides it)."""
+
+
+def check_arrays(stages: tuple = STAGES) -> None:
+    """Every array or meta field a stage reads is provided by a stage before it in ``stages`` (the
+    whole graph, enabled or not: a read of a disabled stage's output is optional). Raises
+    :class:`PlanError` naming the reader, the array and, when it runs later, the provider."""
+    problems = []
+    for k, S in enumerate(stages):
+        before = set().union(*(provided(T) for T in stages[:k]))
+        for key in S.reads:
+            if key in before:
+                continue
+            later = [T.__name__ for T in stages[k + 1:] if key in provided(T)]
+            problems.append(f"{S.__name__} (stage {S.name!r}) reads {key!r}, which "
+                            + (f"{', '.join(later)} provides only after it" if later else
+                               "no stage provides (declare it in a stage's writes or provides)"))
+    if problems:
+        raise PlanError("the stages do not fit together: " + "; ".join(problems))
+
+
+def frames_to_decode(cfg, classes: Iterable[type] | None = None) -> int:
+    """The frames per pair the clip stage decodes: the most any of ``classes`` (default: the enabled
+    pair stages) reads (:meth:`~vid2pair.core.stage.Stage.frames_read`)."""
+    classes = pair_classes(cfg) if classes is None else tuple(classes)
+    return max([2, *(S.frames_read(cfg) for S in classes)])
+
+
+def build_stage(cfg, S: type, upstream: tuple = (), downstream: tuple = ()) -> Stage:
+    """The stage object of ``S`` for ``cfg``, built knowing the enabled classes before it and told
+    what the enabled classes after it read (:attr:`~vid2pair.core.stage.Stage.wanted`)."""
+    st = S.build(cfg, tuple(upstream))
+    st.wanted = frozenset(key for T in downstream for key in T.reads)
+    return st
+
+
+def build_pair_stages(cfg, classes: Iterable[type], after: tuple = ()) -> list[Stage]:
+    """Stage objects for ``classes``; ``after``: the enabled classes that run after all of them."""
     classes = tuple(classes)
-    return [S.build(cfg, classes[:k]) for k, S in enumerate(classes)]
+    return [build_stage(cfg, S, classes[:k], classes[k + 1:] + tuple(after)) for k, S in enumerate(classes)]
 
 
 def fused_prefix(cfg, classes: tuple[type, ...]) -> tuple[type, ...]:
@@ -212,11 +254,11 @@ class _UnitWork:
     pair by pair: a pair's frames are decoded, run through the fused stages and handed on before
     the next pair is decoded, so memory holds one pair's frames however long the clip is."""
 
-    def __init__(self, cfg, clip_cls: type, fused: tuple[type, ...]):
+    def __init__(self, cfg, clip_cls: type, fused: tuple[type, ...], after: tuple[type, ...] = ()):
         from vid2pair.pipeline.storage import local_copy
 
-        self.clip = clip_cls(cfg, opener=local_copy)
-        self.fused = build_pair_stages(cfg, fused)
+        self.clip = clip_cls(cfg, opener=local_copy, frames=frames_to_decode(cfg, tuple(fused) + tuple(after)))
+        self.fused = build_pair_stages(cfg, fused, after)
 
     def iter(self, task: ClipTask, report) -> Iterator[Item]:
         import copy
@@ -260,18 +302,22 @@ class _UnitWork:
         return [ClipInfo(getattr(self.clip, "info", {}))]
 
 
-def _unit_work(cfg, clip_cls: type, fused: tuple[type, ...]) -> _UnitWork:
+def _unit_work(cfg, clip_cls: type, fused: tuple[type, ...], after: tuple[type, ...] = ()) -> _UnitWork:
     """Factory run inside the isolation child."""
-    return _UnitWork(cfg, clip_cls, fused)
+    return _UnitWork(cfg, clip_cls, fused, after)
 
 
 class ClipUnit:
     """The clip stage plus the pair stages ``fused`` with it, for one clip at a time, in an isolation
     child (``isolation.mode: process``: a crash or hang there loses that clip only, the frames never
-    cross the pipe) or in process. Ends every clip's items with its :class:`ClipDone`."""
+    cross the pipe) or in process. Ends every clip's items with its :class:`ClipDone`. ``after``: the
+    enabled pair stages that run after the fused ones (default: those of the stage graph), whose
+    reads decide what the fused stages emit."""
 
-    def __init__(self, cfg, fused: tuple[type, ...] = (), clip_cls: type = STAGES[0]):
+    def __init__(self, cfg, fused: tuple[type, ...] = (), clip_cls: type = STAGES[0],
+                 after: Optional[tuple[type, ...]] = None):
         self.cfg, self.fused, self.clip_cls = cfg, tuple(fused), clip_cls
+        self.after = tuple(S for S in pair_classes(cfg) if S not in self.fused) if after is None else tuple(after)
         self._isolated = None
         self._work = None
 
@@ -302,7 +348,7 @@ class ClipUnit:
             if self._isolated is None:
                 from vid2pair.pipeline.isolation import IsolatedCall
 
-                self._isolated = IsolatedCall(_unit_work, (self.cfg, self.clip_cls, self.fused),
+                self._isolated = IsolatedCall(_unit_work, (self.cfg, self.clip_cls, self.fused, self.after),
                                               self.cfg.isolation.clip_timeout_s)
             for kind, payload, last in self._isolated.stream(task):
                 step = last
@@ -312,7 +358,7 @@ class ClipUnit:
                     status, res = kind, payload
         else:
             if self._work is None:
-                self._work = _UnitWork(self.cfg, self.clip_cls, self.fused)
+                self._work = _UnitWork(self.cfg, self.clip_cls, self.fused, self.after)
             steps = [""]
             gen = self._work.iter(task, steps.append)
             while True:

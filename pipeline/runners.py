@@ -29,7 +29,8 @@ from vid2pair.core.items import ClipDone, ClipTask, PairItem, item_to_row, row_t
 from vid2pair.pipeline.graph import STAGES
 from vid2pair.pipeline.io import OutputWriter, stage_sample, write_chunk
 from vid2pair.pipeline.storage import is_uri
-from vid2pair.pipeline.plan import ClipUnit, batch_size_of, build_pair_stages, fused_prefix, pair_classes, run_items
+from vid2pair.pipeline.plan import (ClipUnit, batch_size_of, build_pair_stages, build_stage, check_arrays, fused_prefix,
+                                   pair_classes, run_items)
 
 log = logging.getLogger("vid2pair")
 
@@ -45,7 +46,7 @@ def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = 
     set_threads(cfg.runner.threads_per_worker)
     classes = pair_classes(cfg, stages)
     fused = fused_prefix(cfg, classes)
-    unit = ClipUnit(cfg, fused, stages[0])
+    unit = ClipUnit(cfg, fused, stages[0], after=classes[len(fused):])
     rest = build_pair_stages(cfg, classes)[len(fused):]
     batch = batch_size_of(cfg, classes[len(fused):])
     try:
@@ -85,9 +86,9 @@ class _ModelActor:
     what it sends back leaves out the arrays it did not change (:func:`~pipeline.plan.mark_unchanged`).
     It counts what it received (:meth:`io`), so a run can show that nothing else reached it."""
 
-    def __init__(self, cfg, cls: type, upstream: tuple):
+    def __init__(self, cfg, cls: type, upstream: tuple, downstream: tuple = ()):
         set_threads(cfg.runner.threads_per_worker)
-        self.stage = cls.build(cfg, upstream)
+        self.stage = build_stage(cfg, cls, upstream, downstream)
         self.stats = {"calls": 0, "pairs": 0, "bytes_in": 0, "bytes_out": 0, "arrays": set()}
 
     def run(self, items: list) -> list:
@@ -159,9 +160,11 @@ def _clip_rows(row: dict, cfg, classes: tuple, clip_cls: type, actors: dict, sta
     if cached is None:
         set_threads(cfg.runner.threads_per_worker)
         fused = fused_prefix(cfg, classes)
-        rest = [_RemoteStage(S, actors[S.name]) if S.name in actors else S.build(cfg, classes[:k])
+        rest = [_RemoteStage(S, actors[S.name]) if S.name in actors
+                else build_stage(cfg, S, classes[:k], classes[k + 1:])
                 for k, S in enumerate(classes) if k >= len(fused)]
-        cached = _CLIP_UNITS[key] = (ClipUnit(cfg, fused, clip_cls), rest, batch_size_of(cfg, classes[len(fused):]))
+        cached = _CLIP_UNITS[key] = (ClipUnit(cfg, fused, clip_cls, after=classes[len(fused):]), rest,
+                                     batch_size_of(cfg, classes[len(fused):]))
     unit, rest, batch = cached
     task = ClipTask(source=str(row["source"]), clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
                     clip_id=str(row["clip_id"]), unit=int(row["unit"]), units=int(row["units"]),
@@ -219,7 +222,7 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = ST
     # them, and an unchanged array never travels back
     pools = {S.name: [ray.remote(_ModelActor).options(num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
                                                       max_restarts=-1, max_task_retries=3)
-                      .remote(cfg, S, classes[:k]) for _ in range(res.actors)]
+                      .remote(cfg, S, classes[:k], classes[k + 1:]) for _ in range(res.actors)]
              for k, S in enumerate(classes) for res in [S.resources(cfg)] if res is not None}
     # the workers write the shards: the clip task stages each sample's members under the output, a
     # Ray task writes each complete chunk, the driver only gets records and commits
@@ -381,6 +384,7 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     from vid2pair.pipeline.storage import check_writable
 
     t0 = time.time()
+    check_arrays(stages)  # every array a stage reads has a provider before it
     if cfg.runner.check_weights:
         from vid2pair.pipeline.models import MissingWeightsError, check_build_weights
 

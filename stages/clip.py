@@ -56,6 +56,7 @@ class ClipStage(Stage):
     """probe -> shots -> static camera -> pairs -> decode, for one clip."""
 
     name = "clip"
+    provides = ("frames",)
     sections = {"probe": probe.ProbeConfig, "shots": shots.ShotsConfig,
                 "static_camera": static_camera.StaticCameraConfig, "pairs": pairs.PairsConfig,
                 "frame": decode.FrameConfig}
@@ -64,9 +65,12 @@ class ClipStage(Stage):
     def enabled(cls, cfg) -> bool:
         return True
 
-    def __init__(self, cfg: Any, opener: Callable[[str], ContextManager[str]] = _local):
+    def __init__(self, cfg: Any, opener: Callable[[str], ContextManager[str]] = _local, frames: int = 2):
         self.cfg = cfg
         self.opener = opener
+        #: frames per pair, source to target evenly spaced: the most any enabled stage reads
+        #: (:meth:`~vid2pair.core.stage.Stage.frames_read`; the plan gives it)
+        self.frames = max(2, int(frames))
         #: pairs per shot that the stages run with the decoder rejected (:meth:`rejected_one`); each
         #: lets the shot draw one spare candidate (``pairs.oversample``)
         self.rejected: Counter = Counter()
@@ -244,12 +248,7 @@ class ClipStage(Stage):
         if sp.sequence:  # flow_advance: start + candidate targets
             idx = [sp.src] + list(sp.sequence)
         else:  # src, evenly spaced intermediate frames (for chained flow / the tracker), tgt
-            n = 2
-            if cfg.flow.chain:
-                n = max(n, cfg.flow.chain_max_steps + 1)
-            if cfg.track.enabled:
-                n = max(n, cfg.track.max_frames)
-            idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(sp.src, sp.tgt, n)))
+            idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(sp.src, sp.tgt, self.frames)))
         frames = decode.apply_frame_policy(video.read(idx, dsize), cfg.frame)
         fps = info.fps
         meta = {
@@ -265,6 +264,7 @@ class ClipStage(Stage):
         }
         if sp.sequence:
             meta["advance_guess"] = sp.guess
+            meta["advance_rule"] = pairs.advance_rule(cfg.pairs)  # the flow stage applies it (and drops it)
         return PairItem(key=pair_key(task.clip_id, shot, sp.src, sp.tgt), clip_id=task.clip_id,
                         source=task.source, chunk=task.chunk, clip_idx=task.clip_idx, meta=meta,
                         arrays={"frames": frames})

@@ -594,19 +594,33 @@ def make_flow_backend(cfg: FlowConfig) -> FlowBackend:
 # the stage
 
 
+def _advance(it: PairItem) -> bool:
+    """Is the pair's target still to be chosen by Magic Fixup's advance rule (the clip stage made it
+    under ``pairs.policy: flow_advance``, with the candidate targets as its frames)?"""
+    return it.meta.get("policy") == "flow_advance"
+
+
 class FlowStage(PairStage):
     """Optical flow src -> tgt for a batch of pairs (a model stage: one backend per worker / actor).
 
     Reads ``arrays["frames"]`` (src, intermediate frames, tgt); writes ``src``, ``tgt``, ``flow``
-    (and ``flow_bwd``), keeps ``frames`` for the tracker, and ``meta["flow"]``. With
-    ``pairs.policy: flow_advance`` it also chooses the target (Magic Fixup's advance rule)."""
+    (and ``flow_bwd``, ``flow_valid``, ``flow_bwd_valid``) and ``meta["flow"]``; keeps ``frames``,
+    and gives the re-matched pieces (``rematched``, ``rematched_src``), when a stage after it reads
+    them. For a pair of ``pairs.policy: flow_advance`` (its ``meta["policy"]``) it also chooses the
+    target (Magic Fixup's advance rule)."""
 
     name = "flow"
     sections = {"flow": FlowConfig}
     reads = ("frames",)
+    provides = ("src", "tgt", "flow", "flow_bwd", "flow_valid", "flow_bwd_valid", "frames", "rematched",
+                "rematched_src")
     # flow.npy / flow_bwd.npy are written by the encoder from arrays["flow"] / ["flow_bwd"]
     signals = (Signal("flow", ("flow.npy",), "output.flow"),
                Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional"))
+
+    @classmethod
+    def frames_read(cls, cfg) -> int:
+        return cfg.flow.chain_max_steps + 1 if cfg.flow.chain else 2
 
     @classmethod
     def resources(cls, cfg) -> Optional[Resources]:
@@ -669,7 +683,7 @@ class FlowStage(PairStage):
         return out
 
     def _needs_sequence(self, it: PairItem) -> bool:
-        return it.arrays["frames"].shape[0] > 2 and (self.cfg.flow.chain or self.cfg.pairs.policy == "flow_advance")
+        return it.arrays["frames"].shape[0] > 2 and (self.cfg.flow.chain or _advance(it))
 
     def _adaptive_chain(self, fr: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], list]:
         """Forward (and, with ``flow.bidirectional``, backward) flow chained over hops planned from the
@@ -710,7 +724,7 @@ class FlowStage(PairStage):
         from vid2pair.stages.pairs import advance_select
 
         fr = it.arrays["frames"]
-        advance = self.cfg.pairs.policy == "flow_advance"
+        advance = _advance(it)
         if not advance and self.cfg.flow.chain_mode == "adaptive":
             flow, bwd, hops = self._adaptive_chain(fr)
             it.meta["flow_hops"] = hops
@@ -723,7 +737,7 @@ class FlowStage(PairStage):
         if advance:
             acc = [median_filter_flow(f, self.cfg.flow.median_filter_px) for f in acc]
             st = [flow_stats(f, 1.0, 1e9) for f in acc]
-            k, why = advance_select([s["p90"] for s in st], [s["p95"] for s in st], self.cfg.pairs)
+            k, why = advance_select([s["p90"] for s in st], [s["p95"] for s in st], it.meta.pop("advance_rule"))
             if k is None:
                 return pair_reject(it, "pairs", "advance_rejected", why)
             tgt_frame = it.meta["frame_indices"][k + 1]
@@ -745,10 +759,11 @@ class FlowStage(PairStage):
 
         fl = self.cfg.flow
         fr = it.arrays.pop("frames")
+        it.meta.pop("advance_rule", None)  # (a sequence too short to advance)
         src, tgt = fr[0], fr[-1]
         flow = flow.astype(np.float32)
         bwd = None if bwd is None else bwd.astype(np.float32)
-        if fl.median_filter_px and self.cfg.pairs.policy != "flow_advance":  # (advance: filtered already)
+        if fl.median_filter_px and not _advance(it):  # (advance: filtered already)
             flow = median_filter_flow(flow, fl.median_filter_px)
             bwd = None if bwd is None else median_filter_flow(bwd, fl.median_filter_px)
         elif fl.median_filter_px and bwd is not None:
@@ -756,7 +771,7 @@ class FlowStage(PairStage):
         info = {"backend": fl.backend, "version": getattr(self.backend, "version", ""), "chained": bool(fl.chain),
                 "direction": "src->tgt", "bidirectional": bwd is not None}
         if fl.chain:
-            info["chain_mode"] = "advance" if self.cfg.pairs.policy == "flow_advance" else fl.chain_mode
+            info["chain_mode"] = "advance" if _advance(it) else fl.chain_mode
         if "flow_hops" in it.meta:
             info["hops"] = it.meta.pop("flow_hops")
         if fl.static_suppress and np.isfinite(flow).all():
@@ -775,12 +790,12 @@ class FlowStage(PairStage):
                                                                min_ncc=fl.rematch_min_ncc)
                 if rec:
                     info["rematched"] = rec
-                    if self.cfg.track.enabled:
+                    if self.wants("rematched"):
                         it.arrays["rematched"] = done  # target pixels whose source the tracker takes from flow_bwd
-                    if self.cfg.collage.enabled:
+                    if self.wants("rematched_src"):
                         it.arrays["rematched_src"] = pieces  # the collage cuts its segments along them
         it.arrays.update(src=src, tgt=tgt, flow=flow)
-        if self.cfg.track.enabled:
+        if self.wants("frames"):
             it.arrays["frames"] = fr  # the tracker needs the frames in between (it drops them)
         if bwd is not None:
             it.arrays["flow_bwd"] = bwd

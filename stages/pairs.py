@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Literal, Optional
 
 import cv2
@@ -240,6 +241,16 @@ def screen_pair(a: np.ndarray, b: np.ndarray, cfg, thresh: float = 15.0) -> tupl
     return cfg.prescreen_min_solid <= sf and cf <= cfg.prescreen_max_changed, {"changed": cf, "solid": sf}
 
 
+#: the knobs of Magic Fixup's advance rule: a flow_advance pair carries them (``meta["advance_rule"]``)
+#: to the flow stage, which applies the rule
+ADVANCE_KNOBS = ("advance_first_min_p90", "advance_max_p90", "advance_step5_min_p95", "advance_final_min_p95")
+
+
+def advance_rule(cfg) -> dict:
+    """The advance rule's thresholds of a pairs config, as the pair carries them."""
+    return {k: getattr(cfg, k) for k in ADVANCE_KNOBS}
+
+
 def advance_select(p90: list[float], p95: list[float], cfg) -> tuple[Optional[int], Optional[str]]:
     """Magic Fixup's advance rule over the flows start->sequence[k] (k = 0, 1, ..., up to the guess:
     the sequence holds the candidates up to it).
@@ -249,8 +260,10 @@ def advance_select(p90: list[float], p95: list[float], cfg) -> tuple[Optional[in
     p95 < advance_final_min_p95 at the step before the chosen target (the step before the guess
     when the advance reaches it). Returns (index into the sequence of the chosen target, or None
     with a reason). Statistics are of the median-filtered flows when ``flow.median_filter_px`` is
-    set, as in the released code.
+    set, as in the released code. ``cfg``: the pairs config, or the thresholds of :func:`advance_rule`.
     """
+    if isinstance(cfg, dict):
+        cfg = SimpleNamespace(**cfg)
     if not p90:
         return None, "empty advance sequence"
     if p90[0] < cfg.advance_first_min_p90:

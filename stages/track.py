@@ -522,6 +522,10 @@ class TrackStage(PairStage):
                Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"))
 
     @classmethod
+    def frames_read(cls, cfg) -> int:
+        return cfg.track.max_frames
+
+    @classmethod
     def resources(cls, cfg) -> Optional[Resources]:
         t = cfg.track
         if t.backend == "flow_chain":

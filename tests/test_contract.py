@@ -187,6 +187,91 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
     assert problems == ["toy.backend=needy needs the vid2pair_no_such_module package: pip install 'vid2pair[toy]'"]
 
 
+def test_a_read_without_a_provider_stops_the_build_before_any_work(demo_corpus, tmp_path):
+    """Every array a stage reads is provided by a stage before it (a member's key or a ``provides``
+    entry). A stage that reads an array nobody provides stops the build before any input is read,
+    with an error naming the stage and the array; one placed before its provider names the provider."""
+    from toy_stage import ToyStage
+
+    from vid2pair.pipeline.plan import PlanError, check_arrays
+    from vid2pair.pipeline.runners import build
+
+    check_arrays(STAGES)  # the real graph fits together
+
+    class OrphanStage(ToyStage):
+        name = "orphan"
+        reads = ("src", "no_such_array")
+
+    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "frame.size=[96, 128]"])
+    with pytest.raises(PlanError, match=r"OrphanStage \(stage 'orphan'\) reads 'no_such_array', which no stage "
+                                        r"provides"):
+        build(cfg, str(demo_corpus[0]), tmp_path / "out", log_summary=False,
+              stages=(*STAGES[:-1], OrphanStage, STAGES[-1]))
+    assert not (tmp_path / "out" / "shards").exists()
+
+    class EarlyStage(ToyStage):
+        name = "early"
+        reads = ("flow",)
+
+    with pytest.raises(PlanError, match=r"EarlyStage \(stage 'early'\) reads 'flow', which FlowStage provides only "
+                                        r"after it"):
+        check_arrays((STAGES[0], EarlyStage, *STAGES[1:]))
+
+
+def _flow_outputs(over: list[str]) -> tuple[frozenset, set]:
+    """What the plan tells the flow stage the stages after it read, and the arrays a pair leaves it with."""
+    from vid2pair.core.items import PairItem
+    from vid2pair.pipeline.plan import build_pair_stages
+
+    cfg = load_config("demo", ["frame.size=[96, 128]", *over])
+    flow = build_pair_stages(cfg, pair_classes(cfg))[0]
+    assert flow.name == "flow"
+    frames = np.full((3, 96, 128, 3), 90, np.uint8)
+    for k in range(3):  # a textured square moving 6 px a frame over a plain background
+        frames[k, 30:60, 20 + 6 * k:50 + 6 * k] = np.random.default_rng(0).integers(0, 255, (30, 30, 3))
+    it = PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0, meta={"policy": "min_gap"},
+                  arrays={"frames": frames})
+    (out,) = flow([it])
+    return flow.wanted, set(out.arrays)
+
+
+def test_a_stage_emits_an_optional_array_only_when_a_later_stage_reads_it():
+    """The plan tells each stage what the enabled stages after it read; the flow stage keeps the frames
+    for the tracker only when the tracker runs, without reading the tracker's config."""
+    wanted, arrays = _flow_outputs([])
+    assert {"frames", "rematched", "rematched_src", "flow_valid"} <= wanted
+    assert {"src", "tgt", "flow", "frames"} <= arrays
+    wanted, arrays = _flow_outputs(["track.enabled=false", "collage.enabled=false"])
+    assert not {"frames", "rematched", "rematched_src"} & wanted and "flow_valid" in wanted
+    assert {"src", "tgt", "flow"} <= arrays and "frames" not in arrays
+
+
+def test_no_stage_reads_another_stages_config():
+    """A stage module reads only its own config sections and the pipeline's (``output``, ``frame``,
+    ``runner``...): what another stage needs reaches it through the plan (``wanted``,
+    ``frames_read``) or the pair itself."""
+    import re
+    import sys
+
+    owner = {sec: S for S in STAGES for sec in S.sections}
+    found = []
+    for S in STAGES:
+        text = Path(sys.modules[S.__module__].__file__).read_text()
+        for sec in sorted(set(re.findall(r"\bcfg\.(\w+)\.", text))):
+            if sec in owner and owner[sec] is not S:
+                found.append(f"{S.__module__} reads {sec} ({owner[sec].__name__}'s)")
+    assert not found, found
+
+
+def test_the_clip_stage_decodes_the_frames_the_enabled_stages_read():
+    from vid2pair.pipeline.plan import frames_to_decode
+
+    assert frames_to_decode(load_config("demo", ["track.max_frames=24"])) == 24
+    assert frames_to_decode(load_config("demo", ["track.enabled=false", "flow.chain=true",
+                                                 "flow.chain_max_steps=5"])) == 6
+    assert frames_to_decode(load_config("demo", ["track.enabled=false", "flow.chain=false"])) == 2
+
+
 def test_one_default_per_knob():
     from vid2pair.stages.track import FlowChainTracker, TrackConfig, make_tracker
 

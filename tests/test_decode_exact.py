@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import shared_video
 from vid2pair.pipeline.config import load_config
+from vid2pair.pipeline.plan import frames_to_decode
 from vid2pair.pipeline.synthetic import DECODE_CORPUS, write_decode_corpus
 from vid2pair.stages import decode
 from vid2pair.stages.decode import InexactFrame, Video, decode_all
@@ -172,11 +173,11 @@ def test_the_clip_stage_rejects_such_a_pair_as_decode_inexact_and_draws_a_spare(
 
     cfg = load_config("demo", ["frame.size=[120,160]", "pairs.per_shot=3", "pairs.oversample=4"])
     task = ClipTask(source=str(corpus["long_gop_bpyramid.mp4"]), clip_idx=0, chunk=0, clip_id="c")
-    base = ClipStage(cfg)(task)
+    base = ClipStage(cfg, frames=frames_to_decode(cfg))(task)
     pairs = [it for it in base if isinstance(it, PairItem)]
     hit = pairs[0].meta["frame_indices"][3]
     _corrupt_digests(monkeypatch, hit, hit + 1)
-    items = ClipStage(cfg)(task)
+    items = ClipStage(cfg, frames=frames_to_decode(cfg))(task)
     inexact = [it for it in items if isinstance(it, Reject) and it.reason == "decode_inexact"]
     assert inexact and all(r.level == "pair" and r.stage == "decode" for r in inexact)
     assert f"frame {hit}: mean |diff|" in inexact[0].detail
@@ -195,7 +196,7 @@ def test_the_clip_stage_hands_on_the_true_frames(corpus, name):
     cfg = load_config("demo", ["pairs.oversample=2"])
     path = str(corpus[name])
     ref = decode.apply_frame_policy(decode_all(path, decode.decode_size(320, 240, cfg.frame)), cfg.frame)
-    stage = ClipStage(cfg)
+    stage = ClipStage(cfg, frames=frames_to_decode(cfg))
     items = stage(ClipTask(source=path, clip_idx=0, chunk=0, clip_id="c"))
     pairs = [it for it in items if isinstance(it, PairItem)]
     assert len(pairs) >= 3

@@ -19,7 +19,7 @@ from vid2pair.core.items import ClipDone, PairItem, Reject
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.io import make_tasks
 from vid2pair.pipeline.isolation import IsolatedCall
-from vid2pair.pipeline.plan import ClipUnit, fused_prefix, pair_classes
+from vid2pair.pipeline.plan import ClipUnit, frames_to_decode, fused_prefix, pair_classes
 from vid2pair.pipeline.runners import build
 from vid2pair.pipeline.synthetic import make_clip, write_video
 from vid2pair.stages.clip import ClipStage
@@ -47,7 +47,7 @@ def test_pairs_are_decoded_only_when_asked_for(clip):
     cfg = load_config("demo", CFG)
     (task,), _ = make_tasks([str(clip)], 1)
     CountingClip.decoded = []
-    gen = CountingClip(cfg).iter_items(task)
+    gen = CountingClip(cfg, frames=frames_to_decode(cfg)).iter_items(task)
     first = next(i for i in gen if isinstance(i, PairItem))
     assert len(CountingClip.decoded) == 1 and first.arrays["frames"].shape[1:] == (120, 160, 3)
     rest = [i for i in gen if isinstance(i, PairItem)]
