@@ -117,18 +117,44 @@ def train(cfg: TrainerConfig, resume: bool = False) -> dict:
 
 
 def _train(cfg: TrainerConfig, resume: bool, info: DistInfo) -> dict:
+    """The named steps of a run: the output, the model and its optimizer, the resume, the data, the
+    logs, then the loop of optimizer steps (each logged, evaluated and checkpointed on its schedule)."""
     tr = cfg.train
-    device = info.device
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True)
-    amp_dtype = autocast_dtype(tr.precision, device)
-    accum = resolve_grad_accum(cfg, info.world_size)
-    out = cfg.output_dir
-    ckpt_root = out / "checkpoints"
+    run = _Run(cfg, info)
+    last = _prepare_output(cfg, info, resume)
+    seed_all(cfg.seed)  # identical model init on every rank
+    run.build_model()
+    step = _restore(run, last) if resume and last is not None else _fresh_start(run, resume)
+    run.start_data(step)
+    run.open_logs(step)
+    run.model.train()
+    while step < tr.max_steps:
+        grad_norm = run.optimizer_step()
+        step += 1
+        run.window.steps += 1
+        if step % tr.log_every == 0 or step == tr.max_steps:
+            run.log_step(step, grad_norm)
+        if tr.eval_every and step % tr.eval_every == 0:
+            if info.is_main and run.eval_batch is not None:
+                _eval_images(cfg, run.module, run.ema, run.params, run.eval_batch, step, run.writer, cfg.output_dir,
+                             info.device, run.amp_dtype)
+            barrier(info)
+            run.window.t0 = time.perf_counter()  # eval time is not training throughput
+        if step % tr.ckpt_every == 0 or step == tr.max_steps:
+            _checkpoint(cfg, info, run.module, run.optimizer, run.scheduler, run.scaler, run.ema, step, run.accum,
+                        run.ckpt_root)
+            run.window.t0 = time.perf_counter()
+    return run.finish(step)
 
-    last = latest_checkpoint(ckpt_root)
+
+def _prepare_output(cfg: TrainerConfig, info: DistInfo, resume: bool) -> Optional[Path]:
+    """The newest checkpoint of the output (refused without ``resume``); rank 0 writes config.yaml."""
+    out = cfg.output_dir
+    last = latest_checkpoint(out / "checkpoints")
     if last is not None and not resume:
         raise FileExistsError(f"{out} already holds checkpoints (newest {last.name}): pass --resume to continue, "
                               f"or choose another train.output_dir")
@@ -138,175 +164,203 @@ def _train(cfg: TrainerConfig, resume: bool, info: DistInfo) -> dict:
 
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     barrier(info)
+    return last
 
-    seed_all(cfg.seed)  # identical model init on every rank
-    model = build_model(cfg, device).to(device)
-    named = model.trainable_named_parameters()
-    params = [p for _, p in named]
-    n_train = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in model.parameters())
-    o = cfg.optim
-    opt_kw = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
-                                  **opt_kw)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = EMA(named, tr.ema_decay) if tr.ema_decay else None
 
-    step = 0
-    if resume and last is not None:
-        state = torch.load(last / "state.pt", map_location="cpu", weights_only=True)
-        model.load_checkpoint_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        step = int(state["step"])
-        if state.get("world_size") != info.world_size or state.get("grad_accum") != accum:
-            log.warning("resuming %s saved with world_size %s / grad_accum %s on world_size %d / grad_accum %d: "
-                        "the data order and RNG streams differ from an uninterrupted run",
-                        last.name, state.get("world_size"), state.get("grad_accum"), info.world_size, accum)
-        rngs = state.get("rng") or []
-        if info.rank < len(rngs):
-            set_rng_state(rngs[info.rank])
-        else:
-            seed_all(cfg.seed + 1000 * info.rank + step)
-        log.info("resumed from %s (step %d)", last, step)
-        del state
+def _restore(run: "_Run", last: Path) -> int:
+    """Model, optimizer, scheduler, scaler, EMA and this rank's RNG state from checkpoint ``last``;
+    returns its step."""
+    cfg, info = run.cfg, run.info
+    state = torch.load(last / "state.pt", map_location="cpu", weights_only=True)
+    run.model.load_checkpoint_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
+    step = int(state["step"])
+    if state.get("world_size") != info.world_size or state.get("grad_accum") != run.accum:
+        log.warning("resuming %s saved with world_size %s / grad_accum %s on world_size %d / grad_accum %d: "
+                    "the data order and RNG streams differ from an uninterrupted run",
+                    last.name, state.get("world_size"), state.get("grad_accum"), info.world_size, run.accum)
+    rngs = state.get("rng") or []
+    if info.rank < len(rngs):
+        set_rng_state(rngs[info.rank])
     else:
-        if resume:
-            log.info("--resume: no checkpoint in %s, starting from step 0", ckpt_root)
-        seed_all(cfg.seed + 1000 * info.rank)  # different noise draws per rank
-    if ema is not None:
-        ema.to(device)
+        seed_all(cfg.seed + 1000 * info.rank + step)
+    log.info("resumed from %s (step %d)", last, step)
+    del state
+    if run.ema is not None:
+        run.ema.to(info.device)
+    return step
 
-    spec = sample_spec(cfg, model.match_grids, train=True)
-    # batches already consumed on this rank: the loader skips them so a resume sees the same data
-    loader = build_train_loader(cfg, spec, info.rank, info.world_size, skip_batches=step * accum,
-                                pin_memory=device.type == "cuda")
-    module = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=False)
-    fwd = torch.compile(model) if tr.compile else model
+def _fresh_start(run: "_Run", resume: bool) -> int:
+    if resume:
+        log.info("--resume: no checkpoint in %s, starting from step 0", run.ckpt_root)
+    seed_all(run.cfg.seed + 1000 * run.info.rank)  # different noise draws per rank
+    if run.ema is not None:
+        run.ema.to(run.info.device)
+    return 0
 
-    writer = None
-    metrics_f = None
-    eval_batch = None
-    if info.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
 
-            # on resume, drop events logged after the checkpoint by the interrupted run
-            writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
-        except ImportError:
-            log.warning("tensorboard is not installed: no TensorBoard logs (metrics.jsonl is still written)")
-        _truncate_metrics(out / "metrics.jsonl", step)
-        metrics_f = open(out / "metrics.jsonl", "a")
-        if tr.eval_every:
-            eval_batch = _fixed_eval_batch(cfg, module, tr.eval_images)
-    log.info("model %s: %.2fM parameters, %.2fM trained; world_size %d, batch %d x accum %d x %d = %d per step; "
-             "precision %s; device %s", cfg.model.name, n_total / 1e6, n_train / 1e6, info.world_size,
-             cfg.data.batch_size, accum, info.world_size, cfg.data.batch_size * accum * info.world_size,
-             amp_dtype or "fp32", device)
+class _Window:
+    """What the log lines average over: the losses of the micro-batches since the last log line, the
+    optimizer steps, the time and the time spent waiting for data."""
 
-    tracker = _Tracker()
-    samples_per_step = cfg.data.batch_size * accum * info.world_size
-    it = iter(loader)
-    window_t0 = time.perf_counter()
-    window_steps = 0
-    data_wait = 0.0
-    acc_logs: dict = {}
-    acc_n = 0
-    last_logged: dict = {}
-    reported_skips = (0, 0)
-    model.train()
-    while step < tr.max_steps:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.steps = 0
+        self.data_wait = 0.0
+        self.logs: dict = {}
+        self.n = 0
+
+    def add(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.logs[k] = self.logs.get(k, 0.0) + v.detach().float()
+        self.n += 1
+
+
+class _Run:
+    """One training run's state, built step by step by :func:`_train`."""
+
+    def __init__(self, cfg: TrainerConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.amp_dtype = autocast_dtype(cfg.train.precision, info.device)
+        self.accum = resolve_grad_accum(cfg, info.world_size)
+        self.ckpt_root = cfg.output_dir / "checkpoints"
+        self.samples_per_step = cfg.data.batch_size * self.accum * info.world_size
+        self.writer = self.metrics_f = self.eval_batch = None
+        self.tracker = _Tracker()
+        self.last_logged: dict = {}
+        self.reported_skips = (0, 0)
+
+    def build_model(self) -> None:
+        """The model, its trained parameters, AdamW, the LR schedule, the grad scaler and the EMA."""
+        cfg, device = self.cfg, self.info.device
+        self.model = self.module = build_model(cfg, device).to(device)
+        named = self.model.trainable_named_parameters()
+        self.params = [p for _, p in named]
+        self.n_train = sum(p.numel() for p in self.params)
+        self.n_total = sum(p.numel() for p in self.model.parameters())
+        o = cfg.optim
+        opt_kw = {"fused": True} if device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                                           eps=o.eps, **opt_kw)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = EMA(named, cfg.train.ema_decay) if cfg.train.ema_decay else None
+
+    def start_data(self, step: int) -> None:
+        """The training loader (past the batches already consumed on this rank, so that a resume sees
+        the same data), and the model wrapped for DDP / compiled."""
+        cfg, info, device = self.cfg, self.info, self.info.device
+        spec = sample_spec(cfg, self.module.match_grids, train=True)
+        loader = build_train_loader(cfg, spec, info.rank, info.world_size, skip_batches=step * self.accum,
+                                    pin_memory=device.type == "cuda")
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.module, device_ids=[device.index] if device.type == "cuda" else None,
+                             find_unused_parameters=False)
+        self.fwd = torch.compile(self.model) if cfg.train.compile else self.model
+        self.batches = iter(loader)
+
+    def open_logs(self, step: int) -> None:
+        """Rank 0: TensorBoard, metrics.jsonl (cut back to ``step`` on a resume) and the eval batch."""
+        cfg, info, out = self.cfg, self.info, self.cfg.output_dir
+        if info.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                # on resume, drop events logged after the checkpoint by the interrupted run
+                self.writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+            except ImportError:
+                log.warning("tensorboard is not installed: no TensorBoard logs (metrics.jsonl is still written)")
+            _truncate_metrics(out / "metrics.jsonl", step)
+            self.metrics_f = open(out / "metrics.jsonl", "a")
+            if cfg.train.eval_every:
+                self.eval_batch = _fixed_eval_batch(cfg, self.module, cfg.train.eval_images)
+        log.info("model %s: %.2fM parameters, %.2fM trained; world_size %d, batch %d x accum %d x %d = %d per step; "
+                 "precision %s; device %s", cfg.model.name, self.n_total / 1e6, self.n_train / 1e6, info.world_size,
+                 cfg.data.batch_size, self.accum, info.world_size, self.samples_per_step, self.amp_dtype or "fp32",
+                 info.device)
+        self.window = _Window()
+
+    def optimizer_step(self) -> torch.Tensor:
+        """``accum`` micro-batches forward and backward, then one clipped optimizer step; returns the
+        gradient norm."""
+        info, device, accum, amp_dtype = self.info, self.info.device, self.accum, self.amp_dtype
         for micro in range(accum):
             tw = time.perf_counter()
-            batch = next(it)
-            data_wait += time.perf_counter() - tw
-            tracker.update(batch)
+            batch = next(self.batches)
+            self.window.data_wait += time.perf_counter() - tw
+            self.tracker.update(batch)
             batch = to_device(batch, device)
-            sync = contextlib.nullcontext()
-            if info.enabled and micro < accum - 1:
-                sync = model.no_sync()
+            sync = self.model.no_sync() if info.enabled and micro < accum - 1 else contextlib.nullcontext()
             amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with sync, amp:
-                loss, logs = fwd(batch)
-            scaler.scale(loss / accum).backward()
-            logs = dict(logs, loss=loss.detach())
-            for k, v in logs.items():
-                acc_logs[k] = acc_logs.get(k, 0.0) + v.detach().float()
-            acc_n += 1
-        scaler.unscale_(optimizer)
-        if tr.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        window_steps += 1
-        if ema is not None:
-            ema.update(params)
+                loss, logs = self.fwd(batch)
+            self.scaler.scale(loss / accum).backward()
+            self.window.add(dict(logs, loss=loss.detach()))
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.params)
+        return grad_norm
 
-        if step % tr.log_every == 0 or step == tr.max_steps:
-            keys = sorted(acc_logs)
-            vec = torch.stack([acc_logs[k] / acc_n for k in keys] + [grad_norm.detach().float().to(device)])
-            vec = all_reduce_mean(vec.to(device), info).cpu().tolist()
-            elapsed = time.perf_counter() - window_t0
-            rec = {"step": step, **{k: round(v, 6) for k, v in zip(keys, vec[:-1])},
-                   "grad_norm": round(vec[-1], 6), "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": round(window_steps * samples_per_step / max(elapsed, 1e-9), 3),
-                   "data_wait_frac": round(data_wait / max(elapsed, 1e-9), 4),
-                   "samples_seen": step * samples_per_step}
-            skips = tracker.totals()
-            if skips != (0, 0):
-                rec["skipped_samples"], rec["skipped_shards"] = skips
-                if skips != reported_skips:
-                    log.warning("data: %d sample(s) and %d shard(s) skipped so far on rank %d (data.on_error=skip)",
-                                skips[0], skips[1], info.rank)
-                    reported_skips = skips
-            if info.is_main:
-                metrics_f.write(json.dumps(rec) + "\n")
-                metrics_f.flush()
-                if writer is not None:
-                    for k, v in rec.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, step)
-                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s (data wait %.0f%%)", step, tr.max_steps,
-                         rec["loss"], rec["lr"], rec["samples_per_s"], 100 * rec["data_wait_frac"])
-            last_logged = rec
-            acc_logs, acc_n = {}, 0
-            window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
+    def log_step(self, step: int, grad_norm: torch.Tensor) -> None:
+        """The window's means over every rank: a metrics.jsonl line, TensorBoard scalars, a log line."""
+        info, w, device = self.info, self.window, self.info.device
+        keys = sorted(w.logs)
+        vec = torch.stack([w.logs[k] / w.n for k in keys] + [grad_norm.detach().float().to(device)])
+        vec = all_reduce_mean(vec.to(device), info).cpu().tolist()
+        elapsed = time.perf_counter() - w.t0
+        rec = {"step": step, **{k: round(v, 6) for k, v in zip(keys, vec[:-1])},
+               "grad_norm": round(vec[-1], 6), "lr": self.scheduler.get_last_lr()[0],
+               "samples_per_s": round(w.steps * self.samples_per_step / max(elapsed, 1e-9), 3),
+               "data_wait_frac": round(w.data_wait / max(elapsed, 1e-9), 4),
+               "samples_seen": step * self.samples_per_step}
+        skips = self.tracker.totals()
+        if skips != (0, 0):
+            rec["skipped_samples"], rec["skipped_shards"] = skips
+            if skips != self.reported_skips:
+                log.warning("data: %d sample(s) and %d shard(s) skipped so far on rank %d (data.on_error=skip)",
+                            skips[0], skips[1], info.rank)
+                self.reported_skips = skips
+        if info.is_main:
+            self._write_metrics(rec, step)
+        self.last_logged = rec
+        self.window = _Window()
 
-        if tr.eval_every and step % tr.eval_every == 0:
-            if info.is_main and eval_batch is not None:
-                _eval_images(cfg, module, ema, params, eval_batch, step, writer, out, device, amp_dtype)
-            barrier(info)
-            window_t0 = time.perf_counter()  # eval time is not training throughput
+    def _write_metrics(self, rec: dict, step: int) -> None:
+        self.metrics_f.write(json.dumps(rec) + "\n")
+        self.metrics_f.flush()
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step":
+                    self.writer.add_scalar(f"train/{k}", v, step)
+        log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s (data wait %.0f%%)", step, self.cfg.train.max_steps,
+                 rec["loss"], rec["lr"], rec["samples_per_s"], 100 * rec["data_wait_frac"])
 
-        if step % tr.ckpt_every == 0 or step == tr.max_steps:
-            _checkpoint(cfg, info, module, optimizer, scheduler, scaler, ema, step, accum, ckpt_root)
-            window_t0 = time.perf_counter()
-
-    sync_ok = _check_param_sync(module, info)
-    summary = {"steps": step, "world_size": info.world_size, "grad_accum": accum,
-               "samples_per_step": samples_per_step, "last": last_logged, "params_total": n_total,
-               "params_trained": n_train, "ddp_param_sync": sync_ok, "output_dir": str(out)}
-    if info.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if writer is not None:
-            writer.close()
-        metrics_f.close()
-    return summary
+    def finish(self, step: int) -> dict:
+        """The DDP sync check and the run's summary (rank 0 writes summary.json and closes the logs)."""
+        info, out = self.info, self.cfg.output_dir
+        sync_ok = _check_param_sync(self.module, info)
+        summary = {"steps": step, "world_size": info.world_size, "grad_accum": self.accum,
+                   "samples_per_step": self.samples_per_step, "last": self.last_logged, "params_total": self.n_total,
+                   "params_trained": self.n_train, "ddp_param_sync": sync_ok, "output_dir": str(out)}
+        if info.is_main:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if self.writer is not None:
+                self.writer.close()
+            self.metrics_f.close()
+        return summary
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
