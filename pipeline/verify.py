@@ -37,6 +37,46 @@ def _check_member(name: str, data: bytes) -> str | None:
     return None
 
 
+def _check_shard(out, shard: str, want: Counter, deep: bool, problems: list[str]) -> int:
+    """One shard against the index (``want``: its keys and their counts there): safe, unique member
+    names, one meta.json per indexed key, the required members (decoded when ``deep``). Adds what is
+    wrong to ``problems``; returns the number of members read."""
+    got: Counter = Counter()
+    members_of: dict[str, set] = {}
+    n_members = 0
+    try:
+        with out.open_input_file(f"shards/{shard}") as fobj, tarfile.open(fileobj=fobj) as tf:
+            seen_members = set()
+            for m in tf:
+                if not m.isfile():
+                    continue
+                if "/" in m.name or m.name.startswith(".."):
+                    problems.append(f"shards/{shard}: unsafe member name {m.name!r}")
+                key, _, suffix = m.name.partition(".")
+                if suffix == "meta.json":
+                    got[key] += 1
+                members_of.setdefault(key, set()).add(suffix.split(".")[0])
+                if m.name in seen_members:
+                    problems.append(f"shards/{shard}: duplicate member {m.name}")
+                seen_members.add(m.name)
+                n_members += 1
+                if deep:
+                    err = _check_member(m.name, tf.extractfile(m).read())
+                    if err:
+                        problems.append(f"shards/{shard}:{m.name}: unreadable ({err})")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        problems.append(f"shards/{shard}: not a readable tar ({e})")
+        return n_members
+    for k in sorted(set(want) | set(got)):
+        if want[k] != 1 or got[k] != 1:
+            problems.append(f"shards/{shard}: key {k} is {want[k]}x in the index, {got[k]}x in the tar")
+    for k, have in sorted(members_of.items()):
+        lost = [m for m in REQUIRED_MEMBERS if m not in have]
+        if lost:
+            problems.append(f"shards/{shard}: sample {k} has no {', '.join(lost)} member")
+    return n_members
+
+
 def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
     from vid2pair.pipeline.io import read_index
     from vid2pair.pipeline.storage import Store
@@ -68,38 +108,7 @@ def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
         if shard not in on_disk:
             problems.append(f"shards/{shard}: missing ({sum(want.values())} indexed samples)")
             continue
-        got: Counter = Counter()
-        members_of: dict[str, set] = {}
-        try:
-            with out.open_input_file(f"shards/{shard}") as fobj, tarfile.open(fileobj=fobj) as tf:
-                seen_members = set()
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    if "/" in m.name or m.name.startswith(".."):
-                        problems.append(f"shards/{shard}: unsafe member name {m.name!r}")
-                    key, _, suffix = m.name.partition(".")
-                    if suffix == "meta.json":
-                        got[key] += 1
-                    members_of.setdefault(key, set()).add(suffix.split(".")[0])
-                    if m.name in seen_members:
-                        problems.append(f"shards/{shard}: duplicate member {m.name}")
-                    seen_members.add(m.name)
-                    n_members += 1
-                    if deep:
-                        err = _check_member(m.name, tf.extractfile(m).read())
-                        if err:
-                            problems.append(f"shards/{shard}:{m.name}: unreadable ({err})")
-        except (tarfile.TarError, OSError, EOFError) as e:
-            problems.append(f"shards/{shard}: not a readable tar ({e})")
-            continue
-        for k in sorted(set(want) | set(got)):
-            if want[k] != 1 or got[k] != 1:
-                problems.append(f"shards/{shard}: key {k} is {want[k]}x in the index, {got[k]}x in the tar")
-        for k, have in sorted(members_of.items()):
-            lost = [m for m in REQUIRED_MEMBERS if m not in have]
-            if lost:
-                problems.append(f"shards/{shard}: sample {k} has no {', '.join(lost)} member")
+        n_members += _check_shard(out, shard, want, deep, problems)
     ok = not problems
     lines = [f"verify {out.uri}: {'OK' if ok else 'PROBLEMS FOUND'}",
              f"  {len(idx)} indexed samples, {len(shards)} shards, {n_members} members checked"
