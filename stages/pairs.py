@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import cv2
 import numpy as np
@@ -135,6 +135,50 @@ def draws_per_shot(cfg) -> int:
     return max(cfg.per_shot, int(math.ceil(cfg.per_shot * cfg.oversample - 1e-9)))
 
 
+def _drawer(start: int, end: int, fps: float, cfg, rng: np.random.Generator
+            ) -> tuple[Optional[Callable[[], Optional[tuple]]], Optional[str]]:
+    """The policy's draw of one candidate, ``() -> (src, tgt, sequence, guess)`` or None (nothing this
+    time), or (None, the reason the shot has none)."""
+    n = end - start
+    if cfg.policy == "min_gap":
+        gmin = int(math.ceil(cfg.min_gap_s * fps - 1e-9))
+        gmax = n - 1 if cfg.max_gap_s is None else min(n - 1, int(math.floor(cfg.max_gap_s * fps + 1e-9)))
+        if gmin > gmax:
+            return None, f"shot of {n / fps:.2f} s has no gap >= {cfg.min_gap_s} s"
+
+        def draw_min_gap() -> tuple:
+            g = int(rng.integers(gmin, gmax + 1))
+            a = start + int(rng.integers(0, n - g))
+            return a, a + g, (), 0
+        return draw_min_gap, None
+    if cfg.policy == "uniform_seconds":
+        secs = [s for s in range(cfg.uniform_min_s, cfg.uniform_max_s + 1) if round(s * fps) <= n - 1]
+        if not secs:
+            return None, f"shot of {n / fps:.2f} s is shorter than {cfg.uniform_min_s} s"
+
+        def draw_uniform() -> tuple:
+            g = int(round(secs[int(rng.integers(0, len(secs)))] * fps))
+            a = start + int(rng.integers(0, n - g))
+            return a, a + g, (), 0
+        return draw_uniform, None
+    if cfg.policy == "flow_advance":
+        if n < 2:
+            return None, f"shot of {n} frame(s): flow_advance needs two"
+
+        def draw_advance() -> Optional[tuple]:
+            # the released sampler: a random start in [0, 20), 20 frames spaced linearly from it to the
+            # end, a random target-index guess in [1, min(len, 20)) (the target the advance may reach)
+            a = start + int(rng.integers(0, min(cfg.advance_start_max, n - 1)))
+            frames = list(dict.fromkeys(int(round(x)) for x in np.linspace(a, end - 1, cfg.advance_frames)))
+            if len(frames) < 2:
+                return None
+            guess = int(rng.integers(1, min(len(frames), cfg.advance_frames))) if len(frames) > 2 else 1
+            seq = frames[1:guess + 1]
+            return a, seq[-1], seq, guess
+        return draw_advance, None
+    raise ValueError(f"unknown pair policy {cfg.policy!r}")  # guarded by config validation
+
+
 def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator,
                  keep=None) -> tuple[list[PairSpec], Optional[str]]:
     """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn).
@@ -147,76 +191,43 @@ def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator
     ``prescreen_draws`` x as many pairs are drawn and only those it keeps count, in the order drawn.
     With ``pairs.min_separation_s``, a pair whose ends both lie within that of an earlier pair's is
     not drawn (near-duplicates)."""
-    n = end - start
     want = draws_per_shot(cfg)
     screen = keep if (keep is not None and cfg.prescreen and cfg.policy != "flow_advance") else None
     budget = want * (cfg.prescreen_draws if screen is not None else 1)
     sep = int(round(cfg.min_separation_s * fps))
-    drawn = [0]
+    drawn = 0
     out: list[PairSpec] = []
     seen: set = set()
-
-    def add(a: int, b: int, seq=(), guess: int = 0):
-        rev = bool(rng.random() < cfg.reverse_prob)
-        if rev:
+    draw, why = _drawer(start, end, fps, cfg, rng)
+    if draw is None:
+        return [], why
+    for _ in range(budget * cfg.max_attempts):
+        if not (len(out) < want and drawn < budget):
+            break
+        d = draw()
+        if d is None:
+            continue
+        a, b, seq, guess = d
+        if rng.random() < cfg.reverse_prob:
             if seq:  # walk the same frames backwards: start at the last one, end at the first
                 full = [a, *seq][::-1]
                 a, seq, b = full[0], full[1:], full[-1]
             else:
                 a, b = b, a
+            rev = True
+        else:
+            rev = False
         if (a, b, guess) in seen:
-            return
+            continue
         seen.add((a, b, guess))
         if sep and any(abs(a - p.src) <= sep and abs(b - p.tgt) <= sep for p in out):
-            return  # a near-duplicate of a pair already drawn
-        drawn[0] += 1
+            continue  # a near-duplicate of a pair already drawn
+        drawn += 1
         if screen is not None and not screen(a, b):
-            return
+            continue
         out.append(PairSpec(a, b, rev, list(seq), guess))
-
-    def more() -> bool:
-        return len(out) < want and drawn[0] < budget
-
-    if cfg.policy == "min_gap":
-        gmin = int(math.ceil(cfg.min_gap_s * fps - 1e-9))
-        gmax = n - 1 if cfg.max_gap_s is None else min(n - 1, int(math.floor(cfg.max_gap_s * fps + 1e-9)))
-        if gmin > gmax:
-            return [], f"shot of {n / fps:.2f} s has no gap >= {cfg.min_gap_s} s"
-        for _ in range(budget * cfg.max_attempts):
-            if not more():
-                break
-            g = int(rng.integers(gmin, gmax + 1))
-            a = start + int(rng.integers(0, n - g))
-            add(a, a + g)
-    elif cfg.policy == "uniform_seconds":
-        secs = [s for s in range(cfg.uniform_min_s, cfg.uniform_max_s + 1) if round(s * fps) <= n - 1]
-        if not secs:
-            return [], f"shot of {n / fps:.2f} s is shorter than {cfg.uniform_min_s} s"
-        for _ in range(budget * cfg.max_attempts):
-            if not more():
-                break
-            g = int(round(secs[int(rng.integers(0, len(secs)))] * fps))
-            a = start + int(rng.integers(0, n - g))
-            add(a, a + g)
-    elif cfg.policy == "flow_advance":
-        if n < 2:
-            return [], f"shot of {n} frame(s): flow_advance needs two"
-        for _ in range(budget * cfg.max_attempts):
-            if not more():
-                break
-            # the released sampler: a random start in [0, 20), 20 frames spaced linearly from it to the
-            # end, a random target-index guess in [1, min(len, 20)) (the target the advance may reach)
-            a = start + int(rng.integers(0, min(cfg.advance_start_max, n - 1)))
-            frames = list(dict.fromkeys(int(round(x)) for x in np.linspace(a, end - 1, cfg.advance_frames)))
-            if len(frames) < 2:
-                continue
-            guess = int(rng.integers(1, min(len(frames), cfg.advance_frames))) if len(frames) > 2 else 1
-            seq = frames[1:guess + 1]
-            add(a, seq[-1], seq, guess)
-    else:  # guarded by config validation
-        raise ValueError(f"unknown pair policy {cfg.policy!r}")
     if screen is not None and not out:
-        return [], f"none of {drawn[0]} pairs drawn shows a visible, local change (pairs.prescreen)"
+        return [], f"none of {drawn} pairs drawn shows a visible, local change (pairs.prescreen)"
     return sorted(out[:cfg.per_shot], key=lambda p: (min(p.src, p.tgt), p.tgt)) + out[cfg.per_shot:], None
 
 
