@@ -140,10 +140,11 @@ def random_dpt():
 
 
 def stage_shares(h, w, n_clips=2):
+    from throughput import stage_costs
+
     from vid2pair.pipeline.config import load_config
     from vid2pair.pipeline.io import list_inputs, make_tasks
     from vid2pair.pipeline.synthetic import make_demo_corpus
-    from throughput import stage_costs
 
     work = Path(tempfile.mkdtemp(prefix=f"v2p-sig-{h}x{w}-"))
     make_demo_corpus(work / "videos", n_static=n_clips, n_moving_camera=0, seed=5, width=w, height=h)

@@ -189,9 +189,8 @@ def main():
 
     from vid2pair.pipeline.config import load_config
     from vid2pair.pipeline.io import input_root, list_inputs, make_tasks
-    from vid2pair.pipeline.synthetic import make_demo_corpus
-
     from vid2pair.pipeline.runners import set_threads
+    from vid2pair.pipeline.synthetic import make_demo_corpus
 
     set_threads(1)  # every cost and rate below is per core: one OpenCV / torch thread
     work = Path(tempfile.mkdtemp(prefix="v2p-bench-"))

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 
-
 def _busy_clip_workers() -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 
-
 from vid2pair.pipeline.cli import main
 
 

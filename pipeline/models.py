@@ -38,9 +38,26 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from vid2pair.core.weights import (  # noqa: F401  (re-exported: the registry's public names)
-    _MB, _STATUS_RANK, REGISTRY, STATUS_MISSING, STATUS_OK, STATUS_SHA,
-    STATUS_SIZE, STATUS_UNVERIFIED, MissingWeightsError, WeightEntry, _cache, _part, _Target, _targets,
-    _registry, default_cache_dir, entry_path, get_entry, register, resolve_weights,
+    _MB,
+    _STATUS_RANK,
+    REGISTRY,
+    STATUS_MISSING,
+    STATUS_OK,
+    STATUS_SHA,
+    STATUS_SIZE,
+    STATUS_UNVERIFIED,
+    MissingWeightsError,
+    WeightEntry,
+    _cache,
+    _part,
+    _registry,
+    _Target,
+    _targets,
+    default_cache_dir,
+    entry_path,
+    get_entry,
+    register,
+    resolve_weights,
 )
 
 try:  # POSIX advisory locks so parallel fetches of one file don't interleave

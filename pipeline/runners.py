@@ -19,18 +19,25 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-
-import numpy as np
 from typing import Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from vid2pair.core.items import ClipDone, ClipTask, PairItem, item_to_row, row_to_item
 from vid2pair.pipeline.graph import STAGES
 from vid2pair.pipeline.io import OutputWriter, stage_sample, write_chunk
+from vid2pair.pipeline.plan import (
+    ClipUnit,
+    batch_size_of,
+    build_pair_stages,
+    build_stage,
+    check_arrays,
+    fused_prefix,
+    pair_classes,
+    run_items,
+)
 from vid2pair.pipeline.storage import is_uri
-from vid2pair.pipeline.plan import (ClipUnit, batch_size_of, build_pair_stages, build_stage, check_arrays, fused_prefix,
-                                   pair_classes, run_items)
 
 log = logging.getLogger("vid2pair")
 
@@ -379,8 +386,15 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     summarise. Returns the summary dict. ``stages``: the pipeline (default
     :data:`~vid2pair.pipeline.graph.STAGES`; tests add their own). SIGINT / SIGTERM while it runs
     raise :class:`Interrupted` (committed chunks stay; a rerun resumes)."""
-    from vid2pair.pipeline.io import (clip_durations, format_summary, input_root, list_inputs, make_tasks,
-                                      require_inputs, summarize)
+    from vid2pair.pipeline.io import (
+        clip_durations,
+        format_summary,
+        input_root,
+        list_inputs,
+        make_tasks,
+        require_inputs,
+        summarize,
+    )
     from vid2pair.pipeline.storage import check_writable
 
     t0 = time.time()

@@ -15,7 +15,6 @@ from collections import Counter
 
 import numpy as np
 
-
 REQUIRED_MEMBERS = ("src", "tgt", "meta")  # every sample (docs/format.md); the signal members are optional
 
 

@@ -57,8 +57,19 @@ import numpy as np
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
-from vid2pair.stages.evidence import (changed_mask, coherent_matches, fb_consistent, masked_psnr, moved_not_still,
-                                      object_region, patch_ncc, sample_field, solid_change, sparse_matches, textured)
+from vid2pair.stages.evidence import (
+    changed_mask,
+    coherent_matches,
+    fb_consistent,
+    masked_psnr,
+    moved_not_still,
+    object_region,
+    patch_ncc,
+    sample_field,
+    solid_change,
+    sparse_matches,
+    textured,
+)
 
 __all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
 

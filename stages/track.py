@@ -47,10 +47,17 @@ from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.evidence import (coherent_matches, klt_tracks, klt_verify, moved_not_still, patch_ncc,
-                                      sample_field, sparse_matches, still_support)
-from vid2pair.stages.flow import (DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops,
-                                   to_gray)
+from vid2pair.stages.evidence import (
+    coherent_matches,
+    klt_tracks,
+    klt_verify,
+    moved_not_still,
+    patch_ncc,
+    sample_field,
+    sparse_matches,
+    still_support,
+)
+from vid2pair.stages.flow import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops, to_gray
 
 __all__ = [
     "TrackConfig",

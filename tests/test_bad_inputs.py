@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.io import read_index, read_rejects
 from vid2pair.pipeline.runners import build
 from vid2pair.pipeline.synthetic import make_clip, write_video
-from tests.conftest import SHARED
 
 
 def _vfr(path):

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem, Reject
+from vid2pair.core.spec import validate
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.collage import CollageConfig, CollageStage, composite, fit_segments, make_collage
 from vid2pair.stages.depth import DPT_EXTRA_MESSAGE, DPTDepth, occlusion_order, order_to_disparity

@@ -14,11 +14,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem
+from vid2pair.core.spec import validate
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
-from vid2pair.stages.drag import (DragConfig, drag_json, drag_mask, drag_weights, flow_agreement, sample_drag_points,
-                         target_side_magnitude)
+from vid2pair.stages.drag import (
+    DragConfig,
+    drag_json,
+    drag_mask,
+    drag_weights,
+    flow_agreement,
+    sample_drag_points,
+    target_side_magnitude,
+)
 from vid2pair.stages.matching import correspondence, correspondence_index, token_centres
 from vid2pair.stages.track import TrackConfig, TrackStage
 

@@ -7,12 +7,12 @@ import types
 import numpy as np
 import pytest
 
-from vid2pair.stages.flow import FlowConfig
 from vid2pair.pipeline.synthetic import CameraMotion, make_clip
 from vid2pair.stages.flow import (
     SEA_RAFT_EXTRA_MESSAGE,
     DISFlow,
     FlowBackend,
+    FlowConfig,
     PtlflowSEARAFT,
     TorchvisionRAFT,
     chain_flow,
@@ -328,9 +328,8 @@ def test_sea_raft_adapter_with_real_ptlflow_random_weights(tmp_path):
     {"state_dict": ...} format, since the published ones cannot be downloaded here): the adapter
     loads it through `flow.weights`, and its output equals the model called directly with ptlflow's
     convention (BGR, [0, 1], (B, 2, 3, H, W) -> flows[:, 0])."""
-    import torch
-
     import ptlflow  # the sea-raft extra (make install installs every extra)
+    import torch
 
     torch.manual_seed(0)
     model = ptlflow.get_model("sea_raft_s").eval()

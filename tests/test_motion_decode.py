@@ -57,8 +57,8 @@ def test_preset_rules(preset, flow, expect):
 
 
 def test_non_finite_flow_is_rejected_by_name():
-    from vid2pair.stages.motion import MotionStage
     from vid2pair.core.items import PairItem, Reject
+    from vid2pair.stages.motion import MotionStage
 
     cfg = load_config("demo")
     f = _flow(48, 64, 0.5, 3.0)

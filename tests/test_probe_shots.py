@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from tests.conftest import shared_video
 from vid2pair.pipeline.synthetic import make_clip, write_video
 from vid2pair.stages.decode import Video, scaled_size
 from vid2pair.stages.probe import check_limits, probe
 from vid2pair.stages.shots import detect_cuts, shots_from_cuts
-from tests.conftest import shared_video
 
 
 def test_probe_reads_metadata():

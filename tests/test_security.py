@@ -3,8 +3,8 @@ import re
 import tarfile
 from pathlib import Path
 
-from vid2pair.pipeline.config import load_config
 from vid2pair.core.items import clip_id_for, pair_key, sanitize
+from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.runners import build
 from vid2pair.pipeline.synthetic import make_clip, write_video
 

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem, Reject
+from vid2pair.core.spec import validate
 from vid2pair.stages.sketch import SketchConfig, SketchStage, edge_strength, sketch_from_flow, target_flow, thin
 
 

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from vid2pair.core.spec import validate
 from vid2pair.core.items import ClipDone, PairItem, Reject
+from vid2pair.core.spec import validate
 from vid2pair.stages.coarse import CoarseConfig, CoarseStage, coarse_edit, coarse_edit_batch
-from vid2pair.stages.splat import (MODES, backwarp, magicfixup_metric, reference_splat_numpy, softmax_splat,
-                          splat_with_density)
+from vid2pair.stages.splat import (
+    MODES,
+    backwarp,
+    magicfixup_metric,
+    reference_splat_numpy,
+    softmax_splat,
+    splat_with_density,
+)
 
 
 def _t(a):

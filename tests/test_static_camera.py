@@ -6,11 +6,11 @@ bikes shots >= 0.0166. Threshold 0.008.
 """
 import pytest
 
+from tests.conftest import shared_video
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.synthetic import CameraMotion, make_clip
 from vid2pair.stages.decode import Video, scaled_size
 from vid2pair.stages.static_camera import camera_motion_score, sample_indices
-from tests.conftest import shared_video
 
 THR = load_config("demo").static_camera.max_shift
 

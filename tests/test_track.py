@@ -28,12 +28,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vid2pair.core.spec import validate
 from vid2pair.core.items import PairItem, Reject
+from vid2pair.core.spec import validate
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.drag import DragConfig
-from vid2pair.stages.track import (CoTrackerTracker, FlowChainTracker, TrackConfig, TrackStage, auto_grid_stride,
-                          load_cotracker_predictor, make_tracker, query_grid, sample_field, subsample_indices)
+from vid2pair.stages.track import (
+    CoTrackerTracker,
+    FlowChainTracker,
+    TrackConfig,
+    TrackStage,
+    auto_grid_stride,
+    load_cotracker_predictor,
+    make_tracker,
+    query_grid,
+    sample_field,
+    subsample_indices,
+)
 
 W, H = 320, 240
 

@@ -16,8 +16,15 @@ import torch
 
 from vid2pair.pipeline.config import ConfigError
 from vid2pair.trainer.config import TASKS, load_train_config, required_weights, resolve_grad_accum, signal_channels
-from vid2pair.trainer.data import (DataError, PairStream, clip_of_key, expand_shards, is_eval_key, key_bucket,
-                          sample_spec)
+from vid2pair.trainer.data import (
+    DataError,
+    PairStream,
+    clip_of_key,
+    expand_shards,
+    is_eval_key,
+    key_bucket,
+    sample_spec,
+)
 from vid2pair.trainer.testing import demo_shards, rewrite_shard, truncate_shard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -413,8 +420,14 @@ def test_trainer_docs_and_config_agree():
     import dataclasses
     import re
 
-    from vid2pair.trainer.config import (DataConfig, EvalConfig, FramePainterConfig, OptimConfig, TinyModelConfig,
-                                TrainLoopConfig)
+    from vid2pair.trainer.config import (
+        DataConfig,
+        EvalConfig,
+        FramePainterConfig,
+        OptimConfig,
+        TinyModelConfig,
+        TrainLoopConfig,
+    )
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "trainer.md").read_text()
     section = text.split("## Configuration")[1].split("\n## ")[0]

@@ -11,8 +11,14 @@ import torch
 
 from vid2pair.trainer.config import load_train_config
 from vid2pair.trainer.data import build_train_loader, sample_spec
-from vid2pair.trainer.models.framepainter import (MatchingAttnProcessor, _control_hook, _Ctx, _drag_hook,
-                                         matching_loss_dense, matching_loss_terms)
+from vid2pair.trainer.models.framepainter import (
+    MatchingAttnProcessor,
+    _control_hook,
+    _Ctx,
+    _drag_hook,
+    matching_loss_dense,
+    matching_loss_terms,
+)
 from vid2pair.trainer.testing import demo_shards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,9 +205,9 @@ def test_forward_backward_tiny_config(shards, tmp_path, task):
 def test_gradient_checkpointing_keeps_the_matching_gradient(shards, tmp_path):
     """diffusers' checkpointing re-runs blocks in backward; our checkpoint function carries the
     matching-loss terms out of the checkpointed blocks, so losses and gradients are identical."""
-    from vid2pair.trainer.models import build_model
-
     import torch.utils.checkpoint as tuc
+
+    from vid2pair.trainer.models import build_model
 
     real = tuc.checkpoint
     carried = []
