@@ -10,4 +10,5 @@ The repository's top-level folders are this package's subpackages (``pyproject.t
 * :mod:`vid2pair.jobs`     entry points for Ray clusters;
 * ``vid2pair/configs``     the presets (package data).
 """
+
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ and, on 2 nodes, with the driver writing them (every sample's bytes pass through
 
 Usage: python benchmarks/cluster_scaling.py [--clips 16] [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,22 @@ def main() -> None:
     rates = {}
     for n, writers in ((1, "workers"), (2, "workers"), (2, "driver")):
         out = work / f"out{n}{writers}"
-        cmd = [sys.executable, str(ROOT / "jobs" / "local_cluster.py"), "--workers", str(n), "--cpus-per-worker", "1",
-               "--input", str(work / "videos"), "--output", str(out), "--warmup", str(work / "warmup"),
-               "--set", f"runner.shard_writers={writers}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "jobs" / "local_cluster.py"),
+            "--workers",
+            str(n),
+            "--cpus-per-worker",
+            "1",
+            "--input",
+            str(work / "videos"),
+            "--output",
+            str(out),
+            "--warmup",
+            str(work / "warmup"),
+            "--set",
+            f"runner.shard_writers={writers}",
+        ]
         for s in a.set:
             cmd += ["--set", s]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -47,11 +61,13 @@ def main() -> None:
         n_pairs, drv = res["summary"]["samples"], res["driver"]
         rates[n, writers] = n_pairs / res["wall_s"]
         mib = sum(p.stat().st_size for p in (out / "shards").glob("*.tar")) / 2**20
-        print(f"{n} worker node(s), shards written by the {writers}: {n_pairs} pairs ({mib:.1f} MiB of shards) in "
-              f"{res['wall_s']:.1f} s = {rates[n, writers]:.2f} pairs/s (after an untimed {res['warmup_s']:.1f} s "
-              f"warm-up build of 2 clips); driver {drv['cpu_s']:.1f} CPU s "
-              f"({1000 * drv['cpu_s'] / max(n_pairs, 1):.0f} ms a pair), peak RSS {drv['peak_rss_mib']:.0f} MiB",
-              flush=True)
+        print(
+            f"{n} worker node(s), shards written by the {writers}: {n_pairs} pairs ({mib:.1f} MiB of shards) in "
+            f"{res['wall_s']:.1f} s = {rates[n, writers]:.2f} pairs/s (after an untimed {res['warmup_s']:.1f} s "
+            f"warm-up build of 2 clips); driver {drv['cpu_s']:.1f} CPU s "
+            f"({1000 * drv['cpu_s'] / max(n_pairs, 1):.0f} ms a pair), peak RSS {drv['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
     print(f"scaling 1 -> 2 nodes: {rates[2, 'workers'] / rates[1, 'workers']:.2f}x")
 
 

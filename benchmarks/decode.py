@@ -22,6 +22,7 @@ Default real clips: ``../shared/videos/real/cockatoo.mp4`` (1280x720) and
 ``../shared/videos/real2/mouse_openfield_topdown.mp4`` where present. decord is optional
 (``pip install decord``); without it only the ``after`` column is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,9 @@ def serve_before(path: str, reads) -> tuple[float, int, dict]:
         else:
             size = r[2]
             if size not in readers:
-                readers[size] = decord.VideoReader(path, ctx=decord.cpu(0), width=size[0], height=size[1],
-                                                   num_threads=1)
+                readers[size] = decord.VideoReader(
+                    path, ctx=decord.cpu(0), width=size[0], height=size[1], num_threads=1
+                )
             uniq = sorted(set(r[1]))
             arr = readers[size].get_batch(uniq).asnumpy()
             n += len(r[1])
@@ -134,6 +136,7 @@ def main():
 
     try:
         import decord  # noqa: F401
+
         have_decord = True
     except ImportError:
         have_decord = False
@@ -141,12 +144,20 @@ def main():
     h, w = map(int, a.size.lower().split("x"))
     work = Path(tempfile.mkdtemp(prefix="v2p-decode-"))
     clips = [str(p) for p in make_demo_corpus(work, n_static=a.clips, n_moving_camera=0, seed=0, width=w, height=h)]
-    real = a.real if a.real is not None else [str(p) for p in (SHARED / "real" / "cockatoo.mp4",
-                                                               SHARED / "real2" / "mouse_openfield_topdown.mp4")
-                                              if p.exists()]
+    real = (
+        a.real
+        if a.real is not None
+        else [
+            str(p)
+            for p in (SHARED / "real" / "cockatoo.mp4", SHARED / "real2" / "mouse_openfield_topdown.mp4")
+            if p.exists()
+        ]
+    )
     cfg = load_config("demo", ["runner.progress=false"])
-    print(f"{'clip':<34} {'frames':>7} {'before f/s':>11} {'after f/s':>10} {'after/before':>12} "
-          f"{'wrong before':>12} {'wrong after':>11}  reads (after)")
+    print(
+        f"{'clip':<34} {'frames':>7} {'before f/s':>11} {'after f/s':>10} {'after/before':>12} "
+        f"{'wrong before':>12} {'wrong after':>11}  reads (after)"
+    )
     tot = {"before": 0.0, "after": 0.0, "n": 0}
     synth = {"before": 0.0, "after": 0.0, "n": 0}
     for path in clips + real:
@@ -161,24 +172,32 @@ def main():
 
             def decord_in_order(size, path=path):
                 vr = decord.VideoReader(path, ctx=decord.cpu(0), width=size[0], height=size[1], num_threads=1)
-                return np.concatenate([vr.get_batch(list(range(k, min(k + 64, len(vr))))).asnumpy()
-                                       for k in range(0, len(vr), 64)])
+                return np.concatenate(
+                    [vr.get_batch(list(range(k, min(k + 64, len(vr))))).asnumpy() for k in range(0, len(vr), 64)]
+                )
+
             bad_before, worst = wrong_frames(path, before["frames"], decord_in_order)
-            line += (f"{n_b / t_before:>11.0f} {n / t_after:>10.0f} {t_before / t_after:>12.2f} "
-                     f"{bad_before:>5} ({worst:4.1f}) {bad_after:>11}")
-            for acc in ([tot] + ([synth] if path in clips else [])):
+            line += (
+                f"{n_b / t_before:>11.0f} {n / t_after:>10.0f} {t_before / t_after:>12.2f} "
+                f"{bad_before:>5} ({worst:4.1f}) {bad_after:>11}"
+            )
+            for acc in [tot] + ([synth] if path in clips else []):
                 acc["before"] += t_before
                 acc["after"] += t_after
                 acc["n"] += n
         else:
             line += f"{'-':>11} {n / t_after:>10.0f} {'-':>12} {'-':>12} {bad_after:>11}"
-        print(line + f"  decoded {after['decoded']}, seeks {after['seeks']}, re-reads {after['rereads']}, "
-                     f"FFmpeg errors {after['errors']}+{after['seek_errors']} (scan+seeks)")
+        print(
+            line + f"  decoded {after['decoded']}, seeks {after['seeks']}, re-reads {after['rereads']}, "
+            f"FFmpeg errors {after['errors']}+{after['seek_errors']} (scan+seeks)"
+        )
     if have_decord:
         for name, acc in (("synthetic demo clips", synth), ("all clips", tot)):
             if acc["n"]:
-                print(f"{name}: before {acc['n'] / acc['before']:.0f} frames/s, after {acc['n'] / acc['after']:.0f} "
-                      f"frames/s: after / before = {acc['before'] / acc['after']:.2f}")
+                print(
+                    f"{name}: before {acc['n'] / acc['before']:.0f} frames/s, after {acc['n'] / acc['after']:.0f} "
+                    f"frames/s: after / before = {acc['before'] / acc['after']:.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Prints, each on its own line (a section that fails prints why and the others go 
 
 Without CUDA (and without ``--smoke``) it says it needs a GPU and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,6 +87,7 @@ class Bench:
 
 # ---------------------------------------------------------------- sections
 
+
 def s_decode(b: Bench) -> dict:
     """Decode the 24 frames a FramePainter pair needs, resized + cropped to 576x1024 (CPU)."""
     from vid2pair.pipeline.config import load_config
@@ -120,10 +122,16 @@ def s_sea_raft(b: Bench) -> dict:
     from vid2pair.stages.flow import PtlflowSEARAFT
 
     bs = 2 if b.smoke else 8
-    be = PtlflowSEARAFT("m", _random_ckpt(b, "sea_raft_m"), device=b.dev, precision="fp32" if b.smoke else "bf16",
-                        batch_size=bs, iters=2 if b.smoke else None)
+    be = PtlflowSEARAFT(
+        "m",
+        _random_ckpt(b, "sea_raft_m"),
+        device=b.dev,
+        precision="fp32" if b.smoke else "bf16",
+        batch_size=bs,
+        iters=2 if b.smoke else None,
+    )
     fr = b.frames(bs + 1)
-    sec = b.timed(lambda: be(fr[:bs], fr[1:bs + 1]), 1 if b.smoke else 5)
+    sec = b.timed(lambda: be(fr[:bs], fr[1 : bs + 1]), 1 if b.smoke else 5)
     return {"pairs/s": round(bs / sec, 2), "batch": bs, "size": f"{b.H}x{b.W}", "precision": "bf16"}
 
 
@@ -132,8 +140,14 @@ def s_raft_chained(b: Bench) -> dict:
     from vid2pair.stages.flow import TorchvisionRAFT, compose_flows
 
     hw = 64 if b.smoke else 512
-    be = TorchvisionRAFT("large", random_init=True, device=b.dev, batch_size=10,
-                         inference_size=None if b.smoke else (520, 520), iters=2 if b.smoke else None)
+    be = TorchvisionRAFT(
+        "large",
+        random_init=True,
+        device=b.dev,
+        batch_size=10,
+        inference_size=None if b.smoke else (520, 520),
+        iters=2 if b.smoke else None,
+    )
     fr = b.frames(11, hw, hw)
 
     def pair():
@@ -186,23 +200,42 @@ def s_sam(b: Bench) -> dict:
     img = b.frames(1, 64 if b.smoke else 512, 64 if b.smoke else 512)[0]
     with torch.inference_mode():
         sec = b.timed(lambda: gen.generate(img), 1)
-    return {"pairs/s": round(1 / sec, 3), "model": kind, "points_per_side": 4 if b.smoke else 32,
-            "note": "random weights give few masks; the real ones cost the same per prompt grid"}
+    return {
+        "pairs/s": round(1 / sec, 3),
+        "model": kind,
+        "points_per_side": 4 if b.smoke else 32,
+        "note": "random weights give few masks; the real ones cost the same per prompt grid",
+    }
 
 
 def s_dpt(b: Bench) -> dict:
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation
 
-    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=64,
-                    patch_size=16, neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=32,
-                    backbone_out_indices=[0, 1, 2, 3]) if b.smoke else DPTConfig()
+    cfg = (
+        DPTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=64,
+            patch_size=16,
+            neck_hidden_sizes=[16, 32, 64, 128],
+            fusion_hidden_size=32,
+            backbone_out_indices=[0, 1, 2, 3],
+        )
+        if b.smoke
+        else DPTConfig()
+    )
     m = DPTForDepthEstimation(cfg).to(b.dev).eval()
     x = torch.rand(1, 3, 64 if b.smoke else 384, 64 if b.smoke else 384, device=b.dev)
     with torch.inference_mode():
         sec = b.timed(lambda: m(pixel_values=x), 1 if b.smoke else 5)
-    return {"pairs/s": round(1 / sec, 2), "model": "DPT-Large config (random)" if not b.smoke else "tiny DPT",
-            "input": "384x384"}
+    return {
+        "pairs/s": round(1 / sec, 2),
+        "model": "DPT-Large config (random)" if not b.smoke else "tiny DPT",
+        "input": "384x384",
+    }
 
 
 def s_splat(b: Bench) -> dict:
@@ -229,8 +262,12 @@ class _GpuSampler:
     def _run(self):
         while not self._stop.is_set():
             try:
-                r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                    "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                r = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 u, m = (float(x) for x in r.stdout.strip().splitlines()[0].split(","))
                 self.util.append(u)
                 self.mem.append(m)
@@ -258,11 +295,24 @@ def s_pipeline(b: Bench) -> dict:
     make_demo_corpus(videos, n_static=n_clips, n_moving_camera=0, seed=3, width=w, height=h, n_frames=60, fps=12)
     # random weights give random flows: the motion rules and the quality stage would reject every pair
     # before the later stages run, so they are off here
-    rules_off = ["motion.min_moving_frac=null", "motion.max_p99=null", "motion.max_large_frac=null",
-                 "quality.enabled=false", "coarse.min_coverage=null"]
-    over = ["runner.progress=false", "runner.check_weights=false", "track.enabled=false", *rules_off,
-            f"flow.weights={_random_ckpt(b, 'sea_raft_m')}", "flow.actors=2",
-            f"flow.num_gpus={0.5 if b.dev == 'cuda' else 0}", f"coarse.device={b.dev}", "pairs.per_shot=4"]
+    rules_off = [
+        "motion.min_moving_frac=null",
+        "motion.max_p99=null",
+        "motion.max_large_frac=null",
+        "quality.enabled=false",
+        "coarse.min_coverage=null",
+    ]
+    over = [
+        "runner.progress=false",
+        "runner.check_weights=false",
+        "track.enabled=false",
+        *rules_off,
+        f"flow.weights={_random_ckpt(b, 'sea_raft_m')}",
+        "flow.actors=2",
+        f"flow.num_gpus={0.5 if b.dev == 'cuda' else 0}",
+        f"coarse.device={b.dev}",
+        "pairs.per_shot=4",
+    ]
     if b.smoke:
         over += [f"frame.size=[{b.H}, {b.W}]", "flow.iters=2", "runner.name=local"]
     cfg = load_config("framepainter", over)
@@ -274,15 +324,24 @@ def s_pipeline(b: Bench) -> dict:
     else:
         s = build(cfg, str(videos), b.tmp / "out", log_summary=False)
     wall = time.time() - t
-    res = {"pairs/s": round(s["samples"] / wall, 3), "samples": s["samples"], "clips": n_clips,
-           "wall_s": round(wall, 1), "note": "tracking off (CoTracker3 needs its hub code); SEA-RAFT 2 x 0.5 GPU; "
-                                             "motion and quality rules off (random weights)"}
+    res = {
+        "pairs/s": round(s["samples"] / wall, 3),
+        "samples": s["samples"],
+        "clips": n_clips,
+        "wall_s": round(wall, 1),
+        "note": "tracking off (CoTracker3 needs its hub code); SEA-RAFT 2 x 0.5 GPU; "
+        "motion and quality rules off (random weights)",
+    }
     if sampler and sampler.util:
         util = float(np.mean(sampler.util))
-        res.update({"gpu_util_mean_%": round(util, 1),
-                    "gpu_util_p90_%": round(float(np.percentile(sampler.util, 90)), 1),
-                    "peak_gpu_mem_MiB": round(max(sampler.mem)),
-                    "decode_starves_gpu": util < 50})
+        res.update(
+            {
+                "gpu_util_mean_%": round(util, 1),
+                "gpu_util_p90_%": round(float(np.percentile(sampler.util, 90)), 1),
+                "peak_gpu_mem_MiB": round(max(sampler.mem)),
+                "decode_starves_gpu": util < 50,
+            }
+        )
     clip_rate = s["samples"] / wall / 4  # per_shot 4, one shot per synthetic clip
     res["clips/s vs Magic Fixup's 2.2 per GPU"] = round(clip_rate / MF_RATE, 3)
     return res
@@ -302,16 +361,18 @@ def s_trainer(b: Bench) -> dict:
     cfg = load_train_config("train_framepainter_sketch", over)
     dev = torch.device(b.dev)
     note = ""
-    for res_hw in ([cfg.model.resolution] if b.smoke else [[576, 1024], [320, 576]]):
+    for res_hw in [cfg.model.resolution] if b.smoke else [[576, 1024], [320, 576]]:
         cfg.model.resolution = list(res_hw)
         try:
             model = FramePainterModel(cfg, dev).to(dev)
             opt = torch.optim.AdamW([p for _, p in model.trainable_named_parameters()], lr=1e-5)
             H, W = res_hw
-            batch = {"src": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
-                     "tgt": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
-                     "signal": torch.rand(1, signal_channels(cfg.task), H, W, device=dev)}
-            for (h, w) in model.match_grids:
+            batch = {
+                "src": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
+                "tgt": torch.rand(1, 3, H, W, device=dev) * 2 - 1,
+                "signal": torch.rand(1, signal_channels(cfg.task), H, W, device=dev),
+            }
+            for h, w in model.match_grids:
                 batch[f"match_idx_{h}x{w}"] = torch.randint(0, h * w, (1, h * w), device=dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -327,7 +388,7 @@ def s_trainer(b: Bench) -> dict:
             sec = b.timed(step, n)
             out = {"samples/s": round(1 / sec, 3), "steps": n, "resolution": f"{H}x{W}", "batch": 1}
             if dev.type == "cuda":
-                out["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+                out["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if note:
                 out["note"] = note
             return out
@@ -348,8 +409,10 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available() and not a.smoke:
-        print("benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured. "
-              "`--smoke` runs every section on CPU at toy sizes.")
+        print(
+            "benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured. "
+            "`--smoke` runs every section on CPU at toy sizes."
+        )
         return 0
     b = Bench(a.smoke, a.budget_s)
     print(f"device: {b.out['device']}; torch {torch.__version__}; budget {a.budget_s:.0f} s")
@@ -362,8 +425,10 @@ def main(argv=None) -> int:
     b.section("SAM automatic masks", lambda: s_sam(b))
     b.section("Ray pipeline, one GPU", lambda: s_pipeline(b))
     b.section("FramePainter trainer, 50 steps", lambda: s_trainer(b))
-    print(f"Magic Fixup's scale: 12 M clips / day on 64 GPUs = {MF_RATE:.2f} clips/s per GPU "
-          f"(see the Ray pipeline line for ours)")
+    print(
+        f"Magic Fixup's scale: 12 M clips / day on 64 GPUs = {MF_RATE:.2f} clips/s per GPU "
+        f"(see the Ray pipeline line for ours)"
+    )
     print(f"total {time.time() - b.t0:.0f} s")
     if a.json:
         Path(a.json).write_text(json.dumps(b.out, indent=1, default=str))

@@ -10,6 +10,7 @@ build): with ``input.unit_s=0`` (the clip is one task, so one core works on it) 
 samples, wall seconds and pairs/s of each, and the speed-up; the two outputs hold different pairs
 (a span boundary ends a shot), so the samples are counted, not compared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,22 +39,42 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="v2p-long-"))
     write_shots_video(work / "videos" / "long.mp4", a.shots, w, h, a.shot_s, a.fps)
     make_demo_corpus(work / "warmup", n_static=2, n_moving_camera=0, seed=3)
-    print(f"clip: {a.shots} shots x {a.shot_s:g} s = {a.shots * a.shot_s:g} s at {w}x{h}, {a.fps:g} fps; "
-          f"preset {a.config}; 2 worker nodes of 1 CPU")
+    print(
+        f"clip: {a.shots} shots x {a.shot_s:g} s = {a.shots * a.shot_s:g} s at {w}x{h}, {a.fps:g} fps; "
+        f"preset {a.config}; 2 worker nodes of 1 CPU"
+    )
     rates = {}
     for unit_s in (0.0, a.unit_s):
-        cmd = [sys.executable, str(ROOT / "jobs" / "local_cluster.py"), "--workers", "2", "--cpus-per-worker", "1",
-               "--config", a.config, "--input", str(work / "videos"), "--output", str(work / f"out{unit_s:g}"),
-               "--warmup", str(work / "warmup"), "--set", f"input.unit_s={unit_s:g}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "jobs" / "local_cluster.py"),
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "1",
+            "--config",
+            a.config,
+            "--input",
+            str(work / "videos"),
+            "--output",
+            str(work / f"out{unit_s:g}"),
+            "--warmup",
+            str(work / "warmup"),
+            "--set",
+            f"input.unit_s={unit_s:g}",
+        ]
         for s in a.set:
             cmd += ["--set", s]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res = json.loads(r.stdout.strip().splitlines()[-1])
         s = res["summary"]
         rates[unit_s] = s["samples"] / res["wall_s"]
-        print(f"input.unit_s={unit_s:g}: {s['work_units']} work unit(s), {s['samples']} pairs in {s['shards']} "
-              f"shard(s), {res['wall_s']:.1f} s = {rates[unit_s]:.2f} pairs/s "
-              f"(all inputs accounted: {s['all_inputs_accounted']})", flush=True)
+        print(
+            f"input.unit_s={unit_s:g}: {s['work_units']} work unit(s), {s['samples']} pairs in {s['shards']} "
+            f"shard(s), {res['wall_s']:.1f} s = {rates[unit_s]:.2f} pairs/s "
+            f"(all inputs accounted: {s['all_inputs_accounted']})",
+            flush=True,
+        )
     print(f"speed-up from splitting: {rates[a.unit_s] / rates[0.0]:.2f}x pairs/s")
 
 

@@ -11,6 +11,7 @@ tree (the build and its isolation child) every 50 ms. Prints per clip: shots, ca
 samples written, build seconds and the peak tree RSS; then the ratio of the longest clip's peak to
 the shortest's (1.0: flat). Peak RSS is measured, not timed: the seconds are for orientation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,21 @@ def tree_rss(pid: int) -> int:
 
 
 def build_peak(clip: Path, out: Path, preset: str, sets: list[str]) -> tuple[float, int, dict]:
-    cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", preset, "--input", str(clip),
-           "--output", str(out), "--runner", "local", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        preset,
+        "--input",
+        str(clip),
+        "--output",
+        str(out),
+        "--runner",
+        "local",
+        "--no-progress",
+    ]
     for kv in sets:
         cmd += ["--set", kv]
     t0 = time.perf_counter()
@@ -88,21 +102,36 @@ def main() -> None:
             write_shots_video(clip, n, w, h, a.shot_s, a.fps)
             secs, peak, s = build_peak(clip, Path(tmp) / f"out{n:03d}", a.preset, a.set)
             pairs = s.get("samples", 0) + sum(v for k, v in s.get("rejects_by_level", {}).items() if k == "pair")
-            rows.append({"shots": n, "seconds_of_video": round(n * a.shot_s, 1), "candidate_pairs": pairs,
-                         "samples": s.get("samples", 0), "build_s": round(secs, 1),
-                         "peak_tree_rss_mib": round(peak / 2**20, 1)})
+            rows.append(
+                {
+                    "shots": n,
+                    "seconds_of_video": round(n * a.shot_s, 1),
+                    "candidate_pairs": pairs,
+                    "samples": s.get("samples", 0),
+                    "build_s": round(secs, 1),
+                    "peak_tree_rss_mib": round(peak / 2**20, 1),
+                }
+            )
             if not a.json:
                 r = rows[-1]
-                print(f"{r['shots']:4d} shots ({r['seconds_of_video']:5.1f} s): {r['candidate_pairs']:4d} candidate "
-                      f"pairs, {r['samples']:4d} written, build {r['build_s']:7.1f} s, peak RSS (process tree) "
-                      f"{r['peak_tree_rss_mib']:8.1f} MiB", flush=True)
+                print(
+                    f"{r['shots']:4d} shots ({r['seconds_of_video']:5.1f} s): {r['candidate_pairs']:4d} candidate "
+                    f"pairs, {r['samples']:4d} written, build {r['build_s']:7.1f} s, peak RSS (process tree) "
+                    f"{r['peak_tree_rss_mib']:8.1f} MiB",
+                    flush=True,
+                )
     ratio = rows[-1]["peak_tree_rss_mib"] / max(rows[0]["peak_tree_rss_mib"], 1e-9)
     if a.json:
-        print(json.dumps({"preset": a.preset, "size": [w, h], "rows": rows, "peak_ratio_longest_vs_shortest":
-                          round(ratio, 3)}))
+        print(
+            json.dumps(
+                {"preset": a.preset, "size": [w, h], "rows": rows, "peak_ratio_longest_vs_shortest": round(ratio, 3)}
+            )
+        )
     else:
-        print(f"peak RSS, {rows[-1]['shots']} shots vs {rows[0]['shots']}: {ratio:.2f}x  (preset {a.preset}, "
-              f"{w}x{h} input)")
+        print(
+            f"peak RSS, {rows[-1]['shots']} shots vs {rows[0]['shots']}: {ratio:.2f}x  (preset {a.preset}, "
+            f"{w}x{h} input)"
+        )
 
 
 if __name__ == "__main__":

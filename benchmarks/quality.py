@@ -17,6 +17,7 @@ of ``real/`` and the top folder, as listed in ``FIXED`` below), and prints:
 "Good" is what the quality stage kept: every written signal passed its rule. Look at the samples
 (``vid2pair report``, ``vid2pair inspect --key``) before trusting a number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,32 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "videos"
 #: the fixed-camera clips with a moving subject (``videos/SOURCES.md``); the shaking, moving-camera
 #: and screen clips are left out, and so are the three lab clips shorter than the presets' 1-s gap
-FIXED = ["vtest.avi", "tree.avi", "real/coin_pen.avi", "real/motion.mov", "real/balle1-vp9.avi",
-         *[f"real2/{n}" for n in ("asl_sign_again_man.mkv", "asl_sign_book_woman.mkv", "dog_tricks_treat.avi",
-                                  "flies_arena_dark.mp4", "hand_moving_bottles.mp4", "makeup_hand_face.avi",
-                                  "mouse_openfield_topdown.mp4", "mouse_round_arena.mp4",
-                                  "people_walk_past_table.mp4", "silent_film_street.mp4",
-                                  "street_pedestrians_high.mp4", "street_traffic_cars.mp4",
-                                  "two_people_hug_room.mp4", "woman_drinking_room.avi")]]
+FIXED = [
+    "vtest.avi",
+    "tree.avi",
+    "real/coin_pen.avi",
+    "real/motion.mov",
+    "real/balle1-vp9.avi",
+    *[
+        f"real2/{n}"
+        for n in (
+            "asl_sign_again_man.mkv",
+            "asl_sign_book_woman.mkv",
+            "dog_tricks_treat.avi",
+            "flies_arena_dark.mp4",
+            "hand_moving_bottles.mp4",
+            "makeup_hand_face.avi",
+            "mouse_openfield_topdown.mp4",
+            "mouse_round_arena.mp4",
+            "people_walk_past_table.mp4",
+            "silent_film_street.mp4",
+            "street_pedestrians_high.mp4",
+            "street_traffic_cars.mp4",
+            "two_people_hug_room.mp4",
+            "woman_drinking_room.avi",
+        )
+    ],
+]
 SIGNALS = ("drag", "sketch", "coarse", "collage", "region_drag", "flow", "tracks")
 PAIR_RULES = ("global_change", "camera_moved", "no_visible_change", "no_visible_motion", "unmatched_change")
 
@@ -53,8 +73,21 @@ def measure(preset: str, inputs: Path, out: Path, extra: list[str]) -> dict:
 
     from vid2pair.pipeline.io import read_index, read_rejects
 
-    cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", preset, "--input", str(inputs),
-           "--output", str(out), "--runner", "local", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        preset,
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--runner",
+        "local",
+        "--no-progress",
+    ]
     for kv in extra:
         cmd += ["--set", kv]
     c0, t0 = _cpu_s(), time.perf_counter()
@@ -66,8 +99,11 @@ def measure(preset: str, inputs: Path, out: Path, extra: list[str]) -> dict:
         mine = idx[idx["source"] == src]
         carried = Counter(s for x in mine["signals"] for s in str(x).split(",") if s)
         judged = len(mine) + int(((rej["source"] == src) & (rej["level"] == "pair")).sum())
-        clips[Path(src).name] = {"judged": judged, "written": int(len(mine)),
-                                 **{s: int(carried.get(s, 0)) for s in SIGNALS}}
+        clips[Path(src).name] = {
+            "judged": judged,
+            "written": int(len(mine)),
+            **{s: int(carried.get(s, 0)) for s in SIGNALS},
+        }
     q = rej[(rej["stage"] == "quality")]
     reached = len(idx) + int((q["level"] == "pair").sum())  # pairs the quality stage judged
     rules = {}
@@ -78,9 +114,16 @@ def measure(preset: str, inputs: Path, out: Path, extra: list[str]) -> dict:
     for r, n in Counter(sig["reason"]).most_common():
         rules[r] = {"failed": int(n), "pass_share": round(1 - n / reached, 3) if reached else None}
     share = {s: round(sum(1 for c in clips.values() if c[s]) / max(1, len(clips)), 3) for s in SIGNALS}
-    return {"clips": clips, "signal_clip_share": share, "rules": rules, "samples": int(len(idx)),
-            "judged": reached, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
-            "samples_per_cpu_minute": round(60 * len(idx) / cpu, 2) if cpu else None}
+    return {
+        "clips": clips,
+        "signal_clip_share": share,
+        "rules": rules,
+        "samples": int(len(idx)),
+        "judged": reached,
+        "cpu_s": round(cpu, 1),
+        "wall_s": round(wall, 1),
+        "samples_per_cpu_minute": round(60 * len(idx) / cpu, 2) if cpu else None,
+    }
 
 
 def main() -> int:
@@ -104,16 +147,22 @@ def main() -> int:
             res = measure(preset, lst, Path(d) / f"out-{preset}", extra)
             report[preset] = res
             with_samples = sum(1 for c in res["clips"].values() if c["written"])
-            print(f"\n=== {preset}: {res['samples']} samples from {with_samples} of {len(res['clips'])} clips; "
-                  f"{res['judged']} pairs judged; {res['samples_per_cpu_minute']} samples per CPU-minute "
-                  f"({res['cpu_s']} CPU-s, {res['wall_s']} s wall)")
+            print(
+                f"\n=== {preset}: {res['samples']} samples from {with_samples} of {len(res['clips'])} clips; "
+                f"{res['judged']} pairs judged; {res['samples_per_cpu_minute']} samples per CPU-minute "
+                f"({res['cpu_s']} CPU-s, {res['wall_s']} s wall)"
+            )
             print(f"{'clip':30s} {'judged':>6s} {'written':>7s} " + " ".join(f"{s:>7s}" for s in SIGNALS))
             for name, c in res["clips"].items():
                 print(f"{name[:30]:30s} {c['judged']:6d} {c['written']:7d} " + " ".join(f"{c[s]:7d}" for s in SIGNALS))
-            print("share of the clips with the signal: " + ", ".join(f"{s} {v:.0%}"
-                                                                      for s, v in res["signal_clip_share"].items()))
-            print("rules (failed / pass share of the pairs the quality stage judged): " + ", ".join(
-                f"{r} {v['failed']} ({v['pass_share']})" for r, v in res["rules"].items()))
+            print(
+                "share of the clips with the signal: "
+                + ", ".join(f"{s} {v:.0%}" for s, v in res["signal_clip_share"].items())
+            )
+            print(
+                "rules (failed / pass share of the pairs the quality stage judged): "
+                + ", ".join(f"{r} {v['failed']} ({v['pass_share']})" for r, v in res["rules"].items())
+            )
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
     return 0

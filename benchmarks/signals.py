@@ -14,6 +14,7 @@ Prints:
 Usage: python benchmarks/signals.py [--skip-models] [--skip-fp] [--json out.json]
 One OpenCV / torch thread throughout: every figure is per core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,15 @@ def bench_tracking(h, w, reps=2):
     err = np.linalg.norm(xy[0][ok] - gt[ok], axis=1)
     moving = np.linalg.norm(gt - q, axis=1) > 1.0
     err_mov = np.linalg.norm(xy[0][ok & moving] - gt[ok & moving], axis=1)
-    return {"ms": ms, "points": len(q), "median_px": float(np.median(err)), "p90_px": float(np.percentile(err, 90)),
-            "moving_median_px": float(np.median(err_mov)) if len(err_mov) else float("nan"),
-            "hops": len(tr.last_info[0]["hops"]), "visible_frac": float(vis[0].mean())}
+    return {
+        "ms": ms,
+        "points": len(q),
+        "median_px": float(np.median(err)),
+        "p90_px": float(np.percentile(err, 90)),
+        "moving_median_px": float(np.median(err_mov)) if len(err_mov) else float("nan"),
+        "hops": len(tr.last_info[0]["hops"]),
+        "visible_frac": float(vis[0].mean()),
+    }
 
 
 def bench_splat(reps=3):
@@ -93,8 +100,12 @@ def bench_splat(reps=3):
         small = softmax_splat(s_img, s_fl, s_z)
     small_ms_mp = 1000 * (time.perf_counter() - t0) / 20 / (48 * 64 / 1e6)
     diff = float(np.abs(small.numpy() - ref).max())
-    return {"torch_ms_per_mp_576x1024": torch_ms_mp, "torch_ms_per_mp_48x64": small_ms_mp,
-            "reference_ms_per_mp_48x64": ref_ms_mp, "max_abs_diff": diff}
+    return {
+        "torch_ms_per_mp_576x1024": torch_ms_mp,
+        "torch_ms_per_mp_48x64": small_ms_mp,
+        "reference_ms_per_mp_48x64": ref_ms_mp,
+        "max_abs_diff": diff,
+    }
 
 
 def bench_collage(h, w, segmenter, depth="occlusion", sam_model=None, dpt_model=None, reps=1):
@@ -115,8 +126,12 @@ def bench_collage(h, w, segmenter, depth="occlusion", sam_model=None, dpt_model=
         t1 = time.perf_counter()
         res = make_collage(src, tgt, flow, labels, depth_model=dep, cfg=cfg, rng=np.random.default_rng(0))
         t2 = time.perf_counter()
-        out = {"segment_ms": 1000 * (t1 - t0), **{f"{k}_ms": v for k, v in res["ms"].items()},
-               "total_ms": 1000 * (t2 - t0), "segments": res["meta"]["n_segments"]}
+        out = {
+            "segment_ms": 1000 * (t1 - t0),
+            **{f"{k}_ms": v for k, v in res["ms"].items()},
+            "total_ms": 1000 * (t2 - t0),
+            "segments": res["meta"]["n_segments"],
+        }
     return out
 
 
@@ -134,8 +149,14 @@ def random_dpt():
 
     torch.manual_seed(0)
     # dpt-hybrid-midas (the registered weights): ViT-B/16 on a BiT backbone
-    cfg = DPTConfig(is_hybrid=True, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                    backbone_out_indices=[2, 5, 8, 11], neck_hidden_sizes=[256, 512, 768, 768])
+    cfg = DPTConfig(
+        is_hybrid=True,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        backbone_out_indices=[2, 5, 8, 11],
+        neck_hidden_sizes=[256, 512, 768, 768],
+    )
     return DPTForDepthEstimation(cfg)
 
 
@@ -170,16 +191,20 @@ def main():
     for name, (h, w) in res.items():
         r = bench_tracking(h, w)
         out["tracking"][name] = r
-        print(f"flow_chain tracking {w}x{h} ({r['points']} points, {r['hops']} hops, Δt {GAP / FPS:g} s): "
-              f"{r['ms']:.0f} ms/pair; error median {r['median_px']:.2f} px, p90 {r['p90_px']:.2f} px "
-              f"(moving points: median {r['moving_median_px']:.2f} px); {100 * r['visible_frac']:.0f} % visible")
+        print(
+            f"flow_chain tracking {w}x{h} ({r['points']} points, {r['hops']} hops, Δt {GAP / FPS:g} s): "
+            f"{r['ms']:.0f} ms/pair; error median {r['median_px']:.2f} px, p90 {r['p90_px']:.2f} px "
+            f"(moving points: median {r['moving_median_px']:.2f} px); {100 * r['visible_frac']:.0f} % visible"
+        )
 
     s = bench_splat()
     out["splat"] = s
-    print(f"softmax splat (soft, CPU): {s['torch_ms_per_mp_576x1024']:.0f} ms/MP at 1024x576, "
-          f"{s['torch_ms_per_mp_48x64']:.0f} ms/MP at 64x48; per-pixel reference {s['reference_ms_per_mp_48x64']:.0f} "
-          f"ms/MP at 64x48 -> {s['reference_ms_per_mp_48x64'] / s['torch_ms_per_mp_576x1024']:.0f}x; "
-          f"max |diff| {s['max_abs_diff']:.1e}")
+    print(
+        f"softmax splat (soft, CPU): {s['torch_ms_per_mp_576x1024']:.0f} ms/MP at 1024x576, "
+        f"{s['torch_ms_per_mp_48x64']:.0f} ms/MP at 64x48; per-pixel reference {s['reference_ms_per_mp_48x64']:.0f} "
+        f"ms/MP at 64x48 -> {s['reference_ms_per_mp_48x64'] / s['torch_ms_per_mp_576x1024']:.0f}x; "
+        f"max |diff| {s['max_abs_diff']:.1e}"
+    )
 
     backends = [("felzenszwalb", "occlusion", None, None), ("slic", "occlusion", None, None)]
     if not a.skip_models:
@@ -194,8 +219,10 @@ def main():
             r = bench_collage(h, w, seg, dep, sam_model=models.get(sam), dpt_model=models.get(dpt))
             out["collage"][f"{name}/{seg}+{dep}"] = r
             parts = ", ".join(f"{k[:-3]} {v:.0f}" for k, v in r.items() if k.endswith("_ms") and k != "total_ms")
-            print(f"collage {w}x{h} {seg:>12} + {dep:<9}: {r['total_ms']:8.0f} ms/pair ({parts}; "
-                  f"{r['segments']} segments){'  [random weights]' if sam or dpt else ''}")
+            print(
+                f"collage {w}x{h} {seg:>12} + {dep:<9}: {r['total_ms']:8.0f} ms/pair ({parts}; "
+                f"{r['segments']} segments){'  [random weights]' if sam or dpt else ''}"
+            )
 
     for name, (h, w) in res.items():
         costs, n = stage_shares(h, w)

@@ -16,6 +16,7 @@ Usage: python benchmarks/throughput.py [--clips 12] [--size 240x320] [--skip-rss
 ``--size 576x1024`` runs the same measurement at the papers' resolution: the clips are rendered at
 that size and the pipeline works at it (``frame.size``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,8 @@ def stage_costs(cfg, tasks):
     fused = fused_prefix(cfg, classes)
     unit = ClipUnit(cfg, fused)
     # in process: its fused stages are timed below
-    unit._work = _UnitWork(cfg, unit.clip_cls, fused, classes[len(fused):])
-    rest = build_pair_stages(cfg, classes)[len(fused):]
+    unit._work = _UnitWork(cfg, unit.clip_cls, fused, classes[len(fused) :])
+    rest = build_pair_stages(cfg, classes)[len(fused) :]
     for st in rest:  # load models outside the timing
         if hasattr(st, "backend"):
             _ = st.backend
@@ -61,6 +62,7 @@ def stage_costs(cfg, tasks):
                 return call(items)
             finally:
                 t[st.name] += time.perf_counter() - t0
+
         return run
 
     all_items = []
@@ -74,7 +76,8 @@ def stage_costs(cfg, tasks):
         inner = sum(v for k, v in t.items() if k in {S.name for S in fused}) - inner0
         t["clip (probe+shots+static+pairs+decode)"] += time.perf_counter() - t0 - inner
         candidates[0] += sum(1 for x in items if isinstance(x, PairItem)) + sum(
-            1 for x in items if getattr(x, "level", "") == "pair")
+            1 for x in items if getattr(x, "level", "") == "pair"
+        )
         for st in rest:
             t0 = time.perf_counter()
             items = st(items)
@@ -168,8 +171,7 @@ print(me, kids)
 
 def peak_rss(videos, out, extra=()):
     code = RSS_SNIPPET.format(root=str(ROOT), videos=str(videos), out=str(out), extra=list(extra))
-    r = subprocess.run([sys.executable, "-c", code],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     me, kids = map(int, r.stdout.split()[-2:])
     return me / 1024, kids / 1024
 
@@ -198,22 +200,27 @@ def main():
     make_demo_corpus(videos, n_static=a.clips, n_moving_camera=0, seed=0, width=w, height=h)
     base = load_config("demo", ["runner.progress=false", *size])
     # the same clip ids as the build (ids hash the path under the input root): the same draws, the same work
-    tasks, _ = make_tasks(list_inputs(str(videos), base.input.extensions), base.output.clips_per_shard,
-                          input_root(str(videos)))
+    tasks, _ = make_tasks(
+        list_inputs(str(videos), base.input.extensions), base.output.clips_per_shard, input_root(str(videos))
+    )
 
     costs, n, cands = stage_costs(copy.deepcopy(base), tasks)
     total = sum(costs.values())
     bound = 1000.0 / total
-    print(f"demo data: {len(tasks)} clips, {n} pairs written of {cands} candidates (spares and retries "
-          f"included), {w}x{h}, DIS flow")
+    print(
+        f"demo data: {len(tasks)} clips, {n} pairs written of {cands} candidates (spares and retries "
+        f"included), {w}x{h}, DIS flow"
+    )
     print("stage costs (ms/pair, alone, one core):")
     for k, v in costs.items():
         print(f"  {k:<40} {v:8.2f}")
     print(f"  {'sum':<40} {total:8.2f}   -> bound {bound:.2f} pairs/s on one core")
 
     none_ms, proc_ms = isolation_cost(copy.deepcopy(base), tasks[:6])
-    print(f"isolation: clip stage {none_ms:.1f} ms/clip in process, {proc_ms:.1f} ms/clip in the child "
-          f"process -> {proc_ms - none_ms:+.1f} ms per clip")
+    print(
+        f"isolation: clip stage {none_ms:.1f} ms/clip in process, {proc_ms:.1f} ms/clip in the child "
+        f"process -> {proc_ms - none_ms:+.1f} ms per clip"
+    )
 
     cfg = copy.deepcopy(base)
     cfg.runner.name = "local"
@@ -221,8 +228,10 @@ def main():
     n_local, wall = timed_build(cfg, videos, work / "out_local")
     local = n_local / wall
     cpu = _cpu_s() - cpu0
-    print(f"local runner (1 CPU):  {local:.2f} pairs/s = {local / bound:.2f} x bound  (target >= 0.9); "
-          f"{n_local / cpu:.3f} written samples per CPU-second ({cpu:.1f} CPU-s, this process and its children)")
+    print(
+        f"local runner (1 CPU):  {local:.2f} pairs/s = {local / bound:.2f} x bound  (target >= 0.9); "
+        f"{n_local / cpu:.3f} written samples per CPU-second ({cpu:.1f} CPU-s, this process and its children)"
+    )
 
     if not a.skip_ray:
         import ray
@@ -240,10 +249,14 @@ def main():
         _, t_warm = timed_build(cfg, work / "warmup", work / "out_warm")
         n_ray, wall = timed_build(cfg, videos, work / "out_ray")
         r = n_ray / wall
-        print(f"  ray: {n_ray} samples in {wall:.1f} s wall on 2 CPUs = {n_ray / (2 * wall):.3f} written samples "
-              f"per CPU-second")
-        print(f"ray runner (2 CPUs):   {r:.2f} pairs/s = {r / bound:.2f} x bound  (target >= 1.7; "
-              f"ray.init {t_init:.1f} s and a {t_warm:.1f} s warm-up build of 2 clips excluded)")
+        print(
+            f"  ray: {n_ray} samples in {wall:.1f} s wall on 2 CPUs = {n_ray / (2 * wall):.3f} written samples "
+            f"per CPU-second"
+        )
+        print(
+            f"ray runner (2 CPUs):   {r:.2f} pairs/s = {r / bound:.2f} x bound  (target >= 1.7; "
+            f"ray.init {t_init:.1f} s and a {t_warm:.1f} s warm-up build of 2 clips excluded)"
+        )
         ray.shutdown()
 
     if not a.skip_rss:
@@ -255,8 +268,10 @@ def main():
             make_demo_corpus(v, n_static=k, n_moving_camera=0, seed=1, width=w, height=h)
             t0 = time.perf_counter()
             me, kids = peak_rss(v, work / f"out_rss{k}", extra)
-            print(f"peak RSS, {k:>3} clips: driver {me:7.1f} MiB, decode child {kids:7.1f} MiB "
-                  f"({time.perf_counter() - t0:.0f} s, {', '.join(extra)})")
+            print(
+                f"peak RSS, {k:>3} clips: driver {me:7.1f} MiB, decode child {kids:7.1f} MiB "
+                f"({time.perf_counter() - t0:.0f} s, {', '.join(extra)})"
+            )
 
 
 if __name__ == "__main__":

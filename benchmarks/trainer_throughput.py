@@ -15,6 +15,7 @@ frozen VAE / CLIP in bf16; activations = the tensors autograd saves for backward
 forward of the model at the preset's resolution and batch, run on ``meta`` tensors (bf16) and
 counted through ``torch.autograd.graph.saved_tensors_hooks`` (de-duplicated by storage).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 # --------------------------------------------------------------------------- throughput
@@ -38,9 +39,17 @@ GiB = 2 ** 30
 def tiny_cfg(shards: Path, out: Path, *extra):
     from vid2pair.trainer.config import load_train_config
 
-    return load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml",
-                             [f"data.train={shards}", "data.eval=null", "data.eval_permille=0",
-                              f"train.output_dir={out}", "train.eval_every=0", *extra])
+    return load_train_config(
+        ROOT / "configs" / "train_tiny_cpu.yaml",
+        [
+            f"data.train={shards}",
+            "data.eval=null",
+            "data.eval_permille=0",
+            f"train.output_dir={out}",
+            "train.eval_every=0",
+            *extra,
+        ],
+    )
 
 
 def loader_rate(cfg, workers: int, n_batches: int, match_grids=()) -> float:
@@ -89,7 +98,7 @@ def loop_rate(cfg, n_steps: int) -> dict:
 
     cfg.train.max_steps = n_steps
     cfg.train.log_every = max(1, n_steps // 2)
-    cfg.train.ckpt_every = 10 ** 9
+    cfg.train.ckpt_every = 10**9
     with contextlib.redirect_stdout(sys.stderr):
         s = train(cfg)
     return s["last"]  # the second half of the run: warm-up excluded
@@ -103,9 +112,12 @@ def _fake_batch(cfg, model, device="meta"):
     b = cfg.data.batch_size
     from vid2pair.trainer.config import signal_channels
 
-    batch = {"src": torch.zeros(b, 3, H, W, device=device), "tgt": torch.zeros(b, 3, H, W, device=device),
-             "signal": torch.zeros(b, signal_channels(cfg.task), H, W, device=device)}
-    for (h, w) in model.match_grids:
+    batch = {
+        "src": torch.zeros(b, 3, H, W, device=device),
+        "tgt": torch.zeros(b, 3, H, W, device=device),
+        "signal": torch.zeros(b, signal_channels(cfg.task), H, W, device=device),
+    }
+    for h, w in model.match_grids:
         batch[f"match_idx_{h}x{w}"] = torch.zeros(b, h * w, dtype=torch.long, device=device)
     return batch
 
@@ -138,6 +150,7 @@ class _SavedBytes:
         def enter(name):
             def pre(mod, args):
                 self.stack.append(name)
+
             return pre
 
         def leave(mod, args, out):
@@ -184,8 +197,12 @@ def memory_estimate(preset: Path, batch_size=None) -> dict:
     from vid2pair.trainer.config import load_train_config, resolve_grad_accum
     from vid2pair.trainer.models.framepainter import FramePainterModel
 
-    over = ["model.framepainter.init=svd_random", "model.framepainter.frozen_dtype=bf16",
-            "data.train=unused", "train.total_batch_size=null"]
+    over = [
+        "model.framepainter.init=svd_random",
+        "model.framepainter.frozen_dtype=bf16",
+        "data.train=unused",
+        "train.total_batch_size=null",
+    ]
     if batch_size:
         over.append(f"data.batch_size={batch_size}")
     cfg = load_train_config(preset, over)
@@ -203,8 +220,12 @@ def memory_estimate(preset: Path, batch_size=None) -> dict:
     n_train = sum(p.numel() for _, p in model.trainable_named_parameters())
     n_frozen = counts["vae (frozen)"] + counts["clip image encoder (frozen)"]
     ema = cfg.train.ema_decay is not None
-    states = {"trained weights fp32 (4 B)": 4 * n_train, "gradients fp32 (4 B)": 4 * n_train,
-              "AdamW moments fp32 (8 B)": 8 * n_train, "frozen VAE + CLIP bf16 (2 B)": 2 * n_frozen}
+    states = {
+        "trained weights fp32 (4 B)": 4 * n_train,
+        "gradients fp32 (4 B)": 4 * n_train,
+        "AdamW moments fp32 (8 B)": 8 * n_train,
+        "frozen VAE + CLIP bf16 (2 B)": 2 * n_frozen,
+    }
     if ema:
         states["EMA fp32 (4 B)"] = 4 * n_train
     # activations: one training forward on meta tensors, compute dtype bf16 (autocast's matmul dtype)
@@ -238,31 +259,49 @@ def memory_estimate(preset: Path, batch_size=None) -> dict:
     gc_on = cfg.model.framepainter.gradient_checkpointing
     act = act_gc if gc_on else act_nogc
     total = static + act
-    return {"preset": str(preset), "resolution": cfg.model.resolution, "batch_per_gpu": B,
-            "grad_accum_on_1_gpu": resolve_grad_accum(cfg, 1) if cfg.train.total_batch_size else None,
-            "params": counts, "params_trained": n_train, "states_bytes": states,
-            "activations_gc_bytes": act_gc, "activations_no_gc_bytes": act_nogc,
-            "activations_gc_parts": {"saved outside checkpointed blocks": outside,
-                                     "largest block (recompute + grads)": 2 * largest_block},
-            "match_grids": model.match_grids, "gradient_checkpointing": gc_on, "ema": ema,
-            "total_bytes": total, "total_with_20pct_overhead_bytes": int(total * 1.2)}
+    return {
+        "preset": str(preset),
+        "resolution": cfg.model.resolution,
+        "batch_per_gpu": B,
+        "grad_accum_on_1_gpu": resolve_grad_accum(cfg, 1) if cfg.train.total_batch_size else None,
+        "params": counts,
+        "params_trained": n_train,
+        "states_bytes": states,
+        "activations_gc_bytes": act_gc,
+        "activations_no_gc_bytes": act_nogc,
+        "activations_gc_parts": {
+            "saved outside checkpointed blocks": outside,
+            "largest block (recompute + grads)": 2 * largest_block,
+        },
+        "match_grids": model.match_grids,
+        "gradient_checkpointing": gc_on,
+        "ema": ema,
+        "total_bytes": total,
+        "total_with_20pct_overhead_bytes": int(total * 1.2),
+    }
 
 
 def print_memory(m: dict) -> None:
-    print(f"\nGPU memory estimate: {m['preset']}  ({m['resolution'][0]}x{m['resolution'][1]}, "
-          f"2 frames, batch {m['batch_per_gpu']} per GPU, bf16 autocast)")
+    print(
+        f"\nGPU memory estimate: {m['preset']}  ({m['resolution'][0]}x{m['resolution'][1]}, "
+        f"2 frames, batch {m['batch_per_gpu']} per GPU, bf16 autocast)"
+    )
     for k, v in m["params"].items():
         print(f"  params {k:32s} {v / 1e6:10.1f} M")
     print(f"  params trained                          {m['params_trained'] / 1e6:10.1f} M")
     for k, v in m["states_bytes"].items():
         print(f"  {k:40s} {v / GiB:8.2f} GiB")
-    print(f"  activations, gradient checkpointing on  {m['activations_gc_bytes'] / GiB:8.2f} GiB  "
-          f"({', '.join(f'{k} {v / GiB:.2f}' for k, v in m['activations_gc_parts'].items())})")
+    print(
+        f"  activations, gradient checkpointing on  {m['activations_gc_bytes'] / GiB:8.2f} GiB  "
+        f"({', '.join(f'{k} {v / GiB:.2f}' for k, v in m['activations_gc_parts'].items())})"
+    )
     print(f"  activations, gradient checkpointing off {m['activations_no_gc_bytes'] / GiB:8.2f} GiB")
     print(f"  matching supervised at token grids {m['match_grids']}")
-    print(f"  TOTAL (checkpointing {'on' if m['gradient_checkpointing'] else 'off'}, EMA "
-          f"{'on' if m['ema'] else 'off'}): {m['total_bytes'] / GiB:.1f} GiB; with ~20 % allocator/"
-          f"workspace overhead {m['total_with_20pct_overhead_bytes'] / GiB:.1f} GiB")
+    print(
+        f"  TOTAL (checkpointing {'on' if m['gradient_checkpointing'] else 'off'}, EMA "
+        f"{'on' if m['ema'] else 'off'}): {m['total_bytes'] / GiB:.1f} GiB; with ~20 % allocator/"
+        f"workspace overhead {m['total_with_20pct_overhead_bytes'] / GiB:.1f} GiB"
+    )
 
 
 def main(argv=None) -> int:
@@ -293,8 +332,7 @@ def main(argv=None) -> int:
                 shards = demo_shards(Path(tmp) / "demo")
             cfg = tiny_cfg(shards, Path(tmp) / "run", f"train.num_threads={a.threads}")
             H, W = cfg.model.resolution
-            print(f"tiny model, {H}x{W}, batch {cfg.data.batch_size}, {a.threads} torch threads, "
-                  f"task {cfg.task}, CPU")
+            print(f"tiny model, {H}x{W}, batch {cfg.data.batch_size}, {a.threads} torch threads, task {cfg.task}, CPU")
             rates = {}
             for w in a.workers:
                 rates[w] = loader_rate(tiny_cfg(shards, Path(tmp) / "run"), w, a.batches)
@@ -302,9 +340,11 @@ def main(argv=None) -> int:
             step = step_rate(tiny_cfg(shards, Path(tmp) / "run"), a.steps)
             print(f"  train step alone (fixed batch):       {step:8.1f} samples/s")
             loop = loop_rate(tiny_cfg(shards, Path(tmp) / "run2", f"train.num_threads={a.threads}"), a.steps)
-            print(f"  training loop (loader + step):        {loop['samples_per_s']:8.1f} samples/s, "
-                  f"waiting for data {100 * loop['data_wait_frac']:.1f} % of the time "
-                  f"({cfg.data.num_workers} worker)")
+            print(
+                f"  training loop (loader + step):        {loop['samples_per_s']:8.1f} samples/s, "
+                f"waiting for data {100 * loop['data_wait_frac']:.1f} % of the time "
+                f"({cfg.data.num_workers} worker)"
+            )
             verdict = "not the bottleneck" if min(rates[w] for w in rates if w > 0) > 2 * step else "THE BOTTLENECK"
             print(f"  -> the loader is {verdict}")
             results["throughput"] = {"loader_samples_per_s": rates, "step_samples_per_s": step, "loop": loop}
@@ -314,13 +354,17 @@ def main(argv=None) -> int:
 
             fp_rates = {}
             for task in ("sketch", "drag"):
-                fcfg = load_train_config(Path(a.preset), [f"data.train={shards}", "data.eval_permille=0",
-                                                          f"task={task}", "data.batch_size=1"])
+                fcfg = load_train_config(
+                    Path(a.preset),
+                    [f"data.train={shards}", "data.eval_permille=0", f"task={task}", "data.batch_size=1"],
+                )
                 grids = supervised_grids(fcfg.model.framepainter, fcfg.model.resolution)
                 fp_rates[task] = loader_rate(fcfg, 1, a.batches, grids)
-                print(f"  loader alone, framepainter {task} spec ({fcfg.model.resolution[0]}x"
-                      f"{fcfg.model.resolution[1]}, {len(grids)} matching grids), 1 worker: "
-                      f"{fp_rates[task]:6.1f} samples/s")
+                print(
+                    f"  loader alone, framepainter {task} spec ({fcfg.model.resolution[0]}x"
+                    f"{fcfg.model.resolution[1]}, {len(grids)} matching grids), 1 worker: "
+                    f"{fp_rates[task]:6.1f} samples/s"
+                )
             results["throughput"]["framepainter_loader_1_worker"] = fp_rates
     if not a.skip_memory:
         m = memory_estimate(Path(a.preset))

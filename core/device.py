@@ -1,4 +1,5 @@
 """Device selection for the torch parts (models, splatting)."""
+
 from __future__ import annotations
 
 

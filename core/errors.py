@@ -1,4 +1,5 @@
 """Errors shared by every layer. Each names what the user must change."""
+
 from __future__ import annotations
 
 

@@ -10,6 +10,7 @@ Three kinds of item travel through the pipeline:
 
 Stages only transform ``PairItem``; rejects and markers pass through untouched.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,6 +30,7 @@ class ClipTask:
     ``[start_s, end_s)`` of it, with the clip's stable identity and the unit's output chunk
     (= shard). ``clip_idx`` numbers the work units of a build (one per clip when none is split);
     ``end_s <= 0``: to the end of the clip."""
+
     source: str
     clip_idx: int
     chunk: int
@@ -123,6 +125,7 @@ def pair_key(clip_id: str, shot: int, src: int, tgt: int) -> str:
 
 # ---------------------------------------------------------------- row encoding (Ray Data)
 
+
 def _pack(arrays: dict, files: dict) -> bytes:
     if not arrays and not files:
         return b""
@@ -149,22 +152,43 @@ def _unpack(blob: bytes) -> tuple[dict, dict]:
 
 def item_to_row(it: Item) -> dict[str, Any]:
     if isinstance(it, PairItem):
-        return {"kind": "pair", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": it.key,
-                "source": it.source, "clip_id": it.clip_id,
-                "meta": json.dumps(it.meta), "blob": _pack(it.arrays, it.files)}
+        return {
+            "kind": "pair",
+            "chunk": it.chunk,
+            "clip_idx": it.clip_idx,
+            "key": it.key,
+            "source": it.source,
+            "clip_id": it.clip_id,
+            "meta": json.dumps(it.meta),
+            "blob": _pack(it.arrays, it.files),
+        }
     if isinstance(it, Reject):
         d = {k: getattr(it, k) for k in ("stage", "reason", "detail", "level")}
-        return {"kind": "reject", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": it.key,
-                "source": it.source, "clip_id": it.clip_id, "meta": json.dumps(d), "blob": it.preview or b""}
-    return {"kind": "done", "chunk": it.chunk, "clip_idx": it.clip_idx, "key": "",
-            "source": it.source, "clip_id": it.clip_id,
-            "meta": json.dumps({"n_items": it.n_items, "info": it.info}), "blob": b""}
+        return {
+            "kind": "reject",
+            "chunk": it.chunk,
+            "clip_idx": it.clip_idx,
+            "key": it.key,
+            "source": it.source,
+            "clip_id": it.clip_id,
+            "meta": json.dumps(d),
+            "blob": it.preview or b"",
+        }
+    return {
+        "kind": "done",
+        "chunk": it.chunk,
+        "clip_idx": it.clip_idx,
+        "key": "",
+        "source": it.source,
+        "clip_id": it.clip_id,
+        "meta": json.dumps({"n_items": it.n_items, "info": it.info}),
+        "blob": b"",
+    }
 
 
 def row_to_item(row: dict) -> Item:
     kind, meta = row["kind"], json.loads(row["meta"])
-    base = dict(source=row["source"], clip_id=row["clip_id"], chunk=int(row["chunk"]),
-                clip_idx=int(row["clip_idx"]))
+    base = dict(source=row["source"], clip_id=row["clip_id"], chunk=int(row["chunk"]), clip_idx=int(row["clip_idx"]))
     if kind == "pair":
         arrays, files = _unpack(row["blob"])
         return PairItem(key=row["key"], meta=meta, arrays=arrays, files=files, **base)
@@ -178,7 +202,17 @@ ROW_COLUMNS = ("kind", "chunk", "clip_idx", "key", "source", "clip_id", "meta", 
 
 def rows_to_table(rows: list[dict]):
     import pyarrow as pa
-    schema = pa.schema([("kind", pa.string()), ("chunk", pa.int64()), ("clip_idx", pa.int64()),
-                        ("key", pa.string()), ("source", pa.string()), ("clip_id", pa.string()),
-                        ("meta", pa.string()), ("blob", pa.large_binary())])
+
+    schema = pa.schema(
+        [
+            ("kind", pa.string()),
+            ("chunk", pa.int64()),
+            ("clip_idx", pa.int64()),
+            ("key", pa.string()),
+            ("source", pa.string()),
+            ("clip_id", pa.string()),
+            ("meta", pa.string()),
+            ("blob", pa.large_binary()),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)

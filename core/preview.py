@@ -5,6 +5,7 @@ and the first signal the pair already had (the coarse edit, else the collage, el
 on the target, else the flow magnitude). Users tuning thresholds look at them in the QC report to
 see what each rule throws away.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -3,6 +3,7 @@
 ``rng_for(seed, clip_id, "shot", 3)`` gives the same generator on every machine, runner and rerun;
 two different key tuples give independent streams. Nothing in vid2pair uses global random state.
 """
+
 from __future__ import annotations
 
 import hashlib

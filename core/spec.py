@@ -8,6 +8,7 @@ section next to its pure core; nothing else holds a copy of a default.
 
 Units (the ``unit`` column of docs/config.md):
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,7 @@ UNITS: dict[str, str] = {
     "px@512": "pixels at a 512-px short side; scaled by (stored short side / 512) for other frame sizes",
     "px@240": "pixels at a 240-px short side; scaled by (stored short side / 240) for other frame sizes",
     "px@dis": "pixels at DIS's working resolution of the tracker's hops: stored px / 2**finest_scale "
-              "(1/2 at 576x1024, docs/tracking.md)",
+    "(1/2 at 576x1024, docs/tracking.md)",
     "px@analysis": "pixels of the small frames the stage analyses (its `analysis_width`)",
     "s": "seconds of video time",
     "frac": "a fraction (0..1)",
@@ -42,8 +43,17 @@ __doc__ += "\n".join(f"* ``{k}``: {v}" for k, v in UNITS.items()) + "\n"
 _RANGE_KEYS = ("ge", "gt", "le", "lt")
 
 
-def knob(default: Any, doc: str, *, unit: str | None = None, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, items_ge: float | None = None):
+def knob(
+    default: Any,
+    doc: str,
+    *,
+    unit: str | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    items_ge: float | None = None,
+):
     """A config field: ``default``, its meaning ``doc``, a ``unit`` from :data:`UNITS`, an inclusive
     (``ge`` / ``le``) or exclusive (``gt`` / ``lt``) range, ``items_ge`` for every item of a list.
     ``None`` values are never range-checked (``Optional`` knobs use ``null`` for "off")."""
@@ -69,6 +79,7 @@ def need(ok: bool, key: str, msg: str) -> None:
 
 
 # ---------------------------------------------------------------- types
+
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (int -> float allowed); ConfigError names ``key``."""
@@ -126,8 +137,10 @@ def build(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = prefix + unknown[0]
-        raise ConfigError(f"{key}: unknown config key (known keys under "
-                          f"'{prefix.rstrip('.') or '<top>'}': {', '.join(sorted(fields))})")
+        raise ConfigError(
+            f"{key}: unknown config key (known keys under "
+            f"'{prefix.rstrip('.') or '<top>'}': {', '.join(sorted(fields))})"
+        )
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -139,6 +152,7 @@ def build(cls, data: dict, prefix: str = ""):
 
 
 # ---------------------------------------------------------------- validation
+
 
 def _range_text(md: dict) -> str:
     parts = []
@@ -156,17 +170,23 @@ def _check_range(v: Any, md: dict, key: str) -> None:
     if isinstance(v, (list, tuple)):
         if "items_ge" in md:
             for i, x in enumerate(v):
-                need(isinstance(x, (int, float)) and x >= md["items_ge"], f"{key}[{i}]",
-                     f"must be >= {md['items_ge']:g}")
+                need(
+                    isinstance(x, (int, float)) and x >= md["items_ge"], f"{key}[{i}]", f"must be >= {md['items_ge']:g}"
+                )
         return
     if not isinstance(v, (int, float)):
         return
     rng = _range_text({k: md[k] for k in _RANGE_KEYS if k in md})
     if not rng:
         return
-    ok = math.isfinite(v) and all((
-        "ge" not in md or v >= md["ge"], "gt" not in md or v > md["gt"],
-        "le" not in md or v <= md["le"], "lt" not in md or v < md["lt"]))
+    ok = math.isfinite(v) and all(
+        (
+            "ge" not in md or v >= md["ge"],
+            "gt" not in md or v > md["gt"],
+            "le" not in md or v <= md["le"],
+            "lt" not in md or v < md["lt"],
+        )
+    )
     need(ok, key, f"must be {rng.replace(', ', ' and ')}, got {v!r}")
 
 
@@ -201,6 +221,7 @@ def validate(obj: Any, prefix: str = "") -> None:
 
 # ---------------------------------------------------------------- docs
 
+
 def type_text(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -231,6 +252,8 @@ def section_markdown(cls, prefix: str) -> list[str]:
         if "doc" not in md:
             raise ValueError(f"{cls.__name__}.{f.name}: not declared with knob() (no doc)")
         d = default_of(f)
-        out.append(f"| `{prefix}{f.name}` | {type_text(hints[f.name])} | `{d!r}` | {md.get('unit') or ''} | "
-                   f"{_range_text(md)} | {md['doc'].replace('|', '/')} |")
+        out.append(
+            f"| `{prefix}{f.name}` | {type_text(hints[f.name])} | `{d!r}` | {md.get('unit') or ''} | "
+            f"{_range_text(md)} | {md['doc'].replace('|', '/')} |"
+        )
     return out

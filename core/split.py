@@ -5,6 +5,7 @@ PYTHONHASHSEED); a clip is in the eval split when its bucket is below ``eval_fra
 trainer's ``data.eval_split_by: clip`` uses the same buckets, so ``data.eval_permille: 50`` holds out
 the clips ``output.eval_frac: 0.05`` marks ``eval``.
 """
+
 from __future__ import annotations
 
 import hashlib

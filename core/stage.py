@@ -28,6 +28,7 @@ rejects out; no Ray), it declares as class attributes and classmethods:
 pre-flight check, the encoder's member list, the QC signal list, the trainer's member names, the
 config tree) is derived from these declarations by ``vid2pair.pipeline.plan``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = ["Member", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_
 class Member:
     """A tar member a stage writes: ``name`` (``"sketch.png"``) from ``arrays[key]`` (``png`` /
     ``npy``) or ``meta[key]`` (``json``: moved out of meta.json into its own member)."""
+
     name: str
     key: str
     codec: Literal["png", "npy", "json"]
@@ -52,6 +54,7 @@ class Member:
 class Signal:
     """A training signal: a sample carries it when it holds every one of ``members``; ``switch`` is
     the config key that turns it on (the QC report names it when a signal is missing)."""
+
     name: str
     members: tuple[str, ...]
     switch: str
@@ -62,6 +65,7 @@ class Resources:
     """A stage that holds a model: Ray runs it as ``actors`` actors with ``num_gpus`` GPUs (a
     fraction packs several on one GPU) and ``num_cpus`` CPUs each, ``batch_size`` pairs per call.
     ``gpu_key`` is the config key of the GPU share (named in resource errors)."""
+
     actors: int = 1
     num_gpus: float = 0.0
     num_cpus: float = 0.25
@@ -75,6 +79,7 @@ class Need:
     explicit local ``path`` the config key ``path_key`` gives, which then counts instead) or an
     optional ``extra`` (import ``name``, pip extra ``extra``). ``key`` is the config setting that
     asks for it (named in the error)."""
+
     what: Literal["weights", "extra"]
     name: str
     key: str
@@ -168,7 +173,8 @@ def drop_signal(it: PairItem, stage: str, signal: str, reason: str, detail: str 
     signals). The writer turns each record into a ``signal``-level row of the rejects table; the
     stage removes the signal's arrays itself."""
     it.meta.setdefault("signal_rejects", []).append(
-        {"stage": stage, "signal": signal, "reason": reason, "detail": str(detail)[:500]})
+        {"stage": stage, "signal": signal, "reason": reason, "detail": str(detail)[:500]}
+    )
     return it
 
 
@@ -179,5 +185,15 @@ def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reje
         preview = preview_strip(it.arrays)
     except Exception:  # a preview must never cost the reject
         preview = b""
-    return Reject(source=it.source, clip_id=it.clip_id, chunk=it.chunk, clip_idx=it.clip_idx, stage=stage,
-                  reason=reason, detail=detail, level="pair", key=it.key, preview=preview)
+    return Reject(
+        source=it.source,
+        clip_id=it.clip_id,
+        chunk=it.chunk,
+        clip_idx=it.clip_idx,
+        stage=stage,
+        reason=reason,
+        detail=detail,
+        level="pair",
+        key=it.key,
+        preview=preview,
+    )

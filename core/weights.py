@@ -26,8 +26,17 @@ from typing import Mapping
 
 from vid2pair.core.errors import MissingWeightsError
 
-__all__ = ["WeightEntry", "REGISTRY", "MissingWeightsError", "default_cache_dir", "get_entry", "register",
-           "entry_path", "resolve_weights", "weights_present"]
+__all__ = [
+    "WeightEntry",
+    "REGISTRY",
+    "MissingWeightsError",
+    "default_cache_dir",
+    "get_entry",
+    "register",
+    "entry_path",
+    "resolve_weights",
+    "weights_present",
+]
 
 STATUS_OK = "ok"
 STATUS_MISSING = "missing"
@@ -36,7 +45,6 @@ STATUS_SHA = "sha256_mismatch"
 STATUS_UNVERIFIED = "unverified (no sha256 recorded)"
 # worst first; a multi-file entry reports the worst status of its files
 _STATUS_RANK = {STATUS_MISSING: 0, STATUS_SHA: 1, STATUS_SIZE: 2, STATUS_UNVERIFIED: 3, STATUS_OK: 4}
-
 
 
 # --------------------------------------------------------------------------- registry
@@ -146,10 +154,7 @@ _ENTRIES: tuple[WeightEntry, ...] = (
         sha256_prefix="ff5fadd5",
         license="BSD-3-Clause (torchvision)",
         used_by="flow: raft_large",
-        notes=(
-            "torchvision Raft_Large_Weights.C_T_SKHT_V2 (Chairs+Things, fine-tuned on "
-            "Sintel+KITTI+HD1K+Things)."
-        ),
+        notes=("torchvision Raft_Large_Weights.C_T_SKHT_V2 (Chairs+Things, fine-tuned on Sintel+KITTI+HD1K+Things)."),
         source=(
             "URL: torchvision/models/optical_flow/raft.py (installed torchvision); "
             "sha256+size: Git LFS pointer of an HF mirror (hr16/RAFT-v2), consistent with "
@@ -202,8 +207,7 @@ _ENTRIES: tuple[WeightEntry, ...] = (
         approx_size=79 * _MB,
         license="BSD-3-Clause code (SEA-RAFT); weights license not specified",
         used_by="flow: sea_raft_l (ptlflow)",
-        notes="Same file as sea_raft_m (ptlflow SEARAFT_L reuses the M checkpoints). "
-        + _SEA_RAFT_NOTE,
+        notes="Same file as sea_raft_m (ptlflow SEARAFT_L reuses the M checkpoints). " + _SEA_RAFT_NOTE,
         source="ptlflow sea_raft.py SEARAFT_L.pretrained_checkpoints (identical to SEARAFT_M's).",
     ),
     # ---- tracker: CoTracker3 -----------------------------------------------------------
@@ -314,8 +318,10 @@ _ENTRIES: tuple[WeightEntry, ...] = (
         license="Apache-2.0 (Intel/dpt-large)",
         used_by="depth: dpt_large (Magic Fixup's MiDaS DPT-Large)",
         notes="Load with transformers DPTForDepthEstimation.from_pretrained(<dir>).",
-        source=("file names: the transformers DPT layout of Intel/dpt-large on the HF hub; no revision pinned, "
-                "sizes and digests not established here (no network): verified by presence only."),
+        source=(
+            "file names: the transformers DPT layout of Intel/dpt-large on the HF hub; no revision pinned, "
+            "sizes and digests not established here (no network): verified by presence only."
+        ),
     ),
     # ---- trainer base model: Stable Video Diffusion XT 1.1 (gated) --------------------
     WeightEntry(
@@ -340,9 +346,7 @@ _ENTRIES: tuple[WeightEntry, ...] = (
         ),
         approx_size=(1260 + 3050 + 196) * _MB,
         gated=True,
-        license=(
-            "stable-video-diffusion-1-1-nc-community (gated on HF: accept it, then set HF_TOKEN)"
-        ),
+        license=("stable-video-diffusion-1-1-nc-community (gated on HF: accept it, then set HF_TOKEN)"),
         used_by="trainer: svd_xt_1_1 base (diffusers, fp16 variant)",
         notes=(
             "diffusers layout, fp16 variant only: StableVideoDiffusionPipeline."
@@ -376,9 +380,7 @@ def get_entry(name: str, registry: Mapping[str, WeightEntry] | None = None) -> W
     try:
         return reg[name]
     except KeyError:
-        raise KeyError(
-            f"unknown model weights {name!r}; known: {', '.join(sorted(reg))}"
-        ) from None
+        raise KeyError(f"unknown model weights {name!r}; known: {', '.join(sorted(reg))}") from None
 
 
 # --------------------------------------------------------------------------- paths
@@ -421,10 +423,7 @@ def _targets(entry: WeightEntry, cache: Path, url_override: Mapping[str, str] | 
     over = url_override or {}
     if not entry.is_multi:
         url = over.get(entry.name, entry.url)
-        return [
-            _Target(entry.name, cache / entry.filename, url, entry.size, entry.sha256,
-                    entry.sha256_prefix)
-        ]
+        return [_Target(entry.name, cache / entry.filename, url, entry.size, entry.sha256, entry.sha256_prefix)]
     root = cache / entry.filename
     out = []
     for rel, url, size, sha in entry.files:
@@ -444,17 +443,16 @@ def _fetch_hint(name: str, cache: Path) -> str:
     return cmd
 
 
-def _missing(entry: WeightEntry, path: Path, cache: Path, config_key: str | None,
-             what: str = "not found") -> MissingWeightsError:
+def _missing(
+    entry: WeightEntry, path: Path, cache: Path, config_key: str | None, what: str = "not found"
+) -> MissingWeightsError:
     line2 = f"Run `{_fetch_hint(entry.name, cache)}`"
     if config_key:
         line2 += f" (or pass a local path via {config_key})"
     line2 += "."
     if entry.gated:
         line2 += " Gated on Hugging Face: accept the license there and set HF_TOKEN first."
-    return MissingWeightsError(
-        f"Model weights '{entry.name}' ({entry.used_by}) {what}: {path}\n{line2}"
-    )
+    return MissingWeightsError(f"Model weights '{entry.name}' ({entry.used_by}) {what}: {path}\n{line2}")
 
 
 # --------------------------------------------------------------------------- resolve
@@ -494,16 +492,23 @@ def resolve_weights(
             raise _missing(entry, path, cache, config_key)
         if t.size is not None and t.dest.stat().st_size != t.size:
             raise _missing(
-                entry, t.dest, cache, config_key,
+                entry,
+                t.dest,
+                cache,
+                config_key,
                 f"has the wrong size ({t.dest.stat().st_size} bytes, expected {t.size})",
             )
     return path
 
 
-
-
-def weights_present(name: str, explicit: str | os.PathLike | None = None, cache_dir=None,
-                    config_key: str | None = None, *, registry=None) -> str | None:
+def weights_present(
+    name: str,
+    explicit: str | os.PathLike | None = None,
+    cache_dir=None,
+    config_key: str | None = None,
+    *,
+    registry=None,
+) -> str | None:
     """None when :func:`resolve_weights` would succeed, else its message (the pre-flight check)."""
     try:
         resolve_weights(name, explicit, cache_dir, config_key, registry=registry)

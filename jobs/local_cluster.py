@@ -7,6 +7,7 @@ the tests and the scaling benchmark, and handy for trying cluster behaviour on a
 Prints one JSON line: {"summary": ..., "wall_s": ..., "chaos": what was done, "driver": the driver
 process's CPU seconds during the build and its peak RSS}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,11 @@ def main() -> int:
     ap.add_argument("--output", required=True)
     ap.add_argument("--chaos", choices=["remove_node", "kill_worker"])
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--warmup", help="build this input into a scratch output first (untimed): starts the "
-                                     "workers and their decode children, as in a long run")
+    ap.add_argument(
+        "--warmup",
+        help="build this input into a scratch output first (untimed): starts the "
+        "workers and their decode children, as in a long run",
+    )
     a = ap.parse_args()
 
     import ray
@@ -89,21 +93,40 @@ def main() -> int:
         warm_s = time.perf_counter() - t0
     if a.chaos:
         # the victim is the last node; the clip workers it hosts die with it
-        threading.Thread(target=_chaos, args=(a.chaos, cluster, nodes[-1], Path(a.output), log),
-                         daemon=True).start()
+        threading.Thread(target=_chaos, args=(a.chaos, cluster, nodes[-1], Path(a.output), log), daemon=True).start()
     import resource
 
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     summary = build(cfg, a.input, a.output, log_summary=False)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    driver = {"cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
-              "peak_rss_mib": round(r1.ru_maxrss / 1024, 1)}  # the driver process only (not the head's raylet)
-    print(json.dumps({"summary": {k: summary.get(k) for k in ("inputs", "work_units", "samples", "shards",
-                                                              "clips_with_samples", "clips_rejected",
-                                                              "all_inputs_accounted")},
-                      "wall_s": wall, "warmup_s": warm_s, "chaos": log, "nodes": len(ray.nodes()),
-                      "driver": driver}))
+    driver = {
+        "cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
+        "peak_rss_mib": round(r1.ru_maxrss / 1024, 1),
+    }  # the driver process only (not the head's raylet)
+    print(
+        json.dumps(
+            {
+                "summary": {
+                    k: summary.get(k)
+                    for k in (
+                        "inputs",
+                        "work_units",
+                        "samples",
+                        "shards",
+                        "clips_with_samples",
+                        "clips_rejected",
+                        "all_inputs_accounted",
+                    )
+                },
+                "wall_s": wall,
+                "warmup_s": warm_s,
+                "chaos": log,
+                "nodes": len(ray.nodes()),
+                "driver": driver,
+            }
+        )
+    )
     ray.shutdown()
     cluster.shutdown()
     return 0

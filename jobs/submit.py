@@ -12,6 +12,7 @@ supervisor), so this is `vid2pair build --ray-address auto`. Paths must be visib
 (a shared filesystem, or s3:// / gs:// URIs).
 Exit code 0 when the build finished (bad clips are rejects, not failures), 2 on a bad config.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """``vid2pair`` command line: build, demo, inspect, models."""
+
 from __future__ import annotations
 
 import argparse
@@ -115,8 +116,13 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="demo_output", help="output directory (default: demo_output)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE")
     d.add_argument("--runner", choices=["ray", "local"])
-    d.add_argument("--clips", type=int, default=5, help="synthetic clips to generate (default 5: one filmed by a "
-                                                        "panning camera, the others static); more for training")
+    d.add_argument(
+        "--clips",
+        type=int,
+        default=5,
+        help="synthetic clips to generate (default 5: one filmed by a "
+        "panning camera, the others static); more for training",
+    )
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("inspect", help="counts, reject reasons and sample keys of an output directory")

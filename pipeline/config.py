@@ -7,6 +7,7 @@ with :func:`vid2pair.core.spec.knob` (default, meaning, unit, range). YAML prese
 validated *before any work starts*: an unknown key, a value of the wrong type or an impossible
 range raises :class:`ConfigError` naming the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,19 +25,35 @@ from vid2pair.core.spec import UNITS, build, knob, need, section, section_markdo
 from vid2pair.pipeline.graph import STAGES
 from vid2pair.pipeline.plan import sections
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "preset_path", "available_presets",
-           "load_config_data", "parse_override", "config_markdown"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "config_from_dict",
+    "preset_path",
+    "available_presets",
+    "load_config_data",
+    "parse_override",
+    "config_markdown",
+]
 
 
 @dataclass
 class InputConfig:
     """Which files ``--input`` picks up."""
-    extensions: list[str] = knob([".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv"],
-                                 "file extensions picked up from directories and globs")
-    unit_s: float = knob(60.0, "a clip at least 1.5 x this long (by its container header) is split into "
-                               "spans of about this length, each its own work unit: its own Ray task and "
-                               "shard, retried and resumed on its own. 0: never split. Local files only",
-                         unit="s", ge=0)
+
+    extensions: list[str] = knob(
+        [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv"],
+        "file extensions picked up from directories and globs",
+    )
+    unit_s: float = knob(
+        60.0,
+        "a clip at least 1.5 x this long (by its container header) is split into "
+        "spans of about this length, each its own work unit: its own Ray task and "
+        "shard, retried and resumed on its own. 0: never split. Local files only",
+        unit="s",
+        ge=0,
+    )
 
     def check(self, prefix: str = "input") -> None:
         need(bool(self.extensions), f"{prefix}.extensions", "must not be empty")
@@ -45,52 +62,80 @@ class InputConfig:
 @dataclass
 class IsolationConfig:
     """The child process that decoding and the CPU stages before any model stage run in."""
-    mode: Literal["process", "none"] = knob("process", "process: decode (+ the CPU stages before any model stage) "
-                                                       "in a child process, a crash loses one clip | none")
-    clip_timeout_s: float = knob(300.0, "limit on the child's silence: each item of a clip (its next pair "
-                                 "or reject) must come within this, else the child is killed (start-up not "
-                                 "counted)", unit="s", gt=0)
+
+    mode: Literal["process", "none"] = knob(
+        "process",
+        "process: decode (+ the CPU stages before any model stage) in a child process, a crash loses one clip | none",
+    )
+    clip_timeout_s: float = knob(
+        300.0,
+        "limit on the child's silence: each item of a clip (its next pair "
+        "or reject) must come within this, else the child is killed (start-up not "
+        "counted)",
+        unit="s",
+        gt=0,
+    )
 
 
 @dataclass
 class OutputConfig:
     """What a sample holds, and how shards are cut."""
+
     image_format: Literal["jpg", "png", "webp"] = knob("jpg", "format of src and tgt")
     jpeg_quality: int = knob(95, "jpg / webp quality of src and tgt", ge=1, le=100)
     flow: Literal["none", "float16", "float32"] = knob("none", "store the flow as flow.npy (none: not stored)")
     clips_per_shard: int = knob(16, "consecutive inputs per chunk = shard = unit of resume", ge=1)
-    reject_previews: int = knob(36, "keep small src | tgt | signal previews (previews/*.jpg) of up to this "
-                                    "many rejected pairs, at most a sixth per stage and reason; the QC report "
-                                    "shows them; 0: none", ge=0)
-    eval_frac: float = knob(0.0, "the share of clips whose samples are marked split=eval (meta.json and the index), "
-                                 "drawn per clip from the clip id: no clip feeds both sides; the trainer holds them "
-                                 "out", unit="frac", ge=0, le=1)
+    reject_previews: int = knob(
+        36,
+        "keep small src | tgt | signal previews (previews/*.jpg) of up to this "
+        "many rejected pairs, at most a sixth per stage and reason; the QC report "
+        "shows them; 0: none",
+        ge=0,
+    )
+    eval_frac: float = knob(
+        0.0,
+        "the share of clips whose samples are marked split=eval (meta.json and the index), "
+        "drawn per clip from the clip id: no clip feeds both sides; the trainer holds them "
+        "out",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
     overwrite: bool = knob(False, "discard an existing output built with another config")
 
 
 @dataclass
 class RunnerConfig:
     """How the stages run (never what they produce: not part of the config fingerprint)."""
+
     name: Literal["ray", "local"] = knob("ray", "ray (Ray Data) | local (in process, debugging)")
-    ray_address: Optional[str] = knob(None, "join a cluster (auto, host:port, ray://...); null: $RAY_ADDRESS, else "
-                                            "a private local Ray")
+    ray_address: Optional[str] = knob(
+        None, "join a cluster (auto, host:port, ray://...); null: $RAY_ADDRESS, else a private local Ray"
+    )
     num_cpus: Optional[int] = knob(None, "CPUs of the private local Ray (null: all)", ge=1)
     clip_stage_cpus: float = knob(0.75, "Ray: logical CPUs per clip task", gt=0)
     progress: bool = knob(True, "progress bar on stderr")
     threads_per_worker: int = knob(1, "OpenCV / torch CPU threads per worker (parallelism comes from workers)", ge=1)
     check_weights: bool = knob(True, "fail before any work when model weights / extras are missing on the driver")
     shard_writers: Literal["auto", "workers", "driver"] = knob(
-        "auto", "Ray: who writes the shards. workers: the worker that runs a sample's last stage writes its "
-                "members to the output's _staging/, and a Ray task writes each complete chunk's tar, index "
-                "and rejects parts; the driver only gets small records and writes the commit markers. driver: "
-                "the driver writes everything (the samples' bytes pass through it). auto: workers when the "
-                "output is an object store or every Ray node is on the driver's machine, else driver (a "
-                "local path on a multi-node cluster is only shared when it is a network file system: say "
-                "workers then)")
-    wait_for_resources_s: Optional[float] = knob(None, "Ray: how long to wait for the cluster to offer what the "
-                                                       "stages ask for (GPUs, CPUs) before failing; null: 0 for a "
-                                                       "private local instance, 300 when joining a cluster (it may "
-                                                       "autoscale)", unit="s", ge=0)
+        "auto",
+        "Ray: who writes the shards. workers: the worker that runs a sample's last stage writes its "
+        "members to the output's _staging/, and a Ray task writes each complete chunk's tar, index "
+        "and rejects parts; the driver only gets small records and writes the commit markers. driver: "
+        "the driver writes everything (the samples' bytes pass through it). auto: workers when the "
+        "output is an object store or every Ray node is on the driver's machine, else driver (a "
+        "local path on a multi-node cluster is only shared when it is a network file system: say "
+        "workers then)",
+    )
+    wait_for_resources_s: Optional[float] = knob(
+        None,
+        "Ray: how long to wait for the cluster to offer what the "
+        "stages ask for (GPUs, CPUs) before failing; null: 0 for a "
+        "private local instance, 300 when joining a cluster (it may "
+        "autoscale)",
+        unit="s",
+        ge=0,
+    )
 
 
 class _ConfigMethods:
@@ -110,12 +155,17 @@ class _ConfigMethods:
 
 
 def _make_config_class():
-    fields = [("name", str, knob("custom", "preset name")),
-              ("seed", int, knob(0, "global seed: every random draw is keyed by it and stable names", ge=0)),
-              ("input", InputConfig, section(InputConfig))]
+    fields = [
+        ("name", str, knob("custom", "preset name")),
+        ("seed", int, knob(0, "global seed: every random draw is keyed by it and stable names", ge=0)),
+        ("input", InputConfig, section(InputConfig)),
+    ]
     fields += [(name, cls, section(cls)) for name, cls in sections(STAGES).items()]
-    fields += [("isolation", IsolationConfig, section(IsolationConfig)),
-               ("output", OutputConfig, section(OutputConfig)), ("runner", RunnerConfig, section(RunnerConfig))]
+    fields += [
+        ("isolation", IsolationConfig, section(IsolationConfig)),
+        ("output", OutputConfig, section(OutputConfig)),
+        ("runner", RunnerConfig, section(RunnerConfig)),
+    ]
     cls = dataclasses.make_dataclass("Config", fields, bases=(_ConfigMethods,))
     cls.__module__ = __name__  # so a Config pickles (Ray, the isolation child) as vid2pair.pipeline.config.Config
     return cls
@@ -129,8 +179,11 @@ def available_presets(prefix: str = "") -> list[str]:
     """Names of the presets shipped with the package (``vid2pair/configs/*.yaml``)."""
     from importlib.resources import files
 
-    return sorted(f.name[:-5] for f in files("vid2pair.configs").iterdir()
-                  if f.name.endswith(".yaml") and f.name.startswith(prefix))
+    return sorted(
+        f.name[:-5]
+        for f in files("vid2pair.configs").iterdir()
+        if f.name.endswith(".yaml") and f.name.startswith(prefix)
+    )
 
 
 def preset_path(name_or_path: str | Path, prefixes: tuple[str, ...] = ("",)) -> Path:
@@ -194,8 +247,11 @@ def _preset_data(p: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"{p}: base: expected a preset name or path, got {base!r}")
     # a relative base path is next to this preset; a name is a shipped preset
     cand = p.parent / base
-    bp = cand if cand.is_file() else (p.parent / f"{base}.yaml" if (p.parent / f"{base}.yaml").is_file()
-                                      else preset_path(base))
+    bp = (
+        cand
+        if cand.is_file()
+        else (p.parent / f"{base}.yaml" if (p.parent / f"{base}.yaml").is_file() else preset_path(base))
+    )
     if bp.resolve() in seen:
         raise ConfigError(f"{p}: base: {base} makes a cycle ({' -> '.join(str(s) for s in seen)})")
     return _deep_merge(_preset_data(bp, (*seen, p.resolve())), data)
@@ -227,13 +283,19 @@ def config_from_dict(data: dict):
 
 def config_markdown() -> str:
     """The configuration reference (docs/config.md), generated from the knobs' metadata."""
-    out = ["# Configuration reference", "",
-           "Every key: its type (choices are separated by `|`), default, unit, allowed range and meaning.",
-           "Presets (`vid2pair/configs`, `configs/` in the repository) override these defaults, and",
-           "`--set key.sub=value` overrides a preset. Unknown keys, wrong types, choices and ranges are",
-           "checked before any work; an error names the key. Generated by",
-           "`python -m vid2pair.pipeline.config > docs/config.md` from the stage modules, which declare their",
-           "sections, and `pipeline/config.py` (a test keeps it in sync).", "", "Units:", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "Every key: its type (choices are separated by `|`), default, unit, allowed range and meaning.",
+        "Presets (`vid2pair/configs`, `configs/` in the repository) override these defaults, and",
+        "`--set key.sub=value` overrides a preset. Unknown keys, wrong types, choices and ranges are",
+        "checked before any work; an error names the key. Generated by",
+        "`python -m vid2pair.pipeline.config > docs/config.md` from the stage modules, which declare their",
+        "sections, and `pipeline/config.py` (a test keeps it in sync).",
+        "",
+        "Units:",
+        "",
+    ]
     out += [f"- `{k}`: {v}" for k, v in UNITS.items()]
     hints = typing.get_type_hints(Config)
     top = [f for f in dataclasses.fields(Config) if not dataclasses.is_dataclass(hints[f.name])]

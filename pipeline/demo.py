@@ -1,4 +1,5 @@
 """``vid2pair demo``: synthetic clips (one with camera motion, which must be rejected) -> shards."""
+
 from __future__ import annotations
 
 import shutil
@@ -25,8 +26,10 @@ def run_demo(output="demo_output", overrides=(), n_static: int = 4, n_moving_cam
         print(f"demo: writing {want} synthetic clips to {videos}", file=sys.stderr)
         make_demo_corpus(videos, n_static=n_static, n_moving_camera=n_moving_camera, seed=cfg.seed)
     summary = build(cfg, str(videos), out / "dataset")
-    print(f"\ndemo dataset: {(out / 'dataset').resolve()}\n"
-          f"  shards:  {(out / 'dataset' / 'shards').resolve()}\n"
-          f"  summary: {(out / 'dataset' / 'summary.json').resolve()}\n"
-          f"  look at it: vid2pair inspect {out / 'dataset'}")
+    print(
+        f"\ndemo dataset: {(out / 'dataset').resolve()}\n"
+        f"  shards:  {(out / 'dataset' / 'shards').resolve()}\n"
+        f"  summary: {(out / 'dataset' / 'summary.json').resolve()}\n"
+        f"  look at it: vid2pair inspect {out / 'dataset'}"
+    )
     return summary

@@ -28,6 +28,7 @@ against the real target; and point
 accuracy (where each handle's content landed in the result, against the true target point). The
 PSNR / SSIM code is the trainer's (``trainer/evaluate.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,18 @@ import numpy as np
 
 FORMATS = ("dragbench", "vid2pair-eval")
 #: DragBench's category folders (its scripts loop over exactly these)
-DRAGBENCH_CATEGORIES = ("art_work", "land_scape", "building_city_view", "building_countryside_view", "animals",
-                        "human_head", "human_upper_body", "human_full_body", "interior_design", "other_objects")
+DRAGBENCH_CATEGORIES = (
+    "art_work",
+    "land_scape",
+    "building_city_view",
+    "building_countryside_view",
+    "animals",
+    "human_head",
+    "human_upper_body",
+    "human_full_body",
+    "interior_design",
+    "other_objects",
+)
 #: the editable region when a sample has no drag mask: its changed region, dilated by this (px at 512 wide)
 MASK_DILATE_PX = 16
 #: point accuracy: the handle's patch (px at 512 wide, odd) and the search margin beyond the drag's length
@@ -56,6 +67,7 @@ class EvalSetError(ValueError):
 
 
 # ---------------------------------------------------------------- geometry
+
 
 def parse_size(size, w: int, h: int) -> tuple[int, int]:
     """``None`` (as stored), ``512`` (width; height by the aspect ratio) or ``"512x288"`` -> (W, H)."""
@@ -106,6 +118,7 @@ def _disc(r: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- export
 
+
 def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict], str]:
     """The item of one sample at size ``wh`` (None: as stored), or (None, why not)."""
     src, tgt = s.image("src"), s.image("tgt")
@@ -124,9 +137,14 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
             m = label == int(r["mask_index"]) + 1
             if not m.any():
                 continue
-            regions.append({"mask": m, "type": r.get("type", "deformation"),
-                            "handles": np.asarray(r.get("handles", []), np.float64).reshape(-1, 2),
-                            "targets": np.asarray(r.get("targets", []), np.float64).reshape(-1, 2)})
+            regions.append(
+                {
+                    "mask": m,
+                    "type": r.get("type", "deformation"),
+                    "handles": np.asarray(r.get("handles", []), np.float64).reshape(-1, 2),
+                    "targets": np.asarray(r.get("targets", []), np.float64).reshape(-1, 2),
+                }
+            )
     if len(points):
         signal = "drag"
     elif regions:
@@ -161,20 +179,35 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
         coarse = cv2.inpaint(np.ascontiguousarray(coarse[..., :3]), holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
     m = s.meta
     item = {
-        "key": s.key, "signal": signal, "size": [W, H], "orig_size": [w, h],
-        "src": resize_image(src, (W, H)), "tgt": resize_image(tgt, (W, H)),
+        "key": s.key,
+        "signal": signal,
+        "size": [W, H],
+        "orig_size": [w, h],
+        "src": resize_image(src, (W, H)),
+        "tgt": resize_image(tgt, (W, H)),
         "coarse": None if coarse is None else resize_image(coarse, (W, H)),
         "mask": resize_mask(edit.astype(np.uint8), (W, H)) > 0,
         "handle_mask": resize_mask(handle.astype(np.uint8), (W, H)) > 0,
         "points": scale_points(points, (w, h), (W, H)),
-        "regions": [{"mask": resize_mask(r["mask"].astype(np.uint8), (W, H)) > 0, "type": r["type"],
-                     "handles": scale_points(r["handles"], (w, h), (W, H)),
-                     "targets": scale_points(r["targets"], (w, h), (W, H))} for r in regions],
+        "regions": [
+            {
+                "mask": resize_mask(r["mask"].astype(np.uint8), (W, H)) > 0,
+                "type": r["type"],
+                "handles": scale_points(r["handles"], (w, h), (W, H)),
+                "targets": scale_points(r["targets"], (w, h), (W, H)),
+            }
+            for r in regions
+        ],
         "mask_from": mask_from,
-        "meta": {"clip_id": m.get("clip_id", s.row.get("clip_id")), "source": s.row.get("source"),
-                 "src_frame": m.get("src_frame", s.row.get("src_frame")),
-                 "tgt_frame": m.get("tgt_frame", s.row.get("tgt_frame")), "dt": s.row.get("dt"),
-                 "split": s.row.get("split"), "quality": m.get("quality", {})},
+        "meta": {
+            "clip_id": m.get("clip_id", s.row.get("clip_id")),
+            "source": s.row.get("source"),
+            "src_frame": m.get("src_frame", s.row.get("src_frame")),
+            "tgt_frame": m.get("tgt_frame", s.row.get("tgt_frame")),
+            "dt": s.row.get("dt"),
+            "split": s.row.get("split"),
+            "quality": m.get("quality", {}),
+        },
     }
     return item, ""
 
@@ -212,8 +245,16 @@ def _operation(regions: list[dict], points: np.ndarray) -> str:
     return "deformation"
 
 
-def export(out_dir, to, fmt: str = "vid2pair-eval", split: Optional[str] = "eval", keys: Sequence[str] | None = None,
-           size=None, category: str = "other_objects", overwrite: bool = False) -> dict:
+def export(
+    out_dir,
+    to,
+    fmt: str = "vid2pair-eval",
+    split: Optional[str] = "eval",
+    keys: Sequence[str] | None = None,
+    size=None,
+    category: str = "other_objects",
+    overwrite: bool = False,
+) -> dict:
     """Write the samples of ``split`` (or ``keys``) of ``out_dir`` to ``to`` in ``fmt``; returns the
     manifest (also written as ``items.json``): the items written and those skipped, with why."""
     from vid2pair.pipeline.qc import QCDataset
@@ -233,20 +274,21 @@ def export(out_dir, to, fmt: str = "vid2pair-eval", split: Optional[str] = "eval
         sel = idx["key"].tolist()
     else:
         if "split" not in idx.columns:
-            raise EvalSetError(f"{out_dir}'s index has no split column (built before output.eval_frac): "
-                               "pass --keys")
+            raise EvalSetError(f"{out_dir}'s index has no split column (built before output.eval_frac): pass --keys")
         sel = idx.loc[idx["split"] == split, "key"].tolist()
         if not sel:
             counts = idx["split"].value_counts().to_dict()
-            raise EvalSetError(f"no sample of split {split!r} in {out_dir} (splits: {counts}; build with "
-                               "output.eval_frac > 0 for an eval split, or pass --split train / --keys)")
+            raise EvalSetError(
+                f"no sample of split {split!r} in {out_dir} (splits: {counts}; build with "
+                "output.eval_frac > 0 for an eval split, or pass --split train / --keys)"
+            )
     to = Path(to)
     if to.exists() and any(to.iterdir()) and not overwrite:
         raise EvalSetError(f"{to} exists and is not empty (--overwrite to replace its items)")
     to.mkdir(parents=True, exist_ok=True)
     items, skipped, size_wh = [], [], None
     for i in range(0, len(sel), 16):
-        for s in ds.load_many(sel[i:i + 16]):
+        for s in ds.load_many(sel[i : i + 16]):
             src = s.image("src")
             wh = None if src is None else parse_size(size, src.shape[1], src.shape[0])
             it, why = _item_from_sample(s, wh)
@@ -255,8 +297,15 @@ def export(out_dir, to, fmt: str = "vid2pair-eval", split: Optional[str] = "eval
                 continue
             size_wh = size_wh or it["size"]
             items.append(_write_item(it, to, fmt, category))
-    manifest = {"format": fmt, "source": str(out_dir), "split": None if keys else split, "size": size_wh,
-                "category": category if fmt == "dragbench" else None, "items": items, "skipped": skipped}
+    manifest = {
+        "format": fmt,
+        "source": str(out_dir),
+        "split": None if keys else split,
+        "size": size_wh,
+        "category": category if fmt == "dragbench" else None,
+        "items": items,
+        "skipped": skipped,
+    }
     (to / "items.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -288,18 +337,39 @@ def _write_item(it: dict, to: Path, fmt: str, category: str) -> dict:
         regions = []
         for j, r in enumerate(it["regions"]):
             _png(d / f"region_{j:02d}.png", r["mask"])
-            regions.append({"mask": f"region_{j:02d}.png", "operation": r["type"],
-                            "handles": np.round(r["handles"], 2).tolist(),
-                            "targets": np.round(r["targets"], 2).tolist()})
-        edit = {"key": name, "signal": it["signal"], "operation": op, "size": it["size"], "orig_size": it["orig_size"],
-                "points": [{"handle": np.round(a, 2).tolist(), "target": np.round(b, 2).tolist()} for a, b in pts],
-                "regions": regions, "editable_mask": "mask.png", "handle_mask": "handle_mask.png",
-                "mask_from": it["mask_from"], "coarse": "coarse.png" if it["coarse"] is not None else None,
-                **it["meta"]}
+            regions.append(
+                {
+                    "mask": f"region_{j:02d}.png",
+                    "operation": r["type"],
+                    "handles": np.round(r["handles"], 2).tolist(),
+                    "targets": np.round(r["targets"], 2).tolist(),
+                }
+            )
+        edit = {
+            "key": name,
+            "signal": it["signal"],
+            "operation": op,
+            "size": it["size"],
+            "orig_size": it["orig_size"],
+            "points": [{"handle": np.round(a, 2).tolist(), "target": np.round(b, 2).tolist()} for a, b in pts],
+            "regions": regions,
+            "editable_mask": "mask.png",
+            "handle_mask": "handle_mask.png",
+            "mask_from": it["mask_from"],
+            "coarse": "coarse.png" if it["coarse"] is not None else None,
+            **it["meta"],
+        }
         (d / "edit.json").write_text(json.dumps(edit, indent=1, default=_json_default))
         rel = name
-    return {"item": name, "path": rel, "signal": it["signal"], "operation": op, "n_points": int(len(pts)),
-            "points": np.round(pts, 2).tolist(), "mask_frac": round(float(it["mask"].mean()), 5)}
+    return {
+        "item": name,
+        "path": rel,
+        "signal": it["signal"],
+        "operation": op,
+        "n_points": int(len(pts)),
+        "points": np.round(pts, 2).tolist(),
+        "mask_frac": round(float(it["mask"].mean()), 5),
+    }
 
 
 def _json_default(o):
@@ -311,6 +381,7 @@ def _json_default(o):
 
 
 # ---------------------------------------------------------------- scoring
+
 
 def _read_rgb(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -357,16 +428,21 @@ def load_items(eval_dir) -> tuple[dict, list[dict]]:
             for (x, y), _ in pts:
                 cv2.circle(handle, (int(round(x)), int(round(y))), r, 1, -1)
             handle = handle > 0
-        out.append({"item": rec["item"], "dir": d, "src": src, "tgt": tgt, "mask": mask, "handle": handle,
-                    "points": pts})
+        out.append(
+            {"item": rec["item"], "dir": d, "src": src, "tgt": tgt, "mask": mask, "handle": handle, "points": pts}
+        )
     return manifest, out
 
 
 def find_result(results: Path, item: str, category: Optional[str]) -> Optional[Path]:
     """``RESULTS/<item>.png``, ``RESULTS/<item>/dragged_image.png`` (or ``result.png``), or
     ``RESULTS/<category>/<item>/dragged_image.png``: the first that exists."""
-    cands = [results / f"{item}.png", results / f"{item}.jpg", results / item / "dragged_image.png",
-             results / item / "result.png"]
+    cands = [
+        results / f"{item}.png",
+        results / f"{item}.jpg",
+        results / item / "dragged_image.png",
+        results / item / "result.png",
+    ]
     if category:
         cands.append(results / category / item / "dragged_image.png")
     return next((p for p in cands if p.is_file()), None)
@@ -393,11 +469,11 @@ def point_errors(src: np.ndarray, result: np.ndarray, pts: np.ndarray) -> np.nda
     for (hx, hy), (tx, ty) in pts:
         cx, cy = int(round(hx)), int(round(hy))
         x0, y0 = max(0, cx - half), max(0, cy - half)
-        patch = g0[y0:min(h, cy + half + 1), x0:min(w, cx + half + 1)]
+        patch = g0[y0 : min(h, cy + half + 1), x0 : min(w, cx + half + 1)]
         ox, oy = cx - x0, cy - y0  # the handle within its (possibly clipped) patch
         r = int(math.ceil(math.hypot(tx - hx, ty - hy) + SEARCH_MARGIN_PX * w / 512)) + half
         sx0, sy0 = max(0, int(round(tx)) - r), max(0, int(round(ty)) - r)
-        win = g1[sy0:min(h, int(round(ty)) + r + 1), sx0:min(w, int(round(tx)) + r + 1)]
+        win = g1[sy0 : min(h, int(round(ty)) + r + 1), sx0 : min(w, int(round(tx)) + r + 1)]
         if win.shape[0] < patch.shape[0] or win.shape[1] < patch.shape[1] or patch.std() < 1e-3:
             errs.append(float("nan"))
             continue
@@ -425,8 +501,10 @@ class RegionFidelity:
             try:
                 self.model = lpips.LPIPS(net="alex", model_path=str(p), verbose=False).eval()
             except Exception as e:  # the backbone's weights come from torchvision's cache
-                raise EvalSetError(f"LPIPS could not load ({e}); its AlexNet backbone needs torchvision's "
-                                   "weights in the local torch hub cache") from e
+                raise EvalSetError(
+                    f"LPIPS could not load ({e}); its AlexNet backbone needs torchvision's "
+                    "weights in the local torch hub cache"
+                ) from e
             self.name = "LPIPS (alex)"
 
     def __call__(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -479,14 +557,27 @@ def score_item(it: dict, result: np.ndarray, fid: RegionFidelity) -> dict:
     return out
 
 
-SCORE_COLUMNS = ("psnr", "ssim", "psnr_edit", "ssim_edit", "psnr_outside", "ssim_outside", "IF_ed", "IF_hh", "IF_th",
-                 "point_error_px", "point_error_median_px", "points_within_5px")
+SCORE_COLUMNS = (
+    "psnr",
+    "ssim",
+    "psnr_edit",
+    "ssim_edit",
+    "psnr_outside",
+    "ssim_outside",
+    "IF_ed",
+    "IF_hh",
+    "IF_th",
+    "point_error_px",
+    "point_error_median_px",
+    "points_within_5px",
+)
 #: which way is better for each score
 HIGHER_IS_BETTER = {c: not c.startswith("point_error") for c in SCORE_COLUMNS}
 
 
-def score(eval_dir, results, lpips_weights: Optional[str] = None, output: Optional[str] = None,
-          allow_missing: bool = False) -> dict:
+def score(
+    eval_dir, results, lpips_weights: Optional[str] = None, output: Optional[str] = None, allow_missing: bool = False
+) -> dict:
     """Score ``results`` against ``eval_dir``'s targets; returns (and writes to ``output``, default
     ``RESULTS/scores.json`` and ``scores.csv``) the per-item scores and their means. A missing result is
     an error unless ``allow_missing`` (then only the items with a result are scored, and counted)."""
@@ -501,20 +592,31 @@ def score(eval_dir, results, lpips_weights: Optional[str] = None, output: Option
     if missing and allow_missing and len(missing) < len(items):
         items = [it for it in items if found[it["item"]] is not None]
     elif missing:
-        raise EvalSetError(f"{len(missing)} of {len(items)} result(s) missing in {results}, e.g. {missing[0]} "
-                           f"(looked for {missing[0]}.png, {missing[0]}/dragged_image.png, {missing[0]}/result.png)")
+        raise EvalSetError(
+            f"{len(missing)} of {len(items)} result(s) missing in {results}, e.g. {missing[0]} "
+            f"(looked for {missing[0]}.png, {missing[0]}/dragged_image.png, {missing[0]}/result.png)"
+        )
     fid = RegionFidelity(lpips_weights)
     rows = []
     for it in items:
         res = _read_rgb(found[it["item"]])
         if res.shape != it["tgt"].shape:
-            raise EvalSetError(f"{found[it['item']]}: {res.shape[1]}x{res.shape[0]}, but the target is "
-                               f"{it['tgt'].shape[1]}x{it['tgt'].shape[0]} (export with --size to the model's size)")
+            raise EvalSetError(
+                f"{found[it['item']]}: {res.shape[1]}x{res.shape[0]}, but the target is "
+                f"{it['tgt'].shape[1]}x{it['tgt'].shape[0]} (export with --size to the model's size)"
+            )
         rows.append({"item": it["item"], **score_item(it, res, fid)})
     mean = {c: _nanmean([r[c] for r in rows]) for c in SCORE_COLUMNS}
-    report = {"eval_dir": str(eval_dir), "results": str(results), "n": len(rows), "missing": missing,
-              "fidelity": fid.name,
-              "higher_is_better": HIGHER_IS_BETTER, "mean": mean, "items": rows}
+    report = {
+        "eval_dir": str(eval_dir),
+        "results": str(results),
+        "n": len(rows),
+        "missing": missing,
+        "fidelity": fid.name,
+        "higher_is_better": HIGHER_IS_BETTER,
+        "mean": mean,
+        "items": rows,
+    }
     out = Path(output) if output else results
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(json.dumps(report, indent=1))
@@ -532,8 +634,10 @@ def _nanmean(xs) -> float:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{report['n']} item(s); region fidelity IF_* = 1 - distance, distance = {report['fidelity']}",
-             f"{'score':<20}{'mean':>10}  better"]
+    lines = [
+        f"{report['n']} item(s); region fidelity IF_* = 1 - distance, distance = {report['fidelity']}",
+        f"{'score':<20}{'mean':>10}  better",
+    ]
     for c in SCORE_COLUMNS:
         lines.append(f"{c:<20}{report['mean'][c]:>10.4g}  {'higher' if report['higher_is_better'][c] else 'lower'}")
     return "\n".join(lines)
@@ -541,15 +645,27 @@ def format_table(report: dict) -> str:
 
 # ---------------------------------------------------------------- CLI
 
+
 def cmd_export(a) -> int:
     try:
-        m = export(a.output_dir, a.to, a.format, a.split, a.keys.split(",") if a.keys else None, a.size,
-                   a.category, a.overwrite)
+        m = export(
+            a.output_dir,
+            a.to,
+            a.format,
+            a.split,
+            a.keys.split(",") if a.keys else None,
+            a.size,
+            a.category,
+            a.overwrite,
+        )
     except (EvalSetError, OSError) as e:
         print(f"error: {e}")
         return 2
-    print(f"exported {len(m['items'])} item(s) ({a.format}, {m['size'][0]}x{m['size'][1]} px) to {a.to}"
-          if m["items"] else f"exported no item to {a.to}")
+    print(
+        f"exported {len(m['items'])} item(s) ({a.format}, {m['size'][0]}x{m['size'][1]} px) to {a.to}"
+        if m["items"]
+        else f"exported no item to {a.to}"
+    )
     for s in m["skipped"][:5]:
         print(f"  skipped {s['key']}: {s['why']}")
     if len(m["skipped"]) > 5:
@@ -578,8 +694,9 @@ def evalset_add_subparsers(sub) -> None:
     e.add_argument("--keys", help="comma-separated sample keys instead of a split")
     e.add_argument("--to", required=True, help="the folder to write")
     e.add_argument("--size", help="W (height by the aspect ratio; DragBench uses 512) or WxH; default: as stored")
-    e.add_argument("--category", default="other_objects",
-                   help="dragbench: the category folder (one of DragBench's ten)")
+    e.add_argument(
+        "--category", default="other_objects", help="dragbench: the category folder (one of DragBench's ten)"
+    )
     e.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     e.set_defaults(func=cmd_export)
     s = sub.add_parser("score-edits", help="score edited results against an exported set's real targets")

@@ -8,6 +8,7 @@ trainer's member names). Adding a stage means one module and one line here.
 Every clip ends with a :class:`~vid2pair.core.items.ClipDone` marker so the writer knows when a
 clip, and so a shard, is complete; every candidate pair ends as a sample or a reject.
 """
+
 from __future__ import annotations
 
 from vid2pair.stages.clip import ClipStage
@@ -21,13 +22,13 @@ from vid2pair.stages.sketch import SketchStage
 from vid2pair.stages.track import TrackStage
 
 STAGES = (
-    ClipStage,     # per clip: probe -> shots -> static camera -> pairs -> decode   -> PairItem | Reject
-    FlowStage,     # optical flow src -> tgt (direct, chained, or the flow_advance target search)
-    MotionStage,   # flow statistics; too small / too large motion
-    TrackStage,    # target -> source tracks: drag points, matching supervision
-    SketchStage,   # strokes along the motion boundaries (target layout)
-    CoarseStage,   # softmax-splat coarse edit + hole mask
+    ClipStage,  # per clip: probe -> shots -> static camera -> pairs -> decode   -> PairItem | Reject
+    FlowStage,  # optical flow src -> tgt (direct, chained, or the flow_advance target search)
+    MotionStage,  # flow statistics; too small / too large motion
+    TrackStage,  # target -> source tracks: drag points, matching supervision
+    SketchStage,  # strokes along the motion boundaries (target layout)
+    CoarseStage,  # softmax-splat coarse edit + hole mask
     CollageStage,  # piecewise-similarity collage + hole mask, region drags
     QualityStage,  # every signal judged against the pair's own images; failing ones dropped / rejected
-    EncodeStage,   # arrays and meta -> tar members
+    EncodeStage,  # arrays and meta -> tar members
 )

@@ -15,6 +15,7 @@ the assignment of clips to shards is stable. A chunk is written when all of its 
 tar to a temporary name then renamed, then the index and rejects parts, then the marker. A rerun
 skips chunks that have a marker, so resuming is exactly-once at chunk granularity.
 """
+
 from __future__ import annotations
 
 import glob
@@ -39,6 +40,7 @@ class InputError(ValueError):
 
 
 # ---------------------------------------------------------------- inputs
+
 
 def list_inputs(spec: str, extensions: Iterable[str]) -> list[str]:
     """A directory (recursive), a glob, a .txt list (one path per line, # comments) or a .parquet
@@ -85,8 +87,10 @@ def require_inputs(spec: str, sources: list[str], extensions: Iterable[str]) -> 
     s = str(spec)
     if s.endswith((".txt", ".parquet")):
         raise InputError(f"--input {spec}: the list is empty (no paths in it)")
-    raise InputError(f"no video files found in {spec} (extensions: {' '.join(sorted(extensions))}; "
-                     f"set input.extensions to pick up others)")
+    raise InputError(
+        f"no video files found in {spec} (extensions: {' '.join(sorted(extensions))}; "
+        f"set input.extensions to pick up others)"
+    )
 
 
 def input_root(spec: str) -> Optional[str]:
@@ -155,9 +159,13 @@ def clip_durations(sources: list[str], unit_s: float, threads: int = 8) -> dict[
     return {s: d for s, d in got.items() if d}
 
 
-def make_tasks(sources: list[str], clips_per_shard: int, root: Optional[str] = None,
-               durations: Optional[dict[str, float]] = None,
-               unit_s: float = 0.0) -> tuple[list[ClipTask], list[tuple[str, str]]]:
+def make_tasks(
+    sources: list[str],
+    clips_per_shard: int,
+    root: Optional[str] = None,
+    durations: Optional[dict[str, float]] = None,
+    unit_s: float = 0.0,
+) -> tuple[list[ClipTask], list[tuple[str, str]]]:
     """De-duplicate (by absolute path) and assign stable clip ids and chunks. ``root``: the input
     root (:func:`input_root`) the ids are taken relative to; without it they hash the absolute path.
 
@@ -188,22 +196,62 @@ def make_tasks(sources: list[str], clips_per_shard: int, root: Optional[str] = N
         if in_chunk:
             chunk, in_chunk = chunk + 1, 0
         for u in range(n):
-            tasks.append(ClipTask(source=src, clip_idx=len(tasks), chunk=chunk, clip_id=cid, unit=u, units=n,
-                                  start_s=u * dur / n, end_s=(u + 1) * dur / n if u < n - 1 else 0.0))
+            tasks.append(
+                ClipTask(
+                    source=src,
+                    clip_idx=len(tasks),
+                    chunk=chunk,
+                    clip_id=cid,
+                    unit=u,
+                    units=n,
+                    start_s=u * dur / n,
+                    end_s=(u + 1) * dur / n if u < n - 1 else 0.0,
+                )
+            )
             chunk += 1
     return tasks, dups
 
 
 # ---------------------------------------------------------------- writing
 
-INDEX_SCALARS = ("clip_id", "source", "shot", "src_frame", "tgt_frame", "src_time", "tgt_time", "dt", "fps",
-                 "reversed", "static_score", "seed", "policy")
+INDEX_SCALARS = (
+    "clip_id",
+    "source",
+    "shot",
+    "src_frame",
+    "tgt_frame",
+    "src_time",
+    "tgt_time",
+    "dt",
+    "fps",
+    "reversed",
+    "static_score",
+    "seed",
+    "policy",
+)
 #: the index columns every sample has, before those the stages declare (``Stage.index_schema``)
-INDEX_BASE = {"key": "string", "shard": "string", "clip_id": "string", "source": "string", "shot": "int64",
-              "src_frame": "int64", "tgt_frame": "int64", "src_time": "float64", "tgt_time": "float64",
-              "dt": "float64", "fps": "float64", "reversed": "bool", "static_score": "float64", "seed": "int64",
-              "policy": "string", "width": "int64", "height": "int64", "orig_width": "int64", "orig_height": "int64",
-              "flow_backend": "string"}
+INDEX_BASE = {
+    "key": "string",
+    "shard": "string",
+    "clip_id": "string",
+    "source": "string",
+    "shot": "int64",
+    "src_frame": "int64",
+    "tgt_frame": "int64",
+    "src_time": "float64",
+    "tgt_time": "float64",
+    "dt": "float64",
+    "fps": "float64",
+    "reversed": "bool",
+    "static_score": "float64",
+    "seed": "int64",
+    "policy": "string",
+    "width": "int64",
+    "height": "int64",
+    "orig_width": "int64",
+    "orig_height": "int64",
+    "flow_backend": "string",
+}
 _ARROW = {"string": "string", "int64": "int64", "float64": "float64", "bool": "bool_"}
 
 
@@ -300,7 +348,7 @@ def _unpack_members(blob: bytes) -> dict:
     head, _, body = blob.partition(b"\n")
     out, pos = {}, 0
     for k, n in json.loads(head):
-        out[k] = body[pos:pos + n]
+        out[k] = body[pos : pos + n]
         pos += n
     return out
 
@@ -317,8 +365,9 @@ def stage_sample(root: str, it: Item) -> Item:
     return it
 
 
-def write_chunk(root: str, chunk: int, members: list, index_rows: list[dict], reject_rows: list[dict],
-                schema=None) -> int:
+def write_chunk(
+    root: str, chunk: int, members: list, index_rows: list[dict], reject_rows: list[dict], schema=None
+) -> int:
     """Write chunk ``chunk``'s shard, then its index and rejects parts; returns the samples written.
     ``members``: (key, where) sorted by key, ``where`` the path of the members a worker staged
     (:func:`stage_sample`) or a function giving them. With staged members it drops the chunk's
@@ -387,10 +436,19 @@ class OutputWriter:
             stage, reason = name.split("__")[:2]
             self._preview_counts[(stage, reason)] += 1
         ids = {t.source: t.clip_id for t in tasks}  # a duplicate is the same clip as its first occurrence
-        rows = [{"source": s, "clip_id": ids.get(_normalized(first), clip_id_for(s)),
-                 "level": "clip", "key": "", "stage": "input",
-                 "reason": "duplicate_input", "detail": f"same file as {first}", "preview": ""}
-                for s, first in duplicates]
+        rows = [
+            {
+                "source": s,
+                "clip_id": ids.get(_normalized(first), clip_id_for(s)),
+                "level": "clip",
+                "key": "",
+                "stage": "input",
+                "reason": "duplicate_input",
+                "detail": f"same file as {first}",
+                "preview": "",
+            }
+            for s, first in duplicates
+        ]
         self.store.write_parquet("rejects/inputs.parquet", _table(rows, reject_schema()))
 
     def _check_run_identity(self) -> None:
@@ -402,7 +460,8 @@ class OutputWriter:
                 if not self.cfg.output.overwrite:
                     raise InputError(
                         f"{self.store.uri} was built with a different config (fingerprint {old.get('fingerprint')} "
-                        f"!= {fp}); use a new --output, or --set output.overwrite=true to discard it")
+                        f"!= {fp}); use a new --output, or --set output.overwrite=true to discard it"
+                    )
                 for d in ("shards", "index", "rejects", "_done", PREVIEW_DIR):
                     self.store.delete_dir(d)
                     self.store.makedirs(d)
@@ -428,7 +487,8 @@ class OutputWriter:
                         f"{self.store.uri}: the input list changed since shard pairs-{c:06d} was written: it holds "
                         f"{len(was)} clip(s) starting {was[:1]}, the current inputs put {len(now)} clip(s) starting "
                         f"{now[:1]} there. Resume needs the same input list; use a new --output, or "
-                        f"--set output.overwrite=true to rebuild")
+                        f"--set output.overwrite=true to rebuild"
+                    )
         self.store.write_bytes("run.json", json.dumps({**self._run_identity, "inputs": inputs}, indent=1).encode())
 
     def add(self, it: Item) -> list[int]:
@@ -492,27 +552,52 @@ class OutputWriter:
         samples = sorted((i for i in items if isinstance(i, PairItem)), key=lambda i: i.key)
         rejects = [i for i in items if isinstance(i, Reject)]
         for s in samples:  # a signal a stage dropped from a written sample: a signal-level row
-            rejects += [Reject(source=s.source, clip_id=s.clip_id, chunk=s.chunk, clip_idx=s.clip_idx, key=s.key,
-                               level="signal", stage=r["stage"], reason=r["reason"], detail=r["detail"])
-                        for r in s.meta.get("signal_rejects", ())]
+            rejects += [
+                Reject(
+                    source=s.source,
+                    clip_id=s.clip_id,
+                    chunk=s.chunk,
+                    clip_idx=s.clip_idx,
+                    key=s.key,
+                    level="signal",
+                    stage=r["stage"],
+                    reason=r["reason"],
+                    detail=r["detail"],
+                )
+                for r in s.meta.get("signal_rejects", ())
+            ]
         rejects.sort(key=lambda r: (r.clip_idx, r.key, r.stage, r.reason))
         previews = {id(r): self._keep_preview(r) for r in rejects}
         name = f"pairs-{chunk:06d}.tar"
         index_rows = [index_row(s.key, name, s.meta, self.stages) for s in samples]
-        reject_rows = [{**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"}, "preview": previews[id(r)]}
-                       for r in rejects]
+        reject_rows = [
+            {**{k: getattr(r, k) for k in REJECT_COLUMNS if k != "preview"}, "preview": previews[id(r)]}
+            for r in rejects
+        ]
         members = [(s.key, s.meta["_staged"] if "_staged" in s.meta else (lambda s=s: self._files(s))) for s in samples]
         staged = bool(members) and all(isinstance(w, str) for _, w in members)  # the workers wrote the members
-        (self.chunk_writer if staged else write_chunk)(self.root, chunk, members, index_rows, reject_rows,
-                                                       self.schema)
-        decode = {t.label: self._decode_info.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk]
-                  if t.clip_idx in self._decode_info}
-        footage = {t.label: self._footage.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk]
-                   if t.clip_idx in self._footage}
-        self.store.write_bytes(f"_done/{chunk:06d}.json", json.dumps(  # the commit marker, last
-            {"chunk": chunk, "samples": len(samples), "rejects": len(rejects),
-             "clips": [t.label for t in self.tasks_by_chunk[chunk]], "decode": decode,
-             "footage": footage}).encode())
+        (self.chunk_writer if staged else write_chunk)(self.root, chunk, members, index_rows, reject_rows, self.schema)
+        decode = {
+            t.label: self._decode_info.pop(t.clip_idx)
+            for t in self.tasks_by_chunk[chunk]
+            if t.clip_idx in self._decode_info
+        }
+        footage = {
+            t.label: self._footage.pop(t.clip_idx) for t in self.tasks_by_chunk[chunk] if t.clip_idx in self._footage
+        }
+        self.store.write_bytes(
+            f"_done/{chunk:06d}.json",
+            json.dumps(  # the commit marker, last
+                {
+                    "chunk": chunk,
+                    "samples": len(samples),
+                    "rejects": len(rejects),
+                    "clips": [t.label for t in self.tasks_by_chunk[chunk]],
+                    "decode": decode,
+                    "footage": footage,
+                }
+            ).encode(),
+        )
         self.written_chunks.append(chunk)
         self.new_samples += len(samples)
 
@@ -535,6 +620,7 @@ class OutputWriter:
 
 # ---------------------------------------------------------------- reading back / summary
 
+
 def read_index(out_dir: str | Path):
     import pandas as pd
 
@@ -553,8 +639,20 @@ def package_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for n in ("vid2pair", "numpy", "opencv-python", "av", "torch", "torchvision", "ray", "webdataset",
-              "pyarrow", "scenedetect", "kornia", "timm"):
+    for n in (
+        "vid2pair",
+        "numpy",
+        "opencv-python",
+        "av",
+        "torch",
+        "torchvision",
+        "ray",
+        "webdataset",
+        "pyarrow",
+        "scenedetect",
+        "kornia",
+        "timm",
+    ):
         try:
             out[n] = metadata.version(n)
         except metadata.PackageNotFoundError:
@@ -562,9 +660,17 @@ def package_versions() -> dict:
     return out
 
 
-def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: str, new_samples: int,
-              tasks: Iterable[ClipTask] | None = None, n_duplicates: int | None = None,
-              model_io: dict | None = None) -> dict:
+def summarize(
+    out_dir: str | Path,
+    cfg,
+    n_inputs: int,
+    wall_s: float,
+    runner: str,
+    new_samples: int,
+    tasks: Iterable[ClipTask] | None = None,
+    n_duplicates: int | None = None,
+    model_io: dict | None = None,
+) -> dict:
     """Counts from what is on disk (so a resumed run's summary covers the whole output).
 
     With ``tasks`` (the de-duplicated inputs) and ``n_duplicates``, ``all_inputs_accounted`` is exact:
@@ -574,7 +680,7 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
     written_clips = set(idx["source"]) if len(idx) else set()
     rejected_sources = set(rej["source"]) if len(rej) else set()
     by_stage: dict = defaultdict(dict)
-    for (stage, reason), n in (rej.groupby(["stage", "reason"]).size().items() if len(rej) else []):
+    for (stage, reason), n in rej.groupby(["stage", "reason"]).size().items() if len(rej) else []:
         by_stage[stage][reason] = int(n)
     by_level = rej.groupby("level").size().to_dict() if len(rej) else {}
     clip_level = set(rej[rej["level"] == "clip"]["source"]) if len(rej) else set()
@@ -604,8 +710,11 @@ def summarize(out_dir: str | Path, cfg, n_inputs: int, wall_s: float, runner: st
         summary["split_clips"] = len({t.source for t in tasks if t.split})
         on_disk = written_clips | (set(rej[rej["stage"] != "input"]["source"]) if len(rej) else set())
         missing = {t.source for t in tasks} - on_disk
-        summary["all_inputs_accounted"] = (not missing and len(on_disk) == len({t.source for t in tasks})
-                                           and (n_duplicates is None or n_dup_rejects == n_duplicates))
+        summary["all_inputs_accounted"] = (
+            not missing
+            and len(on_disk) == len({t.source for t in tasks})
+            and (n_duplicates is None or n_dup_rejects == n_duplicates)
+        )
         if missing:
             summary["unaccounted_inputs"] = sorted(missing)[:20]
     else:
@@ -627,19 +736,31 @@ def decode_summary(out_dir: str | Path, top: int = 50) -> dict:
     per: dict = {}
     for name in store.list("_done", ".json"):
         per.update(json.loads(store.read_bytes(f"_done/{name}")).get("decode") or {})
-    bad = {k: {f: v.get(f, 0) for f in ("errors", "rereads")} | ({"last_error": v["last_error"]}
-                                                                   if v.get("last_error") else {})
-           for k, v in per.items() if v.get("errors") or v.get("rereads")}
+    bad = {
+        k: {f: v.get(f, 0) for f in ("errors", "rereads")}
+        | ({"last_error": v["last_error"]} if v.get("last_error") else {})
+        for k, v in per.items()
+        if v.get("errors") or v.get("rereads")
+    }
     worst = sorted(bad, key=lambda k: (-bad[k]["errors"], -bad[k]["rereads"], k))[:top]
-    return {"clips": len(per), "ffmpeg_errors": sum(v.get("errors", 0) for v in per.values()),
-            "clips_with_errors": sum(1 for v in per.values() if v.get("errors")),
-            "frames_reread": sum(v.get("rereads", 0) for v in per.values()),
-            "frames_decoded": sum(v.get("decoded", 0) for v in per.values()),
-            "by_clip": {k: bad[k] for k in worst}}
+    return {
+        "clips": len(per),
+        "ffmpeg_errors": sum(v.get("errors", 0) for v in per.values()),
+        "clips_with_errors": sum(1 for v in per.values() if v.get("errors")),
+        "frames_reread": sum(v.get("rereads", 0) for v in per.values()),
+        "frames_decoded": sum(v.get("decoded", 0) for v in per.values()),
+        "by_clip": {k: bad[k] for k in worst},
+    }
 
 
-def duplicate_footage(out_dir: str | Path, max_bits: int = 6, min_frames: int = 8, min_share: float = 0.5,
-                      sample: int = 256, max_ties: int = 8) -> list[dict]:
+def duplicate_footage(
+    out_dir: str | Path,
+    max_bits: int = 6,
+    min_frames: int = 8,
+    min_share: float = 0.5,
+    sample: int = 256,
+    max_ties: int = 8,
+) -> list[dict]:
     """Clips that repeat another clip's footage (a re-encode, a trimmed copy), from the frames' hashes
     in the chunks' commit markers (``decode.Video.footage``): up to ``sample`` frames of each clip
     are looked up among every other clip's frames (64-bit dhashes at most ``max_bits`` apart, found
@@ -654,8 +775,9 @@ def duplicate_footage(out_dir: str | Path, max_bits: int = 6, min_frames: int = 
         for label, f in (json.loads(store.read_bytes(f"_done/{name}")).get("footage") or {}).items():
             src = label.split("#unit ")[0]
             hs, k0, st = f.get("hashes", ""), int(f.get("first", 0)), int(f.get("stride", 1))
-            clips.setdefault(src, []).extend((k0 + i * st, int(hs[16 * i:16 * i + 16], 16))
-                                             for i in range(len(hs) // 16))
+            clips.setdefault(src, []).extend(
+                (k0 + i * st, int(hs[16 * i : 16 * i + 16], 16)) for i in range(len(hs) // 16)
+            )
     names = list(clips)
     bands: dict = defaultdict(list)
     for ci, src in enumerate(names):
@@ -691,31 +813,42 @@ def duplicate_footage(out_dir: str | Path, max_bits: int = 6, min_frames: int = 
             if n >= min_frames and n >= min_share * len(looked):
                 a, b = sorted((ci, cj))
                 if (a, b) not in found:
-                    found[(a, b)] = {"clip": names[b], "duplicate_of": names[a],
-                                     "offset_frames": o if b == ci else -o,
-                                     "frames_matched": int(n), "frames_looked_up": len(looked)}
+                    found[(a, b)] = {
+                        "clip": names[b],
+                        "duplicate_of": names[a],
+                        "offset_frames": o if b == ci else -o,
+                        "frames_matched": int(n),
+                        "frames_looked_up": len(looked),
+                    }
     return [found[k] for k in sorted(found)]
 
 
 def format_summary(s: dict, out_dir) -> str:
-    lines = [f"output: {out_dir}",
-             f"  inputs {s['inputs']}: {s['clips_with_samples']} clips with samples, {s['clips_rejected']} clips "
-             f"rejected, {s['clips_without_samples']} clips with every shot/pair rejected"
-             + (f" ({s['split_clips']} long clip(s) split: {s['work_units']} work units)" if s.get("split_clips")
-                else ""),
-             f"  samples {s['samples']} in {s['shards']} shard(s); {s['new_samples_this_run']} new this run; "
-             f"wall {s['wall_s']:.1f} s ({s['pairs_per_s']} pairs/s, runner {s['runner']})",
-             f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})"]
+    lines = [
+        f"output: {out_dir}",
+        f"  inputs {s['inputs']}: {s['clips_with_samples']} clips with samples, {s['clips_rejected']} clips "
+        f"rejected, {s['clips_without_samples']} clips with every shot/pair rejected"
+        + (f" ({s['split_clips']} long clip(s) split: {s['work_units']} work units)" if s.get("split_clips") else ""),
+        f"  samples {s['samples']} in {s['shards']} shard(s); {s['new_samples_this_run']} new this run; "
+        f"wall {s['wall_s']:.1f} s ({s['pairs_per_s']} pairs/s, runner {s['runner']})",
+        f"  rejects {s['rejects_total']} ({', '.join(f'{k}: {v}' for k, v in s['rejects_by_level'].items())})",
+    ]
     for stage, reasons in sorted(s["rejects_by_stage"].items()):
         lines.append(f"    {stage:>14}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
     for dup in s.get("duplicate_footage") or ():
-        lines.append(f"  duplicate footage: {Path(dup['clip']).name} repeats {Path(dup['duplicate_of']).name} "
-                     f"({dup['frames_matched']} of {dup['frames_looked_up']} frames looked up match)")
+        lines.append(
+            f"  duplicate footage: {Path(dup['clip']).name} repeats {Path(dup['duplicate_of']).name} "
+            f"({dup['frames_matched']} of {dup['frames_looked_up']} frames looked up match)"
+        )
     d = s.get("decode") or {}
     if d.get("ffmpeg_errors") or d.get("frames_reread"):
-        lines.append(f"  decoding: {d['ffmpeg_errors']} FFmpeg error line(s) in {d['clips_with_errors']} clip(s), "
-                     f"{d['frames_reread']} read(s) redone to get the true frames (summary.json: decode)")
+        lines.append(
+            f"  decoding: {d['ffmpeg_errors']} FFmpeg error line(s) in {d['clips_with_errors']} clip(s), "
+            f"{d['frames_reread']} read(s) redone to get the true frames (summary.json: decode)"
+        )
     for stage, m in s.get("model_io", {}).items():
-        lines.append(f"  model stage {stage}: {m['pairs']} pairs in {m['calls']} calls to {m['actors']} actor(s); "
-                     f"received {m['mib_in']:.1f} MiB ({', '.join(m['arrays'])}), sent back {m['mib_out']:.1f} MiB")
+        lines.append(
+            f"  model stage {stage}: {m['pairs']} pairs in {m['calls']} calls to {m['actors']} actor(s); "
+            f"received {m['mib_in']:.1f} MiB ({', '.join(m['arrays'])}), sent back {m['mib_out']:.1f} MiB"
+        )
     return "\n".join(lines)

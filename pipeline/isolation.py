@@ -12,6 +12,7 @@ is killed and the result is ``("timeout", detail, step)``. A fresh child is star
 Results travel back over a pipe (our own objects between our own processes). Tests inject faults
 with a factory of their own.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp

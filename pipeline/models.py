@@ -115,8 +115,9 @@ def _worst(statuses: Iterable[str]) -> str:
     return min(statuses, key=lambda s: _STATUS_RANK[s], default=STATUS_OK)
 
 
-def verify(names: list[str] | None = None, cache_dir=None, *,
-           registry: Mapping[str, WeightEntry] | None = None) -> list[tuple[str, str]]:
+def verify(
+    names: list[str] | None = None, cache_dir=None, *, registry: Mapping[str, WeightEntry] | None = None
+) -> list[tuple[str, str]]:
     """(name, status) per entry; status is one of "ok", "missing", "size_mismatch",
     "sha256_mismatch", "unverified (no sha256 recorded)". Multi-file entries report
     the worst status of their files. Files whose only check is a sha256 prefix are
@@ -124,10 +125,9 @@ def verify(names: list[str] | None = None, cache_dir=None, *,
     reg = _registry(registry)
     cache = _cache(cache_dir)
     out = []
-    for name in (names if names is not None else list(reg)):
+    for name in names if names is not None else list(reg):
         entry = get_entry(name, reg)
-        statuses = [_check(t.dest, t.size, t.sha256, t.sha256_prefix)
-                    for t in _targets(entry, cache)]
+        statuses = [_check(t.dest, t.size, t.sha256, t.sha256_prefix) for t in _targets(entry, cache)]
         out.append((name, _worst(statuses)))
     return out
 
@@ -188,9 +188,7 @@ _OPENER = urllib.request.build_opener(_RedirectHandler)
 
 
 def _open(url: str, offset: int, timeout: float):
-    req = urllib.request.Request(
-        url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-    )
+    req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
     if offset > 0:
         req.add_header("Range", f"bytes={offset}-")
     for k, v in _auth_headers(url).items():
@@ -219,8 +217,16 @@ def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str):
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, initial=initial, unit="B", unit_scale=True,
-                        unit_divisor=1024, desc=desc, file=sys.stderr, leave=True)
+            return tqdm(
+                total=total,
+                initial=initial,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=desc,
+                file=sys.stderr,
+                leave=True,
+            )
         except ImportError:  # pragma: no cover - tqdm is a dependency
             pass
 
@@ -246,8 +252,7 @@ def _check_disk(dest: Path, need: int) -> None:
         )
 
 
-def _download(t: _Target, *, progress: bool, retries: int, timeout: float, backoff: float,
-              chunk_size: int) -> None:
+def _download(t: _Target, *, progress: bool, retries: int, timeout: float, backoff: float, chunk_size: int) -> None:
     """Download ``t.url`` into ``t.dest`` via ``t.dest.part`` (resumable), verify, rename."""
     part = _part(t.dest)
     failures = 0
@@ -262,8 +267,7 @@ def _download(t: _Target, *, progress: bool, retries: int, timeout: float, backo
         if t.size is not None:
             _check_disk(t.dest, t.size - offset)
         try:
-            if _stream_once(t, part, offset, progress=progress, timeout=timeout,
-                            chunk_size=chunk_size):
+            if _stream_once(t, part, offset, progress=progress, timeout=timeout, chunk_size=chunk_size):
                 break
         except _Retryable as exc:
             failures += 1
@@ -273,8 +277,9 @@ def _download(t: _Target, *, progress: bool, retries: int, timeout: float, backo
                     f"Partial data kept at {part}; re-run the fetch to resume."
                 ) from exc
             wait = min(backoff * (2 ** (failures - 1)), 30.0)
-            log.warning("%s: %s -- retrying (%d/%d)%s", t.label, exc, failures, retries,
-                        f" in {wait:.1f}s" if wait else "")
+            log.warning(
+                "%s: %s -- retrying (%d/%d)%s", t.label, exc, failures, retries, f" in {wait:.1f}s" if wait else ""
+            )
             if wait:
                 time.sleep(wait)
 
@@ -295,8 +300,7 @@ def _download(t: _Target, *, progress: bool, retries: int, timeout: float, backo
     os.replace(part, t.dest)
 
 
-def _stream_once(t: _Target, part: Path, offset: int, *, progress: bool, timeout: float,
-                 chunk_size: int) -> bool:
+def _stream_once(t: _Target, part: Path, offset: int, *, progress: bool, timeout: float, chunk_size: int) -> bool:
     """One HTTP request. True when the .part holds the complete body; raises _Retryable
     on transient trouble (data so far stays in .part), DownloadError on fatal errors."""
     try:
@@ -313,8 +317,11 @@ def _stream_once(t: _Target, part: Path, offset: int, *, progress: bool, timeout
             part.unlink(missing_ok=True)
             raise _Retryable(f"HTTP 416 for range {offset}-") from None
         if code in (401, 403):
-            hint = (" This repo is gated: accept its license on Hugging Face and set HF_TOKEN."
-                    if "huggingface.co" in t.url else "")
+            hint = (
+                " This repo is gated: accept its license on Hugging Face and set HF_TOKEN."
+                if "huggingface.co" in t.url
+                else ""
+            )
             raise DownloadError(f"{t.label}: HTTP {code} for {t.url}.{hint}") from None
         if code in (408, 425, 429) or code >= 500:
             raise _Retryable(f"HTTP {code}") from None
@@ -424,12 +431,12 @@ def fetch(
                         log.info("%s: present (%s), skipping", t.label, st)
                         done.add(t.dest)
                         continue
-                    log.warning("%s: present file failed verification (%s); re-downloading",
-                                t.label, st)
+                    log.warning("%s: present file failed verification (%s); re-downloading", t.label, st)
                     t.dest.unlink()
                 log.info("%s: downloading %s", t.label, t.url)
-                _download(t, progress=progress, retries=retries, timeout=timeout,
-                          backoff=backoff, chunk_size=chunk_size)
+                _download(
+                    t, progress=progress, retries=retries, timeout=timeout, backoff=backoff, chunk_size=chunk_size
+                )
             done.add(t.dest)
         out.append(cache / entry.filename)
     return out
@@ -497,27 +504,33 @@ def models_add_subparser(subparsers) -> argparse.ArgumentParser:
         help="list / fetch / verify published model weights",
         description="Manage the model weights cache (see pipeline/models.py).",
     )
-    p.add_argument("--cache-dir", default=None,
-                   help="weights cache (default: $VID2PAIR_CACHE, else "
-                        "$XDG_CACHE_HOME/vid2pair/models, else ~/.cache/vid2pair/models)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="weights cache (default: $VID2PAIR_CACHE, else "
+        "$XDG_CACHE_HOME/vid2pair/models, else ~/.cache/vid2pair/models)",
+    )
     sub = p.add_subparsers(dest="models_cmd", metavar="{list,fetch,verify}")
 
     def common(sp):
         # SUPPRESS: don't clobber a --cache-dir given before the sub-command
-        sp.add_argument("--cache-dir", default=argparse.SUPPRESS,
-                        help="weights cache (same as `models --cache-dir`)")
+        sp.add_argument("--cache-dir", default=argparse.SUPPRESS, help="weights cache (same as `models --cache-dir`)")
 
     sp = sub.add_parser("list", help="table of registered weights and local presence")
     common(sp)
     sp = sub.add_parser("fetch", help="download weights (resumable, sha256-verified)")
     sp.add_argument("names", nargs="*", help="registry entries (see `models list`)")
-    sp.add_argument("--preset", default=None,
-                    help="fetch everything this preset (name or YAML path) needs")
+    sp.add_argument("--preset", default=None, help="fetch everything this preset (name or YAML path) needs")
     sp.add_argument("--all", action="store_true", help="fetch every registered entry")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.add_argument("--retries", type=int, default=3)
-    sp.add_argument("--url", action="append", default=[], metavar="NAME=URL",
-                    help="download NAME from URL instead (mirror); repeatable")
+    sp.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="download NAME from URL instead (mirror); repeatable",
+    )
     common(sp)
     sp = sub.add_parser("verify", help="check local files against recorded size/sha256")
     sp.add_argument("names", nargs="*")
@@ -567,14 +580,15 @@ def cli_models(ns) -> int:
     if cmd == "list":
         rows = [["name", "used_by", "size (MB)", "present", "check", "license"]]
         for name, e in reg.items():
-            rows.append([name, e.used_by, _fmt_size(e), _presence(e, cache), e.check_kind(),
-                         e.license])
+            rows.append([name, e.used_by, _fmt_size(e), _presence(e, cache), e.check_kind(), e.license])
         print(f"cache: {cache}")
         print(_table(rows))
         if any(e.check_kind() != "sha256" for e in reg.values()):
-            print("\ncheck: 'sha256-prefix' = only the 8-hex prefix from the file name is known; "
-                  "'size only'/'none'/'(k/n files)' = no full sha256 recorded, verified by size "
-                  "where known.")
+            print(
+                "\ncheck: 'sha256-prefix' = only the 8-hex prefix from the file name is known; "
+                "'size only'/'none'/'(k/n files)' = no full sha256 recorded, verified by size "
+                "where known."
+            )
         return 0
 
     try:
@@ -584,16 +598,17 @@ def cli_models(ns) -> int:
         return 2
     unknown = [n for n in names if n not in reg]
     if unknown:
-        print(f"error: unknown model weights: {', '.join(unknown)}; "
-              f"known: {', '.join(reg)}", file=sys.stderr)
+        print(f"error: unknown model weights: {', '.join(unknown)}; known: {', '.join(reg)}", file=sys.stderr)
         return 2
 
     if cmd == "fetch":
         if getattr(ns, "all", False):
             names = list(reg)
         if not names:
-            print("error: nothing to fetch: name entries, or use --preset P / --all "
-                  "(see `vid2pair models list`)", file=sys.stderr)
+            print(
+                "error: nothing to fetch: name entries, or use --preset P / --all (see `vid2pair models list`)",
+                file=sys.stderr,
+            )
             return 2
         override: dict[str, str] = {}
         for item in getattr(ns, "url", None) or []:
@@ -603,9 +618,14 @@ def cli_models(ns) -> int:
                 return 2
             override[key] = url
         try:
-            paths = fetch(names, cache, progress=not getattr(ns, "no_progress", False),
-                          url_override=override or None, retries=getattr(ns, "retries", 3),
-                          registry=reg)
+            paths = fetch(
+                names,
+                cache,
+                progress=not getattr(ns, "no_progress", False),
+                url_override=override or None,
+                retries=getattr(ns, "retries", 3),
+                registry=reg,
+            )
         except (DownloadError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -13,6 +13,7 @@
 A ``stages`` tuple (default :data:`~vid2pair.pipeline.graph.STAGES`, the clip stage first) can be
 given everywhere: tests insert their own stages (faults, probes) that way.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Optional
@@ -47,10 +48,15 @@ def check_arrays(stages: tuple = STAGES) -> None:
         for key in S.reads:
             if key in before:
                 continue
-            later = [T.__name__ for T in stages[k + 1:] if key in provided(T)]
-            problems.append(f"{S.__name__} (stage {S.name!r}) reads {key!r}, which "
-                            + (f"{', '.join(later)} provides only after it" if later else
-                               "no stage provides (declare it in a stage's writes or provides)"))
+            later = [T.__name__ for T in stages[k + 1 :] if key in provided(T)]
+            problems.append(
+                f"{S.__name__} (stage {S.name!r}) reads {key!r}, which "
+                + (
+                    f"{', '.join(later)} provides only after it"
+                    if later
+                    else "no stage provides (declare it in a stage's writes or provides)"
+                )
+            )
     if problems:
         raise PlanError("the stages do not fit together: " + "; ".join(problems))
 
@@ -73,7 +79,7 @@ def build_stage(cfg, S: type, upstream: tuple = (), downstream: tuple = ()) -> S
 def build_pair_stages(cfg, classes: Iterable[type], after: tuple = ()) -> list[Stage]:
     """Stage objects for ``classes``; ``after``: the enabled classes that run after all of them."""
     classes = tuple(classes)
-    return [build_stage(cfg, S, classes[:k], classes[k + 1:] + tuple(after)) for k, S in enumerate(classes)]
+    return [build_stage(cfg, S, classes[:k], classes[k + 1 :] + tuple(after)) for k, S in enumerate(classes)]
 
 
 def fused_prefix(cfg, classes: tuple[type, ...]) -> tuple[type, ...]:
@@ -110,17 +116,32 @@ def slim(items: list[Item], reads: Iterable[str]) -> list[Item]:
     """What a model stage receives: each pair with only the arrays the stage declares in ``reads``
     (meta whole, no encoded files); rejects and markers are not sent."""
     reads = set(reads)
-    return [PairItem(key=it.key, clip_id=it.clip_id, source=it.source, chunk=it.chunk, clip_idx=it.clip_idx,
-                     meta=it.meta, arrays={k: v for k, v in it.arrays.items() if k in reads})
-            for it in items if isinstance(it, PairItem)]
+    return [
+        PairItem(
+            key=it.key,
+            clip_id=it.clip_id,
+            source=it.source,
+            chunk=it.chunk,
+            clip_idx=it.clip_idx,
+            meta=it.meta,
+            arrays={k: v for k, v in it.arrays.items() if k in reads},
+        )
+        for it in items
+        if isinstance(it, PairItem)
+    ]
 
 
 def _rows_of(v, s):
     """``(start, stop, one)`` when ``v`` is rows of ``s`` along its first axis (the same memory), else None."""
     import numpy as np
 
-    if not (isinstance(s, np.ndarray) and isinstance(v, np.ndarray) and s.ndim > 0 and s.dtype == v.dtype
-            and s.strides[0] > 0):
+    if not (
+        isinstance(s, np.ndarray)
+        and isinstance(v, np.ndarray)
+        and s.ndim > 0
+        and s.dtype == v.dtype
+        and s.strides[0] > 0
+    ):
         return None
     off = v.__array_interface__["data"][0] - s.__array_interface__["data"][0]
     if off < 0 or off % s.strides[0]:
@@ -128,8 +149,7 @@ def _rows_of(v, s):
     start = off // s.strides[0]
     if v.shape == s.shape[1:] and v.strides == s.strides[1:] and start < s.shape[0]:
         return start, start + 1, True
-    if (v.ndim == s.ndim and v.shape[1:] == s.shape[1:] and v.strides == s.strides
-            and start + v.shape[0] <= s.shape[0]):
+    if v.ndim == s.ndim and v.shape[1:] == s.shape[1:] and v.strides == s.strides and start + v.shape[0] <= s.shape[0]:
         return start, start + v.shape[0], False
     return None
 
@@ -230,6 +250,7 @@ def sections(stages: tuple = STAGES) -> dict[str, type]:
 
 # ---------------------------------------------------------------- the per-clip unit
 
+
 def _crash_reject(task: ClipTask, status: str, detail: str, step: str, fused: tuple[str, ...]) -> Reject:
     """A crash, hang or error in the isolated work, recorded against the step that was running."""
     step = step or "probe"
@@ -279,8 +300,14 @@ class _UnitWork:
                         out = st(out)
                 # a pair rejected for motion the estimates cannot follow: again at a shorter gap
                 nxt = None
-                if (retry is not None and frames is not None and len(out) == 1 and isinstance(out[0], Reject)
-                        and out[0].level == "pair" and out[0].reason in RETRY_REASONS):
+                if (
+                    retry is not None
+                    and frames is not None
+                    and len(out) == 1
+                    and isinstance(out[0], Reject)
+                    and out[0].level == "pair"
+                    and out[0].reason in RETRY_REASONS
+                ):
                     nxt = retry(it, meta, frames)
                     if nxt is not None:
                         out[0].detail = (f"{out[0].detail}; retried at dt {nxt.meta['dt']:g} s as {nxt.key}")[:500]
@@ -314,8 +341,9 @@ class ClipUnit:
     enabled pair stages that run after the fused ones (default: those of the stage graph), whose
     reads decide what the fused stages emit."""
 
-    def __init__(self, cfg, fused: tuple[type, ...] = (), clip_cls: type = STAGES[0],
-                 after: Optional[tuple[type, ...]] = None):
+    def __init__(
+        self, cfg, fused: tuple[type, ...] = (), clip_cls: type = STAGES[0], after: Optional[tuple[type, ...]] = None
+    ):
         self.cfg, self.fused, self.clip_cls = cfg, tuple(fused), clip_cls
         self.after = tuple(S for S in pair_classes(cfg) if S not in self.fused) if after is None else tuple(after)
         self._isolated = None
@@ -348,8 +376,9 @@ class ClipUnit:
             if self._isolated is None:
                 from vid2pair.pipeline.isolation import IsolatedCall
 
-                self._isolated = IsolatedCall(_unit_work, (self.cfg, self.clip_cls, self.fused, self.after),
-                                              self.cfg.isolation.clip_timeout_s)
+                self._isolated = IsolatedCall(
+                    _unit_work, (self.cfg, self.clip_cls, self.fused, self.after), self.cfg.isolation.clip_timeout_s
+                )
             for kind, payload, last in self._isolated.stream(task):
                 step = last
                 if kind == "item":
@@ -382,8 +411,14 @@ class ClipUnit:
             yield counted(_crash_reject(task, status, str(res), step, tuple(S.name for S in self.fused)))
         if seen["pairs"] == 0 and seen["rejects"] == 0:
             yield counted(clip_reject(task, "pairs", "no_pairs", "no shot produced a pair"))
-        yield ClipDone(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
-                       n_items=seen["items"], info={"pairs": seen["pairs"], **info})
+        yield ClipDone(
+            source=task.source,
+            clip_id=task.clip_id,
+            chunk=task.chunk,
+            clip_idx=task.clip_idx,
+            n_items=seen["items"],
+            info={"pairs": seen["pairs"], **info},
+        )
 
 
 def run_items(unit: ClipUnit, pair_stages: Iterable[Stage], task: ClipTask, batch_size: int = 1) -> Iterator[Item]:

@@ -20,6 +20,7 @@ One module for everything visual, shared by ``vid2pair report`` (pipeline/report
 * **Drawing** functions work on RGB uint8 arrays in the pixel-centre convention of the rest of the
   pipeline (integer ``(x, y)`` = centre of column x, row y) and draw exactly at the given points.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,22 +44,56 @@ from vid2pair.stages.encode import encode_image as _encode_image
 SIGNALS: dict[str, tuple[tuple[str, ...], str]] = {n: (s.members, s.switch) for n, s in plan_signals().items()}
 
 #: gallery panels, in order
-PANELS: tuple[str, ...] = ("source", "target", "flow", "drag_src", "drag_tgt", "sketch", "coarse", "collage",
-                           "region_drag")
+PANELS: tuple[str, ...] = (
+    "source",
+    "target",
+    "flow",
+    "drag_src",
+    "drag_tgt",
+    "sketch",
+    "coarse",
+    "collage",
+    "region_drag",
+)
 
 #: metrics read from the samples' meta.json / drag.json / region_drag.json (not in the index)
 META_METRICS: tuple[str, ...] = (
-    "coarse_hole_frac", "coarse_coverage", "collage_hole_frac", "collage_n_segments", "sketch_stroke_frac",
-    "sketch_n_strokes", "drag_n", "drag_len_mean", "drag_len_max", "region_n", "region_translation",
-    "region_rotation", "region_scaling", "region_deformation", "track_visible_frac", "track_flow_agreement")
+    "coarse_hole_frac",
+    "coarse_coverage",
+    "collage_hole_frac",
+    "collage_n_segments",
+    "sketch_stroke_frac",
+    "sketch_n_strokes",
+    "drag_n",
+    "drag_len_mean",
+    "drag_len_max",
+    "region_n",
+    "region_translation",
+    "region_rotation",
+    "region_scaling",
+    "region_deformation",
+    "track_visible_frac",
+    "track_flow_agreement",
+)
 
 #: members read for the meta table (small ones only)
 META_MEMBERS = ("meta.json", "drag.json", "region_drag.json")
 
 #: distinct bright RGB colours (drag points, regions)
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (255, 96, 255), (0, 230, 230),
-    (255, 140, 0), (170, 120, 255), (180, 255, 60), (255, 160, 180), (120, 200, 255), (255, 255, 140))
+    (255, 64, 64),
+    (64, 160, 255),
+    (255, 200, 0),
+    (0, 220, 120),
+    (255, 96, 255),
+    (0, 230, 230),
+    (255, 140, 0),
+    (170, 120, 255),
+    (180, 255, 60),
+    (255, 160, 180),
+    (120, 200, 255),
+    (255, 255, 140),
+)
 
 HOLE_COLOR = (255, 0, 255)
 SKETCH_COLOR = (0, 255, 0)
@@ -72,6 +107,7 @@ class SampleNotFound(KeyError):
 
 # ---------------------------------------------------------------- output directory access
 
+
 class _Out:
     """A local output directory, or an object-store URI through ``pipeline.storage`` when it exists."""
 
@@ -84,7 +120,7 @@ class _Out:
 
             self.store = Store(root)
         else:
-            self.path = Path(root[len("file://"):] if root.startswith("file://") else root)
+            self.path = Path(root[len("file://") :] if root.startswith("file://") else root)
 
     def exists(self, rel: str) -> bool:
         return self.store.exists(rel) if self.remote else (self.path / rel).exists()
@@ -98,8 +134,9 @@ class _Out:
         return open(self.path / rel, "rb")
 
 
-def _read_shard(out: _Out, shard: str, keys: Iterable[str], suffixes: Sequence[str] | None = None
-                ) -> dict[str, dict[str, bytes]]:
+def _read_shard(
+    out: _Out, shard: str, keys: Iterable[str], suffixes: Sequence[str] | None = None
+) -> dict[str, dict[str, bytes]]:
     """``{key: {suffix: bytes}}`` for ``keys`` in one shard (``suffixes``: only these members).
 
     Walks the tar headers (data is skipped by seeking) and stops as soon as every wanted key has been
@@ -120,6 +157,7 @@ def _read_shard(out: _Out, shard: str, keys: Iterable[str], suffixes: Sequence[s
 
 
 # ---------------------------------------------------------------- samples
+
 
 def _decode_image(data: bytes | None) -> np.ndarray | None:
     if data is None:
@@ -196,8 +234,10 @@ class Sample:
 def _drag_lengths(drag: dict | None) -> list[float]:
     if not drag:
         return []
-    return [float(math.hypot(p["target"][0] - p["source"][0], p["target"][1] - p["source"][1]))
-            for p in drag.get("points", [])]
+    return [
+        float(math.hypot(p["target"][0] - p["source"][0], p["target"][1] - p["source"][1]))
+        for p in drag.get("points", [])
+    ]
 
 
 def meta_scalars(meta: dict, drag: dict | None = None, region: dict | None = None) -> dict:
@@ -211,16 +251,22 @@ def meta_scalars(meta: dict, drag: dict | None = None, region: dict | None = Non
     types = [r.get("type") for r in regions]
     g = lambda d, k: d.get(k) if d else None  # noqa: E731
     return {
-        "coarse_hole_frac": g(c, "hole_frac"), "coarse_coverage": g(c, "coverage"),
-        "collage_hole_frac": g(col, "hole_frac"), "collage_n_segments": g(col, "n_segments"),
-        "sketch_stroke_frac": g(sk, "stroke_frac"), "sketch_n_strokes": g(sk, "n_strokes"),
+        "coarse_hole_frac": g(c, "hole_frac"),
+        "coarse_coverage": g(c, "coverage"),
+        "collage_hole_frac": g(col, "hole_frac"),
+        "collage_n_segments": g(col, "n_segments"),
+        "sketch_stroke_frac": g(sk, "stroke_frac"),
+        "sketch_n_strokes": g(sk, "n_strokes"),
         "drag_n": len(lens) if drag is not None else None,
         "drag_len_mean": float(np.mean(lens)) if lens else None,
         "drag_len_max": float(np.max(lens)) if lens else None,
         "region_n": len(regions) if region is not None else None,
-        **{f"region_{t}": (sum(t in str(x).split("+") for x in types) if region is not None else None)
-           for t in REGION_TYPES},
-        "track_visible_frac": g(tr, "visible_frac"), "track_flow_agreement": g(tr, "flow_agreement"),
+        **{
+            f"region_{t}": (sum(t in str(x).split("+") for x in types) if region is not None else None)
+            for t in REGION_TYPES
+        },
+        "track_visible_frac": g(tr, "visible_frac"),
+        "track_flow_agreement": g(tr, "flow_agreement"),
         "drag_lens": lens,
         "files": list(meta.get("files", [])),
     }
@@ -238,8 +284,9 @@ class QCDataset:
         self.out = _Out(out_dir)
         self.out_dir = self.out.uri
         if not any(self.out.exists(p) for p in ("index", "summary.json", "run.json")):
-            raise FileNotFoundError(f"{out_dir} is not a vid2pair output directory (no index/, summary.json "
-                                    "or run.json)")
+            raise FileNotFoundError(
+                f"{out_dir} is not a vid2pair output directory (no index/, summary.json or run.json)"
+            )
         self.index = read_index(out_dir).sort_values("key", ignore_index=True)
         self.rejects = read_rejects(out_dir)
         self.summary = json.loads(self.out.read_bytes("summary.json")) if self.out.exists("summary.json") else None
@@ -254,8 +301,10 @@ class QCDataset:
         return len(self.index)
 
     def __repr__(self) -> str:
-        return (f"QCDataset({self.out_dir!r}: {len(self)} samples, {len(self.rejects)} rejects"
-                f"{'' if self.summary else ', no summary.json (unfinished run)'})")
+        return (
+            f"QCDataset({self.out_dir!r}: {len(self)} samples, {len(self.rejects)} rejects"
+            f"{'' if self.summary else ', no summary.json (unfinished run)'})"
+        )
 
     # -- keys / filters
     def row(self, key: str) -> dict:
@@ -263,8 +312,9 @@ class QCDataset:
             import difflib
 
             near = difflib.get_close_matches(key, list(self._rows), n=3, cutoff=0.5)
-            raise SampleNotFound(f"no sample {key!r} in {self.out_dir}" +
-                                 (f"; did you mean {', '.join(near)}?" if near else ""))
+            raise SampleNotFound(
+                f"no sample {key!r} in {self.out_dir}" + (f"; did you mean {', '.join(near)}?" if near else "")
+            )
         return self.index.iloc[self._rows[key]].to_dict()
 
     def config_value(self, dotted: str, default=None):
@@ -275,9 +325,18 @@ class QCDataset:
             d = d[part]
         return d
 
-    def select(self, key: str | Sequence[str] | None = None, clip: str | None = None, metric: str | None = None,
-               lo: float | None = None, hi: float | None = None, top: int | None = None,
-               bottom: int | None = None, n: int | None = None, seed: int = 0):
+    def select(
+        self,
+        key: str | Sequence[str] | None = None,
+        clip: str | None = None,
+        metric: str | None = None,
+        lo: float | None = None,
+        hi: float | None = None,
+        top: int | None = None,
+        bottom: int | None = None,
+        n: int | None = None,
+        seed: int = 0,
+    ):
         """Index rows matching every filter given (a DataFrame; meta-derived metrics become columns).
 
         ``key``: one key or several. ``clip``: a clip_id, or a substring of the clip_id / source path.
@@ -303,8 +362,10 @@ class QCDataset:
             if metric not in df.columns:
                 if metric not in META_METRICS:
                     cols = [c for c in self.index.columns if c.startswith("flow_") or c in ("dt", "static_score")]
-                    raise ValueError(f"unknown metric {metric!r}: use an index column ({', '.join(cols)}) "
-                                     f"or one of {', '.join(META_METRICS)}")
+                    raise ValueError(
+                        f"unknown metric {metric!r}: use an index column ({', '.join(cols)}) "
+                        f"or one of {', '.join(META_METRICS)}"
+                    )
                 mt = self.meta_table(df["key"].tolist(), max_samples=None)
                 df = df.merge(mt[["key", metric]], on="key", how="left")
             vals = df[metric].astype(float)
@@ -357,7 +418,7 @@ class QCDataset:
         """Like :meth:`samples`, loaded ``batch`` at a time (for large ``n``)."""
         keys = self.select(n=n, seed=seed, **filters)["key"].tolist()
         for i in range(0, len(keys), batch):
-            yield from self.load_many(keys[i:i + batch])
+            yield from self.load_many(keys[i : i + batch])
 
     def meta_table(self, keys: Sequence[str] | None = None, max_samples: int | None = 500, seed: int = 0):
         """:func:`meta_scalars` of ``keys`` (default: every sample, or a random ``max_samples`` of them)
@@ -398,6 +459,7 @@ class QCDataset:
 
 # ---------------------------------------------------------------- drawing (numpy / OpenCV)
 
+
 def _as_rgb(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim == 2:
@@ -436,8 +498,9 @@ def _fx(p) -> tuple[int, int]:
     return int(round(float(p[0]) * (1 << _SHIFT))), int(round(float(p[1]) * (1 << _SHIFT)))
 
 
-def draw_drag_arrows(img: np.ndarray, points, color=(255, 0, 0), thickness: int = 1, radius: int = 3,
-                     outline: bool = True) -> np.ndarray:
+def draw_drag_arrows(
+    img: np.ndarray, points, color=(255, 0, 0), thickness: int = 1, radius: int = 3, outline: bool = True
+) -> np.ndarray:
     """A copy of ``img`` (RGB) with one arrow per drag point, from its handle ``source`` to its
     destination ``target``: a filled disc of ``radius`` px on the handle, the shaft, an arrow head and a
     small disc on the destination, all in ``color`` (one RGB tuple, or one per point), with a thin
@@ -448,8 +511,11 @@ def draw_drag_arrows(img: np.ndarray, points, color=(255, 0, 0), thickness: int 
 
     out = _as_rgb(img).copy()
     pts = _points_array(points)
-    colors = [tuple(int(c) for c in color)] * len(pts) if np.ndim(color) == 1 else \
-        [tuple(int(c) for c in col) for col in color]
+    colors = (
+        [tuple(int(c) for c in color)] * len(pts)
+        if np.ndim(color) == 1
+        else [tuple(int(c) for c in col) for col in color]
+    )
     if len(colors) < len(pts):
         raise ValueError(f"{len(colors)} colours for {len(pts)} points")
     black = (0, 0, 0)
@@ -518,14 +584,24 @@ def _main_part(kind) -> str:
     return str(kind).split("+")[0]
 
 
-TYPE_COLORS = {"translation": (40, 140, 255), "rotation": (255, 150, 0), "scaling": (160, 80, 255),
-               "deformation": (255, 40, 40)}
+TYPE_COLORS = {
+    "translation": (40, 140, 255),
+    "rotation": (255, 150, 0),
+    "scaling": (160, 80, 255),
+    "deformation": (255, 40, 40),
+}
 TYPE_COLOR_NAMES = {"translation": "blue", "rotation": "orange", "scaling": "violet", "deformation": "red"}
 
 
-def draw_region_drags(img: np.ndarray, region_masks: np.ndarray | None, regions: Sequence[dict],
-                      alpha: float = 0.45, sx: float = 1.0, sy: float | None = None, max_labels: int = 3
-                      ) -> np.ndarray:
+def draw_region_drags(
+    img: np.ndarray,
+    region_masks: np.ndarray | None,
+    regions: Sequence[dict],
+    alpha: float = 0.45,
+    sx: float = 1.0,
+    sy: float | None = None,
+    max_labels: int = 3,
+) -> np.ndarray:
     """``img`` (RGB, already at display size) with each region of the label map ``region_masks``
     (value ``mask_index + 1``; same size as ``img``) tinted and outlined in the colour of its operation
     type (:data:`TYPE_COLORS`), its handle -> target arrows, and its type written at its centre (the
@@ -616,6 +692,7 @@ def label_image(img: np.ndarray, text: str, bar_color=(32, 32, 32), text_color=(
 
 # ---------------------------------------------------------------- gallery panels
 
+
 @dataclass
 class Panel:
     name: str  # one of PANELS
@@ -655,8 +732,10 @@ def sample_caption(sample: Sample) -> str:
     if m.get("dt") is not None:
         parts.append(f"Δt {m['dt']:.2f} s" + (" (reversed)" if m.get("reversed") else ""))
     if st:
-        parts.append(f"flow p50/p90/max {st.get('p50', 0):.1f}/{st.get('p90', 0):.1f}/{st.get('max', 0):.1f} px, "
-                     f"moving {_pct(st.get('moving_frac'))}")
+        parts.append(
+            f"flow p50/p90/max {st.get('p50', 0):.1f}/{st.get('p90', 0):.1f}/{st.get('max', 0):.1f} px, "
+            f"moving {_pct(st.get('moving_frac'))}"
+        )
     if m.get("static_score") is not None:
         parts.append(f"static score {m['static_score']:.4g}")
     if sc["coarse_hole_frac"] is not None:
@@ -680,8 +759,7 @@ def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None)
     explains missing signals from the run's config."""
     src, tgt = sample.image("src"), sample.image("tgt")
     ref = src if src is not None else tgt
-    H, W = (ref.shape[:2] if ref is not None else
-            tuple(reversed(sample.meta.get("size", [320, 240]))))
+    H, W = ref.shape[:2] if ref is not None else tuple(reversed(sample.meta.get("size", [320, 240])))
     h = max(1, int(round(H * width / W)))
     sx, sy = width / W, h / H
     m = sample.meta
@@ -709,16 +787,22 @@ def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None)
     flow = sample.array("flow")
     if flow is not None and flow.ndim == 3 and flow.shape[2] == 2:
         p90 = ((m.get("flow") or {}).get("stats") or {}).get("p90")
-        panels.append(Panel("flow", "flow src→tgt" + (f" (p90 {p90:.1f} px)" if p90 is not None else ""),
-                            disp(flow_to_rgb(flow))))
+        panels.append(
+            Panel("flow", "flow src→tgt" + (f" (p90 {p90:.1f} px)" if p90 is not None else ""), disp(flow_to_rgb(flow)))
+        )
     else:
         panels.append(ph("flow", "flow src→tgt", "flow.npy", "flow"))
     # sketch on the target
     sk = sample.image("sketch")
     if sk is not None and tgt is not None:
         n = (m.get("sketch") or {}).get("n_strokes")
-        panels.append(Panel("sketch", "sketch on target" + (f" ({n} strokes)" if n is not None else ""),
-                            overlay_sketch(disp(tgt), _resize_strokes(sk if sk.ndim == 2 else sk[..., 0], width, h))))
+        panels.append(
+            Panel(
+                "sketch",
+                "sketch on target" + (f" ({n} strokes)" if n is not None else ""),
+                overlay_sketch(disp(tgt), _resize_strokes(sk if sk.ndim == 2 else sk[..., 0], width, h)),
+            )
+        )
     else:
         panels.append(ph("sketch", "sketch on target", "sketch.png", "sketch"))
     # drags on source and target
@@ -755,8 +839,9 @@ def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None)
         nseg = (m.get(name) or {}).get("n_segments") if name == "collage" else None
         extra = f", {nseg} segments" if nseg else ""
         lab = f"{label}, holes tinted ({_pct(hf)}{extra})" if mask is not None else f"{label} (no {name}_mask.png)"
-        panels.append(Panel(name, lab, overlay_mask(disp(img), None if mask is None else
-                                                    _resize(mask, width, h, nearest=True))))
+        panels.append(
+            Panel(name, lab, overlay_mask(disp(img), None if mask is None else _resize(mask, width, h, nearest=True)))
+        )
     # region drags
     rd = sample.region_drag
     if rd is not None and src is not None:
@@ -765,8 +850,13 @@ def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None)
         rm_d = None if rm is None else _resize(rm if rm.ndim == 2 else rm[..., 0], width, h, nearest=True)
         counts = {t: sum(t in str(r.get("type")).split("+") for r in regions) for t in REGION_TYPES}
         desc = ", ".join(f"{c} {t} ({TYPE_COLOR_NAMES[t]})" for t, c in counts.items() if c) or "none (nothing moves)"
-        panels.append(Panel("region_drag", f"region drags on source: {desc}",
-                            draw_region_drags(disp(src), rm_d, regions, sx=sx, sy=sy)))
+        panels.append(
+            Panel(
+                "region_drag",
+                f"region drags on source: {desc}",
+                draw_region_drags(disp(src), rm_d, regions, sx=sx, sy=sy),
+            )
+        )
     else:
         panels.append(ph("region_drag", "region drags", "region_drag.json", "region_drag"))
     order = {name: i for i, name in enumerate(PANELS)}
@@ -789,7 +879,7 @@ def contact_sheet(sample: Sample, width: int = 320, cols: int = 3, ds: QCDataset
     gap = 4
     rows = []
     for i in range(0, len(tiles), cols):
-        row = tiles[i:i + cols] + [np.zeros_like(tiles[0])] * (cols - len(tiles[i:i + cols]))
+        row = tiles[i : i + cols] + [np.zeros_like(tiles[0])] * (cols - len(tiles[i : i + cols]))
         sep = np.zeros((th, gap, 3), np.uint8)
         rows.append(np.concatenate([x for t in row for x in (t, sep)][:-1], axis=1))
     sep = np.zeros((gap, rows[0].shape[1], 3), np.uint8)
@@ -798,6 +888,7 @@ def contact_sheet(sample: Sample, width: int = 320, cols: int = 3, ds: QCDataset
 
 
 # ---------------------------------------------------------------- encoding helpers
+
 
 def fig_to_png(fig, dpi: int | None = None) -> bytes:
     """PNG bytes of a matplotlib Figure."""
@@ -832,6 +923,7 @@ def show(obj) -> None:
 
 # ---------------------------------------------------------------- overview
 
+
 def summary_table(ds: QCDataset):
     """The run summary as a two-column DataFrame (``field``, ``value``)."""
     import pandas as pd
@@ -839,27 +931,41 @@ def summary_table(ds: QCDataset):
     s = ds.summary
     rows: list[tuple[str, object]] = [("output", ds.out_dir)]
     if s is None:
-        rows += [("status", "no summary.json: the run did not finish; counts are from committed shards"),
-                 ("samples (index)", len(ds)), ("shards", int(ds.index["shard"].nunique()) if len(ds) else 0),
-                 ("rejects", len(ds.rejects))]
+        rows += [
+            ("status", "no summary.json: the run did not finish; counts are from committed shards"),
+            ("samples (index)", len(ds)),
+            ("shards", int(ds.index["shard"].nunique()) if len(ds) else 0),
+            ("rejects", len(ds.rejects)),
+        ]
     else:
-        rows += [("inputs", s.get("inputs")), ("samples", s.get("samples")), ("shards", s.get("shards")),
-                 ("clips with samples", s.get("clips_with_samples")), ("clips rejected", s.get("clips_rejected")),
-                 ("clips with every shot/pair rejected", s.get("clips_without_samples")),
-                 ("rejects", s.get("rejects_total")),
-                 ("rejects by level",
-                  ", ".join(f"{k} {v}" for k, v in (s.get("rejects_by_level") or {}).items()) or "-"),
-                 ("all inputs accounted", s.get("all_inputs_accounted")),
-                 ("runner", s.get("runner")), ("wall time (s)", s.get("wall_s")), ("pairs/s", s.get("pairs_per_s")),
-                 ("finished at", s.get("finished_at")), ("config", ds.config_value("name", "?")),
-                 ("config fingerprint", s.get("config_fingerprint")),
-                 ("vid2pair", (s.get("versions") or {}).get("vid2pair"))]
+        rows += [
+            ("inputs", s.get("inputs")),
+            ("samples", s.get("samples")),
+            ("shards", s.get("shards")),
+            ("clips with samples", s.get("clips_with_samples")),
+            ("clips rejected", s.get("clips_rejected")),
+            ("clips with every shot/pair rejected", s.get("clips_without_samples")),
+            ("rejects", s.get("rejects_total")),
+            ("rejects by level", ", ".join(f"{k} {v}" for k, v in (s.get("rejects_by_level") or {}).items()) or "-"),
+            ("all inputs accounted", s.get("all_inputs_accounted")),
+            ("runner", s.get("runner")),
+            ("wall time (s)", s.get("wall_s")),
+            ("pairs/s", s.get("pairs_per_s")),
+            ("finished at", s.get("finished_at")),
+            ("config", ds.config_value("name", "?")),
+            ("config fingerprint", s.get("config_fingerprint")),
+            ("vid2pair", (s.get("versions") or {}).get("vid2pair")),
+        ]
     if len(ds):
         rows += [("clips in index", int(ds.index["clip_id"].nunique()) if "clip_id" in ds.index else "?")]
         if "split" in ds.index and "clip_id" in ds.index:
             per = ds.index.groupby("split")["clip_id"].agg(["size", "nunique"])
-            rows.append(("split", ", ".join(f"{sp} {int(r['size'])} samples / {int(r['nunique'])} clips"
-                                            for sp, r in per.iterrows())))
+            rows.append(
+                (
+                    "split",
+                    ", ".join(f"{sp} {int(r['size'])} samples / {int(r['nunique'])} clips" for sp, r in per.iterrows()),
+                )
+            )
         if "width" in ds.index and "height" in ds.index:
             sizes = ds.index.groupby(["width", "height"]).size().sort_values(ascending=False)
             rows.append(("stored sizes", ", ".join(f"{w}×{h} ({n})" for (w, h), n in sizes.head(4).items())))
@@ -877,9 +983,16 @@ def rejects_table(ds: QCDataset):
     rows = []
     for (stage, reason), g in r.groupby(["stage", "reason"]):
         ex = g.iloc[0]
-        rows.append((stage, reason, len(g), ", ".join(sorted(set(g["level"].astype(str)))),
-                     Path(str(ex["source"])).name + (f" / {ex['key']}" if str(ex.get("key", "")) else ""),
-                     str(ex.get("detail", ""))[:120]))
+        rows.append(
+            (
+                stage,
+                reason,
+                len(g),
+                ", ".join(sorted(set(g["level"].astype(str)))),
+                Path(str(ex["source"])).name + (f" / {ex['key']}" if str(ex.get("key", "")) else ""),
+                str(ex.get("detail", ""))[:120],
+            )
+        )
     return pd.DataFrame(rows, columns=cols).sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -914,9 +1027,14 @@ def _no_data(ax, text: str) -> None:
 def fig_rejects(ds: QCDataset):
     """Reject reasons as horizontal bars, grouped and coloured by stage."""
     r = ds.rejects
-    groups = [] if not len(r) else sorted(
-        ((stage, g.groupby("reason").size().sort_values(ascending=False)) for stage, g in r.groupby("stage")),
-        key=lambda sg: -sg[1].sum())
+    groups = (
+        []
+        if not len(r)
+        else sorted(
+            ((stage, g.groupby("reason").size().sort_values(ascending=False)) for stage, g in r.groupby("stage")),
+            key=lambda sg: -sg[1].sum(),
+        )
+    )
     n_bars = sum(len(g) for _, g in groups)
     fig = _new_fig(7, max(1.7, 0.9 + 0.3 * (n_bars + len(groups))))
     ax = fig.add_subplot()
@@ -988,9 +1106,15 @@ def _hist(ax, series, title, xlabel, why, log=False, vline=None):
     else:
         bins = np.histogram_bin_edges(allv, bins=min(30, max(5, int(np.sqrt(len(allv))) + 1)))
     for lab, v in series:
-        ax.hist(v, bins=bins, histtype="stepfilled" if len(series) == 1 else "step", linewidth=1.5,
-                alpha=0.8 if len(series) == 1 else 1.0, label=f"{lab} (n={len(v)})")
-    for x, lab in ([vline] if isinstance(vline, tuple) else (vline or [])):
+        ax.hist(
+            v,
+            bins=bins,
+            histtype="stepfilled" if len(series) == 1 else "step",
+            linewidth=1.5,
+            alpha=0.8 if len(series) == 1 else 1.0,
+            label=f"{lab} (n={len(v)})",
+        )
+    for x, lab in [vline] if isinstance(vline, tuple) else (vline or []):
         ax.axvline(x, color="k", linestyle="--", linewidth=1, label=lab)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("count", fontsize=9)
@@ -1017,8 +1141,10 @@ def quality_order(ds: QCDataset, metric: str) -> list[str]:
     whose low end is worse (:data:`QUALITY_METRICS`), descending otherwise; samples without it last."""
     idx = ds.index
     if metric not in idx:
-        raise KeyError(f"no column {metric!r} in the index; quality columns: "
-                       f"{', '.join(c for c in idx.columns if c.startswith('q_')) or 'none'}")
+        raise KeyError(
+            f"no column {metric!r} in the index; quality columns: "
+            f"{', '.join(c for c in idx.columns if c.startswith('q_')) or 'none'}"
+        )
     worse = {c: w for c, _, _, w in QUALITY_METRICS}.get(metric, "high")
     df = idx[["key", metric]].copy()
     return list(df.sort_values(metric, ascending=worse == "low", kind="stable", na_position="last")["key"])
@@ -1036,7 +1162,7 @@ def fig_quality(ds: QCDataset):
         lines = [(ds.config_value(f"quality.{k}"), k) for k in keys]
         lines = [(v, k) for v, k in lines if isinstance(v, (int, float)) and not isinstance(v, bool)]
         _hist(ax, [("samples", _col(ds.index, c))], title, c, "no values", vline=lines)
-    for ax in axs[len(metrics):]:
+    for ax in axs[len(metrics) :]:
         ax.set_visible(False)
     fig.suptitle(f"quality scores of the {len(ds)} written samples (dashed: the thresholds)", fontsize=11)
     return fig
@@ -1059,22 +1185,53 @@ def fig_histograms(ds: QCDataset, meta=None):
 
     none = "no samples" if not n_all else None
     hist(axs[0, 0], [("pairs", col(idx, "dt"))], "Δt between source and target", "Δt (s)", none or "no dt column")
-    hist(axs[0, 1], [(f"flow {p}", col(idx, f"flow_{p}")) for p in ("p50", "p90", "p99")],
-         "flow magnitude per pair", "px (stored size)", none or "no flow stats in the index")
-    hist(axs[0, 2], [("pairs", col(idx, "flow_moving_frac"))], "fraction of pixels moving",
-         "moving fraction", none or "no flow stats in the index")
+    hist(
+        axs[0, 1],
+        [(f"flow {p}", col(idx, f"flow_{p}")) for p in ("p50", "p90", "p99")],
+        "flow magnitude per pair",
+        "px (stored size)",
+        none or "no flow stats in the index",
+    )
+    hist(
+        axs[0, 2],
+        [("pairs", col(idx, "flow_moving_frac"))],
+        "fraction of pixels moving",
+        "moving fraction",
+        none or "no flow stats in the index",
+    )
     kept, rej = _static_scores(ds)
     thr = ds.config_value("static_camera.max_shift")
-    hist(axs[1, 0], [("kept shots", kept), ("rejected shots", rej)], "static-camera score (per shot)",
-         "camera motion (fraction of the diagonal)", "no static-camera scores", log=True,
-         vline=(thr, f"max_shift {thr}") if isinstance(thr, (int, float)) else None)
+    hist(
+        axs[1, 0],
+        [("kept shots", kept), ("rejected shots", rej)],
+        "static-camera score (per shot)",
+        "camera motion (fraction of the diagonal)",
+        "no static-camera scores",
+        log=True,
+        vline=(thr, f"max_shift {thr}") if isinstance(thr, (int, float)) else None,
+    )
     lens = np.array([x for v in meta["drag_lens"] for x in (v or [])]) if n_meta else np.array([])
-    hist(axs[1, 1], [("drag points", lens)], "drag length" + sub, "|target − source| (px)",
-         none or ("no drag.json in the samples (" + ds.signal_note("drag") + ")"))
-    hist(axs[1, 2], [("coarse", col(meta, "coarse_hole_frac")), ("collage", col(meta, "collage_hole_frac"))],
-         "hole fraction" + sub, "fraction of the frame", none or "no coarse edit or collage in the samples")
-    hist(axs[2, 0], [("pairs", col(meta, "sketch_stroke_frac"))], "sketch stroke fraction" + sub,
-         "fraction of the frame", none or ("no sketch in the samples (" + ds.signal_note("sketch") + ")"))
+    hist(
+        axs[1, 1],
+        [("drag points", lens)],
+        "drag length" + sub,
+        "|target − source| (px)",
+        none or ("no drag.json in the samples (" + ds.signal_note("drag") + ")"),
+    )
+    hist(
+        axs[1, 2],
+        [("coarse", col(meta, "coarse_hole_frac")), ("collage", col(meta, "collage_hole_frac"))],
+        "hole fraction" + sub,
+        "fraction of the frame",
+        none or "no coarse edit or collage in the samples",
+    )
+    hist(
+        axs[2, 0],
+        [("pairs", col(meta, "sketch_stroke_frac"))],
+        "sketch stroke fraction" + sub,
+        "fraction of the frame",
+        none or ("no sketch in the samples (" + ds.signal_note("sketch") + ")"),
+    )
     ax = axs[2, 1]
     ax.set_title("region drag types" + sub, fontsize=10)
     counts = [int(col(meta, f"region_{t}").sum()) for t in REGION_TYPES]
@@ -1087,9 +1244,13 @@ def fig_histograms(ds: QCDataset, meta=None):
         ax.tick_params(labelsize=8)
     else:
         _no_data(ax, none or ("no region_drag.json in the samples (" + ds.signal_note("region_drag") + ")"))
-    hist(axs[2, 2], [("visible fraction", col(meta, "track_visible_frac")),
-                     ("flow agreement", col(meta, "track_flow_agreement"))],
-         "tracks" + sub, "fraction", none or ("no tracks in the samples (" + ds.signal_note("tracks") + ")"))
+    hist(
+        axs[2, 2],
+        [("visible fraction", col(meta, "track_visible_frac")), ("flow agreement", col(meta, "track_flow_agreement"))],
+        "tracks" + sub,
+        "fraction",
+        none or ("no tracks in the samples (" + ds.signal_note("tracks") + ")"),
+    )
     fig.suptitle(f"{ds.out_dir}: {n_all} samples", fontsize=11)
     return fig
 
@@ -1102,8 +1263,9 @@ def fig_gallery(samples: Sequence[Sample], width: int = 256, ds: QCDataset | Non
         _no_data(fig.add_subplot(), "no samples to show")
         return fig
     pos = {name: i for i, name in enumerate(panels)}
-    rendered = [sorted((p for p in render_panels(s, width, ds) if p.name in pos), key=lambda p: pos[p.name])
-                for s in samples]
+    rendered = [
+        sorted((p for p in render_panels(s, width, ds) if p.name in pos), key=lambda p: pos[p.name]) for s in samples
+    ]
     ncol = len(rendered[0])
     aspect = rendered[0][0].image.shape[0] / rendered[0][0].image.shape[1]
     fig = _new_fig(2.3 * ncol, len(samples) * (2.3 * aspect + 0.4))
@@ -1116,8 +1278,9 @@ def fig_gallery(samples: Sequence[Sample], width: int = 256, ds: QCDataset | Non
             ax.set_yticks([])
             ax.set_title("\n".join(_wrap_plain(p.label, 34)), fontsize=7, color="firebrick" if p.missing else "k")
             if c == 0:
-                ax.set_ylabel(s.key.rsplit("_s", 1)[0][:22] + "\n" + s.key[len(s.key.rsplit("_s", 1)[0]) + 1:],
-                              fontsize=6)
+                ax.set_ylabel(
+                    s.key.rsplit("_s", 1)[0][:22] + "\n" + s.key[len(s.key.rsplit("_s", 1)[0]) + 1 :], fontsize=6
+                )
     return fig
 
 
@@ -1128,6 +1291,7 @@ def _wrap_plain(text: str, n: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- vid2pair inspect --key
+
 
 def _pretty(obj, indent: int = 0, width: int = 150) -> str:
     """JSON with short lists / dicts on one line (collage segments, hops ...)."""
@@ -1155,8 +1319,13 @@ def inspect_key(out_dir, key: str, png_path=None, width: int = 320) -> tuple[str
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     png_path.write_bytes(encode_image(contact_sheet(s, width, ds=ds), "png"))
-    lines = [f"{key}  (shard {s.shard}, {len(s.members)} members: {', '.join(sorted(s.members))})",
-             sample_caption(s), "", "meta.json:", _pretty(s.meta)]
+    lines = [
+        f"{key}  (shard {s.shard}, {len(s.members)} members: {', '.join(sorted(s.members))})",
+        sample_caption(s),
+        "",
+        "meta.json:",
+        _pretty(s.meta),
+    ]
     if s.drag is not None:
         lines += ["", "drag.json:", _pretty(s.drag)]
     if s.region_drag is not None:

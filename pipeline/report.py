@@ -4,6 +4,7 @@ Everything is inline (CSS in a ``<style>`` element, figures as base64 PNG, galle
 JPEG thumbnails, no JavaScript, nothing fetched), so the file opens from a cluster's shared disk or
 a copy on a laptop. All rendering is pipeline/qc.py's; this module only lays it out.
 """
+
 from __future__ import annotations
 
 import html
@@ -71,13 +72,15 @@ def _extremes(ds: qc.QCDataset, meta) -> str:
     import pandas as pd
 
     rows = []
-    for metric, label, frame in (("flow_p90", "largest motion (flow p90, px)", ds.index),
-                                 ("flow_max", "largest single motion (flow max, px)", ds.index),
-                                 ("dt", "largest Δt (s)", ds.index),
-                                 ("coarse_hole_frac", "biggest coarse-edit holes (fraction)", meta),
-                                 ("collage_hole_frac", "biggest collage holes (fraction)", meta),
-                                 ("drag_len_max", "longest drag (px)", meta),
-                                 ("sketch_stroke_frac", "densest sketch (fraction)", meta)):
+    for metric, label, frame in (
+        ("flow_p90", "largest motion (flow p90, px)", ds.index),
+        ("flow_max", "largest single motion (flow max, px)", ds.index),
+        ("dt", "largest Δt (s)", ds.index),
+        ("coarse_hole_frac", "biggest coarse-edit holes (fraction)", meta),
+        ("collage_hole_frac", "biggest collage holes (fraction)", meta),
+        ("drag_len_max", "longest drag (px)", meta),
+        ("sketch_stroke_frac", "densest sketch (fraction)", meta),
+    ):
         if frame is None or not len(frame) or metric not in frame:
             continue
         top = frame[["key", metric]].dropna().sort_values(metric, ascending=False, kind="stable").head(1)
@@ -92,7 +95,7 @@ def _gallery(ds: qc.QCDataset, keys: list[str], thumb: int, quality: int) -> tup
     """Gallery sections for ``keys`` and the number of <img> written."""
     parts, n_img = [], 0
     for i in range(0, len(keys), 8):  # load 8 at a time: bounded memory whatever n
-        batch = keys[i:i + 8]
+        batch = keys[i : i + 8]
         try:
             samples = ds.load_many(batch)
         except Exception:  # one bad sample / shard must not hide the others
@@ -113,11 +116,15 @@ def _gallery(ds: qc.QCDataset, keys: list[str], thumb: int, quality: int) -> tup
             figs = []
             for p in panels:
                 cls = ' class="missing"' if p.missing else ""
-                figs.append(f"<figure>{_img(qc.encode_image(p.image, 'jpeg', quality), 'image/jpeg', p.label, 'p')}"
-                            f"<figcaption{cls}>{_e(p.label)}</figcaption></figure>")
+                figs.append(
+                    f"<figure>{_img(qc.encode_image(p.image, 'jpeg', quality), 'image/jpeg', p.label, 'p')}"
+                    f"<figcaption{cls}>{_e(p.label)}</figcaption></figure>"
+                )
                 n_img += 1
-            parts.append(f'<section class="pair" id="s-{_e(k)}"><h3><a href="#s-{_e(k)}">{i + j + 1}. {_e(k)}</a></h3>'
-                         f'<p class="cap">{_e(cap)}</p><div class="row">{"".join(figs)}</div></section>')
+            parts.append(
+                f'<section class="pair" id="s-{_e(k)}"><h3><a href="#s-{_e(k)}">{i + j + 1}. {_e(k)}</a></h3>'
+                f'<p class="cap">{_e(cap)}</p><div class="row">{"".join(figs)}</div></section>'
+            )
     return "\n".join(parts), n_img
 
 
@@ -139,18 +146,30 @@ def _reject_previews(ds: qc.QCDataset) -> tuple[str, int]:
             except Exception as e:  # noqa: BLE001 - shown in the report
                 figs.append(f'<p class="note warn">{_e(row["key"])}: preview unreadable ({_e(e)})</p>')
                 continue
-            figs.append(f'<figure style="max-width:480px">{_img(data, "image/jpeg", row["key"], "p")}'
-                        f'<figcaption><b>{_e(row["key"])}</b><br>{_e(row["detail"])}</figcaption></figure>')
+            figs.append(
+                f'<figure style="max-width:480px">{_img(data, "image/jpeg", row["key"], "p")}'
+                f"<figcaption><b>{_e(row['key'])}</b><br>{_e(row['detail'])}</figcaption></figure>"
+            )
             n_img += 1
         parts.append(f'<h3>{_e(stage)}: {_e(reason)} ({len(g)} shown)</h3><div class="cols">{"".join(figs)}</div>')
-    note = ('<p class="note">Source | target | a signal the pair had (coarse edit, collage, sketch or flow '
-            'magnitude), for up to <code>output.reject_previews</code> rejected pairs, at most a sixth per reason: '
-            'what each rule throws away.</p>')
+    note = (
+        '<p class="note">Source | target | a signal the pair had (coarse edit, collage, sketch or flow '
+        "magnitude), for up to <code>output.reject_previews</code> rejected pairs, at most a sixth per reason: "
+        "what each rule throws away.</p>"
+    )
     return note + "\n".join(parts), n_img
 
 
-def build_report(out_dir, html_path=None, n: int = 50, seed: int = 0, meta_sample: int = 500,
-                 thumb: int = 240, quality: int = 80, sort: str | None = None) -> Path:
+def build_report(
+    out_dir,
+    html_path=None,
+    n: int = 50,
+    seed: int = 0,
+    meta_sample: int = 500,
+    thumb: int = 240,
+    quality: int = 80,
+    sort: str | None = None,
+) -> Path:
     """Write the QC report of ``out_dir`` to ``html_path`` (default ``<out_dir>/qc/report.html``;
     ``./vid2pair-qc/report.html`` for an object-store output) and return its path.
 
@@ -166,7 +185,7 @@ def build_report(out_dir, html_path=None, n: int = 50, seed: int = 0, meta_sampl
     html_path = Path(html_path)
     meta = ds.meta_table(max_samples=meta_sample, seed=seed)
     if sort:
-        keys = qc.quality_order(ds, sort)[:max(0, n)]
+        keys = qc.quality_order(ds, sort)[: max(0, n)]
     else:
         keys = ds.sample_keys(n, seed) if n > 0 else []
     n_all = len(ds)
@@ -181,29 +200,47 @@ def build_report(out_dir, html_path=None, n: int = 50, seed: int = 0, meta_sampl
     missing = sig[sig["samples with it"] < sig["of"]] if len(meta) else sig.iloc[0:0]
     miss_note = ""
     if len(missing):
-        miss_note = '<p class="note warn">Missing signals: ' + "; ".join(
-            f"<b>{_e(r.signal)}</b> in {r.of - r['samples with it']} of {r.of} samples ({_e(r.note)})"
-            for _, r in missing.iterrows()) + "</p>"
+        miss_note = (
+            '<p class="note warn">Missing signals: '
+            + "; ".join(
+                f"<b>{_e(r.signal)}</b> in {r.of - r['samples with it']} of {r.of} samples ({_e(r.note)})"
+                for _, r in missing.iterrows()
+            )
+            + "</p>"
+        )
     if n_all:
         gallery, n_gallery_img = _gallery(ds, keys, thumb, quality)
-        gallery_intro = (f'<p class="note">{len(keys)} random samples of {n_all} (seed {seed}), in key order.</p>'
-                         if not sort else f'<p class="note">The {len(keys)} samples of {n_all} with the worst '
-                                          f'<code>{_e(sort)}</code>, worst first.</p>')
+        gallery_intro = (
+            f'<p class="note">{len(keys)} random samples of {n_all} (seed {seed}), in key order.</p>'
+            if not sort
+            else f'<p class="note">The {len(keys)} samples of {n_all} with the worst '
+            f"<code>{_e(sort)}</code>, worst first.</p>"
+        )
     else:
         gallery, n_gallery_img = "", 0
-        gallery_intro = ('<p class="note warn"><b>No samples in this output.</b> '
-                         f'{len(ds.rejects)} reject(s): see <a href="#rejects">Rejects</a> for why.</p>')
+        gallery_intro = (
+            '<p class="note warn"><b>No samples in this output.</b> '
+            f'{len(ds.rejects)} reject(s): see <a href="#rejects">Rejects</a> for why.</p>'
+        )
     sub = f" (random {len(meta)} of {n_all})" if len(meta) < n_all else ""
-    legend = ('<p class="legend">Panels: <b>flow</b> colour wheel (hue = direction, saturation = magnitude, '
-              'white = still) · <b>sketch</b> strokes in green on the darkened target · <b>drags</b>: disc = '
-              'handle, arrow head = where it goes (same colour = same point on source and target), drag mask '
-              'tinted blue · <b>holes</b> tinted magenta in the coarse edit and the collage · '
-              '<b>region drags</b> tinted by type:'
-              + "".join(f'<span class="sw" style="background:rgb{qc.TYPE_COLORS[t]}"></span>{t}'
-                        for t in qc.REGION_TYPES) + "</p>")
+    legend = (
+        '<p class="legend">Panels: <b>flow</b> colour wheel (hue = direction, saturation = magnitude, '
+        "white = still) · <b>sketch</b> strokes in green on the darkened target · <b>drags</b>: disc = "
+        "handle, arrow head = where it goes (same colour = same point on source and target), drag mask "
+        "tinted blue · <b>holes</b> tinted magenta in the coarse edit and the collage · "
+        "<b>region drags</b> tinted by type:"
+        + "".join(f'<span class="sw" style="background:rgb{qc.TYPE_COLORS[t]}"></span>{t}' for t in qc.REGION_TYPES)
+        + "</p>"
+    )
     cfg = json.dumps(ds.config, indent=1, default=str) if ds.config else "(no config found)"
-    status = "" if ds.summary else ('<p class="note warn"><b>No summary.json</b>: the run did not finish; '
-                                    'everything below is from the committed shards.</p>')
+    status = (
+        ""
+        if ds.summary
+        else (
+            '<p class="note warn"><b>No summary.json</b>: the run did not finish; '
+            "everything below is from the committed shards.</p>"
+        )
+    )
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -213,7 +250,7 @@ figure{{--w:{thumb}px}}</style></head>
 <body>
 <h1>vid2pair QC report</h1>
 <p class="sub">{_e(ds.out_dir)} · {n_all} samples · {len(ds.rejects)} rejects · generated
-{_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>vid2pair report --n {n} --seed {seed}</code></p>
+{_e(time.strftime("%Y-%m-%d %H:%M:%S"))} by <code>vid2pair report --n {n} --seed {seed}</code></p>
 <nav><a href="#summary">Summary</a><a href="#rejects">Rejects</a><a href="#signals">Signals</a>
 <a href="#distributions">Distributions</a><a href="#quality">Quality</a><a href="#extremes">Extremes</a>
 <a href="#rejected">Rejected pairs</a><a href="#gallery">Gallery</a>
@@ -238,7 +275,7 @@ figure{{--w:{thumb}px}}</style></head>
 </div>
 <h2 id="distributions">Distributions</h2>
 <p class="note">Δt, flow and static-camera scores: every sample (and the shots rejected as camera_moving);
-drags, holes, sketch, regions, tracks: {_e(f'a random {len(meta)} of {n_all} samples' if sub else 'every sample')}.</p>
+drags, holes, sketch, regions, tracks: {_e(f"a random {len(meta)} of {n_all} samples" if sub else "every sample")}.</p>
 {overview_imgs[1]}
 <h2 id="quality">Quality scores</h2>
 <p class="note">The quality stage's scores of every written sample (the <code>q_*</code> index columns; re-filter
@@ -264,8 +301,16 @@ with them without rebuilding, e.g. <code>vid2pair report OUT --sort q_unexplaine
 
 def cmd_report(a) -> int:
     try:
-        p = build_report(a.output_dir, a.html, n=a.n, seed=a.seed, meta_sample=a.meta_sample, thumb=a.thumb,
-                         quality=a.quality, sort=a.sort)
+        p = build_report(
+            a.output_dir,
+            a.html,
+            n=a.n,
+            seed=a.seed,
+            meta_sample=a.meta_sample,
+            thumb=a.thumb,
+            quality=a.quality,
+            sort=a.sort,
+        )
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"vid2pair: error: {e}", file=sys.stderr)
         return 2
@@ -275,16 +320,27 @@ def cmd_report(a) -> int:
 
 def report_add_subparser(subparsers) -> None:
     """Register ``vid2pair report <output_dir> [--html PATH] [--n 50] [--seed 0]``."""
-    r = subparsers.add_parser("report", help="one self-contained HTML file: summary, rejects, distributions, "
-                                             "a gallery of random pairs with every signal drawn")
+    r = subparsers.add_parser(
+        "report",
+        help="one self-contained HTML file: summary, rejects, distributions, "
+        "a gallery of random pairs with every signal drawn",
+    )
     r.add_argument("output_dir")
     r.add_argument("--html", help="where to write it (default: <output_dir>/qc/report.html)")
     r.add_argument("--n", type=int, default=50, help="random pairs in the gallery (default 50)")
     r.add_argument("--seed", type=int, default=0, help="which random pairs (default 0)")
-    r.add_argument("--meta-sample", type=int, default=500,
-                   help="samples whose json members feed the drag/hole/sketch/region statistics (default 500)")
+    r.add_argument(
+        "--meta-sample",
+        type=int,
+        default=500,
+        help="samples whose json members feed the drag/hole/sketch/region statistics (default 500)",
+    )
     r.add_argument("--thumb", type=int, default=240, help="gallery panel width in px (default 240)")
     r.add_argument("--quality", type=int, default=80, help="JPEG quality of the gallery panels (default 80)")
-    r.add_argument("--sort", metavar="COLUMN", help="gallery of the worst --n samples by an index column, e.g. "
-                                                    "q_unexplained_frac or q_fb_consistent (default: random)")
+    r.add_argument(
+        "--sort",
+        metavar="COLUMN",
+        help="gallery of the worst --n samples by an index column, e.g. "
+        "q_unexplained_frac or q_fb_consistent (default: random)",
+    )
     r.set_defaults(func=cmd_report)

@@ -9,6 +9,7 @@
 
 Both runners feed the same stage objects the same tasks, so they give the same samples.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,17 +46,16 @@ log = logging.getLogger("vid2pair")
 def _bar(tasks: list[ClipTask], enabled: bool):
     """The progress bar: clips, or work units when a long clip was split."""
     what = "units" if any(t.split for t in tasks) else "clips"
-    return tqdm(total=len(tasks), desc=what, unit=what[:-1], disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(total=len(tasks), desc=what, unit=what[:-1], disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
 def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = STAGES) -> None:
     set_threads(cfg.runner.threads_per_worker)
     classes = pair_classes(cfg, stages)
     fused = fused_prefix(cfg, classes)
-    unit = ClipUnit(cfg, fused, stages[0], after=classes[len(fused):])
-    rest = build_pair_stages(cfg, classes)[len(fused):]
-    batch = batch_size_of(cfg, classes[len(fused):])
+    unit = ClipUnit(cfg, fused, stages[0], after=classes[len(fused) :])
+    rest = build_pair_stages(cfg, classes)[len(fused) :]
+    batch = batch_size_of(cfg, classes[len(fused) :])
     try:
         with _bar(tasks, cfg.runner.progress) as bar:
             for task in tasks:
@@ -70,6 +70,7 @@ def run_local(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = 
 
 
 # ---------------------------------------------------------------- Ray Data
+
 
 def set_threads(n: int) -> None:
     """CPU threads of OpenCV and torch in this process (workers parallelise across clips instead)."""
@@ -154,8 +155,9 @@ class _RemoteStage:
 _CLIP_UNITS: dict = {}
 
 
-def _clip_rows(row: dict, cfg, classes: tuple, clip_cls: type, actors: dict, stage_root: str | None = None
-               ) -> Iterator[dict]:
+def _clip_rows(
+    row: dict, cfg, classes: tuple, clip_cls: type, actors: dict, stage_root: str | None = None
+) -> Iterator[dict]:
     """One clip (or work unit) through every pair stage, as a Ray task: the clip stage and the CPU
     stages before the first model stage in the isolation child, the rest here, the model stages by
     calling their actors (``actors``: stage name -> handles). Tasks (not actors) so that a task lost
@@ -167,15 +169,27 @@ def _clip_rows(row: dict, cfg, classes: tuple, clip_cls: type, actors: dict, sta
     if cached is None:
         set_threads(cfg.runner.threads_per_worker)
         fused = fused_prefix(cfg, classes)
-        rest = [_RemoteStage(S, actors[S.name]) if S.name in actors
-                else build_stage(cfg, S, classes[:k], classes[k + 1:])
-                for k, S in enumerate(classes) if k >= len(fused)]
-        cached = _CLIP_UNITS[key] = (ClipUnit(cfg, fused, clip_cls, after=classes[len(fused):]), rest,
-                                     batch_size_of(cfg, classes[len(fused):]))
+        rest = [
+            _RemoteStage(S, actors[S.name]) if S.name in actors else build_stage(cfg, S, classes[:k], classes[k + 1 :])
+            for k, S in enumerate(classes)
+            if k >= len(fused)
+        ]
+        cached = _CLIP_UNITS[key] = (
+            ClipUnit(cfg, fused, clip_cls, after=classes[len(fused) :]),
+            rest,
+            batch_size_of(cfg, classes[len(fused) :]),
+        )
     unit, rest, batch = cached
-    task = ClipTask(source=str(row["source"]), clip_idx=int(row["clip_idx"]), chunk=int(row["chunk"]),
-                    clip_id=str(row["clip_id"]), unit=int(row["unit"]), units=int(row["units"]),
-                    start_s=float(row["start_s"]), end_s=float(row["end_s"]))
+    task = ClipTask(
+        source=str(row["source"]),
+        clip_idx=int(row["clip_idx"]),
+        chunk=int(row["chunk"]),
+        clip_id=str(row["clip_id"]),
+        unit=int(row["unit"]),
+        units=int(row["units"]),
+        start_s=float(row["start_s"]),
+        end_s=float(row["end_s"]),
+    )
     for it in run_items(unit, rest, task, batch):  # a generator: Ray Data builds the blocks as pairs arrive
         yield item_to_row(stage_sample(stage_root, it) if stage_root else it)
 
@@ -199,8 +213,7 @@ def init_ray(cfg) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kw = dict(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING,
-              log_to_driver=True)
+    kw = dict(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     address = cfg.runner.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kw)
@@ -227,10 +240,17 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = ST
     # a model stage is a pool of actors, one model each with its GPU share; the clip tasks call them
     # with only the arrays the stage reads, so frames never travel to a stage that does not read
     # them, and an unchanged array never travels back
-    pools = {S.name: [ray.remote(_ModelActor).options(num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
-                                                      max_restarts=-1, max_task_retries=3)
-                      .remote(cfg, S, classes[:k], classes[k + 1:]) for _ in range(res.actors)]
-             for k, S in enumerate(classes) for res in [S.resources(cfg)] if res is not None}
+    pools = {
+        S.name: [
+            ray.remote(_ModelActor)
+            .options(num_gpus=res.num_gpus or None, num_cpus=res.num_cpus, max_restarts=-1, max_task_retries=3)
+            .remote(cfg, S, classes[:k], classes[k + 1 :])
+            for _ in range(res.actors)
+        ]
+        for k, S in enumerate(classes)
+        for res in [S.resources(cfg)]
+        if res is not None
+    }
     # the workers write the shards: the clip task stages each sample's members under the output, a
     # Ray task writes each complete chunk, the driver only gets records and commits
     root = writer.root if workers_write(cfg, writer.root) else None
@@ -240,9 +260,11 @@ def run_ray(cfg, tasks: list[ClipTask], writer: OutputWriter, stages: tuple = ST
     ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     # one retryable task per clip or work unit, about one core each (a bit less, so the model actors
     # always fit); with weight-free CPU backends no frame leaves it
-    ds = ds.flat_map(_clip_rows, fn_kwargs={"cfg": cfg, "classes": classes, "clip_cls": stages[0], "actors": pools,
-                                            "stage_root": root},
-                     num_cpus=cfg.runner.clip_stage_cpus)
+    ds = ds.flat_map(
+        _clip_rows,
+        fn_kwargs={"cfg": cfg, "classes": classes, "clip_cls": stages[0], "actors": pools, "stage_root": root},
+        num_cpus=cfg.runner.clip_stage_cpus,
+    )
     try:
         _drain(ds, tasks, writer, cfg)
     finally:
@@ -263,11 +285,14 @@ def _model_io(pools: dict) -> dict:
             parts = ray.get([h.io.remote() for h in handles], timeout=30)
         except Exception:  # an actor lost at the end: the figures are only a report
             continue
-        out[name] = {"actors": len(handles), "calls": sum(p["calls"] for p in parts),
-                     "pairs": sum(p["pairs"] for p in parts),
-                     "mib_in": round(sum(p["bytes_in"] for p in parts) / 2**20, 3),
-                     "mib_out": round(sum(p["bytes_out"] for p in parts) / 2**20, 3),
-                     "arrays": sorted({k for p in parts for k in p["arrays"]})}
+        out[name] = {
+            "actors": len(handles),
+            "calls": sum(p["calls"] for p in parts),
+            "pairs": sum(p["pairs"] for p in parts),
+            "mib_in": round(sum(p["bytes_in"] for p in parts) / 2**20, 3),
+            "mib_out": round(sum(p["bytes_out"] for p in parts) / 2**20, 3),
+            "arrays": sorted({k for p in parts for k in p["arrays"]}),
+        }
     return out
 
 
@@ -342,17 +367,22 @@ def resource_problems(cfg, stages: tuple = STAGES, nodes: list[dict] | None = No
         if res is None:
             continue
         if res.num_gpus > 0 and max_gpu == 0:
-            out.append(f"{res.gpu_key}={res.num_gpus:g} but the Ray cluster has no GPU; set {res.gpu_key}=0 to run "
-                       f"the {S.name} stage on CPU")
+            out.append(
+                f"{res.gpu_key}={res.num_gpus:g} but the Ray cluster has no GPU; set {res.gpu_key}=0 to run "
+                f"the {S.name} stage on CPU"
+            )
         elif res.num_gpus > max_gpu:
-            out.append(f"{res.gpu_key}={res.num_gpus:g} but no Ray node has more than {max_gpu:g} GPU(s); set "
-                       f"{res.gpu_key} to at most {max_gpu:g} (a fraction packs several actors on one GPU)")
+            out.append(
+                f"{res.gpu_key}={res.num_gpus:g} but no Ray node has more than {max_gpu:g} GPU(s); set "
+                f"{res.gpu_key} to at most {max_gpu:g} (a fraction packs several actors on one GPU)"
+            )
         if res.num_cpus > max_cpu:
-            out.append(f"the {S.name} actors ask for {res.num_cpus:g} CPUs but no Ray node has more than "
-                       f"{max_cpu:g}")
+            out.append(f"the {S.name} actors ask for {res.num_cpus:g} CPUs but no Ray node has more than {max_cpu:g}")
     if cfg.runner.clip_stage_cpus > max_cpu:
-        out.append(f"runner.clip_stage_cpus={cfg.runner.clip_stage_cpus:g} but no Ray node has more than {max_cpu:g} "
-                   f"CPUs; lower it")
+        out.append(
+            f"runner.clip_stage_cpus={cfg.runner.clip_stage_cpus:g} but no Ray node has more than {max_cpu:g} "
+            f"CPUs; lower it"
+        )
     return out
 
 
@@ -369,13 +399,17 @@ def check_resources(cfg, stages: tuple = STAGES) -> None:
         if not problems:
             return
         if time.monotonic() >= deadline:
-            raise ResourceError("the Ray cluster cannot run this config (nothing was processed):\n  - "
-                                + "\n  - ".join(problems)
-                                + (f"\n(waited {wait:g} s for the cluster to scale up: runner.wait_for_resources_s)"
-                                   if wait else ""))
+            raise ResourceError(
+                "the Ray cluster cannot run this config (nothing was processed):\n  - "
+                + "\n  - ".join(problems)
+                + (f"\n(waited {wait:g} s for the cluster to scale up: runner.wait_for_resources_s)" if wait else "")
+            )
         if not told:
-            print(f"waiting up to {wait:g} s for the cluster to scale up (runner.wait_for_resources_s): "
-                  + "; ".join(problems), file=sys.stderr)
+            print(
+                f"waiting up to {wait:g} s for the cluster to scale up (runner.wait_for_resources_s): "
+                + "; ".join(problems),
+                file=sys.stderr,
+            )
             told = True
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
@@ -404,10 +438,12 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
 
         problems = check_build_weights(cfg, stages=stages)
         if problems:  # otherwise every pair would end as a *_backend_unavailable reject
-            raise MissingWeightsError("model stages cannot run (nothing was processed):\n  - "
-                                      + "\n  - ".join(p.replace("\n", "\n    ") for p in problems)
-                                      + "\n(runner.check_weights=false skips this check, e.g. when only the "
-                                        "workers see the model cache)")
+            raise MissingWeightsError(
+                "model stages cannot run (nothing was processed):\n  - "
+                + "\n  - ".join(p.replace("\n", "\n    ") for p in problems)
+                + "\n(runner.check_weights=false skips this check, e.g. when only the "
+                "workers see the model cache)"
+            )
     check_writable(out_dir)
     sources = list_inputs(input_spec, cfg.input.extensions)
     require_inputs(input_spec, sources, cfg.input.extensions)
@@ -415,19 +451,22 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
         init_ray(cfg)
         check_resources(cfg, stages)
     durations = clip_durations(sources, cfg.input.unit_s)  # long clips become several work units
-    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard, input_root(input_spec), durations,
-                             cfg.input.unit_s)
+    tasks, dups = make_tasks(sources, cfg.output.clips_per_shard, input_root(input_spec), durations, cfg.input.unit_s)
     writer = OutputWriter(out_dir, cfg, tasks, dups, stages=stages)
     todo = writer.pending_tasks
     skipped = len(tasks) - len(todo)
     what = "clips" if len(tasks) == len(sources) else "work units"
     if len(tasks) > len(sources) and log_summary:
         n_split = len({t.source for t in tasks if t.split})
-        print(f"{n_split} long clip(s) split into {sum(t.split for t in tasks)} work units of about "
-              f"{cfg.input.unit_s:g} s (input.unit_s)", file=sys.stderr)
+        print(
+            f"{n_split} long clip(s) split into {sum(t.split for t in tasks)} work units of about "
+            f"{cfg.input.unit_s:g} s (input.unit_s)",
+            file=sys.stderr,
+        )
     if skipped and log_summary:
-        print(f"resume: {skipped} of {len(tasks)} {what} are in finished shards; processing {len(todo)}",
-              file=sys.stderr)
+        print(
+            f"resume: {skipped} of {len(tasks)} {what} are in finished shards; processing {len(todo)}", file=sys.stderr
+        )
     if todo:
         with _signals_raise() as caught:
             try:
@@ -443,8 +482,17 @@ def build(cfg, input_spec: str, out_dir, log_summary: bool = True, stages: tuple
     missing = writer.incomplete_chunks()
     if missing:
         raise RuntimeError(f"chunks {missing[:10]} did not complete (a clip's items were lost); rerun to resume")
-    summary = summarize(out_dir, cfg, len(sources), time.time() - t0, cfg.runner.name, writer.new_samples,
-                        tasks=tasks, n_duplicates=len(dups), model_io=getattr(writer, "model_io", None))
+    summary = summarize(
+        out_dir,
+        cfg,
+        len(sources),
+        time.time() - t0,
+        cfg.runner.name,
+        writer.new_samples,
+        tasks=tasks,
+        n_duplicates=len(dups),
+        model_io=getattr(writer, "model_io", None),
+    )
     if log_summary:
         print(format_summary(summary, out_dir), file=sys.stderr)
     return summary

@@ -7,6 +7,7 @@ S3-compatible servers, ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS).
 Atomicity: on a local disk a file is written under a temporary name and renamed; in an object store
 an object becomes visible only when its upload completes, so a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,11 @@ class Store:
         import pyarrow.fs as pafs
 
         sel = pafs.FileSelector(self.path(rel_dir), allow_not_found=True, recursive=False)
-        return sorted(Path(i.path).name for i in self.fs.get_file_info(sel)
-                      if i.type == pafs.FileType.File and i.path.endswith(suffix))
+        return sorted(
+            Path(i.path).name
+            for i in self.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        )
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
@@ -229,11 +233,16 @@ def list_remote(spec: str, extensions) -> list[str]:
     pattern = None
     if any(ch in path for ch in "*?["):
         pattern = path
-        path = path[:min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+        path = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return [spec]
     files = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    out = [f"{scheme}://{i.path}" for i in files if i.type == pafs.FileType.File
-           and Path(i.path).suffix.lower() in exts and (pattern is None or fnmatch.fnmatch(i.path, pattern))]
+    out = [
+        f"{scheme}://{i.path}"
+        for i in files
+        if i.type == pafs.FileType.File
+        and Path(i.path).suffix.lower() in exts
+        and (pattern is None or fnmatch.fnmatch(i.path, pattern))
+    ]
     return sorted(out)

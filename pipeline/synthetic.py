@@ -91,9 +91,13 @@ class CameraMotion:
     @property
     def is_static(self) -> bool:
         return (
-            self.velocity[0] == 0 and self.velocity[1] == 0 and self.jitter == 0
-            and self.rotation_jitter == 0 and self.zoom_jitter == 0
-            and self.angular_velocity == 0 and self.zoom_rate == 0
+            self.velocity[0] == 0
+            and self.velocity[1] == 0
+            and self.jitter == 0
+            and self.rotation_jitter == 0
+            and self.zoom_jitter == 0
+            and self.angular_velocity == 0
+            and self.zoom_rate == 0
         )
 
 
@@ -120,8 +124,16 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 # textures
 
 
-def noise_texture(height: int, width: int, seed: int, *, octaves: Sequence[int] = (3, 6, 12, 24, 48),
-                  n_blobs: int = 0, palette: Optional[np.ndarray] = None, chroma_min_cell: int = 24) -> np.ndarray:
+def noise_texture(
+    height: int,
+    width: int,
+    seed: int,
+    *,
+    octaves: Sequence[int] = (3, 6, 12, 24, 48),
+    n_blobs: int = 0,
+    palette: Optional[np.ndarray] = None,
+    chroma_min_cell: int = 24,
+) -> np.ndarray:
     """Deterministic multi-scale smooth colour noise, (H, W, 3) float32 in [0, 255].
 
     ``octaves`` are feature sizes in px (random grids upsampled bicubically); each octave has
@@ -141,7 +153,7 @@ def noise_texture(height: int, width: int, seed: int, *, octaves: Sequence[int] 
         if up.ndim == 2:
             up = up[..., None]
         oy, ox = rng.integers(0, cell, size=2)
-        acc += up[oy:oy + height, ox:ox + width]
+        acc += up[oy : oy + height, ox : ox + width]
     acc /= math.sqrt(len(octaves))
     if n_blobs:
         blobs = np.zeros_like(acc)
@@ -169,8 +181,9 @@ def _object_texture(w: int, h: int, seed: int) -> np.ndarray:
     spread = rng.uniform(90, 130)  # one scalar: fine texture is brightness only, the tint stays flat
     palette = np.stack([np.clip(base - spread / 2, 0, 255), np.clip(base + spread / 2, 0, 255)])
     cell = max(8, min(w, h) // 6)
-    return noise_texture(h, w, seed=20_000 + seed, octaves=(2, 4, 8, cell, 2 * cell), palette=palette,
-                         chroma_min_cell=16)
+    return noise_texture(
+        h, w, seed=20_000 + seed, octaves=(2, 4, 8, cell, 2 * cell), palette=palette, chroma_min_cell=16
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -253,12 +266,11 @@ class SyntheticClip:
             for k in range(lab + 1, len(self._layers) + 1):
                 v &= ~self._inside(k, j, q)
             vis[sel] = v
-        inside = ((out[:, 0] >= 0) & (out[:, 0] <= self.width - 1)
-                  & (out[:, 1] >= 0) & (out[:, 1] <= self.height - 1))
+        inside = (out[:, 0] >= 0) & (out[:, 0] <= self.width - 1) & (out[:, 1] >= 0) & (out[:, 1] <= self.height - 1)
         return out, vis & inside, labels
 
     def _grid(self) -> np.ndarray:
-        ys, xs = np.mgrid[0:self.height, 0:self.width]
+        ys, xs = np.mgrid[0 : self.height, 0 : self.width]
         return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
 
     # ---------------------------------------------------------------- public ground truth
@@ -293,7 +305,6 @@ class SyntheticClip:
     def _check_index(self, i: int) -> None:
         if not -self.n_frames <= i < self.n_frames:
             raise IndexError(f"frame index {i} out of range for a clip of {self.n_frames} frames")
-
 
 
 # --------------------------------------------------------------------------------------
@@ -335,7 +346,7 @@ def _object_mats(spec: ObjectSpec, n: int, centre_tex: np.ndarray) -> np.ndarray
         raise ValueError(f"scale_rate must be > -1, got {spec.scale_rate}")
     for t in range(n):
         pos = np.asarray(spec.center, float) + np.asarray(spec.velocity, float) * t
-        rot = _rot_scale(spec.angle + spec.angular_velocity * t, base ** t)
+        rot = _rot_scale(spec.angle + spec.angular_velocity * t, base**t)
         mats[t] = _translate(*pos) @ rot @ _translate(*(-centre_tex))
     return mats
 
@@ -354,14 +365,18 @@ def random_objects(n: int, width: int, height: int, n_frames: int, seed: int) ->
         mid = (rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height)
         t_mid = (n_frames - 1) / 2.0
         centre = (mid[0] - vel[0] * t_mid, mid[1] - vel[1] * t_mid)
-        objs.append(ObjectSpec(
-            shape="rect" if rng.random() < 0.5 else "ellipse",
-            size=(w, h), center=centre, velocity=vel,
-            angular_velocity=float(rng.uniform(-1.0, 1.0)),
-            scale_rate=float(rng.uniform(-0.004, 0.004)),
-            texture_seed=int(rng.integers(0, 2**31 - 1)),
-            angle=float(rng.uniform(-20, 20)),
-        ))
+        objs.append(
+            ObjectSpec(
+                shape="rect" if rng.random() < 0.5 else "ellipse",
+                size=(w, h),
+                center=centre,
+                velocity=vel,
+                angular_velocity=float(rng.uniform(-1.0, 1.0)),
+                scale_rate=float(rng.uniform(-0.004, 0.004)),
+                texture_seed=int(rng.integers(0, 2**31 - 1)),
+                angle=float(rng.uniform(-20, 20)),
+            )
+        )
     return objs
 
 
@@ -381,9 +396,17 @@ def _coverage(layer: _Layer, mat_img: np.ndarray, xs: np.ndarray, ys: np.ndarray
     return np.clip(0.5 - sd, 0.0, 1.0).astype(np.float32)
 
 
-def make_clip(*, width: int = 320, height: int = 240, n_frames: int = 48, fps: float = 12.0,
-              objects: Optional[list[ObjectSpec]] = None, n_objects: int = 2,
-              camera: Optional[CameraMotion] = None, seed: int = 0) -> SyntheticClip:
+def make_clip(
+    *,
+    width: int = 320,
+    height: int = 240,
+    n_frames: int = 48,
+    fps: float = 12.0,
+    objects: Optional[list[ObjectSpec]] = None,
+    n_objects: int = 2,
+    camera: Optional[CameraMotion] = None,
+    seed: int = 0,
+) -> SyntheticClip:
     """Render a synthetic clip. ``objects=None`` draws ``n_objects`` random objects from ``seed``."""
     if width < 8 or height < 8 or n_frames < 1:
         raise ValueError("make_clip needs width, height >= 8 and n_frames >= 1")
@@ -411,27 +434,44 @@ def make_clip(*, width: int = 320, height: int = 240, n_frames: int = 48, fps: f
         tex = _object_texture(ow + 2 * pad, oh + 2 * pad, spec.texture_seed)
         centre = np.array([(ow + 2 * pad - 1) / 2.0, (oh + 2 * pad - 1) / 2.0])
         mats = cam @ _object_mats(spec, n_frames, centre)
-        layers.append(_Layer(texture=tex, mats=mats, spec=spec, half=(ow / 2.0, oh / 2.0),
-                             centre=(float(centre[0]), float(centre[1]))))
+        layers.append(
+            _Layer(
+                texture=tex,
+                mats=mats,
+                spec=spec,
+                half=(ow / 2.0, oh / 2.0),
+                centre=(float(centre[0]), float(centre[1])),
+            )
+        )
 
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     frames = np.empty((n_frames, height, width, 3), np.uint8)
     for t in range(n_frames):
-        img = cv2.warpAffine(bg.texture, bg.mats[t][:2], (width, height), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REFLECT101)
+        img = cv2.warpAffine(
+            bg.texture, bg.mats[t][:2], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
+        )
         for layer in layers:
             m = layer.mats[t]
             cov = _coverage(layer, m, xs, ys)
             if not cov.any():
                 continue
-            col = cv2.warpAffine(layer.texture, m[:2], (width, height), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REFLECT101)
+            col = cv2.warpAffine(
+                layer.texture, m[:2], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
+            )
             a = cov[..., None]
             img = img * (1.0 - a) + col * a
         frames[t] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
-    clip = SyntheticClip(frames=frames, fps=float(fps), objects=objects, camera=camera, seed=seed,
-                         _background=bg, _layers=layers, _cam=cam)
+    clip = SyntheticClip(
+        frames=frames,
+        fps=float(fps),
+        objects=objects,
+        camera=camera,
+        seed=seed,
+        _background=bg,
+        _layers=layers,
+        _cam=cam,
+    )
     return clip
 
 
@@ -439,8 +479,7 @@ def make_clip(*, width: int = 320, height: int = 240, n_frames: int = 48, fps: f
 # video files
 
 
-def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: str = "libx264",
-                crf: int = 12) -> Path:
+def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: str = "libx264", crf: int = 12) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to an mp4 (yuv420p) with PyAV.
 
     ``codec``: ``"libx264"`` (``crf`` controls quality; 12 is near-lossless) or ``"mpeg4"``
@@ -484,8 +523,15 @@ def write_video(frames: np.ndarray, path: Union[str, Path], fps: float, codec: s
     return path
 
 
-def write_shots_video(path: Union[str, Path], n_shots: int, width: int = 320, height: int = 240,
-                      shot_s: float = 3.0, fps: float = 12.0, seed: int = 1000) -> Path:
+def write_shots_video(
+    path: Union[str, Path],
+    n_shots: int,
+    width: int = 320,
+    height: int = 240,
+    shot_s: float = 3.0,
+    fps: float = 12.0,
+    seed: int = 1000,
+) -> Path:
     """A long clip: ``n_shots`` static-camera shots of ``shot_s`` seconds, one moving object each
     (shot k drawn from ``seed + k``), hard cuts between. Shots are rendered and encoded one at a
     time (libx264, crf 18), so a long clip never sits in memory."""
@@ -510,8 +556,9 @@ def write_shots_video(path: Union[str, Path], n_shots: int, width: int = 320, he
     return path
 
 
-def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_camera: int = 1, seed: int = 0,
-                     **kw) -> list[Path]:
+def make_demo_corpus(
+    out_dir: Union[str, Path], n_static: int = 4, n_moving_camera: int = 1, seed: int = 0, **kw
+) -> list[Path]:
     """Write a small deterministic corpus of synthetic mp4 clips and return their paths.
 
     ``static_XX.mp4``: fixed camera, 1-3 moving objects. ``camera_pan_XX.mp4``: the same kind
@@ -537,8 +584,9 @@ def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_came
         s = int(rng.integers(0, 2**31 - 1))
         ang = rng.uniform(0, 2 * math.pi)
         speed = rng.uniform(1.5, 3.0)
-        cam = CameraMotion(velocity=(speed * math.cos(ang), speed * math.sin(ang)), jitter=1.5,
-                           rotation_jitter=0.3, zoom_jitter=0.005)
+        cam = CameraMotion(
+            velocity=(speed * math.cos(ang), speed * math.sin(ang)), jitter=1.5, rotation_jitter=0.3, zoom_jitter=0.005
+        )
         n_obj = n_objects or 1 + k % 2
         clip = make_clip(**params, n_objects=n_obj, camera=cam, seed=s)
         paths.append(write_video(clip.frames, out_dir / f"camera_pan_{k:02d}.mp4", clip.fps, codec=codec, crf=crf))
@@ -550,36 +598,80 @@ def make_demo_corpus(out_dir: Union[str, Path], n_static: int = 4, n_moving_came
 
 #: name -> (codec, pixel format, codec options, what it exercises)
 DECODE_CORPUS = {
-    "long_gop_bpyramid.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=96:min-keyint=96:scenecut=0:bframes=3:"
-                                                                      "b-pyramid=normal"},
-                              "a keyframe every 4 s, B-frames referenced by B-frames"),
-    "open_gop.mkv": ("libx264", "yuv420p", {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=3:open-gop=1"},
-                     "open GOPs: B-frames before a keyframe reference the GOP before it"),
-    "x264_444.mp4": ("libx264", "yuv444p", {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=2"},
-                     "h264 High 4:4:4 Predictive"),
-    "x264_10bit.mp4": ("libx264", "yuv420p10le", {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=3"},
-                       "h264 High 10"),
-    "hevc_10bit.mp4": ("libx265", "yuv420p10le", {"x265-params": "keyint=48:min-keyint=48:bframes=4:log-level=none"},
-                       "HEVC Main 10 with B-frames"),
-    "vp9_altref.webm": ("libvpx-vp9", "yuv420p", {"auto-alt-ref": "1", "lag-in-frames": "16", "g": "48",
-                                                  "deadline": "realtime", "cpu-used": "8"},
-                        "VP9 with hidden alt-ref frames"),
+    "long_gop_bpyramid.mp4": (
+        "libx264",
+        "yuv420p",
+        {"x264-params": "keyint=96:min-keyint=96:scenecut=0:bframes=3:b-pyramid=normal"},
+        "a keyframe every 4 s, B-frames referenced by B-frames",
+    ),
+    "open_gop.mkv": (
+        "libx264",
+        "yuv420p",
+        {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=3:open-gop=1"},
+        "open GOPs: B-frames before a keyframe reference the GOP before it",
+    ),
+    "x264_444.mp4": (
+        "libx264",
+        "yuv444p",
+        {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=2"},
+        "h264 High 4:4:4 Predictive",
+    ),
+    "x264_10bit.mp4": (
+        "libx264",
+        "yuv420p10le",
+        {"x264-params": "keyint=48:min-keyint=48:scenecut=0:bframes=3"},
+        "h264 High 10",
+    ),
+    "hevc_10bit.mp4": (
+        "libx265",
+        "yuv420p10le",
+        {"x265-params": "keyint=48:min-keyint=48:bframes=4:log-level=none"},
+        "HEVC Main 10 with B-frames",
+    ),
+    "vp9_altref.webm": (
+        "libvpx-vp9",
+        "yuv420p",
+        {"auto-alt-ref": "1", "lag-in-frames": "16", "g": "48", "deadline": "realtime", "cpu-used": "8"},
+        "VP9 with hidden alt-ref frames",
+    ),
     "mpeg4_bframes.avi": ("mpeg4", "yuv420p", {}, "MPEG-4 part 2 with B-frames in AVI"),
-    "vfr.mkv": ("libx264", "yuv420p", {"x264-params": "keyint=48:bframes=2"},
-                "variable frame rate: frame durations of 25-60 ms"),
-    "start_offset.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=48:bframes=3"},
-                         "the first frame at 2 s: an edit list / start offset"),
-    "usec_timebase.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=72:bframes=3"},
-                          "a time base of 1/1,000,000"),
-    "intra_refresh.mp4": ("libx264", "yuv420p", {"x264-params": "intra-refresh=1:keyint=48:bframes=0"},
-                          "no IDR after the first frame: periodic intra refresh, recovery points flagged as keyframes"),
-    "lying_keyframes.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=96:min-keyint=96:scenecut=0:bframes=3"},
-                            "every 10th non-key packet listed as a sync sample (mp4 stss)"),
+    "vfr.mkv": (
+        "libx264",
+        "yuv420p",
+        {"x264-params": "keyint=48:bframes=2"},
+        "variable frame rate: frame durations of 25-60 ms",
+    ),
+    "start_offset.mp4": (
+        "libx264",
+        "yuv420p",
+        {"x264-params": "keyint=48:bframes=3"},
+        "the first frame at 2 s: an edit list / start offset",
+    ),
+    "usec_timebase.mp4": ("libx264", "yuv420p", {"x264-params": "keyint=72:bframes=3"}, "a time base of 1/1,000,000"),
+    "intra_refresh.mp4": (
+        "libx264",
+        "yuv420p",
+        {"x264-params": "intra-refresh=1:keyint=48:bframes=0"},
+        "no IDR after the first frame: periodic intra refresh, recovery points flagged as keyframes",
+    ),
+    "lying_keyframes.mp4": (
+        "libx264",
+        "yuv420p",
+        {"x264-params": "keyint=96:min-keyint=96:scenecut=0:bframes=3"},
+        "every 10th non-key packet listed as a sync sample (mp4 stss)",
+    ),
 }
 
 
-def write_decode_corpus(out_dir: Union[str, Path], width: int = 320, height: int = 240, seconds: float = 8.0,
-                        fps: float = 24.0, seed: int = 5, names: Optional[Sequence[str]] = None) -> list[Path]:
+def write_decode_corpus(
+    out_dir: Union[str, Path],
+    width: int = 320,
+    height: int = 240,
+    seconds: float = 8.0,
+    fps: float = 24.0,
+    seed: int = 5,
+    names: Optional[Sequence[str]] = None,
+) -> list[Path]:
     """Encode one synthetic scene (two moving textured objects on a still background) in each
     stream shape of :data:`DECODE_CORPUS` (or those in ``names``); returns the paths. Every frame
     differs from its neighbours, so a wrong frame is visible."""

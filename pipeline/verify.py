@@ -6,6 +6,7 @@ member is readable (images decode, JSON parses,
 .npy loads without pickle); no leftover temporary files from an interrupted run (reported, harmless:
 they are never read as shards and are overwritten on resume).
 """
+
 from __future__ import annotations
 
 import io
@@ -109,9 +110,11 @@ def verify_output(out_dir, deep: bool = True) -> tuple[bool, str]:
             continue
         n_members += _check_shard(out, shard, want, deep, problems)
     ok = not problems
-    lines = [f"verify {out.uri}: {'OK' if ok else 'PROBLEMS FOUND'}",
-             f"  {len(idx)} indexed samples, {len(shards)} shards, {n_members} members checked"
-             f"{' (decoded)' if deep else ''}, {len(done)} committed chunks"]
+    lines = [
+        f"verify {out.uri}: {'OK' if ok else 'PROBLEMS FOUND'}",
+        f"  {len(idx)} indexed samples, {len(shards)} shards, {n_members} members checked"
+        f"{' (decoded)' if deep else ''}, {len(done)} committed chunks",
+    ]
     lines += [f"  ! {p}" for p in problems[:50]]
     if len(problems) > 50:
         lines.append(f"  ! ... and {len(problems) - 50} more")

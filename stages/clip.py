@@ -6,6 +6,7 @@ runners add isolation around it). ``opener`` turns a source into a local path (t
 the object-store fetcher); ``report(step)`` is told each step as it starts, so a crash can be
 attributed to the step that was running.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,21 +28,35 @@ __all__ = ["ClipStage", "clip_reject", "CLIP_STEPS"]
 CLIP_STEPS = ("probe", "shots", "static_camera", "pairs", "decode")
 
 
-def clip_reject(task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip",
-                key: str = "") -> Reject:
+def clip_reject(
+    task: ClipTask, stage: str, reason: str, detail: str = "", level: str = "clip", key: str = ""
+) -> Reject:
     """A reject of the clip (or of a shot / pair of it). A split clip's unit rejects only its span:
     level ``unit``, keyed ``<clip_id>_uNNN`` (the clip is accounted as a whole by its source)."""
     if level == "clip" and task.split:
         level, key = "unit", key or task.unit_key
-    return Reject(source=task.source, clip_id=task.clip_id, chunk=task.chunk, clip_idx=task.clip_idx,
-                  stage=stage, reason=reason, detail=detail, level=level, key=key)
+    return Reject(
+        source=task.source,
+        clip_id=task.clip_id,
+        chunk=task.chunk,
+        clip_idx=task.clip_idx,
+        stage=stage,
+        reason=reason,
+        detail=detail,
+        level=level,
+        key=key,
+    )
 
 
 def _versions() -> dict:
     import av
 
-    return {"vid2pair": __version__, "opencv": cv2.__version__, "av": av.__version__,
-            "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))}
+    return {
+        "vid2pair": __version__,
+        "opencv": cv2.__version__,
+        "av": av.__version__,
+        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+    }
 
 
 def _ffmpeg_errors(video) -> str:
@@ -57,9 +72,13 @@ class ClipStage(Stage):
 
     name = "clip"
     provides = ("frames",)
-    sections = {"probe": probe.ProbeConfig, "shots": shots.ShotsConfig,
-                "static_camera": static_camera.StaticCameraConfig, "pairs": pairs.PairsConfig,
-                "frame": decode.FrameConfig}
+    sections = {
+        "probe": probe.ProbeConfig,
+        "shots": shots.ShotsConfig,
+        "static_camera": static_camera.StaticCameraConfig,
+        "pairs": pairs.PairsConfig,
+        "frame": decode.FrameConfig,
+    }
 
     @classmethod
     def enabled(cls, cfg) -> bool:
@@ -133,8 +152,9 @@ class ClipStage(Stage):
             self.info = {"decode": video.summary(), "footage": video.footage()}
             video.close()
 
-    def _shots_and_pairs(self, task: ClipTask, info, video: decode.Video, first: int, stop: Optional[int],
-                         scan_size: tuple[int, int]) -> Iterator[Item]:
+    def _shots_and_pairs(
+        self, task: ClipTask, info, video: decode.Video, first: int, stop: Optional[int], scan_size: tuple[int, int]
+    ) -> Iterator[Item]:
         cfg = self.cfg
         fps, w, h = info.fps, info.width, info.height
         screens: list = []  # the pre-screen's 128-px view of every scanned frame (pairs.prescreen)
@@ -144,16 +164,26 @@ class ClipStage(Stage):
                 if cfg.pairs.prescreen:
                     screens.append(np.rint(pairs.screen_frame(small)).astype(np.uint8))
                 yield i, small
-        cuts = shots.detect_cuts(scanned(), fps, cfg.shots.detector, cfg.shots.threshold,
-                                 min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))))
+
+        cuts = shots.detect_cuts(
+            scanned(),
+            fps,
+            cfg.shots.detector,
+            cfg.shots.threshold,
+            min_scene_len=max(1, int(round(cfg.shots.min_shot_s * fps / 2))),
+        )
         # frame counts from headers are not trusted: only what really decoded is used
         n_frames = video.n_frames
         if n_frames - first < 2:
             what = f"of frames {first}-{stop if stop is not None else 'end'}" if task.split else "frame(s)"
             why = "; ".join(x for x in (video.error, _ffmpeg_errors(video)) if x)
-            yield clip_reject(task, "decode", "too_few_frames",
-                              f"decoded {n_frames - first} {what} (the header says {info.n_frames} frames)"
-                              + (f": {why}" if why else ""))
+            yield clip_reject(
+                task,
+                "decode",
+                "too_few_frames",
+                f"decoded {n_frames - first} {what} (the header says {info.n_frames} frames)"
+                + (f": {why}" if why else ""),
+            )
             return
         self._counts = {"n_frames_header": info.n_frames, "n_frames_decoded": n_frames, "decoder": "pyav"}
         if task.split:
@@ -163,8 +193,12 @@ class ClipStage(Stage):
         shot_ids = {}
         all_shots = sorted([(a, b, None) for a, b in kept] + [(a, b, d) for a, b, d in short])
         if len(all_shots) > SHOTS_PER_UNIT:
-            yield clip_reject(task, "shots", "too_many_shots",
-                              f"{len(all_shots)} shots > {SHOTS_PER_UNIT} in one work unit; lower input.unit_s")
+            yield clip_reject(
+                task,
+                "shots",
+                "too_many_shots",
+                f"{len(all_shots)} shots > {SHOTS_PER_UNIT} in one work unit; lower input.unit_s",
+            )
             return
         for k, (a, b, d) in enumerate(all_shots, start=task.shot_base):
             if d is not None:
@@ -182,32 +216,46 @@ class ClipStage(Stage):
                 try:
                     fr = video.read(static_camera.sample_indices(a, b, cfg.static_camera.samples), (aw, ah))
                 except decode.InexactFrame as e:
-                    yield clip_reject(task, "decode", "decode_inexact", str(e)[:500], "shot",
-                                      f"{task.clip_id}_s{k:03d}")
+                    yield clip_reject(
+                        task, "decode", "decode_inexact", str(e)[:500], "shot", f"{task.clip_id}_s{k:03d}"
+                    )
                     continue
                 score = static_camera.camera_motion_score(fr, cfg.static_camera.min_inliers)
                 if not score["tracked"]:
-                    yield clip_reject(task, "static_camera", "camera_motion_unknown",
-                                      f"too few trackable points (inliers {score['inliers']})", "shot",
-                                      f"{task.clip_id}_s{k:03d}")
+                    yield clip_reject(
+                        task,
+                        "static_camera",
+                        "camera_motion_unknown",
+                        f"too few trackable points (inliers {score['inliers']})",
+                        "shot",
+                        f"{task.clip_id}_s{k:03d}",
+                    )
                     continue
                 if score["score"] > cfg.static_camera.max_shift:
-                    yield clip_reject(task, "static_camera", "camera_moving",
-                                      f"score {score['score']:.4f} > {cfg.static_camera.max_shift}", "shot",
-                                      f"{task.clip_id}_s{k:03d}")
+                    yield clip_reject(
+                        task,
+                        "static_camera",
+                        "camera_moving",
+                        f"score {score['score']:.4f} > {cfg.static_camera.max_shift}",
+                        "shot",
+                        f"{task.clip_id}_s{k:03d}",
+                    )
                     continue
             static.append((k, a, b, score["score"]))
 
         # --- pairs (seeded per clip and shot) and decode of just the frames needed
         self._report("pairs")
         dsize = decode.decode_size(w, h, cfg.frame)
+
         def keep(i: int, j: int) -> bool:  # the pre-screen: a visible, local change between frames i and j
-            return pairs.screen_pair(screens[i - first].astype(np.float32), screens[j - first].astype(np.float32),
-                                     cfg.pairs)[0]
+            return pairs.screen_pair(
+                screens[i - first].astype(np.float32), screens[j - first].astype(np.float32), cfg.pairs
+            )[0]
 
         for k, a, b, score in static:
-            specs, why = pairs.sample_pairs(a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k),
-                                            keep=keep if screens else None)
+            specs, why = pairs.sample_pairs(
+                a, b, fps, cfg.pairs, rng_for(cfg.seed, task.clip_id, "shot", k), keep=keep if screens else None
+            )
             if why:
                 reason = "no_visible_change" if "pairs.prescreen" in why else "no_valid_pair"
                 yield clip_reject(task, "pairs", reason, why, "shot", f"{task.clip_id}_s{k:03d}")
@@ -220,8 +268,14 @@ class ClipStage(Stage):
                     yield self._pair_item(task, video, dsize, info, k, (a, b), score, sp)
                 except decode.InexactFrame as e:
                     self.rejected[k] += 1  # a spare may replace it
-                    yield clip_reject(task, "decode", "decode_inexact", str(e)[:500], "pair",
-                                      pair_key(task.clip_id, k, sp.src, sp.tgt))
+                    yield clip_reject(
+                        task,
+                        "decode",
+                        "decode_inexact",
+                        str(e)[:500],
+                        "pair",
+                        pair_key(task.clip_id, k, sp.src, sp.tgt),
+                    )
 
     def retry_item(self, it: PairItem, meta: dict, frames) -> Optional[PairItem]:
         """The retry of pair ``it`` (as this stage made it: ``meta``, decoded as ``frames``) at a shorter
@@ -233,17 +287,29 @@ class ClipStage(Stage):
         j = pairs.shorter_target(m["frame_indices"], m["fps"], self.cfg.pairs)
         if j is None:
             return None
-        idx = m["frame_indices"][:j + 1]
+        idx = m["frame_indices"][: j + 1]
         fps = m["fps"]
-        meta = {**m, "tgt_frame": idx[-1], "tgt_time": round(idx[-1] / fps, 6),
-                "dt": round(abs(idx[-1] - idx[0]) / fps, 6), "frame_indices": idx,
-                "retry": m.get("retry", 0) + 1, "retry_of": m.get("retry_of", it.key)}
+        meta = {
+            **m,
+            "tgt_frame": idx[-1],
+            "tgt_time": round(idx[-1] / fps, 6),
+            "dt": round(abs(idx[-1] - idx[0]) / fps, 6),
+            "frame_indices": idx,
+            "retry": m.get("retry", 0) + 1,
+            "retry_of": m.get("retry_of", it.key),
+        }
         key = f"{meta['retry_of']}_r{meta['retry']}"
-        return PairItem(key=key, clip_id=it.clip_id, source=it.source, chunk=it.chunk, clip_idx=it.clip_idx,
-                        meta=meta, arrays={"frames": frames[:j + 1]})
+        return PairItem(
+            key=key,
+            clip_id=it.clip_id,
+            source=it.source,
+            chunk=it.chunk,
+            clip_idx=it.clip_idx,
+            meta=meta,
+            arrays={"frames": frames[: j + 1]},
+        )
 
-    def _pair_item(self, task, video: decode.Video, dsize, info, shot, rng_ab, score, sp: pairs.PairSpec
-                   ) -> PairItem:
+    def _pair_item(self, task, video: decode.Video, dsize, info, shot, rng_ab, score, sp: pairs.PairSpec) -> PairItem:
         cfg = self.cfg
         if sp.sequence:  # flow_advance: start + candidate targets
             idx = [sp.src] + list(sp.sequence)
@@ -252,19 +318,37 @@ class ClipStage(Stage):
         frames = decode.apply_frame_policy(video.read(idx, dsize), cfg.frame)
         fps = info.fps
         meta = {
-            "source": task.source, "clip_id": task.clip_id, "shot": shot,
-            "shot_range": list(rng_ab), "src_frame": sp.src, "tgt_frame": sp.tgt,
-            "src_time": round(sp.src / fps, 6), "tgt_time": round(sp.tgt / fps, 6),
-            "dt": round(abs(sp.tgt - sp.src) / fps, 6), "fps": fps, "reversed": sp.reversed,
-            "frame_indices": idx, "orig_size": [info.width, info.height],
-            "size": [int(frames.shape[2]), int(frames.shape[1])], "codec": info.codec,
-            **self._counts, "decode": {k: v for k, v in video.summary().items() if k in ("errors", "rereads")},
-            "static_score": round(score, 6), "seed": cfg.seed, "policy": cfg.pairs.policy,
+            "source": task.source,
+            "clip_id": task.clip_id,
+            "shot": shot,
+            "shot_range": list(rng_ab),
+            "src_frame": sp.src,
+            "tgt_frame": sp.tgt,
+            "src_time": round(sp.src / fps, 6),
+            "tgt_time": round(sp.tgt / fps, 6),
+            "dt": round(abs(sp.tgt - sp.src) / fps, 6),
+            "fps": fps,
+            "reversed": sp.reversed,
+            "frame_indices": idx,
+            "orig_size": [info.width, info.height],
+            "size": [int(frames.shape[2]), int(frames.shape[1])],
+            "codec": info.codec,
+            **self._counts,
+            "decode": {k: v for k, v in video.summary().items() if k in ("errors", "rereads")},
+            "static_score": round(score, 6),
+            "seed": cfg.seed,
+            "policy": cfg.pairs.policy,
             "versions": _versions(),
         }
         if sp.sequence:
             meta["advance_guess"] = sp.guess
             meta["advance_rule"] = pairs.advance_rule(cfg.pairs)  # the flow stage applies it (and drops it)
-        return PairItem(key=pair_key(task.clip_id, shot, sp.src, sp.tgt), clip_id=task.clip_id,
-                        source=task.source, chunk=task.chunk, clip_idx=task.clip_idx, meta=meta,
-                        arrays={"frames": frames})
+        return PairItem(
+            key=pair_key(task.clip_id, shot, sp.src, sp.tgt),
+            clip_id=task.clip_id,
+            source=task.source,
+            chunk=task.chunk,
+            clip_idx=task.clip_idx,
+            meta=meta,
+            arrays={"frames": frames},
+        )

@@ -20,6 +20,7 @@ frame). Here:
 :class:`CoarseStage` batches the splat over pairs of equal size (``coarse.batch_size``) on
 ``coarse.device`` (``cpu`` | ``cuda`` | ``auto``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,24 +40,32 @@ __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage"]
 @dataclass
 class CoarseConfig:
     """The coarse edit: the source softmax-splatted along the flow, with its hole mask."""
+
     enabled: bool = knob(True, "coarse.png + coarse_mask.png")
     mode: Literal["sum", "avg", "linear", "soft"] = knob("soft", "splatting mode")
-    min_coverage: Optional[float] = knob(0.6, "reject pairs whose non-hole fraction is below this; null: keep all",
-                                         unit="frac", ge=0, le=1)
+    min_coverage: Optional[float] = knob(
+        0.6, "reject pairs whose non-hole fraction is below this; null: keep all", unit="frac", ge=0, le=1
+    )
     hole_rule: Literal["density", "alpha"] = knob(
-        "density", "density (ours): a pixel is a hole when the sum-splatted bilinear density of the source is <= "
-                   "hole_thresh (stretched content, e.g. a zoom, leaves holes); alpha (Magic Fixup): softmax-splat "
-                   "an alpha of ones with the image's weights, a hole where it is <= hole_thresh (only where "
-                   "nothing lands)")
+        "density",
+        "density (ours): a pixel is a hole when the sum-splatted bilinear density of the source is <= "
+        "hole_thresh (stretched content, e.g. a zoom, leaves holes); alpha (Magic Fixup): softmax-splat "
+        "an alpha of ones with the image's weights, a hole where it is <= hole_thresh (only where "
+        "nothing lands)",
+    )
     hole_thresh: float = knob(0.5, "the hole threshold of hole_rule", ge=0, lt=1)
     device: str = knob("cpu", "cpu | cuda | cuda:N | auto")
     batch_size: int = knob(8, "pairs of equal size splatted together", ge=1)
-    mask_inconsistent: bool = knob(True, "do not splat forward-backward inconsistent pixels (flow.fb_mask): they "
-                                         "become holes, not ghost copies")
+    mask_inconsistent: bool = knob(
+        True, "do not splat forward-backward inconsistent pixels (flow.fb_mask): they become holes, not ghost copies"
+    )
 
     def check(self, prefix: str = "coarse") -> None:
-        need(self.device in ("cpu", "cuda", "auto") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
-             f"{prefix}.device", f"must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        need(
+            self.device in ("cpu", "cuda", "auto") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+            f"{prefix}.device",
+            f"must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}",
+        )
 
 
 def _to_tensor_images(a: np.ndarray, dev):
@@ -65,8 +74,16 @@ def _to_tensor_images(a: np.ndarray, dev):
     return torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, tgt: Optional[np.ndarray] = None,
-                      hole_thresh: float = 0.5, device: str = "cpu", hole_rule: str = "density"):
+def coarse_edit_batch(
+    src: np.ndarray,
+    flow: np.ndarray,
+    mode: str = "soft",
+    *,
+    tgt: Optional[np.ndarray] = None,
+    hole_thresh: float = 0.5,
+    device: str = "cpu",
+    hole_rule: str = "density",
+):
     """Batched :func:`coarse_edit`: ``src`` / ``tgt`` (B, H, W, 3) uint8, ``flow`` (B, H, W, 2) src -> tgt.
 
     Returns ``(coarse (B, H, W, 3) uint8, hole_mask (B, H, W) uint8 (255 = hole), coverage (B,) float64)``.
@@ -105,21 +122,33 @@ def coarse_edit_batch(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, 
         img = out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         img = img.masked_fill(holes[..., None], 0)
         coverage = 1.0 - holes.flatten(1).float().mean(dim=1) if holes[0].numel() else torch.zeros(len(src))
-        return (img.cpu().numpy(), holes.to(torch.uint8).mul_(255).cpu().numpy(),
-                coverage.double().cpu().numpy())
+        return (img.cpu().numpy(), holes.to(torch.uint8).mul_(255).cpu().numpy(), coverage.double().cpu().numpy())
 
 
-def coarse_edit(src: np.ndarray, flow: np.ndarray, mode: str = "soft", *, tgt: Optional[np.ndarray] = None,
-                hole_thresh: float = 0.5, device: str = "cpu",
-                hole_rule: str = "density") -> tuple[np.ndarray, np.ndarray, float]:
+def coarse_edit(
+    src: np.ndarray,
+    flow: np.ndarray,
+    mode: str = "soft",
+    *,
+    tgt: Optional[np.ndarray] = None,
+    hole_thresh: float = 0.5,
+    device: str = "cpu",
+    hole_rule: str = "density",
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Splat ``src`` (H, W, 3) uint8 along ``flow`` (H, W, 2, src -> tgt) to the target layout.
 
     ``tgt`` (H, W, 3) uint8 is needed by ``soft`` / ``linear`` (the Magic Fixup metric). Returns
     ``(coarse (H, W, 3) uint8, hole_mask (H, W) uint8 255 = hole, coverage float)``.
     """
-    img, holes, cov = coarse_edit_batch(np.asarray(src)[None], np.asarray(flow)[None], mode,
-                                        tgt=None if tgt is None else np.asarray(tgt)[None],
-                                        hole_thresh=hole_thresh, device=device, hole_rule=hole_rule)
+    img, holes, cov = coarse_edit_batch(
+        np.asarray(src)[None],
+        np.asarray(flow)[None],
+        mode,
+        tgt=None if tgt is None else np.asarray(tgt)[None],
+        hole_thresh=hole_thresh,
+        device=device,
+        hole_rule=hole_rule,
+    )
     return img[0], holes[0], float(cov[0])
 
 
@@ -151,8 +180,13 @@ class CoarseStage(PairStage):
         c = self.c
         it.arrays["coarse"] = img
         it.arrays["coarse_mask"] = holes
-        it.meta["coarse"] = {"coverage": round(cov, 5), "hole_frac": round(1.0 - cov, 5), "mode": c.mode,
-                             "hole_rule": c.hole_rule, "hole_thresh": c.hole_thresh}
+        it.meta["coarse"] = {
+            "coverage": round(cov, 5),
+            "hole_frac": round(1.0 - cov, 5),
+            "mode": c.mode,
+            "hole_rule": c.hole_rule,
+            "hole_thresh": c.hole_thresh,
+        }
         if c.min_coverage is not None and cov < c.min_coverage:  # the other signals go on
             del it.arrays["coarse"], it.arrays["coarse_mask"]
             return drop_signal(it, self.name, "coarse", "low_coverage", f"coverage {cov:.3f} < {c.min_coverage}")
@@ -170,13 +204,14 @@ class CoarseStage(PairStage):
                 groups.setdefault(it.arrays["src"].shape, []).append(it)
         for group in groups.values():
             for k in range(0, len(group), c.batch_size):
-                chunk = group[k:k + c.batch_size]
+                chunk = group[k : k + c.batch_size]
                 try:
                     src = np.stack([it.arrays["src"] for it in chunk])
                     tgt = np.stack([it.arrays["tgt"] for it in chunk])
                     flow = np.stack([self._splat_flow(it) for it in chunk])
-                    img, holes, cov = coarse_edit_batch(src, flow, c.mode, tgt=tgt, hole_thresh=c.hole_thresh,
-                                                        device=c.device, hole_rule=c.hole_rule)
+                    img, holes, cov = coarse_edit_batch(
+                        src, flow, c.mode, tgt=tgt, hole_thresh=c.hole_thresh, device=c.device, hole_rule=c.hole_rule
+                    )
                 except Exception as e:  # e.g. CUDA requested but unavailable, out of memory
                     reason = "device_unavailable" if "CUDA is not available" in str(e) else "stage_error"
                     for it in chunk:

@@ -34,6 +34,7 @@ depth, residuals, hole fraction; no timings, so reruns write identical samples),
 drags of :mod:`stages.region_drag`
 (``meta["region_drag"]``, ``arrays["region_masks"]``).
 """
+
 from __future__ import annotations
 
 import time
@@ -52,16 +53,25 @@ from vid2pair.stages.region_drag import RegionDragConfig, region_drags
 from vid2pair.stages.segment import segment_pixels
 from vid2pair.stages.splat import check_pair_arrays
 
-__all__ = ["CollageConfig", "SegmentFit", "fit_segments", "composite", "make_collage", "CollageStage",
-           "segment_median_flow"]
+__all__ = [
+    "CollageConfig",
+    "SegmentFit",
+    "fit_segments",
+    "composite",
+    "make_collage",
+    "CollageStage",
+    "segment_median_flow",
+]
 
 
 @dataclass
 class CollageConfig:
     """The collage: per-segment similarity transforms composited back to front, with its hole mask."""
+
     enabled: bool = knob(True, "collage.png + collage_mask.png (+ region drags)")
-    segmenter: Literal["felzenszwalb", "slic", "sam"] = knob("felzenszwalb", "felzenszwalb | slic (weight-free) | "
-                                                                            "sam (segment-anything, weights)")
+    segmenter: Literal["felzenszwalb", "slic", "sam"] = knob(
+        "felzenszwalb", "felzenszwalb | slic (weight-free) | sam (segment-anything, weights)"
+    )
     sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = knob("vit_b", "SAM backbone")
     sam_checkpoint: Optional[str] = knob(None, "explicit SAM .pth; default: the model cache (sam_<type>)")
     points_per_side: int = knob(32, "SAM automatic mask generator grid", ge=1)
@@ -71,30 +81,44 @@ class CollageConfig:
     fz_min_size: int = knob(50, "Felzenszwalb minimum component (rescaled with the frame)", unit="px@240", ge=1)
     slic_segments: int = knob(150, "SLIC: approximate number of superpixels", ge=1)
     slic_compactness: float = knob(10.0, "SLIC: colour vs space trade-off", gt=0)
-    segment_short_side: Optional[int] = knob(288, "weight-free segmenters run at <= this short side; null: full size",
-                                             unit="px", ge=32)
-    flow_weight: float = knob(1.0, "weight of a 1-px flow difference (at 240 px) vs a full-range colour difference",
-                              ge=0)
+    segment_short_side: Optional[int] = knob(
+        288, "weight-free segmenters run at <= this short side; null: full size", unit="px", ge=32
+    )
+    flow_weight: float = knob(
+        1.0, "weight of a 1-px flow difference (at 240 px) vs a full-range colour difference", ge=0
+    )
     depth: Literal["occlusion", "dpt"] = knob("occlusion", "occlusion (weight-free order) | dpt (MiDaS, weights)")
-    dpt_model: Literal["dpt_hybrid_midas", "dpt_large"] = knob("dpt_hybrid_midas", "which MiDaS DPT (registry "
-                                                                                   "entry; Magic Fixup: dpt_large)")
+    dpt_model: Literal["dpt_hybrid_midas", "dpt_large"] = knob(
+        "dpt_hybrid_midas", "which MiDaS DPT (registry entry; Magic Fixup: dpt_large)"
+    )
     dpt_weights: Optional[str] = knob(None, "local DPT directory; default: the model cache (collage.dpt_model)")
     fit_samples: int = knob(50, "pixels per segment for the similarity fit (Magic Fixup: 50)", ge=3)
-    ransac_thresh: float = knob(3.0, "RANSAC reprojection threshold (OpenCV's default, as Magic Fixup)", unit="px",
-                                gt=0)
-    min_inlier_frac: float = knob(0.3, "below this a fit is rejected and the segment is flow-splatted", unit="frac",
-                                  ge=0, le=1)
-    hole_thresh: float = knob(0.5, "a pixel no segment covers is a hole when its splatted density is <= this",
-                              ge=0, lt=1)
-    erode_px: int = knob(0, "erode each warped segment's alpha by a (2r+1)^2 square before compositing (Magic "
-                            "Fixup: 1, a 3x3 erosion)", unit="px", ge=0)
+    ransac_thresh: float = knob(
+        3.0, "RANSAC reprojection threshold (OpenCV's default, as Magic Fixup)", unit="px", gt=0
+    )
+    min_inlier_frac: float = knob(
+        0.3, "below this a fit is rejected and the segment is flow-splatted", unit="frac", ge=0, le=1
+    )
+    hole_thresh: float = knob(
+        0.5, "a pixel no segment covers is a hole when its splatted density is <= this", ge=0, lt=1
+    )
+    erode_px: int = knob(
+        0,
+        "erode each warped segment's alpha by a (2r+1)^2 square before compositing (Magic Fixup: 1, a 3x3 erosion)",
+        unit="px",
+        ge=0,
+    )
     device: str = knob("auto", "SAM / DPT device: auto | cpu | cuda | cuda:N")
-    num_gpus: float = knob(0.0, "GPUs per collage actor in the Ray runner (SAM / DPT); the weight-free "
-                                "backends never ask for one", ge=0)
+    num_gpus: float = knob(
+        0.0, "GPUs per collage actor in the Ray runner (SAM / DPT); the weight-free backends never ask for one", ge=0
+    )
 
     def check(self, prefix: str = "collage") -> None:
-        need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), f"{prefix}.device",
-             f"{self.device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
+        need(
+            self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
+            f"{prefix}.device",
+            f"{self.device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']",
+        )
 
 
 @dataclass
@@ -113,9 +137,17 @@ class SegmentFit:
     def to_meta(self) -> dict:
         t = None if self.transform is None else [[round(float(v), 5) for v in row] for row in self.transform]
         r = None if not np.isfinite(self.residual_px) else round(float(self.residual_px), 4)
-        return {"id": int(self.id), "area": int(self.area), "transform": t, "depth": round(float(self.depth), 5),
-                "residual_px": r, "inliers": int(self.inliers), "samples": int(self.samples),
-                "median_flow_px": round(float(self.median_flow_px), 4), "status": self.status}
+        return {
+            "id": int(self.id),
+            "area": int(self.area),
+            "transform": t,
+            "depth": round(float(self.depth), 5),
+            "residual_px": r,
+            "inliers": int(self.inliers),
+            "samples": int(self.samples),
+            "median_flow_px": round(float(self.median_flow_px), 4),
+            "status": self.status,
+        }
 
 
 def segment_median_flow(flow: np.ndarray, pix: np.ndarray) -> float:
@@ -133,8 +165,12 @@ def fit_similarity(pts: np.ndarray, dst: np.ndarray, thresh: float) -> tuple[Opt
     """RANSAC similarity ``pts -> dst`` (N, 2); returns (2x3 float64 or None, number of inliers)."""
     if len(pts) < 2:
         return None, 0
-    A, inl = cv2.estimateAffinePartial2D(np.ascontiguousarray(pts, np.float32), np.ascontiguousarray(dst, np.float32),
-                                         method=cv2.RANSAC, ransacReprojThreshold=float(thresh))
+    A, inl = cv2.estimateAffinePartial2D(
+        np.ascontiguousarray(pts, np.float32),
+        np.ascontiguousarray(dst, np.float32),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=float(thresh),
+    )
     if A is None:
         return None, 0
     return A.astype(np.float64), int(inl.sum()) if inl is not None else 0
@@ -146,9 +182,18 @@ def residual_px(A: np.ndarray, xy: np.ndarray, f: np.ndarray) -> float:
     return float(np.median(np.hypot(*(q - xy - f).T))) if len(xy) else float("nan")
 
 
-def fit_segments(labels: np.ndarray, flow: np.ndarray, *, fit_samples: int = 50, ransac_thresh: float = 3.0,
-                 min_inlier_frac: float = 0.3, min_area: int = 0, rng: Optional[np.random.Generator] = None,
-                 residual_samples: int = 4096, valid: Optional[np.ndarray] = None) -> list[SegmentFit]:
+def fit_segments(
+    labels: np.ndarray,
+    flow: np.ndarray,
+    *,
+    fit_samples: int = 50,
+    ransac_thresh: float = 3.0,
+    min_inlier_frac: float = 0.3,
+    min_area: int = 0,
+    rng: Optional[np.random.Generator] = None,
+    residual_samples: int = 4096,
+    valid: Optional[np.ndarray] = None,
+) -> list[SegmentFit]:
     """One similarity per segment of ``labels`` (see the module docstring). Never raises on a
     degenerate segment: it gets ``transform=None`` and a ``status`` instead. ``valid``: (H, W) bool,
     where the flow is forward-backward consistent; a segment's fit samples are drawn there when at
@@ -238,9 +283,19 @@ def _splat_leftover(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, leftover
     return (out[0].permute(1, 2, 0).cpu().numpy() * 255.0).astype(np.float32), dens[0, 0].cpu().numpy()
 
 
-def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, fits: list[SegmentFit],
-              order: list[int], disparity: Optional[np.ndarray] = None, *, hole_thresh: float = 0.5,
-              device: str = "cpu", erode_px: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def composite(
+    src: np.ndarray,
+    tgt: np.ndarray,
+    flow: np.ndarray,
+    labels: np.ndarray,
+    fits: list[SegmentFit],
+    order: list[int],
+    disparity: Optional[np.ndarray] = None,
+    *,
+    hole_thresh: float = 0.5,
+    device: str = "cpu",
+    erode_px: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Warp kept segments back to front with a z-buffer, splat the rest.
 
     Returns ``(collage (H, W, 3) uint8, hole mask (H, W) uint8 255 = hole, owner, info)``;
@@ -282,19 +337,25 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
         stack = [src_f[sy0:sy1, sx0:sx1], mask[..., None]]
         if disparity is not None:
             stack.append(np.asarray(disparity, np.float32)[sy0:sy1, sx0:sx1, None])
-        warped = cv2.warpAffine(np.ascontiguousarray(np.concatenate(stack, axis=-1)), B, (rw, rh),
-                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        warped = cv2.warpAffine(
+            np.ascontiguousarray(np.concatenate(stack, axis=-1)),
+            B,
+            (rw, rh),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         m = warped[..., 3] > 0.5
         if erode_px > 0:
             m = cv2.erode(m.astype(np.uint8), np.ones((2 * erode_px + 1,) * 2, np.uint8)) > 0
         z = warped[..., 4] if disparity is not None else np.full((rh, rw), rank[k], np.float32)
-        zr = zbuf[y0:y0 + rh, x0:x0 + rw]
+        zr = zbuf[y0 : y0 + rh, x0 : x0 + rw]
         win = m & (z >= zr)
-        canvas[y0:y0 + rh, x0:x0 + rw][win] = warped[..., :3][win]
+        canvas[y0 : y0 + rh, x0 : x0 + rw][win] = warped[..., :3][win]
         zr[win] = z[win]
-        covered[y0:y0 + rh, x0:x0 + rw] |= win
-        owner[y0:y0 + rh, x0:x0 + rw][win] = k
-        hr = hits[y0:y0 + rh, x0:x0 + rw]
+        covered[y0 : y0 + rh, x0 : x0 + rw] |= win
+        owner[y0 : y0 + rh, x0 : x0 + rw][win] = k
+        hr = hits[y0 : y0 + rh, x0 : x0 + rw]
         hr[m] = np.minimum(hr[m], 254) + 1
     leftover = np.ones(h * w, bool)
     for k, fit in enumerate(fits):
@@ -309,15 +370,28 @@ def composite(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.nda
     hole = ~(covered | filled)
     canvas[hole] = 0.0
     out = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    info = {"segment_px": int(covered.sum()), "splat_px": int(filled.sum()), "leftover_src_px": int(leftover.sum()),
-            "contested_px": int((hits >= 2).sum())}
+    info = {
+        "segment_px": int(covered.sum()),
+        "splat_px": int(filled.sum()),
+        "leftover_src_px": int(leftover.sum()),
+        "contested_px": int((hits >= 2).sum()),
+    }
     return out, (hole.astype(np.uint8) * 255), owner, info
 
 
-def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.ndarray, *,
-                 depth_model: Any = None, cfg: Any = None, moving_px: float = 1.0,
-                 rng: Optional[np.random.Generator] = None, device: str = "cpu",
-                 valid: Optional[np.ndarray] = None) -> dict:
+def make_collage(
+    src: np.ndarray,
+    tgt: np.ndarray,
+    flow: np.ndarray,
+    labels: np.ndarray,
+    *,
+    depth_model: Any = None,
+    cfg: Any = None,
+    moving_px: float = 1.0,
+    rng: Optional[np.random.Generator] = None,
+    device: str = "cpu",
+    valid: Optional[np.ndarray] = None,
+) -> dict:
     """The whole collage for one pair, given the segment label map. ``cfg``: a :class:`CollageConfig`.
 
     Returns ``{"collage", "mask", "owner", "fits", "order", "disparity", "meta", "ms"}``: ``meta`` is
@@ -327,16 +401,25 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
 
     cfg = cfg or CollageConfig()
     t0 = time.perf_counter()
-    fits = fit_segments(labels, flow, fit_samples=cfg.fit_samples, ransac_thresh=cfg.ransac_thresh,
-                        min_inlier_frac=cfg.min_inlier_frac, min_area=cfg.min_area, rng=rng, valid=valid)
+    fits = fit_segments(
+        labels,
+        flow,
+        fit_samples=cfg.fit_samples,
+        ransac_thresh=cfg.ransac_thresh,
+        min_inlier_frac=cfg.min_inlier_frac,
+        min_area=cfg.min_area,
+        rng=rng,
+        valid=valid,
+    )
     t1 = time.perf_counter()
     n = len(fits)
     depth_info: dict = {"backend": "occlusion" if depth_model is None else "dpt"}
     disp_map = None
     if depth_model is None:
         moving = [f.median_flow_px > moving_px for f in fits]
-        order, info = occlusion_order(src, tgt, labels, [f.transform for f in fits], moving,
-                                      pixels=segment_pixels(labels, n))
+        order, info = occlusion_order(
+            src, tgt, labels, [f.transform for f in fits], moving, pixels=segment_pixels(labels, n)
+        )
         depth_info.update(info)
         per_seg = order_to_disparity(order, n)
     else:
@@ -347,18 +430,33 @@ def make_collage(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, labels: np.
     for k, f in enumerate(fits):
         f.depth = float(per_seg[k])
     t2 = time.perf_counter()
-    collage, mask, owner, cinfo = composite(src, tgt, flow, labels, fits, order, disp_map, hole_thresh=cfg.hole_thresh,
-                                            device=device, erode_px=cfg.erode_px)
+    collage, mask, owner, cinfo = composite(
+        src, tgt, flow, labels, fits, order, disp_map, hole_thresh=cfg.hole_thresh, device=device, erode_px=cfg.erode_px
+    )
     t3 = time.perf_counter()
     hole_frac = float((mask > 0).mean())
     status: dict = {}
     for f in fits:
         status[f.status] = status.get(f.status, 0) + 1
-    meta = {"segments": [f.to_meta() for f in fits], "hole_frac": round(hole_frac, 6), "n_segments": n,
-            "status_counts": status, "depth": depth_info, **cinfo}
+    meta = {
+        "segments": [f.to_meta() for f in fits],
+        "hole_frac": round(hole_frac, 6),
+        "n_segments": n,
+        "status_counts": status,
+        "depth": depth_info,
+        **cinfo,
+    }
     ms = {"fit": (t1 - t0) * 1e3, "depth": (t2 - t1) * 1e3, "composite": (t3 - t2) * 1e3}
-    return {"collage": collage, "mask": mask, "owner": owner, "fits": fits, "order": order, "disparity": disp_map,
-            "meta": meta, "ms": ms}
+    return {
+        "collage": collage,
+        "mask": mask,
+        "owner": owner,
+        "fits": fits,
+        "order": order,
+        "disparity": disp_map,
+        "meta": meta,
+        "ms": ms,
+    }
 
 
 class CollageStage(PairStage):
@@ -367,10 +465,16 @@ class CollageStage(PairStage):
     name = "collage"
     sections = {"collage": CollageConfig, "region_drag": RegionDragConfig}
     reads = ("src", "tgt", "flow", "flow_valid", "rematched_src")
-    writes = (Member("collage.png", "collage", "png"), Member("collage_mask.png", "collage_mask", "png"),
-              Member("region_drag.json", "region_drag", "json"), Member("region_masks.png", "region_masks", "png"))
-    signals = (Signal("collage", ("collage.png", "collage_mask.png"), "collage.enabled"),
-               Signal("region_drag", ("region_drag.json", "region_masks.png"), "region_drag.enabled"))
+    writes = (
+        Member("collage.png", "collage", "png"),
+        Member("collage_mask.png", "collage_mask", "png"),
+        Member("region_drag.json", "region_drag", "json"),
+        Member("region_masks.png", "region_masks", "png"),
+    )
+    signals = (
+        Signal("collage", ("collage.png", "collage_mask.png"), "collage.enabled"),
+        Signal("region_drag", ("region_drag.json", "region_masks.png"), "region_drag.enabled"),
+    )
 
     @staticmethod
     def _uses_model(c: CollageConfig) -> bool:
@@ -388,13 +492,21 @@ class CollageStage(PairStage):
         c = cfg.collage
         out = []
         if c.segmenter == "sam":
-            out += [Need("weights", f"sam_{c.sam_model_type}", "collage.segmenter=sam", path=c.sam_checkpoint,
-                         path_key="collage.sam_checkpoint"),
-                    Need("extra", "segment_anything", "collage.segmenter=sam", extra="collage")]
+            out += [
+                Need(
+                    "weights",
+                    f"sam_{c.sam_model_type}",
+                    "collage.segmenter=sam",
+                    path=c.sam_checkpoint,
+                    path_key="collage.sam_checkpoint",
+                ),
+                Need("extra", "segment_anything", "collage.segmenter=sam", extra="collage"),
+            ]
         if c.depth == "dpt":
-            out += [Need("weights", c.dpt_model, "collage.depth=dpt", path=c.dpt_weights,
-                         path_key="collage.dpt_weights"),
-                    Need("extra", "transformers", "collage.depth=dpt", extra="collage")]
+            out += [
+                Need("weights", c.dpt_model, "collage.depth=dpt", path=c.dpt_weights, path_key="collage.dpt_weights"),
+                Need("extra", "transformers", "collage.depth=dpt", extra="collage"),
+            ]
         return out
 
     def __init__(self, cfg, *, sam_model: Any = None, dpt_model: Any = None, dpt_processor: Any = None):
@@ -427,8 +539,10 @@ class CollageStage(PairStage):
         try:
             _ = self.segmenter, self.depth
         except Exception as e:  # missing weights / extra: every pair is recorded with the reason
-            return [pair_reject(it, "collage", "collage_backend_unavailable", f"{type(e).__name__}: {e}"[:500])
-                    for it in items]
+            return [
+                pair_reject(it, "collage", "collage_backend_unavailable", f"{type(e).__name__}: {e}"[:500])
+                for it in items
+            ]
         return super().process(items)
 
     def one(self, it):
@@ -445,9 +559,18 @@ class CollageStage(PairStage):
                 labels = split_segments(labels, pieces)
             rng = rng_for(self.cfg.seed, it.key, "collage")
             moving_px = self.rcfg.moving_px * min(src.shape[:2]) / self.rcfg.reference_short_side
-            res = make_collage(src, tgt, flow, labels, depth_model=self.depth, cfg=self.ccfg, moving_px=moving_px,
-                               rng=rng, device=str(resolve_device(self.ccfg.device)),
-                               valid=it.arrays.get("flow_valid"))
+            res = make_collage(
+                src,
+                tgt,
+                flow,
+                labels,
+                depth_model=self.depth,
+                cfg=self.ccfg,
+                moving_px=moving_px,
+                rng=rng,
+                device=str(resolve_device(self.ccfg.device)),
+                valid=it.arrays.get("flow_valid"),
+            )
             meta = res["meta"]  # no timings: reruns must write identical samples
             meta["segmenter"] = getattr(self.segmenter, "version", self.ccfg.segmenter)
             if self._depth is not None:

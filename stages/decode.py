@@ -25,6 +25,7 @@ primes the decoder with the stream's first frame and the reads keep that decoder
 FFmpeg's own log never reaches the terminal: its error lines are counted per video
 (:attr:`Video.errors`), and the clip stage reports them (meta ``decode``, ``summary.json``).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -45,22 +46,31 @@ from vid2pair.core.spec import knob, need
 @dataclass
 class FrameConfig:
     """Resize/crop policy applied to decoded frames before flow and storage."""
+
     mode: Literal["none", "resize", "short_side_crop"] = knob(
-        "none", "none (the decoded size, at most max_decode_side) | resize (cover + centre crop to size) | "
-                "short_side_crop (short side to short_side, "
-                  "then centre crop to size)")
-    size: Optional[list[int]] = knob(None, "[H, W] of the stored frames (resize, short_side_crop)", unit="px",
-                                     items_ge=16)
-    short_side: Optional[int] = knob(None, "short_side_crop: the short side is resized to this first", unit="px",
-                                     ge=16)
+        "none",
+        "none (the decoded size, at most max_decode_side) | resize (cover + centre crop to size) | "
+        "short_side_crop (short side to short_side, "
+        "then centre crop to size)",
+    )
+    size: Optional[list[int]] = knob(
+        None, "[H, W] of the stored frames (resize, short_side_crop)", unit="px", items_ge=16
+    )
+    short_side: Optional[int] = knob(None, "short_side_crop: the short side is resized to this first", unit="px", ge=16)
     max_decode_side: int = knob(4096, "larger videos are decoded at reduced size (bounded memory)", unit="px", ge=64)
 
     def check(self, prefix: str = "frame") -> None:
         need(self.size is None or len(self.size) == 2, f"{prefix}.size", "must be [H, W]")
-        need(self.mode == "none" or self.size is not None, f"{prefix}.size",
-             f"is required when {prefix}.mode is {self.mode!r}")
-        need(self.mode != "short_side_crop" or (self.short_side or 0) >= max(self.size or [0]),
-             f"{prefix}.short_side", "must be set and >= max(frame.size) for short_side_crop")
+        need(
+            self.mode == "none" or self.size is not None,
+            f"{prefix}.size",
+            f"is required when {prefix}.mode is {self.mode!r}",
+        )
+        need(
+            self.mode != "short_side_crop" or (self.short_side or 0) >= max(self.size or [0]),
+            f"{prefix}.short_side",
+            "must be set and >= max(frame.size) for short_side_crop",
+        )
 
 
 class DecodeError(RuntimeError):
@@ -72,6 +82,7 @@ class InexactFrame(DecodeError):
 
 
 # ---------------------------------------------------------------- FFmpeg's log: counted, never printed
+
 
 class _ErrorCount(logging.Handler):
     """Counts FFmpeg's error lines (PyAV forwards them to the ``libav`` logger) and keeps the last."""
@@ -122,12 +133,22 @@ def _fingerprint(small: np.ndarray) -> tuple[bytes, np.ndarray]:
 
 #: 8-bit planar YUV formats the scan scales plane by plane with OpenCV (swscale's area filter costs
 #: about as much as decoding at these sizes); any other format goes through swscale
-_PLANAR_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
-               "yuv411p", "yuv410p"}
+_PLANAR_YUV = {
+    "yuv420p",
+    "yuvj420p",
+    "yuv422p",
+    "yuvj422p",
+    "yuv444p",
+    "yuvj444p",
+    "yuv440p",
+    "yuvj440p",
+    "yuv411p",
+    "yuv410p",
+}
 
 
 def _plane(p) -> np.ndarray:
-    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
 
 
 def _small(frame, width: int, height: int) -> np.ndarray:
@@ -136,8 +157,9 @@ def _small(frame, width: int, height: int) -> np.ndarray:
     which is all a fingerprint needs; not the colour-exact conversion of the stored frames."""
     if frame.format.name not in _PLANAR_YUV:
         return _rgb(frame, width, height)
-    yuv = cv2.merge([cv2.resize(_plane(frame.planes[k]), (width, height), interpolation=cv2.INTER_AREA)
-                     for k in range(3)])
+    yuv = cv2.merge(
+        [cv2.resize(_plane(frame.planes[k]), (width, height), interpolation=cv2.INTER_AREA) for k in range(3)]
+    )
     return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB)
 
 
@@ -263,8 +285,9 @@ class Video:
         self.stats["seeks"] += 1
 
     # -- the scan
-    def scan(self, start: int = 0, stop: Optional[int] = None, size: tuple[int, int] = (128, 96)
-             ) -> Iterator[tuple[int, np.ndarray]]:
+    def scan(
+        self, start: int = 0, stop: Optional[int] = None, size: tuple[int, int] = (128, 96)
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Decode frames ``[start, stop)`` (to the end of the stream without ``stop``) once, in order,
         yielding ``(index, RGB frame at size)``, and learn their fingerprints. ``n_frames`` is then
         the index after the last frame that decoded; ``error`` says what stopped it early."""
@@ -378,8 +401,10 @@ class Video:
         idx = [int(i) for i in indices]
         bad = [i for i in idx if not self.first <= i < self.n_frames]
         if bad:
-            raise IndexError(f"frame indices {bad[:5]} outside the {self.n_frames - self.first} scanned frames "
-                             f"[{self.first}, {self.n_frames})")
+            raise IndexError(
+                f"frame indices {bad[:5]} outside the {self.n_frames - self.first} scanned frames "
+                f"[{self.first}, {self.n_frames})"
+            )
         w, h = size or (self.width, self.height)
         got: dict[int, np.ndarray] = {}
         todo = sorted(set(idx))
@@ -451,8 +476,9 @@ class Video:
             detail = f"frame {i} did not come out" + (f" ({self.error})" if self.error else "")
         self.last_mismatch = detail
         if start is None:
-            raise InexactFrame(f"{detail}, even decoding in order from the scan's start ({self.errors} FFmpeg "
-                               f"error lines)")
+            raise InexactFrame(
+                f"{detail}, even decoding in order from the scan's start ({self.errors} FFmpeg error lines)"
+            )
         self._bad.add(start)
 
     def footage(self, max_frames: int = 2048) -> dict:
@@ -463,9 +489,16 @@ class Video:
 
     def summary(self) -> dict:
         """What decoding this video met and cost, for the sample's meta and ``summary.json``."""
-        out = {"decoder": "pyav", "frames": self.n_frames - self.first, "errors": self.scan_errors,
-               "seek_errors": self.errors - self.scan_errors, "decoded": int(self.stats["decoded"]),
-               "seeks": int(self.stats["seeks"]), "rereads": int(self.stats["rereads"]), "bad_starts": len(self._bad)}
+        out = {
+            "decoder": "pyav",
+            "frames": self.n_frames - self.first,
+            "errors": self.scan_errors,
+            "seek_errors": self.errors - self.scan_errors,
+            "decoded": int(self.stats["decoded"]),
+            "seeks": int(self.stats["seeks"]),
+            "rereads": int(self.stats["rereads"]),
+            "bad_starts": len(self._bad),
+        }
         if self.errors:
             out["last_error"] = self.last_error
         return out
@@ -482,6 +515,7 @@ def open_video(path: str) -> Video:
 
 
 # ---------------------------------------------------------------- sizes and the frame policy
+
 
 def scaled_size(w: int, h: int, target_w: int) -> tuple[int, int]:
     """(w, h) scaled to width ``target_w`` (never up), even sizes for the scaler."""
@@ -523,7 +557,7 @@ def apply_frame_policy(frames: np.ndarray, frame_cfg) -> np.ndarray:
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         frames = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in frames])
     y0, x0 = (nh - th) // 2, (nw - tw) // 2
-    return np.ascontiguousarray(frames[:, y0:y0 + th, x0:x0 + tw])
+    return np.ascontiguousarray(frames[:, y0 : y0 + th, x0 : x0 + tw])
 
 
 def decode_all(path: str, size: Optional[tuple[int, int]] = None) -> np.ndarray:

@@ -33,6 +33,7 @@ z-buffers when it composites warped segments (it sorts segments by the median of
     is measured in ``tests/test_collage.py``. Only the relative order of segments whose warped
     footprints overlap changes the collage, and exactly those pairs have evidence.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,8 +56,15 @@ class DPTDepth:
 
     name = "dpt"
 
-    def __init__(self, weights: Optional[str] = None, *, device: str = "auto", model: Any = None,
-                 processor: Any = None, entry: str = "dpt_hybrid_midas") -> None:
+    def __init__(
+        self,
+        weights: Optional[str] = None,
+        *,
+        device: str = "auto",
+        model: Any = None,
+        processor: Any = None,
+        entry: str = "dpt_hybrid_midas",
+    ) -> None:
         try:
             import transformers
             from transformers import DPTForDepthEstimation, DPTImageProcessor
@@ -98,10 +106,17 @@ def _bottom_prior(pixels: list, h: int, w: int) -> np.ndarray:
     return np.array([np.percentile(p // w, 95) / max(h - 1, 1) if len(p) else 0.0 for p in pixels])
 
 
-def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
-                    transforms: Sequence[Optional[np.ndarray]], moving: Sequence[bool], *,
-                    min_overlap: int = 20, min_contrast: float = 3.0, pixels: Optional[list] = None
-                    ) -> tuple[list[int], dict]:
+def occlusion_order(
+    src: np.ndarray,
+    tgt: np.ndarray,
+    labels: np.ndarray,
+    transforms: Sequence[Optional[np.ndarray]],
+    moving: Sequence[bool],
+    *,
+    min_overlap: int = 20,
+    min_contrast: float = 3.0,
+    pixels: Optional[list] = None,
+) -> tuple[list[int], dict]:
     """Back-to-front order of the segments ``0..n-1`` of ``labels`` (see the module docstring).
 
     ``transforms[k]`` is the 2x3 src->tgt map of segment ``k`` (``None``: not warped, takes no part
@@ -126,7 +141,7 @@ def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
         if roi is None:
             continue
         y0, x0, m = roi
-        cover[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] += m
+        cover[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] += m
         rois[k] = roi
     edges: dict[tuple[int, int], float] = {}  # (behind, front) -> weight
     if (cover >= 2).any():
@@ -135,20 +150,21 @@ def occlusion_order(src: np.ndarray, tgt: np.ndarray, labels: np.ndarray,
         for k in range(n):
             if rois[k] is not None:
                 y0, x0, m = rois[k]
-                if over[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m].any():
+                if over[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]][m].any():
                     cand.append(k)
         err = {}
         for k in cand:
             y0, x0, m = rois[k]
             A = np.asarray(transforms[k], np.float64).copy()
             A[:, 2] -= (x0, y0)
-            warped = cv2.warpAffine(src_f, A, (m.shape[1], m.shape[0]), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REPLICATE)
-            e = np.abs(warped - tgt_f[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]).mean(-1)
+            warped = cv2.warpAffine(
+                src_f, A, (m.shape[1], m.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
+            e = np.abs(warped - tgt_f[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]]).mean(-1)
             err[k] = e
         for a_i, a in enumerate(cand):
             ya, xa, ma = rois[a]
-            for b in cand[a_i + 1:]:
+            for b in cand[a_i + 1 :]:
                 yb, xb, mb = rois[b]
                 y0, x0 = max(ya, yb), max(xa, xb)
                 y1 = min(ya + ma.shape[0], yb + mb.shape[0])
@@ -216,8 +232,9 @@ def _warp_mask_roi(pix: np.ndarray, A: np.ndarray, shape: tuple[int, int]):
     crop[ys - sy0, xs - sx0] = 1.0
     B = A.copy()
     B[:, 2] = A[:, :2] @ np.array([sx0, sy0], np.float64) + A[:, 2] - (x0, y0)
-    m = cv2.warpAffine(crop, B, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=0)
+    m = cv2.warpAffine(
+        crop, B, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     return y0, x0, m > 0.5
 
 

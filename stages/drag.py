@@ -29,6 +29,7 @@ motion (on 8 synthetic clips with chained DIS: 56 points kept with the splat, 43
 ``|flow_bwd|``); ``target_side_magnitude(flow, flow_bwd)`` returns ``|flow_bwd|`` for callers
 that trust it.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,18 @@ import numpy as np
 from vid2pair.core.spec import knob
 from vid2pair.stages.evidence import sample_field
 
-__all__ = ["DragConfig", "target_side_magnitude", "drag_weights", "sample_drag_points", "pick_grid_points",
-           "add_matches", "flow_agreement", "drag_mask",
-           "drag_json", "DIRECTIONS"]
+__all__ = [
+    "DragConfig",
+    "target_side_magnitude",
+    "drag_weights",
+    "sample_drag_points",
+    "pick_grid_points",
+    "add_matches",
+    "flow_agreement",
+    "drag_mask",
+    "drag_json",
+    "DIRECTIONS",
+]
 
 DIRECTIONS = ("source_to_target", "target_to_source")
 
@@ -51,19 +61,33 @@ DIRECTIONS = ("source_to_target", "target_to_source")
 @dataclass
 class DragConfig:
     """Drag points: sampled on the target where it moves, their handles from the tracks."""
-    k: int = knob(16, "points stored per pair (up to); the trainer draws any 1..k of them per step, whereas points "
-                      "cannot be added later without tracking again", ge=0)
+
+    k: int = knob(
+        16,
+        "points stored per pair (up to); the trainer draws any 1..k of them per step, whereas points "
+        "cannot be added later without tracking again",
+        ge=0,
+    )
     min_spacing_px: float = knob(24.0, "no two target points closer than this", unit="px", ge=0)
     min_flow_px: float = knob(2.0, "target pixels moving less than this are never sampled", unit="px", ge=0)
     mask_dilate_px: int = knob(16, "dilation of the moving region + handles/targets for drag_mask", unit="px", ge=0)
-    flow_check_px: float = knob(3.0, "drop a point whose tracked source, moved by the src->tgt flow, misses its "
-                                     "target by more than this + 5 % of its displacement; 0 disables", unit="px", ge=0)
-    matches: bool = knob(False, "also take drags from sparse, verified SIFT matches between source and target on "
-                                "what changed (mutual, ratio test, patch NCC >= 0.5, moving >= min_flow_px): they "
-                                "survive moves a chained flow loses (hands, bodies, a pushed coin); the tracker's "
-                                "drags come first, matches fill up to k")
+    flow_check_px: float = knob(
+        3.0,
+        "drop a point whose tracked source, moved by the src->tgt flow, misses its "
+        "target by more than this + 5 % of its displacement; 0 disables",
+        unit="px",
+        ge=0,
+    )
+    matches: bool = knob(
+        False,
+        "also take drags from sparse, verified SIFT matches between source and target on "
+        "what changed (mutual, ratio test, patch NCC >= 0.5, moving >= min_flow_px): they "
+        "survive moves a chained flow loses (hands, bodies, a pushed coin); the tracker's "
+        "drags come first, matches fill up to k",
+    )
     direction: Literal["source_to_target", "target_to_source"] = knob(
-        "source_to_target", "drag.json point order: handle on the source, target on the target (or reversed)")
+        "source_to_target", "drag.json point order: handle on the source, target on the target (or reversed)"
+    )
 
 
 def _magnitude(flow: np.ndarray) -> np.ndarray:
@@ -106,8 +130,9 @@ def drag_weights(mag_tgt: np.ndarray, min_flow_px: float, margin_px: int = 3) ->
     return np.where(moving, mag, 0.0).astype(np.float32)
 
 
-def sample_drag_points(flow_mag_at_target: np.ndarray, k: int, min_spacing: float,
-                       rng: np.random.Generator) -> np.ndarray:
+def sample_drag_points(
+    flow_mag_at_target: np.ndarray, k: int, min_spacing: float, rng: np.random.Generator
+) -> np.ndarray:
     """Up to ``k`` target points (K, 2) float32 ``(x, y)`` at pixel centres.
 
     Weighted sampling without replacement, probability proportional to the magnitude (pixels
@@ -135,7 +160,7 @@ def sample_drag_points(flow_mag_at_target: np.ndarray, k: int, min_spacing: floa
     chosen: list[tuple[int, int]] = []
     chunk = 4096
     for s in range(0, order.size, chunk):
-        part = order[s:s + chunk]
+        part = order[s : s + chunk]
         part = part[blocked.ravel()[part] == 0]  # cheap reject of surely-blocked candidates
         for idx in part:
             y, x = divmod(int(idx), w)
@@ -149,12 +174,13 @@ def sample_drag_points(flow_mag_at_target: np.ndarray, k: int, min_spacing: floa
             if len(chosen) >= k:
                 return np.asarray(chosen, np.float32)
             if inner >= 0:
-                blocked[max(0, y - inner):y + inner + 1, max(0, x - inner):x + inner + 1] = 1
+                blocked[max(0, y - inner) : y + inner + 1, max(0, x - inner) : x + inner + 1] = 1
     return np.asarray(chosen, np.float32).reshape(-1, 2)
 
 
-def pick_grid_points(weights: np.ndarray, grid: np.ndarray, k: int, min_spacing: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def pick_grid_points(
+    weights: np.ndarray, grid: np.ndarray, k: int, min_spacing: float, rng: np.random.Generator
+) -> np.ndarray:
     """Up to ``k`` indices into ``grid`` ((N, 2) ``(x, y)`` points, the tracker's query grid), drawn as
     :func:`sample_drag_points` draws pixels: weighted by ``weights`` at each point (its nearest pixel;
     <= 0 or non-finite: never), at least ``min_spacing`` px apart, in the order drawn. The drag
@@ -185,8 +211,9 @@ def pick_grid_points(weights: np.ndarray, grid: np.ndarray, k: int, min_spacing:
     return np.asarray(chosen, np.int64)
 
 
-def add_matches(d_src: np.ndarray, d_tgt: np.ndarray, matches: np.ndarray, k: int, min_spacing: float,
-                min_move: float) -> tuple[np.ndarray, np.ndarray]:
+def add_matches(
+    d_src: np.ndarray, d_tgt: np.ndarray, matches: np.ndarray, k: int, min_spacing: float, min_move: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The drags ``(d_src, d_tgt)`` filled up to ``k`` with ``matches`` ((N, 4) ``[x_src, y_src, x_tgt,
     y_tgt]``, longest move first) that move at least ``min_move`` px and whose target is at least
     ``min_spacing`` px from every target already kept."""
@@ -208,8 +235,9 @@ def add_matches(d_src: np.ndarray, d_tgt: np.ndarray, matches: np.ndarray, k: in
     return np.asarray(src, np.float32).reshape(-1, 2), np.asarray(tgt, np.float32).reshape(-1, 2)
 
 
-def flow_agreement(flow: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float,
-                   rel: float = 0.05) -> np.ndarray:
+def flow_agreement(
+    flow: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float, rel: float = 0.05
+) -> np.ndarray:
     """(K,) bool: ``|src + flow(src) - tgt| <= tol_px + rel * |tgt - src|`` (bilinear flow).
 
     A cross-check of the tracker (target -> source) against the flow stage (source -> target):
@@ -243,8 +271,9 @@ def _components_with(moving: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return out
 
 
-def drag_mask(flow: np.ndarray, mag_tgt: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray,
-              min_flow_px: float, dilate_px: int) -> np.ndarray:
+def drag_mask(
+    flow: np.ndarray, mag_tgt: np.ndarray, src_pts: np.ndarray, tgt_pts: np.ndarray, min_flow_px: float, dilate_px: int
+) -> np.ndarray:
     """Editable region (H, W) uint8 0/255 for DragDiffusion-style editing.
 
     The connected moving regions (``|flow| >= min_flow_px`` on the source, the target-side
@@ -270,8 +299,13 @@ def drag_mask(flow: np.ndarray, mag_tgt: np.ndarray, src_pts: np.ndarray, tgt_pt
     return mask
 
 
-def drag_json(src_pts: np.ndarray, tgt_pts: np.ndarray, image_size: tuple[int, int],
-              direction: str = "source_to_target", ndigits: int = 2) -> dict:
+def drag_json(
+    src_pts: np.ndarray,
+    tgt_pts: np.ndarray,
+    image_size: tuple[int, int],
+    direction: str = "source_to_target",
+    ndigits: int = 2,
+) -> dict:
     """The ``drag.json`` dict: ``{"image_size": [W, H], "direction": ..., "points": [...]}``."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")

@@ -8,6 +8,7 @@ of the meta), and ``meta.json`` last, listing the files and the signals the samp
 the comma-separated ``signals`` column) and the sample's ``split`` (``train`` / ``eval``, drawn per
 clip from the clip id with ``output.eval_frac``: :mod:`vid2pair.core.split`).
 """
+
 from __future__ import annotations
 
 import io
@@ -68,8 +69,10 @@ class EncodeStage(PairStage):
     def one(self, it: PairItem) -> Item:
         o = self.cfg.output
         a = it.arrays
-        files = {f"src.{o.image_format}": encode_image(a["src"], o.image_format, o.jpeg_quality),
-                 f"tgt.{o.image_format}": encode_image(a["tgt"], o.image_format, o.jpeg_quality)}
+        files = {
+            f"src.{o.image_format}": encode_image(a["src"], o.image_format, o.jpeg_quality),
+            f"tgt.{o.image_format}": encode_image(a["tgt"], o.image_format, o.jpeg_quality),
+        }
         if o.flow != "none" and "flow" in a:  # (the quality stage drops a flow that does not hold)
             files["flow.npy"] = encode_npy(a["flow"].astype(o.flow))
             if "flow_bwd" in a:

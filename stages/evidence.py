@@ -16,14 +16,28 @@ whichever flow, tracker or segmenter produced them:
   Lowe's ratio test and agreeing in their patches: correspondences that survive moves dense flow
   loses (``../shared/notes/real-footage-probes.md``).
 """
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-__all__ = ["changed_mask", "object_region", "textured", "moving_support", "still_support", "fb_consistent", "patch_ncc",
-           "sample_field", "masked_psnr", "solid_change", "sparse_matches", "coherent_matches", "klt_verify",
-           "klt_tracks"]
+__all__ = [
+    "changed_mask",
+    "object_region",
+    "textured",
+    "moving_support",
+    "still_support",
+    "fb_consistent",
+    "patch_ncc",
+    "sample_field",
+    "masked_psnr",
+    "solid_change",
+    "sparse_matches",
+    "coherent_matches",
+    "klt_verify",
+    "klt_tracks",
+]
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -63,8 +77,9 @@ def textured(img: np.ndarray, min_grad: float = 4.0, sigma: float = 1.0) -> np.n
     return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) / 8.0 > min_grad
 
 
-def moving_support(src: np.ndarray, tgt: np.ndarray, thresh: float = 15.0, sigma: float = 1.5, close_px: int = 3,
-                   band_px: int = 4) -> np.ndarray:
+def moving_support(
+    src: np.ndarray, tgt: np.ndarray, thresh: float = 15.0, sigma: float = 1.5, close_px: int = 3, band_px: int = 4
+) -> np.ndarray:
     """Where a static camera's flow may be non-zero: the changed region (closed, holes filled) plus a
     ``band_px`` band around it where the source is textured. Flat, unchanged pixels next to a moving
     object are where dense flow leaks ("blobby" flow on a plain desk); they do not move."""
@@ -89,9 +104,14 @@ def sample_field(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
         f = f[..., None]
     out = []
     for s in range(0, len(pts), 16384):  # cv2.remap maps stay below 32767 per dimension
-        p = pts[s:s + 16384]
-        v = cv2.remap(f, np.ascontiguousarray(p[:, :1]), np.ascontiguousarray(p[:, 1:]), cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_REPLICATE)
+        p = pts[s : s + 16384]
+        v = cv2.remap(
+            f,
+            np.ascontiguousarray(p[:, :1]),
+            np.ascontiguousarray(p[:, 1:]),
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         out.append(v.reshape(len(p), -1))
     return np.concatenate(out) if out else np.zeros((0, f.shape[2]), np.float32)
 
@@ -117,8 +137,9 @@ def _patches(img: np.ndarray, pts: np.ndarray, radius: int) -> np.ndarray:
     return sample_field(g.astype(np.float32), (pts[:, None, :] + offs[None]).reshape(-1, 2)).reshape(len(pts), -1)
 
 
-def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
-              radius: int = 3, min_std: float = 4.0) -> np.ndarray:
+def patch_ncc(
+    img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray, radius: int = 3, min_std: float = 4.0
+) -> np.ndarray:
     """(N,) normalised cross-correlation of (2r+1)^2 grey patches around ``pts_a`` in ``img_a`` and
     ``pts_b`` in ``img_b`` (bilinear). Flat patches (std < ``min_std`` grey levels) give 1 (no
     evidence either way: compressed video of a plain wall or desk has a noise std of 1-3 grey levels)."""
@@ -132,8 +153,9 @@ def patch_ncc(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np
     return np.where((sa < min_std) | (sb < min_std), 1.0, ncc).astype(np.float32)
 
 
-def patch_diff(img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray,
-               radius: int = 5) -> np.ndarray:
+def patch_diff(
+    img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray, radius: int = 5
+) -> np.ndarray:
     """(N,) mean absolute grey difference of the (2r+1)^2 patches around ``pts_a`` in ``img_a`` and
     ``pts_b`` in ``img_b`` (bilinear). Against :func:`patch_ncc` it sees plain patches too: the
     plain floor that a moving foot uncovers differs from the foot."""
@@ -160,7 +182,7 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
         return None
     d = a.astype(np.float32)[m] - b.astype(np.float32)[m]
     mse = float(np.mean(d * d))
-    return 99.0 if mse <= 1e-10 else float(10.0 * np.log10(255.0 ** 2 / mse))
+    return 99.0 if mse <= 1e-10 else float(10.0 * np.log10(255.0**2 / mse))
 
 
 def solid_change(changed: np.ndarray, radius: int) -> np.ndarray:
@@ -173,8 +195,14 @@ def solid_change(changed: np.ndarray, radius: int) -> np.ndarray:
     return cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, k) > 0
 
 
-def sparse_matches(src: np.ndarray, tgt: np.ndarray, region: np.ndarray | None = None, ratio: float = 0.8,
-                   min_ncc: float = 0.5, max_features: int = 1500) -> np.ndarray:
+def sparse_matches(
+    src: np.ndarray,
+    tgt: np.ndarray,
+    region: np.ndarray | None = None,
+    ratio: float = 0.8,
+    min_ncc: float = 0.5,
+    max_features: int = 1500,
+) -> np.ndarray:
     """(N, 4) float32 ``[x_src, y_src, x_tgt, y_tgt]``: SIFT keypoints of both images (on ``region``
     of each when given), matched by mutual nearest neighbours that pass Lowe's ratio test, kept when
     the 11x11 grey patches around both ends correlate (NCC >= ``min_ncc``). Not geometrically
@@ -189,10 +217,16 @@ def sparse_matches(src: np.ndarray, tgt: np.ndarray, region: np.ndarray | None =
     if d1 is None or d2 is None or len(k1) < 2 or len(k2) < 2:
         return none
     bf = cv2.BFMatcher(cv2.NORM_L2)
-    back = {m[0].queryIdx: m[0].trainIdx for m in bf.knnMatch(d2, d1, k=2)
-            if len(m) == 2 and m[0].distance < ratio * m[1].distance}
-    pairs = [(k1[m[0].queryIdx].pt, k2[m[0].trainIdx].pt) for m in bf.knnMatch(d1, d2, k=2)
-             if len(m) == 2 and m[0].distance < ratio * m[1].distance and back.get(m[0].trainIdx) == m[0].queryIdx]
+    back = {
+        m[0].queryIdx: m[0].trainIdx
+        for m in bf.knnMatch(d2, d1, k=2)
+        if len(m) == 2 and m[0].distance < ratio * m[1].distance
+    }
+    pairs = [
+        (k1[m[0].queryIdx].pt, k2[m[0].trainIdx].pt)
+        for m in bf.knnMatch(d1, d2, k=2)
+        if len(m) == 2 and m[0].distance < ratio * m[1].distance and back.get(m[0].trainIdx) == m[0].queryIdx
+    ]
     if not pairs:
         return none
     m = np.array([[*a, *b] for a, b in pairs], np.float32)
@@ -203,8 +237,9 @@ def sparse_matches(src: np.ndarray, tgt: np.ndarray, region: np.ndarray | None =
     return m[ok]
 
 
-def coherent_matches(m: np.ndarray, flow: np.ndarray | None = None, radius: float = 40.0, tol_px: float = 3.0,
-                     rel: float = 0.2) -> np.ndarray:
+def coherent_matches(
+    m: np.ndarray, flow: np.ndarray | None = None, radius: float = 40.0, tol_px: float = 3.0, rel: float = 0.2
+) -> np.ndarray:
     """The matches of :func:`sparse_matches` that something else agrees with: another match within
     ``radius`` px (on the source) moving the same way (within ``tol_px`` + ``rel`` x the move), or
     the dense ``flow`` at the match carrying it there. A lone match that nothing supports is dropped:
@@ -250,8 +285,9 @@ def _grey_frames(frames) -> list:
     return [f if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
 
 
-def klt_tracks(frames, region: np.ndarray, max_corners: int = 300, min_ncc: float = 0.5,
-               fb_px: float = 1.0) -> np.ndarray:
+def klt_tracks(
+    frames, region: np.ndarray, max_corners: int = 300, min_ncc: float = 0.5, fb_px: float = 1.0
+) -> np.ndarray:
     """(N, 4) ``[x_src, y_src, x_tgt, y_tgt]``: corners of the source (``frames[0]``) on ``region``
     followed frame to frame to the target (``frames[-1]``) by pyramidal Lucas-Kanade, checked
     forward-backward at every hop (``fb_px``), whose 11x11 patches at both ends agree (NCC >=
@@ -262,8 +298,9 @@ def klt_tracks(frames, region: np.ndarray, max_corners: int = 300, min_ncc: floa
     none = np.zeros((0, 4), np.float32)
     if len(grey) < 2:
         return none
-    c = cv2.goodFeaturesToTrack(grey[0], maxCorners=max_corners, qualityLevel=0.01, minDistance=5, blockSize=5,
-                                mask=region.astype(np.uint8))
+    c = cv2.goodFeaturesToTrack(
+        grey[0], maxCorners=max_corners, qualityLevel=0.01, minDistance=5, blockSize=5, mask=region.astype(np.uint8)
+    )
     if c is None:
         return none
     p0 = c.reshape(-1, 2).astype(np.float32)
@@ -275,8 +312,9 @@ def klt_tracks(frames, region: np.ndarray, max_corners: int = 300, min_ncc: floa
     return m[patch_ncc(grey[0], m[:, :2], grey[-1], m[:, 2:], radius=5) >= min_ncc]
 
 
-def klt_verify(frames, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float = 3.0, rel: float = 0.1,
-               fb_px: float = 1.0) -> np.ndarray:
+def klt_verify(
+    frames, src_pts: np.ndarray, tgt_pts: np.ndarray, tol_px: float = 3.0, rel: float = 0.1, fb_px: float = 1.0
+) -> np.ndarray:
     """(N,) bool: each source point, tracked frame to frame through ``frames`` (the source first, the
     target last) by pyramidal Lucas-Kanade, checked forward-backward at every hop, ends within
     ``tol_px`` + ``rel`` x its move of its target point. A second, independent path to the same

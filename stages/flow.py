@@ -69,55 +69,89 @@ DisPreset = Literal["ultrafast", "fast", "medium"]
 @dataclass
 class FlowConfig:
     """Optical flow source -> target (direct, chained over intermediate frames, or flow_advance)."""
-    backend: FlowBackendName = knob("dis", "dis (weight-free, CPU) | raft_small | raft_large | sea_raft_s | "
-                                           "sea_raft_m | sea_raft_l")
+
+    backend: FlowBackendName = knob(
+        "dis", "dis (weight-free, CPU) | raft_small | raft_large | sea_raft_s | sea_raft_m | sea_raft_l"
+    )
     dis_preset: DisPreset = knob("medium", "dis: OpenCV DIS preset")
     weights: Optional[str] = knob(None, "explicit local checkpoint; default: the model cache (vid2pair models fetch)")
     device: str = knob("auto", "auto | cpu | cuda | cuda:N (model backends)")
     precision: Literal["fp32", "fp16", "bf16"] = knob("fp32", "half precision only on CUDA (autocast)")
     batch_size: int = knob(4, "pairs per flow-model call (and per actor batch in the Ray runner)", ge=1)
     iters: Optional[int] = knob(None, "RAFT refinement iterations (null: the model's default)", ge=1)
-    inference_size: Optional[list[int]] = knob(None, "[H, W] the model runs at (multiples of 8); the flow is "
-                                                     "rescaled back", unit="px", items_ge=32)
-    median_filter_px: Optional[int] = knob(None, "a median filter of this (odd) size on the final flow (and, with "
-                                                 "flow_advance, on each candidate's), used for the statistics and "
-                                                 "every signal (Magic Fixup: 15); null: off", unit="px", ge=3)
+    inference_size: Optional[list[int]] = knob(
+        None, "[H, W] the model runs at (multiples of 8); the flow is rescaled back", unit="px", items_ge=32
+    )
+    median_filter_px: Optional[int] = knob(
+        None,
+        "a median filter of this (odd) size on the final flow (and, with "
+        "flow_advance, on each candidate's), used for the statistics and "
+        "every signal (Magic Fixup: 15); null: off",
+        unit="px",
+        ge=3,
+    )
     bidirectional: bool = knob(False, "also compute tgt -> src flow (flow_bwd.npy; better sketches)")
     chain: bool = knob(False, "chain flow over intermediate frames (forward, and backward for flow_bwd)")
     chain_mode: Literal["adaptive", "fixed"] = knob(
-        "adaptive", "adaptive: hops planned from the motion (each covers about chain_step_px, as the flow_chain "
-                    "tracker's); fixed: chain_max_steps evenly spaced hops")
-    chain_max_steps: int = knob(8, "fixed chaining: hops between source and target; the frames decoded for "
-                                   "adaptive chaining (+1)", ge=1)
+        "adaptive",
+        "adaptive: hops planned from the motion (each covers about chain_step_px, as the flow_chain "
+        "tracker's); fixed: chain_max_steps evenly spaced hops",
+    )
+    chain_max_steps: int = knob(
+        8, "fixed chaining: hops between source and target; the frames decoded for adaptive chaining (+1)", ge=1
+    )
     chain_step_px: float = knob(20.0, "adaptive chaining: motion covered by one hop", unit="px@dis", gt=0)
-    chain_analysis_width: int = knob(160, "adaptive chaining: width of the motion profile that plans the hops",
-                                     unit="px", ge=32)
-    static_suppress: bool = knob(True, "zero the flow where source and target do not change (a static camera: "
-                                       "what does not change does not move), keeping a narrow band of textured "
-                                       "pixels around the change; flow noise and leaks on plain, still surfaces "
-                                       "then put no drags, strokes or holes there")
-    rematch: bool = knob(True, "with static_suppress: a changed blob of the source that the flow lost (blur, a "
-                               "fast push, a moment hidden) is template-matched in the target, checked both ways, "
-                               "and given that move (stages/rematch.py); rotating, deforming or leaving objects "
-                               "keep their flow")
-    rematch_min_ncc: float = knob(0.8, "rematch: the normalised cross-correlation a match needs, both ways",
-                                  ge=0, le=1)
-    fb_mask: bool = knob(True, "with flow_bwd: mark forward-backward inconsistent pixels (occlusions, lost "
-                               "motion); the coarse edit does not splat them, drags are not sampled there and the "
-                               "sketch fills them from their surroundings")
-    num_gpus: float = knob(0.0, "GPUs per flow actor in the Ray runner (fractions share a GPU); ignored by dis, "
-                                "which never asks for a GPU", ge=0)
+    chain_analysis_width: int = knob(
+        160, "adaptive chaining: width of the motion profile that plans the hops", unit="px", ge=32
+    )
+    static_suppress: bool = knob(
+        True,
+        "zero the flow where source and target do not change (a static camera: "
+        "what does not change does not move), keeping a narrow band of textured "
+        "pixels around the change; flow noise and leaks on plain, still surfaces "
+        "then put no drags, strokes or holes there",
+    )
+    rematch: bool = knob(
+        True,
+        "with static_suppress: a changed blob of the source that the flow lost (blur, a "
+        "fast push, a moment hidden) is template-matched in the target, checked both ways, "
+        "and given that move (stages/rematch.py); rotating, deforming or leaving objects "
+        "keep their flow",
+    )
+    rematch_min_ncc: float = knob(0.8, "rematch: the normalised cross-correlation a match needs, both ways", ge=0, le=1)
+    fb_mask: bool = knob(
+        True,
+        "with flow_bwd: mark forward-backward inconsistent pixels (occlusions, lost "
+        "motion); the coarse edit does not splat them, drags are not sampled there and the "
+        "sketch fills them from their surroundings",
+    )
+    num_gpus: float = knob(
+        0.0,
+        "GPUs per flow actor in the Ray runner (fractions share a GPU); ignored by dis, which never asks for a GPU",
+        ge=0,
+    )
     num_cpus: float = knob(0.25, "logical CPUs per flow actor (it shares cores with the clip workers)", gt=0)
     actors: int = knob(1, "flow actor-pool size in the Ray runner", ge=1)
 
     def check(self, prefix: str = "flow") -> None:
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
-             f"{self.device!r} is not one of auto, cpu, cuda, cuda:N")
-        need(self.median_filter_px is None or self.median_filter_px % 2 == 1, f"{prefix}.median_filter_px",
-             f"must be odd, got {self.median_filter_px}")
+        need(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"{prefix}.device",
+            f"{self.device!r} is not one of auto, cpu, cuda, cuda:N",
+        )
+        need(
+            self.median_filter_px is None or self.median_filter_px % 2 == 1,
+            f"{prefix}.median_filter_px",
+            f"must be odd, got {self.median_filter_px}",
+        )
         if self.inference_size is not None:
-            need(len(self.inference_size) == 2 and all(s % 8 == 0 for s in self.inference_size),
-                 f"{prefix}.inference_size", "must be [H, W], multiples of 8")
+            need(
+                len(self.inference_size) == 2 and all(s % 8 == 0 for s in self.inference_size),
+                f"{prefix}.inference_size",
+                "must be [H, W], multiples of 8",
+            )
+
+
 SEA_RAFT_EXTRA_MESSAGE = "SEA-RAFT needs the optional extra: pip install 'vid2pair[sea-raft]'"
 
 
@@ -173,8 +207,7 @@ def _compose_single(f01: np.ndarray, f12: np.ndarray) -> np.ndarray:
     if f12.shape != f01.shape:
         raise ValueError(f"compose_flows: shapes differ {f01.shape} vs {f12.shape}")
     xs, ys = _pixel_grid(h, w)
-    sampled = cv2.remap(f12, xs + f01[..., 0], ys + f01[..., 1], cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REPLICATE)
+    sampled = cv2.remap(f12, xs + f01[..., 0], ys + f01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return f01 + sampled
 
 
@@ -225,8 +258,14 @@ def chain_flow(frames: np.ndarray, backend: FlowBackend, max_steps: Optional[int
     return _accumulate(hops)
 
 
-def flow_pair(backend: FlowBackend, src: np.ndarray, tgt: np.ndarray, bidirectional: bool = False,
-              chain_frames: Optional[np.ndarray] = None, chain_max_steps: Optional[int] = None) -> dict:
+def flow_pair(
+    backend: FlowBackend,
+    src: np.ndarray,
+    tgt: np.ndarray,
+    bidirectional: bool = False,
+    chain_frames: Optional[np.ndarray] = None,
+    chain_max_steps: Optional[int] = None,
+) -> dict:
     """Flow between one source and one target frame (each (H, W, 3) uint8 RGB).
 
     Returns ``{"fwd": (H, W, 2)}`` (src -> tgt) and, if ``bidirectional``, ``"bwd"`` (tgt -> src).
@@ -300,8 +339,9 @@ def dis_calc(dis, a: np.ndarray, b: np.ndarray, init: Optional[np.ndarray] = Non
     return dis.calc(a, b, np.ascontiguousarray(init, np.float32))
 
 
-def plan_hops(gray: Sequence[np.ndarray], step_px: float, analysis_width: int, profile_dis,
-              init: bool = True) -> tuple[list[tuple[int, int]], list[Optional[np.ndarray]], np.ndarray]:
+def plan_hops(
+    gray: Sequence[np.ndarray], step_px: float, analysis_width: int, profile_dis, init: bool = True
+) -> tuple[list[tuple[int, int]], list[Optional[np.ndarray]], np.ndarray]:
     """Hops ``[(i, j), ...]`` covering frames 0..T-1 so that each moves the moving pixels by about
     ``step_px`` (stored px), their initial flows (full size, from the composed profile; None when
     ``init`` is off) and the per-step motion profile (T-1,) in stored px.
@@ -399,8 +439,15 @@ class _TorchFlowModel:
     version: str = ""
     min_side: int = 128  # RAFT-style correlation pyramids need feature maps >= 16 px at stride 8
 
-    def __init__(self, *, device: str = "auto", precision: str = "fp32", batch_size: int = 4,
-                 iters: Optional[int] = None, inference_size: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 4,
+        iters: Optional[int] = None,
+        inference_size: Optional[Sequence[int]] = None,
+    ) -> None:
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         if batch_size < 1:
@@ -461,7 +508,7 @@ class _TorchFlowModel:
         a, b, single = _as_batches(img1, img2)
         out = np.empty(a.shape[:3] + (2,), np.float32)
         for s in range(0, len(a), self.batch_size):
-            out[s:s + self.batch_size] = self._run(a[s:s + self.batch_size], b[s:s + self.batch_size])
+            out[s : s + self.batch_size] = self._run(a[s : s + self.batch_size], b[s : s + self.batch_size])
         return out[0] if single else out
 
     def _settings_tag(self) -> str:
@@ -479,18 +526,27 @@ class TorchvisionRAFT(_TorchFlowModel):
     file up in the model cache. ``random_init=True`` keeps random weights: tests only.
     """
 
-    def __init__(self, variant: str = "small", weights: Optional[Union[str, Path]] = None, *,
-                 random_init: bool = False, device: str = "auto", precision: str = "fp32",
-                 batch_size: int = 4, iters: Optional[int] = None,
-                 inference_size: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        variant: str = "small",
+        weights: Optional[Union[str, Path]] = None,
+        *,
+        random_init: bool = False,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 4,
+        iters: Optional[int] = None,
+        inference_size: Optional[Sequence[int]] = None,
+    ) -> None:
         import torch
         import torchvision
         from torchvision.models import optical_flow
 
         if variant not in ("small", "large"):
             raise ValueError(f"RAFT variant must be 'small' or 'large', got {variant!r}")
-        super().__init__(device=device, precision=precision, batch_size=batch_size, iters=iters,
-                         inference_size=inference_size)
+        super().__init__(
+            device=device, precision=precision, batch_size=batch_size, iters=iters, inference_size=inference_size
+        )
         self.name = f"raft_{variant}"
         builder = optical_flow.raft_small if variant == "small" else optical_flow.raft_large
         model = builder(weights=None, progress=False)
@@ -501,7 +557,7 @@ class TorchvisionRAFT(_TorchFlowModel):
             state = torch.load(str(path), map_location=self.device, weights_only=True)
             if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
                 state = state["state_dict"]
-            state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+            state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
             model.load_state_dict(state)
             tag = path.stem
         self.model = model.to(self.device).eval()
@@ -534,17 +590,26 @@ class PtlflowSEARAFT(_TorchFlowModel):
     * The number of refinement iterations is the model attribute ``iters`` (S/M: 4, L: 12).
     """
 
-    def __init__(self, variant: str = "m", weights: Optional[Union[str, Path]] = None, *,
-                 device: str = "auto", precision: str = "fp32", batch_size: int = 4,
-                 iters: Optional[int] = None, inference_size: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        variant: str = "m",
+        weights: Optional[Union[str, Path]] = None,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 4,
+        iters: Optional[int] = None,
+        inference_size: Optional[Sequence[int]] = None,
+    ) -> None:
         if variant not in ("s", "m", "l"):
             raise ValueError(f"SEA-RAFT variant must be 's', 'm' or 'l', got {variant!r}")
         try:
             import ptlflow
         except ImportError:
             raise ImportError(SEA_RAFT_EXTRA_MESSAGE) from None
-        super().__init__(device=device, precision=precision, batch_size=batch_size, iters=iters,
-                         inference_size=inference_size)
+        super().__init__(
+            device=device, precision=precision, batch_size=batch_size, iters=iters, inference_size=inference_size
+        )
         self.name = f"sea_raft_{variant}"
         path = _resolve_checkpoint(self.name, weights)
         model = ptlflow.get_model(self.name, ckpt_path=str(path))
@@ -573,14 +638,20 @@ def median_filter_flow(flow: np.ndarray, size: Optional[int]) -> np.ndarray:
         return flow
     from scipy.ndimage import median_filter
 
-    return np.stack([median_filter(flow[..., k], size=int(size), mode="nearest") for k in range(2)],
-                    axis=-1).astype(np.float32)
+    return np.stack([median_filter(flow[..., k], size=int(size), mode="nearest") for k in range(2)], axis=-1).astype(
+        np.float32
+    )
 
 
 def make_flow_backend(cfg: FlowConfig) -> FlowBackend:
     """The backend a :class:`FlowConfig` describes."""
-    common = dict(device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size, iters=cfg.iters,
-                  inference_size=cfg.inference_size)
+    common = dict(
+        device=cfg.device,
+        precision=cfg.precision,
+        batch_size=cfg.batch_size,
+        iters=cfg.iters,
+        inference_size=cfg.inference_size,
+    )
     if cfg.backend == "dis":
         return DISFlow(cfg.dis_preset)
     if cfg.backend in ("raft_small", "raft_large"):
@@ -612,11 +683,22 @@ class FlowStage(PairStage):
     name = "flow"
     sections = {"flow": FlowConfig}
     reads = ("frames",)
-    provides = ("src", "tgt", "flow", "flow_bwd", "flow_valid", "flow_bwd_valid", "frames", "rematched",
-                "rematched_src")
+    provides = (
+        "src",
+        "tgt",
+        "flow",
+        "flow_bwd",
+        "flow_valid",
+        "flow_bwd_valid",
+        "frames",
+        "rematched",
+        "rematched_src",
+    )
     # flow.npy / flow_bwd.npy are written by the encoder from arrays["flow"] / ["flow_bwd"]
-    signals = (Signal("flow", ("flow.npy",), "output.flow"),
-               Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional"))
+    signals = (
+        Signal("flow", ("flow.npy",), "output.flow"),
+        Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional"),
+    )
 
     @classmethod
     def frames_read(cls, cfg) -> int:
@@ -627,8 +709,13 @@ class FlowStage(PairStage):
         fl = cfg.flow
         if fl.backend == "dis":
             return None  # weight-free CPU flow: no model to hold, never a GPU; runs with the light stages
-        return Resources(actors=fl.actors, num_gpus=fl.num_gpus, num_cpus=fl.num_cpus, batch_size=fl.batch_size,
-                         gpu_key="flow.num_gpus")
+        return Resources(
+            actors=fl.actors,
+            num_gpus=fl.num_gpus,
+            num_cpus=fl.num_cpus,
+            batch_size=fl.batch_size,
+            gpu_key="flow.num_gpus",
+        )
 
     @classmethod
     def needs(cls, cfg) -> list[Need]:
@@ -661,7 +748,7 @@ class FlowStage(PairStage):
         direct = [it for it in items if not self._needs_sequence(it)]
         bs = self.cfg.flow.batch_size
         for k in range(0, len(direct), bs):  # direct src->tgt flow, batched across pairs
-            chunk = direct[k:k + bs]
+            chunk = direct[k : k + bs]
             try:
                 src = np.stack([it.arrays["frames"][0] for it in chunk])
                 tgt = np.stack([it.arrays["frames"][-1] for it in chunk])
@@ -698,12 +785,15 @@ class FlowStage(PairStage):
             self._profile_dis = cv2.DISOpticalFlow_create(DIS_PRESETS[fl.dis_preset])
             self._profile_dis.setFinestScale(0)
             self._hop_dis = cv2.DISOpticalFlow_create(DIS_PRESETS[fl.dis_preset])
-        hops, inits, _ = plan_hops(gray, fl.chain_step_px * 2 ** fs, fl.chain_analysis_width, self._profile_dis)
+        hops, inits, _ = plan_hops(gray, fl.chain_step_px * 2**fs, fl.chain_analysis_width, self._profile_dis)
         if fl.backend == "dis":
             self._hop_dis.setFinestScale(int(fs))
             fwd = [dis_calc(self._hop_dis, gray[i], gray[j], init) for (i, j), init in zip(hops, inits)]
-            bwd = [dis_calc(self._hop_dis, gray[j], gray[i], invert_flow(f)) for (i, j), f in zip(hops, fwd)] \
-                if fl.bidirectional else None
+            bwd = (
+                [dis_calc(self._hop_dis, gray[j], gray[i], invert_flow(f)) for (i, j), f in zip(hops, fwd)]
+                if fl.bidirectional
+                else None
+            )
         else:
             a, b = [i for i, _ in hops], [j for _, j in hops]
             fwd = list(self.backend(fr[a], fr[b]))
@@ -742,11 +832,15 @@ class FlowStage(PairStage):
                 return pair_reject(it, "pairs", "advance_rejected", why)
             tgt_frame = it.meta["frame_indices"][k + 1]
             fps = it.meta["fps"]
-            it.meta.update(tgt_frame=tgt_frame, tgt_time=round(tgt_frame / fps, 6),
-                           dt=round(abs(tgt_frame - it.meta["src_frame"]) / fps, 6), advance_steps=k + 1,
-                           frame_indices=it.meta["frame_indices"][:k + 2])
+            it.meta.update(
+                tgt_frame=tgt_frame,
+                tgt_time=round(tgt_frame / fps, 6),
+                dt=round(abs(tgt_frame - it.meta["src_frame"]) / fps, 6),
+                advance_steps=k + 1,
+                frame_indices=it.meta["frame_indices"][: k + 2],
+            )
             it.key = pair_key(it.clip_id, it.meta["shot"], it.meta["src_frame"], tgt_frame)
-            it.arrays["frames"] = fr[:k + 2]
+            it.arrays["frames"] = fr[: k + 2]
             flow = acc[k]
         else:
             flow = acc[-1]
@@ -768,8 +862,13 @@ class FlowStage(PairStage):
             bwd = None if bwd is None else median_filter_flow(bwd, fl.median_filter_px)
         elif fl.median_filter_px and bwd is not None:
             bwd = median_filter_flow(bwd, fl.median_filter_px)
-        info = {"backend": fl.backend, "version": getattr(self.backend, "version", ""), "chained": bool(fl.chain),
-                "direction": "src->tgt", "bidirectional": bwd is not None}
+        info = {
+            "backend": fl.backend,
+            "version": getattr(self.backend, "version", ""),
+            "chained": bool(fl.chain),
+            "direction": "src->tgt",
+            "bidirectional": bwd is not None,
+        }
         if fl.chain:
             info["chain_mode"] = "advance" if _advance(it) else fl.chain_mode
         if "flow_hops" in it.meta:
@@ -785,9 +884,9 @@ class FlowStage(PairStage):
             if fl.rematch:
                 from vid2pair.stages.rematch import rematch_objects
 
-                flow, bwd, done, pieces, rec = rematch_objects(src, tgt, flow, bwd, sigma=1.5 * s,
-                                                               close_px=max(1, round(6 * s)),
-                                                               min_ncc=fl.rematch_min_ncc)
+                flow, bwd, done, pieces, rec = rematch_objects(
+                    src, tgt, flow, bwd, sigma=1.5 * s, close_px=max(1, round(6 * s)), min_ncc=fl.rematch_min_ncc
+                )
                 if rec:
                     info["rematched"] = rec
                     if self.wants("rematched"):

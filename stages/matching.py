@@ -23,6 +23,7 @@ neighbouring source token. Storing ``C`` is wasteful (9216^2 floats at 72x128 to
 tracks and rebuild ``C`` with :func:`correspondence` (or the compact
 :func:`correspondence_index`) at training time, for whichever attention resolution is trained.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,16 +41,18 @@ def token_centres(image_size: tuple[int, int], token_grid: tuple[int, int]) -> n
     return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
 
 
-def _token_of(x: np.ndarray, y: np.ndarray, w: int, h: int, wt: int, ht: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _token_of(
+    x: np.ndarray, y: np.ndarray, w: int, h: int, wt: int, ht: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = np.floor((x + 0.5) * (wt / w)).astype(np.int64)
     r = np.floor((y + 0.5) * (ht / h)).astype(np.int64)
     inside = (c >= 0) & (c < wt) & (r >= 0) & (r < ht)
     return r, c, inside
 
 
-def correspondence_index(tracks: np.ndarray, visibility: np.ndarray, image_size: tuple[int, int],
-                         token_grid: tuple[int, int]) -> np.ndarray:
+def correspondence_index(
+    tracks: np.ndarray, visibility: np.ndarray, image_size: tuple[int, int], token_grid: tuple[int, int]
+) -> np.ndarray:
     """(h_t * w_t,) int64: the source token of each target token, -1 where ``M`` is 0."""
     w, h = int(image_size[0]), int(image_size[1])
     ht, wt = int(token_grid[0]), int(token_grid[1])
@@ -82,8 +85,9 @@ def correspondence_index(tracks: np.ndarray, visibility: np.ndarray, image_size:
     return idx
 
 
-def correspondence(tracks: np.ndarray, visibility: np.ndarray, image_size: tuple[int, int],
-                   token_grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def correspondence(
+    tracks: np.ndarray, visibility: np.ndarray, image_size: tuple[int, int], token_grid: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(C, M)``: C (h_t*w_t, h_t*w_t) float32 one-hot rows (target token -> source token), M (h_t*w_t,)."""
     idx = correspondence_index(tracks, visibility, image_size, token_grid)
     n = len(idx)

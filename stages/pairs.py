@@ -15,6 +15,7 @@ Policies (``pairs.policy``):
 With probability ``reverse_prob`` source and target are swapped (time reversed).
 Pure functions: numbers in, :class:`PairSpec` out.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,59 +32,100 @@ from vid2pair.core.spec import knob, need
 @dataclass
 class PairsConfig:
     """Which (source, target) frames a static shot yields."""
+
     policy: Literal["min_gap", "uniform_seconds", "flow_advance"] = knob(
-        "min_gap", "min_gap (FramePainter) | uniform_seconds (Magic Fixup paper) | flow_advance (Magic Fixup code)")
+        "min_gap", "min_gap (FramePainter) | uniform_seconds (Magic Fixup paper) | flow_advance (Magic Fixup code)"
+    )
     per_shot: int = knob(4, "pairs wanted per static shot", ge=1)
     oversample: float = knob(
-        1.0, "candidate pairs drawn per static shot, at most per_shot x this: a candidate that a stage running with "
-             "the decoder rejects (with the weight-free backends: every stage, the quality stage too) is replaced by "
-             "the next draw until per_shot pairs came through; every draw is written or in the rejects table; "
-             "1: no replacement", ge=1, le=20)
+        1.0,
+        "candidate pairs drawn per static shot, at most per_shot x this: a candidate that a stage running with "
+        "the decoder rejects (with the weight-free backends: every stage, the quality stage too) is replaced by "
+        "the next draw until per_shot pairs came through; every draw is written or in the rejects table; "
+        "1: no replacement",
+        ge=1,
+        le=20,
+    )
     min_gap_s: float = knob(1.0, "min_gap: dt >= this", unit="s", gt=0)
     max_gap_s: Optional[float] = knob(None, "min_gap: dt <= this (null: up to the shot length)", unit="s", gt=0)
     uniform_min_s: int = knob(1, "uniform_seconds: dt drawn uniformly from the integers min..max", unit="s", ge=1)
     uniform_max_s: int = knob(10, "uniform_seconds: largest dt", unit="s", ge=1)
-    reverse_prob: float = knob(0.0, "probability of swapping source and target (time reversal)", unit="frac",
-                               ge=0, le=1)
+    reverse_prob: float = knob(
+        0.0, "probability of swapping source and target (time reversal)", unit="frac", ge=0, le=1
+    )
     max_attempts: int = knob(20, "draws per requested pair before giving up", ge=1)
-    retry_shorter: int = knob(0, "a pair rejected for motion the estimates cannot follow (reasons in "
-                                 "pairs.RETRY_REASONS) is tried again up to this many times, each at about half "
-                                 "its dt (never below min_gap_s / uniform_min_s), from the frames already "
-                                 "decoded; its reject stays in the table. min_gap / uniform_seconds only, "
-                                 "stages that run with the decoder (all with weight-free backends); 0: off",
-                              ge=0, le=4)
-    prescreen: bool = knob(False, "draw prescreen_draws x more pairs and keep, in the order drawn, those whose "
-                                  "source and target differ by a visible, local change on the scan's frames "
-                                  "(shots.analysis_width, 128 px) "
-                                  "(a solid changed area of at least prescreen_min_solid of the frame, at most "
-                                  "prescreen_max_changed changed): the stages then spend the CPU where good pairs "
-                                  "can exist; min_gap / uniform_seconds only")
+    retry_shorter: int = knob(
+        0,
+        "a pair rejected for motion the estimates cannot follow (reasons in "
+        "pairs.RETRY_REASONS) is tried again up to this many times, each at about half "
+        "its dt (never below min_gap_s / uniform_min_s), from the frames already "
+        "decoded; its reject stays in the table. min_gap / uniform_seconds only, "
+        "stages that run with the decoder (all with weight-free backends); 0: off",
+        ge=0,
+        le=4,
+    )
+    prescreen: bool = knob(
+        False,
+        "draw prescreen_draws x more pairs and keep, in the order drawn, those whose "
+        "source and target differ by a visible, local change on the scan's frames "
+        "(shots.analysis_width, 128 px) "
+        "(a solid changed area of at least prescreen_min_solid of the frame, at most "
+        "prescreen_max_changed changed): the stages then spend the CPU where good pairs "
+        "can exist; min_gap / uniform_seconds only",
+    )
     prescreen_draws: int = knob(6, "prescreen: draws per candidate wanted (per_shot x oversample)", ge=1, le=50)
-    prescreen_min_solid: float = knob(0.002, "prescreen: the changed area that survives a 3x3 opening at 128 px "
-                                             "(slivers of a still subject's outline, swaying leaves and sensor "
-                                             "noise do not) must cover at least this fraction of the frame "
-                                             "(quality.min_solid_frac's bar: no stricter than the judge)",
-                                      unit="frac", ge=0, le=1)
-    prescreen_max_changed: float = knob(0.6, "prescreen: more changed than this fraction of the frame: a cut, a "
-                                             "fade or a lighting change, not an edit", unit="frac", ge=0, le=1)
-    min_separation_s: float = knob(0.0, "diversity: a candidate whose source and target both lie within this of "
-                                        "an earlier candidate's of the same shot is not drawn (0: off)",
-                                   unit="s", ge=0)
-    advance_frames: int = knob(20, "flow_advance: frames spaced linearly from the start to the end of the shot "
-                                   "(the start and its candidate targets)", unit="frames", ge=2)
-    advance_start_max: int = knob(20, "flow_advance: the start is a random frame in [0, this) of the shot",
-                                  unit="frames", ge=1)
+    prescreen_min_solid: float = knob(
+        0.002,
+        "prescreen: the changed area that survives a 3x3 opening at 128 px "
+        "(slivers of a still subject's outline, swaying leaves and sensor "
+        "noise do not) must cover at least this fraction of the frame "
+        "(quality.min_solid_frac's bar: no stricter than the judge)",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    prescreen_max_changed: float = knob(
+        0.6,
+        "prescreen: more changed than this fraction of the frame: a cut, a fade or a lighting change, not an edit",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    min_separation_s: float = knob(
+        0.0,
+        "diversity: a candidate whose source and target both lie within this of "
+        "an earlier candidate's of the same shot is not drawn (0: off)",
+        unit="s",
+        ge=0,
+    )
+    advance_frames: int = knob(
+        20,
+        "flow_advance: frames spaced linearly from the start to the end of the shot "
+        "(the start and its candidate targets)",
+        unit="frames",
+        ge=2,
+    )
+    advance_start_max: int = knob(
+        20, "flow_advance: the start is a random frame in [0, this) of the shot", unit="frames", ge=1
+    )
     advance_max_p90: float = knob(300.0, "flow_advance: advance while the flow p90 stays <= this", unit="px", ge=0)
     advance_first_min_p90: float = knob(1.0, "flow_advance: drop when p90 < this at the first step", unit="px", ge=0)
     advance_step5_min_p95: float = knob(20.0, "flow_advance: drop when p95 < this at step 5", unit="px", ge=0)
-    advance_final_min_p95: float = knob(50.0, "flow_advance: drop when p95 < this at the step before the target",
-                                        unit="px", ge=0)
+    advance_final_min_p95: float = knob(
+        50.0, "flow_advance: drop when p95 < this at the step before the target", unit="px", ge=0
+    )
 
     def check(self, prefix: str = "pairs") -> None:
-        need(self.max_gap_s is None or self.max_gap_s >= self.min_gap_s, f"{prefix}.max_gap_s",
-             f"must be >= {prefix}.min_gap_s ({self.min_gap_s})")
-        need(self.uniform_max_s >= self.uniform_min_s, f"{prefix}.uniform_max_s",
-             f"must be >= {prefix}.uniform_min_s ({self.uniform_min_s})")
+        need(
+            self.max_gap_s is None or self.max_gap_s >= self.min_gap_s,
+            f"{prefix}.max_gap_s",
+            f"must be >= {prefix}.min_gap_s ({self.min_gap_s})",
+        )
+        need(
+            self.uniform_max_s >= self.uniform_min_s,
+            f"{prefix}.uniform_max_s",
+            f"must be >= {prefix}.uniform_min_s ({self.uniform_min_s})",
+        )
 
 
 @dataclass
@@ -135,8 +177,9 @@ def draws_per_shot(cfg) -> int:
     return max(cfg.per_shot, int(math.ceil(cfg.per_shot * cfg.oversample - 1e-9)))
 
 
-def _drawer(start: int, end: int, fps: float, cfg, rng: np.random.Generator
-            ) -> tuple[Optional[Callable[[], Optional[tuple]]], Optional[str]]:
+def _drawer(
+    start: int, end: int, fps: float, cfg, rng: np.random.Generator
+) -> tuple[Optional[Callable[[], Optional[tuple]]], Optional[str]]:
     """The policy's draw of one candidate, ``() -> (src, tgt, sequence, guess)`` or None (nothing this
     time), or (None, the reason the shot has none)."""
     n = end - start
@@ -150,6 +193,7 @@ def _drawer(start: int, end: int, fps: float, cfg, rng: np.random.Generator
             g = int(rng.integers(gmin, gmax + 1))
             a = start + int(rng.integers(0, n - g))
             return a, a + g, (), 0
+
         return draw_min_gap, None
     if cfg.policy == "uniform_seconds":
         secs = [s for s in range(cfg.uniform_min_s, cfg.uniform_max_s + 1) if round(s * fps) <= n - 1]
@@ -160,6 +204,7 @@ def _drawer(start: int, end: int, fps: float, cfg, rng: np.random.Generator
             g = int(round(secs[int(rng.integers(0, len(secs)))] * fps))
             a = start + int(rng.integers(0, n - g))
             return a, a + g, (), 0
+
         return draw_uniform, None
     if cfg.policy == "flow_advance":
         if n < 2:
@@ -173,14 +218,16 @@ def _drawer(start: int, end: int, fps: float, cfg, rng: np.random.Generator
             if len(frames) < 2:
                 return None
             guess = int(rng.integers(1, min(len(frames), cfg.advance_frames))) if len(frames) > 2 else 1
-            seq = frames[1:guess + 1]
+            seq = frames[1 : guess + 1]
             return a, seq[-1], seq, guess
+
         return draw_advance, None
     raise ValueError(f"unknown pair policy {cfg.policy!r}")  # guarded by config validation
 
 
-def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator,
-                 keep=None) -> tuple[list[PairSpec], Optional[str]]:
+def sample_pairs(
+    start: int, end: int, fps: float, cfg, rng: np.random.Generator, keep=None
+) -> tuple[list[PairSpec], Optional[str]]:
     """Pairs inside ``[start, end)``. Returns (pairs, reason when none could be drawn).
 
     The first ``per_shot`` pairs are the ones to use, ordered by time; the rest, up to
@@ -228,7 +275,7 @@ def sample_pairs(start: int, end: int, fps: float, cfg, rng: np.random.Generator
         out.append(PairSpec(a, b, rev, list(seq), guess))
     if screen is not None and not out:
         return [], f"none of {drawn} pairs drawn shows a visible, local change (pairs.prescreen)"
-    return sorted(out[:cfg.per_shot], key=lambda p: (min(p.src, p.tgt), p.tgt)) + out[cfg.per_shot:], None
+    return sorted(out[: cfg.per_shot], key=lambda p: (min(p.src, p.tgt), p.tgt)) + out[cfg.per_shot :], None
 
 
 def screen_frame(small_rgb: np.ndarray, width: int = 128) -> np.ndarray:

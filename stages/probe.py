@@ -4,6 +4,7 @@ Pure function: a path in, a :class:`ProbeResult` out. Problems are returned as a
 ``(reason, detail)`` rejection, never raised, so one bad file cannot stop a job.
 Reasons: ``not_found``, ``unreadable``, ``no_video_stream``, ``too_small``, ``too_short``.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,16 @@ from vid2pair.core.spec import knob
 @dataclass
 class ProbeConfig:
     """Container checks before any decoding."""
+
     min_width: int = knob(64, "narrower videos are rejected (too_small)", unit="px", ge=1)
     min_height: int = knob(64, "lower videos are rejected (too_small)", unit="px", ge=1)
-    min_duration_s: Optional[float] = knob(None, "shorter videos are rejected (too_short); null: derived from "
-                                                 "the pair policy's smallest gap and shots.min_shot_s", unit="s", gt=0)
+    min_duration_s: Optional[float] = knob(
+        None,
+        "shorter videos are rejected (too_short); null: derived from "
+        "the pair policy's smallest gap and shots.min_shot_s",
+        unit="s",
+        gt=0,
+    )
 
 
 @dataclass
@@ -71,8 +78,15 @@ def probe(path: str) -> tuple[Optional[ProbeResult], Optional[tuple[str, str]]]:
                 n_frames = int(round(duration * fps))
             if duration <= 0 and fps > 0:
                 duration = n_frames / fps
-            info = ProbeResult(width=width, height=height, fps=fps, n_frames=n_frames,
-                               duration_s=duration, codec=str(ctx.name), container=str(c.format.name))
+            info = ProbeResult(
+                width=width,
+                height=height,
+                fps=fps,
+                n_frames=n_frames,
+                duration_s=duration,
+                codec=str(ctx.name),
+                container=str(c.format.name),
+            )
     except Exception as e:  # PyAV raises many error types for broken input
         return None, ("unreadable", f"{type(e).__name__}: {e}"[:300])
     if width <= 0 or height <= 0 or fps <= 0:

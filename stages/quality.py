@@ -46,6 +46,7 @@ failed signal rule drops that signal (``drop_signals: true``; the rejects table 
 score goes into ``meta["quality"]`` and the index (``q_*`` columns); ``meta["signals"]`` lists
 what the sample carries (the encoder writes it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -82,106 +83,220 @@ FLOW_SIGNALS = ("flow", "flow_bwd")
 
 
 #: every score :func:`judge` writes into ``meta["quality"]`` (the index has each as ``q_<name>``)
-SCORES = {"changed_frac": "float64", "exposure_explained": "float64", "camera_shift_px": "float64",
-          "changed_frac_aligned": "float64", "solid_frac": "float64", "motion_px": "float64", "moving_matches": "int64",
-          "motion_ratio": "float64",
-          "moving_frac": "float64", "fb_consistent": "float64", "unexplained_frac": "float64",
-          "unexplained_blob_frac": "float64", "orphan_blob_frac": "float64",
-          **{f"{n}_{k}": "float64" for n in ("coarse", "collage") for k in ("gain_db", "false_hole_frac", "hole_frac",
-                                                                          "hole_ratio")},
-          **{f"{n}_unexplained_frac": "float64" for n in ("coarse", "collage")},
-          "drag_total": "int64", "drag_valid": "int64", "sketch_on_change": "float64", "sketch_verified": "float64",
-          "region_total": "int64",
-          "region_valid": "int64"}
+SCORES = {
+    "changed_frac": "float64",
+    "exposure_explained": "float64",
+    "camera_shift_px": "float64",
+    "changed_frac_aligned": "float64",
+    "solid_frac": "float64",
+    "motion_px": "float64",
+    "moving_matches": "int64",
+    "motion_ratio": "float64",
+    "moving_frac": "float64",
+    "fb_consistent": "float64",
+    "unexplained_frac": "float64",
+    "unexplained_blob_frac": "float64",
+    "orphan_blob_frac": "float64",
+    **{
+        f"{n}_{k}": "float64"
+        for n in ("coarse", "collage")
+        for k in ("gain_db", "false_hole_frac", "hole_frac", "hole_ratio")
+    },
+    **{f"{n}_unexplained_frac": "float64" for n in ("coarse", "collage")},
+    "drag_total": "int64",
+    "drag_valid": "int64",
+    "sketch_on_change": "float64",
+    "sketch_verified": "float64",
+    "region_total": "int64",
+    "region_valid": "int64",
+}
 
 
 @dataclass
 class QualityConfig:
     """Judge every signal against the pair's own images; reject or drop what is wrong (docs/quality.md)."""
+
     enabled: bool = knob(True, "the quality stage (scores into meta.json and the index; rejects with stage quality)")
-    change_thresh: float = knob(15.0, "a pixel changed when the blurred source and target differ by more than "
-                                      "this in some channel", unit="grey", gt=0)
+    change_thresh: float = knob(
+        15.0,
+        "a pixel changed when the blurred source and target differ by more than this in some channel",
+        unit="grey",
+        gt=0,
+    )
     blur_sigma: float = knob(1.5, "Gaussian blur before the change test", unit="px@512", ge=0)
-    min_changed_frac: float = knob(0.003, "pair rule: fewer changed pixels than this fraction: no_visible_change",
-                                   unit="frac", ge=0, le=1)
-    max_changed_frac: Optional[float] = knob(0.85, "pair rule: more changed pixels than this fraction: global_change "
-                                                   "(a cut, a title card, a fade; hands or a body filling half the "
-                                                   "frame are local motion, not this)", unit="frac", ge=0, le=1)
-    lighting_min_changed_frac: float = knob(0.2, "pair rule: when at least this fraction changed and a gain / offset "
-                                                 "of the colours explains half of it: global_change (a lighting or "
-                                                 "exposure change); a smaller exposure drift is taken out before "
-                                                 "the change is measured", unit="frac", ge=0, le=1)
-    max_camera_shift_px: Optional[float] = knob(2.0, "pair rule: the background (corners off the moving objects) "
-                                                     "moved by more than this between source and target: "
-                                                     "camera_moved (a shake the shot-level test missed); null: off",
-                                                unit="px@512", ge=0)
-    solid_radius_px: float = knob(6.0, "the disc a change is opened by to count as solid (a thing moved into place), "
-                                       "not an outline, flicker or noise", unit="px@512", ge=0)
-    min_solid_frac: float = knob(0.002, "pair rule: the largest solid changed region smaller than this fraction of "
-                                        "the frame: no_visible_change (a subject standing still, swaying leaves: "
-                                        "slivers and specks, no thing moved into place)", unit="frac", ge=0, le=1)
-    min_solid_share: float = knob(0.05, "pair rule: the largest solid changed region smaller than this share of "
-                                        "what changed: no_visible_change (a change scattered over foliage, water or "
-                                        "rain, with no thing moved into place; measured: 0.006-0.017 on a tree in "
-                                        "the wind, 0.24-0.8 on people, hands, animals and cars)",
-                                  unit="frac", ge=0, le=1)
-    min_motion_px: float = knob(8.0, "pair rule: the changed content must move at least this (p90 of the flow on the "
-                                     "solid change), or two sparse, verified matches must: else no_visible_motion",
-                                unit="px@512", ge=0)
-    min_motion_ratio: float = knob(0.05, "pair rule: that move, over the square root of the changed region's area, "
-                                         "below this: no_visible_motion (leaves or a whole tree swaying a few px)",
-                                   ge=0)
+    min_changed_frac: float = knob(
+        0.003, "pair rule: fewer changed pixels than this fraction: no_visible_change", unit="frac", ge=0, le=1
+    )
+    max_changed_frac: Optional[float] = knob(
+        0.85,
+        "pair rule: more changed pixels than this fraction: global_change "
+        "(a cut, a title card, a fade; hands or a body filling half the "
+        "frame are local motion, not this)",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    lighting_min_changed_frac: float = knob(
+        0.2,
+        "pair rule: when at least this fraction changed and a gain / offset "
+        "of the colours explains half of it: global_change (a lighting or "
+        "exposure change); a smaller exposure drift is taken out before "
+        "the change is measured",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    max_camera_shift_px: Optional[float] = knob(
+        2.0,
+        "pair rule: the background (corners off the moving objects) "
+        "moved by more than this between source and target: "
+        "camera_moved (a shake the shot-level test missed); null: off",
+        unit="px@512",
+        ge=0,
+    )
+    solid_radius_px: float = knob(
+        6.0,
+        "the disc a change is opened by to count as solid (a thing moved into place), not an outline, flicker or noise",
+        unit="px@512",
+        ge=0,
+    )
+    min_solid_frac: float = knob(
+        0.002,
+        "pair rule: the largest solid changed region smaller than this fraction of "
+        "the frame: no_visible_change (a subject standing still, swaying leaves: "
+        "slivers and specks, no thing moved into place)",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    min_solid_share: float = knob(
+        0.05,
+        "pair rule: the largest solid changed region smaller than this share of "
+        "what changed: no_visible_change (a change scattered over foliage, water or "
+        "rain, with no thing moved into place; measured: 0.006-0.017 on a tree in "
+        "the wind, 0.24-0.8 on people, hands, animals and cars)",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    min_motion_px: float = knob(
+        8.0,
+        "pair rule: the changed content must move at least this (p90 of the flow on the "
+        "solid change), or two sparse, verified matches must: else no_visible_motion",
+        unit="px@512",
+        ge=0,
+    )
+    min_motion_ratio: float = knob(
+        0.05,
+        "pair rule: that move, over the square root of the changed region's area, "
+        "below this: no_visible_motion (leaves or a whole tree swaying a few px)",
+        ge=0,
+    )
     moving_px: float = knob(1.0, "a pixel moves when its flow exceeds this", unit="px@512", ge=0)
-    min_fb_consistent: Optional[float] = knob(0.3, "flow rule: forward-backward consistent share of the moving "
-                                                    "pixels below this: the signals made from the dense flow (flow, "
-                                                    "sketch, coarse, collage, region drags) are dropped as "
-                                                    "flow_inconsistent (needs flow_bwd); null: off",
-                                              unit="frac", ge=0, le=1)
-    max_unexplained_frac: Optional[float] = knob(0.2, "flow rule: share of the changed region the source warped by "
-                                                      "the flow does not explain above this: the signals made from "
-                                                      "it are dropped as flow_unexplained; null: off",
-                                                 unit="frac", ge=0, le=1)
-    max_unexplained_blob_frac: Optional[float] = knob(0.005, "pair rule: a changed region, as a fraction of the frame, "
-                                                            "mostly unexplained and with no correspondence at all (no "
-                                                            "consistent flow, no sparse match) above this: "
-                                                            "unmatched_change (something appears or disappears); null: "
-                                                            "off", unit="frac", ge=0, le=1)
-    min_gain_db: float = knob(1.0, "coarse / collage rule: PSNR gain over no edit on the changed, covered pixels",
-                              unit="dB")
-    coarse_min_gain_db: float = knob(8.0, "coarse rule: the coarse edit is the source warped by a dense flow; where "
-                                          "that flow is right it draws the target on the changed, covered pixels "
-                                          "(13-27 dB over no edit on real pairs right by eye), where it ghosts a car "
-                                          "or leaves a cup away from the mouth it gains 2.6-7 dB",
-                                     unit="dB")
-    max_false_hole_frac: float = knob(0.03, "coarse / collage rule: holes where nothing changed, fraction of the frame",
-                                      unit="frac", ge=0, le=1)
-    max_hole_ratio: float = knob(0.75, "coarse / collage rule: holes / changed area; what disoccludes is at most "
-                                       "where something was (about half the changed area for a moving object)",
-                                 ge=0)
+    min_fb_consistent: Optional[float] = knob(
+        0.3,
+        "flow rule: forward-backward consistent share of the moving "
+        "pixels below this: the signals made from the dense flow (flow, "
+        "sketch, coarse, collage, region drags) are dropped as "
+        "flow_inconsistent (needs flow_bwd); null: off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    max_unexplained_frac: Optional[float] = knob(
+        0.2,
+        "flow rule: share of the changed region the source warped by "
+        "the flow does not explain above this: the signals made from "
+        "it are dropped as flow_unexplained; null: off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    max_unexplained_blob_frac: Optional[float] = knob(
+        0.005,
+        "pair rule: a changed region, as a fraction of the frame, "
+        "mostly unexplained and with no correspondence at all (no "
+        "consistent flow, no sparse match) above this: "
+        "unmatched_change (something appears or disappears); null: "
+        "off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    min_gain_db: float = knob(
+        1.0, "coarse / collage rule: PSNR gain over no edit on the changed, covered pixels", unit="dB"
+    )
+    coarse_min_gain_db: float = knob(
+        8.0,
+        "coarse rule: the coarse edit is the source warped by a dense flow; where "
+        "that flow is right it draws the target on the changed, covered pixels "
+        "(13-27 dB over no edit on real pairs right by eye), where it ghosts a car "
+        "or leaves a cup away from the mouth it gains 2.6-7 dB",
+        unit="dB",
+    )
+    max_false_hole_frac: float = knob(
+        0.03, "coarse / collage rule: holes where nothing changed, fraction of the frame", unit="frac", ge=0, le=1
+    )
+    max_hole_ratio: float = knob(
+        0.75,
+        "coarse / collage rule: holes / changed area; what disoccludes is at most "
+        "where something was (about half the changed area for a moving object)",
+        ge=0,
+    )
     min_drags: int = knob(2, "drag rule: fewer valid drags than this drop the drag signal", ge=1)
     drag_min_len_px: float = knob(8.0, "drag rule: shorter drags are no visible move", unit="px@512", ge=0)
-    drag_min_ncc: float = knob(0.5, "drag rule: the 11x11 patch NCC of handle (source) and target (target) below "
-                                    "this: the drag does not follow the content", ge=-1, le=1)
-    sketch_min_on_change: float = knob(0.6, "sketch rule: share of stroke pixels on what changed", unit="frac",
-                                       ge=0, le=1)
-    sketch_min_verified: float = knob(0.5, "sketch rule: share of stroke pixels next to moving target content whose "
-                                           "flow the forward flow undoes (needs flow_bwd): the strokes outline a "
-                                           "verified move, not flow noise", unit="frac", ge=0, le=1)
-    region_min_on_change: float = knob(0.5, "region rule: share of a region's mask on what changed", unit="frac",
-                                       ge=0, le=1)
-    region_max_error_ratio: float = knob(0.8, "region rule: the mean grey difference between a region's pixels "
-                                              "moved by its transform and the target there, at most this times "
-                                              "that of the region left in place; and the moved region lands on "
-                                              "what changed (region_min_on_change)", ge=0)
-    region_min_area: float = knob(0.002, "region rule: a region smaller than this fraction of the frame (a speck of "
-                                         "floor, a sliver at the frame's edge) is removed; and so is one that moves "
-                                         "less than min_motion_px (a still head, hair, a shirt's print)",
-                                  unit="frac", ge=0, le=1)
-    region_min_consistent: float = knob(0.5, "region rule: share of a region's mask whose flow the backward "
-                                             "flow undoes (needs flow_bwd); a halo of plain background that the "
-                                             "flow leaked onto around an object is not", unit="frac", ge=0, le=1)
-    drop_signals: bool = knob(True, "a failed signal rule drops that signal and keeps the pair (if any signal is "
-                                    "left); false: it rejects the pair")
+    drag_min_ncc: float = knob(
+        0.5,
+        "drag rule: the 11x11 patch NCC of handle (source) and target (target) below "
+        "this: the drag does not follow the content",
+        ge=-1,
+        le=1,
+    )
+    sketch_min_on_change: float = knob(
+        0.6, "sketch rule: share of stroke pixels on what changed", unit="frac", ge=0, le=1
+    )
+    sketch_min_verified: float = knob(
+        0.5,
+        "sketch rule: share of stroke pixels next to moving target content whose "
+        "flow the forward flow undoes (needs flow_bwd): the strokes outline a "
+        "verified move, not flow noise",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    region_min_on_change: float = knob(
+        0.5, "region rule: share of a region's mask on what changed", unit="frac", ge=0, le=1
+    )
+    region_max_error_ratio: float = knob(
+        0.8,
+        "region rule: the mean grey difference between a region's pixels "
+        "moved by its transform and the target there, at most this times "
+        "that of the region left in place; and the moved region lands on "
+        "what changed (region_min_on_change)",
+        ge=0,
+    )
+    region_min_area: float = knob(
+        0.002,
+        "region rule: a region smaller than this fraction of the frame (a speck of "
+        "floor, a sliver at the frame's edge) is removed; and so is one that moves "
+        "less than min_motion_px (a still head, hair, a shirt's print)",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    region_min_consistent: float = knob(
+        0.5,
+        "region rule: share of a region's mask whose flow the backward "
+        "flow undoes (needs flow_bwd); a halo of plain background that the "
+        "flow leaked onto around an object is not",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    drop_signals: bool = knob(
+        True,
+        "a failed signal rule drops that signal and keeps the pair (if any signal is left); false: it rejects the pair",
+    )
 
 
 def _frame_scale(h: int, w: int) -> float:
@@ -207,14 +322,25 @@ def _residual(a: np.ndarray, b: np.ndarray, thresh: float, sigma: float) -> np.n
     return changed_mask(a, b, thresh, sigma)
 
 
-def _edit_scores(name: str, edit: np.ndarray, holes: np.ndarray, src: np.ndarray, tgt: np.ndarray, C: np.ndarray,
-                 R: np.ndarray, c: QualityConfig, sigma: float) -> dict:
+def _edit_scores(
+    name: str,
+    edit: np.ndarray,
+    holes: np.ndarray,
+    src: np.ndarray,
+    tgt: np.ndarray,
+    C: np.ndarray,
+    R: np.ndarray,
+    c: QualityConfig,
+    sigma: float,
+) -> dict:
     covered = C & ~holes
     p_edit, p_src = masked_psnr(edit, tgt, covered), masked_psnr(src, tgt, covered)
     gain = None if p_edit is None or p_src is None else p_edit - p_src
-    return {f"{name}_gain_db": None if gain is None else round(gain, 3),
-            f"{name}_false_hole_frac": round(float((holes & ~R).mean()), 5),
-            f"{name}_hole_frac": round(float(holes.mean()), 5)}
+    return {
+        f"{name}_gain_db": None if gain is None else round(gain, 3),
+        f"{name}_false_hole_frac": round(float((holes & ~R).mean()), 5),
+        f"{name}_hole_frac": round(float(holes.mean()), 5),
+    }
 
 
 def _drag_points(drag: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -239,8 +365,9 @@ def _blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
     return _blur(to_gray(img), sigma)
 
 
-def _region_moves_onto_target(mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, R: np.ndarray,
-                              c: QualityConfig, max_points: int = 4000) -> bool:
+def _region_moves_onto_target(
+    mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, R: np.ndarray, c: QualityConfig, max_points: int = 4000
+) -> bool:
     """A region drag's mask, moved by its transform, lands on what changed and explains the target
     there better than the region left in place does (a mask on still road where a walker arrives
     explains nothing when moved)."""
@@ -313,22 +440,27 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
     C0, _ = p.changed(src)
     sc["changed_frac"] = round(float(C0.mean()), 5)
     if c.max_changed_frac is not None and sc["changed_frac"] > c.max_changed_frac:
-        return "global_change", (f"changed_frac {sc['changed_frac']:.3f} > {c.max_changed_frac}: nearly all of the "
-                                 f"frame changed (a cut, a title card, a fade)")
+        return "global_change", (
+            f"changed_frac {sc['changed_frac']:.3f} > {c.max_changed_frac}: nearly all of the "
+            f"frame changed (a cut, a title card, a fade)"
+        )
     comp, exposure = compensate_exposure(src, tgt)
     sc["exposure_explained"] = exposure
     C, R = p.changed(comp) if comp is not src else (C0, p.changed(src)[1])
     if sc["changed_frac"] >= c.lighting_min_changed_frac and C.mean() < 0.5 * C0.mean():
-        return "global_change", (f"a gain / offset of the colours explains {1 - C.mean() / C0.mean():.0%} of the "
-                                 f"{sc['changed_frac']:.2f} changed: a lighting or exposure change, not an edit")
+        return "global_change", (
+            f"a gain / offset of the colours explains {1 - C.mean() / C0.mean():.0%} of the "
+            f"{sc['changed_frac']:.2f} changed: a lighting or exposure change, not an edit"
+        )
     if c.max_camera_shift_px is not None:
         from vid2pair.stages.static_camera import pair_camera_fit
 
         shift, _, cam = pair_camera_fit(cv2.cvtColor(comp, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
         sc["camera_shift_px"] = None if shift is None else round(shift, 3)
         if shift is not None and shift > c.max_camera_shift_px * s:
-            return "camera_moved", (f"the background moved {shift:.2f} px between source and target "
-                                    f"(> {c.max_camera_shift_px * s:.2f} px)")
+            return "camera_moved", (
+                f"the background moved {shift:.2f} px between source and target (> {c.max_camera_shift_px * s:.2f} px)"
+            )
         if cam is not None:
             # a camera shake below the limit still changes every strong edge by a pixel: what changed
             # is measured against the source aligned onto the target, so that strokes, handles and
@@ -338,20 +470,25 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
             sc["changed_frac_aligned"] = round(float(C.mean()), 5)
     p.C, p.R = C, R
     if C.mean() < c.min_changed_frac:
-        return "no_visible_change", (f"changed_frac {C.mean():.4f} < {c.min_changed_frac} (pixels differing by > "
-                                     f"{c.change_thresh:g} grey levels" + (", exposure and camera shake taken out)"
-                                                                          if comp is not src else ")"))
+        return "no_visible_change", (
+            f"changed_frac {C.mean():.4f} < {c.min_changed_frac} (pixels differing by > "
+            f"{c.change_thresh:g} grey levels" + (", exposure and camera shake taken out)" if comp is not src else ")")
+        )
     p.solid = solid_change(C, max(1, int(round(c.solid_radius_px * s))))
     sc["solid_frac"] = round(_largest_component(p.solid) / float(p.h * p.w), 5)
     if sc["solid_frac"] < c.min_solid_frac:
-        return "no_visible_change", (f"solid_frac {sc['solid_frac']:.4f} < {c.min_solid_frac}: no solid changed region "
-                                     f"(only thin outlines, specks, flicker or noise: a still subject, swaying "
-                                     f"leaves), nothing moved into place")
+        return "no_visible_change", (
+            f"solid_frac {sc['solid_frac']:.4f} < {c.min_solid_frac}: no solid changed region "
+            f"(only thin outlines, specks, flicker or noise: a still subject, swaying "
+            f"leaves), nothing moved into place"
+        )
     if sc["solid_frac"] < c.min_solid_share * C.mean():
-        return "no_visible_change", (f"the largest solid changed region ({sc['solid_frac']:.4f} of the frame) is "
-                                     f"{sc['solid_frac'] / C.mean():.3f} of what changed ({C.mean():.3f}; < "
-                                     f"{c.min_solid_share}): a change scattered over foliage, water or rain, no thing "
-                                     f"moved into place")
+        return "no_visible_change", (
+            f"the largest solid changed region ({sc['solid_frac']:.4f} of the frame) is "
+            f"{sc['solid_frac'] / C.mean():.3f} of what changed ({C.mean():.3f}; < "
+            f"{c.min_solid_share}): a change scattered over foliage, water or rain, no thing "
+            f"moved into place"
+        )
     # something moves visibly: the flow on the solid change, or sparse matches a dense flow may miss
     mags = [np.hypot(f[..., 0], f[..., 1])[p.solid] for f in (p.flow, p.bwd) if f is not None]
     sc["motion_px"] = round(max((float(np.percentile(m, 90)) for m in mags if m.size), default=0.0), 3)
@@ -359,23 +496,31 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
         m = np.asarray(p.given_matches, np.float32).reshape(-1, 4)
     else:
         region = cv2.dilate(R.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        m = coherent_matches(sparse_matches(src, tgt, region, min_ncc=c.drag_min_ncc), p.flow,
-                             radius=max(8.0, 40.0 * s * 2), tol_px=3.0 * s * 2)
+        m = coherent_matches(
+            sparse_matches(src, tgt, region, min_ncc=c.drag_min_ncc),
+            p.flow,
+            radius=max(8.0, 40.0 * s * 2),
+            tol_px=3.0 * s * 2,
+        )
     move = np.linalg.norm(m[:, 2:] - m[:, :2], axis=1) if len(m) else np.zeros(0)
     on = (_in_mask(R, m[:, :2]) & _in_mask(R, m[:, 2:])) if len(m) else np.zeros(0, bool)
     p.matches = m[on & (move >= c.min_motion_px * s)]
     sc["moving_matches"] = int(len(p.matches))
     if sc["motion_px"] < c.min_motion_px * s and len(p.matches) < 2:
-        return "no_visible_motion", (f"the changed content moves {sc['motion_px']:.2f} px (p90 of the flow on it) and "
-                                     f"{len(p.matches)} sparse match(es) move >= {c.min_motion_px * s:.1f} px: a "
-                                     f"change without a visible move (flicker, shimmer, a subject that barely moves)")
+        return "no_visible_motion", (
+            f"the changed content moves {sc['motion_px']:.2f} px (p90 of the flow on it) and "
+            f"{len(p.matches)} sparse match(es) move >= {c.min_motion_px * s:.1f} px: a "
+            f"change without a visible move (flicker, shimmer, a subject that barely moves)"
+        )
     # ... and by a visible part of its own size: a tree swaying a few px over its whole crown is not an edit
     moved = max(sc["motion_px"], float(np.median(move[on])) if on.any() else 0.0)
     sc["motion_ratio"] = round(moved / max(1.0, float(np.sqrt(R.sum()))), 4)
     if sc["motion_ratio"] < c.min_motion_ratio:
-        return "no_visible_motion", (f"the changed region ({R.mean():.2f} of the frame) moves {moved:.1f} px, "
-                                     f"{sc['motion_ratio']:.3f} of its size (< {c.min_motion_ratio}): a sway, not an "
-                                     f"edit")
+        return "no_visible_motion", (
+            f"the changed region ({R.mean():.2f} of the frame) moves {moved:.1f} px, "
+            f"{sc['motion_ratio']:.3f} of its size (< {c.min_motion_ratio}): a sway, not an "
+            f"edit"
+        )
     return None
 
 
@@ -434,9 +579,12 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
     if n_lab > 1:
         area = np.bincount(lab[C], minlength=n_lab)
         unexp = np.bincount(lab[raw_bad], minlength=n_lab)  # thin strokes (new text) count here
+
         def comp(pts) -> np.ndarray:
-            return lab[np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1),
-                       np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)]
+            return lab[
+                np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1), np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
+            ]
+
         # two verified matches at least land in or leave the region: one point of background that an
         # entering object's edge pushed along is no correspondence of the object
         a_, b_ = comp(p.matches[:, :2]), comp(p.matches[:, 2:])
@@ -453,17 +601,25 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
         worst = int(area[orphan].max()) if orphan.any() else 0
     sc["orphan_blob_frac"] = round(worst / float(h * w), 5)
     if c.max_unexplained_blob_frac is not None and sc["orphan_blob_frac"] > c.max_unexplained_blob_frac:
-        return "unmatched_change", (f"a changed region of {sc['orphan_blob_frac']:.4f} of the frame has no "
-                                    f"correspondence (> {c.max_unexplained_blob_frac}: the flow does not explain it, "
-                                    f"no sparse match lands in it): something appears or disappears")
+        return "unmatched_change", (
+            f"a changed region of {sc['orphan_blob_frac']:.4f} of the frame has no "
+            f"correspondence (> {c.max_unexplained_blob_frac}: the flow does not explain it, "
+            f"no sparse match lands in it): something appears or disappears"
+        )
     why = None
     fb = sc["fb_consistent"]
     if c.min_fb_consistent is not None and fb is not None and fb < c.min_fb_consistent:
-        why = ("flow_inconsistent", f"fb_consistent {sc['fb_consistent']:.3f} < {c.min_fb_consistent} on "
-                                    f"{int((moving & tex).sum())} moving, textured pixels")
+        why = (
+            "flow_inconsistent",
+            f"fb_consistent {sc['fb_consistent']:.3f} < {c.min_fb_consistent} on "
+            f"{int((moving & tex).sum())} moving, textured pixels",
+        )
     elif c.max_unexplained_frac is not None and sc["unexplained_frac"] > c.max_unexplained_frac:
-        why = ("flow_unexplained", f"unexplained_frac {sc['unexplained_frac']:.3f} > {c.max_unexplained_frac}: the "
-                                   f"source warped by the flow does not explain the changed target")
+        why = (
+            "flow_unexplained",
+            f"unexplained_frac {sc['unexplained_frac']:.3f} > {c.max_unexplained_frac}: the "
+            f"source warped by the flow does not explain the changed target",
+        )
     if why:
         for name in FLOW_SIGNALS:
             sig_fail.setdefault(name, why)
@@ -488,17 +644,33 @@ def _edit_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
         wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
         sc[f"{name}_unexplained_frac"] = ux = round(float(wrong.sum() / max(1, C.sum())), 4)
         if c.max_unexplained_frac is not None and ux > c.max_unexplained_frac:
-            sig_fail.setdefault(name, (f"{name}_unexplained", f"{name} is wrong on {ux:.2f} of the changed region, "
-                                                              f"holes aside (> {c.max_unexplained_frac})"))
+            sig_fail.setdefault(
+                name,
+                (
+                    f"{name}_unexplained",
+                    f"{name} is wrong on {ux:.2f} of the changed region, holes aside (> {c.max_unexplained_frac})",
+                ),
+            )
         elif g is None or g < (need := c.coarse_min_gain_db if name == "coarse" else c.min_gain_db):
-            sig_fail.setdefault(name, (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region "
-                                                          f"(< {need})"))
+            sig_fail.setdefault(
+                name, (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region (< {need})")
+            )
         elif fh > c.max_false_hole_frac:
-            sig_fail.setdefault(name, (f"{name}_false_holes", f"{name} holes where nothing changed: {fh:.4f} of the "
-                                                              f"frame (> {c.max_false_hole_frac})"))
+            sig_fail.setdefault(
+                name,
+                (
+                    f"{name}_false_holes",
+                    f"{name} holes where nothing changed: {fh:.4f} of the frame (> {c.max_false_hole_frac})",
+                ),
+            )
         elif ratio > c.max_hole_ratio:
-            sig_fail.setdefault(name, (f"{name}_too_many_holes", f"{name} holes are {ratio:.2f} x the changed area "
-                                                                 f"(> {c.max_hole_ratio}): more than disocclusion"))
+            sig_fail.setdefault(
+                name,
+                (
+                    f"{name}_too_many_holes",
+                    f"{name} holes are {ratio:.2f} x the changed area (> {c.max_hole_ratio}): more than disocclusion",
+                ),
+            )
 
 
 def _drag_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
@@ -517,16 +689,25 @@ def _drag_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
         # target), not only inside the region around what changed: a point of still background there
         # does not move
         near_c = cv2.dilate(p.C.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        ok = (_in_mask(R, hs) & _in_mask(R, ts) & _in_mask(near_c, hs) & _in_mask(near_c, ts)
-              & (length >= c.drag_min_len_px * s) & (ncc >= c.drag_min_ncc)
-              & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
-              & _in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs))
+        ok = (
+            _in_mask(R, hs)
+            & _in_mask(R, ts)
+            & _in_mask(near_c, hs)
+            & _in_mask(near_c, ts)
+            & (length >= c.drag_min_len_px * s)
+            & (ncc >= c.drag_min_ncc)
+            & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
+            & _in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
+        )
         meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
     sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
     if ok.sum() < c.min_drags:
-        sig_fail["drag"] = ("drag_too_few_valid", f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
-                                                  f"{c.drag_min_len_px * s:.1f} px long and match their patches "
-                                                  f"(< {c.min_drags})")
+        sig_fail["drag"] = (
+            "drag_too_few_valid",
+            f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
+            f"{c.drag_min_len_px * s:.1f} px long and match their patches "
+            f"(< {c.min_drags})",
+        )
 
 
 def _sketch_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
@@ -547,12 +728,23 @@ def _sketch_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
         near = cv2.dilate(p.verified_tgt.astype(np.uint8), k) > 0
         sc["sketch_verified"] = round(float((strokes & near).sum() / n_on), 4)
     if sc["sketch_on_change"] < c.sketch_min_on_change:
-        sig_fail.setdefault("sketch", ("sketch_off_change", f"{sc['sketch_on_change']:.2f} of the stroke pixels on "
-                                                            f"what changed (< {c.sketch_min_on_change})"))
+        sig_fail.setdefault(
+            "sketch",
+            (
+                "sketch_off_change",
+                f"{sc['sketch_on_change']:.2f} of the stroke pixels on what changed (< {c.sketch_min_on_change})",
+            ),
+        )
     elif sc.get("sketch_verified") is not None and sc["sketch_verified"] < c.sketch_min_verified:
-        sig_fail.setdefault("sketch", ("sketch_unverified", f"{sc['sketch_verified']:.2f} of the stroke pixels next "
-                                                            f"to moving content whose flow is forward-backward "
-                                                            f"consistent (< {c.sketch_min_verified})"))
+        sig_fail.setdefault(
+            "sketch",
+            (
+                "sketch_unverified",
+                f"{sc['sketch_verified']:.2f} of the stroke pixels next "
+                f"to moving content whose flow is forward-backward "
+                f"consistent (< {c.sketch_min_verified})",
+            ),
+        )
 
 
 def _region_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
@@ -570,8 +762,11 @@ def _region_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
         move = max(float(r.get("motion_px") or 0.0), float(r.get("shift_px") or 0.0))
         if m.mean() < c.region_min_area or move < c.min_motion_px * p.s:
             continue
-        if frac >= c.region_min_on_change and consistent >= c.region_min_consistent \
-                and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c):
+        if (
+            frac >= c.region_min_on_change
+            and consistent >= c.region_min_consistent
+            and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c)
+        ):
             keep.append(r)
     lut = np.zeros(256, np.uint8)
     for i, r in enumerate(keep):
@@ -581,11 +776,17 @@ def _region_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
     meta["region_drag"]["regions"] = keep
     sc["region_total"], sc["region_valid"] = len(regions), len(keep)
     if not keep:
-        sig_fail.setdefault("region_drag", ("region_off_change", f"none of {len(regions)} regions lies on what "
-                                                                 f"changed (>= {c.region_min_on_change} of its mask), "
-                                                                 f"covers >= {c.region_min_area} of the frame, moves "
-                                                                 f">= {c.min_motion_px * p.s:.1f} px and, moved by "
-                                                                 f"its transform, explains the target"))
+        sig_fail.setdefault(
+            "region_drag",
+            (
+                "region_off_change",
+                f"none of {len(regions)} regions lies on what "
+                f"changed (>= {c.region_min_on_change} of its mask), "
+                f"covers >= {c.region_min_area} of the frame, moves "
+                f">= {c.min_motion_px * p.s:.1f} px and, moved by "
+                f"its transform, explains the target",
+            ),
+        )
 
 
 def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
@@ -612,8 +813,25 @@ class QualityStage(PairStage):
 
     name = "quality"
     sections = {"quality": QualityConfig}
-    reads = ("src", "tgt", "flow", "flow_bwd", "coarse", "coarse_mask", "collage", "collage_mask", "sketch",
-             "drag", "region_drag", "region_masks", "matches", "flow_valid", "flow_bwd_valid", "tracks", "visibility")
+    reads = (
+        "src",
+        "tgt",
+        "flow",
+        "flow_bwd",
+        "coarse",
+        "coarse_mask",
+        "collage",
+        "collage_mask",
+        "sketch",
+        "drag",
+        "region_drag",
+        "region_masks",
+        "matches",
+        "flow_valid",
+        "flow_bwd_valid",
+        "tracks",
+        "visibility",
+    )
 
     @classmethod
     def build(cls, cfg, upstream=()):
@@ -625,9 +843,12 @@ class QualityStage(PairStage):
                 if sig.name in ("flow", "flow_bwd") and cfg.output.flow == "none":
                     continue  # not written: nothing to judge
                 if sig.name in JUDGED_SIGNALS:
-                    keys[sig.name] = [(by_member[n].key, by_member[n].codec) if n in by_member
-                                      else (n.rsplit(".", 1)[0], "npy")  # flow.npy: the encoder writes arrays["flow"]
-                                      for n in sig.members]
+                    keys[sig.name] = [
+                        (by_member[n].key, by_member[n].codec)
+                        if n in by_member
+                        else (n.rsplit(".", 1)[0], "npy")  # flow.npy: the encoder writes arrays["flow"]
+                        for n in sig.members
+                    ]
         return cls(cfg, keys)
 
     @classmethod

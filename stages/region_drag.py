@@ -39,6 +39,7 @@ position in that order. The masks are returned as one label map ``(H, W)`` uint8
 ``mask_index + 1`` on region ``mask_index`` and 0 elsewhere (regions are disjoint because the
 segments partition the source): a single PNG, unlike a (K, H, W) stack.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,18 +59,23 @@ TYPES = ("translation", "rotation", "scaling", "deformation")
 @dataclass
 class RegionDragConfig:
     """Region drags from the collage's segments, with an operation type."""
+
     enabled: bool = knob(True, "region_drag.json + region_masks.png (needs the collage)")
-    reference_short_side: int = knob(512, "the px@512 knobs are for this short side, scaled to the frame",
-                                     unit="px", gt=0)
+    reference_short_side: int = knob(
+        512, "the px@512 knobs are for this short side, scaled to the frame", unit="px", gt=0
+    )
     moving_px: float = knob(2.0, "a segment moves when its median flow magnitude exceeds this", unit="px@512", ge=0)
-    translation_px: float = knob(2.0, "the similarity moves the region's centroid by this or more: translation",
-                                 unit="px@512", gt=0)
+    translation_px: float = knob(
+        2.0, "the similarity moves the region's centroid by this or more: translation", unit="px@512", gt=0
+    )
     rotation_deg: float = knob(5.0, "|similarity angle| >= this: rotation", unit="deg", gt=0, lt=180)
     scaling_tol: float = knob(0.05, "|similarity scale - 1| >= this: scaling (1.05: the outline grows by 5 %)", gt=0)
-    deformation_ratio: float = knob(0.25, "p75 residual > ratio x median motion (and > deformation_min_px): "
-                                          "deformation", gt=0)
-    deformation_min_px: float = knob(2.0, "a flow-noise floor for deformation (not scaled with the frame)",
-                                     unit="px", ge=0)
+    deformation_ratio: float = knob(
+        0.25, "p75 residual > ratio x median motion (and > deformation_min_px): deformation", gt=0
+    )
+    deformation_min_px: float = knob(
+        2.0, "a flow-noise floor for deformation (not scaled with the frame)", unit="px", ge=0
+    )
     merge: bool = knob(True, "merge adjacent moving segments that one similarity explains")
     merge_tol_px: float = knob(2.0, "... with a p75 residual <= this (not scaled)", unit="px", ge=0)
     n_handles: int = knob(4, "points per region (the centre included)", ge=1)
@@ -78,16 +84,26 @@ class RegionDragConfig:
     ransac_thresh: float = knob(3.0, "RANSAC threshold of the region similarity fits", unit="px", gt=0)
 
 
-def classify(angle_deg: float, scale: float, residual_p75: float, motion: float, cfg: RegionDragConfig,
-             shift_px: Optional[float] = None, px_scale: float = 1.0) -> str:
+def classify(
+    angle_deg: float,
+    scale: float,
+    residual_p75: float,
+    motion: float,
+    cfg: RegionDragConfig,
+    shift_px: Optional[float] = None,
+    px_scale: float = 1.0,
+) -> str:
     """Operation type from the region's similarity and its fit residual (see the module docstring).
     ``shift_px``: how far the similarity moves the region's centroid (default: ``motion``, the
     median flow); ``px_scale``: the frame's short side / ``reference_short_side``."""
     if residual_p75 > max(cfg.deformation_ratio * motion, cfg.deformation_min_px):
         return "deformation"
     shift = motion if shift_px is None else shift_px
-    rel = {"translation": shift / (cfg.translation_px * px_scale), "rotation": abs(angle_deg) / cfg.rotation_deg,
-           "scaling": abs(scale - 1.0) / cfg.scaling_tol}
+    rel = {
+        "translation": shift / (cfg.translation_px * px_scale),
+        "rotation": abs(angle_deg) / cfg.rotation_deg,
+        "scaling": abs(scale - 1.0) / cfg.scaling_tol,
+    }
     parts = [t for t, r in rel.items() if r >= 1.0]
     return "+".join(parts) if parts else max(rel, key=rel.get)
 
@@ -130,8 +146,14 @@ def _local_flow(flow: np.ndarray, region: np.ndarray, x: int, y: int, r: int = 2
     return np.median(f, axis=0) if len(f) else flow[y, x]
 
 
-def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Optional[RegionDragConfig] = None, *,
-                 rng: Optional[np.random.Generator] = None) -> tuple[dict, np.ndarray]:
+def region_drags(
+    labels: np.ndarray,
+    fits: Sequence,
+    flow: np.ndarray,
+    cfg: Optional[RegionDragConfig] = None,
+    *,
+    rng: Optional[np.random.Generator] = None,
+) -> tuple[dict, np.ndarray]:
     """Region drags for one pair -> (JSON-able dict, (H, W) uint8 region label map).
 
     ``labels``: the collage's segment label map (-1 = none); ``fits``: its
@@ -202,11 +224,24 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
         c = np.array([float((pix % w).mean()), float((pix // w).mean())])
         shift = float(np.hypot(*(A[:, :2] @ c + A[:, 2] - c))) if A is not None else motion
         kind = classify(angle, scale, r75, motion, cfg, shift, px_scale)
-        regions.append({"segs": sorted(segs), "pix": pix, "A": A, "motion": motion, "r50": r50, "r75": r75,
-                        "scale": scale, "angle": angle, "type": kind, "inliers": inl, "samples": m,
-                        "shift": shift})
+        regions.append(
+            {
+                "segs": sorted(segs),
+                "pix": pix,
+                "A": A,
+                "motion": motion,
+                "r50": r50,
+                "r75": r75,
+                "scale": scale,
+                "angle": angle,
+                "type": kind,
+                "inliers": inl,
+                "samples": m,
+                "shift": shift,
+            }
+        )
     regions.sort(key=lambda r: (-len(r["pix"]), r["segs"][0]))
-    regions = regions[:cfg.max_regions]
+    regions = regions[: cfg.max_regions]
 
     masks = np.zeros((h, w), np.uint8)
     out = []
@@ -237,15 +272,25 @@ def region_drags(labels: np.ndarray, fits: Sequence, flow: np.ndarray, cfg: Opti
         def pt(p):
             return [round(float(p[0]), 2), round(float(p[1]), 2)]
 
-        out.append({
-            "id": i, "type": r["type"], "center": pt(center), "handles": [pt(p) for p in handles],
-            "targets": [pt(p) for p in targets], "angle_deg": round(r["angle"], 3), "scale": round(r["scale"], 5),
-            "shift_px": round(r["shift"], 3),
-            "residual_px": round(r["r50"], 4) if np.isfinite(r["r50"]) else None,
-            "residual_p75_px": round(r["r75"], 4) if np.isfinite(r["r75"]) else None,
-            "motion_px": round(r["motion"], 4), "area": int(len(r["pix"])), "segments": r["segs"],
-            "inliers": int(r["inliers"]), "samples": int(r["samples"]),
-            "transform": None if r["A"] is None else [[round(float(v), 5) for v in row] for row in r["A"]],
-            "mask_index": i,
-        })
+        out.append(
+            {
+                "id": i,
+                "type": r["type"],
+                "center": pt(center),
+                "handles": [pt(p) for p in handles],
+                "targets": [pt(p) for p in targets],
+                "angle_deg": round(r["angle"], 3),
+                "scale": round(r["scale"], 5),
+                "shift_px": round(r["shift"], 3),
+                "residual_px": round(r["r50"], 4) if np.isfinite(r["r50"]) else None,
+                "residual_p75_px": round(r["r75"], 4) if np.isfinite(r["r75"]) else None,
+                "motion_px": round(r["motion"], 4),
+                "area": int(len(r["pix"])),
+                "segments": r["segs"],
+                "inliers": int(r["inliers"]),
+                "samples": int(r["samples"]),
+                "transform": None if r["A"] is None else [[round(float(v), 5) for v in row] for row in r["A"]],
+                "mask_index": i,
+            }
+        )
     return {"image_size": [int(w), int(h)], "regions": out, "mask_encoding": "label map: value mask_index + 1"}, masks

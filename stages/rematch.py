@@ -28,6 +28,7 @@ their flow (the quality stage then judges them).
 
 Pure: arrays in, arrays and records out.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -48,8 +49,9 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return (img if img.ndim == 2 else to_gray(img)).astype(np.float32)
 
 
-def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float, area: tuple
-           ) -> Optional[tuple[np.ndarray, float]]:
+def _match(
+    m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float, area: tuple
+) -> Optional[tuple[np.ndarray, float]]:
     """The piece (mask ``m`` in ``box``) as it looks in ``a``, found in ``b`` inside ``area`` (x0,
     y0, x1, y1: where things changed, with a margin) by masked normalised cross-correlation: (its
     translation, the NCC), or None when it is flat or as large as the search area."""
@@ -57,7 +59,7 @@ def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: flo
     x0, y0, x1, y1 = area
     if bw >= x1 - x0 - 1 or bh >= y1 - y0 - 1:
         return None
-    t = a[y:y + bh, x:x + bw]
+    t = a[y : y + bh, x : x + bw]
     if float(t[m > 0].std()) < min_std:
         return None
     r = cv2.matchTemplate(b[y0:y1, x0:x1], t, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.uint8))
@@ -66,8 +68,9 @@ def _match(m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: flo
     return np.array([x0 + px - x, y0 + py - y], np.float32), float(r[py, px])
 
 
-def _refine(box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.ndarray
-            ) -> Optional[tuple[np.ndarray, float]]:
+def _refine(
+    box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.ndarray
+) -> Optional[tuple[np.ndarray, float]]:
     """The affine map (2x3, frame coordinates of ``a`` -> ``b``) that carries the piece onto ``b``,
     refined by ECC from the translation ``d`` over the piece's box (with a margin), and the NCC of
     the piece's pixels under it; None when ECC fails or the map leaves the frame."""
@@ -78,8 +81,9 @@ def _refine(box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.n
     t = np.ascontiguousarray(a[y0:y1, x0:x1])
     warp = np.float32([[1, 0, x0 + d[0]], [0, 1, y0 + d[1]]])  # template coordinates -> b
     try:
-        _, warp = cv2.findTransformECC(t, b, warp, cv2.MOTION_AFFINE,
-                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5)
+        _, warp = cv2.findTransformECC(
+            t, b, warp, cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5
+        )
     except cv2.error:
         return None
     aff = warp.astype(np.float64)
@@ -100,11 +104,21 @@ def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) 
     return float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
 
 
-def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Optional[np.ndarray], *,
-                    thresh: float = 15.0, sigma: float = 1.5, close_px: int = 3, min_ncc: float = 0.8,
-                    min_move_px: float = 2.0, min_area_frac: float = 0.0005, max_area_frac: float = 0.2,
-                    min_std: float = 6.0
-                    ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, list[dict]]:
+def rematch_objects(
+    src: np.ndarray,
+    tgt: np.ndarray,
+    flow: np.ndarray,
+    bwd: Optional[np.ndarray],
+    *,
+    thresh: float = 15.0,
+    sigma: float = 1.5,
+    close_px: int = 3,
+    min_ncc: float = 0.8,
+    min_move_px: float = 2.0,
+    min_area_frac: float = 0.0005,
+    max_area_frac: float = 0.2,
+    min_std: float = 6.0,
+) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, list[dict]]:
     """The flows with the pieces the dense flow lost re-matched (module docstring), the target-side
     mask of where they arrived, the source-side pieces (uint8, piece i is i + 1, the background an
     object covers in the target :data:`COVERED`, 0 elsewhere) and a
@@ -122,13 +136,16 @@ def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Opt
         return flow, bwd, done, pieces_src, records
     gs, gt = _gray(src), _gray(tgt)
     area = stats[:, cv2.CC_STAT_AREA]
-    pieces = [int(k) for k in np.argsort(-area)
-              if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
+    pieces = [int(k) for k in np.argsort(-area) if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
     valid = fb_consistent(flow, bwd) if bwd is not None else np.ones((h, w), bool)
     cy, cx = np.nonzero(core)  # an object arrives on changed pixels: search only around them
     pad = 8
-    area_box = (max(0, int(cx.min()) - pad), max(0, int(cy.min()) - pad),
-                min(w, int(cx.max()) + 1 + pad), min(h, int(cy.max()) + 1 + pad))
+    area_box = (
+        max(0, int(cx.min()) - pad),
+        max(0, int(cy.min()) - pad),
+        min(w, int(cx.max()) + 1 + pad),
+        min(h, int(cy.max()) + 1 + pad),
+    )
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     claimed = np.zeros((h, w), bool)
     for k in pieces:
@@ -137,7 +154,7 @@ def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Opt
         piece = lab == k
         if (piece & claimed).any():
             continue
-        found = _match(piece[y:y + bh, x:x + bw], box, gs, gt, min_std, area_box)
+        found = _match(piece[y : y + bh, x : x + bw], box, gs, gt, min_std, area_box)
         if found is None or found[1] < 0.5 * min_ncc:  # nothing like it in the target
             continue
         fit = _refine(box, found[0], gs, gt, piece)
@@ -183,9 +200,15 @@ def rematch_objects(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray, bwd: Opt
         pieces_src[dest & ~piece] = COVERED  # background the object covers in the target
         if len(records) < COVERED - 1:
             pieces_src[piece] = len(records) + 1
-        records.append({"box": list(box), "move": [round(float(move[0]), 2), round(float(move[1]), 2)],
-                        "ncc": round(ncc, 3), "area": int(piece.sum()),
-                        "affine": [[round(float(v), 5) for v in row] for row in aff]})
+        records.append(
+            {
+                "box": list(box),
+                "move": [round(float(move[0]), 2), round(float(move[1]), 2)],
+                "ncc": round(ncc, 3),
+                "area": int(piece.sum()),
+                "affine": [[round(float(v), 5) for v in row] for row in aff],
+            }
+        )
     return flow, bwd, done, pieces_src, records
 
 

@@ -32,6 +32,7 @@ Backends (:func:`make_segmenter`)
     Weights: ``checkpoint`` or the model cache (``sam_<model_type>``, see ``pipeline.models``);
     ``model=`` injects a built ``Sam`` (tests use random weights).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -42,8 +43,16 @@ import numpy as np
 
 from vid2pair.core.device import resolve_device
 
-__all__ = ["FelzenszwalbSegmenter", "SlicSegmenter", "SamSegmenter", "make_segmenter", "relabel",
-           "SAM_EXTRA_MESSAGE", "SEGMENTERS", "REFERENCE_SHORT_SIDE"]
+__all__ = [
+    "FelzenszwalbSegmenter",
+    "SlicSegmenter",
+    "SamSegmenter",
+    "make_segmenter",
+    "relabel",
+    "SAM_EXTRA_MESSAGE",
+    "SEGMENTERS",
+    "REFERENCE_SHORT_SIDE",
+]
 
 SAM_EXTRA_MESSAGE = "segment-anything is not installed: pip install 'vid2pair[collage]'"
 SEGMENTERS = ("felzenszwalb", "slic", "sam")
@@ -58,7 +67,7 @@ def segment_pixels(labels: np.ndarray, n: int) -> list[np.ndarray]:
     order = np.argsort(lab, kind="stable")
     idx, lab = idx[order], lab[order]
     bounds = np.searchsorted(lab, np.arange(n + 1))
-    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
+    return [idx[bounds[k] : bounds[k + 1]] for k in range(n)]
 
 
 def relabel(labels: np.ndarray, min_area: int) -> np.ndarray:
@@ -70,8 +79,7 @@ def relabel(labels: np.ndarray, min_area: int) -> np.ndarray:
     out = np.full(flat.shape, -1, np.int32)
     if not valid.any():
         return out.reshape(lab.shape)
-    uniq, first, inv, counts = np.unique(flat[valid], return_index=True, return_inverse=True,
-                                         return_counts=True)
+    uniq, first, inv, counts = np.unique(flat[valid], return_index=True, return_inverse=True, return_counts=True)
     keep = counts > min_area
     order = np.argsort(first[keep], kind="stable")  # raster order: deterministic ids
     new_ids = np.full(len(uniq), -1, np.int32)
@@ -122,8 +130,15 @@ class FelzenszwalbSegmenter:
 
     name = "felzenszwalb"
 
-    def __init__(self, scale: float = 300.0, sigma: float = 0.8, min_size: int = 50,
-                 flow_weight: float = 1.0, min_area: int = 300, max_short_side: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        scale: float = 300.0,
+        sigma: float = 0.8,
+        min_size: int = 50,
+        flow_weight: float = 1.0,
+        min_area: int = 300,
+        max_short_side: Optional[int] = None,
+    ) -> None:
         self.scale, self.sigma, self.min_size = float(scale), float(sigma), int(min_size)
         self.flow_weight, self.min_area = float(flow_weight), int(min_area)
         self.max_short_side = max_short_side
@@ -142,8 +157,13 @@ class FelzenszwalbSegmenter:
         # k and min_size are pixel counts, sigma a length: rescale them from the reference frame
         with warnings.catch_warnings():  # a 5-channel stack is intended ("interpreted as multichannel")
             warnings.simplefilter("ignore", RuntimeWarning)
-            lab = felzenszwalb(feat, scale=self.scale / (r * r), sigma=self.sigma / r,
-                               min_size=max(1, int(round(self.min_size / (r * r)))), channel_axis=-1)
+            lab = felzenszwalb(
+                feat,
+                scale=self.scale / (r * r),
+                sigma=self.sigma / r,
+                min_size=max(1, int(round(self.min_size / (r * r)))),
+                channel_axis=-1,
+            )
         return relabel(_upscale_labels(lab, full), self.min_area)
 
 
@@ -152,8 +172,14 @@ class SlicSegmenter:
 
     name = "slic"
 
-    def __init__(self, n_segments: int = 150, compactness: float = 10.0, flow_weight: float = 1.0,
-                 min_area: int = 300, max_short_side: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        n_segments: int = 150,
+        compactness: float = 10.0,
+        flow_weight: float = 1.0,
+        min_area: int = 300,
+        max_short_side: Optional[int] = None,
+    ) -> None:
         self.n_segments, self.compactness = int(n_segments), float(compactness)
         self.flow_weight, self.min_area = float(flow_weight), int(min_area)
         self.max_short_side = max_short_side
@@ -176,11 +202,24 @@ class SlicSegmenter:
             # slic rescales a non-RGB stack to [0, 1] as a whole: rescale the compactness with it so
             # it keeps its meaning relative to CIELAB units
             rng_ = float(feat.max() - feat.min()) or 1.0
-            lab = slic(feat, n_segments=self.n_segments, compactness=self.compactness / rng_, convert2lab=False,
-                       channel_axis=-1, start_label=0, enforce_connectivity=True)
+            lab = slic(
+                feat,
+                n_segments=self.n_segments,
+                compactness=self.compactness / rng_,
+                convert2lab=False,
+                channel_axis=-1,
+                start_label=0,
+                enforce_connectivity=True,
+            )
         else:
-            lab = slic(img, n_segments=self.n_segments, compactness=self.compactness, channel_axis=-1,
-                       start_label=0, enforce_connectivity=True)
+            lab = slic(
+                img,
+                n_segments=self.n_segments,
+                compactness=self.compactness,
+                channel_axis=-1,
+                start_label=0,
+                enforce_connectivity=True,
+            )
         return relabel(_upscale_labels(lab, full), self.min_area)
 
 
@@ -189,9 +228,17 @@ class SamSegmenter:
 
     name = "sam"
 
-    def __init__(self, model_type: str = "vit_b", checkpoint: Optional[str] = None, *,
-                 points_per_side: int = 32, min_area: int = 300, device: str = "auto",
-                 model: Any = None, **generator_kwargs) -> None:
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        checkpoint: Optional[str] = None,
+        *,
+        points_per_side: int = 32,
+        min_area: int = 300,
+        device: str = "auto",
+        model: Any = None,
+        **generator_kwargs,
+    ) -> None:
         try:
             from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
         except ImportError:
@@ -210,8 +257,7 @@ class SamSegmenter:
             tag = "injected"
         self.model = model.to(self.device).eval()
         self.min_area = int(min_area)
-        self.generator = SamAutomaticMaskGenerator(self.model, points_per_side=int(points_per_side),
-                                                   **generator_kwargs)
+        self.generator = SamAutomaticMaskGenerator(self.model, points_per_side=int(points_per_side), **generator_kwargs)
         self.version = f"segment-anything/sam_{model_type}-{tag}/pps{points_per_side}"
 
     def masks(self, img: np.ndarray) -> list[dict]:
@@ -233,13 +279,29 @@ class SamSegmenter:
 def make_segmenter(cfg: Any, model: Any = None):
     """The segmenter a :class:`~vid2pair.stages.collage.CollageConfig` describes; ``model`` injects a SAM model."""
     if cfg.segmenter == "felzenszwalb":
-        return FelzenszwalbSegmenter(scale=cfg.fz_scale, sigma=cfg.fz_sigma, min_size=cfg.fz_min_size,
-                                     flow_weight=cfg.flow_weight, min_area=cfg.min_area,
-                                     max_short_side=cfg.segment_short_side)
+        return FelzenszwalbSegmenter(
+            scale=cfg.fz_scale,
+            sigma=cfg.fz_sigma,
+            min_size=cfg.fz_min_size,
+            flow_weight=cfg.flow_weight,
+            min_area=cfg.min_area,
+            max_short_side=cfg.segment_short_side,
+        )
     if cfg.segmenter == "slic":
-        return SlicSegmenter(n_segments=cfg.slic_segments, compactness=cfg.slic_compactness,
-                             flow_weight=cfg.flow_weight, min_area=cfg.min_area, max_short_side=cfg.segment_short_side)
+        return SlicSegmenter(
+            n_segments=cfg.slic_segments,
+            compactness=cfg.slic_compactness,
+            flow_weight=cfg.flow_weight,
+            min_area=cfg.min_area,
+            max_short_side=cfg.segment_short_side,
+        )
     if cfg.segmenter == "sam":
-        return SamSegmenter(cfg.sam_model_type, cfg.sam_checkpoint, points_per_side=cfg.points_per_side,
-                            min_area=cfg.min_area, device=cfg.device, model=model)
+        return SamSegmenter(
+            cfg.sam_model_type,
+            cfg.sam_checkpoint,
+            points_per_side=cfg.points_per_side,
+            min_area=cfg.min_area,
+            device=cfg.device,
+            model=model,
+        )
     raise ValueError(f"unknown segmenter {cfg.segmenter!r}; choose one of {', '.join(SEGMENTERS)}")

@@ -32,6 +32,7 @@ flow field): it outlines what moved. Here those edges become clean strokes:
 
 Pixel parameters are at the stored frame size. Output: (H, W) uint8, 255 on strokes, 0 elsewhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,15 +57,16 @@ SPLAT_SHARPNESS = 10.0
 @dataclass
 class SketchConfig:
     """The sketch: clean strokes along the motion boundaries, in the target's layout."""
+
     enabled: bool = knob(True, "sketch.png")
     rel_thresh: float = knob(0.25, "edge strength must exceed this x the 98th-percentile flow magnitude ...", ge=0)
     abs_thresh_px: float = knob(1.0, "... and this absolute floor (a static scene gives no strokes)", unit="px", gt=0)
     stroke_width: int = knob(3, "final stroke thickness", unit="px", ge=1)
     min_component_px: int = knob(10, "skeleton pieces shorter than this are dropped", unit="px", ge=1)
-    density: float = knob(1.0, "fraction of the skeleton length kept, strongest strokes first", unit="frac",
-                          gt=0, le=1)
-    max_stroke_frac: Optional[float] = knob(None, "reject pairs whose strokes cover more of the frame; null: never",
-                                            unit="frac", gt=0, le=1)
+    density: float = knob(1.0, "fraction of the skeleton length kept, strongest strokes first", unit="frac", gt=0, le=1)
+    max_stroke_frac: Optional[float] = knob(
+        None, "reject pairs whose strokes cover more of the frame; null: never", unit="frac", gt=0, le=1
+    )
     use_flow_bwd: bool = knob(True, "use flow_bwd (tgt -> src) when present; else splat the forward flow")
 
 
@@ -91,8 +93,16 @@ def _zhang_suen(img: np.ndarray) -> np.ndarray:
         for step in (0, 1):
             c = img[1:-1, 1:-1]
             # neighbours clockwise from north: P2 (N), P3 (NE), P4 (E), ... P9 (NW)
-            p = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],
-                 img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]
+            p = [
+                img[:-2, 1:-1],
+                img[:-2, 2:],
+                img[1:-1, 2:],
+                img[2:, 2:],
+                img[2:, 1:-1],
+                img[2:, :-2],
+                img[1:-1, :-2],
+                img[:-2, :-2],
+            ]
             b = sum(q.astype(np.int16) for q in p)
             a = sum(((p[k] == 0) & (p[(k + 1) % 8] == 1)).astype(np.int16) for k in range(8))
             p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
@@ -147,8 +157,7 @@ def _fill_holes_low_motion(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
     np.minimum.at(cmin, rl, rm)
     src = np.zeros_like(valid)
     src[ring] = rm <= cmin[rl] * 1.1 + 0.5
-    _, near = cv2.distanceTransformWithLabels((~src).astype(np.uint8), cv2.DIST_L2, 5,
-                                              labelType=cv2.DIST_LABEL_PIXEL)
+    _, near = cv2.distanceTransformWithLabels((~src).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
     sy, sx = np.nonzero(src)
     table = np.zeros((int(near.max()) + 1, 2), np.float32)
     table[near[sy, sx]] = field[sy, sx]
@@ -157,8 +166,13 @@ def _fill_holes_low_motion(field: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return field
 
 
-def target_flow(flow: np.ndarray, flow_bwd: Optional[np.ndarray] = None, src: Optional[np.ndarray] = None,
-                tgt: Optional[np.ndarray] = None, hole_thresh: float = 0.5) -> tuple[np.ndarray, str]:
+def target_flow(
+    flow: np.ndarray,
+    flow_bwd: Optional[np.ndarray] = None,
+    src: Optional[np.ndarray] = None,
+    tgt: Optional[np.ndarray] = None,
+    hole_thresh: float = 0.5,
+) -> tuple[np.ndarray, str]:
     """A tgt -> src flow field on the target's pixel grid, and how it was obtained.
 
     ``flow_bwd`` when given (``"flow_bwd"``); otherwise ``-flow`` forward-splatted to the target
@@ -229,8 +243,12 @@ def sketch_from_flow(flow: np.ndarray, cfg: Optional[SketchConfig] = None, info:
                 k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.stroke_width, cfg.stroke_width))
                 out = cv2.dilate(out, k)
     if info is not None:
-        info.update(thresh_px=round(thresh, 4), scale_px=round(scale, 4), n_strokes=n_kept,
-                    stroke_frac=round(float((out > 0).mean()), 6))
+        info.update(
+            thresh_px=round(thresh, 4),
+            scale_px=round(scale, 4),
+            n_strokes=n_kept,
+            stroke_frac=round(float((out > 0).mean()), 6),
+        )
     return out
 
 
@@ -268,6 +286,7 @@ class SketchStage(PairStage):
         a["sketch"] = sketch_from_flow(field, self.c, info)
         it.meta["sketch"] = {"frame": "tgt", "flow": how, **info}
         if self.c.max_stroke_frac is not None and info["stroke_frac"] > self.c.max_stroke_frac:
-            return pair_reject(it, self.name, "sketch_too_dense",
-                               f"strokes cover {info['stroke_frac']:.3f} > {self.c.max_stroke_frac}")
+            return pair_reject(
+                it, self.name, "sketch_too_dense", f"strokes cover {info['stroke_frac']:.3f} > {self.c.max_stroke_frac}"
+            )
         return it

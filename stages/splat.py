@@ -27,6 +27,7 @@ shift-invariant in ``Z``). Contributions that land outside the frame, and those 
 non-finite flow or metric, are dropped. Contributions with an exactly zero bilinear weight are
 ignored (they change no sum, and they do not take part in the per-pixel max).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -38,23 +39,35 @@ from vid2pair.core.items import PairItem
 
 MODES = ("sum", "avg", "linear", "soft")
 
-__all__ = ["MODES", "softmax_splat", "splat_with_density", "backwarp", "magicfixup_metric",
-           "reference_splat_numpy", "resolve_device"]
+__all__ = [
+    "MODES",
+    "softmax_splat",
+    "splat_with_density",
+    "backwarp",
+    "magicfixup_metric",
+    "reference_splat_numpy",
+    "resolve_device",
+]
 
 
 def _check(img, flow, metric, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if img.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"expected img (B, C, H, W) and flow (B, 2, H, W), "
-                         f"got {tuple(img.shape)} / {tuple(flow.shape)}")
+        raise ValueError(
+            f"expected img (B, C, H, W) and flow (B, 2, H, W), got {tuple(img.shape)} / {tuple(flow.shape)}"
+        )
     if img.shape[0] != flow.shape[0] or img.shape[2:] != flow.shape[2:]:
         raise ValueError(f"img {tuple(img.shape)} and flow {tuple(flow.shape)} differ in batch or size")
     if mode in ("linear", "soft"):
         if metric is None:
             raise ValueError(f"mode {mode!r} needs a metric (B, 1, H, W)")
-        if metric.dim() != 4 or metric.shape[1] != 1 or metric.shape[0] != img.shape[0] \
-                or metric.shape[2:] != img.shape[2:]:
+        if (
+            metric.dim() != 4
+            or metric.shape[1] != 1
+            or metric.shape[0] != img.shape[0]
+            or metric.shape[2:] != img.shape[2:]
+        ):
             raise ValueError(f"metric must be (B, 1, H, W) matching img, got {tuple(metric.shape)}")
 
 
@@ -142,10 +155,10 @@ def _splat(img, flow, metric, mode: str, density: bool):
             rows[-1].copy_(wt)
         acc.index_add_(1, idx, rows)
 
-    acc = acc.view(nk, b, ph, pw)[:, :, 2:h + 2, 2:w + 2]
+    acc = acc.view(nk, b, ph, pw)[:, :, 2 : h + 2, 2 : w + 2]
     num = acc[:c]
     if norm:
-        den = acc[c:c + 1]
+        den = acc[c : c + 1]
         pos = den > 0
         num = torch.where(pos, num / torch.where(pos, den, 1.0), 0.0)
     out = num.transpose(0, 1).contiguous()
@@ -206,8 +219,9 @@ def magicfixup_metric(src, tgt, flow):
     return torch.clamp(-20.0 * err, -20.0, 20.0)
 
 
-def reference_splat_numpy(img: np.ndarray, flow: np.ndarray, metric: Optional[np.ndarray] = None,
-                          mode: str = "soft") -> np.ndarray:
+def reference_splat_numpy(
+    img: np.ndarray, flow: np.ndarray, metric: Optional[np.ndarray] = None, mode: str = "soft"
+) -> np.ndarray:
     """Per-pixel loop implementation of the same definition (float64; tests and benchmarks only).
 
     ``img`` (B, C, H, W), ``flow`` (B, 2, H, W), ``metric`` (B, 1, H, W). Target positions are
@@ -234,8 +248,12 @@ def reference_splat_numpy(img: np.ndarray, flow: np.ndarray, metric: Optional[np
                     continue
                 x0, y0 = int(np.floor(tx)), int(np.floor(ty))
                 ax, ay = float(tx) - x0, float(ty) - y0
-                for dx, dy, wt in ((0, 0, (1 - ax) * (1 - ay)), (1, 0, ax * (1 - ay)),
-                                   (0, 1, (1 - ax) * ay), (1, 1, ax * ay)):
+                for dx, dy, wt in (
+                    (0, 0, (1 - ax) * (1 - ay)),
+                    (1, 0, ax * (1 - ay)),
+                    (0, 1, (1 - ax) * ay),
+                    (1, 1, ax * ay),
+                ):
                     px, py = x0 + dx, y0 + dy
                     if 0 <= px < w and 0 <= py < h and wt > 0:
                         contrib.setdefault((py, px), []).append((wt, z, y, x))
@@ -265,15 +283,16 @@ def check_pair_arrays(it: PairItem) -> Optional[tuple[str, str]]:
     if any(k not in a for k in ("src", "tgt", "flow")):
         return "bad_input", f"missing arrays: have {sorted(a)}"
     src, tgt, flow = (np.asarray(a[k]) for k in ("src", "tgt", "flow"))
-    if src.ndim != 3 or src.shape[-1] != 3 or src.dtype != np.uint8 or tgt.shape != src.shape \
-            or tgt.dtype != np.uint8:
-        return "bad_input", (f"src/tgt must be (H, W, 3) uint8 of one size, "
-                             f"got {src.shape} {src.dtype} / {tgt.shape} {tgt.dtype}")
+    if src.ndim != 3 or src.shape[-1] != 3 or src.dtype != np.uint8 or tgt.shape != src.shape or tgt.dtype != np.uint8:
+        return "bad_input", (
+            f"src/tgt must be (H, W, 3) uint8 of one size, got {src.shape} {src.dtype} / {tgt.shape} {tgt.dtype}"
+        )
     if min(src.shape[:2]) < 2:
         return "bad_input", f"frame too small: {src.shape[1]}x{src.shape[0]}"
     if flow.shape != src.shape[:2] + (2,):
         return "bad_input", f"flow shape {flow.shape} does not match the frame {src.shape[:2]}"
     if not np.issubdtype(flow.dtype, np.floating) or not np.isfinite(flow).all():
-        return "invalid_flow", "flow has non-finite values" if np.issubdtype(flow.dtype, np.floating) \
-            else f"flow dtype {flow.dtype} is not floating point"
+        return "invalid_flow", "flow has non-finite values" if np.issubdtype(
+            flow.dtype, np.floating
+        ) else f"flow dtype {flow.dtype} is not floating point"
     return None

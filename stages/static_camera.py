@@ -9,6 +9,7 @@ accumulates while a fixed camera's jitter does not. The score is the spread of t
 positions (see :func:`camera_motion_score`), as a fraction of the image diagonal, and the shot is
 static when ``score <= static_camera.max_shift``. See docs/calibration.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from vid2pair.stages.evidence import changed_mask, object_region
 @dataclass
 class StaticCameraConfig:
     """Keep only shots whose camera does not move (docs/calibration.md)."""
+
     enabled: bool = knob(True, "false: every shot counts as static")
     samples: int = knob(8, "frames sampled across the shot", ge=2)
     analysis_width: int = knob(320, "frames are decoded this wide for the camera-motion fit", unit="px", ge=32)
@@ -31,12 +33,12 @@ class StaticCameraConfig:
 
 
 def _track(a: np.ndarray, b: np.ndarray, max_corners: int = 400, quality: float = 0.01, spacing: int = 7):
-    p0 = cv2.goodFeaturesToTrack(a, maxCorners=max_corners, qualityLevel=quality, minDistance=spacing,
-                                 blockSize=spacing)
+    p0 = cv2.goodFeaturesToTrack(
+        a, maxCorners=max_corners, qualityLevel=quality, minDistance=spacing, blockSize=spacing
+    )
     if p0 is None or len(p0) < 4:
         return None, None
-    lk = dict(winSize=(21, 21), maxLevel=4,
-              criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    lk = dict(winSize=(21, 21), maxLevel=4, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     p1, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, p0, None, **lk)
     p0r, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, p1, None, **lk)
     fb = np.linalg.norm((p0 - p0r).reshape(-1, 2), axis=1)
@@ -44,8 +46,14 @@ def _track(a: np.ndarray, b: np.ndarray, max_corners: int = 400, quality: float 
     return p0.reshape(-1, 2)[ok], p1.reshape(-1, 2)[ok]
 
 
-def pair_transform(a: np.ndarray, b: np.ndarray, min_inliers: int = 12, static_px: float = 0.5,
-                   static_frac: float = 0.2, return_points: bool = False):
+def pair_transform(
+    a: np.ndarray,
+    b: np.ndarray,
+    min_inliers: int = 12,
+    static_px: float = 0.5,
+    static_frac: float = 0.2,
+    return_points: bool = False,
+):
     """Similarity transform (2x3) of the dominant motion a->b, and its inlier count (and, with
     ``return_points``, the inlier corners on ``a``).
 
@@ -68,8 +76,9 @@ def pair_transform(a: np.ndarray, b: np.ndarray, min_inliers: int = 12, static_p
                 best = (m, n_still, p0[still])
                 break
         if len(p0) >= min_inliers:
-            m, inl = cv2.estimateAffinePartial2D(p0, p1, method=cv2.RANSAC, ransacReprojThreshold=1.0,
-                                                 maxIters=2000, confidence=0.995)
+            m, inl = cv2.estimateAffinePartial2D(
+                p0, p1, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000, confidence=0.995
+            )
             n_in = int(inl.sum()) if inl is not None else 0
             if m is not None and n_in >= min_inliers:
                 best = (m, n_in, p0[inl.ravel() > 0])
@@ -104,8 +113,14 @@ def _explains(a: np.ndarray, b: np.ndarray, m: np.ndarray, gain: float = 0.9, wh
     return float(np.abs(warped - gb)[inside].mean()) < gain * float(np.abs(ga - gb)[inside].mean())
 
 
-def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12, analysis_width: int = 320,
-                    still_px: float = 0.3, still_share: float = 0.5) -> tuple[float | None, int, np.ndarray | None]:
+def pair_camera_fit(
+    a: np.ndarray,
+    b: np.ndarray,
+    min_inliers: int = 12,
+    analysis_width: int = 320,
+    still_px: float = 0.3,
+    still_share: float = 0.5,
+) -> tuple[float | None, int, np.ndarray | None]:
     """How far the camera moved between two grey frames of a pair (mean displacement of the image
     corners, in ``a``'s px; None when it cannot be told), the inliers, and the fitted 2x3
     similarity taking ``a``'s background onto ``b``'s (None when the shift is unknown or counts as
@@ -154,8 +169,9 @@ def pair_camera_fit(a: np.ndarray, b: np.ndarray, min_inliers: int = 12, analysi
             # most of the background did not move: the camera is still, whatever a fit to the rest says
             # (a person moving slightly behind the subject changes too little to be masked out)
             return 0.0, int(still.sum()), None
-        m, inl = cv2.estimateAffinePartial2D(p0, p1, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000,
-                                             confidence=0.995)
+        m, inl = cv2.estimateAffinePartial2D(
+            p0, p1, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000, confidence=0.995
+        )
         n_in = int(inl.sum()) if inl is not None else 0
         if m is None or n_in < min_inliers:
             best = max(best, (None, n_in, None), key=lambda r: r[1])
@@ -174,8 +190,9 @@ def _texture(gray: np.ndarray) -> np.ndarray:
     return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) / 8.0 > 3.0
 
 
-def camera_motion_score(frames: np.ndarray, min_inliers: int = 12, plain_background_frac: float = 0.5,
-                        plain_texture_frac: float = 0.02) -> dict:
+def camera_motion_score(
+    frames: np.ndarray, min_inliers: int = 12, plain_background_frac: float = 0.5, plain_texture_frac: float = 0.02
+) -> dict:
     """``frames``: (N,H,W,3) RGB or (N,H,W) gray, sampled across a shot.
 
     Each sample is aligned to the last sample that could be aligned (so one frame the camera
@@ -236,8 +253,12 @@ def camera_motion_score(frames: np.ndarray, min_inliers: int = 12, plain_backgro
     # each aligned sample's position: where the chained transform moves the four image corners
     pos = np.array([((corners @ a[:2, :2].T + a[:2, 2]) - corners) / diag for a in accs.values()])  # (K, 4, 2)
     d = np.linalg.norm(pos[:, None] - pos[None, :], axis=-1).mean(axis=-1)  # mean corner distance
-    return {**out, "score": float(d.max()) if d.size else 0.0,
-            "positions": [round(float(np.linalg.norm(p, axis=1).mean()), 6) for p in pos], "tracked": True}
+    return {
+        **out,
+        "score": float(d.max()) if d.size else 0.0,
+        "positions": [round(float(np.linalg.norm(p, axis=1).mean()), 6) for p in pos],
+        "tracked": True,
+    }
 
 
 def sample_indices(start: int, end: int, n: int) -> list[int]:

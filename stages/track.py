@@ -29,6 +29,7 @@ Backends (:func:`make_tracker`)
 
 See docs/tracking.md for the measured accuracy, costs and the reasons behind the defaults.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,41 +83,63 @@ TRACK_BACKENDS = ("flow_chain", "cotracker3_offline", "cotracker3_online")
 @dataclass
 class TrackConfig:
     """Target -> source point tracking: drag handles and the matching-attention supervision."""
+
     enabled: bool = knob(True, "track target->source: drag points, tracks.npy / visibility.npy")
     backend: Literal["flow_chain", "cotracker3_offline", "cotracker3_online"] = knob(
-        "flow_chain", "flow_chain (weight-free, CPU) | cotracker3_offline | cotracker3_online (weights)")
-    max_frames: int = knob(24, "frames between target and source given to the tracker (evenly subsampled, both "
-                               "ends kept)", unit="frames", ge=2)
-    grid_stride: int = knob(0, "query grid spacing; 0 = auto: one point per latent token of the image resized to a "
-                               "576-px short side (8 px at 576x1024, 3 px at 240x320)", unit="px", ge=0)
+        "flow_chain", "flow_chain (weight-free, CPU) | cotracker3_offline | cotracker3_online (weights)"
+    )
+    max_frames: int = knob(
+        24,
+        "frames between target and source given to the tracker (evenly subsampled, both ends kept)",
+        unit="frames",
+        ge=2,
+    )
+    grid_stride: int = knob(
+        0,
+        "query grid spacing; 0 = auto: one point per latent token of the image resized to a "
+        "576-px short side (8 px at 576x1024, 3 px at 240x320)",
+        unit="px",
+        ge=0,
+    )
     step_px: float = knob(20.0, "flow_chain: motion covered by one chained DIS hop", unit="px@dis", gt=0)
     fb_thresh_px: float = knob(2.0, "flow_chain: forward-backward error above this: invisible", unit="px@dis", gt=0)
-    min_ncc: float = knob(0.5, "flow_chain: 7x7 patch NCC target vs source below this: invisible (-1: off)",
-                          ge=-1, le=1)
+    min_ncc: float = knob(
+        0.5, "flow_chain: 7x7 patch NCC target vs source below this: invisible (-1: off)", ge=-1, le=1
+    )
     dis_preset: DisPreset = knob("medium", "flow_chain: OpenCV DIS preset of the hops")
-    analysis_width: int = knob(160, "flow_chain: width of the motion profile used to plan the hops", unit="px",
-                               ge=32)
-    hold_still: bool = knob(True, "a fixed camera: grid points where source and target do not change (the same "
-                                  "support as flow.static_suppress, computed here from the pair) stay where they "
-                                  "are, visible, whatever the tracker said (chained flow cannot follow plain, still "
-                                  "surfaces); false: the tracker's own output")
-    follow_rematch: bool = knob(True, "points on an object the flow stage re-matched (flow.rematch) take their "
-                                      "source from the backward flow there, wherever the tracker lost it; false: "
-                                      "the tracker's own output")
-    min_visible_frac: float = knob(0.1, "fewer visible grid points than this fraction: pair rejected", unit="frac",
-                                   ge=0, le=1)
+    analysis_width: int = knob(160, "flow_chain: width of the motion profile used to plan the hops", unit="px", ge=32)
+    hold_still: bool = knob(
+        True,
+        "a fixed camera: grid points where source and target do not change (the same "
+        "support as flow.static_suppress, computed here from the pair) stay where they "
+        "are, visible, whatever the tracker said (chained flow cannot follow plain, still "
+        "surfaces); false: the tracker's own output",
+    )
+    follow_rematch: bool = knob(
+        True,
+        "points on an object the flow stage re-matched (flow.rematch) take their "
+        "source from the backward flow there, wherever the tracker lost it; false: "
+        "the tracker's own output",
+    )
+    min_visible_frac: float = knob(
+        0.1, "fewer visible grid points than this fraction: pair rejected", unit="frac", ge=0, le=1
+    )
     hub_repo: str = knob("facebookresearch/co-tracker", "cotracker: GitHub owner/name, or a local dir with hubconf.py")
     checkpoint: Optional[str] = knob(None, "cotracker: local weights; default: the model cache (vid2pair models fetch)")
     device: str = knob("auto", "cotracker: auto | cpu | cuda | cuda:N")
-    precision: Literal["fp16", "fp32"] = knob("fp16", "cotracker: fp16 autocast on CUDA (half the memory); CPU "
-                                                      "stays fp32")
+    precision: Literal["fp16", "fp32"] = knob(
+        "fp16", "cotracker: fp16 autocast on CUDA (half the memory); CPU stays fp32"
+    )
     batch_size: int = knob(2, "pairs per tracker call", ge=1)
     num_gpus: float = knob(0.0, "GPUs per tracker actor in the Ray runner; flow_chain never asks for one", ge=0)
 
     def check(self, prefix: str = "track") -> None:
         need(bool(self.hub_repo), f"{prefix}.hub_repo", "must not be empty")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{prefix}.device",
-             f"{self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        need(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"{prefix}.device",
+            f"{self.device!r} is not one of auto, cpu, cuda, cuda:N",
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -159,8 +182,13 @@ def subsample_indices(n: int, max_frames: int) -> np.ndarray:
 
 
 def _inside(pts: np.ndarray, height: int, width: int) -> np.ndarray:
-    return ((pts[:, 0] >= -0.5) & (pts[:, 0] <= width - 0.5) & (pts[:, 1] >= -0.5)
-            & (pts[:, 1] <= height - 0.5) & np.isfinite(pts).all(axis=1))
+    return (
+        (pts[:, 0] >= -0.5)
+        & (pts[:, 0] <= width - 0.5)
+        & (pts[:, 1] >= -0.5)
+        & (pts[:, 1] <= height - 0.5)
+        & np.isfinite(pts).all(axis=1)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -174,8 +202,9 @@ class Tracker(Protocol):
     name: str
     version: str
 
-    def __call__(self, frames_tgt_to_src: Union[np.ndarray, Sequence[np.ndarray]],
-                 queries_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, frames_tgt_to_src: Union[np.ndarray, Sequence[np.ndarray]], queries_xy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, H, W, 3) uint8 (or a list of (T, H, W, 3)), queries (N, 2) or (B, N, 2) on frame 0
         -> tracks (B, N, 2) float32 positions on frame T-1, visible (B, N) bool."""
         ...
@@ -232,8 +261,14 @@ class FlowChainTracker:
 
     name = "flow_chain"
 
-    def __init__(self, cfg: Optional[TrackConfig] = None, *, finest_scale: Optional[int] = None, init: bool = True,
-                 fb: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Optional[TrackConfig] = None,
+        *,
+        finest_scale: Optional[int] = None,
+        init: bool = True,
+        fb: bool = True,
+    ) -> None:
         cfg = cfg if cfg is not None else TrackConfig()
         validate(cfg, "track.")
         self.step_px = float(cfg.step_px)
@@ -248,17 +283,21 @@ class FlowChainTracker:
         self._profile_dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.dis_preset])
         self._profile_dis.setFinestScale(0)  # resolve ~1 px steps at analysis_width
         fs = "auto" if finest_scale is None else str(int(finest_scale))
-        self.version = (f"opencv-{cv2.__version__}/dis-{self.dis_preset}/step{self.step_px:g}/fb{self.fb_thresh_px:g}"
-                        f"/ncc{self.min_ncc:g}/aw{self.analysis_width}/fs-{fs}{'' if self.init else '/noinit'}"
-                        f"{'' if self.fb else '/nofb'}")
+        self.version = (
+            f"opencv-{cv2.__version__}/dis-{self.dis_preset}/step{self.step_px:g}/fb{self.fb_thresh_px:g}"
+            f"/ncc{self.min_ncc:g}/aw{self.analysis_width}/fs-{fs}{'' if self.init else '/noinit'}"
+            f"{'' if self.fb else '/nofb'}"
+        )
         self.last_info: list[dict] = []
 
-    def plan(self, gray: Sequence[np.ndarray], step_px: Optional[float] = None
-             ) -> tuple[list[tuple[int, int]], list[Optional[np.ndarray]], np.ndarray]:
+    def plan(
+        self, gray: Sequence[np.ndarray], step_px: Optional[float] = None
+    ) -> tuple[list[tuple[int, int]], list[Optional[np.ndarray]], np.ndarray]:
         """Hops ``[(i, j), ...]`` covering frames 0..T-1, their initial flows (full size, or None)
         and the per-step motion profile (T-1,) in stored px (:func:`~vid2pair.stages.flow.plan_hops`)."""
-        return plan_hops(gray, self.step_px if step_px is None else step_px, self.analysis_width,
-                         self._profile_dis, init=self.init)
+        return plan_hops(
+            gray, self.step_px if step_px is None else step_px, self.analysis_width, self._profile_dis, init=self.init
+        )
 
     def track_one(self, frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         """One clip (T, H, W, 3), frame 0 = query frame -> positions on frame T-1, visible, info."""
@@ -290,10 +329,13 @@ class FlowChainTracker:
             keep = ncc >= self.min_ncc
             n_app = int((~keep).sum())
             visible[np.flatnonzero(visible)[~keep]] = False
-        info = {"hops": [[int(i), int(j)] for i, j in hops], "finest_scale": int(fs),
-                "motion_px": round(float(profile.sum()), 2),
-                "fb_median_px": round(float(np.median(fb_err)) if len(fb_err) else 0.0, 3),
-                "appearance_rejected": n_app}
+        info = {
+            "hops": [[int(i), int(j)] for i, j in hops],
+            "finest_scale": int(fs),
+            "motion_px": round(float(profile.sum()), 2),
+            "fb_median_px": round(float(np.median(fb_err)) if len(fb_err) else 0.0, 3),
+            "appearance_rejected": n_app,
+        }
         return pts.astype(np.float32), visible, info
 
     def __call__(self, frames_tgt_to_src, queries_xy) -> tuple[np.ndarray, np.ndarray]:
@@ -323,12 +365,14 @@ def _hub_source(hub_repo: str) -> tuple[str, str]:
             raise FileNotFoundError(
                 f"track.hub_repo: local directory {local} has no hubconf.py; point it at a checkout of "
                 f"https://github.com/facebookresearch/co-tracker (or use the GitHub name "
-                f"'facebookresearch/co-tracker')")
+                f"'facebookresearch/co-tracker')"
+            )
         return local, "local"
     name = repo.split(":", 1)[0]
     if repo.startswith(("/", ".", "~")) or name.count("/") != 1 or not all(name.split("/")):
         raise FileNotFoundError(
-            f"track.hub_repo: {repo!r} is neither an existing local directory nor a GitHub 'owner/name[:ref]'")
+            f"track.hub_repo: {repo!r} is neither an existing local directory nor a GitHub 'owner/name[:ref]'"
+        )
     return repo, "github"
 
 
@@ -340,11 +384,12 @@ def _unwrap_state(state: Any) -> dict:
                 break
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint does not hold a state dict (got {type(state).__name__})")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def load_cotracker_predictor(variant: str, hub_repo: str = "facebookresearch/co-tracker",
-                             checkpoint: Optional[str] = None, device: str = "auto"):
+def load_cotracker_predictor(
+    variant: str, hub_repo: str = "facebookresearch/co-tracker", checkpoint: Optional[str] = None, device: str = "auto"
+):
     """Build CoTracker3's predictor through torch.hub and load local weights.
 
     Weights are resolved first (``checkpoint`` or the model cache), so a missing file fails with
@@ -394,9 +439,15 @@ class CoTrackerTracker:
     only; on CPU it stays fp32.
     """
 
-    def __init__(self, variant: str = "offline", hub_repo: str = "facebookresearch/co-tracker",
-                 checkpoint: Optional[str] = None, device: str = "auto", precision: str = "fp32",
-                 builder: Optional[Callable[[str], Any]] = None) -> None:
+    def __init__(
+        self,
+        variant: str = "offline",
+        hub_repo: str = "facebookresearch/co-tracker",
+        checkpoint: Optional[str] = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        builder: Optional[Callable[[str], Any]] = None,
+    ) -> None:
         import torch
 
         if variant not in ("offline", "online"):
@@ -433,7 +484,7 @@ class CoTrackerTracker:
             raise RuntimeError(f"online predictor step must be >= 1, got {step}")
         tracks = vis = None
         for start in range(0, max(t - step, 1), step):
-            tracks, vis = self.predictor(video_chunk=video[:, start:start + 2 * step])
+            tracks, vis = self.predictor(video_chunk=video[:, start : start + 2 * step])
         return tracks, vis
 
     def __call__(self, frames_tgt_to_src, queries_xy) -> tuple[np.ndarray, np.ndarray]:
@@ -466,8 +517,14 @@ def make_tracker(cfg: TrackConfig, builder: Optional[Callable[[str], Any]] = Non
     if cfg.backend == "flow_chain":
         return FlowChainTracker(cfg)
     if cfg.backend in ("cotracker3_offline", "cotracker3_online"):
-        return CoTrackerTracker(cfg.backend.rsplit("_", 1)[1], hub_repo=cfg.hub_repo, checkpoint=cfg.checkpoint,
-                                device=cfg.device, precision=cfg.precision, builder=builder)
+        return CoTrackerTracker(
+            cfg.backend.rsplit("_", 1)[1],
+            hub_repo=cfg.hub_repo,
+            checkpoint=cfg.checkpoint,
+            device=cfg.device,
+            precision=cfg.precision,
+            builder=builder,
+        )
     raise ValueError(f"unknown track backend {cfg.backend!r}; choose one of {', '.join(TRACK_BACKENDS)}")
 
 
@@ -522,11 +579,17 @@ class TrackStage(PairStage):
     name = "track"
     sections = {"track": TrackConfig, "drag": DragConfig}
     reads = ("src", "tgt", "flow", "frames", "flow_bwd", "flow_bwd_valid", "rematched")
-    writes = (Member("tracks.npy", "tracks", "npy"), Member("visibility.npy", "visibility", "npy"),
-              Member("matches.npy", "matches", "npy"),
-              Member("drag.json", "drag", "json"), Member("drag_mask.png", "drag_mask", "png"))
-    signals = (Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
-               Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"))
+    writes = (
+        Member("tracks.npy", "tracks", "npy"),
+        Member("visibility.npy", "visibility", "npy"),
+        Member("matches.npy", "matches", "npy"),
+        Member("drag.json", "drag", "json"),
+        Member("drag_mask.png", "drag_mask", "png"),
+    )
+    signals = (
+        Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
+        Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"),
+    )
 
     @classmethod
     def frames_read(cls, cfg) -> int:
@@ -537,16 +600,18 @@ class TrackStage(PairStage):
         t = cfg.track
         if t.backend == "flow_chain":
             return None  # weight-free chained DIS: CPU, no model, never a GPU
-        return Resources(actors=1, num_gpus=t.num_gpus, num_cpus=0.25, batch_size=t.batch_size,
-                         gpu_key="track.num_gpus")
+        return Resources(
+            actors=1, num_gpus=t.num_gpus, num_cpus=0.25, batch_size=t.batch_size, gpu_key="track.num_gpus"
+        )
 
     @classmethod
     def needs(cls, cfg) -> list[Need]:
         t = cfg.track
         if t.backend == "flow_chain":
             return []
-        return [Need("weights", t.backend, f"track.backend={t.backend}", path=t.checkpoint,
-                     path_key="track.checkpoint")]
+        return [
+            Need("weights", t.backend, f"track.backend={t.backend}", path=t.checkpoint, path_key="track.checkpoint")
+        ]
 
     def __init__(self, cfg: Any, tracker: Optional[Tracker] = None) -> None:
         super().__init__(cfg)
@@ -581,15 +646,16 @@ class TrackStage(PairStage):
             frames = np.stack([src, tgt])
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[1:] != src.shape or frames.dtype != np.uint8 or len(frames) < 2:
-            raise _Untrackable("bad_input", f"arrays['frames'] must be (T>=2, {h}, {w}, 3) uint8, "
-                                            f"got {frames.shape} {frames.dtype}")
+            raise _Untrackable(
+                "bad_input", f"arrays['frames'] must be (T>=2, {h}, {w}, 3) uint8, got {frames.shape} {frames.dtype}"
+            )
         if not np.array_equal(frames[0], src):
             raise _Untrackable("frames_mismatch", "frames[0] is not the source image")
         if not np.array_equal(frames[-1], tgt):  # e.g. a target chosen among the frames: cut there
             hit = [j for j in range(len(frames) - 1, 0, -1) if np.array_equal(frames[j], tgt)]
             if not hit:
                 raise _Untrackable("frames_mismatch", "the target image is not among the frames")
-            frames = frames[:hit[0] + 1]
+            frames = frames[: hit[0] + 1]
         idx = subsample_indices(len(frames), self.tcfg.max_frames)
         rev = np.ascontiguousarray(frames[idx][::-1])  # target first: the query frame
         if _texture(to_gray(tgt)) < 0.25:
@@ -606,8 +672,16 @@ class TrackStage(PairStage):
         if a.get("flow_bwd_valid") is not None:  # never on a target pixel whose correspondence is inconsistent
             weights = np.where(np.asarray(a["flow_bwd_valid"], bool), weights, 0.0)
         drag_idx = pick_grid_points(weights, grid, _DRAG_OVERSAMPLE * self.dcfg.k, self.dcfg.min_spacing_px, rng)
-        return {"frames": rev, "grid": grid, "drag_idx": drag_idx, "stride": stride, "mag": mag,
-                "flow": flow, "size": (w, h), "n_frames": int(len(idx))}
+        return {
+            "frames": rev,
+            "grid": grid,
+            "drag_idx": drag_idx,
+            "stride": stride,
+            "mag": mag,
+            "flow": flow,
+            "size": (w, h),
+            "n_frames": int(len(idx)),
+        }
 
     # ---------------------------------------------------------------- per pair, after tracking
     def _finish(self, it: PairItem, prep: dict, xy: np.ndarray, vis: np.ndarray, info: dict) -> Item:
@@ -625,8 +699,9 @@ class TrackStage(PairStage):
             # is and is visible; flat, still surfaces (a plain desk) that a chained flow cannot follow
             # are then tracked right
             still = ~still_support(it.arrays["src"], it.arrays["tgt"])
-            s = still[np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1),
-                      np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)]
+            s = still[
+                np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1), np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)
+            ]
             xy[s], vis[s] = grid[s], True
             n_still = int(s.sum())
         rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
@@ -635,8 +710,9 @@ class TrackStage(PairStage):
             # an object the flow stage re-matched between source and target (stages/rematch.py): its
             # points come from there, wherever the chain through the frames in between lost it
             q = grid.astype(np.float32)
-            on = np.asarray(rem, bool)[np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1),
-                                       np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)]
+            on = np.asarray(rem, bool)[
+                np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1), np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)
+            ]
             xy[on] = q[on] + sample_field(bwd, q[on])
             vis[on] = _inside(xy[on], h, w)
             n_rem = int(on.sum())
@@ -655,28 +731,40 @@ class TrackStage(PairStage):
         n_vis = int(d_vis.sum())
         if self.dcfg.flow_check_px > 0:
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
-        d_src, d_tgt = d_src[d_vis][:self.dcfg.k], dt[d_vis][:self.dcfg.k]
+        d_src, d_tgt = d_src[d_vis][: self.dcfg.k], dt[d_vis][: self.dcfg.k]
         n_matched = 0
         if matches is not None and len(d_src) < self.dcfg.k:
             # sparse, verified correspondences on what changed fill up the drags the tracks left short
             before = len(d_src)
-            d_src, d_tgt = add_matches(d_src, d_tgt, matches, self.dcfg.k, self.dcfg.min_spacing_px,
-                                       max(self.dcfg.min_flow_px, 1.0))
+            d_src, d_tgt = add_matches(
+                d_src, d_tgt, matches, self.dcfg.k, self.dcfg.min_spacing_px, max(self.dcfg.min_flow_px, 1.0)
+            )
             n_matched = len(d_src) - before
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
         for k in ("frames", "rematched"):
             it.arrays.pop(k, None)
         it.arrays["tracks"] = np.concatenate([grid, g_xy], axis=1).astype(np.float32)
         it.arrays["visibility"] = g_vis.astype(np.uint8)
-        it.arrays["drag_mask"] = drag_mask(prep["flow"], prep["mag"], d_src, d_tgt, self.dcfg.min_flow_px,
-                                           self.dcfg.mask_dilate_px)
+        it.arrays["drag_mask"] = drag_mask(
+            prep["flow"], prep["mag"], d_src, d_tgt, self.dcfg.min_flow_px, self.dcfg.mask_dilate_px
+        )
         it.meta["drag"] = drag_json(d_src, d_tgt, (w, h), self.dcfg.direction)
         tr = self.tracker
-        meta = {"backend": tr.name, "version": tr.version, "direction": "tgt->src", "grid_stride": int(prep["stride"]),
-                "n_points": int(ng), "visible_frac": round(frac, 4), "n_frames": prep["n_frames"],
-                "flow_agreement": round(float(agree.mean()) if len(agree) else 0.0, 4),
-                "drag_sampled": int(nd), "drag_visible": n_vis, "drag_kept": int(len(d_src)), "still_points": n_still,
-                "drag_matched": n_matched}
+        meta = {
+            "backend": tr.name,
+            "version": tr.version,
+            "direction": "tgt->src",
+            "grid_stride": int(prep["stride"]),
+            "n_points": int(ng),
+            "visible_frac": round(frac, 4),
+            "n_frames": prep["n_frames"],
+            "flow_agreement": round(float(agree.mean()) if len(agree) else 0.0, 4),
+            "drag_sampled": int(nd),
+            "drag_visible": n_vis,
+            "drag_kept": int(len(d_src)),
+            "still_points": n_still,
+            "drag_matched": n_matched,
+        }
         if n_rem:
             meta["rematched_points"] = n_rem
         meta.update(info or {})
@@ -735,7 +823,7 @@ class TrackStage(PairStage):
         bs = max(1, int(self.tcfg.batch_size))
         for members in groups.values():
             for s in range(0, len(members), bs):
-                chunk = members[s:s + bs]
+                chunk = members[s : s + bs]
                 try:
                     results = self._track([p for _, p in chunk])
                 except Exception as e:

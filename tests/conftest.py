@@ -32,8 +32,9 @@ def ray_local():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-                 logging_level="WARNING")
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, logging_level="WARNING"
+        )
     yield ray
     ray.shutdown()
 

@@ -3,6 +3,7 @@
 They are passed to ``build(..., stages=...)``; the isolation child imports this module by name
 (pytest puts tests/ on sys.path, and a spawned child inherits it).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The bad-input corpus: every file ends up written or rejected with a specific reason; the job goes on."""
+
 import os
 import shutil
 from fractions import Fraction
@@ -85,8 +86,9 @@ def corpus(tmp_path_factory):
 def test_every_bad_input_is_accounted_for(corpus, tmp_path):
     d, lst = corpus
     # quality off: these tests are about what decodes (the quality of tiny synthetic pairs is tested elsewhere)
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=120",
-                               "quality.enabled=false"])
+    cfg = load_config(
+        "demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=120", "quality.enabled=false"]
+    )
     s = build(cfg, str(lst), tmp_path, log_summary=False)
     idx, rej = read_index(tmp_path), read_rejects(tmp_path)
     by_name = {}
@@ -115,8 +117,14 @@ def test_every_bad_input_is_accounted_for(corpus, tmp_path):
     assert len(vfr) > 0 and ((vfr["dt"] >= 1.0) & (vfr["dt"] <= 2.5)).all(), vfr[["src_time", "tgt_time", "dt"]]
     # truncated / corrupt files: either salvaged (written) or rejected with a decoder reason
     for n in ("truncated.mp4", "corrupt_middle.mp4"):
-        assert n in written or by_name[n] & {"unreadable", "too_short", "too_few_frames", "decoder_error",
-                                              "shot_too_short", "no_valid_pair"}, by_name.get(n)
+        assert n in written or by_name[n] & {
+            "unreadable",
+            "too_short",
+            "too_few_frames",
+            "decoder_error",
+            "shot_too_short",
+            "no_valid_pair",
+        }, by_name.get(n)
     if os.geteuid() != 0:  # root can read a mode-000 file: see test_unreadable_file_through_the_cli
         assert by_name["unreadable.mp4"] == {"unreadable"}
     # the lying header: only really decoded frames are used
@@ -138,11 +146,22 @@ def test_decoder_crash_and_hang_lose_only_that_clip(corpus, tmp_path):
     clips = tmp_path / "clips"
     clips.mkdir()
     for k in range(3):  # mpeg4: a bit-exact encoder, so every clip's pairs are the same on every run
-        write_video(make_clip(width=160, height=120, n_frames=36, fps=12, seed=10 + k).frames,
-                    clips / f"c{k}.mp4", 12, codec="mpeg4")
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "isolation.clip_timeout_s=8",
-                               "quality.enabled=false",
-                               "frame.size=[120, 160]"])
+        write_video(
+            make_clip(width=160, height=120, n_frames=36, fps=12, seed=10 + k).frames,
+            clips / f"c{k}.mp4",
+            12,
+            codec="mpeg4",
+        )
+    cfg = load_config(
+        "demo",
+        [
+            "runner.name=local",
+            "runner.progress=false",
+            "isolation.clip_timeout_s=8",
+            "quality.enabled=false",
+            "frame.size=[120, 160]",
+        ],
+    )
     s = build(cfg, str(clips), tmp_path / "o0", log_summary=False)
     assert s["clips_with_samples"] == 3 and s["rejects_total"] == 0  # no fault: every clip gives samples
     s = build(cfg, str(clips), tmp_path / "o1", log_summary=False, stages=with_stage(ClipStage, AbortOnC1))
@@ -181,9 +200,25 @@ def test_unreadable_file_through_the_cli(corpus, tmp_path):
     lst = tmp_path / "two.txt"
     lst.write_text(f"{d / 'unreadable.mp4'}\n{good}\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(lst),
-           "--output", str(out), "--runner", "local", "--no-progress", "--set", "frame.size=[120, 160]",
-           "--set", "quality.enabled=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        "demo",
+        "--input",
+        str(lst),
+        "--output",
+        str(out),
+        "--runner",
+        "local",
+        "--no-progress",
+        "--set",
+        "frame.size=[120, 160]",
+        "--set",
+        "quality.enabled=false",
+    ]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:

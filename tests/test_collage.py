@@ -1,4 +1,5 @@
 """stages.collage / segment / depth: piecewise-similarity collage on synthetic clips with known motion."""
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,16 @@ from vid2pair.stages.segment import SAM_EXTRA_MESSAGE, FelzenszwalbSegmenter, Sa
 
 def _psnr(a, b, m):
     d = (a.astype(np.float64) - b.astype(np.float64))[m]
-    return 10 * np.log10(255.0 ** 2 / max(float((d ** 2).mean()), 1e-12))
+    return 10 * np.log10(255.0**2 / max(float((d**2).mean()), 1e-12))
 
 
 def _clip(seed: int):
     """Static camera, 320x240: two translating rectangles and one rotating ellipse (known z-order)."""
-    objs = [ObjectSpec("rect", (70, 50), (100, 100), velocity=(3, 1), texture_seed=1 + seed),
-            ObjectSpec("ellipse", (60, 60), (200, 130), angular_velocity=4, texture_seed=2 + seed),
-            ObjectSpec("rect", (50, 40), (150, 80), velocity=(-2, 2), texture_seed=3 + seed)]
+    objs = [
+        ObjectSpec("rect", (70, 50), (100, 100), velocity=(3, 1), texture_seed=1 + seed),
+        ObjectSpec("ellipse", (60, 60), (200, 130), angular_velocity=4, texture_seed=2 + seed),
+        ObjectSpec("rect", (50, 40), (150, 80), velocity=(-2, 2), texture_seed=3 + seed),
+    ]
     return make_clip(width=320, height=240, n_frames=6, objects=objs, seed=seed)
 
 
@@ -37,8 +40,15 @@ def _cfg(**kw):
 
 
 def _item(src, tgt, flow, key="clip_s000_f000000_f000005"):
-    return PairItem(key=key, clip_id="clip", source="clip.mp4", chunk=0, clip_idx=0, meta={},
-                    arrays={"src": src, "tgt": tgt, "flow": np.asarray(flow, np.float32)})
+    return PairItem(
+        key=key,
+        clip_id="clip",
+        source="clip.mp4",
+        chunk=0,
+        clip_idx=0,
+        meta={},
+        arrays={"src": src, "tgt": tgt, "flow": np.asarray(flow, np.float32)},
+    )
 
 
 # ------------------------------------------------------------------------------ quality
@@ -140,9 +150,9 @@ def test_degenerate_segments_fall_back_to_splatting():
     h, w = flow.shape[:2]
     lab = np.full((h, w), -1, np.int32)
     lab[:, : w // 2] = 0  # a big segment: fitted
-    lab[10:20, w // 2 + 10: w // 2 + 20] = 1  # 100 px: too small
-    lab[100:130, w // 2 + 20: w // 2 + 60] = 2  # 1200 px of pure noise flow: no similarity
-    lab[30:230, w - 12: w - 10] = 3  # a 400-px line with NaN flow: no fit at all
+    lab[10:20, w // 2 + 10 : w // 2 + 20] = 1  # 100 px: too small
+    lab[100:130, w // 2 + 20 : w // 2 + 60] = 2  # 1200 px of pure noise flow: no similarity
+    lab[30:230, w - 12 : w - 10] = 3  # a 400-px line with NaN flow: no fit at all
     fl = flow.copy()
     rng = np.random.default_rng(0)
     fl[lab == 2] = rng.uniform(-40, 40, size=((lab == 2).sum(), 2))
@@ -169,8 +179,12 @@ def test_stage_never_crashes_on_bad_pairs():
     flat = np.full_like(src, 128)  # textureless: one segment, zero flow
     nan_flow = flow.copy()
     nan_flow[:5] = np.nan
-    items = [_item(flat, flat, np.zeros_like(flow), "a"), _item(src, tgt, nan_flow, "b"),
-             _item(src[:, :100], tgt, flow, "c"), _item(src[:8, :8], tgt[:8, :8], flow[:8, :8], "d")]
+    items = [
+        _item(flat, flat, np.zeros_like(flow), "a"),
+        _item(src, tgt, nan_flow, "b"),
+        _item(src[:, :100], tgt, flow, "c"),
+        _item(src[:8, :8], tgt[:8, :8], flow[:8, :8], "d"),
+    ]
     out = st(items)
     assert isinstance(out[0], PairItem) and out[0].meta["collage"]["hole_frac"] == 0.0
     assert out[0].meta["region_drag"]["regions"] == []
@@ -219,9 +233,14 @@ def test_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
     validate(CollageConfig(), "collage.")
-    for kw, key in ((dict(segmenter="grabcut"), "collage.segmenter"), (dict(depth="zoe"), "collage.depth"),
-                    (dict(fit_samples=2), "collage.fit_samples"), (dict(ransac_thresh=0), "collage.ransac_thresh"),
-                    (dict(sam_model_type="vit_x"), "collage.sam_model_type"), (dict(num_gpus=-1), "collage.num_gpus")):
+    for kw, key in (
+        (dict(segmenter="grabcut"), "collage.segmenter"),
+        (dict(depth="zoe"), "collage.depth"),
+        (dict(fit_samples=2), "collage.fit_samples"),
+        (dict(ransac_thresh=0), "collage.ransac_thresh"),
+        (dict(sam_model_type="vit_x"), "collage.sam_model_type"),
+        (dict(num_gpus=-1), "collage.num_gpus"),
+    ):
         with pytest.raises(ConfigError, match=key):
             validate(CollageConfig(**kw), "collage.")
     with pytest.raises(ConfigError, match="region_drag.max_regions"):
@@ -268,17 +287,34 @@ def _tiny_sam():
 
     torch.manual_seed(0)
     img, emb, out = 128, 32, 32
-    return Sam(image_encoder=ImageEncoderViT(depth=2, embed_dim=emb, img_size=img, mlp_ratio=2,
-                                             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2,
-                                             patch_size=16, qkv_bias=True, use_rel_pos=True,
-                                             global_attn_indexes=(1,), window_size=4, out_chans=out),
-               prompt_encoder=PromptEncoder(embed_dim=out, image_embedding_size=(img // 16, img // 16),
-                                            input_image_size=(img, img), mask_in_chans=8),
-               mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                        transformer=TwoWayTransformer(depth=1, embedding_dim=out, mlp_dim=64,
-                                                                      num_heads=2),
-                                        transformer_dim=out, iou_head_depth=2, iou_head_hidden_dim=32),
-               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2,
+            embed_dim=emb,
+            img_size=img,
+            mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(1,),
+            window_size=4,
+            out_chans=out,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=out, image_embedding_size=(img // 16, img // 16), input_image_size=(img, img), mask_in_chans=8
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=out, mlp_dim=64, num_heads=2),
+            transformer_dim=out,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
 
 
 def _tiny_dpt():
@@ -286,9 +322,17 @@ def _tiny_dpt():
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     torch.manual_seed(0)
-    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=64,
-                    patch_size=16, neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=32,
-                    backbone_out_indices=[0, 1, 2, 3])
+    cfg = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=64,
+        patch_size=16,
+        neck_hidden_sizes=[16, 32, 64, 128],
+        fusion_hidden_size=32,
+        backbone_out_indices=[0, 1, 2, 3],
+    )
     return DPTForDepthEstimation(cfg), DPTImageProcessor(size={"height": 64, "width": 64})
 
 
@@ -297,8 +341,15 @@ def test_sam_and_dpt_adapters_in_the_stage():
     c = make_clip(width=96, height=64, n_frames=3, n_objects=1, seed=3)
     src, tgt = c.frames[0], c.frames[2]
     flow, _ = c.flow(0, 2)
-    sam = SamSegmenter("vit_b", model=_tiny_sam(), points_per_side=4, min_area=20, device="cpu",
-                       pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    sam = SamSegmenter(
+        "vit_b",
+        model=_tiny_sam(),
+        points_per_side=4,
+        min_area=20,
+        device="cpu",
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     lab = sam(src)
     assert lab.shape == (64, 96) and lab.dtype == np.int32 and lab.max() >= 0
     model, proc = _tiny_dpt()
@@ -334,11 +385,13 @@ def test_order_helpers():
     lab[10:, :] = 1
     eye = np.array([[1.0, 0, 0], [0, 1, 0]])
     # no overlap: prior only (moving in front of static, lower bottom edge nearer)
-    order, info = occlusion_order(np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 3), np.uint8), lab,
-                                  [eye, eye], [True, False])
+    order, info = occlusion_order(
+        np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 3), np.uint8), lab, [eye, eye], [True, False]
+    )
     assert order == [1, 0] and info["constraints"] == 0
-    order, _ = occlusion_order(np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 3), np.uint8), lab,
-                               [eye, eye], [False, False])
+    order, _ = occlusion_order(
+        np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 3), np.uint8), lab, [eye, eye], [False, False]
+    )
     assert order == [0, 1]
 
 
@@ -361,5 +414,7 @@ def test_fits_skip_flow_the_forward_backward_check_marks_occluded():
     assert np.allclose(masked.transform[:, :2], np.eye(2), atol=0.01)
     # too little of the segment left consistent (< a fifth): every pixel is used, as without a mask
     few = ~bad & (rng.random((60, 60)) < 0.2)
-    assert fit_segments(labels, flow, min_inlier_frac=0.4, rng=np.random.default_rng(1), valid=few)[1].status \
+    assert (
+        fit_segments(labels, flow, min_inlier_frac=0.4, rng=np.random.default_rng(1), valid=few)[1].status
         == "few_inliers"
+    )

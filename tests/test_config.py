@@ -26,26 +26,29 @@ def test_overrides_apply_and_parse_yaml_values():
     assert cfg.pairs.per_shot == 7 and cfg.frame.size == [128, 160] and cfg.pairs.min_gap_s == 2.0
 
 
-@pytest.mark.parametrize("override, key", [
-    (["pairs.per_shott=3"], "pairs.per_shott"),           # unknown key
-    (["nope.x=1"], "nope"),                               # unknown section
-    (["pairs.per_shot=many"], "pairs.per_shot"),          # wrong type
-    (["pairs.per_shot=2.5"], "pairs.per_shot"),           # float for int
-    (["flow.chain=3"], "flow.chain"),                     # int for bool
-    (["pairs.per_shot=0"], "pairs.per_shot"),             # range
-    (["pairs.max_gap_s=0.5"], "pairs.max_gap_s"),         # max < min
-    (["pairs.uniform_max_s=0"], "pairs.uniform_max_s"),
-    (["flow.backend=farneback"], "flow.backend"),         # choice
-    (["motion.max_large_frac=1.5"], "motion.max_large_frac"),
-    (["frame.size=[10]"], "frame.size"),
-    (["flow.inference_size=[520, 961]"], "flow.inference_size"),
-    (["static_camera.min_inliers=1"], "static_camera.min_inliers"),
-    (["probe.min_duration_s=0"], "probe.min_duration_s"),
-    (["pairs.advance_step5_min_p95=-1"], "pairs.advance_step5_min_p95"),
-    (["motion.moving_px=-0.5"], "motion.moving_px"),
-    (["motion.large_px=0"], "motion.large_px"),
-    (["runner.check_weights=maybe"], "runner.check_weights"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (["pairs.per_shott=3"], "pairs.per_shott"),  # unknown key
+        (["nope.x=1"], "nope"),  # unknown section
+        (["pairs.per_shot=many"], "pairs.per_shot"),  # wrong type
+        (["pairs.per_shot=2.5"], "pairs.per_shot"),  # float for int
+        (["flow.chain=3"], "flow.chain"),  # int for bool
+        (["pairs.per_shot=0"], "pairs.per_shot"),  # range
+        (["pairs.max_gap_s=0.5"], "pairs.max_gap_s"),  # max < min
+        (["pairs.uniform_max_s=0"], "pairs.uniform_max_s"),
+        (["flow.backend=farneback"], "flow.backend"),  # choice
+        (["motion.max_large_frac=1.5"], "motion.max_large_frac"),
+        (["frame.size=[10]"], "frame.size"),
+        (["flow.inference_size=[520, 961]"], "flow.inference_size"),
+        (["static_camera.min_inliers=1"], "static_camera.min_inliers"),
+        (["probe.min_duration_s=0"], "probe.min_duration_s"),
+        (["pairs.advance_step5_min_p95=-1"], "pairs.advance_step5_min_p95"),
+        (["motion.moving_px=-0.5"], "motion.moving_px"),
+        (["motion.large_px=0"], "motion.large_px"),
+        (["runner.check_weights=maybe"], "runner.check_weights"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config("demo", override)
@@ -54,8 +57,21 @@ def test_bad_values_name_the_key(override, key):
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["build", "--config", "demo", "--input", str(tmp_path), "--output", str(out),
-               "--set", "motion.min_p90=-1", "--runner", "local"])
+    rc = main(
+        [
+            "build",
+            "--config",
+            "demo",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(out),
+            "--set",
+            "motion.min_p90=-1",
+            "--runner",
+            "local",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "motion.min_p90" in err and "must be >= 0" in err
@@ -74,14 +90,20 @@ def test_config_reference_is_in_sync():
     from vid2pair.pipeline.config import config_markdown
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
-    assert doc.read_text().strip() == config_markdown().strip(), \
+    assert doc.read_text().strip() == config_markdown().strip(), (
         "docs/config.md is stale: python -m vid2pair.pipeline.config > docs/config.md"
+    )
 
 
 def test_exactly_one_opencv_distribution_is_installed():
     """opencv-python and opencv-python-headless both own cv2/; the extras must not pull a second one."""
     from importlib import metadata
 
-    names = sorted({d.metadata["Name"].lower() for d in metadata.distributions()
-                    if (d.metadata["Name"] or "").lower().startswith("opencv")})
+    names = sorted(
+        {
+            d.metadata["Name"].lower()
+            for d in metadata.distributions()
+            if (d.metadata["Name"] or "").lower().startswith("opencv")
+        }
+    )
     assert names == ["opencv-python"], names

@@ -1,4 +1,5 @@
 """The stage contract: every fact about a stage lives in its module; the rest is derived."""
+
 from __future__ import annotations
 
 import ast
@@ -33,13 +34,16 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("folder", ["stages", "core"])
 def test_layering_stages_and_core_import_nothing_from_pipeline(folder):
-    bad = {p.name: sorted(m for m in _imports(p) if m.startswith(("vid2pair.pipeline", "vid2pair.trainer")))
-           for p in (ROOT / folder).glob("*.py")}
+    bad = {
+        p.name: sorted(m for m in _imports(p) if m.startswith(("vid2pair.pipeline", "vid2pair.trainer")))
+        for p in (ROOT / folder).glob("*.py")
+    }
     assert not {k: v for k, v in bad.items() if v}
     if folder == "core":  # the core imports only the core
-        core_bad = {p.name: sorted(m for m in _imports(p) if m.startswith("vid2pair.") and
-                                   not m.startswith("vid2pair.core"))
-                    for p in (ROOT / folder).glob("*.py")}
+        core_bad = {
+            p.name: sorted(m for m in _imports(p) if m.startswith("vid2pair.") and not m.startswith("vid2pair.core"))
+            for p in (ROOT / folder).glob("*.py")
+        }
         assert not {k: v for k, v in core_bad.items() if v}
 
 
@@ -124,14 +128,27 @@ def test_ray_grouping_is_derived_from_the_resources():
 
 
 def test_needs_are_declared_by_each_stage():
-    cfg = load_config("demo", ["flow.backend=sea_raft_m", "track.backend=cotracker3_online",
-                               "track.checkpoint=/x/ct.pth", "collage.segmenter=sam", "collage.sam_model_type=vit_h"])
+    cfg = load_config(
+        "demo",
+        [
+            "flow.backend=sea_raft_m",
+            "track.backend=cotracker3_online",
+            "track.checkpoint=/x/ct.pth",
+            "collage.segmenter=sam",
+            "collage.sam_model_type=vit_h",
+        ],
+    )
     got = {(n.what, n.name, n.path) for n in needs(cfg)}
-    assert got == {("weights", "sea_raft_m", None), ("extra", "ptlflow", None),
-                   ("weights", "cotracker3_online", "/x/ct.pth"), ("weights", "sam_vit_h", None),
-                   ("extra", "segment_anything", None)}
-    assert needs(load_config("demo", ["flow.backend=raft_large", "collage.segmenter=sam", "collage.enabled=false"])) \
-        == [n for n in needs(load_config("demo", ["flow.backend=raft_large"])) if n.name == "raft_large"]
+    assert got == {
+        ("weights", "sea_raft_m", None),
+        ("extra", "ptlflow", None),
+        ("weights", "cotracker3_online", "/x/ct.pth"),
+        ("weights", "sam_vit_h", None),
+        ("extra", "segment_anything", None),
+    }
+    assert needs(
+        load_config("demo", ["flow.backend=raft_large", "collage.segmenter=sam", "collage.enabled=false"])
+    ) == [n for n in needs(load_config("demo", ["flow.backend=raft_large"])) if n.name == "raft_large"]
 
 
 def test_signals_and_trainer_members_come_from_the_declarations():
@@ -157,8 +174,16 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
     from vid2pair.pipeline.runners import build
 
     stages = (*STAGES[:-1], ToyStage, STAGES[-1])
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "frame.size=[96, 128]",
-                               "track.enabled=false", "collage.enabled=false"])
+    cfg = load_config(
+        "demo",
+        [
+            "runner.name=local",
+            "runner.progress=false",
+            "frame.size=[96, 128]",
+            "track.enabled=false",
+            "collage.enabled=false",
+        ],
+    )
     s = build(cfg, str(demo_corpus[0]), tmp_path / "out", log_summary=False, stages=stages)
     assert s["samples"] > 0
     import pandas as pd
@@ -172,7 +197,7 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
             for m in names:
                 if m.endswith(".toy.json"):
                     n += 1
-                    key = m[:-len(".toy.json")]
+                    key = m[: -len(".toy.json")]
                     assert json.loads(tf.extractfile(m).read()) == {"hello": key}
                     assert f"{key}.toy.png" in names
                     meta = json.loads(tf.extractfile(f"{key}.meta.json").read())
@@ -203,18 +228,29 @@ def test_a_read_without_a_provider_stops_the_build_before_any_work(demo_corpus, 
         reads = ("src", "no_such_array")
 
     cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "frame.size=[96, 128]"])
-    with pytest.raises(PlanError, match=r"OrphanStage \(stage 'orphan'\) reads 'no_such_array', which no stage "
-                                        r"provides"):
-        build(cfg, str(demo_corpus[0]), tmp_path / "out", log_summary=False,
-              stages=(*STAGES[:-1], OrphanStage, STAGES[-1]))
+    with pytest.raises(
+        PlanError,
+        match=r"OrphanStage \(stage 'orphan'\) reads 'no_such_array', which no stage "
+        r"provides",
+    ):
+        build(
+            cfg,
+            str(demo_corpus[0]),
+            tmp_path / "out",
+            log_summary=False,
+            stages=(*STAGES[:-1], OrphanStage, STAGES[-1]),
+        )
     assert not (tmp_path / "out" / "shards").exists()
 
     class EarlyStage(ToyStage):
         name = "early"
         reads = ("flow",)
 
-    with pytest.raises(PlanError, match=r"EarlyStage \(stage 'early'\) reads 'flow', which FlowStage provides only "
-                                        r"after it"):
+    with pytest.raises(
+        PlanError,
+        match=r"EarlyStage \(stage 'early'\) reads 'flow', which FlowStage provides only "
+        r"after it",
+    ):
         check_arrays((STAGES[0], EarlyStage, *STAGES[1:]))
 
 
@@ -228,9 +264,10 @@ def _flow_outputs(over: list[str]) -> tuple[frozenset, set]:
     assert flow.name == "flow"
     frames = np.full((3, 96, 128, 3), 90, np.uint8)
     for k in range(3):  # a textured square moving 6 px a frame over a plain background
-        frames[k, 30:60, 20 + 6 * k:50 + 6 * k] = np.random.default_rng(0).integers(0, 255, (30, 30, 3))
-    it = PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0, meta={"policy": "min_gap"},
-                  arrays={"frames": frames})
+        frames[k, 30:60, 20 + 6 * k : 50 + 6 * k] = np.random.default_rng(0).integers(0, 255, (30, 30, 3))
+    it = PairItem(
+        key="k", clip_id="c", source="s", chunk=0, clip_idx=0, meta={"policy": "min_gap"}, arrays={"frames": frames}
+    )
     (out,) = flow([it])
     return flow.wanted, set(out.arrays)
 
@@ -267,8 +304,9 @@ def test_the_clip_stage_decodes_the_frames_the_enabled_stages_read():
     from vid2pair.pipeline.plan import frames_to_decode
 
     assert frames_to_decode(load_config("demo", ["track.max_frames=24"])) == 24
-    assert frames_to_decode(load_config("demo", ["track.enabled=false", "flow.chain=true",
-                                                 "flow.chain_max_steps=5"])) == 6
+    assert (
+        frames_to_decode(load_config("demo", ["track.enabled=false", "flow.chain=true", "flow.chain_max_steps=5"])) == 6
+    )
     assert frames_to_decode(load_config("demo", ["track.enabled=false", "flow.chain=false"])) == 2
 
 
@@ -277,8 +315,12 @@ def test_one_default_per_knob():
 
     d = TrackConfig()
     tr = FlowChainTracker()
-    assert (tr.step_px, tr.fb_thresh_px, tr.min_ncc, tr.analysis_width) == (d.step_px, d.fb_thresh_px, d.min_ncc,
-                                                                           d.analysis_width)
+    assert (tr.step_px, tr.fb_thresh_px, tr.min_ncc, tr.analysis_width) == (
+        d.step_px,
+        d.fb_thresh_px,
+        d.min_ncc,
+        d.analysis_width,
+    )
     assert make_tracker(TrackConfig(step_px=7.0)).step_px == 7.0
     with pytest.raises(ConfigError, match="track.step_px"):
         FlowChainTracker(TrackConfig(step_px=0.0))

@@ -7,6 +7,7 @@ lies) and the real clip on which seeking returned grey smears (real2/mouse_openf
 x264 4:4:4 from a build before 151). The reference is always a plain in-order PyAV loop
 (``decode_all``), independent of the reader under test.
 """
+
 import json
 import random
 import struct
@@ -77,8 +78,18 @@ def test_every_read_in_the_stages_orders_is_the_in_order_frame(corpus, name):
         assert s["rereads"] == 0 and s["seeks"] >= 5, s  # reads start at keyframes, not at frame 0
 
 
-@pytest.mark.parametrize("name", ["long_gop_bpyramid.mp4", "open_gop.mkv", "vp9_altref.webm", "vfr.mkv",
-                                  "mpeg4_bframes.avi", "lying_keyframes.mp4", "intra_refresh.mp4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "long_gop_bpyramid.mp4",
+        "open_gop.mkv",
+        "vp9_altref.webm",
+        "vfr.mkv",
+        "mpeg4_bframes.avi",
+        "lying_keyframes.mp4",
+        "intra_refresh.mp4",
+    ],
+)
 def test_a_later_work_unit_reads_the_true_frames(corpus, name):
     """A long clip's later unit scans from the keyframe before its span; its frames keep their
     index in the whole clip and equal the in-order decode."""
@@ -95,7 +106,7 @@ def test_the_lying_index_really_lies(corpus):
     exact on it anyway: they only start where the decoder itself saw a keyframe)."""
     data = corpus["lying_keyframes.mp4"].read_bytes()
     at = data.find(b"stss")
-    n_sync = struct.unpack(">I", data[at + 8:at + 12])[0]
+    n_sync = struct.unpack(">I", data[at + 8 : at + 12])[0]
     with Video(str(corpus["lying_keyframes.mp4"])) as v:
         _scan(v)
         assert n_sync == 21 and v._keys == [0, 96]
@@ -153,6 +164,7 @@ def _corrupt_digests(monkeypatch, lo: int, hi: int):
         yield from scan(self, *a, **kw)
         for i in range(max(lo, self.first), min(hi, self.n_frames)):
             self._digest[i - self.first] = b"\0" * 8
+
     monkeypatch.setattr(Video, "scan", scan_then_corrupt)
 
 
@@ -216,15 +228,16 @@ def _stored_frames(out: Path) -> list[tuple[dict, str, int, np.ndarray]]:
         for f in members.values():
             meta = json.loads(f["meta.json"])
             for member, frame in (("src.jpg", meta["src_frame"]), ("tgt.jpg", meta["tgt_frame"])):
-                img = cv2.cvtColor(cv2.imdecode(np.frombuffer(f[member], np.uint8), cv2.IMREAD_COLOR),
-                                   cv2.COLOR_BGR2RGB)
+                img = cv2.cvtColor(
+                    cv2.imdecode(np.frombuffer(f[member], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+                )
                 got.append((meta, member, frame, img))
     return got
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = ((a.astype(np.float64) - b) ** 2).mean()
-    return 10 * np.log10(255 ** 2 / max(mse, 1e-10))
+    return 10 * np.log10(255**2 / max(mse, 1e-10))
 
 
 def _check_build(out: Path, cfg) -> int:
@@ -252,13 +265,31 @@ def _check_build(out: Path, cfg) -> int:
 
 BUILD_SET = ["open_gop.mkv", "x264_444.mp4", "intra_refresh.mp4"]
 #: small and quick: the frames the clip stage reads are the point, not the signals
-BUILD_ARGS = ["frame.size=[120,160]", "pairs.per_shot=2", "pairs.oversample=1", "quality.enabled=false",
-              "collage.enabled=false"]
+BUILD_ARGS = [
+    "frame.size=[120,160]",
+    "pairs.per_shot=2",
+    "pairs.oversample=1",
+    "quality.enabled=false",
+    "collage.enabled=false",
+]
 
 
 def _cli_build(inputs: Path, out: Path, args: list) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(inputs),
-           "--output", str(out), "--runner", "local", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        "demo",
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--runner",
+        "local",
+        "--no-progress",
+    ]
     for a in args:
         cmd += ["--set", a]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

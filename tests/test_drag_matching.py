@@ -6,6 +6,7 @@ the source position |tracked - true| median 0.11 px, p90 0.73 px, max 2.24 px; n
 kept (with the demo's chained DIS flow instead: 56 kept, median 0.12, max 0.69). The clip here
 gives the bounds asserted below.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,20 +106,34 @@ def test_flow_agreement():
 
 @pytest.fixture(scope="module")
 def moving_pair():
-    clip = make_clip(width=320, height=240, n_frames=64, seed=5, objects=[
-        ObjectSpec("rect", (70, 64), (90, 110), velocity=(1.0, 0.25), texture_seed=21),
-        ObjectSpec("ellipse", (56, 66), (240, 80), velocity=(-0.5, 0.7), angular_velocity=0.2, texture_seed=22)])
+    clip = make_clip(
+        width=320,
+        height=240,
+        n_frames=64,
+        seed=5,
+        objects=[
+            ObjectSpec("rect", (70, 64), (90, 110), velocity=(1.0, 0.25), texture_seed=21),
+            ObjectSpec("ellipse", (56, 66), (240, 80), velocity=(-0.5, 0.7), angular_velocity=0.2, texture_seed=22),
+        ],
+    )
     t = clip.n_frames
-    item = PairItem(key="syn_s000_f000000_f000063", clip_id="syn", source="syn.mp4", chunk=0, clip_idx=0, meta={},
-                    arrays={"src": clip.frames[0], "tgt": clip.frames[-1], "flow": clip.flow(0, t - 1)[0],
-                            "frames": clip.frames})
+    item = PairItem(
+        key="syn_s000_f000000_f000063",
+        clip_id="syn",
+        source="syn.mp4",
+        chunk=0,
+        clip_idx=0,
+        meta={},
+        arrays={"src": clip.frames[0], "tgt": clip.frames[-1], "flow": clip.flow(0, t - 1)[0], "frames": clip.frames},
+    )
     return clip, item
 
 
 def _run(item, **drag):
     cfg = SimpleNamespace(seed=0, track=TrackConfig(), drag=DragConfig(**drag))
-    it = PairItem(key=item.key, clip_id=item.clip_id, source=item.source, chunk=0, clip_idx=0, meta={},
-                  arrays=dict(item.arrays))
+    it = PairItem(
+        key=item.key, clip_id=item.clip_id, source=item.source, chunk=0, clip_idx=0, meta={}, arrays=dict(item.arrays)
+    )
     return TrackStage(cfg)([it])[0]
 
 
@@ -139,8 +154,10 @@ def test_drag_points_match_true_motion(moving_pair, stage_out):
     true_src, visible = clip.track(tgt, clip.n_frames - 1, 0)
     assert visible.all()  # no occluded handle survives
     err = np.linalg.norm(src - true_src, axis=1)
-    print(f"drag points: {len(err)} kept of {out.meta['track']['drag_sampled']} sampled; |error| "
-          f"median {np.median(err):.2f} max {err.max():.2f} px")
+    print(
+        f"drag points: {len(err)} kept of {out.meta['track']['drag_sampled']} sampled; |error| "
+        f"median {np.median(err):.2f} max {err.max():.2f} px"
+    )
     assert np.median(err) <= 0.5 and err.max() <= 3.0  # measured median 0.11, max 2.24 (8 clips)
     motion = np.linalg.norm(tgt - true_src, axis=1)
     assert motion.min() >= 2.0 and np.median(motion) > 30  # only moving pixels are sampled
@@ -167,8 +184,11 @@ def test_drag_direction_swap(moving_pair, stage_out):
 
 def test_drag_json_and_mask_helpers():
     d = drag_json(np.array([[1.234, 2.0]]), np.array([[5.0, 6.789]]), (64, 48))
-    assert d == {"image_size": [64, 48], "direction": "source_to_target",
-                 "points": [{"source": [1.23, 2.0], "target": [5.0, 6.79]}]}
+    assert d == {
+        "image_size": [64, 48],
+        "direction": "source_to_target",
+        "points": [{"source": [1.23, 2.0], "target": [5.0, 6.79]}],
+    }
     json.dumps(d)
     flow = np.zeros((48, 64, 2), np.float32)
     assert not drag_mask(flow, np.zeros((48, 64)), np.zeros((0, 2)), np.zeros((0, 2)), 2.0, 5).any()
@@ -180,10 +200,14 @@ def test_drag_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
     validate(DragConfig(), "drag.")
-    for kw, key in [({"k": -1}, "drag.k"), ({"min_spacing_px": -1.0}, "drag.min_spacing_px"),
-                    ({"min_flow_px": float("nan")}, "drag.min_flow_px"),
-                    ({"mask_dilate_px": -2}, "drag.mask_dilate_px"),
-                    ({"direction": "up"}, "drag.direction"), ({"flow_check_px": -1.0}, "drag.flow_check_px")]:
+    for kw, key in [
+        ({"k": -1}, "drag.k"),
+        ({"min_spacing_px": -1.0}, "drag.min_spacing_px"),
+        ({"min_flow_px": float("nan")}, "drag.min_flow_px"),
+        ({"mask_dilate_px": -2}, "drag.mask_dilate_px"),
+        ({"direction": "up"}, "drag.direction"),
+        ({"flow_check_px": -1.0}, "drag.flow_check_px"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(DragConfig(**kw), "drag.")
 
@@ -222,14 +246,17 @@ def test_correspondence_one_hot_rows():
 
 def test_correspondence_aggregation_and_edges():
     w, h, grid = 32, 16, (2, 4)  # 8 px tokens
-    tracks = np.array([
-        [1.0, 1.0, 3.0, 1.0],  # token 0 moves +2 px alone (-> token 0) ...
-        [3.4, 3.6, 17.4, 3.6],  # ... and +14 px (-> token 2): the centre (3.5, 3.5) moves +8 -> source token 1
-        [12.0, 4.0, 40.0, 4.0],  # token 1, lands outside the image -> M = 0
-        [20.0, 12.0, 31.49, 15.49],  # token 6 -> source token 7 (last pixel centre)
-        [27.0, 3.0, 5.0, 5.0],  # token 3, invisible -> M = 0
-        [26.0, 4.0, float("nan"), 5.0],  # token 3, non-finite -> ignored
-    ], np.float32)
+    tracks = np.array(
+        [
+            [1.0, 1.0, 3.0, 1.0],  # token 0 moves +2 px alone (-> token 0) ...
+            [3.4, 3.6, 17.4, 3.6],  # ... and +14 px (-> token 2): the centre (3.5, 3.5) moves +8 -> source token 1
+            [12.0, 4.0, 40.0, 4.0],  # token 1, lands outside the image -> M = 0
+            [20.0, 12.0, 31.49, 15.49],  # token 6 -> source token 7 (last pixel centre)
+            [27.0, 3.0, 5.0, 5.0],  # token 3, invisible -> M = 0
+            [26.0, 4.0, float("nan"), 5.0],  # token 3, non-finite -> ignored
+        ],
+        np.float32,
+    )
     vis = np.array([1, 1, 1, 1, 0, 1], np.uint8)
     c, m = correspondence(tracks, vis, (w, h), grid)
     np.testing.assert_array_equal(m, [1, 0, 0, 0, 0, 0, 1, 0])
@@ -297,13 +324,22 @@ def test_trainer_reads_drag_direction():
     img.save(b, format="PNG")
     pts = [{"source": [10.0, 20.0], "target": [30.0, 25.0]}]
     fwd = {"image_size": [64, 48], "direction": "source_to_target", "points": pts}
-    rev = {"image_size": [64, 48], "direction": "target_to_source",
-           "points": [{"source": p["target"], "target": p["source"]} for p in pts]}
+    rev = {
+        "image_size": [64, 48],
+        "direction": "target_to_source",
+        "points": [{"source": p["target"], "target": p["source"]} for p in pts],
+    }
     spec = SampleSpec(task="drag", resolution=(48, 64), random_drag=False)
     out = []
     for d in (fwd, rev):
-        raw = {"__key__": "k", "__url__": "u", "src.png": b.getvalue(), "tgt.png": b.getvalue(),
-               "drag.json": json.dumps(d).encode(), "drag_mask.png": b.getvalue()}
+        raw = {
+            "__key__": "k",
+            "__url__": "u",
+            "src.png": b.getvalue(),
+            "tgt.png": b.getvalue(),
+            "drag.json": json.dumps(d).encode(),
+            "drag_mask.png": b.getvalue(),
+        }
         out.append(decode_sample(raw, spec)["drag_points"][0].numpy())
     np.testing.assert_allclose(out[0], [10, 20, 30, 25], atol=1e-4)
     np.testing.assert_allclose(out[1], out[0], atol=1e-4)

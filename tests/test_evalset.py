@@ -1,6 +1,7 @@
 """The evaluation set with real targets (``vid2pair export`` / ``vid2pair score-edits``): the export's
 geometry (points and masks scaled with the image), each metric on known cases, clear errors on bad
 results, and on a real clip the ranking a score must give: the target > the coarse edit > no edit."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,11 @@ def test_export_scales_points_and_masks_with_the_image(synth, tmp_path):
         mask = cv2.imread(str(d / "mask.png"), cv2.IMREAD_GRAYSCALE)
         assert src.shape[:2] == mask.shape == (H, W) and e["size"] == [W, H] and e["orig_size"] == [w, h]
         # the points are the stored drags' (or region drags'), scaled by the same factors as the image
-        stored = (np.array([[p["source"], p["target"]] for p in s.drag["points"]]) if s.drag else
-                  np.concatenate([np.stack([r["handles"], r["targets"]], 1) for r in s.region_drag["regions"]]))
+        stored = (
+            np.array([[p["source"], p["target"]] for p in s.drag["points"]])
+            if s.drag
+            else np.concatenate([np.stack([r["handles"], r["targets"]], 1) for r in s.region_drag["regions"]])
+        )
         got = np.array([[p["handle"], p["target"]] for p in e["points"]])
         want = (stored + 0.5) * [W / w, H / h] - 0.5
         assert np.abs(got - want).max() < 0.01, (got, want)

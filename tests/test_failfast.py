@@ -1,5 +1,6 @@
 """Fail fast with a clear message, before any work: inputs that match nothing, outputs that cannot be
 written, resource requests the Ray cluster can never meet."""
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,21 @@ def test_a_read_only_output_through_the_cli(tmp_path, demo_corpus):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    cmd = [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(demo_corpus[0]),
-           "--output", str(ro / "out"), "--runner", "local", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        "demo",
+        "--input",
+        str(demo_corpus[0]),
+        "--output",
+        str(ro / "out"),
+        "--runner",
+        "local",
+        "--no-progress",
+    ]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
@@ -78,22 +92,43 @@ def test_resource_requests_are_checked_against_the_nodes():
     assert resource_problems(load_config("framepainter_cpu"), nodes=cpu_only) == []  # weight-free: no GPU
     cfg = load_config("demo", ["flow.backend=raft_large", "flow.num_gpus=1"])
     assert resource_problems(cfg, nodes=cpu_only) == [
-        "flow.num_gpus=1 but the Ray cluster has no GPU; set flow.num_gpus=0 to run the flow stage on CPU"]
+        "flow.num_gpus=1 but the Ray cluster has no GPU; set flow.num_gpus=0 to run the flow stage on CPU"
+    ]
     assert resource_problems(cfg, nodes=one_gpu) == []
     cfg = load_config("demo", ["flow.backend=raft_large", "flow.num_gpus=2"])
     assert "flow.num_gpus=2 but no Ray node has more than 1 GPU(s)" in resource_problems(cfg, nodes=one_gpu)[0]
-    cfg = load_config("demo", ["track.backend=cotracker3_offline", "track.num_gpus=0.5", "collage.segmenter=sam",
-                               "collage.num_gpus=0.5"])
+    cfg = load_config(
+        "demo",
+        ["track.backend=cotracker3_offline", "track.num_gpus=0.5", "collage.segmenter=sam", "collage.num_gpus=0.5"],
+    )
     assert [p.split("=")[0] for p in resource_problems(cfg, nodes=cpu_only)] == ["track.num_gpus", "collage.num_gpus"]
     assert resource_problems(load_config("demo", ["runner.clip_stage_cpus=32"]), nodes=cpu_only)[0].startswith(
-        "runner.clip_stage_cpus=32")
+        "runner.clip_stage_cpus=32"
+    )
 
 
 def test_a_gpu_request_on_a_cpu_only_ray_cluster_exits_2_without_hanging(tmp_path, capsys, demo_corpus):
     """The hang of issue 15: a model backend with a GPU share on a machine without a GPU."""
-    rc = main(["build", "--config", "demo", "--input", str(demo_corpus[0]), "--output", str(tmp_path / "out"),
-               "--no-progress", "--set", "flow.backend=raft_small", "--set", "flow.num_gpus=1",
-               "--set", "runner.check_weights=false", "--set", "runner.num_cpus=2"])
+    rc = main(
+        [
+            "build",
+            "--config",
+            "demo",
+            "--input",
+            str(demo_corpus[0]),
+            "--output",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--set",
+            "flow.backend=raft_small",
+            "--set",
+            "flow.num_gpus=1",
+            "--set",
+            "runner.check_weights=false",
+            "--set",
+            "runner.num_cpus=2",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "flow.num_gpus=1 but the Ray cluster has no GPU; set flow.num_gpus=0 to run the flow stage on CPU" in err

@@ -1,4 +1,5 @@
 """stages.flow: DIS accuracy on synthetic ground truth, flow composition / chaining, backend adapters."""
+
 from __future__ import annotations
 
 import sys
@@ -73,8 +74,7 @@ def test_dis_epe_against_synthetic_gt(camera):
 
 
 def test_dis_presets_and_batching():
-    clip = make_clip(width=160, height=120, n_frames=4, n_objects=1, seed=4,
-                     camera=CameraMotion(velocity=(1.5, 0)))
+    clip = make_clip(width=160, height=120, n_frames=4, n_objects=1, seed=4, camera=CameraMotion(velocity=(1.5, 0)))
     a, b = clip.frames[:3], clip.frames[1:]
     for preset in ("ultrafast", "fast", "medium"):
         out = DISFlow(preset)(a, b)
@@ -139,8 +139,9 @@ class _Counting:
 
 
 def test_chain_beats_direct_on_a_long_move():
-    clip = make_clip(width=256, height=192, n_frames=17, n_objects=2, seed=1,
-                     camera=CameraMotion(velocity=(3.0, 1.0), jitter=1.0))
+    clip = make_clip(
+        width=256, height=192, n_frames=17, n_objects=2, seed=1, camera=CameraMotion(velocity=(3.0, 1.0), jitter=1.0)
+    )
     gt, vis = clip.flow(0, 16)  # ~50 px of camera motion
     be = _Counting(DISFlow("medium"))
     direct = be(clip.frames[0:1], clip.frames[16:17])[0]
@@ -158,15 +159,13 @@ def test_chain_beats_direct_on_a_long_move():
 
 
 def test_flow_pair_direct_and_chained():
-    clip = make_clip(width=160, height=128, n_frames=7, n_objects=1, seed=6,
-                     camera=CameraMotion(velocity=(1.0, 0.5)))
+    clip = make_clip(width=160, height=128, n_frames=7, n_objects=1, seed=6, camera=CameraMotion(velocity=(1.0, 0.5)))
     be = _Counting(DISFlow("fast"))
     out = flow_pair(be, clip.frames[0], clip.frames[6])
     assert set(out) == {"fwd"} and out["fwd"].shape == (128, 160, 2) and be.pairs == 1
     out = flow_pair(be, clip.frames[0], clip.frames[6], bidirectional=True)
     assert set(out) == {"fwd", "bwd"} and be.pairs == 3
-    out = flow_pair(be, clip.frames[0], clip.frames[6], bidirectional=True, chain_frames=clip.frames,
-                    chain_max_steps=3)
+    out = flow_pair(be, clip.frames[0], clip.frames[6], bidirectional=True, chain_frames=clip.frames, chain_max_steps=3)
     assert be.pairs == 3 + 6  # 3 hops each way, one batched call
     for key, (i, j) in {"fwd": (0, 6), "bwd": (6, 0)}.items():
         gt, vis = clip.flow(i, j)
@@ -267,8 +266,7 @@ def test_missing_weights_name_the_file(tmp_path, monkeypatch):
     msg = str(exc.value)
     assert "raft_large_C_T_SKHT_V2-ff5fadd5.pth" in msg and "vid2pair models fetch raft_large" in msg
     with pytest.raises(MissingWeightsError, match="does-not-exist.pth"):
-        make_flow_backend(FlowConfig(backend="raft_small", weights=str(tmp_path / "does-not-exist.pth"),
-                                     device="cpu"))
+        make_flow_backend(FlowConfig(backend="raft_small", weights=str(tmp_path / "does-not-exist.pth"), device="cpu"))
 
 
 # --------------------------------------------------------------------------- SEA-RAFT
@@ -372,19 +370,34 @@ def _fast_object_item(over=()):
     from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
     from vid2pair.stages.flow import FlowStage
 
-    clip = make_clip(width=320, height=240, n_frames=13, fps=12.0, seed=3,
-                     objects=[ObjectSpec("rect", (70, 60), (90.0, 120.0), velocity=(7.0, 0.0), texture_seed=5)])
-    it = PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0,
-                  meta={"frame_indices": list(range(13)), "fps": 12.0, "src_frame": 0, "shot": 0},
-                  arrays={"frames": clip.frames.copy()})
+    clip = make_clip(
+        width=320,
+        height=240,
+        n_frames=13,
+        fps=12.0,
+        seed=3,
+        objects=[ObjectSpec("rect", (70, 60), (90.0, 120.0), velocity=(7.0, 0.0), texture_seed=5)],
+    )
+    it = PairItem(
+        key="k",
+        clip_id="c",
+        source="s",
+        chunk=0,
+        clip_idx=0,
+        meta={"frame_indices": list(range(13)), "fps": 12.0, "src_frame": 0, "shot": 0},
+        arrays={"frames": clip.frames.copy()},
+    )
     return FlowStage(load_config("demo", list(over)))([it])[0]
 
 
-@pytest.mark.parametrize("over, median_max, p90_min", [
-    ((), 0.5, None),                             # adaptive: hops planned from the motion
-    (("flow.chain_mode=fixed",), None, 20.0),    # 8 even hops: most right, the leading edge lost
-    (("flow.chain=false",), None, 80.0),         # one DIS call: the 84-px move is lost
-])
+@pytest.mark.parametrize(
+    "over, median_max, p90_min",
+    [
+        ((), 0.5, None),  # adaptive: hops planned from the motion
+        (("flow.chain_mode=fixed",), None, 20.0),  # 8 even hops: most right, the leading edge lost
+        (("flow.chain=false",), None, 80.0),  # one DIS call: the 84-px move is lost
+    ],
+)
 def test_adaptive_chaining_follows_a_fast_object(over, median_max, p90_min):
     out = _fast_object_item(over)
     f = out.arrays["flow"][100:140, 65:115]  # inside the box at the source

@@ -1,5 +1,6 @@
 """Ctrl-C / SIGTERM during a build: it stops within seconds, says how to resume, exits 130 / 143,
 leaves no process of ours behind, and the rerun equals a straight run."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,15 +20,37 @@ from vid2pair.pipeline.synthetic import make_clip, write_video
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
     for k in range(4):
-        write_video(make_clip(width=160, height=120, n_frames=30, fps=12, seed=30 + k).frames, d / f"c{k}.mp4", 12,
-                    codec="mpeg4")
+        write_video(
+            make_clip(width=160, height=120, n_frames=30, fps=12, seed=30 + k).frames,
+            d / f"c{k}.mp4",
+            12,
+            codec="mpeg4",
+        )
     return d
 
 
 def _cmd(clips, out, runner):
-    return [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(clips),
-            "--output", str(out), "--runner", runner, "--no-progress", "--set", "output.clips_per_shard=1",
-            "--set", "frame.size=[120, 160]", "--set", "runner.num_cpus=2"]
+    return [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        "demo",
+        "--input",
+        str(clips),
+        "--output",
+        str(out),
+        "--runner",
+        runner,
+        "--no-progress",
+        "--set",
+        "output.clips_per_shard=1",
+        "--set",
+        "frame.size=[120, 160]",
+        "--set",
+        "runner.num_cpus=2",
+    ]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -60,8 +83,9 @@ def _digests(out: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").glob("*.tar"))}
 
 
-@pytest.mark.parametrize("runner,sig", [("local", signal.SIGINT), ("local", signal.SIGTERM), ("ray", signal.SIGINT),
-                                        ("ray", signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "runner,sig", [("local", signal.SIGINT), ("local", signal.SIGTERM), ("ray", signal.SIGINT), ("ray", signal.SIGTERM)]
+)
 def test_interrupt_stops_fast_and_resumes_to_the_same_output(clips, tmp_path, runner, sig):
     straight = tmp_path / "straight"
     subprocess.run(_cmd(clips, straight, "local"), check=True, capture_output=True, timeout=600)

@@ -1,5 +1,6 @@
 """A model stage's share of a pair (pipeline.plan: slim, mark_unchanged, merge_back): the Ray runner
 sends a model stage only the arrays it reads, and gets back only what it made or changed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -91,12 +92,19 @@ def test_ray_flow_model_actor_gets_the_frames_and_sends_back_only_the_flow(demo_
     torch.manual_seed(0)
     ckpt = tmp_path / "raft_small.pth"
     torch.save(raft_small(weights=None).state_dict(), ckpt)
-    more = ["runner.progress=false", "flow.backend=raft_small", f"flow.weights={ckpt}", "flow.iters=2",
-            "flow.device=cpu", "flow.num_gpus=0", "collage.enabled=false"]
-    a = build(load_config("demo", ["runner.name=local", *more]), str(demo_corpus[0]), tmp_path / "local",
-              log_summary=False)
-    b = build(load_config("demo", ["runner.name=ray", *more]), str(demo_corpus[0]), tmp_path / "ray",
-              log_summary=False)
+    more = [
+        "runner.progress=false",
+        "flow.backend=raft_small",
+        f"flow.weights={ckpt}",
+        "flow.iters=2",
+        "flow.device=cpu",
+        "flow.num_gpus=0",
+        "collage.enabled=false",
+    ]
+    a = build(
+        load_config("demo", ["runner.name=local", *more]), str(demo_corpus[0]), tmp_path / "local", log_summary=False
+    )
+    b = build(load_config("demo", ["runner.name=ray", *more]), str(demo_corpus[0]), tmp_path / "ray", log_summary=False)
     io = b["model_io"]["flow"]
     print("flow actors:", io)
     assert io["arrays"] == ["frames"] and io["pairs"] >= 1

@@ -31,9 +31,14 @@ from vid2pair.pipeline.models import (
 
 
 class _State:
-    def __init__(self, files: dict[str, bytes], honor_range: bool = True,
-                 drop_after: int | None = None, drops: int = 0,
-                 redirects: dict[str, str] | None = None):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        honor_range: bool = True,
+        drop_after: int | None = None,
+        drops: int = 0,
+        redirects: dict[str, str] | None = None,
+    ):
         self.files = files
         self.honor_range = honor_range
         self.drop_after = drop_after  # bytes of body to send before cutting the connection
@@ -117,8 +122,7 @@ def serve():
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         httpd.daemon_threads = True
         httpd.state = _State(files, **kw)  # type: ignore[attr-defined]
-        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(httpd)
         base = f"http://127.0.0.1:{httpd.server_address[1]}"
         return base, httpd.state
@@ -134,8 +138,9 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 def _entry(name="tiny", url="http://127.0.0.1:1/none", size=len(PAYLOAD), sha256=SHA, **kw):
-    return WeightEntry(name=name, filename=f"{name}.pth", url=url, size=size, sha256=sha256,
-                       license="test", used_by="test: tiny", **kw)
+    return WeightEntry(
+        name=name, filename=f"{name}.pth", url=url, size=size, sha256=sha256, license="test", used_by="test: tiny", **kw
+    )
 
 
 @pytest.fixture
@@ -252,10 +257,8 @@ def test_corrupt_part_detected_after_resume(serve, reg, tmp_path):
 
 def test_sha256_prefix_entry(serve, reg, tmp_path):
     base, _ = serve({"/w.pth": PAYLOAD})
-    reg["pre"] = _entry("pre", url=base + "/w.pth", size=None, sha256=None,
-                        sha256_prefix=SHA[:8])
-    reg["bad"] = _entry("bad", url=base + "/w.pth", size=None, sha256=None,
-                        sha256_prefix="deadbeef")
+    reg["pre"] = _entry("pre", url=base + "/w.pth", size=None, sha256=None, sha256_prefix=SHA[:8])
+    reg["bad"] = _entry("bad", url=base + "/w.pth", size=None, sha256=None, sha256_prefix="deadbeef")
     fetch(["pre"], tmp_path, **FAST, registry=reg)
     assert verify(["pre"], tmp_path, registry=reg) == [("pre", "ok")]
     with pytest.raises(ChecksumError):
@@ -304,10 +307,17 @@ def test_multi_file_entry(serve, reg, tmp_path):
     cfg = b'{"model_type": "dpt"}'
     base, _ = serve({"/repo/config.json": cfg, "/repo/sub/model.bin": PAYLOAD})
     reg["multi"] = WeightEntry(
-        name="multi", filename="multi", url=base + "/repo", size=None, sha256=None,
-        license="test", used_by="depth: test",
-        files=(("config.json", base + "/repo/config.json", len(cfg), None),
-               ("sub/model.bin", base + "/repo/sub/model.bin", len(PAYLOAD), SHA)),
+        name="multi",
+        filename="multi",
+        url=base + "/repo",
+        size=None,
+        sha256=None,
+        license="test",
+        used_by="depth: test",
+        files=(
+            ("config.json", base + "/repo/config.json", len(cfg), None),
+            ("sub/model.bin", base + "/repo/sub/model.bin", len(PAYLOAD), SHA),
+        ),
     )
     with pytest.raises(MissingWeightsError):
         resolve_weights("multi", cache_dir=tmp_path, registry=reg)
@@ -333,8 +343,12 @@ def test_auth_header_not_forwarded_across_hosts(serve, reg, tmp_path, monkeypatc
     reg["other"] = _entry("other", url=base + "/other")
     fetch(["same", "other"], tmp_path, **FAST, registry=reg)
     auth = [(r["path"], r["auth"]) for r in st.requests]
-    assert auth == [("/same", "Bearer secret"), ("/w.pth", "Bearer secret"),
-                    ("/other", "Bearer secret"), ("/w.pth", None)]
+    assert auth == [
+        ("/same", "Bearer secret"),
+        ("/w.pth", "Bearer secret"),
+        ("/other", "Bearer secret"),
+        ("/w.pth", None),
+    ]
 
 
 # --------------------------------------------------------------------------- verify / resolve
@@ -345,16 +359,21 @@ def test_verify_statuses(reg, tmp_path):
     (tmp_path / "size.pth").write_bytes(PAYLOAD[:-1])
     (tmp_path / "sha.pth").write_bytes(PAYLOAD[::-1])
     (tmp_path / "unv.pth").write_bytes(PAYLOAD)
-    reg.update({
-        "ok": _entry("ok"),
-        "missing": _entry("missing"),
-        "size": _entry("size"),
-        "sha": _entry("sha"),
-        "unv": _entry("unv", size=None, sha256=None),
-    })
+    reg.update(
+        {
+            "ok": _entry("ok"),
+            "missing": _entry("missing"),
+            "size": _entry("size"),
+            "sha": _entry("sha"),
+            "unv": _entry("unv", size=None, sha256=None),
+        }
+    )
     assert dict(verify(None, tmp_path, registry=reg)) == {
-        "ok": "ok", "missing": "missing", "size": "size_mismatch",
-        "sha": "sha256_mismatch", "unv": "unverified (no sha256 recorded)",
+        "ok": "ok",
+        "missing": "missing",
+        "size": "size_mismatch",
+        "sha": "sha256_mismatch",
+        "unv": "unverified (no sha256 recorded)",
     }
 
 
@@ -424,12 +443,26 @@ def test_presets_weights():
     backend, none for a disabled stage or a weight-free backend, none for an explicit local path."""
     from vid2pair.pipeline.config import load_config
 
-    cfg = load_config(None, ["flow.backend=raft_large", "track.backend=cotracker3_online", "collage.segmenter=sam",
-                             "collage.depth=dpt"])
+    cfg = load_config(
+        None,
+        ["flow.backend=raft_large", "track.backend=cotracker3_online", "collage.segmenter=sam", "collage.depth=dpt"],
+    )
     assert presets_weights(cfg) == ["raft_large", "cotracker3_online", "sam_vit_b", "dpt_hybrid_midas"]
-    assert presets_weights(load_config(None, ["flow.backend=raft_large", "flow.weights=/local/raft.pth",
-                                              "collage.enabled=false", "track.backend=cotracker3_offline",
-                                              "track.enabled=false"])) == []
+    assert (
+        presets_weights(
+            load_config(
+                None,
+                [
+                    "flow.backend=raft_large",
+                    "flow.weights=/local/raft.pth",
+                    "collage.enabled=false",
+                    "track.backend=cotracker3_offline",
+                    "track.enabled=false",
+                ],
+            )
+        )
+        == []
+    )
     assert presets_weights(load_config("demo")) == []
 
 
@@ -466,8 +499,7 @@ def _parse(argv, registry=None):
 
 def test_cli_list(reg, tmp_path, capsys):
     reg["tiny"] = _entry()
-    reg["other"] = _entry("other", size=None, sha256=None, sha256_prefix="abcd1234",
-                          approx_size=5_000_000)
+    reg["other"] = _entry("other", size=None, sha256=None, sha256_prefix="abcd1234", approx_size=5_000_000)
     (tmp_path / "tiny.pth").write_bytes(PAYLOAD)
     (tmp_path / "other.pth.part").write_bytes(b"x")
     ns = _parse(["models", "list", "--cache-dir", str(tmp_path)], reg)
@@ -484,9 +516,20 @@ def test_cli_list_real_registry(tmp_path, capsys):
     ns = _parse(["models", "--cache-dir", str(tmp_path), "list"])
     assert cli_models(ns) == 0
     out = capsys.readouterr().out
-    for name in ("raft_small", "raft_large", "sea_raft_s", "sea_raft_m", "sea_raft_l",
-                 "cotracker3_offline", "cotracker3_online", "sam_vit_b", "sam_vit_l",
-                 "sam_vit_h", "dpt_hybrid_midas", "svd_xt_1_1"):
+    for name in (
+        "raft_small",
+        "raft_large",
+        "sea_raft_s",
+        "sea_raft_m",
+        "sea_raft_l",
+        "cotracker3_offline",
+        "cotracker3_online",
+        "sam_vit_b",
+        "sam_vit_l",
+        "sam_vit_h",
+        "dpt_hybrid_midas",
+        "svd_xt_1_1",
+    ):
         assert re.search(rf"^{name}\s.*\bno\b", out, re.M), name
 
 
@@ -502,8 +545,7 @@ def test_cli_fetch_and_verify(serve, reg, tmp_path, capsys):
     assert cli_models(ns) == 1  # explicitly asked for and missing
     assert re.search(r"^tiny\s+missing", capsys.readouterr().out, re.M)
 
-    ns = _parse(["models", "fetch", "--preset", str(preset), "--no-progress",
-                 "--cache-dir", str(cache)], reg)
+    ns = _parse(["models", "fetch", "--preset", str(preset), "--no-progress", "--cache-dir", str(cache)], reg)
     assert cli_models(ns) == 0
     assert f"raft_large: {cache / 'raft_large.pth'}" in capsys.readouterr().out
 
@@ -522,8 +564,10 @@ def test_cli_fetch_errors(serve, reg, tmp_path, capsys):
     ns = _parse(["models", "fetch", "tiny", "--no-progress", "--cache-dir", str(tmp_path)], reg)
     assert cli_models(ns) == 1
     assert "failed verification" in capsys.readouterr().err
-    ns = _parse(["models", "fetch", "tiny", "--no-progress", "--cache-dir", str(tmp_path),
-                 "--url", "tiny=" + base + "/nope"], reg)
+    ns = _parse(
+        ["models", "fetch", "tiny", "--no-progress", "--cache-dir", str(tmp_path), "--url", "tiny=" + base + "/nope"],
+        reg,
+    )
     assert cli_models(ns) == 1
     assert "HTTP 404" in capsys.readouterr().err
 
@@ -533,9 +577,20 @@ def test_cli_fetch_errors(serve, reg, tmp_path, capsys):
 
 def test_registry_is_consistent():
     reg = models.REGISTRY
-    expected = {"raft_small", "raft_large", "sea_raft_s", "sea_raft_m", "sea_raft_l",
-                "cotracker3_offline", "cotracker3_online", "sam_vit_b", "sam_vit_l",
-                "sam_vit_h", "dpt_hybrid_midas", "svd_xt_1_1"}
+    expected = {
+        "raft_small",
+        "raft_large",
+        "sea_raft_s",
+        "sea_raft_m",
+        "sea_raft_l",
+        "cotracker3_offline",
+        "cotracker3_online",
+        "sam_vit_b",
+        "sam_vit_l",
+        "sam_vit_h",
+        "dpt_hybrid_midas",
+        "svd_xt_1_1",
+    }
     assert expected <= set(reg)
     hexre = re.compile(r"[0-9a-f]{64}")
     for name, e in reg.items():
@@ -560,8 +615,7 @@ def test_registry_is_consistent():
 
 def test_hf_token_only_for_hf_hosts(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "tok")
-    assert models._auth_headers("https://huggingface.co/a/b/resolve/main/x") == {
-        "Authorization": "Bearer tok"}
+    assert models._auth_headers("https://huggingface.co/a/b/resolve/main/x") == {"Authorization": "Bearer tok"}
     assert models._auth_headers("https://download.pytorch.org/models/x.pth") == {}
     assert models._auth_headers("https://evilhuggingface.co/x") == {}
 
@@ -579,8 +633,9 @@ def test_build_fails_fast_naming_missing_weights_and_extras(tmp_path, monkeypatc
     monkeypatch.setenv("VID2PAIR_CACHE", str(tmp_path / "empty-cache"))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ptlflow" else real_find_spec(n, *a))
-    cfg = load_config("framepainter", ["collage.enabled=true", "collage.segmenter=sam",
-                                       "collage.sam_checkpoint=/nowhere/sam.pth"])
+    cfg = load_config(
+        "framepainter", ["collage.enabled=true", "collage.segmenter=sam", "collage.sam_checkpoint=/nowhere/sam.pth"]
+    )
     problems = check_build_weights(cfg)
     assert any("'sea_raft_m'" in p and "vid2pair models fetch sea_raft_m" in p for p in problems), problems
     assert any("collage.sam_checkpoint: /nowhere/sam.pth does not exist" in p for p in problems), problems
@@ -589,13 +644,40 @@ def test_build_fails_fast_naming_missing_weights_and_extras(tmp_path, monkeypatc
     videos = tmp_path / "videos"
     make_demo_corpus(videos, n_static=1, n_moving_camera=0, seed=0, n_frames=144)  # 12 s: Δt up to 10 s
     out = tmp_path / "out"
-    assert main(["build", "--config", "magicfixup", "--input", str(videos), "--output", str(out),
-                 "--runner", "local", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "build",
+                "--config",
+                "magicfixup",
+                "--input",
+                str(videos),
+                "--output",
+                str(out),
+                "--runner",
+                "local",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert not (out / "shards").exists()  # nothing was processed
     from vid2pair.pipeline.runners import build
 
-    s = build(load_config("magicfixup", ["runner.name=local", "runner.progress=false", "runner.check_weights=false",
-                                         "track.enabled=false", "collage.enabled=false"]),
-              str(videos), out, log_summary=False)
+    s = build(
+        load_config(
+            "magicfixup",
+            [
+                "runner.name=local",
+                "runner.progress=false",
+                "runner.check_weights=false",
+                "track.enabled=false",
+                "collage.enabled=false",
+            ],
+        ),
+        str(videos),
+        out,
+        log_summary=False,
+    )
     assert s["samples"] == 0 and s["rejects_by_stage"]["flow"].get("flow_backend_unavailable", 0) > 0
     assert s["all_inputs_accounted"]

@@ -1,6 +1,7 @@
 """Motion rules (statistics, resolution scaling, each preset's verdicts, non-finite flow) and the
 decode-time frame policies (resize = cover + centre crop, Magic Fixup's short side + crop, the
 decode-size cap)."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -40,16 +41,19 @@ def test_thresholds_scale_with_the_stored_short_side():
     assert motion_verdict(motion_stats(f, cfg), 256, cfg) is None
 
 
-@pytest.mark.parametrize("preset, flow, expect", [
-    # FramePainter: too small below 2 % of pixels moving > 2 px; too large when p99 > 250 px (at 512)
-    ("framepainter", _flow(512, 512, 0.015, 10.0), "motion_too_small"),
-    ("framepainter", _flow(512, 512, 0.05, 10.0), None),
-    ("framepainter", _flow(512, 512, 0.05, 10.0, large_frac=0.02, large_mag=300.0), "motion_too_large"),
-    # Magic Fixup: too large when >= 10 % of pixels move >= 350 px; too small when p90 < 1 px
-    ("magicfixup", _flow(512, 512, 0.5, 20.0, large_frac=0.11, large_mag=360.0), "motion_too_large"),
-    ("magicfixup", _flow(512, 512, 0.5, 20.0, large_frac=0.08, large_mag=360.0), None),
-    ("magicfixup", _flow(512, 512, 0.05, 20.0), "motion_too_small"),
-])
+@pytest.mark.parametrize(
+    "preset, flow, expect",
+    [
+        # FramePainter: too small below 2 % of pixels moving > 2 px; too large when p99 > 250 px (at 512)
+        ("framepainter", _flow(512, 512, 0.015, 10.0), "motion_too_small"),
+        ("framepainter", _flow(512, 512, 0.05, 10.0), None),
+        ("framepainter", _flow(512, 512, 0.05, 10.0, large_frac=0.02, large_mag=300.0), "motion_too_large"),
+        # Magic Fixup: too large when >= 10 % of pixels move >= 350 px; too small when p90 < 1 px
+        ("magicfixup", _flow(512, 512, 0.5, 20.0, large_frac=0.11, large_mag=360.0), "motion_too_large"),
+        ("magicfixup", _flow(512, 512, 0.5, 20.0, large_frac=0.08, large_mag=360.0), None),
+        ("magicfixup", _flow(512, 512, 0.05, 20.0), "motion_too_small"),
+    ],
+)
 def test_preset_rules(preset, flow, expect):
     cfg = load_config(preset).motion
     got = motion_verdict(motion_stats(flow, cfg), 512, cfg)
@@ -64,8 +68,7 @@ def test_non_finite_flow_is_rejected_by_name():
     f = _flow(48, 64, 0.5, 3.0)
     f[3, 5, 0] = np.nan
     f[4, 6, 1] = np.inf
-    it = PairItem(key="k", clip_id="c", source="s.mp4", chunk=0, clip_idx=0, meta={"flow": {}},
-                  arrays={"flow": f})
+    it = PairItem(key="k", clip_id="c", source="s.mp4", chunk=0, clip_idx=0, meta={"flow": {}}, arrays={"flow": f})
     out = MotionStage(cfg).one(it)
     assert isinstance(out, Reject) and (out.stage, out.reason) == ("motion", "invalid_flow")
     assert out.detail.startswith("2 of 3072 pixels")

@@ -1,4 +1,5 @@
 """Inputs and outputs in an object store: a real S3-compatible server (moto, server mode) on loopback."""
+
 import io
 import tarfile
 
@@ -20,8 +21,13 @@ def s3(tmp_path_factory):
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3
@@ -33,8 +39,11 @@ def s3(tmp_path_factory):
     paths = make_demo_corpus(d, n_static=2, n_moving_camera=1, seed=5)
     for p in paths:
         client.upload_file(str(p), "clips", f"videos/{p.name}")
-    client.put_object(Bucket="clips", Key="list.txt",
-                      Body=("\n".join(f"s3://clips/videos/{p.name}" for p in paths) + "\ns3://clips/videos/gone.mp4\n"))
+    client.put_object(
+        Bucket="clips",
+        Key="list.txt",
+        Body=("\n".join(f"s3://clips/videos/{p.name}" for p in paths) + "\ns3://clips/videos/gone.mp4\n"),
+    )
     yield client, d, paths
     server.stop()
     for k, v in old.items():
@@ -45,8 +54,9 @@ def s3(tmp_path_factory):
 
 
 def _cfg():
-    return load_config("demo", ["runner.name=local", "runner.progress=false",
-                                "collage.enabled=false", "track.enabled=false"])
+    return load_config(
+        "demo", ["runner.name=local", "runner.progress=false", "collage.enabled=false", "track.enabled=false"]
+    )
 
 
 def test_build_from_bucket_to_bucket(s3, tmp_path):
@@ -95,8 +105,23 @@ def test_an_output_bucket_that_is_missing_fails_before_any_work(s3, tmp_path):
     with pytest.raises(OutputError, match=r"s3://no-such-bucket/out: cannot write there"):
         check_writable("s3://no-such-bucket/out")
     check_writable("s3://out/fine")  # an existing bucket is fine
-    assert main(["build", "--config", "demo", "--input", "s3://clips/list.txt", "--output", "s3://no-such-bucket/o",
-                 "--runner", "local", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "build",
+                "--config",
+                "demo",
+                "--input",
+                "s3://clips/list.txt",
+                "--output",
+                "s3://no-such-bucket/o",
+                "--runner",
+                "local",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def test_ray_workers_write_the_shards_into_the_bucket(s3):
@@ -111,15 +136,37 @@ def test_ray_workers_write_the_shards_into_the_bucket(s3):
     client = s3[0]
     build(_cfg(), "s3://clips/list.txt", "s3://out/local3", log_summary=False)
     opts = ["--set", "collage.enabled=false", "--set", "track.enabled=false", "--set", "runner.num_cpus=2"]
-    r = subprocess.run([sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input",
-                        "s3://clips/list.txt", "--output", "s3://out/ray3", "--runner", "ray", "--no-progress", *opts],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vid2pair.pipeline.cli",
+            "build",
+            "--config",
+            "demo",
+            "--input",
+            "s3://clips/list.txt",
+            "--output",
+            "s3://out/ray3",
+            "--runner",
+            "ray",
+            "--no-progress",
+            *opts,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
     def tars(prefix):
         objs = client.list_objects_v2(Bucket="out", Prefix=prefix)["Contents"]
-        return {o["Key"].rsplit("/", 1)[1]: client.get_object(Bucket="out", Key=o["Key"])["Body"].read()
-                for o in objs if o["Key"].endswith(".tar")}, [o["Key"] for o in objs]
+        return {
+            o["Key"].rsplit("/", 1)[1]: client.get_object(Bucket="out", Key=o["Key"])["Body"].read()
+            for o in objs
+            if o["Key"].endswith(".tar")
+        }, [o["Key"] for o in objs]
 
     local, _ = tars("local3/shards/")
     ray_tars, _ = tars("ray3/shards/")

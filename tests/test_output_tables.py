@@ -1,5 +1,6 @@
 """The output's tables read whole with the usual readers, the per-clip train / eval split, and the
 reason a dropped signal is missing (inspect, the report's gallery)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def out(videos, tmp_path_factory):
     no sample: empty index parts), half of the clips in the eval split."""
     d = videos
     o = tmp_path_factory.mktemp("tables") / "out"
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "output.eval_frac=0.5",
-                               "output.clips_per_shard=1"])
+    cfg = load_config(
+        "demo", ["runner.name=local", "runner.progress=false", "output.eval_frac=0.5", "output.clips_per_shard=1"]
+    )
     s = build(cfg, str(d), o, log_summary=False)
     assert s["samples"] >= 6 and s["rejects_total"] > 0
     return o, s
@@ -42,8 +44,9 @@ def test_index_and_rejects_read_whole_with_pandas_pyarrow_ray_and_duckdb(out, ra
     parts = sorted((o / "index").glob("*.parquet"))
     assert len(parts) == s["work_units"] and any(pq.read_metadata(p).num_rows == 0 for p in parts)
     assert len({pq.read_schema(p) for p in parts}) == 1  # one schema, empty parts too
-    assert [p.suffix for p in (o / "rejects").rglob("*") if p.is_file()] == [".parquet"] * len(list(
-        (o / "rejects").glob("*.parquet")))  # previews live in previews/, beside it
+    assert [p.suffix for p in (o / "rejects").rglob("*") if p.is_file()] == [".parquet"] * len(
+        list((o / "rejects").glob("*.parquet"))
+    )  # previews live in previews/, beside it
     assert all(str(p).startswith("previews/") and (o / p).exists() for p in rej["preview"] if p)
     for name, want in (("index", idx), ("rejects", rej)):
         whole = pq.read_table(o / name)
@@ -104,8 +107,12 @@ def test_a_dropped_signal_names_its_own_reject(videos, tmp_path):
     from vid2pair.pipeline import qc
 
     o = tmp_path / "out"
-    build(load_config("demo", ["runner.name=local", "runner.progress=false", "quality.max_hole_ratio=0.02"]),
-          str(videos), o, log_summary=False)
+    build(
+        load_config("demo", ["runner.name=local", "runner.progress=false", "quality.max_hole_ratio=0.02"]),
+        str(videos),
+        o,
+        log_summary=False,
+    )
     ds = qc.QCDataset(o)
     rej = read_rejects(o)
     sig = rej[rej["level"] == "signal"]

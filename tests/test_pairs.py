@@ -21,17 +21,18 @@ def test_no_two_candidates_of_a_shot_have_both_ends_within_the_separation():
         for q in pairs[:i]:
             assert not (abs(p.src - q.src) <= sep and abs(p.tgt - q.tgt) <= sep), (p, q)
     # without the rule, the same draws hold near-duplicates
-    loose, _ = sample_pairs(0, 30 * 20, fps, _cfg(policy="min_gap", per_shot=30, min_gap_s=1.0, max_gap_s=2.5),
-                            np.random.default_rng(4))
-    assert any(abs(p.src - q.src) <= sep and abs(p.tgt - q.tgt) <= sep for i, p in enumerate(loose)
-               for q in loose[:i])
+    loose, _ = sample_pairs(
+        0, 30 * 20, fps, _cfg(policy="min_gap", per_shot=30, min_gap_s=1.0, max_gap_s=2.5), np.random.default_rng(4)
+    )
+    assert any(abs(p.src - q.src) <= sep and abs(p.tgt - q.tgt) <= sep for i, p in enumerate(loose) for q in loose[:i])
 
 
 def test_the_prescreen_keeps_only_pairs_it_accepts_and_says_when_none_was():
     """``keep`` (the clip stage's pre-screen of the scan's small frames) decides which draws become
     candidates: here only pairs whose target lies in the second half of the shot."""
-    cfg = _cfg(policy="min_gap", per_shot=3, oversample=2, min_gap_s=1.0, max_gap_s=2.0, prescreen=True,
-               prescreen_draws=8)
+    cfg = _cfg(
+        policy="min_gap", per_shot=3, oversample=2, min_gap_s=1.0, max_gap_s=2.0, prescreen=True, prescreen_draws=8
+    )
     seen = []
 
     def keep(a, b):
@@ -44,8 +45,19 @@ def test_the_prescreen_keeps_only_pairs_it_accepts_and_says_when_none_was():
     none, why = sample_pairs(0, 200, 25.0, cfg, np.random.default_rng(5), keep=lambda a, b: False)
     assert none == [] and "pairs.prescreen" in why and "48 pairs drawn" in why
     # off, or for flow_advance, every draw is a candidate
-    assert len(sample_pairs(0, 200, 25.0, _cfg(per_shot=3, oversample=2, prescreen=False), np.random.default_rng(5),
-                            keep=lambda a, b: False)[0]) == 6
+    assert (
+        len(
+            sample_pairs(
+                0,
+                200,
+                25.0,
+                _cfg(per_shot=3, oversample=2, prescreen=False),
+                np.random.default_rng(5),
+                keep=lambda a, b: False,
+            )[0]
+        )
+        == 6
+    )
 
 
 def test_the_screen_sees_a_moving_thing_not_a_still_outline_or_flicker():
@@ -63,15 +75,16 @@ def test_the_screen_sees_a_moving_thing_not_a_still_outline_or_flicker():
 
     def frame(x, y, size=120):
         f = bg.copy()
-        f[y:y + size, x:x + size] = tex[:size, :size]
+        f[y : y + size, x : x + size] = tex[:size, :size]
         return f
+
     cfg = _cfg(prescreen=True)
     moved, _ = screen_pair(screen_frame(frame(200, 180)), screen_frame(frame(224, 180)), cfg)
     small, sc_small = screen_pair(screen_frame(frame(200, 180, 48)), screen_frame(frame(260, 200, 48)), cfg)
     shimmer, sc = screen_pair(screen_frame(frame(200, 180)), screen_frame(frame(201, 180)), cfg)
     specks = frame(200, 180)
     for y, x in rng.integers(0, 460, (12, 2)):
-        specks[y:y + 6, x:x + 6] = 255 - specks[y:y + 6, x:x + 6]
+        specks[y : y + 6, x : x + 6] = 255 - specks[y : y + 6, x : x + 6]
     flicker, sc_flicker = screen_pair(screen_frame(frame(200, 180)), screen_frame(specks), cfg)
     assert moved and small and not shimmer and not flicker, (sc, sc_small, sc_flicker)
 
@@ -131,7 +144,7 @@ def test_flow_advance_is_the_released_sampler():
         first = frames[0]
         assert start <= first < start + 20
         full = list(dict.fromkeys(int(round(x)) for x in np.linspace(first, end - 1, 20)))
-        assert frames == full[:len(frames)]
+        assert frames == full[: len(frames)]
         assert 1 <= p.guess < 20 and len(frames) == p.guess + 1
         guesses.add(p.guess)
         assert p.tgt == ([p.src] + p.sequence)[-1]
@@ -146,13 +159,16 @@ def test_same_seed_same_pairs():
     assert [p.frames for p in a] == [p.frames for p in b] != [p.frames for p in c]
 
 
-@pytest.mark.parametrize("p90, p95, expect", [
-    ([0.5, 5, 10], [1, 6, 12], (None, "first step")),             # too little motion at step 1
-    ([5, 50, 120, 200, 260, 320], [60, 80, 150, 250, 300, 400], (4, None)),   # advances while p90 <= 300
-    ([5, 10, 15, 18, 19, 25], [6, 12, 16, 19, 19.5, 30], (None, "step 5")),  # p95 < 20 at step 5
-    ([5, 10, 400], [6, 30, 500], (None, "before the target")),    # stops at k=1, p95 at k=0 is 6 < 50
-    ([60, 100, 400], [70, 120, 500], (1, None)),
-])
+@pytest.mark.parametrize(
+    "p90, p95, expect",
+    [
+        ([0.5, 5, 10], [1, 6, 12], (None, "first step")),  # too little motion at step 1
+        ([5, 50, 120, 200, 260, 320], [60, 80, 150, 250, 300, 400], (4, None)),  # advances while p90 <= 300
+        ([5, 10, 15, 18, 19, 25], [6, 12, 16, 19, 19.5, 30], (None, "step 5")),  # p95 < 20 at step 5
+        ([5, 10, 400], [6, 30, 500], (None, "before the target")),  # stops at k=1, p95 at k=0 is 6 < 50
+        ([60, 100, 400], [70, 120, 500], (1, None)),
+    ],
+)
 def test_advance_select_rules(p90, p95, expect):
     cfg = load_config("magicfixup").pairs
     k, why = advance_select(p90, p95, cfg)
@@ -192,12 +208,19 @@ def test_pairs_rejected_for_motion_are_retried_at_a_shorter_gap(demo_corpus, tmp
 
     stages = with_stage(MotionStage, RejectLongGaps)
     clip = str(demo_corpus[1][0])
-    base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=6", "pairs.max_gap_s=3.0",
-            "pairs.oversample=1"]  # retries only, no spare draws
-    s = build(load_config("demo", [*base, "pairs.retry_shorter=1"]), clip, tmp_path / "on", log_summary=False,
-              stages=stages)
-    s0 = build(load_config("demo", [*base, "pairs.retry_shorter=0"]), clip, tmp_path / "off", log_summary=False,
-               stages=stages)
+    base = [
+        "runner.name=local",
+        "runner.progress=false",
+        "pairs.per_shot=6",
+        "pairs.max_gap_s=3.0",
+        "pairs.oversample=1",
+    ]  # retries only, no spare draws
+    s = build(
+        load_config("demo", [*base, "pairs.retry_shorter=1"]), clip, tmp_path / "on", log_summary=False, stages=stages
+    )
+    s0 = build(
+        load_config("demo", [*base, "pairs.retry_shorter=0"]), clip, tmp_path / "off", log_summary=False, stages=stages
+    )
     idx, rej = read_index(tmp_path / "on"), read_rejects(tmp_path / "on")
     idx0, rej0 = read_index(tmp_path / "off"), read_rejects(tmp_path / "off")
     long = rej0[rej0["reason"] == "motion_too_large"]
@@ -239,12 +262,19 @@ def test_rejected_pairs_are_replaced_by_spare_draws_until_per_shot_came_through(
 
     stages = with_stage(MotionStage, RejectLongGaps)
     clip = str(demo_corpus[1][0])
-    base = ["runner.name=local", "runner.progress=false", "pairs.per_shot=3", "pairs.max_gap_s=2.5",
-            "pairs.retry_shorter=0"]
-    s1 = build(load_config("demo", [*base, "pairs.oversample=1"]), clip, tmp_path / "one", log_summary=False,
-               stages=stages)
-    s4 = build(load_config("demo", [*base, "pairs.oversample=6"]), clip, tmp_path / "four", log_summary=False,
-               stages=stages)
+    base = [
+        "runner.name=local",
+        "runner.progress=false",
+        "pairs.per_shot=3",
+        "pairs.max_gap_s=2.5",
+        "pairs.retry_shorter=0",
+    ]
+    s1 = build(
+        load_config("demo", [*base, "pairs.oversample=1"]), clip, tmp_path / "one", log_summary=False, stages=stages
+    )
+    s4 = build(
+        load_config("demo", [*base, "pairs.oversample=6"]), clip, tmp_path / "four", log_summary=False, stages=stages
+    )
     idx1, rej1 = read_index(tmp_path / "one"), read_rejects(tmp_path / "one")
     idx4, rej4 = read_index(tmp_path / "four"), read_rejects(tmp_path / "four")
     rej1, rej4 = rej1[rej1["level"] == "pair"], rej4[rej4["level"] == "pair"]

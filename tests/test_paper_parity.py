@@ -9,6 +9,7 @@ tracker is ``tests/cotracker_standin/hubconf.py``, a tiny joint tracker with CoT
 convention, loaded through torch.hub exactly as co-tracker's hubconf would be
 (``VID2PAIR_COTRACKER_HUB=/path/to/co-tracker`` runs the same test on the real code).
 """
+
 import io
 import json
 import os
@@ -77,10 +78,24 @@ def cotracker_ckpt(tmp_path_factory):
 def _fp_cfg(ckpt, *more):
     # DIS for SEA-RAFT (its parity is the test below); no judge: a direct DIS flow does not explain
     # these synthetic moves, and the subject here is the tracker's output
-    return load_config("framepainter", [
-        "runner.name=local", "runner.progress=false", "flow.backend=dis", "flow.num_gpus=0", "track.num_gpus=0",
-        f"track.hub_repo={HUB}", f"track.checkpoint={ckpt}", "track.device=cpu", "frame.size=[240,320]",
-        "pairs.per_shot=2", "pairs.max_gap_s=2.5", "quality.enabled=false", *more])
+    return load_config(
+        "framepainter",
+        [
+            "runner.name=local",
+            "runner.progress=false",
+            "flow.backend=dis",
+            "flow.num_gpus=0",
+            "track.num_gpus=0",
+            f"track.hub_repo={HUB}",
+            f"track.checkpoint={ckpt}",
+            "track.device=cpu",
+            "frame.size=[240,320]",
+            "pairs.per_shot=2",
+            "pairs.max_gap_s=2.5",
+            "quality.enabled=false",
+            *more,
+        ],
+    )
 
 
 def _direct_tracks(pred, meta, tracks, cfg):
@@ -99,8 +114,13 @@ def test_framepainter_tracks_are_the_trackers_own(clips, tmp_path, cotracker_ckp
     (measured 0.0 here), visibility included; the drag handles are tracked grid points."""
     ckpt, pred = cotracker_ckpt
     cfg = _fp_cfg(ckpt)
-    assert not (cfg.flow.static_suppress or cfg.flow.rematch or cfg.flow.fb_mask or cfg.track.hold_still
-                or cfg.track.follow_rematch)
+    assert not (
+        cfg.flow.static_suppress
+        or cfg.flow.rematch
+        or cfg.flow.fb_mask
+        or cfg.track.hold_still
+        or cfg.track.follow_rematch
+    )
     build(cfg, str(clips), tmp_path / "out", log_summary=False)
     samples = [s for s in _samples(tmp_path / "out").values() if "tracks.npy" in s]
     assert len(samples) >= 2, len(samples)
@@ -108,8 +128,15 @@ def test_framepainter_tracks_are_the_trackers_own(clips, tmp_path, cotracker_ckp
         meta, tracks, visible = json.loads(s["meta.json"]), _npy(s["tracks.npy"]), _npy(s["visibility.npy"])
         xy, vis = _direct_tracks(pred, meta, tracks, cfg)
         assert np.abs(tracks[:, 2:4] - xy).max() < 0.01, meta["key"]
-        assert np.array_equal(visible.astype(bool), vis & np.isfinite(xy).all(1) & (xy[:, 0] >= -0.5)
-                              & (xy[:, 1] >= -0.5) & (xy[:, 0] <= 319.5) & (xy[:, 1] <= 239.5))
+        assert np.array_equal(
+            visible.astype(bool),
+            vis
+            & np.isfinite(xy).all(1)
+            & (xy[:, 0] >= -0.5)
+            & (xy[:, 1] >= -0.5)
+            & (xy[:, 0] <= 319.5)
+            & (xy[:, 1] <= 239.5),
+        )
         grid = {tuple(p) for p in np.round(tracks[:, :2], 2)}
         for p in json.loads(s["drag.json"])["points"]:  # handles are grid points, moved as tracked
             assert tuple(np.round(p["target"], 2)) in grid
@@ -132,9 +159,20 @@ def test_the_cpu_presets_track_fixes_do_rewrite_the_tracks(clips, tmp_path, cotr
 
 # permissive motion rules and no judge: a random-weight flow model moves nothing sensibly, and the
 # subject here is flow.npy itself
-OPEN = ["runner.name=local", "runner.progress=false", "motion.min_p90=null", "motion.min_moving_frac=null",
-        "motion.max_p99=null", "motion.max_large_frac=null", "quality.enabled=false", "flow.device=cpu",
-        "flow.num_gpus=0", "flow.batch_size=1", "flow.iters=2", "output.flow=float32"]
+OPEN = [
+    "runner.name=local",
+    "runner.progress=false",
+    "motion.min_p90=null",
+    "motion.min_moving_frac=null",
+    "motion.max_p99=null",
+    "motion.max_large_frac=null",
+    "quality.enabled=false",
+    "flow.device=cpu",
+    "flow.num_gpus=0",
+    "flow.batch_size=1",
+    "flow.iters=2",
+    "output.flow=float32",
+]
 
 
 def test_framepainter_flow_is_sea_rafts_own(clips, tmp_path):
@@ -145,8 +183,10 @@ def test_framepainter_flow_is_sea_rafts_own(clips, tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "sea_raft_m-random.ckpt"
     torch.save({"state_dict": ptlflow.get_model("sea_raft_m").state_dict()}, ckpt)
-    cfg = load_config("framepainter", [*OPEN, f"flow.weights={ckpt}", "track.enabled=false",
-                                       "frame.size=[128,160]", "pairs.per_shot=1"])
+    cfg = load_config(
+        "framepainter",
+        [*OPEN, f"flow.weights={ckpt}", "track.enabled=false", "frame.size=[128,160]", "pairs.per_shot=1"],
+    )
     build(cfg, str(clips), tmp_path / "out", log_summary=False)
     samples = list(_samples(tmp_path / "out").values())
     assert len(samples) >= 2
@@ -166,9 +206,20 @@ def test_magicfixup_flow_is_chained_rafts_own(clips, tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "raft_large-random.pth"
     torch.save(raft_large(weights=None).state_dict(), ckpt)
-    cfg = load_config("magicfixup", [*OPEN, f"flow.weights={ckpt}", "collage.enabled=false", "flow.chain_max_steps=3",
-                                     "flow.inference_size=null", "frame.short_side=128", "frame.size=[128,128]",
-                                     "pairs.per_shot=1", "pairs.uniform_max_s=2"])
+    cfg = load_config(
+        "magicfixup",
+        [
+            *OPEN,
+            f"flow.weights={ckpt}",
+            "collage.enabled=false",
+            "flow.chain_max_steps=3",
+            "flow.inference_size=null",
+            "frame.short_side=128",
+            "frame.size=[128,128]",
+            "pairs.per_shot=1",
+            "pairs.uniform_max_s=2",
+        ],
+    )
     assert not (cfg.flow.static_suppress or cfg.flow.rematch or cfg.flow.fb_mask)
     build(cfg, str(clips), tmp_path / "out", log_summary=False)
     samples = list(_samples(tmp_path / "out").values())

@@ -1,4 +1,5 @@
 """End to end on the demo corpus: both runners, accounting, read-back, resume."""
+
 import hashlib
 import json
 import shutil
@@ -92,8 +93,7 @@ def test_ray_runner_gives_identical_shards(local_out, demo_corpus, tmp_path, ray
 
 
 @pytest.mark.parametrize("writers", ["workers", "driver"])
-def test_ray_workers_write_the_shards_and_the_driver_only_commits(local_out, demo_corpus, tmp_path, ray_local,
-                                                                  writers):
+def test_ray_workers_write_the_shards_and_the_driver_only_commits(local_out, demo_corpus, tmp_path, ray_local, writers):
     """runner.shard_writers=workers: the samples reach the driver as records without their bytes
     (the workers staged them; a Ray task wrote each tar); driver: every byte passes through the
     driver. Both give the local runner's shards, byte for byte, and leave no staging behind."""
@@ -263,10 +263,19 @@ def test_ray_model_stage_actors_get_only_what_they_read_and_give_identical_shard
     from vid2pair.stages.collage import CollageStage
 
     torch.manual_seed(0)
-    dpt = DPTForDepthEstimation(DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                          intermediate_size=37, image_size=64, patch_size=16,
-                                          neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=32,
-                                          backbone_out_indices=[0, 1, 2, 3]))
+    dpt = DPTForDepthEstimation(
+        DPTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=64,
+            patch_size=16,
+            neck_hidden_sizes=[16, 32, 64, 128],
+            fusion_hidden_size=32,
+            backbone_out_indices=[0, 1, 2, 3],
+        )
+    )
     weights = tmp_path / "tiny-dpt"
     dpt.save_pretrained(weights)
     DPTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(weights)
@@ -322,7 +331,7 @@ def test_quality_scores_reach_meta_json_and_the_index(local_out):
     idx = read_index(out).set_index("key")
     qcols = [c for c in idx.columns if c.startswith("q_")]
     assert {"q_changed_frac", "q_fb_consistent", "q_unexplained_frac", "q_coarse_gain_db"} <= set(qcols), qcols
-    metas = {k[:-len(".meta.json")]: json.loads(v) for k, v in _all_members(out).items() if k.endswith(".meta.json")}
+    metas = {k[: -len(".meta.json")]: json.loads(v) for k, v in _all_members(out).items() if k.endswith(".meta.json")}
     assert set(metas) == set(idx.index)
     for key, meta in metas.items():
         q = meta["quality"]
@@ -342,16 +351,37 @@ def test_reject_previews_are_capped_and_spread_over_the_reasons(tmp_path):
     cfg = _cfg("local", "output.reject_previews=12")
     task = ClipTask(source="/v/a.mp4", clip_idx=0, chunk=0, clip_id="a-0123456789")
     w = OutputWriter(tmp_path, cfg, [task])
-    reasons = [("motion", "motion_too_small")] * 20 + [("quality", "unmatched_change")] * 3 + \
-              [("quality", "no_visible_change")] * 1 + [("track", "untrackable")] * 2
+    reasons = (
+        [("motion", "motion_too_small")] * 20
+        + [("quality", "unmatched_change")] * 3
+        + [("quality", "no_visible_change")] * 1
+        + [("track", "untrackable")] * 2
+    )
     for k, (stage, reason) in enumerate(reasons):
-        w.add(Reject(source=task.source, clip_id=task.clip_id, chunk=0, clip_idx=0, stage=stage, reason=reason,
-                     level="pair", key=f"a-0123456789_s000_f{k:06d}_f{k + 20:06d}", preview=b"\xff\xd8jpeg"))
+        w.add(
+            Reject(
+                source=task.source,
+                clip_id=task.clip_id,
+                chunk=0,
+                clip_idx=0,
+                stage=stage,
+                reason=reason,
+                level="pair",
+                key=f"a-0123456789_s000_f{k:06d}_f{k + 20:06d}",
+                preview=b"\xff\xd8jpeg",
+            )
+        )
     assert w.add(ClipDone(source=task.source, clip_id=task.clip_id, chunk=0, clip_idx=0, n_items=len(reasons))) == [0]
     rej = read_rejects(tmp_path)
     kept = rej[rej["preview"] != ""]
     assert len(rej) == 26 and kept.groupby("reason").size().to_dict() == {
-        "motion_too_small": 2, "unmatched_change": 2, "no_visible_change": 1, "untrackable": 2}
+        "motion_too_small": 2,
+        "unmatched_change": 2,
+        "no_visible_change": 1,
+        "untrackable": 2,
+    }
     assert all((tmp_path / p).read_bytes() == b"\xff\xd8jpeg" for p in kept["preview"])
-    assert sorted(kept[kept.reason == "motion_too_small"]["key"]) == sorted(rej[rej.reason == "motion_too_small"]
-                                                                            ["key"])[:2]
+    assert (
+        sorted(kept[kept.reason == "motion_too_small"]["key"])
+        == sorted(rej[rej.reason == "motion_too_small"]["key"])[:2]
+    )

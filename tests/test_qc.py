@@ -1,5 +1,6 @@
 """QC: drawing where the points are, data access by key, the HTML report (rendered in headless
 Chromium), the notebook (executed headless), outputs with missing signals or no samples, inspect_key."""
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ IMG_RE = re.compile(r'<img\b[^>]*\bsrc="data:image/(?:png|jpeg);base64,[A-Za-z0-
 
 
 # ---------------------------------------------------------------- outputs, built once per module
+
 
 def _build(out: Path, inputs: str, *overrides: str) -> Path:
     from vid2pair.pipeline.config import load_config
@@ -47,8 +49,9 @@ def demo_out(corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def nosig_out(corpus, tmp_path_factory):
     """Without collage (and region drags) and tracking (drags, tracks)."""
-    return _build(tmp_path_factory.mktemp("qc_nosig") / "out", str(corpus[0]),
-                  "collage.enabled=false", "track.enabled=false")
+    return _build(
+        tmp_path_factory.mktemp("qc_nosig") / "out", str(corpus[0]), "collage.enabled=false", "track.enabled=false"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,7 @@ def empty_out(corpus, tmp_path_factory):
 
 # ---------------------------------------------------------------- drawing
 
+
 def _dist_to_segment(px: np.ndarray, a, b) -> np.ndarray:
     a, b = np.asarray(a, float), np.asarray(b, float)
     ab = b - a
@@ -73,13 +77,21 @@ def _dist_to_segment(px: np.ndarray, a, b) -> np.ndarray:
 def test_draw_drag_arrows_draws_exactly_at_the_points():
     img = np.full((80, 100, 3), 128, np.uint8)
     red, blue = (255, 0, 0), (0, 0, 255)
-    pts = [{"source": [10, 40], "target": [70, 40]},  # horizontal
-           {"source": [85.0, 10.0], "target": [85.0, 60.0]}]  # vertical
+    pts = [
+        {"source": [10, 40], "target": [70, 40]},  # horizontal
+        {"source": [85.0, 10.0], "target": [85.0, 60.0]},
+    ]  # vertical
     draw = qc.draw_drag_arrows(img, pts, [red, blue])
     assert draw is not img and (img == 128).all(), "the input must not be modified"
     # both ends of each arrow carry its colour exactly, and so does the shaft
-    for (x, y), col in (((10, 40), red), ((70, 40), red), ((40, 40), red), ((85, 10), blue), ((85, 60), blue),
-                        ((85, 35), blue)):
+    for (x, y), col in (
+        ((10, 40), red),
+        ((70, 40), red),
+        ((40, 40), red),
+        ((85, 10), blue),
+        ((85, 60), blue),
+        ((85, 35), blue),
+    ):
         assert tuple(draw[y, x]) == col, (x, y, draw[y, x])
     # the colours appear only near their own arrow, and nothing changes far from the arrows
     ys, xs = np.nonzero((draw != 128).any(axis=2))
@@ -122,8 +134,12 @@ def test_scale_points_and_overlays():
     img = np.full((60, 80, 3), 100, np.uint8)
     labels = np.zeros((60, 80), np.uint8)
     labels[30:60, 0:30] = 1
-    r = qc.draw_region_drags(img, labels, [{"type": "rotation", "mask_index": 0, "center": [10, 45],
-                                             "handles": [[10, 45]], "targets": [[24, 54]]}], alpha=1.0)
+    r = qc.draw_region_drags(
+        img,
+        labels,
+        [{"type": "rotation", "mask_index": 0, "center": [10, 45], "handles": [[10, 45]], "targets": [[24, 54]]}],
+        alpha=1.0,
+    )
     assert tuple(r[57, 2]) == qc.TYPE_COLORS["rotation"]  # inside the region, away from text and arrow
     assert tuple(r[45, 10]) == tuple(r[54, 24]) == qc.TYPE_COLORS["rotation"]  # the handle -> target arrow
     assert tuple(r[5, 5]) == tuple(r[55, 75]) == (100, 100, 100)
@@ -151,14 +167,18 @@ def test_gallery_panels_draw_the_samples_drags_where_drag_json_says(demo_out):
 
 # ---------------------------------------------------------------- data access
 
+
 def test_load_reads_only_the_indexed_shard_and_filters(demo_out, monkeypatch):
     ds = qc.QCDataset(demo_out)
     assert len(ds) > 0 and ds.index["shard"].nunique() >= 2
     key = ds.index["key"].iloc[-1]
     calls = []
     real = qc._read_shard
-    monkeypatch.setattr(qc, "_read_shard", lambda out, shard, keys, suffixes=None:
-                        calls.append(shard) or real(out, shard, keys, suffixes))
+    monkeypatch.setattr(
+        qc,
+        "_read_shard",
+        lambda out, shard, keys, suffixes=None: calls.append(shard) or real(out, shard, keys, suffixes),
+    )
     s = ds.load(key)
     assert calls == [ds.row(key)["shard"]]
     assert s.key == key and s.image("src").ndim == 3 and s.meta["key"] == key
@@ -205,6 +225,7 @@ def test_overview_tables_and_figures(demo_out):
 
 # ---------------------------------------------------------------- inspect --key
 
+
 def test_inspect_key_prints_meta_and_writes_png(demo_out, tmp_path):
     import cv2
 
@@ -223,6 +244,7 @@ def test_inspect_key_prints_meta_and_writes_png(demo_out, tmp_path):
 
 # ---------------------------------------------------------------- HTML report + headless Chromium
 
+
 def _chromium() -> str | None:
     for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         if name and shutil.which(name):
@@ -237,16 +259,29 @@ def _headless(profile: Path) -> list[str]:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (CI must install it: apt-get install -y chromium)")
         pytest.skip("chromium not installed (apt-get install -y chromium); this test is required in CI")
-    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}"]
+    return [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
 
 
 def _screenshot(html: Path, png: Path, tmp_path: Path) -> np.ndarray:
     import cv2
 
-    cmd = _headless(tmp_path / "chromium-profile") + ["--hide-scrollbars", f"--screenshot={png}",
-                                                      "--window-size=1280,2000", html.resolve().as_uri()]
+    cmd = _headless(tmp_path / "chromium-profile") + [
+        "--hide-scrollbars",
+        f"--screenshot={png}",
+        "--window-size=1280,2000",
+        html.resolve().as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert png.exists(), f"no screenshot (rc {r.returncode}): {r.stderr[-2000:]}"
     img = cv2.imread(str(png))
@@ -258,12 +293,17 @@ def _images_decoded_in_chromium(html: Path, tmp_path: Path) -> tuple[int, int]:
     """(images Chromium decoded with a non-zero natural size, images on the page). The report has no
     scripts, so a copy gets one that counts them on load; --dump-dom prints the resulting DOM."""
     probe = tmp_path / "report_probe.html"
-    counter = ("<script>window.addEventListener('load', () => { const im = [...document.images]; "
-               "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0)"
-               ".length + '/' + im.length); });</script></body>")
+    counter = (
+        "<script>window.addEventListener('load', () => { const im = [...document.images]; "
+        "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0)"
+        ".length + '/' + im.length); });</script></body>"
+    )
     probe.write_text(html.read_text().replace("</body>", counter))
-    cmd = _headless(tmp_path / "chromium-profile-dom") + ["--virtual-time-budget=20000", "--dump-dom",
-                                                          probe.resolve().as_uri()]
+    cmd = _headless(tmp_path / "chromium-profile-dom") + [
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        probe.resolve().as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     m = re.search(r'data-decoded="(\d+)/(\d+)"', r.stdout)
     assert m, f"no load result in the DOM (rc {r.returncode}): {r.stderr[-2000:]}"
@@ -360,6 +400,7 @@ def test_report_with_zero_samples(empty_out, tmp_path):
 
 # ---------------------------------------------------------------- notebook
 
+
 def test_notebook_is_stored_clean_with_a_parameters_cell():
     import nbformat
 
@@ -381,8 +422,9 @@ def test_notebook_executes_headless(which, min_images, request, monkeypatch):
     monkeypatch.setenv("VID2PAIR_QC_DIR", str(out))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # raises if a cell errors
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()  # raises if a cell errors
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outs if o.output_type == "error"]
     images = [o for o in outs if "image/png" in o.get("data", {})]
@@ -398,7 +440,7 @@ def test_gallery_sort_puts_the_worst_scores_first(demo_out):
     idx = ds.index.set_index("key")
     low = qc.quality_order(ds, "q_coarse_gain_db")
     vals = [v for v in (idx.at[k, "q_coarse_gain_db"] for k in low) if v == v]  # NaN (no coarse edit) last
-    assert [v for v in (idx.at[k, "q_coarse_gain_db"] for k in low[:len(vals)])] == vals
+    assert [v for v in (idx.at[k, "q_coarse_gain_db"] for k in low[: len(vals)])] == vals
     assert len(vals) >= 2 and vals == sorted(vals) and vals[0] < vals[-1]
     high = qc.quality_order(ds, "q_unexplained_frac")
     vals = [idx.at[k, "q_unexplained_frac"] for k in high]

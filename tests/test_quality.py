@@ -1,5 +1,6 @@
 """The quality stage on synthetic pairs whose truth is known: each rule fires on the defect it is
 for, and a clean pair passes every rule."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,16 @@ def _run(frames: np.ndarray, cfg, upto: str = "quality"):
     """The pair stages of ``cfg`` up to ``upto`` (inclusive) on one pair with these frames."""
     classes = pair_classes(cfg)
     names = [S.name for S in classes]
-    stages = build_pair_stages(cfg, classes)[:names.index(upto) + 1]
-    it = PairItem(key="clip-0123456789_s000_f000000_f000023", clip_id="clip-0123456789", source="s.mp4", chunk=0,
-                  clip_idx=0, meta={"frame_indices": list(range(len(frames))), "fps": 12.0, "src_frame": 0,
-                                    "shot": 0}, arrays={"frames": np.ascontiguousarray(frames)})
+    stages = build_pair_stages(cfg, classes)[: names.index(upto) + 1]
+    it = PairItem(
+        key="clip-0123456789_s000_f000000_f000023",
+        clip_id="clip-0123456789",
+        source="s.mp4",
+        chunk=0,
+        clip_idx=0,
+        meta={"frame_indices": list(range(len(frames))), "fps": 12.0, "src_frame": 0, "shot": 0},
+        arrays={"frames": np.ascontiguousarray(frames)},
+    )
     items = [it]
     for st in stages:
         items = st(items)
@@ -39,8 +46,10 @@ def _clip(objects, n=24, seed=0):
     return make_clip(width=W, height=H, n_frames=n, fps=12, objects=objects, seed=seed)
 
 
-MOVING = [ObjectSpec("rect", (70, 50), (90.0, 90.0), velocity=(2.0, 0.5), texture_seed=1),
-          ObjectSpec("ellipse", (60, 60), (230.0, 170.0), velocity=(-1.5, -1.0), texture_seed=2)]
+MOVING = [
+    ObjectSpec("rect", (70, 50), (90.0, 90.0), velocity=(2.0, 0.5), texture_seed=1),
+    ObjectSpec("ellipse", (60, 60), (230.0, 170.0), velocity=(-1.5, -1.0), texture_seed=2),
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +78,7 @@ def test_every_drag_handle_sits_on_what_moves(clean):
     truth = c.object_masks(0) > 0
     for p in pts:
         x, y = (int(round(v)) for v in p["source"])
-        assert truth[max(0, y - 3):y + 4, max(0, x - 3):x + 4].any(), p  # on an object (3-px tolerance)
+        assert truth[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4].any(), p  # on an object (3-px tolerance)
 
 
 def test_nothing_visibly_changes():
@@ -157,8 +166,8 @@ def test_drags_on_still_content_or_off_their_patch_are_removed(clean):
     good = it.meta["drag"]["points"]
     n = len(good)
     it.meta["drag"]["points"] = good + [
-        {"source": [300.0, 20.0], "target": [300.0, 20.0]},          # zero-length, on the still background
-        {"source": good[0]["source"], "target": [20.0, 220.0]},      # a handle on the object, target off it
+        {"source": [300.0, 20.0], "target": [300.0, 20.0]},  # zero-length, on the still background
+        {"source": good[0]["source"], "target": [20.0, 220.0]},  # a handle on the object, target off it
     ]
     sc, pair_fail, sig_fail = judge(it, QualityConfig())
     assert not pair_fail and "drag" not in sig_fail
@@ -184,8 +193,17 @@ def test_a_failing_signal_is_dropped_and_the_pair_kept(clean):
 
 def test_no_signal_left_rejects_the_pair(clean):
     c, _ = clean
-    it = _run(c.frames, _cfg("drag.k=0", "quality.min_gain_db=100", "quality.coarse_min_gain_db=100",
-                             "sketch.enabled=false", "region_drag.enabled=false", "output.flow=none"))
+    it = _run(
+        c.frames,
+        _cfg(
+            "drag.k=0",
+            "quality.min_gain_db=100",
+            "quality.coarse_min_gain_db=100",
+            "sketch.enabled=false",
+            "region_drag.enabled=false",
+            "output.flow=none",
+        ),
+    )
     assert isinstance(it, Reject) and it.reason == "no_valid_signal", it
     assert "coarse" in it.detail and "collage" in it.detail
 
@@ -206,6 +224,7 @@ def test_evidence_helpers():
 
 
 # ---------------------------------------------------------------- each remaining rule, fired on purpose
+
 
 def _collage_item(clean):
     c, _ = clean
@@ -255,8 +274,10 @@ def test_holes_over_most_of_the_change_drop_the_edit(clean, name):
 
 def test_too_few_valid_drags_drop_the_drag_signal(clean):
     it = _collage_item(clean)
-    it.meta["drag"]["points"] = [{"source": [300.0, 20.0], "target": [300.0, 20.0]},  # zero-length, still wall
-                                 {"source": [20.0, 220.0], "target": [24.0, 220.0]}]  # on the still background
+    it.meta["drag"]["points"] = [
+        {"source": [300.0, 20.0], "target": [300.0, 20.0]},  # zero-length, still wall
+        {"source": [20.0, 220.0], "target": [24.0, 220.0]},
+    ]  # on the still background
     sc, pair_fail, sig_fail = judge(it, QualityConfig())
     assert not pair_fail and sig_fail["drag"][0] == "drag_too_few_valid", sig_fail
     assert (sc["drag_total"], sc["drag_valid"]) == (2, 0)
@@ -278,7 +299,7 @@ def test_regions_off_the_change_are_dropped(clean):
         it.meta["region_drag"] = {"regions": regions}
     labels = np.zeros((H, W), np.uint8)
     for k, r in enumerate(regions):
-        labels[0:30, 200 + 10 * (k % 10):210 + 10 * (k % 10)] = r["mask_index"] + 1
+        labels[0:30, 200 + 10 * (k % 10) : 210 + 10 * (k % 10)] = r["mask_index"] + 1
     it.arrays["region_masks"] = labels
     sc, pair_fail, sig_fail = judge(it, QualityConfig())
     assert not pair_fail and sig_fail["region_drag"][0] == "region_off_change", sig_fail
@@ -292,11 +313,18 @@ def test_a_camera_jolt_on_a_smooth_scene_is_camera_moved(dx):
     fitted shift within 0.15 px of the true one (2.24 / 3.35 px; measured 2.24 / 3.34)."""
     import cv2
 
-    c = make_clip(width=W, height=H, n_frames=24, fps=12, seed=0,
-                  objects=[ObjectSpec("rect", (70, 50), (90.0, 90.0), velocity=(2.0, 0.5), texture_seed=1)])
+    c = make_clip(
+        width=W,
+        height=H,
+        n_frames=24,
+        fps=12,
+        seed=0,
+        objects=[ObjectSpec("rect", (70, 50), (90.0, 90.0), velocity=(2.0, 0.5), texture_seed=1)],
+    )
     frames = c.frames.copy()
-    frames[-1] = cv2.warpAffine(frames[-1], np.float32([[1, 0, dx], [0, 1, dx / 2]]), (W, H),
-                                borderMode=cv2.BORDER_REPLICATE)
+    frames[-1] = cv2.warpAffine(
+        frames[-1], np.float32([[1, 0, dx], [0, 1, dx / 2]]), (W, H), borderMode=cv2.BORDER_REPLICATE
+    )
     frames = np.stack([cv2.GaussianBlur(f, (0, 0), 6) for f in frames])
     it = _run(frames, _cfg(), upto="collage")
     sc, pair_fail, _ = judge(it, QualityConfig())

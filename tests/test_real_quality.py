@@ -7,6 +7,7 @@
   from what was written (images, flows, signals);
 * every candidate pair is written or rejected with a reason.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,17 @@ _inputs = shared_inputs
 
 
 def _cfg(*more):
-    return load_config("demo", ["runner.name=local", "runner.progress=false", "pairs.per_shot=4",
-                                "output.image_format=png", "output.flow=float32", *more])
+    return load_config(
+        "demo",
+        [
+            "runner.name=local",
+            "runner.progress=false",
+            "pairs.per_shot=4",
+            "output.image_format=png",
+            "output.flow=float32",
+            *more,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +88,9 @@ def _item(key: str, m: dict) -> PairItem:
         meta["region_drag"] = json.loads(m["region_drag.json"])
     if "drag.json" in m:
         meta["drag"] = json.loads(m["drag.json"])
-    return PairItem(key=key, clip_id=meta["clip_id"], source=meta["source"], chunk=0, clip_idx=0, meta=meta,
-                    arrays=arrays)
+    return PairItem(
+        key=key, clip_id=meta["clip_id"], source=meta["source"], chunk=0, clip_idx=0, meta=meta, arrays=arrays
+    )
 
 
 def test_plain_desk_coin_clips_are_fixed_camera(real_out):
@@ -149,8 +160,12 @@ def test_coin_drags_lie_on_the_coin_or_the_pen(tmp_path):
     """With the quality stage off (so every candidate keeps its drags), every drag handle of the coin
     clips is on what changes between source and target: the coin or the pen, never the plain desk."""
     out = tmp_path / "out"
-    build(_cfg("quality.enabled=false", "coarse.enabled=false", "collage.enabled=false", "sketch.enabled=false"),
-          _inputs(tmp_path, COINS), out, log_summary=False)
+    build(
+        _cfg("quality.enabled=false", "coarse.enabled=false", "collage.enabled=false", "sketch.enabled=false"),
+        _inputs(tmp_path, COINS),
+        out,
+        log_summary=False,
+    )
     n_drags = 0
     for key, m in _samples(out):
         if "drag.json" not in m:
@@ -183,6 +198,7 @@ def test_the_coin_clips_yield_pairs_with_the_coin_moved(real_out):
             moves = [r["move"] for r in meta["flow"].get("rematched", [])]
             q = meta["quality"]
             # re-matched by the flow stage, or followed by verified sparse matches (drag.matches)
-            assert (moves and max(np.hypot(*mv) for mv in moves) > 40) or \
-                (q["moving_matches"] >= 2 and q["motion_px"] > 40), (name, moves, q)
+            assert (moves and max(np.hypot(*mv) for mv in moves) > 40) or (
+                q["moving_matches"] >= 2 and q["motion_px"] > 40
+            ), (name, moves, q)
             assert q.get("coarse_gain_db") is None or q["coarse_gain_db"] > 6, (name, q)

@@ -8,6 +8,7 @@ outcomes a user checks by looking at what was written.
 * a small subject far from the camera is drawn and written;
 * a clip that repeats another clip's footage is reported as a duplicate (synthetic).
 """
+
 from __future__ import annotations
 
 import json
@@ -101,8 +102,9 @@ def test_people_moving_in_front_of_the_camera_are_not_a_camera_move(out):
     rej = read_rejects(o)
     names = [Path(n).name for n in PEOPLE]
     mine = rej[rej["source"].apply(lambda s: Path(s).name in names)]
-    assert not (mine["reason"].isin(["camera_moved", "camera_moving", "global_change"])).any(), \
-        mine[["source", "reason", "detail"]]
+    assert not (mine["reason"].isin(["camera_moved", "camera_moving", "global_change"])).any(), mine[
+        ["source", "reason", "detail"]
+    ]
     idx = read_index(o)
     assert set(Path(s).name for s in idx["source"]) >= set(names)  # both yield samples
 
@@ -114,19 +116,29 @@ def _pair(path: str, a: int, b: int, cfg):
             pass
         idx = list(dict.fromkeys(int(round(x)) for x in np.linspace(a, b, cfg.track.max_frames)))
         frames = decode.apply_frame_policy(v.read(idx, decode.decode_size(v.width, v.height, cfg.frame)), cfg.frame)
-    it = PairItem(key=f"c_s000_f{a:06d}_f{b:06d}", clip_id="c", source=path, chunk=0, clip_idx=0,
-                  meta={"frame_indices": idx, "fps": 30.0, "src_frame": a, "shot": 0}, arrays={"frames": frames})
+    it = PairItem(
+        key=f"c_s000_f{a:06d}_f{b:06d}",
+        clip_id="c",
+        source=path,
+        chunk=0,
+        clip_idx=0,
+        meta={"frame_indices": idx, "fps": 30.0, "src_frame": a, "shot": 0},
+        arrays={"frames": frames},
+    )
     items = [it]
     for st in build_pair_stages(cfg, pair_classes(cfg)):
         items = st(items)
     return frames, items[0]
 
 
-@pytest.mark.parametrize("name,a,b,what", [
-    ("real2/street_traffic_cars.mp4", 806, 847, "leaves swaying, no car"),
-    ("real2/people_walk_past_table.mp4", 89, 102, "a woman standing almost still"),
-    ("tree.avi", 6, 39, "a tree in the wind"),
-])
+@pytest.mark.parametrize(
+    "name,a,b,what",
+    [
+        ("real2/street_traffic_cars.mp4", 806, 847, "leaves swaying, no car"),
+        ("real2/people_walk_past_table.mp4", 89, 102, "a woman standing almost still"),
+        ("tree.avi", 6, 39, "a tree in the wind"),
+    ],
+)
 def test_swaying_foliage_and_a_still_subject_yield_no_pair(name, a, b, what):
     """The pairs the issue found written as noise: the quality stage rejects them (no solid change, or
     no visible move). The pre-screen is no guard here: at the scan's 128 px, which a small subject far
@@ -160,11 +172,26 @@ def test_a_clip_that_repeats_another_clips_footage_is_reported(tmp_path):
     write_video(a.frames, d / "a.mp4", 12)
     write_video(a.frames[12:], d / "b_copy.mp4", 12, crf=24)
     write_video(make_clip(width=320, height=240, n_frames=60, fps=12, n_objects=2, seed=6).frames, d / "c.mp4", 12)
-    same_bg = make_clip(width=320, height=240, n_frames=60, fps=12, seed=5,
-                        objects=[ObjectSpec("rect", (40, 30), (200, 100), velocity=(-2, 1), texture_seed=9)])
+    same_bg = make_clip(
+        width=320,
+        height=240,
+        n_frames=60,
+        fps=12,
+        seed=5,
+        objects=[ObjectSpec("rect", (40, 30), (200, 100), velocity=(-2, 1), texture_seed=9)],
+    )
     write_video(same_bg.frames, d / "d_same_background.mp4", 12)
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "quality.enabled=false",
-                               "collage.enabled=false", "track.enabled=false", "pairs.prescreen=false"])
+    cfg = load_config(
+        "demo",
+        [
+            "runner.name=local",
+            "runner.progress=false",
+            "quality.enabled=false",
+            "collage.enabled=false",
+            "track.enabled=false",
+            "pairs.prescreen=false",
+        ],
+    )
     s = build(cfg, str(d), tmp_path / "out", log_summary=False)
     dups = s["duplicate_footage"]
     assert [(Path(x["clip"]).name, Path(x["duplicate_of"]).name) for x in dups] == [("b_copy.mp4", "a.mp4")], dups

@@ -1,4 +1,5 @@
 """The presets are the papers' method sections; their weight-free counterparts run anywhere."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,7 @@ def test_every_preset_names_every_signal_section_and_says_why(preset):
     data = yaml.safe_load(text)
     for sec in SIGNAL_SECTIONS:
         assert sec in data and "enabled" in data[sec], (preset, sec)
-        line = next(ln for ln in text.splitlines()[text.splitlines().index(f"{sec}:") + 1:] if "enabled:" in ln)
+        line = next(ln for ln in text.splitlines()[text.splitlines().index(f"{sec}:") + 1 :] if "enabled:" in ln)
         assert "#" in line and ("ON" in line or "OFF" in line), (preset, sec, line)
 
 
@@ -59,8 +60,12 @@ def test_magicfixup_is_the_paper_and_its_code():
     assert c.flow.backend == "raft_large" and c.flow.chain and c.flow.median_filter_px == 15
     assert (c.motion.large_px, c.motion.max_large_frac) == (350.0, 0.1)
     assert c.coarse.hole_rule == "alpha" and c.coarse.hole_thresh == 0.5 and c.coarse.min_coverage == 0.6
-    assert (c.collage.segmenter, c.collage.sam_model_type, c.collage.min_area, c.collage.fit_samples) == \
-        ("sam", "vit_h", 300, 50)
+    assert (c.collage.segmenter, c.collage.sam_model_type, c.collage.min_area, c.collage.fit_samples) == (
+        "sam",
+        "vit_h",
+        300,
+        50,
+    )
     assert c.collage.depth == "dpt" and c.collage.dpt_model == "dpt_large" and c.collage.erode_px == 1
     assert not c.track.enabled and not c.sketch.enabled
     assert [S.name for S in pair_classes(c)] == ["flow", "motion", "coarse", "collage", "quality", "encode"]
@@ -126,7 +131,8 @@ def test_the_median_filter_is_applied_to_the_flow():
     from scipy.ndimage import median_filter
 
     raw = FlowStage(load_config("demo", ["flow.chain=false", "flow.static_suppress=false"]))(
-        [PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0, meta={}, arrays={"frames": fr})])[0]
+        [PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0, meta={}, arrays={"frames": fr})]
+    )[0]
     want = median_filter(raw.arrays["flow"][..., 0], size=5, mode="nearest")
     np.testing.assert_allclose(out.arrays["flow"][..., 0], want, atol=1e-5)
 
@@ -140,6 +146,12 @@ def test_the_cpu_counterparts_build(preset, tmp_path):
     d = tmp_path / "clips"
     d.mkdir()
     write_video(make_clip(width=320, height=240, n_frames=36, fps=12, seed=3).frames, d / "a.mp4", 12, codec="mpeg4")
-    s = build(load_config(preset, ["runner.name=local", "runner.progress=false", "pairs.per_shot=1",
-                                   "pairs.uniform_max_s=2"]), str(d), tmp_path / "out", log_summary=False)
+    s = build(
+        load_config(
+            preset, ["runner.name=local", "runner.progress=false", "pairs.per_shot=1", "pairs.uniform_max_s=2"]
+        ),
+        str(d),
+        tmp_path / "out",
+        log_summary=False,
+    )
     assert s["all_inputs_accounted"] and s["samples"] + s["rejects_total"] >= 1

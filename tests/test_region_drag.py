@@ -1,4 +1,5 @@
 """stages.region_drag: region drags with an operation type on synthetic clips with known rigid motion."""
+
 from __future__ import annotations
 
 import json
@@ -38,15 +39,29 @@ def _object_regions(drag, masks, clip):
 
 
 def _translating(seed):
-    return make_clip(width=320, height=240, n_frames=GAP + 1, seed=seed, objects=[
-        ObjectSpec("rect", (70, 50), (90, 90), velocity=(3, 1), texture_seed=1 + seed),
-        ObjectSpec("ellipse", (60, 60), (220, 150), velocity=(-2, 2), texture_seed=2 + seed)])
+    return make_clip(
+        width=320,
+        height=240,
+        n_frames=GAP + 1,
+        seed=seed,
+        objects=[
+            ObjectSpec("rect", (70, 50), (90, 90), velocity=(3, 1), texture_seed=1 + seed),
+            ObjectSpec("ellipse", (60, 60), (220, 150), velocity=(-2, 2), texture_seed=2 + seed),
+        ],
+    )
 
 
 def _rotating(seed):
-    return make_clip(width=320, height=240, n_frames=GAP + 1, seed=seed, objects=[
-        ObjectSpec("rect", (80, 50), (90, 90), angular_velocity=5, texture_seed=1 + seed),
-        ObjectSpec("ellipse", (70, 50), (220, 150), angular_velocity=-5, texture_seed=2 + seed)])
+    return make_clip(
+        width=320,
+        height=240,
+        n_frames=GAP + 1,
+        seed=seed,
+        objects=[
+            ObjectSpec("rect", (80, 50), (90, 90), angular_velocity=5, texture_seed=1 + seed),
+            ObjectSpec("ellipse", (70, 50), (220, 150), angular_velocity=-5, texture_seed=2 + seed),
+        ],
+    )
 
 
 @pytest.mark.parametrize("flow_name", ["gt", "dis"])
@@ -127,8 +142,13 @@ def test_rigid_controls_on_the_same_segment():
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     a = np.radians(12)
     cx, cy = 79.5, 59.5
-    rot = np.stack([np.cos(a) * (xs - cx) - np.sin(a) * (ys - cy) + cx - xs,
-                    np.sin(a) * (xs - cx) + np.cos(a) * (ys - cy) + cy - ys], -1).astype(np.float32)
+    rot = np.stack(
+        [
+            np.cos(a) * (xs - cx) - np.sin(a) * (ys - cy) + cx - xs,
+            np.sin(a) * (xs - cx) + np.cos(a) * (ys - cy) + cy - ys,
+        ],
+        -1,
+    ).astype(np.float32)
     cfg = RegionDragConfig(reference_short_side=120)
     for flow, want in ((np.broadcast_to(np.float32([5, -3]), (h, w, 2)).copy(), "translation"), (rot, "rotation")):
         r = region_drags(lab, _fits(lab, flow), flow, cfg)[0]["regions"][0]
@@ -136,8 +156,15 @@ def test_rigid_controls_on_the_same_segment():
     assert r["angle_deg"] == pytest.approx(12.0, abs=0.05) and r["scale"] == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("scale,shift,want", [(1.3, (0, 0), "scaling"), (1.12, (6, 2), "translation+scaling"),
-                                               (0.9, (0, 0), "scaling"), (1.02, (6, 2), "translation")])
+@pytest.mark.parametrize(
+    "scale,shift,want",
+    [
+        (1.3, (0, 0), "scaling"),
+        (1.12, (6, 2), "translation+scaling"),
+        (0.9, (0, 0), "scaling"),
+        (1.02, (6, 2), "translation"),
+    ],
+)
 def test_a_region_that_scales_is_scaling(scale, shift, want):
     """An object coming towards the camera grows (the coin clips: 1.1-1.16) while it moves: typed by
     what the fitted similarity does, and its targets are where the similarity sends the handles."""
@@ -150,8 +177,9 @@ def test_a_region_that_scales_is_scaling(scale, shift, want):
     assert r["type"] == want, r
     assert r["scale"] == pytest.approx(scale, abs=1e-3)
     for (hx, hy), (tx, ty) in zip(r["handles"], r["targets"]):  # the true move at the handle
-        np.testing.assert_allclose([tx - hx, ty - hy], [(scale - 1) * (hx - cx) + shift[0],
-                                                        (scale - 1) * (hy - cy) + shift[1]], atol=0.02)
+        np.testing.assert_allclose(
+            [tx - hx, ty - hy], [(scale - 1) * (hx - cx) + shift[0], (scale - 1) * (hy - cy) + shift[1]], atol=0.02
+        )
 
 
 def test_classify_thresholds():
@@ -177,17 +205,29 @@ def test_format_masks_and_points():
     assert areas == sorted(areas, reverse=True)
     for i, r in enumerate(drag["regions"]):
         assert r["id"] == r["mask_index"] == i
-        assert set(r) >= {"id", "type", "center", "handles", "targets", "angle_deg", "scale", "residual_px",
-                          "mask_index"}
+        assert set(r) >= {
+            "id",
+            "type",
+            "center",
+            "handles",
+            "targets",
+            "angle_deg",
+            "scale",
+            "residual_px",
+            "mask_index",
+        }
         m = masks == i + 1
         assert m.sum() == r["area"]
         assert len(r["handles"]) == len(r["targets"]) == 5 and r["handles"][0] == r["center"]
         for x, y in r["handles"]:
             assert m[int(round(y)), int(round(x))]
         assert all((lab[m] == s).any() for s in r["segments"])
-    capped, capped_masks = region_drags(lab, make_collage(clip.frames[0], clip.frames[GAP], clip.flow(0, GAP)[0], lab,
-                                                          moving_px=0.94)["fits"], clip.flow(0, GAP)[0],
-                                        RegionDragConfig(max_regions=1))
+    capped, capped_masks = region_drags(
+        lab,
+        make_collage(clip.frames[0], clip.frames[GAP], clip.flow(0, GAP)[0], lab, moving_px=0.94)["fits"],
+        clip.flow(0, GAP)[0],
+        RegionDragConfig(max_regions=1),
+    )
     assert len(capped["regions"]) == 1 and capped_masks.max() == 1
 
 
@@ -217,7 +257,11 @@ def test_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
     validate(RegionDragConfig(), "region_drag.")
-    for kw, key in ((dict(rotation_deg=0), "rotation_deg"), (dict(n_handles=0), "n_handles"),
-                    (dict(max_regions=0), "max_regions"), (dict(moving_px=-1), "moving_px")):
+    for kw, key in (
+        (dict(rotation_deg=0), "rotation_deg"),
+        (dict(n_handles=0), "n_handles"),
+        (dict(max_regions=0), "max_regions"),
+        (dict(moving_px=-1), "moving_px"),
+    ):
         with pytest.raises(ConfigError, match=f"region_drag.{key}"):
             validate(RegionDragConfig(**kw), "region_drag.")

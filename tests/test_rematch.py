@@ -3,6 +3,7 @@
 Synthetic pairs whose true move is known: a textured disc on a plain desk jumps 70 px (and grows by
 10 %, as a coin coming closer to the camera does) while it is hidden in the frames in between, so
 a chained DIS flow cannot follow it."""
+
 from __future__ import annotations
 
 import cv2
@@ -15,8 +16,8 @@ from vid2pair.stages.flow import FlowStage
 from vid2pair.stages.rematch import COVERED, rematch_objects, split_segments
 
 H, W = 240, 320
-C0 = np.array([230.0, 80.0])          # disc centre on the source
-MOVE = np.array([-70.0, 45.0])        # its move
+C0 = np.array([230.0, 80.0])  # disc centre on the source
+MOVE = np.array([-70.0, 45.0])  # its move
 SCALE = 1.1
 
 
@@ -96,8 +97,8 @@ def test_split_segments_makes_each_object_one_segment_and_drops_what_it_covers()
     labels = np.zeros((4, 6), np.int32)
     labels[:, 3:] = 1
     pieces = np.zeros((4, 6), np.uint8)
-    pieces[1:3, 2:4] = 1        # an object across the two segments
-    pieces[0, 5] = COVERED      # background it covers in the target
+    pieces[1:3, 2:4] = 1  # an object across the two segments
+    pieces[0, 5] = COVERED  # background it covers in the target
     out = split_segments(labels, pieces)
     assert out[0, 5] == -1
     assert len(np.unique(out[1:3, 2:4])) == 1  # one segment, across the old boundary
@@ -117,8 +118,15 @@ def test_flow_stage_follows_an_object_hidden_between_source_and_target():
     errs = {}
     for on in (True, False):
         cfg = load_config("demo", [f"flow.rematch={str(on).lower()}"])
-        it = PairItem(key="k", clip_id="c", source="s", chunk=0, clip_idx=0,
-                      meta={"fps": 10.0, "frame_indices": list(range(8))}, arrays={"frames": frames})
+        it = PairItem(
+            key="k",
+            clip_id="c",
+            source="s",
+            chunk=0,
+            clip_idx=0,
+            meta={"fps": 10.0, "frame_indices": list(range(8))},
+            arrays={"frames": frames},
+        )
         (out,) = FlowStage(cfg).process([it])
         errs[on] = np.median(np.linalg.norm(out.arrays["flow"][disc] - _true_flow(xy), axis=1))
         if on:

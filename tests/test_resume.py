@@ -1,4 +1,5 @@
 """Exactly-once output: SIGKILL the driver at a few points, rerun, compare with an uninterrupted run."""
+
 import os
 import signal
 import subprocess
@@ -21,10 +22,27 @@ def clips(tmp_path_factory):
 
 
 def _cmd(clips, out, runner="local"):
-    return [sys.executable, "-m", "vid2pair.pipeline.cli", "build", "--config", "demo", "--input", str(clips),
-            "--output", str(out), "--runner", runner, "--no-progress",
-            "--set", "frame.size=[120, 160]", "--set", "output.clips_per_shard=1",
-            "--set", "quality.enabled=false"]  # mechanics: every candidate the motion rules pass is written
+    return [
+        sys.executable,
+        "-m",
+        "vid2pair.pipeline.cli",
+        "build",
+        "--config",
+        "demo",
+        "--input",
+        str(clips),
+        "--output",
+        str(out),
+        "--runner",
+        runner,
+        "--no-progress",
+        "--set",
+        "frame.size=[120, 160]",
+        "--set",
+        "output.clips_per_shard=1",
+        "--set",
+        "quality.enabled=false",
+    ]  # mechanics: every candidate the motion rules pass is written
 
 
 def _keys(out):

@@ -1,4 +1,5 @@
 """FramePainter-style sketch from optical-flow edges (stages/sketch.py)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -13,8 +14,15 @@ from vid2pair.stages.sketch import SketchConfig, SketchStage, edge_strength, ske
 
 
 def _item(src, tgt, flow, key="k", **extra):
-    return PairItem(key=key, clip_id="c", source="s.mp4", chunk=0, clip_idx=0, meta={},
-                    arrays={"src": src, "tgt": tgt, "flow": flow, **extra})
+    return PairItem(
+        key=key,
+        clip_id="c",
+        source="s.mp4",
+        chunk=0,
+        clip_idx=0,
+        meta={},
+        arrays={"src": src, "tgt": tgt, "flow": flow, **extra},
+    )
 
 
 def _stage(**kw):
@@ -194,10 +202,16 @@ def test_bad_input_is_rejected_not_raised():
     good = np.zeros((32, 40, 2), np.float32)
     nan = good.copy()
     nan[1, 2] = np.nan
-    out = _stage()([_item(src, src, nan), _item(src[:0], src[:0], good[:0]), _item(src, src, good[:5]),
-                    _item(src, src, good, flow_bwd=nan), _item(src, src, good)])
-    assert [getattr(o, "reason", None) for o in out] == ["invalid_flow", "bad_input", "bad_input",
-                                                         "invalid_flow", None]
+    out = _stage()(
+        [
+            _item(src, src, nan),
+            _item(src[:0], src[:0], good[:0]),
+            _item(src, src, good[:5]),
+            _item(src, src, good, flow_bwd=nan),
+            _item(src, src, good),
+        ]
+    )
+    assert [getattr(o, "reason", None) for o in out] == ["invalid_flow", "bad_input", "bad_input", "invalid_flow", None]
     with pytest.raises(ValueError):
         sketch_from_flow(nan)
 
@@ -206,8 +220,13 @@ def test_config_validation():
     from vid2pair.pipeline.config import ConfigError
 
     validate(SketchConfig(), "sketch.")
-    for kw, key in [({"rel_thresh": -1.0}, "sketch.rel_thresh"), ({"abs_thresh_px": 0.0}, "sketch.abs_thresh_px"),
-                    ({"stroke_width": 0}, "sketch.stroke_width"), ({"min_component_px": 0}, "sketch.min_component_px"),
-                    ({"density": 0.0}, "sketch.density"), ({"max_stroke_frac": 2.0}, "sketch.max_stroke_frac")]:
+    for kw, key in [
+        ({"rel_thresh": -1.0}, "sketch.rel_thresh"),
+        ({"abs_thresh_px": 0.0}, "sketch.abs_thresh_px"),
+        ({"stroke_width": 0}, "sketch.stroke_width"),
+        ({"min_component_px": 0}, "sketch.min_component_px"),
+        ({"density": 0.0}, "sketch.density"),
+        ({"max_stroke_frac": 2.0}, "sketch.max_stroke_frac"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(SketchConfig(**kw), "sketch.")

@@ -1,4 +1,5 @@
 """Softmax splatting (stages/splat.py) and the Magic Fixup coarse edit (stages/coarse.py)."""
+
 from __future__ import annotations
 
 import time
@@ -29,7 +30,7 @@ def _psnr(a, b, mask=None):
     d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
     if mask is not None:
         d = d[mask]
-    return 10 * np.log10(255.0 ** 2 / d.mean())
+    return 10 * np.log10(255.0**2 / d.mean())
 
 
 def _item(src, tgt, flow, key="k", **extra):
@@ -91,11 +92,12 @@ def test_integer_translation_is_exact(mode):
     out, dens = splat_with_density(_t(img), _t(flow), _t(z), mode)
     out, dens = out.numpy()[0], dens.numpy()[0, 0]
     expect = np.zeros_like(img[0])
-    expect[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        img[0, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    expect[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        0, :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     np.testing.assert_array_equal(out, expect)
     landed = np.zeros((h, w), bool)
-    landed[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = True
+    landed[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = True
     np.testing.assert_array_equal(dens, landed.astype(np.float32))
 
 
@@ -154,13 +156,13 @@ def test_backwarp_and_magicfixup_metric():
     h, w = 30, 40
     tgt = rng.random((1, 3, h, w)).astype(np.float32)
     src = np.zeros_like(tgt)
-    src[..., :, :w - 4] = tgt[..., :, 4:]  # src(x) = tgt(x + 4): flow src -> tgt is +4
+    src[..., :, : w - 4] = tgt[..., :, 4:]  # src(x) = tgt(x + 4): flow src -> tgt is +4
     flow = np.zeros((1, 2, h, w), np.float32)
     flow[:, 0] = 4.0
     bw = backwarp(_t(tgt), _t(flow)).numpy()
-    np.testing.assert_allclose(bw[..., :w - 4], src[..., :w - 4], atol=1e-5)
+    np.testing.assert_allclose(bw[..., : w - 4], src[..., : w - 4], atol=1e-5)
     m = magicfixup_metric(_t(src), _t(tgt), _t(flow)).numpy()
-    assert np.abs(m[..., :w - 4]).max() < 1e-3  # matched: ~0
+    assert np.abs(m[..., : w - 4]).max() < 1e-3  # matched: ~0
     wrong = magicfixup_metric(_t(src), _t(tgt), _t(np.zeros_like(flow))).numpy()
     assert wrong.mean() < -3 and wrong.min() >= -20 and wrong.max() <= 0
 
@@ -200,8 +202,10 @@ def test_speed_torch_vs_reference(capsys):
         best = min(best, time.perf_counter() - t0)
     ours_ms = best * 1e3 / (big * big / 1e6)
     with capsys.disabled():
-        print(f"\nsplat soft, CPU ({torch.get_num_threads()} threads): torch {ours_ms:.0f} ms/MP, "
-              f"numpy reference loop {ref_ms:.0f} ms/MP")
+        print(
+            f"\nsplat soft, CPU ({torch.get_num_threads()} threads): torch {ours_ms:.0f} ms/MP, "
+            f"numpy reference loop {ref_ms:.0f} ms/MP"
+        )
     assert ours_ms < ref_ms
 
 
@@ -222,8 +226,10 @@ def test_coarse_edit_psnr_gain_with_ground_truth_flow(capsys):
         assert (coarse[~keep] == 0).all() and set(np.unique(holes)) <= {0, 255}
         assert cov == pytest.approx(keep.mean())
         p_coarse, p_base = _psnr(coarse, tgt, keep), _psnr(src, tgt, keep)
-        lines.append(f"seed {seed}: coarse {p_coarse:.1f} dB vs src {p_base:.1f} dB (+{p_coarse - p_base:.1f}), "
-                     f"coverage {cov:.3f}")
+        lines.append(
+            f"seed {seed}: coarse {p_coarse:.1f} dB vs src {p_base:.1f} dB (+{p_coarse - p_base:.1f}), "
+            f"coverage {cov:.3f}"
+        )
         assert p_coarse >= p_base + 6.0, lines[-1]
     with capsys.disabled():
         print("\ncoarse edit, GT flow, 160x120, 8 frames apart:\n  " + "\n  ".join(lines))
@@ -242,8 +248,10 @@ def test_coarse_edit_psnr_gain_with_dis_flow(capsys):
         coarse, holes, cov = coarse_edit(src, flow, "soft", tgt=tgt)
         keep = holes == 0
         p_coarse, p_base = _psnr(coarse, tgt, keep), _psnr(src, tgt, keep)
-        lines.append(f"seed {seed}: coarse {p_coarse:.1f} dB vs src {p_base:.1f} dB (+{p_coarse - p_base:.1f}), "
-                     f"coverage {cov:.3f}")
+        lines.append(
+            f"seed {seed}: coarse {p_coarse:.1f} dB vs src {p_base:.1f} dB (+{p_coarse - p_base:.1f}), "
+            f"coverage {cov:.3f}"
+        )
         assert p_coarse >= p_base + 6.0, lines[-1]
     with capsys.disabled():
         print("\ncoarse edit, DIS flow, 320x240, 4 frames apart:\n  " + "\n  ".join(lines))
@@ -272,8 +280,10 @@ def test_coarse_modes_and_batch_agree_with_single():
 def test_coarse_stage_adds_arrays_and_meta_and_keeps_order():
     from vid2pair.pipeline.synthetic import make_clip
 
-    clips = [make_clip(width=w, height=h, n_frames=6, n_objects=1, seed=s)
-             for (w, h, s) in [(96, 64, 0), (80, 48, 1), (96, 64, 2)]]
+    clips = [
+        make_clip(width=w, height=h, n_frames=6, n_objects=1, seed=s)
+        for (w, h, s) in [(96, 64, 0), (80, 48, 1), (96, 64, 2)]
+    ]
     items = [_item(c.frames[0], c.frames[3], c.flow(0, 3)[0], key=f"k{i}") for i, c in enumerate(clips)]
     done = ClipDone(source="s.mp4", clip_id="c", chunk=0, clip_idx=0, n_items=3)
     rej = Reject(source="s.mp4", clip_id="c", chunk=0, clip_idx=0, stage="x", reason="y")
@@ -331,9 +341,15 @@ def test_bad_input_is_rejected_not_raised():
     }
     out = _stage()(list(cases.values()) + [_item(src, src, good)])
     reasons = {k: (o.reason if isinstance(o, Reject) else None) for k, o in zip(cases, out)}
-    assert reasons == {"nan": "invalid_flow", "inf": "invalid_flow", "zero_size": "bad_input",
-                       "flow_shape": "bad_input", "tgt_shape": "bad_input", "missing": "bad_input",
-                       "int_flow": "invalid_flow"}
+    assert reasons == {
+        "nan": "invalid_flow",
+        "inf": "invalid_flow",
+        "zero_size": "bad_input",
+        "flow_shape": "bad_input",
+        "tgt_shape": "bad_input",
+        "missing": "bad_input",
+        "int_flow": "invalid_flow",
+    }
     assert isinstance(out[-1], PairItem) and out[-1].meta["coarse"]["coverage"] == 1.0
 
 
@@ -349,9 +365,13 @@ def test_config_validation():
     from vid2pair.pipeline.config import ConfigError
 
     validate(CoarseConfig(), "coarse.")
-    for kw, key in [({"mode": "max"}, "coarse.mode"), ({"min_coverage": 1.5}, "coarse.min_coverage"),
-                    ({"hole_thresh": 1.0}, "coarse.hole_thresh"), ({"device": "tpu"}, "coarse.device"),
-                    ({"batch_size": 0}, "coarse.batch_size")]:
+    for kw, key in [
+        ({"mode": "max"}, "coarse.mode"),
+        ({"min_coverage": 1.5}, "coarse.min_coverage"),
+        ({"hole_thresh": 1.0}, "coarse.hole_thresh"),
+        ({"device": "tpu"}, "coarse.device"),
+        ({"batch_size": 0}, "coarse.batch_size"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(CoarseConfig(**kw), "coarse.")
     validate(CoarseConfig(min_coverage=None, device="cuda:1", mode="avg"), "coarse.")

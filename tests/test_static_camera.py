@@ -4,6 +4,7 @@ Measured (docs/calibration.md): synthetic fixed camera <= 0.0003, tripod shake (
 <= 0.0031, handheld (1.5 px std) >= 0.013, pans >= 0.044; real: vtest 0.0001, tree 0.0034,
 bikes shots >= 0.0166. Threshold 0.008.
 """
+
 import pytest
 
 from tests.conftest import shared_video
@@ -30,10 +31,17 @@ def test_tripod_shake_is_static():
     assert _score(CameraMotion(jitter=0.3))["score"] < THR / 2
 
 
-@pytest.mark.parametrize("cam", [CameraMotion(velocity=(0.3, 0.0)), CameraMotion(velocity=(0.2, 0.4)),
-                                 CameraMotion(jitter=1.5), CameraMotion(zoom_rate=0.002),
-                                 CameraMotion(angular_velocity=0.1)],
-                         ids=["slow_pan", "diag_pan", "handheld", "zoom", "roll"])
+@pytest.mark.parametrize(
+    "cam",
+    [
+        CameraMotion(velocity=(0.3, 0.0)),
+        CameraMotion(velocity=(0.2, 0.4)),
+        CameraMotion(jitter=1.5),
+        CameraMotion(zoom_rate=0.002),
+        CameraMotion(angular_velocity=0.1),
+    ],
+    ids=["slow_pan", "diag_pan", "handheld", "zoom", "roll"],
+)
 def test_moving_camera_is_rejected(cam):
     assert _score(cam)["score"] > THR * 1.5
 

@@ -7,6 +7,7 @@
 * the shards are byte-identical to processing the clip in one piece.
 (`benchmarks/memory.py` measures the peak RSS against clip length.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,15 +25,21 @@ from vid2pair.pipeline.runners import build
 from vid2pair.pipeline.synthetic import make_clip, write_video
 from vid2pair.stages.clip import ClipStage
 
-CFG = ["runner.name=local", "runner.progress=false", "quality.enabled=false", "frame.size=[120, 160]",
-       "pairs.per_shot=4"]
+CFG = [
+    "runner.name=local",
+    "runner.progress=false",
+    "quality.enabled=false",
+    "frame.size=[120, 160]",
+    "pairs.per_shot=4",
+]
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("stream")
-    return write_video(make_clip(width=160, height=120, n_frames=48, fps=12, seed=21).frames, d / "c.mp4", 12,
-                       codec="mpeg4")
+    return write_video(
+        make_clip(width=160, height=120, n_frames=48, fps=12, seed=21).frames, d / "c.mp4", 12, codec="mpeg4"
+    )
 
 
 class CountingClip(ClipStage):
@@ -81,6 +88,7 @@ def _emitter(n: int, pause: float, hang_after: int = -1):
             time.sleep(pause)
             report.emit(k)
         return ["done"]
+
     return work
 
 
@@ -139,10 +147,12 @@ def test_the_driver_stays_light(clip, tmp_path):
     import sys
     import tarfile
 
-    code = ("import sys; from vid2pair.pipeline.config import load_config; "
-            "from vid2pair.pipeline.runners import build; "
-            f"s = build(load_config('demo', {CFG!r}), {str(clip)!r}, {str(tmp_path / 'out')!r}, log_summary=False); "
-            "print(s['samples'], 'torch' in sys.modules, 'webdataset' in sys.modules)")
+    code = (
+        "import sys; from vid2pair.pipeline.config import load_config; "
+        "from vid2pair.pipeline.runners import build; "
+        f"s = build(load_config('demo', {CFG!r}), {str(clip)!r}, {str(tmp_path / 'out')!r}, log_summary=False); "
+        "print(s['samples'], 'torch' in sys.modules, 'webdataset' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     n, torch_in, wds_in = r.stdout.split()[-3:]

@@ -1,4 +1,5 @@
 """pipeline.synthetic: rendered frames agree with the exact ground truth (flow, tracks, masks)."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ W, H = 192, 144
 
 
 def _backward_warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    ys, xs = np.mgrid[0:flow.shape[0], 0:flow.shape[1]].astype(np.float32)
+    ys, xs = np.mgrid[0 : flow.shape[0], 0 : flow.shape[1]].astype(np.float32)
     return cv2.remap(img.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR)
 
 
@@ -27,7 +28,7 @@ def _clean_visible(clip, i, j, flow, vis):
     """Visible pixels that are not on an (anti-aliased) object edge in frame i nor land on one in j."""
     edge_i = _near_edges(clip.object_masks(i))
     edge_j = _near_edges(clip.object_masks(j)).astype(np.float32)
-    ys, xs = np.mgrid[0:flow.shape[0], 0:flow.shape[1]].astype(np.float32)
+    ys, xs = np.mgrid[0 : flow.shape[0], 0 : flow.shape[1]].astype(np.float32)
     lands_on_edge = cv2.remap(edge_j, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_NEAREST) > 0
     return vis & ~edge_i & ~lands_on_edge
 
@@ -61,14 +62,17 @@ def test_gt_flow_reproduces_frames(camera):
 def test_occluded_and_leaving_points_are_invisible():
     below = ObjectSpec("rect", size=(40, 40), center=(100.0, 70.0), texture_seed=1)
     above = ObjectSpec("ellipse", size=(30, 30), center=(40.0, 70.0), velocity=(4.0, 0.0), texture_seed=2)
-    clip = make_clip(width=W, height=H, n_frames=20, objects=[below, above],
-                     camera=CameraMotion(velocity=(-3.0, 0.0)), seed=3)
-    pts = np.array([
-        [100.0, 70.0],  # centre of `below`: covered by `above` at frame 15
-        [40.0, 70.0],  # centre of `above`: topmost, always visible
-        [188.0, 10.0],  # background near the right border: the camera pans left, it leaves the frame
-        [20.0, 130.0],  # background elsewhere: stays visible
-    ])
+    clip = make_clip(
+        width=W, height=H, n_frames=20, objects=[below, above], camera=CameraMotion(velocity=(-3.0, 0.0)), seed=3
+    )
+    pts = np.array(
+        [
+            [100.0, 70.0],  # centre of `below`: covered by `above` at frame 15
+            [40.0, 70.0],  # centre of `above`: topmost, always visible
+            [188.0, 10.0],  # background near the right border: the camera pans left, it leaves the frame
+            [20.0, 130.0],  # background elsewhere: stays visible
+        ]
+    )
     q, vis = clip.track(pts, 0, 15)
     # world->image moves by -camera velocity (+3 px/frame), objects add their own motion
     np.testing.assert_allclose(q[0], [100.0 + 45.0, 70.0], atol=1e-4)
@@ -92,8 +96,7 @@ def test_static_background_has_zero_flow_and_camera_motion_does_not():
     both_bg &= ~_near_edges(static.object_masks(0)) & ~_near_edges(static.object_masks(9))
     assert np.array_equal(static.frames[0][both_bg], static.frames[9][both_bg])
 
-    pan = make_clip(width=W, height=H, n_frames=10, n_objects=2, seed=5,
-                    camera=CameraMotion(velocity=(2.0, -1.0)))
+    pan = make_clip(width=W, height=H, n_frames=10, n_objects=2, seed=5, camera=CameraMotion(velocity=(2.0, -1.0)))
     flow, vis = pan.flow(2, 7)
     bg = pan.object_masks(2) == 0
     # pure pan: the background moves by -velocity per frame, exactly
@@ -102,22 +105,30 @@ def test_static_background_has_zero_flow_and_camera_motion_does_not():
     border = np.concatenate([pan.frames[:, [0, -1]].reshape(-1, 3), pan.frames[:, :, [0, -1]].reshape(-1, 3)])
     assert border.max(axis=-1).min() > 15  # texture values start at 20
 
-    shaky = make_clip(width=W, height=H, n_frames=10, n_objects=0, seed=5,
-                      camera=CameraMotion(jitter=2.0, rotation_jitter=0.5))
+    shaky = make_clip(
+        width=W, height=H, n_frames=10, n_objects=0, seed=5, camera=CameraMotion(jitter=2.0, rotation_jitter=0.5)
+    )
     mag = np.linalg.norm(shaky.flow(0, 5)[0], axis=-1)
     assert np.median(mag) > 1.0  # measured 5.1 px
 
 
 def test_rigid_object_motion_is_exact():
-    spec = ObjectSpec("rect", size=(40, 24), center=(90.0, 70.0), velocity=(1.5, -0.5),
-                      angular_velocity=2.0, scale_rate=0.01, texture_seed=4)
+    spec = ObjectSpec(
+        "rect",
+        size=(40, 24),
+        center=(90.0, 70.0),
+        velocity=(1.5, -0.5),
+        angular_velocity=2.0,
+        scale_rate=0.01,
+        texture_seed=4,
+    )
     clip = make_clip(width=W, height=H, n_frames=11, objects=[spec], seed=0)
     t = 10
     corner = np.array([[90.0 + 15.0, 70.0 + 8.0]])  # inside the rect at frame 0
     q, vis = clip.track(np.vstack([[90.0, 70.0], corner]), 0, t)
     c_t = np.array([90.0 + 1.5 * t, 70.0 - 0.5 * t])
     a = math.radians(2.0 * t)
-    s = 1.01 ** t
+    s = 1.01**t
     rot = s * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     np.testing.assert_allclose(q[0], c_t, atol=1e-4)
     np.testing.assert_allclose(q[1], c_t + rot @ np.array([15.0, 8.0]), atol=1e-4)
@@ -125,7 +136,7 @@ def test_rigid_object_motion_is_exact():
     # the rendered mask area follows the scale (40*24 px at frame 0, times s^2 at frame t)
     area0, area_t = (clip.object_masks(0) == 1).sum(), (clip.object_masks(t) == 1).sum()
     assert abs(area0 - 40 * 24) <= 2 * (40 + 24)  # 1025 measured (pixel centres on the border count)
-    assert abs(area_t - 40 * 24 * s ** 2) <= 2 * (40 + 24) * s  # 1173 measured, 1171 expected
+    assert abs(area_t - 40 * 24 * s**2) <= 2 * (40 + 24) * s  # 1173 measured, 1171 expected
 
 
 def test_object_masks_z_order():
@@ -134,8 +145,8 @@ def test_object_masks_z_order():
     m = make_clip(width=W, height=H, n_frames=1, objects=[a, b], seed=0).object_masks(0)
     assert m.dtype.kind == "i" and m.shape == (H, W)
     assert m[70, 80] == 2 and m[70, 55] == 1 and m[5, 5] == 0
-    assert abs((m == 2).sum() - math.pi * 15 ** 2) < 2 * math.pi * 15
-    assert abs((m == 1).sum() - (60 * 60 - math.pi * 15 ** 2)) < 4 * 60 + 2 * math.pi * 15
+    assert abs((m == 2).sum() - math.pi * 15**2) < 2 * math.pi * 15
+    assert abs((m == 1).sum() - (60 * 60 - math.pi * 15**2)) < 4 * 60 + 2 * math.pi * 15
 
 
 def test_deterministic_and_random_objects():
@@ -159,15 +170,16 @@ def test_write_video_roundtrip(tmp_path, codec, min_psnr):
     from vid2pair.stages.decode import decode_all
     from vid2pair.stages.probe import probe
 
-    clip = make_clip(width=320, height=240, n_frames=18, fps=12.0, seed=0,
-                     camera=CameraMotion(velocity=(2.0, 0.0), jitter=1.0))
+    clip = make_clip(
+        width=320, height=240, n_frames=18, fps=12.0, seed=0, camera=CameraMotion(velocity=(2.0, 0.0), jitter=1.0)
+    )
     path = write_video(clip.frames, tmp_path / f"clip_{codec}.mp4", clip.fps, codec=codec)
     info, bad = probe(str(path))
     assert bad is None and abs(info.fps - 12.0) < 1e-6
     dec = decode_all(str(path))
     assert dec.shape == clip.frames.shape
     mse = ((dec.astype(np.float64) - clip.frames) ** 2).mean(axis=(1, 2, 3))
-    psnr = 10 * np.log10(255.0 ** 2 / mse)
+    psnr = 10 * np.log10(255.0**2 / mse)
     # measured: libx264 crf 12 min 38.1 dB / mean 38.6; mpeg4 q2 min 36.7 / mean 37.1
     # (yuv420p chroma subsampling at object edges is the main loss)
     assert psnr.min() > min_psnr, psnr
@@ -194,4 +206,4 @@ def test_demo_corpus(tmp_path):
         b = decode_all(str(q)).astype(np.float64)
         assert a.shape == b.shape == (12, 120, 160, 3)
         mse = ((a - b) ** 2).mean()
-        assert mse == 0 or 10 * np.log10(255 ** 2 / mse) > 40, (p.name, mse)
+        assert mse == 0 or 10 * np.log10(255**2 / mse) > 40, (p.name, mse)

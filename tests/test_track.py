@@ -20,6 +20,7 @@ Visibility flag (flow_chain: fb 2 px, NCC 0.5): recall of the ground-truth occlu
 tracked more than 3 px off (the rest: outline points); of the points flagged visible 0.2-0.5 %
 are occluded or more than 3 px off.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -51,16 +52,28 @@ W, H = 320, 240
 @pytest.fixture(scope="module")
 def clip_a():
     # the lead's case: one textured square, 0.9 px/frame, 55 px over 60 frames
-    return make_clip(width=W, height=H, n_frames=60, seed=1,
-                     objects=[ObjectSpec("rect", (60, 60), (100, 120), velocity=(0.9, 0.2), texture_seed=5)])
+    return make_clip(
+        width=W,
+        height=H,
+        n_frames=60,
+        seed=1,
+        objects=[ObjectSpec("rect", (60, 60), (100, 120), velocity=(0.9, 0.2), texture_seed=5)],
+    )
 
 
 @pytest.fixture(scope="module")
 def clip_b():
     # two objects crossing (one rotating): 72 px over 72 frames, object-object occlusion
-    return make_clip(width=W, height=H, n_frames=72, seed=2, objects=[
-        ObjectSpec("rect", (72, 60), (90, 100), velocity=(1.0, 0.15), texture_seed=11),
-        ObjectSpec("ellipse", (60, 74), (230, 150), velocity=(-0.6, -0.5), angular_velocity=0.3, texture_seed=12)])
+    return make_clip(
+        width=W,
+        height=H,
+        n_frames=72,
+        seed=2,
+        objects=[
+            ObjectSpec("rect", (72, 60), (90, 100), velocity=(1.0, 0.15), texture_seed=11),
+            ObjectSpec("ellipse", (60, 74), (230, 150), velocity=(-0.6, -0.5), angular_velocity=0.3, texture_seed=12),
+        ],
+    )
 
 
 def _gt(clip, q):
@@ -108,21 +121,29 @@ def test_flow_chain_beats_direct_and_per_frame(clip_a):
     for hop in dis(rev[:-1], rev[1:]):  # every frame
         chained = chained + sample_field(hop, chained)
     xy, _ = FlowChainTracker()(clip_a.frames[subsample_indices(t, 24)][::-1][None], q)
-    med = {k: float(np.median(np.linalg.norm(p - gt, axis=1)[moving]))
-           for k, p in (("direct", direct), ("per_frame", chained), ("adaptive", xy[0]))}
+    med = {
+        k: float(np.median(np.linalg.norm(p - gt, axis=1)[moving]))
+        for k, p in (("direct", direct), ("per_frame", chained), ("adaptive", xy[0]))
+    }
     assert med["direct"] > 30.0  # DIS alone cannot follow a 55 px move of a 60 px object
     assert med["per_frame"] > 2.0  # 59 hops of ~1 px drift (measured 5.7)
     assert med["adaptive"] < 0.5 and med["adaptive"] < med["per_frame"] / 5
 
 
 def test_points_leaving_the_frame_are_invisible():
-    clip = make_clip(width=160, height=120, n_frames=30, seed=3, camera=None,
-                     objects=[ObjectSpec("rect", (40, 40), (150, 60), velocity=(1.5, 0.0), texture_seed=2)])
+    clip = make_clip(
+        width=160,
+        height=120,
+        n_frames=30,
+        seed=3,
+        camera=None,
+        objects=[ObjectSpec("rect", (40, 40), (150, 60), velocity=(1.5, 0.0), texture_seed=2)],
+    )
     # the object leaves on the right: query on frame 0 and track forward to the last frame
     q = query_grid(120, 160, 4)
     gt, gv = clip.track(q, 0, clip.n_frames - 1)
     xy, vis = FlowChainTracker()(clip.frames[None], q)
-    outside = (gt[:, 0] > 159.5)
+    outside = gt[:, 0] > 159.5
     assert outside.sum() > 50
     # measured: 67 of 70 flagged; the other 3 stuck on the background near the edge in both
     # directions and pass the appearance check by chance (NCC 0.5-0.77) - a known limit of
@@ -286,7 +307,8 @@ def test_cotracker_local_hub_loads_weights_into_model(tmp_path):
 
     hub = tmp_path / "hub"
     hub.mkdir()
-    (hub / "hubconf.py").write_text(textwrap.dedent('''
+    (hub / "hubconf.py").write_text(
+        textwrap.dedent("""
         import torch
 
         class _Net(torch.nn.Module):
@@ -309,7 +331,8 @@ def test_cotracker_local_hub_loads_weights_into_model(tmp_path):
         def cotracker3_offline(*, pretrained=True, **kwargs):
             assert not pretrained, "vid2pair must not let hubconf download weights"
             return _Predictor()
-    '''))
+    """)
+    )
     ckpt = tmp_path / "ckpt.pth"
     torch.save({"vel": torch.tensor(VEL)}, ckpt)
     cfg = TrackConfig(backend="cotracker3_offline", hub_repo=str(hub), checkpoint=str(ckpt), device="cpu")
@@ -326,8 +349,11 @@ def test_track_stage_with_stand_in_cotracker():
     fr[..., 1] = np.random.default_rng(0).integers(0, 255, fr.shape[:3])  # texture; channel 0 keeps the id
     it = _item(fr)
     tracker = CoTrackerTracker("offline", builder=lambda v: _OfflineStandIn(), device="cpu")
-    cfg = SimpleNamespace(seed=0, track=TrackConfig(backend="cotracker3_offline", max_frames=5, grid_stride=8,
-                                                    min_visible_frac=0.1), drag=DragConfig(k=0))
+    cfg = SimpleNamespace(
+        seed=0,
+        track=TrackConfig(backend="cotracker3_offline", max_frames=5, grid_stride=8, min_visible_frac=0.1),
+        drag=DragConfig(k=0),
+    )
     out = TrackStage(cfg, tracker=tracker)([it])[0]
     assert isinstance(out, PairItem), getattr(out, "detail", "")
     tr = out.arrays["tracks"]
@@ -348,9 +374,20 @@ def test_track_stage_with_stand_in_cotracker():
 def _item(frames, key="clip_s000_f000000_f000010", flow=None):
     frames = np.asarray(frames)
     h, w = frames.shape[1:3]
-    return PairItem(key=key, clip_id="clip", source="v.mp4", chunk=0, clip_idx=0, meta={},
-                    arrays={"src": frames[0], "tgt": frames[-1], "frames": frames,
-                            "flow": np.zeros((h, w, 2), np.float32) if flow is None else flow})
+    return PairItem(
+        key=key,
+        clip_id="clip",
+        source="v.mp4",
+        chunk=0,
+        clip_idx=0,
+        meta={},
+        arrays={
+            "src": frames[0],
+            "tgt": frames[-1],
+            "frames": frames,
+            "flow": np.zeros((h, w, 2), np.float32) if flow is None else flow,
+        },
+    )
 
 
 def _stage(**track):
@@ -392,22 +429,32 @@ def test_track_stage_rejects_bad_pairs(clip_a):
     out = _stage()(items)
     assert isinstance(out[0], PairItem)
     reasons = [(o.key.split("_")[0], o.reason) for o in out[1:]]
-    assert reasons == [("const", "untrackable"), ("nan", "bad_input"), ("wrong", "bad_input"),
-                       ("shape", "bad_input"), ("other", "frames_mismatch"), ("miss", "bad_input")]
+    assert reasons == [
+        ("const", "untrackable"),
+        ("nan", "bad_input"),
+        ("wrong", "bad_input"),
+        ("shape", "bad_input"),
+        ("other", "frames_mismatch"),
+        ("miss", "bad_input"),
+    ]
     assert all(o.stage == "track" and o.level == "pair" for o in out[1:])
 
 
 def test_track_stage_tracker_failures(clip_a):
     items = [_item(clip_a.frames[:4], key=f"p{k}_s000_f000000_f000003") for k in range(3)]
-    out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(batch_size=2), drag=DragConfig()),
-                     tracker=_Raising())(items)
+    out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(batch_size=2), drag=DragConfig()), tracker=_Raising())(
+        items
+    )
     assert [o.reason for o in out] == ["track_failed"] * 3 and "tracker exploded" in out[0].detail
-    out = TrackStage(SimpleNamespace(seed=0, track=TrackConfig(hold_still=False), drag=DragConfig()),
-                     tracker=_AllInvisible())([_item(clip_a.frames[:4])])
+    out = TrackStage(
+        SimpleNamespace(seed=0, track=TrackConfig(hold_still=False), drag=DragConfig()), tracker=_AllInvisible()
+    )([_item(clip_a.frames[:4])])
     # too few visible: the pair goes on without its drag and tracks signals, recorded per signal
     assert isinstance(out[0], PairItem) and "tracks" not in out[0].arrays and "drag" not in out[0].meta
     assert [(r["signal"], r["reason"]) for r in out[0].meta["signal_rejects"]] == [
-        ("drag", "too_few_visible"), ("tracks", "too_few_visible")]
+        ("drag", "too_few_visible"),
+        ("tracks", "too_few_visible"),
+    ]
 
 
 def test_track_stage_outputs(clip_a):
@@ -435,10 +482,17 @@ def test_track_config_validate():
     from vid2pair.pipeline.config import ConfigError
 
     validate(TrackConfig(), "track.")
-    for kw, key in [({"backend": "raft"}, "track.backend"), ({"max_frames": 1}, "track.max_frames"),
-                    ({"step_px": 0.0}, "track.step_px"), ({"fb_thresh_px": -1.0}, "track.fb_thresh_px"),
-                    ({"precision": "bf16"}, "track.precision"), ({"batch_size": 0}, "track.batch_size"),
-                    ({"grid_stride": -1}, "track.grid_stride"), ({"device": "tpu"}, "track.device"),
-                    ({"num_gpus": -0.5}, "track.num_gpus"), ({"min_visible_frac": 2.0}, "track.min_visible_frac")]:
+    for kw, key in [
+        ({"backend": "raft"}, "track.backend"),
+        ({"max_frames": 1}, "track.max_frames"),
+        ({"step_px": 0.0}, "track.step_px"),
+        ({"fb_thresh_px": -1.0}, "track.fb_thresh_px"),
+        ({"precision": "bf16"}, "track.precision"),
+        ({"batch_size": 0}, "track.batch_size"),
+        ({"grid_stride": -1}, "track.grid_stride"),
+        ({"device": "tpu"}, "track.device"),
+        ({"num_gpus": -0.5}, "track.num_gpus"),
+        ({"min_visible_frac": 2.0}, "track.min_visible_frac"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(TrackConfig(**kw), "track.")

@@ -2,6 +2,7 @@
 
 All runs use the demo shards (synthetic clips, built once per session, ~20 s) on CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,23 @@ from vid2pair.trainer.testing import demo_shards, rewrite_shard, truncate_shard
 ROOT = Path(__file__).resolve().parent.parent
 
 # small and fast: ~0.1-0.3 s per step on 2 (shared) cores
-SMALL = ["model.resolution=[32, 48]", "model.tiny.base_channels=16", "model.tiny.channel_mults=[1, 2, 2]",
-         "data.batch_size=4", "data.num_workers=0", "data.shuffle_buffer=16", "train.num_threads=2",
-         "train.eval_every=0", "optim.lr=0.001", "optim.warmup_steps=0", "train.ema_decay=0.99",
-         "model.tiny.sample_steps=4", "data.eval=null", "data.eval_permille=0", "task=sketch"]
+SMALL = [
+    "model.resolution=[32, 48]",
+    "model.tiny.base_channels=16",
+    "model.tiny.channel_mults=[1, 2, 2]",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.shuffle_buffer=16",
+    "train.num_threads=2",
+    "train.eval_every=0",
+    "optim.lr=0.001",
+    "optim.warmup_steps=0",
+    "train.ema_decay=0.99",
+    "model.tiny.sample_steps=4",
+    "data.eval=null",
+    "data.eval_permille=0",
+    "task=sketch",
+]
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +56,9 @@ def shards(tmp_path_factory) -> Path:
 
 
 def small_cfg(shards: Path, out: Path, *extra: str):
-    return load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml",
-                             [f"data.train={shards}", f"train.output_dir={out}", *SMALL, *extra])
+    return load_train_config(
+        ROOT / "configs" / "train_tiny_cpu.yaml", [f"data.train={shards}", f"train.output_dir={out}", *SMALL, *extra]
+    )
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -69,16 +84,19 @@ def test_presets_load_and_validate():
     assert load_train_config(ROOT / "configs" / "train_framepainter_coarse.yaml").task == "coarse"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("data.shufle_buffer=3", "data.shufle_buffer"),          # unknown key
-    ("optim.lr=fast", "optim.lr"),                           # wrong type
-    ("data.batch_size=0", "data.batch_size"),                # bad range
-    ("task=inpaint", "task"),                                # not a choice
-    ("data.eval_permille=1001", "data.eval_permille"),
-    ("model.resolution=[32]", "model.resolution"),
-    ("train.ema_decay=1.5", "train.ema_decay"),
-    ("model.framepainter.p_std=0", "model.framepainter.p_std"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.shufle_buffer=3", "data.shufle_buffer"),  # unknown key
+        ("optim.lr=fast", "optim.lr"),  # wrong type
+        ("data.batch_size=0", "data.batch_size"),  # bad range
+        ("task=inpaint", "task"),  # not a choice
+        ("data.eval_permille=1001", "data.eval_permille"),
+        ("model.resolution=[32]", "model.resolution"),
+        ("train.ema_decay=1.5", "train.ema_decay"),
+        ("model.framepainter.p_std=0", "model.framepainter.p_std"),
+    ],
+)
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml", [override])
@@ -106,12 +124,12 @@ def test_drag_raster_matches_full_frame_formula():
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
     ref = np.zeros((3, H, W))
     for xs, ys, xt, yt in pts:
-        ref[0] = np.maximum(ref[0], np.exp(-((xx - xs) ** 2 + (yy - ys) ** 2) / (2 * sigma ** 2)))
-        ref[1] = np.maximum(ref[1], np.exp(-((xx - xt) ** 2 + (yy - yt) ** 2) / (2 * sigma ** 2)))
+        ref[0] = np.maximum(ref[0], np.exp(-((xx - xs) ** 2 + (yy - ys) ** 2) / (2 * sigma**2)))
+        ref[1] = np.maximum(ref[1], np.exp(-((xx - xt) ** 2 + (yy - yt) ** 2) / (2 * sigma**2)))
         dx, dy = xt - xs, yt - ys
         t = np.clip(((xx - xs) * dx + (yy - ys) * dy) / (dx * dx + dy * dy), 0, 1)
         d2 = (xx - xs - t * dx) ** 2 + (yy - ys - t * dy) ** 2
-        ref[2] = np.maximum(ref[2], (0.25 + 0.75 * t) * np.exp(-d2 / (2 * sigma ** 2)))
+        ref[2] = np.maximum(ref[2], (0.25 + 0.75 * t) * np.exp(-d2 / (2 * sigma**2)))
     assert np.abs(out - ref).max() < 5e-4  # drawn inside bbox + 4 sigma only: exp(-8) = 3.4e-4
 
 
@@ -121,8 +139,10 @@ def test_shard_specs(shards, tmp_path):
     assert expand_shards(str(shards / "*.tar")) == tars
     brace = str(shards / "pairs-{000000..000001}.tar")
     assert expand_shards(brace) == tars[:2]
-    assert expand_shards([f"pipe:cat {tars[0]}", "s3://b/x.tar"]) == [f"pipe:cat {tars[0]}",
-                                                                     "pipe:aws s3 cp s3://b/x.tar -"]
+    assert expand_shards([f"pipe:cat {tars[0]}", "s3://b/x.tar"]) == [
+        f"pipe:cat {tars[0]}",
+        "pipe:aws s3 cp s3://b/x.tar -",
+    ]
     with pytest.raises(DataError, match="does not exist"):
         expand_shards(str(tmp_path / "nope.tar"))
 
@@ -152,7 +172,7 @@ def test_decode_every_task(shards, tmp_path, task):
     assert b["src"].shape == (3, 3, H, W) and b["tgt"].shape == (3, 3, H, W)
     assert b["src"].min() >= -1 and b["src"].max() <= 1
     assert b["signal"].shape == (3, signal_channels(task), H, W)
-    for (h, w) in grids:
+    for h, w in grids:
         idx = b[f"match_idx_{h}x{w}"]
         assert idx.shape == (3, h * w) and idx.min() >= -1 and idx.max() < h * w
         assert (idx >= 0).float().mean() > 0.3  # most tokens have a visible track
@@ -181,8 +201,9 @@ def test_eval_split_is_deterministic_and_disjoint(shards, tmp_path, by):
     urls = expand_shards(str(shards))
 
     def keys(split, permille, **kw):
-        s = PairStream(urls, spec, batch_size=1, split=split, eval_permille=permille, eval_split_by=by,
-                       infinite=False, **kw)
+        s = PairStream(
+            urls, spec, batch_size=1, split=split, eval_permille=permille, eval_split_by=by, infinite=False, **kw
+        )
         return [b["key"][0] for b in s]
 
     every = keys("all", 0, shuffle=False)
@@ -197,8 +218,17 @@ def test_eval_split_is_deterministic_and_disjoint(shards, tmp_path, by):
     assert ev == keys("eval", permille, shuffle=False)  # same order every time
     if by == "clip":
         assert not {clip_of_key(k) for k in ev} & {clip_of_key(k) for k in tr}
-    capped = PairStream(urls, spec, batch_size=1, split="eval", eval_permille=permille, eval_split_by=by,
-                        infinite=False, shuffle=False, max_samples=1)
+    capped = PairStream(
+        urls,
+        spec,
+        batch_size=1,
+        split="eval",
+        eval_permille=permille,
+        eval_split_by=by,
+        infinite=False,
+        shuffle=False,
+        max_samples=1,
+    )
     assert [b["key"][0] for b in capped] == ev[:1]
 
 
@@ -219,8 +249,7 @@ def test_split_by_rank_and_worker(shards, tmp_path):
     import itertools
 
     def resampled(rank):
-        s = PairStream(urls, spec, batch_size=1, split="all", rank=rank, world_size=2, resampled=True,
-                       shuffle_buffer=4)
+        s = PairStream(urls, spec, batch_size=1, split="all", rank=rank, world_size=2, resampled=True, shuffle_buffer=4)
         return [b["key"][0] for b in itertools.islice(iter(s), 30)]
 
     r0 = resampled(0)
@@ -266,11 +295,17 @@ def test_corrupt_shard_raise_and_skip(shards, tmp_path):
     spec = sample_spec(cfg)
     for bad in (cut, junk):
         with pytest.raises(DataError) as e:
-            list(PairStream([str(tars[0]), str(bad)], spec, batch_size=1, split="all", shuffle=False,
-                            infinite=False))
+            list(PairStream([str(tars[0]), str(bad)], spec, batch_size=1, split="all", shuffle=False, infinite=False))
         assert str(bad) in str(e.value) and "corrupt or unreadable shard" in str(e.value)
-    s = PairStream([str(tars[0]), str(junk), str(cut), str(tars[2])], spec, batch_size=1, split="all",
-                   shuffle=False, infinite=False, on_error="skip")
+    s = PairStream(
+        [str(tars[0]), str(junk), str(cut), str(tars[2])],
+        spec,
+        batch_size=1,
+        split="all",
+        shuffle=False,
+        infinite=False,
+        on_error="skip",
+    )
     out = list(s)
     n_samples, n_shards = out[-1]["_skipped"].tolist()
     assert n_shards == 2
@@ -292,9 +327,17 @@ def test_tiny_loss_goes_down_and_eval(shards, tmp_path):
 
     out = tmp_path / "run"
     tars = sorted(shards.glob("*.tar"))  # clips 0-2 train, clip 3 (the last shard) is held out
-    cfg = small_cfg(shards, out, "train.max_steps=60", "train.log_every=1", "train.ckpt_every=60",
-                    "train.eval_every=60", "train.eval_images=2", f"data.train=[{tars[0]}, {tars[1]}]",
-                    f"data.eval={tars[2]}")
+    cfg = small_cfg(
+        shards,
+        out,
+        "train.max_steps=60",
+        "train.log_every=1",
+        "train.ckpt_every=60",
+        "train.eval_every=60",
+        "train.eval_images=2",
+        f"data.train=[{tars[0]}, {tars[1]}]",
+        f"data.eval={tars[2]}",
+    )
     summary = train(cfg)
     m = read_metrics(out)
     assert [r["step"] for r in m] == list(range(1, 61))
@@ -327,8 +370,15 @@ def test_resume_matches_uninterrupted(shards, tmp_path):
     from vid2pair.trainer.train import train
 
     N = 6
-    common = ["train.log_every=1", f"train.ckpt_every={N}", "data.shuffle_buffer=8", "task=drag",
-              "data.num_workers=2", "train.grad_accum=2", "data.batch_size=3"]
+    common = [
+        "train.log_every=1",
+        f"train.ckpt_every={N}",
+        "data.shuffle_buffer=8",
+        "task=drag",
+        "data.num_workers=2",
+        "train.grad_accum=2",
+        "data.batch_size=3",
+    ]
     a = tmp_path / "straight"
     train(small_cfg(shards, a, f"train.max_steps={2 * N}", *common))
     b = tmp_path / "resumed"
@@ -370,14 +420,36 @@ def test_checkpoint_is_weights_only_and_atomic(shards, tmp_path):
 def test_ddp_two_processes_gloo(shards, tmp_path):
     """torchrun --nproc_per_node 2 on CPU: gloo DDP trains, ranks stay in sync, one checkpoint."""
     out = tmp_path / "ddp"
-    args = [f"data.train={shards}", f"train.output_dir={out}", *SMALL, "train.max_steps=4", "train.log_every=1",
-            "train.ckpt_every=4", "train.num_threads=1", "data.batch_size=2", "data.num_workers=1"]
+    args = [
+        f"data.train={shards}",
+        f"train.output_dir={out}",
+        *SMALL,
+        "train.max_steps=4",
+        "train.log_every=1",
+        "train.ckpt_every=4",
+        "train.num_threads=1",
+        "data.batch_size=2",
+        "data.num_workers=1",
+    ]
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port),
-           "-m", "vid2pair.trainer", "train", "--config", str(ROOT / "configs" / "train_tiny_cpu.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "vid2pair.trainer",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "train_tiny_cpu.yaml"),
+    ]
     for a in args:
         cmd += ["--set", a]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -403,8 +475,16 @@ def test_cli_registration(tmp_path, capsys):
     p = argparse.ArgumentParser(prog="vid2pair")
     sub = p.add_subparsers(dest="cmd", required=True)
     train_add_subparser(sub)
-    a = p.parse_args(["train", "--config", str(ROOT / "configs" / "train_tiny_cpu.yaml"), "--set",
-                      "data.batch_size=3", "--print-config"])
+    a = p.parse_args(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "train_tiny_cpu.yaml"),
+            "--set",
+            "data.batch_size=3",
+            "--print-config",
+        ]
+    )
     assert a.func(a) == 0
     assert "batch_size: 3" in capsys.readouterr().out
     a = p.parse_args(["train", "--config", str(ROOT / "configs" / "train_tiny_cpu.yaml"), "--set", "data.nope=1"])
@@ -431,8 +511,11 @@ def test_trainer_docs_and_config_agree():
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "trainer.md").read_text()
     section = text.split("## Configuration")[1].split("\n## ")[0]
-    tables = {"**`data`**": DataConfig, "| `model.tiny.*`": TinyModelConfig,
-              "| `model.framepainter.*`": FramePainterConfig}
+    tables = {
+        "**`data`**": DataConfig,
+        "| `model.tiny.*`": TinyModelConfig,
+        "| `model.framepainter.*`": FramePainterConfig,
+    }
     current, documented = None, {c: set() for c in tables.values()}
     for line in section.splitlines():
         for head, cls in tables.items():

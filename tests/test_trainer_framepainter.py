@@ -1,5 +1,6 @@
 """FramePainter model on a TINY random diffusers config (no weights): hooks, matching loss,
 forward/backward, gradient checkpointing, training + resume through the trainer."""
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,21 @@ from vid2pair.trainer.models.framepainter import (
 from vid2pair.trainer.testing import demo_shards
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.framepainter.init=tiny_random", "model.resolution=[64, 64]",
-        "model.framepainter.control_channels=[16, 32, 32]", "model.framepainter.sample_steps=2",
-        "data.batch_size=2", "data.num_workers=0", "data.shuffle_buffer=8", "data.eval=null",
-        "data.eval_permille=0", "train.num_threads=2", "train.eval_every=0", "train.ema_decay=null",
-        "optim.lr=0.0001"]
+TINY = [
+    "model.framepainter.init=tiny_random",
+    "model.resolution=[64, 64]",
+    "model.framepainter.control_channels=[16, 32, 32]",
+    "model.framepainter.sample_steps=2",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.shuffle_buffer=8",
+    "data.eval=null",
+    "data.eval_permille=0",
+    "train.num_threads=2",
+    "train.eval_every=0",
+    "train.ema_decay=null",
+    "optim.lr=0.0001",
+]
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +46,10 @@ def shards(tmp_path_factory) -> Path:
 
 
 def fp_cfg(shards, out, task="sketch", *extra):
-    return load_train_config(ROOT / "configs" / f"train_framepainter_{'drag' if task == 'drag' else 'sketch'}.yaml",
-                             [f"data.train={shards}", f"train.output_dir={out}", f"task={task}", *TINY, *extra])
+    return load_train_config(
+        ROOT / "configs" / f"train_framepainter_{'drag' if task == 'drag' else 'sketch'}.yaml",
+        [f"data.train={shards}", f"train.output_dir={out}", f"task={task}", *TINY, *extra],
+    )
 
 
 def batch_for(cfg, model):
@@ -102,7 +115,7 @@ def test_matching_processor_attention_and_loss_through_the_branch():
     ctx.match_idx = {(4, 4): perm[None]}
     base = attn.processor(attn, hs)
     out = proc(attn, hs)
-    (s, cnt), = ctx.collected()
+    ((s, cnt),) = ctx.collected()
     assert int(cnt) == n and float(s.detach()) / n < 1e-4
     # the source half is untouched, the target half gets attention over the source tokens
     assert torch.allclose(out[0], base[0])
@@ -116,7 +129,7 @@ def test_matching_processor_attention_and_loss_through_the_branch():
     ctx._stack = [[]]
     ctx.match_idx = {(4, 4): perm.roll(1)[None]}
     proc(attn, hs)
-    (s, cnt), = ctx.collected()
+    ((s, cnt),) = ctx.collected()
     assert float(s.detach()) / n > 1.9
 
 
@@ -139,7 +152,7 @@ def test_control_and_drag_hooks_touch_only_the_target_frame():
     pts[0, 0] = torch.tensor([4.0, 4.0, 44.0, 28.0])  # (0, 0) on the source -> (3, 5) on the target
     valid = torch.tensor([[True, False, False], [False, False, False]])
     ctx.drag = (pts, valid)
-    out, = _drag_hook(ctx)(None, (), {}, (sample,))
+    (out,) = _drag_hook(ctx)(None, (), {}, (sample,))
     diff = (out - sample).reshape(b, f, c, h, w)
     assert torch.allclose(diff[0, 1, :, 3, 5], sample.reshape(b, f, c, h, w)[0, 0, :, 0, 0])
     diff[0, 1, :, 3, 5] = 0
@@ -157,8 +170,13 @@ def test_hooks_leave_svd_unchanged_at_init(shards, tmp_path):
     from vid2pair.trainer.models import build_model
 
     torch.manual_seed(0)
-    cfg = fp_cfg(shards, tmp_path, "drag", "model.framepainter.control_scale=0.0",
-                 "model.framepainter.gradient_checkpointing=false")
+    cfg = fp_cfg(
+        shards,
+        tmp_path,
+        "drag",
+        "model.framepainter.control_scale=0.0",
+        "model.framepainter.gradient_checkpointing=false",
+    )
     model = build_model(cfg).eval()
     stock = UNetSpatioTemporalConditionModel.from_config(model.unet.config).eval()
     sd = {k: v for k, v in model.unet.state_dict().items() if ".processor." not in k}
@@ -192,9 +210,12 @@ def test_forward_backward_tiny_config(shards, tmp_path, task):
     assert torch.isfinite(loss) and float(logs["loss_match"]) > 0 and float(logs["loss_diff"]) > 0
     loss.backward()
     named = dict(model.named_parameters())
-    for part in ("control.proj.weight", "unet.conv_in.weight",
-                 "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q.weight",
-                 "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out.weight"):
+    for part in (
+        "control.proj.weight",
+        "unet.conv_in.weight",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q.weight",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out.weight",
+    ):
         g = named[part].grad
         assert g is not None and g.abs().sum() > 0, part
     assert all(p.grad is None for n, p in named.items() if n.startswith(("vae.", "image_encoder.")))
@@ -245,8 +266,13 @@ def test_train_and_resume_framepainter(shards, tmp_path):
     from vid2pair.trainer.train import train
 
     out = tmp_path / "fp"
-    common = ["train.log_every=1", "train.ckpt_every=2", "train.total_batch_size=null", "train.grad_accum=2",
-              "data.batch_size=1"]
+    common = [
+        "train.log_every=1",
+        "train.ckpt_every=2",
+        "train.total_batch_size=null",
+        "train.grad_accum=2",
+        "data.batch_size=1",
+    ]
     train(fp_cfg(shards, out, "sketch", "train.max_steps=2", *common))
     s2 = load_state(out)
     assert s2["step"] == 2 and set(s2["model"]) == {"unet", "control"}
@@ -294,15 +320,17 @@ def test_pretrained_loading_from_a_local_svd_directory(tmp_path):
     AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG).save_pretrained(d / "vae", variant="fp16")
     CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG)).save_pretrained(d / "image_encoder")
     over = ["data.train=unused", "model.resolution=[64, 64]", "model.framepainter.control_channels=[16, 32, 32]"]
-    cfg = load_train_config(ROOT / "configs" / "train_framepainter_sketch.yaml",
-                            [*over, f"model.framepainter.weights={d}"])
+    cfg = load_train_config(
+        ROOT / "configs" / "train_framepainter_sketch.yaml", [*over, f"model.framepainter.weights={d}"]
+    )
     model = build_model(cfg)
     assert model.n_matching == 4
     w = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.equal(model.unet.state_dict()[w], unet.state_dict()[w])
     # the matching branch starts as a copy of the spatial attention's projections
     assert torch.equal(model.unet.state_dict()[w.replace("attn1.to_q", "attn1.processor.to_q")], unet.state_dict()[w])
-    cfg = load_train_config(ROOT / "configs" / "train_framepainter_sketch.yaml",
-                            [*over, f"model.framepainter.weights={tmp_path / 'nope'}"])
+    cfg = load_train_config(
+        ROOT / "configs" / "train_framepainter_sketch.yaml", [*over, f"model.framepainter.weights={tmp_path / 'nope'}"]
+    )
     with pytest.raises(MissingWeightsError, match="model.framepainter.weights"):
         build_model(cfg)

@@ -5,6 +5,7 @@ A smaller run than the preset's (16 demo clips instead of 40, 32x48 instead of 4
 instead of 800) so that it fits in CI; the preset's own figures are in docs/trainer.md. The
 held-out pairs come from 5 clips of their own (another corpus seed), so their count does not hang
 on which clip ids the preset's hash split happens to pick."""
+
 from __future__ import annotations
 
 import json
@@ -30,18 +31,36 @@ def run(tmp_path_factory):
     summary = run_demo(str(base / "demo"), overrides=["runner.name=local"], n_static=15, n_moving_camera=1)
     assert summary["samples"] >= 30, summary
     make_demo_corpus(base / "heldout", n_static=5, n_moving_camera=0, seed=1)
-    held = build(load_config("demo", ["runner.name=local", "runner.progress=false", "seed=1"]),
-                 str(base / "heldout"), base / "heldout_ds", log_summary=False)
+    held = build(
+        load_config("demo", ["runner.name=local", "runner.progress=false", "seed=1"]),
+        str(base / "heldout"),
+        base / "heldout_ds",
+        log_summary=False,
+    )
     assert held["samples"] >= 8, held
     # the pairs that carry the coarse edit (the quality stage may drop one's coarse edit and keep its other signals)
     n_coarse = sum("coarse" in str(x).split(",") for x in read_index(base / "heldout_ds")["signals"])
     out = base / "run"
-    cfg = load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml", [
-        f"data.train={base / 'demo' / 'dataset'}", f"data.eval={base / 'heldout_ds'}", "data.eval_permille=0",
-        f"train.output_dir={out}",
-        "model.resolution=[32, 48]", "model.tiny.base_channels=16", "optim.lr=0.001", "optim.warmup_steps=0",
-        "train.ema_decay=0.99", "train.max_steps=400", "train.ckpt_every=400", "train.eval_every=0",
-        "data.num_workers=0", "train.num_threads=2", "train.log_every=50"])
+    cfg = load_train_config(
+        ROOT / "configs" / "train_tiny_cpu.yaml",
+        [
+            f"data.train={base / 'demo' / 'dataset'}",
+            f"data.eval={base / 'heldout_ds'}",
+            "data.eval_permille=0",
+            f"train.output_dir={out}",
+            "model.resolution=[32, 48]",
+            "model.tiny.base_channels=16",
+            "optim.lr=0.001",
+            "optim.warmup_steps=0",
+            "train.ema_decay=0.99",
+            "train.max_steps=400",
+            "train.ckpt_every=400",
+            "train.eval_every=0",
+            "data.num_workers=0",
+            "train.num_threads=2",
+            "train.log_every=50",
+        ],
+    )
     preset = load_train_config(ROOT / "configs" / "train_tiny_cpu.yaml", [])
     assert preset.task == cfg.task == "coarse" and preset.data.eval_split_by == "clip"
     assert preset.data.eval_permille == 200

@@ -2,6 +2,7 @@
 its own task and its own shard, so Ray can spread one long video over a cluster, a failure costs
 one unit, and a rerun resumes per unit. The clip is still accounted for as a whole. (The
 multi-node kill test of a long clip is in tests/test_cluster.py.)"""
+
 import json
 import tarfile
 
@@ -39,8 +40,15 @@ def test_long_clips_get_spans_and_chunks_of_their_own():
     tasks, dups = make_tasks(srcs, 2, "/v", durs, 10.0)
     assert not dups
     assert [(t.source[-5:], t.chunk, t.unit, t.units) for t in tasks] == [
-        ("a.mp4", 0, 0, 1), ("b.mp4", 1, 0, 4), ("b.mp4", 2, 1, 4), ("b.mp4", 3, 2, 4), ("b.mp4", 4, 3, 4),
-        ("c.mp4", 5, 0, 1), ("d.mp4", 5, 0, 1), ("e.mp4", 6, 0, 1)]
+        ("a.mp4", 0, 0, 1),
+        ("b.mp4", 1, 0, 4),
+        ("b.mp4", 2, 1, 4),
+        ("b.mp4", 3, 2, 4),
+        ("b.mp4", 4, 3, 4),
+        ("c.mp4", 5, 0, 1),
+        ("d.mp4", 5, 0, 1),
+        ("e.mp4", 6, 0, 1),
+    ]
     assert [t.clip_idx for t in tasks] == list(range(8))
     b = [t for t in tasks if t.split]
     assert len({t.clip_id for t in b}) == 1

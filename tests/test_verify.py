@@ -1,4 +1,5 @@
 """`vid2pair verify` finds each kind of damage to an output directory (and passes a good one)."""
+
 import io
 import shutil
 import tarfile
@@ -16,8 +17,9 @@ from vid2pair.pipeline.verify import verify_output
 @pytest.fixture(scope="module")
 def good(demo_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify_good")
-    cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "track.enabled=false",
-                               "collage.enabled=false"])
+    cfg = load_config(
+        "demo", ["runner.name=local", "runner.progress=false", "track.enabled=false", "collage.enabled=false"]
+    )
     s = build(cfg, str(demo_corpus[0]), out, log_summary=False)
     assert s["samples"] == 9
     return out
@@ -53,6 +55,7 @@ def _drop_tgt(out, shard):
     def edit(ms):
         first = next(m.name for m, _ in ms if m.name.endswith(".tgt.jpg"))
         return [(m, d) for m, d in ms if m.name != first]
+
     _rewrite_tar(shard, edit)
 
 
@@ -60,6 +63,7 @@ def _duplicate_sample(out, shard):
     def edit(ms):
         key = ms[0][0].name.split(".")[0]
         return ms + [(m, d) for m, d in ms if m.name.startswith(key + ".")]
+
     _rewrite_tar(shard, edit)
 
 
@@ -67,6 +71,7 @@ def _corrupt_jpeg(out, shard):
     def edit(ms):
         first = next(m.name for m, _ in ms if m.name.endswith(".src.jpg"))
         return [(m, b"\xff\xd8 not a jpeg" if m.name == first else d) for m, d in ms]
+
     _rewrite_tar(shard, edit)
 
 
@@ -91,15 +96,19 @@ def _lose_rejects_part(out, shard):
     sorted((out / "rejects").glob("part-*.parquet"))[0].unlink()
 
 
-@pytest.mark.parametrize("damage, expect", [
-    (_drop_tgt, "has no tgt member"),
-    (_duplicate_sample, "1x in the index, 2x in the tar"),
-    (_corrupt_jpeg, "unreadable (image does not decode)"),
-    (_truncate, "shards/pairs-000000.tar: not a readable tar"),
-    (_drop_index_row, "0x in the index, 1x in the tar"),
-    (_delete_shard, "missing (3 indexed samples)"),
-    (_lose_rejects_part, "committed but rejects/part-000000.parquet is missing"),
-], ids=lambda v: v.__name__ if callable(v) else "")
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        (_drop_tgt, "has no tgt member"),
+        (_duplicate_sample, "1x in the index, 2x in the tar"),
+        (_corrupt_jpeg, "unreadable (image does not decode)"),
+        (_truncate, "shards/pairs-000000.tar: not a readable tar"),
+        (_drop_index_row, "0x in the index, 1x in the tar"),
+        (_delete_shard, "missing (3 indexed samples)"),
+        (_lose_rejects_part, "committed but rejects/part-000000.parquet is missing"),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else "",
+)
 def test_damage_is_reported(good, tmp_path, damage, expect):
     ok, report = _damaged(good, tmp_path, damage)
     assert not ok and "PROBLEMS FOUND" in report

@@ -5,6 +5,7 @@ its type);
 tests/test_contract.py checks that the encoder, the index, the signal list and the pre-flight
 follow from these declarations alone.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ a crash never leaves something that looks complete; ``latest`` is replaced atomi
 Everything in ``state.pt`` is tensors and plain Python types (RNG states are converted), so it
 loads with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,13 @@ def rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     out = {
         "python": [int(py[0]), [int(x) for x in py[1]], py[2]],
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -58,7 +64,7 @@ def set_rng_state(s: dict) -> None:
 
 def seed_all(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -86,8 +92,11 @@ class EMA:
         torch._foreach_lerp_(self.shadow, cur, 1.0 - d)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates,
-                "shadow": {n: s for n, s in zip(self.names, self.shadow)}}
+        return {
+            "decay": self.decay,
+            "num_updates": self.num_updates,
+            "shadow": {n: s for n, s in zip(self.names, self.shadow)},
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         missing = [n for n in self.names if n not in sd["shadow"]]
@@ -181,8 +190,9 @@ def resolve_checkpoint(path) -> Path:
         last = latest_checkpoint(root)
         if last is not None:
             return last / "state.pt"
-    raise FileNotFoundError(f"no checkpoint at {p} (expected a state.pt, a step-XXXXXXXX directory, "
-                            f"or a run directory with checkpoints/)")
+    raise FileNotFoundError(
+        f"no checkpoint at {p} (expected a state.pt, a step-XXXXXXXX directory, or a run directory with checkpoints/)"
+    )
 
 
 def load_state(path, map_location="cpu") -> dict:

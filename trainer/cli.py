@@ -4,6 +4,7 @@ Multi-GPU / multi-node: run the same command under torchrun, e.g.
 ``torchrun --nproc_per_node 8 -m vid2pair.trainer train --config configs/train_framepainter_sketch.yaml``
 (or ``torchrun ... --no-python vid2pair train ...``); RANK / WORLD_SIZE / LOCAL_RANK come from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def cmd_train(a) -> int:
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         return _fail(str(e))
     if summary.get("last") and os.environ.get("RANK", "0") == "0":
-        print(json.dumps({"steps": summary["steps"], "loss": summary["last"].get("loss"),
-                          "output_dir": summary["output_dir"]}))
+        print(
+            json.dumps(
+                {"steps": summary["steps"], "loss": summary["last"].get("loss"), "output_dir": summary["output_dir"]}
+            )
+        )
     return 0
 
 
@@ -49,19 +53,30 @@ def cmd_eval(a) -> int:
         cfg = load_train_config(a.config, list(a.set or []))
         from vid2pair.trainer.evaluate import evaluate
 
-        report = evaluate(cfg, a.checkpoint, output=a.output, max_eval=a.max_eval,
-                          use_ema=None if a.ema is None else a.ema == "on", steps=a.steps, device=a.device)
+        report = evaluate(
+            cfg,
+            a.checkpoint,
+            output=a.output,
+            max_eval=a.max_eval,
+            use_ema=None if a.ema is None else a.ema == "on",
+            steps=a.steps,
+            device=a.device,
+        )
     except (ConfigError, DataError, FileNotFoundError) as e:
         return _fail(str(e))
-    print(json.dumps({k: report[k] for k in ("checkpoint", "step", "n", "changed_frac", "scores", "skipped")},
-                     indent=2))
+    print(
+        json.dumps({k: report[k] for k in ("checkpoint", "step", "n", "changed_frac", "scores", "skipped")}, indent=2)
+    )
     return 0
 
 
 def train_add_subparser(subparsers) -> None:
     """Register ``train`` and ``eval`` on the main CLI's subparsers."""
-    t = subparsers.add_parser("train", help="train a model on vid2pair shards (torchrun for multi-GPU)",
-                              description="Train the bundled tiny or FramePainter model (configs/train_*.yaml).")
+    t = subparsers.add_parser(
+        "train",
+        help="train a model on vid2pair shards (torchrun for multi-GPU)",
+        description="Train the bundled tiny or FramePainter model (configs/train_*.yaml).",
+    )
     t.add_argument("--config", required=True, help="trainer preset name or YAML path (configs/train_<name>.yaml)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")

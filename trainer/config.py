@@ -5,6 +5,7 @@ dataclasses; a YAML preset and ``--set key.sub=value`` overrides are merged onto
 validated before anything is built. An unknown key, a wrong type or an impossible range raises
 :class:`pipeline.config.ConfigError` naming the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,16 @@ from typing import Optional, Union
 from vid2pair.core.spec import build as _build
 from vid2pair.pipeline.config import ConfigError, load_config_data, preset_path
 
-__all__ = ["TrainerConfig", "load_train_config", "train_config_from_dict", "ConfigError", "TASKS",
-           "signal_channels", "required_weights", "resolve_grad_accum"]
+__all__ = [
+    "TrainerConfig",
+    "load_train_config",
+    "train_config_from_dict",
+    "ConfigError",
+    "TASKS",
+    "signal_channels",
+    "required_weights",
+    "resolve_grad_accum",
+]
 
 TASKS = ("sketch", "drag", "coarse", "collage")
 
@@ -215,8 +224,11 @@ def _check(c: TrainerConfig) -> None:
         need(v in allowed, key, f"{v!r} is not one of {sorted(allowed)}")
     need(c.seed >= 0, "seed", "must be >= 0")
     d = c.data
-    need(bool(c.train_shards) and all(isinstance(s, str) and s for s in c.train_shards), "data.train",
-         "must name at least one shard (path, glob, brace list or URL)")
+    need(
+        bool(c.train_shards) and all(isinstance(s, str) and s for s in c.train_shards),
+        "data.train",
+        "must name at least one shard (path, glob, brace list or URL)",
+    )
     need(c.eval_shards is None or bool(c.eval_shards), "data.eval", "must be null or name shards")
     need(0 <= d.eval_permille <= 1000, "data.eval_permille", "must be in [0, 1000]")
     need(d.max_eval >= 1, "data.max_eval", "must be >= 1")
@@ -229,26 +241,36 @@ def _check(c: TrainerConfig) -> None:
     need(d.drag_sigma_px > 0, "data.drag_sigma_px", "must be > 0")
     need("{url}" in d.s3_command, "data.s3_command", "must contain {url}")
     m = c.model
-    need(len(m.resolution) == 2 and all(r >= 8 for r in m.resolution), "model.resolution",
-         "must be [H, W], each >= 8")
+    need(len(m.resolution) == 2 and all(r >= 8 for r in m.resolution), "model.resolution", "must be [H, W], each >= 8")
     t = m.tiny
     mult = 2 ** (len(t.channel_mults) - 1)
-    need(all(r % mult == 0 for r in m.resolution) or m.name != "tiny", "model.resolution",
-         f"must be divisible by {mult} for the tiny model (2 ** (len(channel_mults) - 1))")
+    need(
+        all(r % mult == 0 for r in m.resolution) or m.name != "tiny",
+        "model.resolution",
+        f"must be divisible by {mult} for the tiny model (2 ** (len(channel_mults) - 1))",
+    )
     need(t.base_channels >= 8 and t.base_channels % 8 == 0, "model.tiny.base_channels", "must be a multiple of 8, >= 8")
-    need(bool(t.channel_mults) and all(x >= 1 for x in t.channel_mults), "model.tiny.channel_mults",
-         "must be a non-empty list of integers >= 1")
+    need(
+        bool(t.channel_mults) and all(x >= 1 for x in t.channel_mults),
+        "model.tiny.channel_mults",
+        "must be a non-empty list of integers >= 1",
+    )
     need(t.num_res_blocks >= 1, "model.tiny.num_res_blocks", "must be >= 1")
     need(0.0 <= t.dropout < 1.0, "model.tiny.dropout", "must be in [0, 1)")
     need(t.num_train_timesteps >= 10, "model.tiny.num_train_timesteps", "must be >= 10")
-    need(1 <= t.sample_steps <= t.num_train_timesteps, "model.tiny.sample_steps",
-         "must be in [1, num_train_timesteps]")
+    need(1 <= t.sample_steps <= t.num_train_timesteps, "model.tiny.sample_steps", "must be in [1, num_train_timesteps]")
     f = m.framepainter
     if m.name == "framepainter":
-        need(all(r % 64 == 0 for r in m.resolution), "model.resolution",
-             "must be multiples of 64 for framepainter (VAE /8, then the U-Net's 3 downsamplings)")
-    need(len(f.control_channels) >= 1 and all(ch >= 8 and ch % 8 == 0 for ch in f.control_channels),
-         "model.framepainter.control_channels", "must be a non-empty list of multiples of 8")
+        need(
+            all(r % 64 == 0 for r in m.resolution),
+            "model.resolution",
+            "must be multiples of 64 for framepainter (VAE /8, then the U-Net's 3 downsamplings)",
+        )
+    need(
+        len(f.control_channels) >= 1 and all(ch >= 8 and ch % 8 == 0 for ch in f.control_channels),
+        "model.framepainter.control_channels",
+        "must be a non-empty list of multiples of 8",
+    )
     need(f.control_scale >= 0, "model.framepainter.control_scale", "must be >= 0")
     need(f.match_weight >= 0, "model.framepainter.match_weight", "must be >= 0")
     need(f.match_max_tokens >= 1, "model.framepainter.match_max_tokens", "must be >= 1")
@@ -299,12 +321,16 @@ def resolve_grad_accum(c: TrainerConfig, world_size: int) -> int:
     if tr.total_batch_size is None:
         return tr.grad_accum or 1
     if tr.total_batch_size % per_step:
-        raise ConfigError(f"train.total_batch_size: {tr.total_batch_size} is not a multiple of "
-                          f"data.batch_size x world_size = {c.data.batch_size} x {world_size}")
+        raise ConfigError(
+            f"train.total_batch_size: {tr.total_batch_size} is not a multiple of "
+            f"data.batch_size x world_size = {c.data.batch_size} x {world_size}"
+        )
     accum = tr.total_batch_size // per_step
     if tr.grad_accum is not None and tr.grad_accum != accum:
-        raise ConfigError(f"train.grad_accum: {tr.grad_accum} contradicts train.total_batch_size "
-                          f"{tr.total_batch_size} = {c.data.batch_size} x {world_size} x {accum}")
+        raise ConfigError(
+            f"train.grad_accum: {tr.grad_accum} contradicts train.total_batch_size "
+            f"{tr.total_batch_size} = {c.data.batch_size} x {world_size} x {accum}"
+        )
     return accum
 
 

@@ -21,6 +21,7 @@ Errors: a sample without a member the task needs raises :class:`DataError` namin
 key and the member; an unreadable / truncated shard raises naming the shard. With
 ``data.on_error: skip`` both are skipped, counted (``batch["_skipped"]``) and logged instead.
 """
+
 from __future__ import annotations
 
 import glob
@@ -95,8 +96,10 @@ def expand_shards(specs, s3_command: str = "aws s3 cp {url} -") -> list[str]:
                 elif p.is_file():
                     out.append(str(p))
                 else:
-                    raise DataError(f"shard {item!r} does not exist (build a dataset with `vid2pair build` or "
-                                    f"`vid2pair demo`, or point data.train / data.eval at one)")
+                    raise DataError(
+                        f"shard {item!r} does not exist (build a dataset with `vid2pair build` or "
+                        f"`vid2pair demo`, or point data.train / data.eval at one)"
+                    )
     seen: set = set()
     return [u for u in out if not (u in seen or seen.add(u))]
 
@@ -152,6 +155,7 @@ _seed = derive_seed  # the one seeding scheme (vid2pair.core.seeding)
 @dataclass
 class SampleSpec:
     """What the decoder produces (filled from the config and the model)."""
+
     task: str
     resolution: tuple[int, int]  # (H, W)
     match_grids: list = field(default_factory=list)  # [(h, w)] token grids that need correspondences
@@ -232,8 +236,9 @@ class _Fit:
 
     def points(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        return np.stack([(xy[:, 0] + 0.5) * self.sx - 0.5 - self.ox,
-                         (xy[:, 1] + 0.5) * self.sy - 0.5 - self.oy], axis=1)
+        return np.stack(
+            [(xy[:, 0] + 0.5) * self.sx - 0.5 - self.ox, (xy[:, 1] + 0.5) * self.sy - 0.5 - self.oy], axis=1
+        )
 
 
 def _to_tensor(img, signed: bool) -> torch.Tensor:
@@ -295,9 +300,11 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
     for want in spec.required():
         if _member(raw, want) is None:
             members = sorted(k for k in raw if not k.startswith("__"))
-            raise DataError(f"shard {url}: sample {key} has no '{want.replace('.*', '.<jpg|png|webp>')}' "
-                            f"member, which task '{spec.task}' needs (read members: {members}). Build the "
-                            f"dataset with that signal enabled, or train another task.")
+            raise DataError(
+                f"shard {url}: sample {key} has no '{want.replace('.*', '.<jpg|png|webp>')}' "
+                f"member, which task '{spec.task}' needs (read members: {members}). Build the "
+                f"dataset with that signal enabled, or train another task."
+            )
     H, W = spec.resolution
     current = "src"
     try:
@@ -305,9 +312,12 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
         fit = _Fit(src.width, src.height, W, H)
         current = "tgt"
         tgt = Image.open(io.BytesIO(raw[_member(raw, "tgt.*")])).convert("RGB")
-        out = {"src": _to_tensor(fit.image(src, Image.BICUBIC), True),
-               "tgt": _to_tensor(fit.image(tgt, Image.BICUBIC), True),
-               "key": key, "shard": url}
+        out = {
+            "src": _to_tensor(fit.image(src, Image.BICUBIC), True),
+            "tgt": _to_tensor(fit.image(tgt, Image.BICUBIC), True),
+            "key": key,
+            "shard": url,
+        }
         if spec.task == "sketch":
             current = "sketch.png"
             sk = Image.open(io.BytesIO(raw["sketch.png"])).convert("L")
@@ -317,21 +327,28 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
             rgb = Image.open(io.BytesIO(raw[f"{spec.task}.png"])).convert("RGB")
             current = f"{spec.task}_mask.png"
             mask = Image.open(io.BytesIO(raw[f"{spec.task}_mask.png"])).convert("L")
-            out["signal"] = torch.cat([_to_tensor(fit.image(rgb, Image.BICUBIC), True),
-                                       _to_tensor(fit.image(mask, Image.BOX), False)], 0)
+            out["signal"] = torch.cat(
+                [_to_tensor(fit.image(rgb, Image.BICUBIC), True), _to_tensor(fit.image(mask, Image.BOX), False)], 0
+            )
         else:  # drag
             current = "drag.json"
             drag = json.loads(raw["drag.json"])
             # [xs, ys, xt, yt]: handle on the source image, where it goes on the target; drag.json
             # with direction target_to_source lists them the other way round
             flip = drag.get("direction", "source_to_target") == "target_to_source"
-            pts = np.array([[*p["target"], *p["source"]] if flip else [*p["source"], *p["target"]]
-                            for p in drag.get("points", [])], np.float64)
+            pts = np.array(
+                [
+                    [*p["target"], *p["source"]] if flip else [*p["source"], *p["target"]]
+                    for p in drag.get("points", [])
+                ],
+                np.float64,
+            )
             pts = pts.reshape(-1, 4)
             if len(pts):
                 pts = np.concatenate([fit.points(pts[:, :2]), fit.points(pts[:, 2:])], axis=1)
-                inside = ((pts[:, [0, 2]] >= -0.5) & (pts[:, [0, 2]] <= W - 0.5)).all(1) & \
-                         ((pts[:, [1, 3]] >= -0.5) & (pts[:, [1, 3]] <= H - 0.5)).all(1)
+                inside = ((pts[:, [0, 2]] >= -0.5) & (pts[:, [0, 2]] <= W - 0.5)).all(1) & (
+                    (pts[:, [1, 3]] >= -0.5) & (pts[:, [1, 3]] <= H - 0.5)
+                ).all(1)
                 pts = pts[inside]
             P = spec.drag_max_points
             if spec.random_drag and len(pts):
@@ -342,7 +359,7 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
                 pts = pts[:P]
             out["signal"] = torch.from_numpy(drag_raster(pts, H, W, spec.drag_sigma_px))
             dp = np.zeros((P, 4), np.float32)
-            dp[:len(pts)] = pts
+            dp[: len(pts)] = pts
             out["drag_points"] = torch.from_numpy(dp)
             out["drag_valid"] = torch.arange(P) < len(pts)
         if spec.match_grids:
@@ -354,7 +371,7 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
             vis = np.load(io.BytesIO(raw["visibility.npy"]), allow_pickle=False).reshape(-1)
             current = "tracks.npy"
             tr = np.concatenate([fit.points(tracks[:, :2]), fit.points(tracks[:, 2:])], axis=1)
-            for (h, w) in spec.match_grids:
+            for h, w in spec.match_grids:
                 idx = correspondence_index(tr, vis, image_size=(W, H), token_grid=(h, w))
                 out[f"match_idx_{h}x{w}"] = torch.from_numpy(idx)
     except DataError:
@@ -391,13 +408,29 @@ class PairStream(IterableDataset):
     (resume), distributed over the workers the way ``DataLoader`` interleaves them.
     """
 
-    def __init__(self, urls: list[str], spec: SampleSpec, *, batch_size: int, split: str = "train",
-                 eval_permille: int = 0, eval_split_by: str = "key", seed: int = 0, shuffle: bool = True,
-                 shuffle_buffer: int = 256, shuffle_shards: bool = True, resampled: bool = False,
-                 on_error: str = "raise", infinite: bool = True, rank: int = 0, world_size: int = 1,
-                 skip_batches: int = 0,
-                 max_samples: Optional[int] = None, drop_last: bool = True,
-                 eval_keys: Optional[frozenset] = None):
+    def __init__(
+        self,
+        urls: list[str],
+        spec: SampleSpec,
+        *,
+        batch_size: int,
+        split: str = "train",
+        eval_permille: int = 0,
+        eval_split_by: str = "key",
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        shuffle_shards: bool = True,
+        resampled: bool = False,
+        on_error: str = "raise",
+        infinite: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        skip_batches: int = 0,
+        max_samples: Optional[int] = None,
+        drop_last: bool = True,
+        eval_keys: Optional[frozenset] = None,
+    ):
         super().__init__()
         if not urls:
             raise DataError("no shards to read")
@@ -421,8 +454,12 @@ class PairStream(IterableDataset):
         msg = f"corrupt or unreadable shard {where}: {type(exn).__name__}: {exn.args[0] if exn.args else exn}"
         if self.on_error == "skip":
             self.counter.bad_shards += 1
-            log.warning("skipping (data.on_error=skip): %s [%d shard(s), %d sample(s) skipped so far]",
-                        msg, self.counter.bad_shards, self.counter.bad_samples)
+            log.warning(
+                "skipping (data.on_error=skip): %s [%d shard(s), %d sample(s) skipped so far]",
+                msg,
+                self.counter.bad_shards,
+                self.counter.bad_samples,
+            )
             return True
         raise DataError(msg + "  (set data.on_error=skip to skip and count such shards)") from exn
 
@@ -436,8 +473,7 @@ class PairStream(IterableDataset):
         from webdataset.tariterators import tarfile_samples
 
         if self.resampled:
-            shards = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True,
-                                         worker_seed=lambda: consumer)
+            shards = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True, worker_seed=lambda: consumer)
             shards.epoch = epoch - 1  # its __iter__ increments it
             source = iter(shards)
             sample_split = None
@@ -490,8 +526,11 @@ class PairStream(IterableDataset):
                 continue
             self.counter.without_signal += 1
             if self.counter.without_signal == 1:
-                log.info("samples without the %s signal(s) are not used (the quality stage dropped them); "
-                         "first: %s", "+".join(self.spec.signals_needed()), raw.get("__key__", "?"))
+                log.info(
+                    "samples without the %s signal(s) are not used (the quality stage dropped them); first: %s",
+                    "+".join(self.spec.signals_needed()),
+                    raw.get("__key__", "?"),
+                )
 
     def _samples(self) -> Iterator[tuple[int, dict]]:
         consumer, n_consumers, wid, nw = self._consumer()
@@ -504,9 +543,11 @@ class PairStream(IterableDataset):
                 yield epoch, s
             if got == 0:
                 what = {"train": "training", "eval": "eval-split", "all": ""}[self.split]
-                raise DataError(f"rank {self.rank} worker {wid}: no {what} samples in {len(self.urls)} shard(s) "
-                                f"({self.urls[0]} ...); check data.train / data.eval_permille "
-                                f"({self.eval_permille}/1000 of the keys are held out for eval)")
+                raise DataError(
+                    f"rank {self.rank} worker {wid}: no {what} samples in {len(self.urls)} shard(s) "
+                    f"({self.urls[0]} ...); check data.train / data.eval_permille "
+                    f"({self.eval_permille}/1000 of the keys are held out for eval)"
+                )
 
     def __iter__(self):
         consumer, n_consumers, wid, nw = self._consumer()
@@ -525,8 +566,12 @@ class PairStream(IterableDataset):
                 if self.on_error != "skip":
                     raise
                 self.counter.bad_samples += 1
-                log.warning("skipping (data.on_error=skip): %s [%d sample(s), %d shard(s) skipped so far]",
-                            e, self.counter.bad_samples, self.counter.bad_shards)
+                log.warning(
+                    "skipping (data.on_error=skip): %s [%d sample(s), %d shard(s) skipped so far]",
+                    e,
+                    self.counter.bad_samples,
+                    self.counter.bad_shards,
+                )
                 continue
             batch.append(sample)
             delivered += 1
@@ -549,25 +594,40 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def make_loader(stream: PairStream, num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False,
-                seed: int = 0):
+def make_loader(
+    stream: PairStream, num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False, seed: int = 0
+):
     kw = {}
     if num_workers > 0:
         kw = dict(prefetch_factor=prefetch_factor, persistent_workers=True, worker_init_fn=_worker_init)
     # a private generator: creating the iterator must not draw from the global torch RNG (exact resume)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed), **kw)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
 
 
 def sample_spec(cfg, match_grids=(), train: bool = True) -> SampleSpec:
     d = cfg.data
-    return SampleSpec(task=cfg.task, resolution=tuple(cfg.model.resolution), match_grids=list(match_grids),
-                      drag_min_points=d.drag_min_points, drag_max_points=d.drag_max_points,
-                      drag_sigma_px=d.drag_sigma_px, seed=cfg.seed, random_drag=train)
+    return SampleSpec(
+        task=cfg.task,
+        resolution=tuple(cfg.model.resolution),
+        match_grids=list(match_grids),
+        drag_min_points=d.drag_min_points,
+        drag_max_points=d.drag_max_points,
+        drag_sigma_px=d.drag_sigma_px,
+        seed=cfg.seed,
+        random_drag=train,
+    )
 
 
-def build_train_loader(cfg, spec: SampleSpec, rank: int = 0, world_size: int = 1, skip_batches: int = 0,
-                       pin_memory: bool = False) -> DataLoader:
+def build_train_loader(
+    cfg, spec: SampleSpec, rank: int = 0, world_size: int = 1, skip_batches: int = 0, pin_memory: bool = False
+) -> DataLoader:
     d = cfg.data
     urls = expand_shards(cfg.train_shards, d.s3_command)
     # held-out keys are excluded from training whenever the split is used for evaluation: the index's
@@ -576,12 +636,25 @@ def build_train_loader(cfg, spec: SampleSpec, rank: int = 0, world_size: int = 1
     permille = d.eval_permille if cfg.eval_shards is None else 0
     if eval_keys is not None:
         log.info("train / eval split from the index's split column: %d eval samples held out", len(eval_keys))
-    stream = PairStream(urls, spec, batch_size=d.batch_size,
-                        split="train" if (permille or eval_keys is not None) else "all", eval_permille=permille,
-                        eval_split_by=d.eval_split_by, seed=cfg.seed, shuffle=True,
-                        shuffle_buffer=d.shuffle_buffer, shuffle_shards=d.shuffle_shards, resampled=d.resampled,
-                        on_error=d.on_error, infinite=True, rank=rank, world_size=world_size, skip_batches=skip_batches,
-                        eval_keys=eval_keys)
+    stream = PairStream(
+        urls,
+        spec,
+        batch_size=d.batch_size,
+        split="train" if (permille or eval_keys is not None) else "all",
+        eval_permille=permille,
+        eval_split_by=d.eval_split_by,
+        seed=cfg.seed,
+        shuffle=True,
+        shuffle_buffer=d.shuffle_buffer,
+        shuffle_shards=d.shuffle_shards,
+        resampled=d.resampled,
+        on_error=d.on_error,
+        infinite=True,
+        rank=rank,
+        world_size=world_size,
+        skip_batches=skip_batches,
+        eval_keys=eval_keys,
+    )
     return make_loader(stream, d.num_workers, d.prefetch_factor, pin_memory, seed=cfg.seed)
 
 
@@ -596,11 +669,23 @@ def eval_stream(cfg, spec: SampleSpec, batch_size: int, max_eval: Optional[int] 
         urls = expand_shards(cfg.train_shards, d.s3_command)
         eval_keys = index_eval_keys(urls)
         if d.eval_permille == 0 and eval_keys is None:
-            raise DataError("no eval split: the index has no split=eval samples (output.eval_frac), "
-                            "data.eval_permille is 0 and data.eval is not set")
+            raise DataError(
+                "no eval split: the index has no split=eval samples (output.eval_frac), "
+                "data.eval_permille is 0 and data.eval is not set"
+            )
         split, permille = "eval", d.eval_permille
-    return PairStream(urls, spec, batch_size=batch_size, split=split, eval_permille=permille,
-                      eval_split_by=d.eval_split_by, seed=cfg.seed,
-                      shuffle=False, on_error=d.on_error, infinite=False,
-                      max_samples=max_eval if max_eval is not None else d.max_eval, drop_last=False,
-                      eval_keys=eval_keys)
+    return PairStream(
+        urls,
+        spec,
+        batch_size=batch_size,
+        split=split,
+        eval_permille=permille,
+        eval_split_by=d.eval_split_by,
+        seed=cfg.seed,
+        shuffle=False,
+        on_error=d.on_error,
+        infinite=False,
+        max_samples=max_eval if max_eval is not None else d.max_eval,
+        drop_last=False,
+        eval_keys=eval_keys,
+    )

@@ -1,4 +1,5 @@
 """torch.distributed set-up from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
+
 from __future__ import annotations
 
 import datetime
@@ -47,8 +48,14 @@ def init_distributed(device_name: str = "auto", timeout_s: float = 1800.0) -> Di
         info.backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
             kw = {"device_id": device} if device.type == "cuda" else {}
-            dist.init_process_group(info.backend, init_method="env://", rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout_s), **kw)
+            dist.init_process_group(
+                info.backend,
+                init_method="env://",
+                rank=rank,
+                world_size=world,
+                timeout=datetime.timedelta(seconds=timeout_s),
+                **kw,
+            )
     return info
 
 

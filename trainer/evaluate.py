@@ -14,6 +14,7 @@ conditioning image itself, holes filled from the source). A prediction must beat
 changed region to have learned the edit. ``eval.json`` has ``scores`` (the means, by who and
 metric), ``metrics`` (mean / std / n of every per-sample score) and the per-sample rows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,7 @@ def psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torc
 
     a = ((pred.float() + 1) / 2).clamp(0, 1)
     b = ((tgt.float() + 1) / 2).clamp(0, 1)
-    psnr = torch.stack([kornia.metrics.psnr(a[i:i + 1], b[i:i + 1], 1.0) for i in range(len(a))])
+    psnr = torch.stack([kornia.metrics.psnr(a[i : i + 1], b[i : i + 1], 1.0) for i in range(len(a))])
     ssim = kornia.metrics.ssim(a, b, window_size=11).flatten(1).mean(1)
     return psnr, ssim
 
@@ -51,11 +52,10 @@ def changed_region(src: torch.Tensor, tgt: torch.Tensor, thresh: float = 15 / 25
     3x3-blurred images above 15 grey levels, like the pipeline's quality stage): where the edit happens.
     The full frame is dominated by still background that any copy gets right."""
     blur = lambda x: F.avg_pool2d((x.float() + 1) / 2, 3, stride=1, padding=1, count_include_pad=False)  # noqa: E731
-    return ((blur(src) - blur(tgt)).abs().amax(1, keepdim=True) > thresh)
+    return (blur(src) - blur(tgt)).abs().amax(1, keepdim=True) > thresh
 
 
-def masked_psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image PSNR / SSIM over ``mask`` (B, 1, H, W); NaN where the mask is empty."""
     import kornia
 
@@ -129,8 +129,10 @@ class ClipMetric:
     def __init__(self, path: Optional[Path], device):
         self.available, self.reason, self.model = False, "", None
         if path is None:
-            self.reason = ("no local CLIP weights (set eval.clip_weights to a transformers CLIP vision "
-                           "directory; framepainter uses the SVD image_encoder when present)")
+            self.reason = (
+                "no local CLIP weights (set eval.clip_weights to a transformers CLIP vision "
+                "directory; framepainter uses the SVD image_encoder when present)"
+            )
             return
         if not Path(path).exists():
             self.reason = f"CLIP weights not found at {path}"
@@ -179,8 +181,15 @@ def _stats(xs: list[float]) -> dict:
     return {"mean": round(m, 5), "std": round(sd, 5), "n": n}
 
 
-def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_eval: Optional[int] = None,
-             use_ema: Optional[bool] = None, steps: Optional[int] = None, device: Optional[str] = None) -> dict:
+def evaluate(
+    cfg: TrainerConfig,
+    checkpoint,
+    output: Optional[str] = None,
+    max_eval: Optional[int] = None,
+    use_ema: Optional[bool] = None,
+    steps: Optional[int] = None,
+    device: Optional[str] = None,
+) -> dict:
     """Score a checkpoint on the eval split; writes ``eval.json`` and image grids to ``output``
     (default: ``<checkpoint dir>/eval``) and returns the report."""
     from vid2pair.trainer.distributed import pick_device
@@ -192,9 +201,11 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
     ck_path = resolve_checkpoint(checkpoint)
     state = load_state(ck_path)
     if state.get("model_name") not in (None, cfg.model.name) or state.get("task") not in (None, cfg.task):
-        raise ConfigError(f"--checkpoint: {ck_path} was trained as model {state.get('model_name')!r} / "
-                          f"task {state.get('task')!r}, "
-                         f"the config says {cfg.model.name!r} / {cfg.task!r}")
+        raise ConfigError(
+            f"--checkpoint: {ck_path} was trained as model {state.get('model_name')!r} / "
+            f"task {state.get('task')!r}, "
+            f"the config says {cfg.model.name!r} / {cfg.task!r}"
+        )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, dev)
     model.load_checkpoint_state_dict(state["model"])
@@ -232,8 +243,12 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
 
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
     amp = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-    stream = eval_stream(cfg, sample_spec(cfg, (), train=False), batch_size=cfg.eval.batch_size,
-                         max_eval=max_eval if max_eval is not None else cfg.data.max_eval)
+    stream = eval_stream(
+        cfg,
+        sample_spec(cfg, (), train=False),
+        batch_size=cfg.eval.batch_size,
+        max_eval=max_eval if max_eval is not None else cfg.data.max_eval,
+    )
     scores: dict[str, list[float]] = {}
     per_sample = []
     saved = 0
@@ -251,8 +266,9 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
             for k, v in vals.items():
                 scores.setdefault(k, []).extend(float(x) for x in v.cpu() if math.isfinite(float(x)))
             for i, key in enumerate(batch["key"]):
-                per_sample.append({"key": key, "shard": batch["shard"][i],
-                                   **{k: round(float(v[i]), 5) for k, v in vals.items()}})
+                per_sample.append(
+                    {"key": key, "shard": batch["shard"][i], **{k: round(float(v[i]), 5) for k, v in vals.items()}}
+                )
             if saved < cfg.eval.save_images:
                 from torchvision.utils import save_image
 
@@ -261,14 +277,26 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
     if not per_sample:
         raise DataError("the eval split is empty (data.eval / data.eval_permille)")
     metrics = {k: _stats(v) for k, v in scores.items()}
-    table = {who: {m: metrics.get(f"{who}_{m}", {}).get("mean") for m in
-                   ("psnr", "ssim", "psnr_changed", "ssim_changed")}
-             for who in ("model", "source", "signal") if f"{who}_psnr" in metrics}
-    report = {"checkpoint": str(ck_path), "step": int(state.get("step", -1)), "model": cfg.model.name,
-              "task": cfg.task, "ema": used_ema, "n": len(per_sample), "resolution": list(cfg.model.resolution),
-              "sample_steps": steps or cfg.eval.sample_steps, "seconds": round(time.perf_counter() - t0, 2),
-              "changed_frac": metrics["changed_frac"]["mean"], "scores": table, "metrics": metrics,
-              "skipped": skipped}
+    table = {
+        who: {m: metrics.get(f"{who}_{m}", {}).get("mean") for m in ("psnr", "ssim", "psnr_changed", "ssim_changed")}
+        for who in ("model", "source", "signal")
+        if f"{who}_psnr" in metrics
+    }
+    report = {
+        "checkpoint": str(ck_path),
+        "step": int(state.get("step", -1)),
+        "model": cfg.model.name,
+        "task": cfg.task,
+        "ema": used_ema,
+        "n": len(per_sample),
+        "resolution": list(cfg.model.resolution),
+        "sample_steps": steps or cfg.eval.sample_steps,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "changed_frac": metrics["changed_frac"]["mean"],
+        "scores": table,
+        "metrics": metrics,
+        "skipped": skipped,
+    }
     (out_dir / "eval.json").write_text(json.dumps({**report, "samples": per_sample}, indent=2))
 
     def fmt(who):
@@ -277,7 +305,14 @@ def evaluate(cfg: TrainerConfig, checkpoint, output: Optional[str] = None, max_e
             return ""
         pc, sc = r["psnr_changed"] or float("nan"), r["ssim_changed"] or float("nan")
         return f"{who} {r['psnr']:.2f} dB / {r['ssim']:.3f} full, {pc:.2f} dB / {sc:.3f} changed"
-    log.info("eval %s: %d pairs (changed region %.1f %% of the frame): %s%s -> %s", ck_path.parent.name,
-             report["n"], 100 * (report["changed_frac"] or 0), "; ".join(x for x in map(fmt, table) if x),
-             "".join(f", {k} {metrics['model_' + k]['mean']:.4f}" for k in extra if "model_" + k in metrics), out_dir)
+
+    log.info(
+        "eval %s: %d pairs (changed region %.1f %% of the frame): %s%s -> %s",
+        ck_path.parent.name,
+        report["n"],
+        100 * (report["changed_frac"] or 0),
+        "; ".join(x for x in map(fmt, table) if x),
+        "".join(f", {k} {metrics['model_' + k]['mean']:.4f}" for k in extra if "model_" + k in metrics),
+        out_dir,
+    )
     return report

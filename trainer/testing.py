@@ -4,6 +4,7 @@
 * :func:`rewrite_shard` - copy a shard, dropping members of some samples (a "missing field");
 * :func:`truncate_shard` - a corrupt copy of a shard (cut mid-member).
 """
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ atomic checkpoints with everything needed for an exact resume (model, EMA, optim
 step, data position and the RNG states of every rank), TensorBoard (loss, samples/s, eval images)
 and ``metrics.jsonl`` (one JSON line per logged step, rank 0).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,6 +59,7 @@ def lr_lambda(cfg: TrainerConfig):
         if o.schedule == "linear":
             return 1.0 - (1.0 - o.min_lr_ratio) * frac
         return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
     return f
 
 
@@ -82,8 +84,12 @@ def image_grid(task: str, batch: dict, pred: torch.Tensor) -> torch.Tensor:
     """Rows of ``src | signal | prediction | target``, (3, H', W') in [0, 1]."""
     from torchvision.utils import make_grid
 
-    cols = [(batch["src"].float() + 1) / 2, signal_to_rgb(task, batch["signal"], batch["src"]),
-            (pred.float() + 1) / 2, (batch["tgt"].float() + 1) / 2]
+    cols = [
+        (batch["src"].float() + 1) / 2,
+        signal_to_rgb(task, batch["signal"], batch["src"]),
+        (pred.float() + 1) / 2,
+        (batch["tgt"].float() + 1) / 2,
+    ]
     tiles = torch.stack(cols, 1).flatten(0, 1).clamp(0, 1).cpu()
     return make_grid(tiles, nrow=4, padding=2, pad_value=1.0)
 
@@ -140,13 +146,24 @@ def _train(cfg: TrainerConfig, resume: bool, info: DistInfo) -> dict:
             run.log_step(step, grad_norm)
         if tr.eval_every and step % tr.eval_every == 0:
             if info.is_main and run.eval_batch is not None:
-                _eval_images(cfg, run.module, run.ema, run.params, run.eval_batch, step, run.writer, cfg.output_dir,
-                             info.device, run.amp_dtype)
+                _eval_images(
+                    cfg,
+                    run.module,
+                    run.ema,
+                    run.params,
+                    run.eval_batch,
+                    step,
+                    run.writer,
+                    cfg.output_dir,
+                    info.device,
+                    run.amp_dtype,
+                )
             barrier(info)
             run.window.t0 = time.perf_counter()  # eval time is not training throughput
         if step % tr.ckpt_every == 0 or step == tr.max_steps:
-            _checkpoint(cfg, info, run.module, run.optimizer, run.scheduler, run.scaler, run.ema, step, run.accum,
-                        run.ckpt_root)
+            _checkpoint(
+                cfg, info, run.module, run.optimizer, run.scheduler, run.scaler, run.ema, step, run.accum, run.ckpt_root
+            )
             run.window.t0 = time.perf_counter()
     return run.finish(step)
 
@@ -156,8 +173,10 @@ def _prepare_output(cfg: TrainerConfig, info: DistInfo, resume: bool) -> Optiona
     out = cfg.output_dir
     last = latest_checkpoint(out / "checkpoints")
     if last is not None and not resume:
-        raise FileExistsError(f"{out} already holds checkpoints (newest {last.name}): pass --resume to continue, "
-                              f"or choose another train.output_dir")
+        raise FileExistsError(
+            f"{out} already holds checkpoints (newest {last.name}): pass --resume to continue, "
+            f"or choose another train.output_dir"
+        )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -181,9 +200,15 @@ def _restore(run: "_Run", last: Path) -> int:
         run.ema.load_state_dict(state["ema"])
     step = int(state["step"])
     if state.get("world_size") != info.world_size or state.get("grad_accum") != run.accum:
-        log.warning("resuming %s saved with world_size %s / grad_accum %s on world_size %d / grad_accum %d: "
-                    "the data order and RNG streams differ from an uninterrupted run",
-                    last.name, state.get("world_size"), state.get("grad_accum"), info.world_size, run.accum)
+        log.warning(
+            "resuming %s saved with world_size %s / grad_accum %s on world_size %d / grad_accum %d: "
+            "the data order and RNG streams differ from an uninterrupted run",
+            last.name,
+            state.get("world_size"),
+            state.get("grad_accum"),
+            info.world_size,
+            run.accum,
+        )
     rngs = state.get("rng") or []
     if info.rank < len(rngs):
         set_rng_state(rngs[info.rank])
@@ -246,8 +271,9 @@ class _Run:
         self.n_total = sum(p.numel() for p in self.model.parameters())
         o = cfg.optim
         opt_kw = {"fused": True} if device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                                           eps=o.eps, **opt_kw)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps, **opt_kw
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = EMA(named, cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -257,13 +283,15 @@ class _Run:
         the same data), and the model wrapped for DDP / compiled."""
         cfg, info, device = self.cfg, self.info, self.info.device
         spec = sample_spec(cfg, self.module.match_grids, train=True)
-        loader = build_train_loader(cfg, spec, info.rank, info.world_size, skip_batches=step * self.accum,
-                                    pin_memory=device.type == "cuda")
+        loader = build_train_loader(
+            cfg, spec, info.rank, info.world_size, skip_batches=step * self.accum, pin_memory=device.type == "cuda"
+        )
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.module, device_ids=[device.index] if device.type == "cuda" else None,
-                             find_unused_parameters=False)
+            self.model = DDP(
+                self.module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+            )
         self.fwd = torch.compile(self.model) if cfg.train.compile else self.model
         self.batches = iter(loader)
 
@@ -282,10 +310,20 @@ class _Run:
             self.metrics_f = open(out / "metrics.jsonl", "a")
             if cfg.train.eval_every:
                 self.eval_batch = _fixed_eval_batch(cfg, self.module, cfg.train.eval_images)
-        log.info("model %s: %.2fM parameters, %.2fM trained; world_size %d, batch %d x accum %d x %d = %d per step; "
-                 "precision %s; device %s", cfg.model.name, self.n_total / 1e6, self.n_train / 1e6, info.world_size,
-                 cfg.data.batch_size, self.accum, info.world_size, self.samples_per_step, self.amp_dtype or "fp32",
-                 info.device)
+        log.info(
+            "model %s: %.2fM parameters, %.2fM trained; world_size %d, batch %d x accum %d x %d = %d per step; "
+            "precision %s; device %s",
+            cfg.model.name,
+            self.n_total / 1e6,
+            self.n_train / 1e6,
+            info.world_size,
+            cfg.data.batch_size,
+            self.accum,
+            info.world_size,
+            self.samples_per_step,
+            self.amp_dtype or "fp32",
+            info.device,
+        )
         self.window = _Window()
 
     def optimizer_step(self) -> torch.Tensor:
@@ -321,17 +359,25 @@ class _Run:
         vec = torch.stack([w.logs[k] / w.n for k in keys] + [grad_norm.detach().float().to(device)])
         vec = all_reduce_mean(vec.to(device), info).cpu().tolist()
         elapsed = time.perf_counter() - w.t0
-        rec = {"step": step, **{k: round(v, 6) for k, v in zip(keys, vec[:-1])},
-               "grad_norm": round(vec[-1], 6), "lr": self.scheduler.get_last_lr()[0],
-               "samples_per_s": round(w.steps * self.samples_per_step / max(elapsed, 1e-9), 3),
-               "data_wait_frac": round(w.data_wait / max(elapsed, 1e-9), 4),
-               "samples_seen": step * self.samples_per_step}
+        rec = {
+            "step": step,
+            **{k: round(v, 6) for k, v in zip(keys, vec[:-1])},
+            "grad_norm": round(vec[-1], 6),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": round(w.steps * self.samples_per_step / max(elapsed, 1e-9), 3),
+            "data_wait_frac": round(w.data_wait / max(elapsed, 1e-9), 4),
+            "samples_seen": step * self.samples_per_step,
+        }
         skips = self.tracker.totals()
         if skips != (0, 0):
             rec["skipped_samples"], rec["skipped_shards"] = skips
             if skips != self.reported_skips:
-                log.warning("data: %d sample(s) and %d shard(s) skipped so far on rank %d (data.on_error=skip)",
-                            skips[0], skips[1], info.rank)
+                log.warning(
+                    "data: %d sample(s) and %d shard(s) skipped so far on rank %d (data.on_error=skip)",
+                    skips[0],
+                    skips[1],
+                    info.rank,
+                )
                 self.reported_skips = skips
         if info.is_main:
             self._write_metrics(rec, step)
@@ -345,16 +391,31 @@ class _Run:
             for k, v in rec.items():
                 if k != "step":
                     self.writer.add_scalar(f"train/{k}", v, step)
-        log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s (data wait %.0f%%)", step, self.cfg.train.max_steps,
-                 rec["loss"], rec["lr"], rec["samples_per_s"], 100 * rec["data_wait_frac"])
+        log.info(
+            "step %d/%d loss %.4f lr %.2e %.1f samples/s (data wait %.0f%%)",
+            step,
+            self.cfg.train.max_steps,
+            rec["loss"],
+            rec["lr"],
+            rec["samples_per_s"],
+            100 * rec["data_wait_frac"],
+        )
 
     def finish(self, step: int) -> dict:
         """The DDP sync check and the run's summary (rank 0 writes summary.json and closes the logs)."""
         info, out = self.info, self.cfg.output_dir
         sync_ok = _check_param_sync(self.module, info)
-        summary = {"steps": step, "world_size": info.world_size, "grad_accum": self.accum,
-                   "samples_per_step": self.samples_per_step, "last": self.last_logged, "params_total": self.n_total,
-                   "params_trained": self.n_train, "ddp_param_sync": sync_ok, "output_dir": str(out)}
+        summary = {
+            "steps": step,
+            "world_size": info.world_size,
+            "grad_accum": self.accum,
+            "samples_per_step": self.samples_per_step,
+            "last": self.last_logged,
+            "params_total": self.n_total,
+            "params_trained": self.n_train,
+            "ddp_param_sync": sync_ok,
+            "output_dir": str(out),
+        }
         if info.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.writer is not None:
@@ -400,12 +461,21 @@ def _checkpoint(cfg, info, module, optimizer, scheduler, scaler, ema, step, accu
     else:
         gathered = [rng]
     if info.is_main:
-        state = {"step": step, "model": module.checkpoint_state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                 "ema": ema.state_dict() if ema is not None else None, "rng": gathered,
-                 "world_size": info.world_size, "grad_accum": accum,
-                 "data": {"batches_per_rank": step * accum, "batch_size": cfg.data.batch_size},
-                 "config": cfg.to_dict(), "model_name": cfg.model.name, "task": cfg.task}
+        state = {
+            "step": step,
+            "model": module.checkpoint_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": gathered,
+            "world_size": info.world_size,
+            "grad_accum": accum,
+            "data": {"batches_per_rank": step * accum, "batch_size": cfg.data.batch_size},
+            "config": cfg.to_dict(),
+            "model_name": cfg.model.name,
+            "task": cfg.task,
+        }
         path = save_checkpoint(ckpt_root, step, state, cfg.train.keep_checkpoints)
         log.info("checkpoint %s", path)
     barrier(info)
@@ -442,5 +512,10 @@ def _eval_images(cfg, module, ema, params, batch, step, writer, out: Path, devic
         writer.add_image("eval/src|signal|pred|tgt", grid, step)
         writer.add_scalar("eval/psnr", p.mean().item(), step)
         writer.add_scalar("eval/ssim", s.mean().item(), step)
-    log.info("eval images at step %d: PSNR %.2f dB, SSIM %.3f on %d held-out pairs", step, p.mean().item(),
-             s.mean().item(), len(p))
+    log.info(
+        "eval images at step %d: PSNR %.2f dB, SSIM %.3f on %d held-out pairs",
+        step,
+        p.mean().item(),
+        s.mean().item(),
+        len(p),
+    )

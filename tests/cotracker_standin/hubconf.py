@@ -7,6 +7,7 @@ checkpoint. It is a real, if tiny, tracker: each step moves every query by what 
 reads from the features of two frames at the point, plus a share of the mean move of all queries
 (points are tracked jointly, as CoTracker3 does, so a query added to the call moves the others).
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -6,6 +6,7 @@
   (what a checkpoint holds: the trained parts only),
 * ``match_grids``: token grids ``(h, w)`` whose correspondences the data loader must provide.
 """
+
 from __future__ import annotations
 
 import torch

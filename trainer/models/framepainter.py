@@ -28,6 +28,7 @@ Image editing as two-frame image-to-video generation:
 
 What is and isn't faithful to the paper is listed in docs/trainer.md.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,27 +49,70 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Published configs of stabilityai/stable-video-diffusion-img2vid-xt-1-1 (unet/vae/image_encoder
 # config.json): diffusers' defaults for the two SVD classes, CLIP ViT-H/14 for the image encoder.
-SVD_UNET_CONFIG = dict(in_channels=8, out_channels=4,
-                       down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
-                       up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
-                       block_out_channels=(320, 640, 1280, 1280), addition_time_embed_dim=256,
-                       projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-                       transformer_layers_per_block=1, num_attention_heads=(5, 10, 20, 20), num_frames=25)
-SVD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                      block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
-SVD_CLIP_CONFIG = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
-                       image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5)
+SVD_UNET_CONFIG = dict(
+    in_channels=8,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
+    block_out_channels=(320, 640, 1280, 1280),
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=768,
+    layers_per_block=2,
+    cross_attention_dim=1024,
+    transformer_layers_per_block=1,
+    num_attention_heads=(5, 10, 20, 20),
+    num_frames=25,
+)
+SVD_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+)
+SVD_CLIP_CONFIG = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=16,
+    num_hidden_layers=32,
+    image_size=224,
+    patch_size=14,
+    projection_dim=1024,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+)
 
-TINY_UNET_CONFIG = dict(in_channels=8, out_channels=4,
-                        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-                        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-                        block_out_channels=(32, 64), addition_time_embed_dim=8,
-                        projection_class_embeddings_input_dim=24, layers_per_block=1, cross_attention_dim=32,
-                        num_attention_heads=(2, 4), num_frames=2)
-TINY_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                       block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4)
-TINY_CLIP_CONFIG = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
-                        image_size=32, patch_size=8, projection_dim=32)
+TINY_UNET_CONFIG = dict(
+    in_channels=8,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+    block_out_channels=(32, 64),
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=24,
+    layers_per_block=1,
+    cross_attention_dim=32,
+    num_attention_heads=(2, 4),
+    num_frames=2,
+)
+TINY_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block=1,
+    latent_channels=4,
+)
+TINY_CLIP_CONFIG = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_hidden_layers=2,
+    image_size=32,
+    patch_size=8,
+    projection_dim=32,
+)
 
 NUM_FRAMES = 2  # [source, target]
 
@@ -102,16 +146,29 @@ class SparseControlEncoder(nn.Module):
         self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(c0, temb_dim)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c0, 3, stride=2, padding=1), nn.GroupNorm(_groups(c0, 8), c0), nn.SiLU(),
-            nn.Conv2d(c0, c0, 3, padding=1), nn.GroupNorm(_groups(c0, 8), c0), nn.SiLU())
+            nn.Conv2d(in_channels, c0, 3, stride=2, padding=1),
+            nn.GroupNorm(_groups(c0, 8), c0),
+            nn.SiLU(),
+            nn.Conv2d(c0, c0, 3, padding=1),
+            nn.GroupNorm(_groups(c0, 8), c0),
+            nn.SiLU(),
+        )
         self.blocks = nn.ModuleList()
         self.downs = nn.ModuleList()
         prev = c0
         for i, c in enumerate(channels):
-            self.blocks.append(ResnetBlock2D(in_channels=prev, out_channels=c, temb_channels=temb_dim,
-                                             groups=_groups(math.gcd(prev, c)), groups_out=_groups(c)))
-            self.downs.append(Downsample2D(c, use_conv=True, out_channels=c, padding=1)
-                              if i < len(channels) - 1 else nn.Identity())
+            self.blocks.append(
+                ResnetBlock2D(
+                    in_channels=prev,
+                    out_channels=c,
+                    temb_channels=temb_dim,
+                    groups=_groups(math.gcd(prev, c)),
+                    groups_out=_groups(c),
+                )
+            )
+            self.downs.append(
+                Downsample2D(c, use_conv=True, out_channels=c, padding=1) if i < len(channels) - 1 else nn.Identity()
+            )
             prev = c
         self.proj = nn.Conv2d(prev, out_channels, 1)
 
@@ -204,8 +261,7 @@ class MatchingAttnProcessor(nn.Module):
         self.__dict__["ctx"] = ctx  # not a submodule / parameter
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        out = self.base(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                        attention_mask=attention_mask)
+        out = self.base(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask)
         ctx = self.ctx
         if not ctx.active or encoder_hidden_states is not None:
             return out
@@ -251,6 +307,7 @@ def _control_hook(ctx: _Ctx):
         pad = torch.zeros_like(ctrl)
         delta = torch.stack([pad] * (f - 1) + [ctrl * ctx.control_scale], dim=1).reshape(bf, c, h, w)
         return (sample + delta, res)
+
     return hook
 
 
@@ -283,6 +340,7 @@ def _drag_hook(ctx: _Ctx):
             return (new,) + tuple(output[1:])
         output.sample = new
         return output
+
     return hook
 
 
@@ -358,8 +416,9 @@ class FramePainterModel(nn.Module):
         for m in (self.vae, self.image_encoder):
             m.requires_grad_(False)
             m.eval()
-        self.control = SparseControlEncoder(signal_channels(cfg.task), list(fp.control_channels),
-                                            unet.config.block_out_channels[0])
+        self.control = SparseControlEncoder(
+            signal_channels(cfg.task), list(fp.control_channels), unet.config.block_out_channels[0]
+        )
         self.ctx = _Ctx()
         self.n_matching = 0
         if fp.matching:
@@ -484,7 +543,7 @@ class FramePainterModel(nn.Module):
         ctx.image_hw = self.resolution
         ctx.grid_of = {h * w: (h, w) for (h, w) in self.level_grids()}
         if supervise:
-            for (h, w) in self.match_grids:
+            for h, w in self.match_grids:
                 k = f"match_idx_{h}x{w}"
                 if k in batch:
                     ctx.match_idx[(h, w)] = batch[k]
@@ -494,16 +553,17 @@ class FramePainterModel(nn.Module):
     def _denoise(self, x, sigma, cond, emb, time_ids, signal, batch, supervise):
         """EDM preconditioned call: returns (D(x; sigma), raw U-Net output F, c_skip, c_out)."""
         s = sigma.reshape(-1, 1, 1, 1, 1)
-        c_in = 1 / (s ** 2 + 1).sqrt()
-        c_skip = 1 / (s ** 2 + 1)
-        c_out = -s / (s ** 2 + 1).sqrt()
+        c_in = 1 / (s**2 + 1).sqrt()
+        c_skip = 1 / (s**2 + 1)
+        c_out = -s / (s**2 + 1).sqrt()
         c_noise = sigma.log() / 4
         control = self.control(signal.to(self.control.proj.weight.dtype), c_noise)
         self._set_ctx(batch, control, supervise)
         dt = self.unet.dtype  # fp32 master weights (autocast does the rest); bf16 if the U-Net is bf16
         inp = torch.cat([c_in * x, cond], dim=2).to(dt)
-        out = self.unet(inp, c_noise, encoder_hidden_states=emb.to(dt), added_time_ids=time_ids.to(dt),
-                        return_dict=False)[0]
+        out = self.unet(
+            inp, c_noise, encoder_hidden_states=emb.to(dt), added_time_ids=time_ids.to(dt), return_dict=False
+        )[0]
         return c_skip * x + c_out * out.float(), out, c_skip, c_out
 
     # --- training loss
@@ -514,8 +574,9 @@ class FramePainterModel(nn.Module):
         sigma = (self.fp.p_mean + self.fp.p_std * torch.randn(b, device=src.device, generator=generator)).exp()
         noise = torch.randn(lat.shape, device=lat.device, generator=generator)
         x = lat + sigma.reshape(-1, 1, 1, 1, 1) * noise
-        _, out, c_skip, c_out = self._denoise(x, sigma, cond, emb, self._time_ids(b, src.device), signal, batch,
-                                              supervise=True)
+        _, out, c_skip, c_out = self._denoise(
+            x, sigma, cond, emb, self._time_ids(b, src.device), signal, batch, supervise=True
+        )
         target = (lat - c_skip * x) / c_out  # weight (s^2+1)/s^2 * ||D - x0||^2 == ||F - target||^2
         loss_diff = F.mse_loss(out.float(), target)
         logs = {"loss_diff": loss_diff.detach()}

@@ -6,6 +6,7 @@ cosine (Nichol & Dhariwal 2021) or linear beta schedule; deterministic DDIM samp
 predictions. Written here, no pretrained weights: it trains on CPU in the tests and is the quick
 baseline on a GPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,16 @@ class SelfAttention(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, base: int = 32, mults=(1, 2, 2), num_res: int = 1,
-                 attention: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        base: int = 32,
+        mults=(1, 2, 2),
+        num_res: int = 1,
+        attention: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         temb = base * 4
         self.base = base
@@ -145,8 +154,9 @@ class TinyDiffusion(nn.Module):
         self.T = t.num_train_timesteps
         self.sample_steps = t.sample_steps
         c_sig = signal_channels(cfg.task)
-        self.net = TinyUNet(3 + 3 + c_sig, 3, t.base_channels, tuple(t.channel_mults), t.num_res_blocks,
-                            t.attention, t.dropout)
+        self.net = TinyUNet(
+            3 + 3 + c_sig, 3, t.base_channels, tuple(t.channel_mults), t.num_res_blocks, t.attention, t.dropout
+        )
         self.register_buffer("alphas_cumprod", make_alphas_cumprod(t.schedule, self.T), persistent=False)
 
     match_grids: list = []
