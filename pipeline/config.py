@@ -315,7 +315,43 @@ def config_markdown() -> str:
             out += [doc[0], ""]
         out += section_markdown(tp, f"{f.name}.")
         out.append("")
+    out += _trainer_markdown()
     return "\n".join(out)
+
+
+def _trainer_markdown() -> list[str]:
+    """The trainer's sections (``vid2pair train``, ``configs/train_*.yaml``): the same spec."""
+    from vid2pair.trainer.config import TrainerConfig
+
+    out = [
+        "# Trainer configuration (`vid2pair train`)",
+        "",
+        "`configs/train_*.yaml` and `--set` overrides of `vid2pair train` / `vid2pair eval`, checked by the same",
+        "validator. Declared in `trainer/config.py`.",
+        "",
+        "## top level",
+        "",
+    ]
+    hints = typing.get_type_hints(TrainerConfig)
+    rows = section_markdown(TrainerConfig, "")
+    flat = [not dataclasses.is_dataclass(hints[f.name]) for f in dataclasses.fields(TrainerConfig)]
+    out += rows[:2] + [r for r, keep in zip(rows[2:], flat) if keep] + [""]
+
+    def walk(cls, prefix: str) -> None:
+        h = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = h[f.name]
+            if not dataclasses.is_dataclass(tp):
+                continue
+            key = f"{prefix}{f.name}"
+            out.extend([f"## `{key}`", "", (tp.__doc__ or "").strip().splitlines()[0], ""])
+            sub_rows = section_markdown(tp, key + ".")
+            sub_flat = [not dataclasses.is_dataclass(typing.get_type_hints(tp)[g.name]) for g in dataclasses.fields(tp)]
+            out.extend(sub_rows[:2] + [r for r, keep in zip(sub_rows[2:], sub_flat) if keep] + [""])
+            walk(tp, key + ".")
+
+    walk(TrainerConfig, "")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Typed, validated trainer configuration (``configs/train_*.yaml``).
 
-Same rules as the pipeline config (:mod:`pipeline.config`, whose helpers are reused): a tree of
-dataclasses; a YAML preset and ``--set key.sub=value`` overrides are merged onto the defaults and
-validated before anything is built. An unknown key, a wrong type or an impossible range raises
-:class:`pipeline.config.ConfigError` naming the dotted key.
+The same typed spec as the pipeline config (:mod:`vid2pair.core.spec`): every field is a
+:func:`~vid2pair.core.spec.knob` with its meaning and range, choices are ``Literal`` types, rules
+that tie fields together are each section's ``check``; a YAML preset and ``--set key.sub=value``
+overrides are merged onto the defaults and checked by the same generic validator before anything
+is built. An unknown key, a wrong type or an impossible range raises
+:class:`pipeline.config.ConfigError` naming the dotted key. The reference is in docs/config.md.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from vid2pair.core.spec import build as _build
+from vid2pair.core.spec import knob, need, section, validate
 from vid2pair.pipeline.config import ConfigError, load_config_data, preset_path
 
 __all__ = [
@@ -43,128 +46,231 @@ def signal_channels(task: str) -> int:
 
 @dataclass
 class DataConfig:
-    # shard specs: local paths, globs ('/d/shards/*.tar'), brace lists ('pairs-{000000..000099}.tar'),
-    # a vid2pair output directory (its shards/), 'pipe:CMD' and object-store URLs (s3://, gs://, http(s)://)
-    train: Union[str, list[str]] = field(default_factory=list)
-    eval: Optional[Union[str, list[str]]] = None  # None: the eval split of `train` (by key hash)
-    eval_permille: int = 50  # sha1(key or clip) mod 1000 < this -> eval split (never trained on); 0: no split
-    eval_split_by: str = "key"  # key: per pair | clip: whole clips held out (no clip in both splits)
-    max_eval: int = 200  # FramePainter evaluates on 200 held-out pairs
-    batch_size: int = 1  # per process
-    num_workers: int = 2  # DataLoader workers per process
-    prefetch_factor: int = 2
-    shuffle_buffer: int = 256  # samples (raw, before decoding)
-    shuffle_shards: bool = True
-    resampled: bool = False  # sample shards with replacement forever (wds.ResampledShards): multi-node
-    on_error: str = "raise"  # raise | skip (skipped samples/shards are counted and logged)
-    drag_min_points: int = 1  # drag task: points drawn per training sample (uniform in [min, max])
-    drag_max_points: int = 16  # also the padded length of the point tensor
-    drag_sigma_px: float = 1.5  # drag raster: blob sigma at the model resolution
-    s3_command: str = "aws s3 cp {url} -"  # how s3:// URLs are streamed (pipe:)
+    """The shards the trainer reads, the eval split and the data loader."""
+
+    train: Union[str, list[str]] = knob(
+        [],
+        "training shards: local paths, globs ('/d/shards/*.tar'), brace lists ('pairs-{000000..000099}.tar'), a "
+        "vid2pair output directory (its shards/), 'pipe:CMD' and object-store URLs (s3://, gs://, http(s)://)",
+    )
+    eval: Optional[Union[str, list[str]]] = knob(None, "eval shards (as train); null: the eval split of train")
+    eval_permille: int = knob(
+        50, "sha1(key or clip) mod 1000 below this: the eval split (never trained on); 0: no split", ge=0, le=1000
+    )
+    eval_split_by: Literal["key", "clip"] = knob(
+        "key", "key: held out per pair; clip: whole clips held out (no clip in both splits)"
+    )
+    max_eval: int = knob(200, "held-out pairs evaluated (FramePainter evaluates on 200)", ge=1)
+    batch_size: int = knob(1, "pairs per batch, per process", ge=1)
+    num_workers: int = knob(2, "DataLoader workers per process", ge=0)
+    prefetch_factor: int = knob(2, "batches each worker loads ahead", ge=1)
+    shuffle_buffer: int = knob(256, "samples (raw, before decoding) shuffled together", ge=0)
+    shuffle_shards: bool = knob(True, "shuffle the shard order each epoch")
+    resampled: bool = knob(False, "sample shards with replacement forever (wds.ResampledShards): multi-node")
+    on_error: Literal["raise", "skip"] = knob(
+        "raise", "a sample or shard that cannot be read: raise, or skip it (counted and logged)"
+    )
+    drag_min_points: int = knob(1, "drag task: fewest points drawn per training sample (uniform in [min, max])", ge=1)
+    drag_max_points: int = knob(
+        16, "drag task: most points drawn per sample; also the padded length of the point tensor", ge=1
+    )
+    drag_sigma_px: float = knob(1.5, "drag raster: blob sigma at the model resolution", gt=0)
+    s3_command: str = knob("aws s3 cp {url} -", "how s3:// URLs are streamed (pipe:); must contain {url}")
+
+    def check(self, prefix: str = "data") -> None:
+        shards = _as_list(self.train)
+        need(
+            bool(shards) and all(isinstance(s, str) and s for s in shards),
+            f"{prefix}.train",
+            "must name at least one shard (path, glob, brace list or URL)",
+        )
+        need(self.eval is None or bool(_as_list(self.eval)), f"{prefix}.eval", "must be null or name shards")
+        need(
+            self.drag_max_points >= self.drag_min_points, f"{prefix}.drag_max_points", "must be >= data.drag_min_points"
+        )
+        need("{url}" in self.s3_command, f"{prefix}.s3_command", "must contain {url}")
 
 
 @dataclass
 class TinyModelConfig:
-    base_channels: int = 32
-    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
-    num_res_blocks: int = 1
-    attention: bool = True  # self-attention at the lowest resolution
-    dropout: float = 0.0
-    prediction: str = "v"  # v | eps
-    residual: bool = False  # diffuse (target - source) / 2 instead of the target (measured worse on the demo data)
-    schedule: str = "cosine"  # cosine | linear
-    num_train_timesteps: int = 1000
-    sample_steps: int = 25  # DDIM steps for eval predictions
+    """The tiny conditional U-Net (a diffusion model small enough for a CPU: tests, smoke runs)."""
+
+    base_channels: int = knob(32, "channels of the first level; a multiple of 8", ge=8)
+    channel_mults: list[int] = knob(
+        [1, 2, 2], "channel multiplier per level (one downsampling between levels)", items_ge=1
+    )
+    num_res_blocks: int = knob(1, "residual blocks per level", ge=1)
+    attention: bool = knob(True, "self-attention at the lowest resolution")
+    dropout: float = knob(0.0, "dropout in the residual blocks", ge=0, lt=1)
+    prediction: Literal["v", "eps"] = knob("v", "what the network predicts")
+    residual: bool = knob(
+        False, "diffuse (target - source) / 2 instead of the target (measured worse on the demo data)"
+    )
+    schedule: Literal["cosine", "linear"] = knob("cosine", "noise schedule")
+    num_train_timesteps: int = knob(1000, "diffusion timesteps in training", ge=10)
+    sample_steps: int = knob(25, "DDIM steps for eval predictions; at most num_train_timesteps", ge=1)
+
+    def check(self, prefix: str = "model.tiny") -> None:
+        need(self.base_channels % 8 == 0, f"{prefix}.base_channels", "must be a multiple of 8, >= 8")
+        need(bool(self.channel_mults), f"{prefix}.channel_mults", "must be a non-empty list of integers >= 1")
+        need(
+            self.sample_steps <= self.num_train_timesteps,
+            f"{prefix}.sample_steps",
+            "must be in [1, num_train_timesteps]",
+        )
 
 
 @dataclass
 class FramePainterConfig:
-    # pretrained (SVD weights from a local dir) | svd_random (SVD architecture, random weights: throughput /
-    # memory runs without the gated weights) | tiny_random (a tiny random config: tests, smoke runs)
-    init: str = "pretrained"
-    base_model: str = "svd_xt_1_1"  # registry entry (pipeline/models.py), resolved from the model cache
-    weights: Optional[str] = None  # explicit local diffusers directory of SVD (wins over the cache)
-    variant: Optional[str] = "fp16"  # safetensors variant in the directory (None: plain files)
-    trainable: str = "all"  # all (U-Net + control encoder) | attention (attention layers + encoder + matching)
-    frozen_dtype: str = "auto"  # VAE / CLIP dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    gradient_checkpointing: bool = True
-    control_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
-    control_scale: float = 0.2
-    matching: bool = True  # matching attention branch beside every spatial self-attention
-    match_weight: float = 1.0  # L = L_diff + match_weight * L_match
-    match_max_tokens: int = 4096  # supervise matching attention at token grids with <= this many tokens
-    drag_injection: bool = True  # drag task: copy source-point tokens onto target-point tokens
-    noise_aug_strength: float = 0.02
-    fps_id: int = 6
-    motion_bucket_id: int = 128
-    p_mean: float = 0.7  # training noise: log(sigma) ~ N(p_mean, p_std^2) (EDM)
-    p_std: float = 1.6
-    sigma_min: float = 0.002  # sampler (Karras schedule, Euler)
-    sigma_max: float = 700.0
-    sample_steps: int = 25
-    clip_size: Optional[int] = None  # CLIP input size (None: the image encoder's config)
+    """FramePainter: Stable Video Diffusion fine-tuned on (source, signal) -> target, with matching attention."""
+
+    init: Literal["pretrained", "svd_random", "tiny_random"] = knob(
+        "pretrained",
+        "pretrained: SVD weights from a local dir; svd_random: SVD architecture, random weights "
+        "(throughput / memory runs without the gated weights); tiny_random: a tiny random config "
+        "(tests, smoke runs)",
+    )
+    base_model: str = knob("svd_xt_1_1", "registry entry (pipeline/models.py), resolved from the model cache")
+    weights: Optional[str] = knob(None, "explicit local diffusers directory of SVD (wins over the cache)")
+    variant: Optional[str] = knob("fp16", "safetensors variant in the directory (null: plain files)")
+    trainable: Literal["all", "attention"] = knob(
+        "all", "all: U-Net + control encoder; attention: attention layers + encoder + matching"
+    )
+    frozen_dtype: Literal["auto", "fp32", "bf16", "fp16"] = knob(
+        "auto", "VAE / CLIP dtype: auto is bf16 on GPU, fp32 on CPU"
+    )
+    gradient_checkpointing: bool = knob(True, "recompute activations in the backward pass (memory for time)")
+    control_channels: list[int] = knob(
+        [64, 128, 256], "channels of the control encoder's levels; multiples of 8", items_ge=8
+    )
+    control_scale: float = knob(0.2, "scale of the control features added to the U-Net", ge=0)
+    matching: bool = knob(True, "matching attention branch beside every spatial self-attention")
+    match_weight: float = knob(1.0, "L = L_diff + match_weight * L_match", ge=0)
+    match_max_tokens: int = knob(
+        4096, "supervise matching attention at token grids with at most this many tokens", ge=1
+    )
+    drag_injection: bool = knob(True, "drag task: copy source-point tokens onto target-point tokens")
+    noise_aug_strength: float = knob(0.02, "noise added to the conditioning frame (SVD)", ge=0, le=1)
+    fps_id: int = knob(6, "SVD's fps conditioning")
+    motion_bucket_id: int = knob(128, "SVD's motion-bucket conditioning")
+    p_mean: float = knob(0.7, "training noise: log(sigma) ~ N(p_mean, p_std^2) (EDM)")
+    p_std: float = knob(1.6, "training noise: the std of log(sigma)", gt=0)
+    sigma_min: float = knob(0.002, "sampler (Karras schedule, Euler): smallest sigma", gt=0)
+    sigma_max: float = knob(700.0, "sampler: largest sigma; above sigma_min", gt=0)
+    sample_steps: int = knob(25, "sampler steps", ge=1)
+    clip_size: Optional[int] = knob(None, "CLIP input size (null: the image encoder's config)", ge=8)
+
+    def check(self, prefix: str = "model.framepainter") -> None:
+        need(
+            bool(self.control_channels) and all(ch % 8 == 0 for ch in self.control_channels),
+            f"{prefix}.control_channels",
+            "must be a non-empty list of multiples of 8",
+        )
+        need(self.sigma_min < self.sigma_max, f"{prefix}.sigma_max", "must be > sigma_min > 0")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"  # tiny | framepainter
-    resolution: list[int] = field(default_factory=lambda: [64, 96])  # [H, W] the model trains at
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    framepainter: FramePainterConfig = field(default_factory=FramePainterConfig)
+    """The model trained."""
+
+    name: Literal["tiny", "framepainter"] = knob("tiny", "tiny (a small U-Net) or framepainter (SVD)")
+    resolution: list[int] = knob([64, 96], "[H, W] the model trains at", items_ge=8)
+    tiny: TinyModelConfig = section(TinyModelConfig)
+    framepainter: FramePainterConfig = section(FramePainterConfig)
+
+    def check(self, prefix: str = "model") -> None:
+        need(len(self.resolution) == 2, f"{prefix}.resolution", "must be [H, W], each >= 8")
+        mult = 2 ** (len(self.tiny.channel_mults) - 1)
+        need(
+            all(r % mult == 0 for r in self.resolution) or self.name != "tiny",
+            f"{prefix}.resolution",
+            f"must be divisible by {mult} for the tiny model (2 ** (len(channel_mults) - 1))",
+        )
+        if self.name == "framepainter":
+            need(
+                all(r % 64 == 0 for r in self.resolution),
+                f"{prefix}.resolution",
+                "must be multiples of 64 for framepainter (VAE /8, then the U-Net's 3 downsamplings)",
+            )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    eps: float = 1e-8
-    schedule: str = "constant"  # constant | cosine | linear (after warmup)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine / linear end at lr * this
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = knob(1e-4, "peak learning rate", gt=0)
+    betas: list[float] = knob([0.9, 0.999], "AdamW betas [b1, b2], each in [0, 1)")
+    weight_decay: float = knob(0.01, "AdamW weight decay", ge=0)
+    eps: float = knob(1e-8, "AdamW epsilon", gt=0)
+    schedule: Literal["constant", "cosine", "linear"] = knob("constant", "the schedule after the warmup")
+    warmup_steps: int = knob(0, "linear warmup steps", ge=0)
+    min_lr_ratio: float = knob(0.0, "cosine / linear end at lr * this", ge=0, le=1)
+
+    def check(self, prefix: str = "optim") -> None:
+        need(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"{prefix}.betas",
+            "must be [b1, b2] in [0, 1)",
+        )
 
 
 @dataclass
 class TrainLoopConfig:
-    output_dir: str = "runs/{name}"  # {name} is replaced by the config name
-    max_steps: int = 1000  # optimizer steps
-    grad_accum: Optional[int] = None  # micro-batches per step; None: from total_batch_size (else 1)
-    total_batch_size: Optional[int] = None  # batch_size x world_size x grad_accum must equal this
-    grad_clip: Optional[float] = 1.0  # max global grad norm; None: no clipping
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    ema_decay: Optional[float] = 0.999  # None: no EMA
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 3
-    eval_every: int = 500  # eval images + PSNR/SSIM on a fixed eval batch (rank 0); 0: never
-    eval_images: int = 4
-    num_threads: Optional[int] = None  # torch CPU threads per process (None: torch's default)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are deterministic anyway)
-    compile: bool = False  # torch.compile the model (GPU)
+    """The training loop: steps, batch, precision, logging, eval images and checkpoints."""
+
+    output_dir: str = knob("runs/{name}", "where checkpoints, logs and samples go; {name} is the config name")
+    max_steps: int = knob(1000, "optimizer steps", ge=1)
+    grad_accum: Optional[int] = knob(None, "micro-batches per step; null: from total_batch_size (else 1)", ge=1)
+    total_batch_size: Optional[int] = knob(
+        None, "batch_size x world_size x grad_accum must equal this; null: not fixed", ge=1
+    )
+    grad_clip: Optional[float] = knob(1.0, "max global gradient norm; null: no clipping", gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob("auto", "auto: bf16 autocast on GPU, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "where the model trains")
+    ema_decay: Optional[float] = knob(0.999, "EMA of the trained weights; null: no EMA", gt=0, lt=1)
+    log_every: int = knob(10, "steps between log lines (metrics.jsonl, TensorBoard)", ge=1)
+    ckpt_every: int = knob(1000, "steps between checkpoints", ge=1)
+    keep_checkpoints: int = knob(3, "checkpoints kept (the oldest are deleted)", ge=1)
+    eval_every: int = knob(500, "steps between eval images + PSNR/SSIM on a fixed eval batch (rank 0); 0: never", ge=0)
+    eval_images: int = knob(4, "pairs in that eval batch", ge=1)
+    num_threads: Optional[int] = knob(None, "torch CPU threads per process (null: torch's default)", ge=1)
+    deterministic: bool = knob(False, "torch.use_deterministic_algorithms (CPU runs are deterministic anyway)")
+    compile: bool = knob(False, "torch.compile the model (GPU)")
+
+    def check(self, prefix: str = "train") -> None:
+        need(bool(self.output_dir), f"{prefix}.output_dir", "must not be empty")
 
 
 @dataclass
 class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lpips", "clip"])
-    batch_size: int = 4
-    use_ema: bool = True
-    sample_steps: Optional[int] = None  # None: the model's default
-    lpips_net: str = "alex"  # alex | vgg (needs the `lpips` package and torchvision backbone weights cached)
-    clip_weights: Optional[str] = None  # local transformers CLIP vision dir for the CLIP-I score
-    save_images: int = 8  # prediction grids written by `vid2pair eval`
+    """`vid2pair eval`: the metrics on the held-out pairs."""
+
+    metrics: list[str] = knob(["psnr", "ssim", "lpips", "clip"], "metrics computed: psnr, ssim, lpips, clip")
+    batch_size: int = knob(4, "pairs per eval batch", ge=1)
+    use_ema: bool = knob(True, "predict with the EMA weights")
+    sample_steps: Optional[int] = knob(None, "sampler steps (null: the model's default)", ge=1)
+    lpips_net: Literal["alex", "vgg"] = knob(
+        "alex", "LPIPS backbone (needs the lpips package and torchvision backbone weights cached)"
+    )
+    clip_weights: Optional[str] = knob(None, "local transformers CLIP vision dir for the CLIP-I score")
+    save_images: int = knob(8, "prediction grids written by vid2pair eval", ge=0)
+
+    def check(self, prefix: str = "eval") -> None:
+        need(all(x in METRICS for x in self.metrics), f"{prefix}.metrics", f"entries must be in {sorted(METRICS)}")
 
 
 @dataclass
 class TrainerConfig:
-    name: str = "custom"
-    seed: int = 0
-    task: str = "sketch"  # sketch | drag | coarse | collage
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    """A training run (``vid2pair train``): the task, the data, the model, the optimizer, the loop."""
+
+    name: str = knob("custom", "the run's name ({name} in train.output_dir)")
+    seed: int = knob(0, "model init and noise draws (per rank: seed + 1000 x rank)", ge=0)
+    task: Literal[TASKS] = knob("sketch", "the signal the model is conditioned on")
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    optim: OptimConfig = section(OptimConfig)
+    train: TrainLoopConfig = section(TrainLoopConfig)
+    eval: EvalConfig = section(EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,121 +295,7 @@ def _as_list(v) -> list[str]:
     return [v] if isinstance(v, str) else list(v)
 
 
-CHOICES = {
-    "task": set(TASKS),
-    "data.on_error": {"raise", "skip"},
-    "data.eval_split_by": {"key", "clip"},
-    "model.name": {"tiny", "framepainter"},
-    "model.tiny.prediction": {"v", "eps"},
-    "model.tiny.schedule": {"cosine", "linear"},
-    "model.framepainter.init": {"pretrained", "svd_random", "tiny_random"},
-    "model.framepainter.trainable": {"all", "attention"},
-    "model.framepainter.frozen_dtype": {"auto", "fp32", "bf16", "fp16"},
-    "optim.schedule": {"constant", "cosine", "linear"},
-    "train.precision": {"auto", "fp32", "bf16", "fp16"},
-    "train.device": {"auto", "cpu", "cuda"},
-    "eval.lpips_net": {"alex", "vgg"},
-}
 METRICS = {"psnr", "ssim", "lpips", "clip"}
-
-
-def _get(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def _check(c: TrainerConfig) -> None:
-    def need(ok: bool, key: str, msg: str):
-        if not ok:
-            raise ConfigError(f"{key}: {msg}")
-
-    for key, allowed in CHOICES.items():
-        v = _get(c, key)
-        need(v in allowed, key, f"{v!r} is not one of {sorted(allowed)}")
-    need(c.seed >= 0, "seed", "must be >= 0")
-    d = c.data
-    need(
-        bool(c.train_shards) and all(isinstance(s, str) and s for s in c.train_shards),
-        "data.train",
-        "must name at least one shard (path, glob, brace list or URL)",
-    )
-    need(c.eval_shards is None or bool(c.eval_shards), "data.eval", "must be null or name shards")
-    need(0 <= d.eval_permille <= 1000, "data.eval_permille", "must be in [0, 1000]")
-    need(d.max_eval >= 1, "data.max_eval", "must be >= 1")
-    need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
-    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    need(d.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
-    need(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
-    need(d.drag_min_points >= 1, "data.drag_min_points", "must be >= 1")
-    need(d.drag_max_points >= d.drag_min_points, "data.drag_max_points", "must be >= data.drag_min_points")
-    need(d.drag_sigma_px > 0, "data.drag_sigma_px", "must be > 0")
-    need("{url}" in d.s3_command, "data.s3_command", "must contain {url}")
-    m = c.model
-    need(len(m.resolution) == 2 and all(r >= 8 for r in m.resolution), "model.resolution", "must be [H, W], each >= 8")
-    t = m.tiny
-    mult = 2 ** (len(t.channel_mults) - 1)
-    need(
-        all(r % mult == 0 for r in m.resolution) or m.name != "tiny",
-        "model.resolution",
-        f"must be divisible by {mult} for the tiny model (2 ** (len(channel_mults) - 1))",
-    )
-    need(t.base_channels >= 8 and t.base_channels % 8 == 0, "model.tiny.base_channels", "must be a multiple of 8, >= 8")
-    need(
-        bool(t.channel_mults) and all(x >= 1 for x in t.channel_mults),
-        "model.tiny.channel_mults",
-        "must be a non-empty list of integers >= 1",
-    )
-    need(t.num_res_blocks >= 1, "model.tiny.num_res_blocks", "must be >= 1")
-    need(0.0 <= t.dropout < 1.0, "model.tiny.dropout", "must be in [0, 1)")
-    need(t.num_train_timesteps >= 10, "model.tiny.num_train_timesteps", "must be >= 10")
-    need(1 <= t.sample_steps <= t.num_train_timesteps, "model.tiny.sample_steps", "must be in [1, num_train_timesteps]")
-    f = m.framepainter
-    if m.name == "framepainter":
-        need(
-            all(r % 64 == 0 for r in m.resolution),
-            "model.resolution",
-            "must be multiples of 64 for framepainter (VAE /8, then the U-Net's 3 downsamplings)",
-        )
-    need(
-        len(f.control_channels) >= 1 and all(ch >= 8 and ch % 8 == 0 for ch in f.control_channels),
-        "model.framepainter.control_channels",
-        "must be a non-empty list of multiples of 8",
-    )
-    need(f.control_scale >= 0, "model.framepainter.control_scale", "must be >= 0")
-    need(f.match_weight >= 0, "model.framepainter.match_weight", "must be >= 0")
-    need(f.match_max_tokens >= 1, "model.framepainter.match_max_tokens", "must be >= 1")
-    need(0 <= f.noise_aug_strength <= 1, "model.framepainter.noise_aug_strength", "must be in [0, 1]")
-    need(f.p_std > 0, "model.framepainter.p_std", "must be > 0")
-    need(0 < f.sigma_min < f.sigma_max, "model.framepainter.sigma_max", "must be > sigma_min > 0")
-    need(f.sample_steps >= 1, "model.framepainter.sample_steps", "must be >= 1")
-    need(f.clip_size is None or f.clip_size >= 8, "model.framepainter.clip_size", "must be >= 8")
-    o = c.optim
-    need(o.lr > 0, "optim.lr", "must be > 0")
-    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "must be [b1, b2] in [0, 1)")
-    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    need(o.eps > 0, "optim.eps", "must be > 0")
-    need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-    tr = c.train
-    need(tr.max_steps >= 1, "train.max_steps", "must be >= 1")
-    need(tr.grad_accum is None or tr.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-    need(tr.total_batch_size is None or tr.total_batch_size >= 1, "train.total_batch_size", "must be >= 1")
-    need(tr.grad_clip is None or tr.grad_clip > 0, "train.grad_clip", "must be > 0 or null")
-    need(tr.ema_decay is None or 0 < tr.ema_decay < 1, "train.ema_decay", "must be in (0, 1) or null")
-    need(tr.log_every >= 1, "train.log_every", "must be >= 1")
-    need(tr.ckpt_every >= 1, "train.ckpt_every", "must be >= 1")
-    need(tr.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-    need(tr.eval_every >= 0, "train.eval_every", "must be >= 0")
-    need(tr.eval_images >= 1, "train.eval_images", "must be >= 1")
-    need(tr.num_threads is None or tr.num_threads >= 1, "train.num_threads", "must be >= 1")
-    need(bool(tr.output_dir), "train.output_dir", "must not be empty")
-    e = c.eval
-    need(all(x in METRICS for x in e.metrics), "eval.metrics", f"entries must be in {sorted(METRICS)}")
-    need(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
-    need(e.sample_steps is None or e.sample_steps >= 1, "eval.sample_steps", "must be >= 1")
-    need(e.save_images >= 0, "eval.save_images", "must be >= 0")
 
 
 def required_weights(c: TrainerConfig) -> list[str]:
@@ -347,5 +339,5 @@ def load_train_config(path=None, overrides=(), **extra) -> TrainerConfig:
 
 def train_config_from_dict(data: dict) -> TrainerConfig:
     cfg = _build(TrainerConfig, data)
-    _check(cfg)
+    validate(cfg)  # the generic validator: choices, ranges, then each section's check()
     return cfg
