@@ -31,8 +31,8 @@ config tree) is derived from these declarations by ``vid2pair.pipeline.plan``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 from vid2pair.core.items import Item, PairItem, Reject
 from vid2pair.core.preview import preview_strip
@@ -58,6 +58,15 @@ class Signal:
     name: str
     members: tuple[str, ...]
     switch: str
+    #: the signal's own quality rules, ``judge(p, it, scores, failed)``: ``p`` the pair's evidence (the
+    #: quality stage's ``_Pair``), ``it`` the pair (the judge may filter the signal's members in place),
+    #: ``scores`` the dict its scores go into, ``failed`` ``{signal: (reason, detail)}`` for a failed
+    #: rule. The quality stage runs it after its pair rules; a signal without one passes unjudged
+    judge: Optional[Callable[..., None]] = field(default=None, compare=False, repr=False)
+    #: the QC panels it draws, by name, in gallery order, and ``draw(view) -> [Panel]`` drawing them
+    #: (``view``: :class:`vid2pair.ops.draw.PanelView`; a placeholder saying why when the sample lacks it)
+    panels: tuple[str, ...] = ()
+    draw: Optional[Callable[..., list]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ given everywhere: tests insert their own stages (faults, probes) that way.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from vid2pair.core.items import ClipDone, ClipTask, Item, PairItem, Reject
 from vid2pair.core.stage import Need, Resources, Signal, Stage
@@ -210,6 +210,12 @@ def needs(cfg, stages: tuple = STAGES) -> list[Need]:
 def signals(stages: tuple = STAGES) -> dict[str, Signal]:
     """Every training signal the stages can write, by name (whatever a config enables)."""
     return {sig.name: sig for S in stages for sig in S.signals}
+
+
+def signal_judges(stages: tuple = STAGES) -> list[tuple[str, Callable]]:
+    """``(name, judge)`` of every signal that declares its own quality rules (:attr:`Signal.judge`),
+    in stage order: what :func:`vid2pair.stages.quality.judge` runs after its pair rules."""
+    return [(g.name, g.judge) for S in stages for g in S.signals if g.judge is not None]
 
 
 def signal_members(name: str, stages: tuple = STAGES) -> tuple[str, ...]:

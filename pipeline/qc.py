@@ -35,6 +35,35 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from vid2pair.ops.draw import (  # noqa: F401  (the drawing helpers: re-exported for the notebook and tests)
+    _ASCII,
+    _SHIFT,
+    HOLE_COLOR,
+    PALETTE,
+    REGION_TYPES,
+    SKETCH_COLOR,
+    TYPE_COLOR_NAMES,
+    TYPE_COLORS,
+    Panel,
+    PanelView,
+    _as_rgb,
+    _fx,
+    _main_part,
+    _pct,
+    _points_array,
+    _put_text,
+    _resize,
+    _resize_strokes,
+    _wrap,
+    draw_drag_arrows,
+    draw_region_drags,
+    flow_to_rgb,
+    label_image,
+    overlay_mask,
+    overlay_sketch,
+    placeholder,
+    scale_points,
+)
 from vid2pair.pipeline.plan import signals as plan_signals
 from vid2pair.stages.encode import encode_image as _encode_image
 
@@ -43,18 +72,8 @@ from vid2pair.stages.encode import encode_image as _encode_image
 #: signal -> (its sample members, the config switch that turns it off): from the stage declarations
 SIGNALS: dict[str, tuple[tuple[str, ...], str]] = {n: (s.members, s.switch) for n, s in plan_signals().items()}
 
-#: gallery panels, in order
-PANELS: tuple[str, ...] = (
-    "source",
-    "target",
-    "flow",
-    "drag_src",
-    "drag_tgt",
-    "sketch",
-    "coarse",
-    "collage",
-    "region_drag",
-)
+#: gallery panels, in order: source, target, then each signal's (declared with the signal)
+PANELS: tuple[str, ...] = ("source", "target") + tuple(p for g in plan_signals().values() for p in g.panels)
 
 #: metrics read from the samples' meta.json / drag.json / region_drag.json (not in the index)
 META_METRICS: tuple[str, ...] = (
@@ -78,26 +97,6 @@ META_METRICS: tuple[str, ...] = (
 
 #: members read for the meta table (small ones only)
 META_MEMBERS = ("meta.json", "drag.json", "region_drag.json")
-
-#: distinct bright RGB colours (drag points, regions)
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 64, 64),
-    (64, 160, 255),
-    (255, 200, 0),
-    (0, 220, 120),
-    (255, 96, 255),
-    (0, 230, 230),
-    (255, 140, 0),
-    (170, 120, 255),
-    (180, 255, 60),
-    (255, 160, 180),
-    (120, 200, 255),
-    (255, 255, 140),
-)
-
-HOLE_COLOR = (255, 0, 255)
-SKETCH_COLOR = (0, 255, 0)
-REGION_TYPES = ("translation", "rotation", "scaling", "deformation")  # the parts of a type ("translation+scaling")
 
 
 class SampleNotFound(KeyError):
@@ -223,9 +222,10 @@ class Sample:
     def region_drag(self) -> dict | None:
         return self.json("region_drag")
 
-    def missing(self) -> list[str]:
-        """Signals (:data:`SIGNALS`) this sample does not carry."""
-        return [s for s, (members, _) in SIGNALS.items() if not all(m in self.members for m in members)]
+    def missing(self, stages: tuple | None = None) -> list[str]:
+        """Signals (:data:`SIGNALS`, or those of ``stages``) this sample does not carry."""
+        sigs = SIGNALS if stages is None else {n: (g.members, g.switch) for n, g in plan_signals(stages).items()}
+        return [s for s, (members, _) in sigs.items() if not all(m in self.members for m in members)]
 
     def scalars(self) -> dict:
         return meta_scalars(self.meta, self.drag, self.region_drag)
@@ -457,273 +457,6 @@ class QCDataset:
         return f"not produced (stage rejected or skipped it; see {switch})"
 
 
-# ---------------------------------------------------------------- drawing (numpy / OpenCV)
-
-
-def _as_rgb(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img[:, :, :3])
-
-
-def _points_array(points) -> np.ndarray:
-    """(N, 2, 2) float: [[xs, ys], [xt, yt]] from drag.json points, (N, 4) or (N, 2, 2) arrays."""
-    if points is None:
-        return np.zeros((0, 2, 2))
-    if isinstance(points, dict):
-        points = points.get("points", [])
-    pts = list(points)
-    if pts and isinstance(pts[0], dict):
-        return np.array([[p["source"], p["target"]] for p in pts], dtype=np.float64).reshape(-1, 2, 2)
-    a = np.asarray(pts, dtype=np.float64)
-    return a.reshape(-1, 2, 2) if a.size else np.zeros((0, 2, 2))
-
-
-def scale_points(xy: np.ndarray, sx: float, sy: float | None = None) -> np.ndarray:
-    """Pixel-centre coordinates in an image resized by (sx, sy): ``(x + 0.5) * s - 0.5``."""
-    sy = sx if sy is None else sy
-    xy = np.asarray(xy, dtype=np.float64).copy()
-    xy[..., 0] = (xy[..., 0] + 0.5) * sx - 0.5
-    xy[..., 1] = (xy[..., 1] + 0.5) * sy - 0.5
-    return xy
-
-
-_SHIFT = 4  # OpenCV fixed-point bits: sub-pixel accurate drawing
-
-
-def _fx(p) -> tuple[int, int]:
-    return int(round(float(p[0]) * (1 << _SHIFT))), int(round(float(p[1]) * (1 << _SHIFT)))
-
-
-def draw_drag_arrows(
-    img: np.ndarray, points, color=(255, 0, 0), thickness: int = 1, radius: int = 3, outline: bool = True
-) -> np.ndarray:
-    """A copy of ``img`` (RGB) with one arrow per drag point, from its handle ``source`` to its
-    destination ``target``: a filled disc of ``radius`` px on the handle, the shaft, an arrow head and a
-    small disc on the destination, all in ``color`` (one RGB tuple, or one per point), with a thin
-    black outline unless ``outline=False``. ``points``: drag.json's ``points`` list (or the whole
-    drag.json dict), an (N, 4) ``[xs, ys, xt, yt]`` or (N, 2, 2) array, in this image's pixel
-    coordinates (integer = pixel centre). Both end pixels get exactly ``color``."""
-    import cv2
-
-    out = _as_rgb(img).copy()
-    pts = _points_array(points)
-    colors = (
-        [tuple(int(c) for c in color)] * len(pts)
-        if np.ndim(color) == 1
-        else [tuple(int(c) for c in col) for col in color]
-    )
-    if len(colors) < len(pts):
-        raise ValueError(f"{len(colors)} colours for {len(pts)} points")
-    black = (0, 0, 0)
-    for (s, t), col in zip(pts, colors):
-        length = float(np.hypot(*(t - s)))
-        tip = min(0.4, 8.0 / length) if length > 0 else 0.0
-        if outline:
-            if length > 0:
-                cv2.arrowedLine(out, _fx(s), _fx(t), black, thickness + 2, cv2.LINE_AA, _SHIFT, tip)
-            cv2.circle(out, _fx(s), (radius + 1) << _SHIFT, black, -1, cv2.LINE_8, _SHIFT)
-        if length > 0:  # not anti-aliased: the shaft is exactly ``col``
-            cv2.arrowedLine(out, _fx(s), _fx(t), col, thickness, cv2.LINE_8, _SHIFT, tip)
-        cv2.circle(out, _fx(s), radius << _SHIFT, col, -1, cv2.LINE_8, _SHIFT)
-        cv2.circle(out, _fx(t), max(1, radius - 1) << _SHIFT, col, -1, cv2.LINE_8, _SHIFT)
-        # the end pixels themselves, whatever the rounding of the discs
-        for p in (s, t):
-            x, y = int(round(p[0])), int(round(p[1]))
-            if 0 <= y < out.shape[0] and 0 <= x < out.shape[1]:
-                out[y, x] = col
-    return out
-
-
-def overlay_mask(img: np.ndarray, mask: np.ndarray | None, color=HOLE_COLOR, alpha: float = 0.6) -> np.ndarray:
-    """``img`` with ``color`` blended (``alpha``) where ``mask`` > 127 (e.g. 255 = hole)."""
-    out = _as_rgb(img).copy()
-    if mask is None:
-        return out
-    m = np.asarray(mask)
-    if m.ndim == 3:
-        m = m[..., 0]
-    m = m > 127
-    out[m] = (out[m] * (1 - alpha) + np.array(color, np.float64) * alpha).round().astype(np.uint8)
-    return out
-
-
-def overlay_sketch(img: np.ndarray, sketch: np.ndarray | None, color=SKETCH_COLOR, dim: float = 0.35) -> np.ndarray:
-    """``img`` darkened by ``dim`` with the sketch strokes (``sketch`` > 127) in ``color``."""
-    out = (_as_rgb(img).astype(np.float64) * (1 - dim)).round().astype(np.uint8)
-    if sketch is not None:
-        s = np.asarray(sketch)
-        out[(s[..., 0] if s.ndim == 3 else s) > 127] = color
-    return out
-
-
-def flow_to_rgb(flow: np.ndarray, max_mag: float | None = None) -> np.ndarray:
-    """Colour-wheel flow visualisation: hue = direction, saturation = magnitude / ``max_mag``
-    (default: the 99th percentile), white = no motion."""
-    import cv2
-
-    f = np.nan_to_num(np.asarray(flow, dtype=np.float32))
-    mag = np.hypot(f[..., 0], f[..., 1])
-    ang = np.arctan2(f[..., 1], f[..., 0])
-    if max_mag is None:
-        max_mag = float(np.percentile(mag, 99)) if mag.size else 1.0
-    max_mag = max(max_mag, 1e-6)
-    hsv = np.zeros((*mag.shape, 3), np.uint8)
-    hsv[..., 0] = ((ang + np.pi) / (2 * np.pi) * 179).astype(np.uint8)
-    hsv[..., 1] = (np.clip(mag / max_mag, 0, 1) * 255).astype(np.uint8)
-    hsv[..., 2] = 255
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
-#: operation type -> colour (regions, their arrows and the histogram bars)
-def _main_part(kind) -> str:
-    """The colour a region type is drawn in: its first part (``translation+scaling``: translation)."""
-    return str(kind).split("+")[0]
-
-
-TYPE_COLORS = {
-    "translation": (40, 140, 255),
-    "rotation": (255, 150, 0),
-    "scaling": (160, 80, 255),
-    "deformation": (255, 40, 40),
-}
-TYPE_COLOR_NAMES = {"translation": "blue", "rotation": "orange", "scaling": "violet", "deformation": "red"}
-
-
-def draw_region_drags(
-    img: np.ndarray,
-    region_masks: np.ndarray | None,
-    regions: Sequence[dict],
-    alpha: float = 0.45,
-    sx: float = 1.0,
-    sy: float | None = None,
-    max_labels: int = 3,
-) -> np.ndarray:
-    """``img`` (RGB, already at display size) with each region of the label map ``region_masks``
-    (value ``mask_index + 1``; same size as ``img``) tinted and outlined in the colour of its operation
-    type (:data:`TYPE_COLORS`), its handle -> target arrows, and its type written at its centre (the
-    ``max_labels`` largest regions by name, the others by initial). Region coordinates are scaled by
-    ``(sx, sy)`` (the display scale of ``img`` relative to the stored frame)."""
-    import cv2
-
-    out = _as_rgb(img).copy()
-    sy = sx if sy is None else sy
-    colors = [TYPE_COLORS.get(_main_part(r.get("type")), (200, 200, 200)) for r in regions]
-    for i, (r, col) in enumerate(zip(regions, colors)):
-        if region_masks is not None:
-            m = (np.asarray(region_masks) == int(r.get("mask_index", i)) + 1).astype(np.uint8)
-            if m.any():
-                out[m > 0] = (out[m > 0] * (1 - alpha) + np.array(col) * alpha).round().astype(np.uint8)
-                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(out, contours, -1, col, 1, cv2.LINE_8)
-    for r, col in zip(regions, colors):
-        hs, ts = r.get("handles") or [], r.get("targets") or []
-        if hs and ts:
-            pts = scale_points(np.array([[h, t] for h, t in zip(hs, ts)], dtype=np.float64), sx, sy)
-            out = draw_drag_arrows(out, pts, col, radius=2)
-    order = sorted(range(len(regions)), key=lambda i: -float(regions[i].get("area") or 0))
-    for rank, i in enumerate(reversed(order)):  # largest last, i.e. on top
-        r = regions[i]
-        c = r.get("center") or (r.get("handles") or [[0, 0]])[0]
-        cx, cy = scale_points(np.array(c, dtype=np.float64), sx, sy)
-        t = str(r.get("type", "?"))
-        big = len(order) - 1 - rank < max_labels
-        _put_text(out, t if big else t[:1].upper(), (int(cx) + 4, int(cy) - 4), colors[i], 0.36)
-    return out
-
-
-def _put_text(img: np.ndarray, text: str, org: tuple[int, int], color=(255, 255, 255), scale: float = 0.4) -> None:
-    import cv2
-
-    h, w = img.shape[:2]
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    x = int(np.clip(org[0], 1, max(1, w - tw - 1)))
-    y = int(np.clip(org[1], th + 1, max(th + 1, h - 2)))
-    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
-    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
-
-
-_ASCII = str.maketrans({"→": ">", "Δ": "d", "×": "x", "·": "|", "≥": ">=", "≤": "<=", "—": "-", "–": "-"})
-
-
-def _wrap(text: str, width_px: int, scale: float) -> list[str]:
-    import cv2
-
-    words, lines, cur = text.translate(_ASCII).split(), [], ""
-    for w in words:
-        cand = f"{cur} {w}".strip()
-        if cur and cv2.getTextSize(cand, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width_px:
-            lines.append(cur)
-            cur = w
-        else:
-            cur = cand
-    return lines + ([cur] if cur else [])
-
-
-def placeholder(height: int, width: int, text: str) -> np.ndarray:
-    """A grey panel with ``text`` (wrapped) in it: what a missing signal renders as."""
-    import cv2
-
-    img = np.full((height, width, 3), 60, np.uint8)
-    cv2.line(img, (0, 0), (width - 1, height - 1), (80, 80, 80), 1)
-    cv2.line(img, (0, height - 1), (width - 1, 0), (80, 80, 80), 1)
-    lines = _wrap(text, width - 12, 0.42)
-    y0 = max(14, height // 2 - 9 * len(lines) + 9)
-    for i, ln in enumerate(lines):
-        cv2.putText(img, ln, (6, y0 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
-    return img
-
-
-def label_image(img: np.ndarray, text: str, bar_color=(32, 32, 32), text_color=(255, 255, 255)) -> np.ndarray:
-    """``img`` with a label bar above it (text wrapped to the width; ASCII rendering of ≥, →, Δ ...)."""
-    import cv2
-
-    img = _as_rgb(img)
-    lines = _wrap(text, img.shape[1] - 8, 0.42) or [""]
-    bar = np.zeros((8 + 16 * len(lines), img.shape[1], 3), np.uint8)
-    bar[:] = bar_color
-    for i, ln in enumerate(lines):
-        cv2.putText(bar, ln, (4, 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, text_color, 1, cv2.LINE_AA)
-    return np.concatenate([bar, img], axis=0)
-
-
-# ---------------------------------------------------------------- gallery panels
-
-
-@dataclass
-class Panel:
-    name: str  # one of PANELS
-    label: str  # what the panel shows (unicode; figure titles / HTML captions)
-    image: np.ndarray  # RGB uint8 at display size
-    missing: str | None = None  # what is missing, when the panel is a placeholder
-
-
-def _resize(img: np.ndarray, w: int, h: int, nearest: bool = False) -> np.ndarray:
-    import cv2
-
-    if img.shape[1] == w and img.shape[0] == h:
-        return img
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if w < img.shape[1] else cv2.INTER_LINEAR)
-    return cv2.resize(img, (w, h), interpolation=interp)
-
-
-def _resize_strokes(mask: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Downscale a thin-stroke mask without losing strokes (any coverage counts)."""
-    import cv2
-
-    if mask.shape[1] == w and mask.shape[0] == h:
-        return mask
-    m = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-    return np.where(m >= 40, 255, 0).astype(np.uint8)
-
-
-def _pct(v) -> str:
-    return "?" if v is None else f"{100 * float(v):.1f} %"
-
-
 def sample_caption(sample: Sample) -> str:
     """One line of the sample's key numbers."""
     m, sc = sample.meta, sample.scalars()
@@ -754,112 +487,33 @@ def sample_caption(sample: Sample) -> str:
     return " · ".join(parts)
 
 
-def render_panels(sample: Sample, width: int = 256, ds: QCDataset | None = None) -> list[Panel]:
-    """The gallery panels (:data:`PANELS`) of one sample, each ``width`` px wide. ``ds`` (optional)
-    explains missing signals from the run's config."""
-    src, tgt = sample.image("src"), sample.image("tgt")
-    ref = src if src is not None else tgt
-    H, W = ref.shape[:2] if ref is not None else tuple(reversed(sample.meta.get("size", [320, 240])))
-    h = max(1, int(round(H * width / W)))
-    sx, sy = width / W, h / H
+def panel_names(stages: tuple | None = None) -> tuple[str, ...]:
+    """The gallery's panels, in order: source, target, then each signal's (:attr:`Signal.panels`), in
+    the order of the stages (default: the pipeline's)."""
+    sigs = plan_signals() if stages is None else plan_signals(stages)
+    return ("source", "target") + tuple(p for g in sigs.values() for p in g.panels)
+
+
+def render_panels(
+    sample: Sample, width: int = 256, ds: QCDataset | None = None, stages: tuple | None = None
+) -> list[Panel]:
+    """The gallery panels (:func:`panel_names`) of one sample, each ``width`` px wide: source and target,
+    then what each signal draws (its :attr:`~vid2pair.core.stage.Signal.draw`, in its stage's module).
+    ``ds`` (optional) explains missing signals from the run's config; ``stages``: the pipeline (default
+    the stage graph; a test adds its own)."""
+    v = PanelView(sample, width, ds)
     m = sample.meta
-
-    def why(signal: str) -> str:
-        if ds is not None:
-            return ds.signal_note(signal, m)
-        rej = [r for r in m.get("signal_rejects") or () if r.get("signal") == signal]
-        return f"{rej[0]['stage']}/{rej[0]['reason']}: {rej[0]['detail']}" if rej else "not in this sample"
-
-    def ph(name: str, label: str, what: str, signal: str | None) -> Panel:
-        reason = f"missing: {what}" + (f" ({why(signal)})" if signal else "")
-        return Panel(name, f"{label} — missing", placeholder(h, width, reason), reason)
-
-    def disp(img, nearest=False):
-        return _resize(_as_rgb(img), width, h, nearest)
-
     panels: list[Panel] = []
-    # source / target
-    for name, img, member, label in (("source", src, "src", "source"), ("target", tgt, "tgt", "target")):
+    for name, img, member, label in (("source", v.src, "src", "source"), ("target", v.tgt, "tgt", "target")):
         t = m.get("src_time" if name == "source" else "tgt_time")
         lab = f"{label}" + (f" (frame {m.get(member + '_frame')}, t={t:.2f} s)" if t is not None else "")
-        panels.append(Panel(name, lab, disp(img)) if img is not None else ph(name, label, f"{member} image", None))
-    # flow
-    flow = sample.array("flow")
-    if flow is not None and flow.ndim == 3 and flow.shape[2] == 2:
-        p90 = ((m.get("flow") or {}).get("stats") or {}).get("p90")
         panels.append(
-            Panel("flow", "flow src→tgt" + (f" (p90 {p90:.1f} px)" if p90 is not None else ""), disp(flow_to_rgb(flow)))
+            Panel(name, lab, v.disp(img)) if img is not None else v.missing(name, label, f"{member} image", None)
         )
-    else:
-        panels.append(ph("flow", "flow src→tgt", "flow.npy", "flow"))
-    # sketch on the target
-    sk = sample.image("sketch")
-    if sk is not None and tgt is not None:
-        n = (m.get("sketch") or {}).get("n_strokes")
-        panels.append(
-            Panel(
-                "sketch",
-                "sketch on target" + (f" ({n} strokes)" if n is not None else ""),
-                overlay_sketch(disp(tgt), _resize_strokes(sk if sk.ndim == 2 else sk[..., 0], width, h)),
-            )
-        )
-    else:
-        panels.append(ph("sketch", "sketch on target", "sketch.png", "sketch"))
-    # drags on source and target
-    drag = sample.drag
-    if drag is not None:
-        pts = _points_array(drag)
-        pts_d = scale_points(pts, sx, sy) if len(pts) else pts
-        cols = [PALETTE[i % len(PALETTE)] for i in range(len(pts))]
-        rev = drag.get("direction") == "target_to_source"
-        dmask = sample.image("drag_mask")
-        for name, img, where in (("drag_src", src, "source"), ("drag_tgt", tgt, "target")):
-            if img is None:
-                panels.append(ph(name, f"drags on {where}", f"{where} image", None))
-                continue
-            base = disp(img)
-            handle_side = "target" if rev else "source"
-            if dmask is not None and where == handle_side:
-                base = overlay_mask(base, _resize(dmask, width, h, nearest=True), (80, 140, 255), 0.3)
-            tinted = ", mask tinted" if dmask is not None and where == handle_side else ""
-            lab = f"drags on {where} ({len(pts)}{tinted})"
-            if rev:
-                lab += " [tgt→src]"
-            panels.append(Panel(name, lab, draw_drag_arrows(base, pts_d, cols) if len(pts) else base))
-    else:
-        panels.append(ph("drag_src", "drags on source", "drag.json", "drag"))
-        panels.append(ph("drag_tgt", "drags on target", "drag.json", "drag"))
-    # coarse edit and collage, holes tinted
-    for name, label, signal in (("coarse", "coarse edit", "coarse"), ("collage", "collage", "collage")):
-        img, mask = sample.image(name), sample.image(f"{name}_mask")
-        if img is None:
-            panels.append(ph(name, f"{label} + holes", f"{name}.png", signal))
-            continue
-        hf = (m.get(name) or {}).get("hole_frac")
-        nseg = (m.get(name) or {}).get("n_segments") if name == "collage" else None
-        extra = f", {nseg} segments" if nseg else ""
-        lab = f"{label}, holes tinted ({_pct(hf)}{extra})" if mask is not None else f"{label} (no {name}_mask.png)"
-        panels.append(
-            Panel(name, lab, overlay_mask(disp(img), None if mask is None else _resize(mask, width, h, nearest=True)))
-        )
-    # region drags
-    rd = sample.region_drag
-    if rd is not None and src is not None:
-        regions = rd.get("regions", [])
-        rm = sample.image("region_masks")
-        rm_d = None if rm is None else _resize(rm if rm.ndim == 2 else rm[..., 0], width, h, nearest=True)
-        counts = {t: sum(t in str(r.get("type")).split("+") for r in regions) for t in REGION_TYPES}
-        desc = ", ".join(f"{c} {t} ({TYPE_COLOR_NAMES[t]})" for t, c in counts.items() if c) or "none (nothing moves)"
-        panels.append(
-            Panel(
-                "region_drag",
-                f"region drags on source: {desc}",
-                draw_region_drags(disp(src), rm_d, regions, sx=sx, sy=sy),
-            )
-        )
-    else:
-        panels.append(ph("region_drag", "region drags", "region_drag.json", "region_drag"))
-    order = {name: i for i, name in enumerate(PANELS)}
+    for g in (plan_signals() if stages is None else plan_signals(stages)).values():
+        if g.draw is not None:
+            panels.extend(g.draw(v))
+    order = {name: i for i, name in enumerate(panel_names(stages))}
     return sorted(panels, key=lambda p: order[p.name])
 
 
@@ -869,10 +523,12 @@ def error_panels(key: str, err: Exception, width: int = 256, height: int = 192) 
     return [Panel(n, f"{n} — unreadable", placeholder(height, width, msg), msg) for n in PANELS]
 
 
-def contact_sheet(sample: Sample, width: int = 320, cols: int = 3, ds: QCDataset | None = None) -> np.ndarray:
+def contact_sheet(
+    sample: Sample, width: int = 320, cols: int = 3, ds: QCDataset | None = None, stages: tuple | None = None
+) -> np.ndarray:
     """One image of every panel of ``sample`` (labelled, ``cols`` per row) under a header with the key
-    and its numbers: what ``vid2pair inspect --key`` writes."""
-    panels = render_panels(sample, width, ds)
+    and its numbers: what ``vid2pair inspect --key`` writes. ``stages``: see :func:`render_panels`."""
+    panels = render_panels(sample, width, ds, stages)
     tiles = [label_image(p.image, p.label) for p in panels]
     th = max(t.shape[0] for t in tiles)
     tiles = [np.pad(t, ((0, th - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
@@ -1307,21 +963,23 @@ def _pretty(obj, indent: int = 0, width: int = 150) -> str:
     return "[\n" + ",\n".join(items) + f"\n{pad}]"
 
 
-def inspect_key(out_dir, key: str, png_path=None, width: int = 320) -> tuple[str, Path]:
+def inspect_key(out_dir, key: str, png_path=None, width: int = 320, stages: tuple | None = None) -> tuple[str, Path]:
     """The sample's meta (and drag / region-drag json) as text, and its contact sheet written to
     ``png_path`` (default ``<out_dir>/qc/<key>.png``; ``./vid2pair-qc/<key>.png`` for an object-store
     output). Raises :class:`SampleNotFound` (a KeyError) for an unknown key, FileNotFoundError for a
-    missing output or shard."""
+    missing output or shard. ``stages``: the pipeline that wrote it (default the stage graph), whose
+    signals are drawn and listed."""
     ds = QCDataset(out_dir)
     s = ds.load(key)
     if png_path is None:
         png_path = (Path("vid2pair-qc") if ds.out.remote else ds.out.path / "qc") / f"{key}.png"
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    png_path.write_bytes(encode_image(contact_sheet(s, width, ds=ds), "png"))
+    png_path.write_bytes(encode_image(contact_sheet(s, width, ds=ds, stages=stages), "png"))
     lines = [
         f"{key}  (shard {s.shard}, {len(s.members)} members: {', '.join(sorted(s.members))})",
         sample_caption(s),
+        "signals: " + (", ".join(s.meta.get("signals") or []) or "none"),
         "",
         "meta.json:",
         _pretty(s.meta),
@@ -1330,7 +988,7 @@ def inspect_key(out_dir, key: str, png_path=None, width: int = 320) -> tuple[str
         lines += ["", "drag.json:", _pretty(s.drag)]
     if s.region_drag is not None:
         lines += ["", "region_drag.json:", _pretty(s.region_drag)]
-    miss = s.missing()
+    miss = s.missing(stages)
     if miss:
         lines += ["", "missing signals: " + "; ".join(f"{m} ({ds.signal_note(m, s.meta)})" for m in miss)]
     lines += ["", f"contact sheet: {png_path}"]

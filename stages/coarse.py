@@ -24,6 +24,7 @@ frame). Here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, Optional
 
 import numpy as np
@@ -32,6 +33,8 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, PairStage, Signal, drop_signal, pair_reject
+from vid2pair.ops.draw import draw_warped_edit
+from vid2pair.stages.evidence import judge_warped_edit
 from vid2pair.stages.splat import MODES, check_pair_arrays
 
 __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage"]
@@ -152,6 +155,12 @@ def coarse_edit(
     return img[0], holes[0], float(cov[0])
 
 
+def judge_coarse(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The coarse edit's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): those of a warped edit
+    (:func:`~vid2pair.stages.evidence.judge_warped_edit`), with the gain ``quality.coarse_min_gain_db``."""
+    judge_warped_edit("coarse", p.c.coarse_min_gain_db, p, it, sc, sig_fail)
+
+
 class CoarseStage(PairStage):
     """Adds ``coarse`` (H, W, 3) uint8, ``coarse_mask`` (H, W) uint8 (255 = hole) and ``meta["coarse"]``."""
 
@@ -159,7 +168,16 @@ class CoarseStage(PairStage):
     sections = {"coarse": CoarseConfig}
     reads = ("src", "tgt", "flow", "flow_valid")
     writes = (Member("coarse.png", "coarse", "png"), Member("coarse_mask.png", "coarse_mask", "png"))
-    signals = (Signal("coarse", ("coarse.png", "coarse_mask.png"), "coarse.enabled"),)
+    signals = (
+        Signal(
+            "coarse",
+            ("coarse.png", "coarse_mask.png"),
+            "coarse.enabled",
+            judge=judge_coarse,
+            panels=("coarse",),
+            draw=partial(draw_warped_edit, name="coarse", label="coarse edit"),
+        ),
+    )
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Literal, Optional
 
@@ -49,7 +50,9 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
-from vid2pair.stages.region_drag import RegionDragConfig, region_drags
+from vid2pair.ops.draw import draw_warped_edit
+from vid2pair.stages.evidence import judge_warped_edit
+from vid2pair.stages.region_drag import RegionDragConfig, draw_region_drag, judge_region_drag, region_drags
 from vid2pair.stages.segment import segment_pixels
 from vid2pair.stages.splat import check_pair_arrays
 
@@ -459,6 +462,12 @@ def make_collage(
     }
 
 
+def judge_collage(p, it, sc: dict, sig_fail: dict) -> None:
+    """The collage's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): those of a warped edit
+    (:func:`~vid2pair.stages.evidence.judge_warped_edit`), with the gain ``quality.min_gain_db``."""
+    judge_warped_edit("collage", p.c.min_gain_db, p, it, sc, sig_fail)
+
+
 class CollageStage(PairStage):
     """Adds the collage, its hole mask and the region drags to each pair (CPU; SAM/DPT optional)."""
 
@@ -472,8 +481,22 @@ class CollageStage(PairStage):
         Member("region_masks.png", "region_masks", "png"),
     )
     signals = (
-        Signal("collage", ("collage.png", "collage_mask.png"), "collage.enabled"),
-        Signal("region_drag", ("region_drag.json", "region_masks.png"), "region_drag.enabled"),
+        Signal(
+            "collage",
+            ("collage.png", "collage_mask.png"),
+            "collage.enabled",
+            judge=judge_collage,
+            panels=("collage",),
+            draw=partial(draw_warped_edit, name="collage", label="collage"),
+        ),
+        Signal(
+            "region_drag",
+            ("region_drag.json", "region_masks.png"),
+            "region_drag.enabled",
+            judge=judge_region_drag,
+            panels=("region_drag",),
+            draw=draw_region_drag,
+        ),
     )
 
     @staticmethod

@@ -39,8 +39,19 @@ from typing import Literal, Optional
 import cv2
 import numpy as np
 
+from vid2pair.core.items import PairItem
 from vid2pair.core.spec import knob
-from vid2pair.stages.evidence import sample_field
+from vid2pair.ops.draw import (
+    PALETTE,
+    Panel,
+    PanelView,
+    _points_array,
+    _resize,
+    draw_drag_arrows,
+    overlay_mask,
+    scale_points,
+)
+from vid2pair.stages.evidence import in_mask, moved_not_still, patch_ncc, sample_field
 
 __all__ = [
     "DragConfig",
@@ -317,3 +328,81 @@ def drag_json(
             s_xy, t_xy = t_xy, s_xy
         pts.append({"source": s_xy, "target": t_xy})
     return {"image_size": [int(image_size[0]), int(image_size[1])], "direction": direction, "points": pts}
+
+
+def drag_points(drag: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(handles on the source, targets on the target), whatever the drag.json direction."""
+    pts = drag.get("points") or []
+    s = np.array([p["source"] for p in pts], np.float32).reshape(-1, 2)
+    t = np.array([p["target"] for p in pts], np.float32).reshape(-1, 2)
+    return (t, s) if drag.get("direction") == "target_to_source" else (s, t)
+
+
+def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The drag signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`; ``p``: the pair's
+    evidence, see :func:`vid2pair.stages.evidence.judge_warped_edit`). Each drag: handle and target
+    on what moves, long enough to see, on texture, and the source patch at the handle agreeing with
+    the target patch at the target. Invalid drags are removed."""
+    meta, c, s, R = it.meta, p.c, p.s, p.R
+    if "drag" not in meta:
+        return
+    hs, ts = drag_points(meta["drag"])
+    n = len(hs)
+    ok = np.zeros(n, bool)
+    if n:
+        length = np.linalg.norm(ts - hs, axis=1)
+        ncc = patch_ncc(p.src, hs, p.tgt, ts, radius=5)
+        # both ends where the image changed in place (the content left the handle and arrived at the
+        # target), not only inside the region around what changed: a point of still background there
+        # does not move
+        near_c = cv2.dilate(p.C.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ok = (
+            in_mask(R, hs)
+            & in_mask(R, ts)
+            & in_mask(near_c, hs)
+            & in_mask(near_c, ts)
+            & (length >= c.drag_min_len_px * s)
+            & (ncc >= c.drag_min_ncc)
+            & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
+            & in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
+        )
+        meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
+    sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
+    if ok.sum() < c.min_drags:
+        sig_fail["drag"] = (
+            "drag_too_few_valid",
+            f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
+            f"{c.drag_min_len_px * s:.1f} px long and match their patches "
+            f"(< {c.min_drags})",
+        )
+
+
+def draw_drag(v: PanelView) -> list[Panel]:
+    """The drag signal's QC panels (its :attr:`~vid2pair.core.stage.Signal.draw`): the drags on the
+    source and on the target, numbered by colour, the editable region tinted on the handles' side."""
+    drag = v.sample.drag
+    if drag is None:
+        return [
+            v.missing("drag_src", "drags on source", "drag.json", "drag"),
+            v.missing("drag_tgt", "drags on target", "drag.json", "drag"),
+        ]
+    pts = _points_array(drag)
+    pts_d = scale_points(pts, v.sx, v.sy) if len(pts) else pts
+    cols = [PALETTE[i % len(PALETTE)] for i in range(len(pts))]
+    rev = drag.get("direction") == "target_to_source"
+    dmask = v.sample.image("drag_mask")
+    out = []
+    for name, img, where in (("drag_src", v.src, "source"), ("drag_tgt", v.tgt, "target")):
+        if img is None:
+            out.append(v.missing(name, f"drags on {where}", f"{where} image", None))
+            continue
+        base = v.disp(img)
+        handle_side = "target" if rev else "source"
+        if dmask is not None and where == handle_side:
+            base = overlay_mask(base, _resize(dmask, v.width, v.h, nearest=True), (80, 140, 255), 0.3)
+        tinted = ", mask tinted" if dmask is not None and where == handle_side else ""
+        lab = f"drags on {where} ({len(pts)}{tinted})"
+        if rev:
+            lab += " [tgt→src]"
+        out.append(Panel(name, lab, draw_drag_arrows(base, pts_d, cols) if len(pts) else base))
+    return out

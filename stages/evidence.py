@@ -328,3 +328,89 @@ def klt_verify(
     end, alive = _klt_chain(_grey_frames(frames), src_pts, fb_px)
     tol = tol_px + rel * np.linalg.norm(tgt_pts - src_pts, axis=1)
     return alive & (np.linalg.norm(end - tgt_pts, axis=1) <= tol)
+
+
+def residual(a: np.ndarray, b: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
+    return changed_mask(a, b, thresh, sigma)
+
+
+def edit_scores(
+    name: str,
+    edit: np.ndarray,
+    holes: np.ndarray,
+    src: np.ndarray,
+    tgt: np.ndarray,
+    C: np.ndarray,
+    R: np.ndarray,
+    c,
+    sigma: float,
+) -> dict:
+    covered = C & ~holes
+    p_edit, p_src = masked_psnr(edit, tgt, covered), masked_psnr(src, tgt, covered)
+    gain = None if p_edit is None or p_src is None else p_edit - p_src
+    return {
+        f"{name}_gain_db": None if gain is None else round(gain, 3),
+        f"{name}_false_hole_frac": round(float((holes & ~R).mean()), 5),
+        f"{name}_hole_frac": round(float(holes.mean()), 5),
+    }
+
+
+def in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    xi = np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
+    yi = np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1)
+    return mask[yi, xi]
+
+
+def blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
+    from vid2pair.stages.flow import to_gray
+
+    return _blur(to_gray(img), sigma)
+
+
+def judge_warped_edit(name: str, min_gain_db: float, p, it, sc: dict, sig_fail: dict) -> None:
+    """The rules of an edit that warps the source (the coarse edit, the collage; ``name``): it gains at
+    least ``min_gain_db`` over no edit where it covers what changed, draws no ghost there, and its
+    holes lie where something disoccludes. ``p``: the pair's evidence (the quality stage's ``_Pair``:
+    ``src``, ``tgt``, ``C``, ``R``, ``sigma`` and ``c``, the quality config)."""
+    a, c, C, R = it.arrays, p.c, p.C, p.R
+    if name not in a or f"{name}_mask" not in a:
+        return
+    holes = a[f"{name}_mask"] > 0
+    e = edit_scores(name, a[name], holes, p.src, p.tgt, C, R, c, p.sigma)
+    sc.update(e)
+    g, fh = e[f"{name}_gain_db"], e[f"{name}_false_hole_frac"]
+    ratio = e[f"{name}_hole_frac"] / max(float(C.mean()), 1e-6)
+    e[f"{name}_hole_ratio"] = sc[f"{name}_hole_ratio"] = round(ratio, 3)
+    # what it draws (holes aside) must look like the target where it changed: no ghosts
+    wrong = C & residual(a[name], p.tgt, c.change_thresh, p.sigma) & ~holes
+    wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    sc[f"{name}_unexplained_frac"] = ux = round(float(wrong.sum() / max(1, C.sum())), 4)
+    if c.max_unexplained_frac is not None and ux > c.max_unexplained_frac:
+        sig_fail.setdefault(
+            name,
+            (
+                f"{name}_unexplained",
+                f"{name} is wrong on {ux:.2f} of the changed region, holes aside (> {c.max_unexplained_frac})",
+            ),
+        )
+    elif g is None or g < (need := min_gain_db):
+        sig_fail.setdefault(
+            name, (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region (< {need})")
+        )
+    elif fh > c.max_false_hole_frac:
+        sig_fail.setdefault(
+            name,
+            (
+                f"{name}_false_holes",
+                f"{name} holes where nothing changed: {fh:.4f} of the frame (> {c.max_false_hole_frac})",
+            ),
+        )
+    elif ratio > c.max_hole_ratio:
+        sig_fail.setdefault(
+            name,
+            (
+                f"{name}_too_many_holes",
+                f"{name} holes are {ratio:.2f} x the changed area (> {c.max_hole_ratio}): more than disocclusion",
+            ),
+        )

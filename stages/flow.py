@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -45,6 +46,7 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem, pair_key
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Need, PairStage, Resources, Signal, pair_reject
+from vid2pair.ops.draw import Panel, PanelView, flow_to_rgb
 
 __all__ = [
     "FlowBackend",
@@ -665,6 +667,25 @@ def make_flow_backend(cfg: FlowConfig) -> FlowBackend:
 # the stage
 
 
+def judge_dense_flow(name: str, p, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The dense flow's rules as a signal (``name``: ``flow`` or ``flow_bwd``; its
+    :attr:`~vid2pair.core.stage.Signal.judge`): the quality stage's flow rules found it
+    inconsistent or not explaining the change (``p.flow_verdict``); the signals made from it keep
+    what of it holds, each judged by its own rules."""
+    if p.flow_verdict is not None:
+        sig_fail.setdefault(name, p.flow_verdict)
+
+
+def draw_flow(v: PanelView) -> list[Panel]:
+    """The flow's QC panel (its :attr:`~vid2pair.core.stage.Signal.draw`): the flow src -> tgt in colours."""
+    flow = v.sample.array("flow")
+    if flow is not None and flow.ndim == 3 and flow.shape[2] == 2:
+        p90 = ((v.meta.get("flow") or {}).get("stats") or {}).get("p90")
+        label = "flow src→tgt" + (f" (p90 {p90:.1f} px)" if p90 is not None else "")
+        return [Panel("flow", label, v.disp(flow_to_rgb(flow)))]
+    return [v.missing("flow", "flow src→tgt", "flow.npy", "flow")]
+
+
 def _advance(it: PairItem) -> bool:
     """Is the pair's target still to be chosen by Magic Fixup's advance rule (the clip stage made it
     under ``pairs.policy: flow_advance``, with the candidate targets as its frames)?"""
@@ -696,8 +717,15 @@ class FlowStage(PairStage):
     )
     # flow.npy / flow_bwd.npy are written by the encoder from arrays["flow"] / ["flow_bwd"]
     signals = (
-        Signal("flow", ("flow.npy",), "output.flow"),
-        Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional"),
+        Signal(
+            "flow",
+            ("flow.npy",),
+            "output.flow",
+            judge=partial(judge_dense_flow, "flow"),
+            panels=("flow",),
+            draw=draw_flow,
+        ),
+        Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional", judge=partial(judge_dense_flow, "flow_bwd")),
     )
 
     @classmethod

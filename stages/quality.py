@@ -50,7 +50,7 @@ what the sample carries (the encoder writes it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import cv2
 import numpy as np
@@ -62,24 +62,15 @@ from vid2pair.stages.evidence import (
     changed_mask,
     coherent_matches,
     fb_consistent,
-    masked_psnr,
-    moved_not_still,
+    in_mask,
     object_region,
-    patch_ncc,
-    sample_field,
+    residual,
     solid_change,
     sparse_matches,
     textured,
 )
 
-__all__ = ["QualityConfig", "QualityStage", "judge", "JUDGED_SIGNALS"]
-
-#: the training signals this stage judges (others, e.g. flow.npy or tracks.npy, pass untouched)
-JUDGED_SIGNALS = ("sketch", "drag", "coarse", "collage", "region_drag", "flow", "flow_bwd")
-#: the dense flow as a signal: dropped when it is not consistent or does not explain the change (the
-#: signals made from it keep what of it holds: holes, strokes and regions only where it is verified,
-#: each judged by its own rule)
-FLOW_SIGNALS = ("flow", "flow_bwd")
+__all__ = ["QualityConfig", "QualityStage", "judge"]
 
 
 #: every score :func:`judge` writes into ``meta["quality"]`` (the index has each as ``q_<name>``)
@@ -318,78 +309,6 @@ def _splat_explanation(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray) -> tu
     return img, holes > 0
 
 
-def _residual(a: np.ndarray, b: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
-    return changed_mask(a, b, thresh, sigma)
-
-
-def _edit_scores(
-    name: str,
-    edit: np.ndarray,
-    holes: np.ndarray,
-    src: np.ndarray,
-    tgt: np.ndarray,
-    C: np.ndarray,
-    R: np.ndarray,
-    c: QualityConfig,
-    sigma: float,
-) -> dict:
-    covered = C & ~holes
-    p_edit, p_src = masked_psnr(edit, tgt, covered), masked_psnr(src, tgt, covered)
-    gain = None if p_edit is None or p_src is None else p_edit - p_src
-    return {
-        f"{name}_gain_db": None if gain is None else round(gain, 3),
-        f"{name}_false_hole_frac": round(float((holes & ~R).mean()), 5),
-        f"{name}_hole_frac": round(float(holes.mean()), 5),
-    }
-
-
-def _drag_points(drag: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(handles on the source, targets on the target), whatever the drag.json direction."""
-    pts = drag.get("points") or []
-    s = np.array([p["source"] for p in pts], np.float32).reshape(-1, 2)
-    t = np.array([p["target"] for p in pts], np.float32).reshape(-1, 2)
-    return (t, s) if drag.get("direction") == "target_to_source" else (s, t)
-
-
-def _in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    h, w = mask.shape
-    xi = np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
-    yi = np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1)
-    return mask[yi, xi]
-
-
-def _blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
-    from vid2pair.stages.evidence import _blur
-    from vid2pair.stages.flow import to_gray
-
-    return _blur(to_gray(img), sigma)
-
-
-def _region_moves_onto_target(
-    mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, R: np.ndarray, c: QualityConfig, max_points: int = 4000
-) -> bool:
-    """A region drag's mask, moved by its transform, lands on what changed and explains the target
-    there better than the region left in place does (a mask on still road where a walker arrives
-    explains nothing when moved)."""
-    if transform is None:
-        return True  # no transform to check: the share on the change decides
-    ys, xs = np.nonzero(mask)
-    step = max(1, len(xs) // max_points)
-    p = np.stack([xs[::step], ys[::step]], 1).astype(np.float32)
-    if not len(p):
-        return False
-    A = np.asarray(transform, np.float32)
-    q = p @ A[:, :2].T + A[:, 2]
-    h, w = mask.shape
-    inside = (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
-    if inside.mean() < c.region_min_on_change or _in_mask(R, q[inside]).mean() < c.region_min_on_change:
-        return False
-    a = sample_field(gs, p[inside])[:, 0]
-    moved = float(np.abs(a - sample_field(gt, q[inside])[:, 0]).mean())
-    still = float(np.abs(a - sample_field(gt, p[inside])[:, 0]).mean())
-    return moved <= c.region_max_error_ratio * still
-
-
 def compensate_exposure(src: np.ndarray, tgt: np.ndarray, step: int = 4) -> tuple[np.ndarray, float]:
     """``src`` with a per-channel gain and offset fitted to ``tgt`` (least squares on every ``step``-th
     pixel; gains kept in [0.5, 2]) when that brings the two closer: an auto-exposure drift or a
@@ -423,6 +342,8 @@ class _Pair:
         self.flow = a.get("flow")
         self.bwd = a.get("flow_bwd")
         self.given_matches = a.get("matches")
+        #: ``(reason, detail)`` when the dense flow does not hold (set by the flow rules)
+        self.flow_verdict: Optional[tuple[str, str]] = None
         self.c = c
 
     def changed(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -503,7 +424,7 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
             tol_px=3.0 * s * 2,
         )
     move = np.linalg.norm(m[:, 2:] - m[:, :2], axis=1) if len(m) else np.zeros(0)
-    on = (_in_mask(R, m[:, :2]) & _in_mask(R, m[:, 2:])) if len(m) else np.zeros(0, bool)
+    on = (in_mask(R, m[:, :2]) & in_mask(R, m[:, 2:])) if len(m) else np.zeros(0, bool)
     p.matches = m[on & (move >= c.min_motion_px * s)]
     sc["moving_matches"] = int(len(p.matches))
     if sc["motion_px"] < c.min_motion_px * s and len(p.matches) < 2:
@@ -560,7 +481,7 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
         expl, holes = a["coarse"], a["coarse_mask"] > 0
     else:
         expl, holes = _splat_explanation(src, tgt, flow)
-    photo_bad = _residual(expl, tgt, c.change_thresh, p.sigma) & ~holes
+    photo_bad = residual(expl, tgt, c.change_thresh, p.sigma) & ~holes
     tex_tgt = textured(tgt)
     # plain on both sides, the flows cannot be checked there: the warped source matching decides
     explained |= ~tex & ~tex_tgt & ~holes & ~photo_bad
@@ -621,177 +542,18 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
             f"source warped by the flow does not explain the changed target",
         )
     if why:
-        for name in FLOW_SIGNALS:
-            sig_fail.setdefault(name, why)
+        p.flow_verdict = why  # the dense flow signals' judges (vid2pair.stages.flow.judge_dense_flow) read it
     return None
 
 
-def _edit_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
-    """The coarse edit and the collage: each gains over no edit where it covers what changed, and its
-    holes lie where something disoccludes."""
-    a, c, C, R = it.arrays, p.c, p.C, p.R
-    for name in ("coarse", "collage"):
-        if name not in a or f"{name}_mask" not in a:
-            continue
-        holes = a[f"{name}_mask"] > 0
-        e = _edit_scores(name, a[name], holes, p.src, p.tgt, C, R, c, p.sigma)
-        sc.update(e)
-        g, fh = e[f"{name}_gain_db"], e[f"{name}_false_hole_frac"]
-        ratio = e[f"{name}_hole_frac"] / max(float(C.mean()), 1e-6)
-        e[f"{name}_hole_ratio"] = sc[f"{name}_hole_ratio"] = round(ratio, 3)
-        # what it draws (holes aside) must look like the target where it changed: no ghosts
-        wrong = C & _residual(a[name], p.tgt, c.change_thresh, p.sigma) & ~holes
-        wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-        sc[f"{name}_unexplained_frac"] = ux = round(float(wrong.sum() / max(1, C.sum())), 4)
-        if c.max_unexplained_frac is not None and ux > c.max_unexplained_frac:
-            sig_fail.setdefault(
-                name,
-                (
-                    f"{name}_unexplained",
-                    f"{name} is wrong on {ux:.2f} of the changed region, holes aside (> {c.max_unexplained_frac})",
-                ),
-            )
-        elif g is None or g < (need := c.coarse_min_gain_db if name == "coarse" else c.min_gain_db):
-            sig_fail.setdefault(
-                name, (f"{name}_no_gain", f"{name} gains {g} dB over no edit on the changed region (< {need})")
-            )
-        elif fh > c.max_false_hole_frac:
-            sig_fail.setdefault(
-                name,
-                (
-                    f"{name}_false_holes",
-                    f"{name} holes where nothing changed: {fh:.4f} of the frame (> {c.max_false_hole_frac})",
-                ),
-            )
-        elif ratio > c.max_hole_ratio:
-            sig_fail.setdefault(
-                name,
-                (
-                    f"{name}_too_many_holes",
-                    f"{name} holes are {ratio:.2f} x the changed area (> {c.max_hole_ratio}): more than disocclusion",
-                ),
-            )
-
-
-def _drag_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
-    """Each drag: handle and target on what moves, long enough to see, on texture, and the source patch
-    at the handle agreeing with the target patch at the target. Invalid drags are removed."""
-    meta, c, s, R = it.meta, p.c, p.s, p.R
-    if "drag" not in meta:
-        return
-    hs, ts = _drag_points(meta["drag"])
-    n = len(hs)
-    ok = np.zeros(n, bool)
-    if n:
-        length = np.linalg.norm(ts - hs, axis=1)
-        ncc = patch_ncc(p.src, hs, p.tgt, ts, radius=5)
-        # both ends where the image changed in place (the content left the handle and arrived at the
-        # target), not only inside the region around what changed: a point of still background there
-        # does not move
-        near_c = cv2.dilate(p.C.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        ok = (
-            _in_mask(R, hs)
-            & _in_mask(R, ts)
-            & _in_mask(near_c, hs)
-            & _in_mask(near_c, ts)
-            & (length >= c.drag_min_len_px * s)
-            & (ncc >= c.drag_min_ncc)
-            & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
-            & _in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
-        )
-        meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
-    sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
-    if ok.sum() < c.min_drags:
-        sig_fail["drag"] = (
-            "drag_too_few_valid",
-            f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
-            f"{c.drag_min_len_px * s:.1f} px long and match their patches "
-            f"(< {c.min_drags})",
-        )
-
-
-def _sketch_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
-    a, c, R = it.arrays, p.c, p.R
-    if "sketch" not in a:
-        return
-    strokes = a["sketch"] > 0
-    n_on = int(strokes.sum())
-    if n_on == 0:
-        sc["sketch_on_change"] = None
-        sig_fail.setdefault("sketch", ("sketch_empty", "no stroke"))
-        return
-    width = int((it.meta.get("sketch") or {}).get("stroke_width", 3))
-    k = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
-    wide = cv2.dilate(R.astype(np.uint8), k) > 0
-    sc["sketch_on_change"] = round(float((strokes & wide).sum() / n_on), 4)
-    if p.vb is not None:  # the strokes outline content whose move the flows agree on (not flow noise)
-        near = cv2.dilate(p.verified_tgt.astype(np.uint8), k) > 0
-        sc["sketch_verified"] = round(float((strokes & near).sum() / n_on), 4)
-    if sc["sketch_on_change"] < c.sketch_min_on_change:
-        sig_fail.setdefault(
-            "sketch",
-            (
-                "sketch_off_change",
-                f"{sc['sketch_on_change']:.2f} of the stroke pixels on what changed (< {c.sketch_min_on_change})",
-            ),
-        )
-    elif sc.get("sketch_verified") is not None and sc["sketch_verified"] < c.sketch_min_verified:
-        sig_fail.setdefault(
-            "sketch",
-            (
-                "sketch_unverified",
-                f"{sc['sketch_verified']:.2f} of the stroke pixels next "
-                f"to moving content whose flow is forward-backward "
-                f"consistent (< {c.sketch_min_verified})",
-            ),
-        )
-
-
-def _region_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> None:
-    a, meta, c, R = it.arrays, it.meta, p.c, p.R
-    if "region_drag" not in meta or "region_masks" not in a:
-        return
-    regions = meta["region_drag"].get("regions") or []
-    labels = a["region_masks"]
-    keep = []
-    blur_s = _blur_gray(p.src, p.sigma), _blur_gray(p.tgt, p.sigma)
-    for r in regions:
-        m = labels == r["mask_index"] + 1
-        frac = float((m & R).sum() / max(1, m.sum()))
-        consistent = 1.0 if p.vf is None else float(p.vf[m].mean())  # (a plain halo the flow leaked onto is not)
-        move = max(float(r.get("motion_px") or 0.0), float(r.get("shift_px") or 0.0))
-        if m.mean() < c.region_min_area or move < c.min_motion_px * p.s:
-            continue
-        if (
-            frac >= c.region_min_on_change
-            and consistent >= c.region_min_consistent
-            and _region_moves_onto_target(m, r.get("transform"), *blur_s, R, c)
-        ):
-            keep.append(r)
-    lut = np.zeros(256, np.uint8)
-    for i, r in enumerate(keep):
-        lut[r["mask_index"] + 1] = i + 1
-        r["id"] = r["mask_index"] = i
-    a["region_masks"] = lut[labels]
-    meta["region_drag"]["regions"] = keep
-    sc["region_total"], sc["region_valid"] = len(regions), len(keep)
-    if not keep:
-        sig_fail.setdefault(
-            "region_drag",
-            (
-                "region_off_change",
-                f"none of {len(regions)} regions lies on what "
-                f"changed (>= {c.region_min_on_change} of its mask), "
-                f"covers >= {c.region_min_area} of the frame, moves "
-                f">= {c.min_motion_px * p.s:.1f} px and, moved by "
-                f"its transform, explains the target",
-            ),
-        )
-
-
-def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
+def judge(
+    it: PairItem, c: QualityConfig, judges: Iterable[tuple[str, Optional[Callable]]] = ()
+) -> tuple[dict, list[tuple[str, str]], dict[str, tuple[str, str]]]:
     """Scores, failed pair rules ``[(reason, detail)]`` and failed signal rules
-    ``{signal: (reason, detail)}`` of one pair; also filters its drags and region drags in place."""
+    ``{signal: (reason, detail)}`` of one pair. The pair rules and the dense flow's rules are this
+    module's; each signal's rules are its own ``judges``: ``(name, Signal.judge)`` of the signals
+    the pair may carry (:func:`vid2pair.pipeline.plan.signal_judges`), which may also filter its
+    members in place (drags, region drags)."""
     p = _Pair(it, c)
     sc: dict[str, Any] = {}
     sig_fail: dict[str, tuple[str, str]] = {}
@@ -801,10 +563,9 @@ def judge(it: PairItem, c: QualityConfig) -> tuple[dict, list[tuple[str, str]], 
         fail = _flow_rules(p, it, sc, sig_fail)
     if fail is not None:
         return sc, [fail], sig_fail
-    _edit_rules(p, it, sc, sig_fail)
-    _drag_rules(p, it, sc, sig_fail)
-    _sketch_rules(p, it, sc, sig_fail)
-    _region_rules(p, it, sc, sig_fail)
+    for _, judge_signal in judges:  # each signal's own rules (Signal.judge, in its stage's module)
+        if judge_signal is not None:
+            judge_signal(p, it, sc, sig_fail)
     return sc, [], sig_fail
 
 
@@ -835,21 +596,24 @@ class QualityStage(PairStage):
 
     @classmethod
     def build(cls, cfg, upstream=()):
-        # which arrays / meta entries make up each judged signal, from the stages before this one
+        # each signal with a judge, from the stages before this one, and the arrays / meta entries it is made of
         keys: dict[str, list[tuple[str, str]]] = {}
+        judges: dict[str, Callable] = {}
         for S in upstream:
             by_member = {m.name: m for m in S.writes}
             for sig in S.signals:
-                if sig.name in ("flow", "flow_bwd") and cfg.output.flow == "none":
-                    continue  # not written: nothing to judge
-                if sig.name in JUDGED_SIGNALS:
-                    keys[sig.name] = [
-                        (by_member[n].key, by_member[n].codec)
-                        if n in by_member
-                        else (n.rsplit(".", 1)[0], "npy")  # flow.npy: the encoder writes arrays["flow"]
-                        for n in sig.members
-                    ]
-        return cls(cfg, keys)
+                if sig.judge is None:
+                    continue
+                judges[sig.name] = sig.judge
+                if cfg.output.flow == "none" and any(n not in by_member for n in sig.members):
+                    continue  # the encoder's own members (flow.npy): not written, nothing to drop
+                keys[sig.name] = [
+                    (by_member[n].key, by_member[n].codec)
+                    if n in by_member
+                    else (n.rsplit(".", 1)[0], "npy")  # flow.npy: the encoder writes arrays["flow"]
+                    for n in sig.members
+                ]
+        return cls(cfg, keys, judges)
 
     @classmethod
     def index_columns(cls, meta: dict) -> dict:
@@ -858,10 +622,11 @@ class QualityStage(PairStage):
 
     index_schema = {f"q_{k}": t for k, t in SCORES.items()}
 
-    def __init__(self, cfg, signal_keys: Optional[dict] = None):
+    def __init__(self, cfg, signal_keys: Optional[dict] = None, judges: Optional[dict] = None):
         super().__init__(cfg)
         self.c: QualityConfig = cfg.quality
         self.signal_keys = signal_keys or {}
+        self.judges: dict[str, Callable] = judges or {}
 
     def _carried(self, it: PairItem) -> list[str]:
         out = []
@@ -877,13 +642,13 @@ class QualityStage(PairStage):
     def one(self, it: PairItem) -> Item:
         c = self.c
         had = self._carried(it)
-        sc, pair_fail, sig_fail = judge(it, c)
+        sc, pair_fail, sig_fail = judge(it, c, self.judges.items())
         it.meta["quality"] = sc
         if pair_fail:
             reason, detail = pair_fail[0]
             return pair_reject(it, self.name, reason, "; ".join(d for _, d in pair_fail)[:500])
         failed = [s for s in had if s in sig_fail]
-        earlier = [r for r in it.meta.get("signal_rejects", ()) if r["signal"] in JUDGED_SIGNALS]
+        earlier = [r for r in it.meta.get("signal_rejects", ()) if r["signal"] in self.judges]
         if (failed or earlier) and not c.drop_signals:
             why = [f"{r['signal']}: {r['detail']}" for r in earlier] + [f"{s}: {sig_fail[s][1]}" for s in failed]
             reason = sig_fail[failed[0]][0] if failed else earlier[0]["reason"]

@@ -48,7 +48,10 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from vid2pair.core.items import PairItem
 from vid2pair.core.spec import knob
+from vid2pair.ops.draw import REGION_TYPES, TYPE_COLOR_NAMES, Panel, PanelView, draw_region_drags
+from vid2pair.stages.evidence import blur_gray, in_mask, sample_field
 
 __all__ = ["RegionDragConfig", "region_drags", "classify", "TYPES"]
 
@@ -294,3 +297,86 @@ def region_drags(
             }
         )
     return {"image_size": [int(w), int(h)], "regions": out, "mask_encoding": "label map: value mask_index + 1"}, masks
+
+
+def region_moves_onto_target(
+    mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, R: np.ndarray, c, max_points: int = 4000
+) -> bool:
+    """A region drag's mask, moved by its transform, lands on what changed and explains the target
+    there better than the region left in place does (a mask on still road where a walker arrives
+    explains nothing when moved)."""
+    if transform is None:
+        return True  # no transform to check: the share on the change decides
+    ys, xs = np.nonzero(mask)
+    step = max(1, len(xs) // max_points)
+    p = np.stack([xs[::step], ys[::step]], 1).astype(np.float32)
+    if not len(p):
+        return False
+    A = np.asarray(transform, np.float32)
+    q = p @ A[:, :2].T + A[:, 2]
+    h, w = mask.shape
+    inside = (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
+    if inside.mean() < c.region_min_on_change or in_mask(R, q[inside]).mean() < c.region_min_on_change:
+        return False
+    a = sample_field(gs, p[inside])[:, 0]
+    moved = float(np.abs(a - sample_field(gt, q[inside])[:, 0]).mean())
+    still = float(np.abs(a - sample_field(gt, p[inside])[:, 0]).mean())
+    return moved <= c.region_max_error_ratio * still
+
+
+def judge_region_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The region-drag signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): regions on
+    what changed, large enough, moving visibly, consistent, and explaining the target when moved;
+    the others are removed."""
+    a, meta, c, R = it.arrays, it.meta, p.c, p.R
+    if "region_drag" not in meta or "region_masks" not in a:
+        return
+    regions = meta["region_drag"].get("regions") or []
+    labels = a["region_masks"]
+    keep = []
+    blur_s = blur_gray(p.src, p.sigma), blur_gray(p.tgt, p.sigma)
+    for r in regions:
+        m = labels == r["mask_index"] + 1
+        frac = float((m & R).sum() / max(1, m.sum()))
+        consistent = 1.0 if p.vf is None else float(p.vf[m].mean())  # (a plain halo the flow leaked onto is not)
+        move = max(float(r.get("motion_px") or 0.0), float(r.get("shift_px") or 0.0))
+        if m.mean() < c.region_min_area or move < c.min_motion_px * p.s:
+            continue
+        if (
+            frac >= c.region_min_on_change
+            and consistent >= c.region_min_consistent
+            and region_moves_onto_target(m, r.get("transform"), *blur_s, R, c)
+        ):
+            keep.append(r)
+    lut = np.zeros(256, np.uint8)
+    for i, r in enumerate(keep):
+        lut[r["mask_index"] + 1] = i + 1
+        r["id"] = r["mask_index"] = i
+    a["region_masks"] = lut[labels]
+    meta["region_drag"]["regions"] = keep
+    sc["region_total"], sc["region_valid"] = len(regions), len(keep)
+    if not keep:
+        sig_fail.setdefault(
+            "region_drag",
+            (
+                "region_off_change",
+                f"none of {len(regions)} regions lies on what "
+                f"changed (>= {c.region_min_on_change} of its mask), "
+                f"covers >= {c.region_min_area} of the frame, moves "
+                f">= {c.min_motion_px * p.s:.1f} px and, moved by "
+                f"its transform, explains the target",
+            ),
+        )
+
+
+def draw_region_drag(v: PanelView) -> list[Panel]:
+    """The region drags' QC panel (its :attr:`~vid2pair.core.stage.Signal.draw`): each region on the
+    source in the colour of its operation type, with its handle -> target arrows."""
+    rd = v.sample.region_drag
+    if rd is None or v.src is None:
+        return [v.missing("region_drag", "region drags", "region_drag.json", "region_drag")]
+    regions = rd.get("regions", [])
+    counts = {t: sum(t in str(r.get("type")).split("+") for r in regions) for t in REGION_TYPES}
+    desc = ", ".join(f"{c} {t} ({TYPE_COLOR_NAMES[t]})" for t, c in counts.items() if c) or "none (nothing moves)"
+    img = draw_region_drags(v.disp(v.src), v.mask(v.sample.image("region_masks")), regions, sx=v.sx, sy=v.sy)
+    return [Panel("region_drag", f"region drags on source: {desc}", img)]

@@ -44,6 +44,7 @@ import numpy as np
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import Member, PairStage, Signal, pair_reject
+from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
 from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["SketchConfig", "sketch_from_flow", "edge_strength", "thin", "target_flow", "SketchStage"]
@@ -252,6 +253,61 @@ def sketch_from_flow(flow: np.ndarray, cfg: Optional[SketchConfig] = None, info:
     return out
 
 
+def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The sketch signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): at least one stroke,
+    the strokes on what changed and next to content whose move the flows verify."""
+    a, c, R = it.arrays, p.c, p.R
+    if "sketch" not in a:
+        return
+    strokes = a["sketch"] > 0
+    n_on = int(strokes.sum())
+    if n_on == 0:
+        sc["sketch_on_change"] = None
+        sig_fail.setdefault("sketch", ("sketch_empty", "no stroke"))
+        return
+    width = int((it.meta.get("sketch") or {}).get("stroke_width", 3))
+    k = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    wide = cv2.dilate(R.astype(np.uint8), k) > 0
+    sc["sketch_on_change"] = round(float((strokes & wide).sum() / n_on), 4)
+    if p.vb is not None:  # the strokes outline content whose move the flows agree on (not flow noise)
+        near = cv2.dilate(p.verified_tgt.astype(np.uint8), k) > 0
+        sc["sketch_verified"] = round(float((strokes & near).sum() / n_on), 4)
+    if sc["sketch_on_change"] < c.sketch_min_on_change:
+        sig_fail.setdefault(
+            "sketch",
+            (
+                "sketch_off_change",
+                f"{sc['sketch_on_change']:.2f} of the stroke pixels on what changed (< {c.sketch_min_on_change})",
+            ),
+        )
+    elif sc.get("sketch_verified") is not None and sc["sketch_verified"] < c.sketch_min_verified:
+        sig_fail.setdefault(
+            "sketch",
+            (
+                "sketch_unverified",
+                f"{sc['sketch_verified']:.2f} of the stroke pixels next "
+                f"to moving content whose flow is forward-backward "
+                f"consistent (< {c.sketch_min_verified})",
+            ),
+        )
+
+
+def draw_sketch(v: PanelView) -> list[Panel]:
+    """The sketch's QC panel (its :attr:`~vid2pair.core.stage.Signal.draw`): the strokes on the target."""
+    sk = v.sample.image("sketch")
+    if sk is None or v.tgt is None:
+        return [v.missing("sketch", "sketch on target", "sketch.png", "sketch")]
+    n = (v.meta.get("sketch") or {}).get("n_strokes")
+    strokes = _resize_strokes(sk if sk.ndim == 2 else sk[..., 0], v.width, v.h)
+    return [
+        Panel(
+            "sketch",
+            "sketch on target" + (f" ({n} strokes)" if n is not None else ""),
+            overlay_sketch(v.disp(v.tgt), strokes),
+        )
+    ]
+
+
 class SketchStage(PairStage):
     """Adds ``arrays["sketch"]`` (H, W) uint8 (255 strokes on 0, target layout) and ``meta["sketch"]``."""
 
@@ -259,7 +315,9 @@ class SketchStage(PairStage):
     sections = {"sketch": SketchConfig}
     reads = ("src", "tgt", "flow", "flow_bwd", "flow_bwd_valid")
     writes = (Member("sketch.png", "sketch", "png"),)
-    signals = (Signal("sketch", ("sketch.png",), "sketch.enabled"),)
+    signals = (
+        Signal("sketch", ("sketch.png",), "sketch.enabled", judge=judge_sketch, panels=("sketch",), draw=draw_sketch),
+    )
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -47,7 +47,7 @@ from vid2pair.core.items import Item, PairItem
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
-from vid2pair.stages.drag import DragConfig
+from vid2pair.stages.drag import DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
     klt_tracks,
@@ -587,7 +587,14 @@ class TrackStage(PairStage):
         Member("drag_mask.png", "drag_mask", "png"),
     )
     signals = (
-        Signal("drag", ("drag.json", "drag_mask.png"), "track.enabled"),
+        Signal(
+            "drag",
+            ("drag.json", "drag_mask.png"),
+            "track.enabled",
+            judge=judge_drag,
+            panels=("drag_src", "drag_tgt"),
+            draw=draw_drag,
+        ),
         Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"),
     )
 

@@ -165,15 +165,19 @@ def test_signals_and_trainer_members_come_from_the_declarations():
 
 
 def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
-    """tests/toy_stage.py adds a signal: with one more line in the stage list, its members are
-    encoded into every sample (through the isolation child), its index column appears, its signal
-    is listed and its needs are checked before any work."""
+    """tests/toy_stage.py adds a signal: with one more line in the stage list (before the quality
+    stage), its members are encoded into the samples (through the isolation child), the quality stage
+    runs its own rule (dropping it where the rule fails, with a signal-level reject), the QC gallery
+    and ``inspect`` draw and list it, its index column appears, its signal is listed and its needs
+    are checked before any work."""
     from toy_stage import NeedyToyStage, ToyStage
 
+    from vid2pair.pipeline import qc
+    from vid2pair.pipeline.io import read_rejects
     from vid2pair.pipeline.models import check_build_weights
     from vid2pair.pipeline.runners import build
 
-    stages = (*STAGES[:-1], ToyStage, STAGES[-1])
+    stages = (*STAGES[:-2], ToyStage, *STAGES[-2:])
     cfg = load_config(
         "demo",
         [
@@ -190,23 +194,42 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
 
     idx = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "out" / "index").glob("*.parquet"))])
     assert idx["toy_mean"].notna().all()
-    n = 0
+    n, odd = 0, []
     for tar in sorted((tmp_path / "out" / "shards").glob("*.tar")):
         with tarfile.open(tar) as tf:
             names = tf.getnames()
             for m in names:
-                if m.endswith(".toy.json"):
+                if m.endswith(".meta.json"):
+                    key = m[: -len(".meta.json")]
+                    meta = json.loads(tf.extractfile(m).read())
+                    if meta["src_frame"] % 2:  # judged and dropped: the pair is written without it
+                        odd.append(key)
+                        assert f"{key}.toy.png" not in names and "toy" not in meta["signals"]
+                        continue
                     n += 1
-                    key = m[: -len(".toy.json")]
-                    assert json.loads(tf.extractfile(m).read()) == {"hello": key}
-                    assert f"{key}.toy.png" in names
-                    meta = json.loads(tf.extractfile(f"{key}.meta.json").read())
+                    assert "toy" in meta["signals"]
+                    assert json.loads(tf.extractfile(f"{key}.toy.json").read()) == {"hello": key}
                     assert "toy.png" in meta["files"] and "toy_json" not in meta
                     from PIL import Image
 
                     toy = np.asarray(Image.open(io.BytesIO(tf.extractfile(f"{key}.toy.png").read())))
                     assert toy.shape == (96, 128, 3)
-    assert n == s["samples"]
+    assert n and odd and n + len(odd) == s["samples"]
+    rej = read_rejects(tmp_path / "out")
+    toy_rej = rej[(rej["level"] == "signal") & rej["detail"].str.contains("is odd")]
+    assert sorted(toy_rej["key"]) == sorted(odd) and set(toy_rej["reason"]) == {"toy_odd_frame"}
+    # drawn in the gallery, and listed by inspect
+    ds = qc.QCDataset(tmp_path / "out")
+    for key in (odd[0], next(k for k in idx["key"] if k not in odd)):
+        panels = {p.name: p for p in qc.render_panels(ds.load(key), 128, ds, stages=stages)}
+        assert list(panels) == [*qc.PANELS, "toy"]
+        if key in odd:
+            assert "quality/toy_odd_frame" in panels["toy"].missing
+        else:
+            assert panels["toy"].missing is None and panels["toy"].image.shape == (96, 128, 3)
+        text, _ = qc.inspect_key(tmp_path / "out", key, tmp_path / f"{key}.png", stages=stages)
+        assert ("toy (quality/toy_odd_frame" in text) == (key in odd)
+        assert ("signals: " in text) and (("toy" in text.split("signals: ")[1].split("\n")[0]) != (key in odd))
     assert signals(stages)["toy"].members == ("toy.png", "toy.json")
     problems = check_build_weights(cfg, stages=(*STAGES[:-1], NeedyToyStage, STAGES[-1]))
     assert problems == ["toy.backend=needy needs the vid2pair_no_such_module package: pip install 'vid2pair[toy]'"]

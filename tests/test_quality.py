@@ -10,7 +10,7 @@ import pytest
 
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.pipeline.config import load_config
-from vid2pair.pipeline.plan import build_pair_stages, pair_classes
+from vid2pair.pipeline.plan import build_pair_stages, pair_classes, signal_judges
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
 from vid2pair.stages.quality import QualityConfig, judge
@@ -131,7 +131,7 @@ def test_a_camera_shake_below_the_limit_does_not_count_as_change(clean):
     edges = raw & ~(cv2.dilate(object_region(still).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
     assert edges.sum() > 500  # changed by the shake alone
     it.arrays["sketch"] = np.where(edges, 255, 0).astype(np.uint8)
-    sc, pair_fail, sig_fail = judge(it, qc)
+    sc, pair_fail, sig_fail = judge(it, qc, signal_judges())
     assert not pair_fail, pair_fail
     assert 0.5 < sc["camera_shift_px"] < 0.94 and sc["changed_frac"] > 1.3 * clean_frac, sc
     assert sc["changed_frac_aligned"] == pytest.approx(clean_frac, rel=0.05), sc
@@ -154,7 +154,7 @@ def test_wrong_flow_is_caught_whatever_made_it(clean):
     it = _run(c.frames, _cfg(), upto="motion")
     it.arrays["flow"][:] = 0.0
     it.arrays["flow_bwd"][:] = 0.0
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail and sc["moving_matches"] >= 2, (sc, pair_fail)
     assert sig_fail["flow"][0] == sig_fail["flow_bwd"][0] == "flow_unexplained", sig_fail
     assert sc["unexplained_frac"] > 0.5, sc
@@ -169,7 +169,7 @@ def test_drags_on_still_content_or_off_their_patch_are_removed(clean):
         {"source": [300.0, 20.0], "target": [300.0, 20.0]},  # zero-length, on the still background
         {"source": good[0]["source"], "target": [20.0, 220.0]},  # a handle on the object, target off it
     ]
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail and "drag" not in sig_fail
     assert sc["drag_total"] == n + 2 and sc["drag_valid"] == n
     assert it.meta["drag"]["points"] == good
@@ -239,7 +239,7 @@ def test_a_flow_that_is_not_forward_backward_consistent(clean):
     it.arrays["flow_bwd"] = it.arrays["flow"].copy()
     it.arrays.pop("flow_valid", None)
     it.arrays.pop("flow_bwd_valid", None)
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail and sig_fail["flow"][0] == "flow_inconsistent", (sc, sig_fail)
     assert sc["fb_consistent"] < 0.2, sc
 
@@ -251,7 +251,7 @@ def test_holes_where_nothing_changed_drop_the_edit(clean, name):
     it = _collage_item(clean)
     it.arrays[f"{name}_mask"] = it.arrays[f"{name}_mask"].copy()
     it.arrays[f"{name}_mask"][0:50, 260:320] = 255
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail, pair_fail
     assert sig_fail[name][0] == f"{name}_false_holes" and sc[f"{name}_false_hole_frac"] > 0.03, (sc, sig_fail)
 
@@ -266,7 +266,7 @@ def test_holes_over_most_of_the_change_drop_the_edit(clean, name):
     rows = np.ones((H, 1), bool)
     rows[::10] = False
     it.arrays[f"{name}_mask"] = np.where((C & rows) | (it.arrays[f"{name}_mask"] > 0), 255, 0).astype(np.uint8)
-    sc, pair_fail, sig_fail = judge(it, qc)
+    sc, pair_fail, sig_fail = judge(it, qc, signal_judges())
     assert not pair_fail, pair_fail
     assert sig_fail[name][0] == f"{name}_too_many_holes", (sc, sig_fail)
     assert sc[f"{name}_hole_ratio"] > 0.75 and sc[f"{name}_gain_db"] >= qc.min_gain_db, sc
@@ -278,7 +278,7 @@ def test_too_few_valid_drags_drop_the_drag_signal(clean):
         {"source": [300.0, 20.0], "target": [300.0, 20.0]},  # zero-length, still wall
         {"source": [20.0, 220.0], "target": [24.0, 220.0]},
     ]  # on the still background
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail and sig_fail["drag"][0] == "drag_too_few_valid", sig_fail
     assert (sc["drag_total"], sc["drag_valid"]) == (2, 0)
 
@@ -286,7 +286,7 @@ def test_too_few_valid_drags_drop_the_drag_signal(clean):
 def test_an_empty_sketch_is_dropped(clean):
     it = _collage_item(clean)
     it.arrays["sketch"] = np.zeros((H, W), np.uint8)
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail and sig_fail["sketch"] == ("sketch_empty", "no stroke") and sc["sketch_on_change"] is None
 
 
@@ -301,7 +301,7 @@ def test_regions_off_the_change_are_dropped(clean):
     for k, r in enumerate(regions):
         labels[0:30, 200 + 10 * (k % 10) : 210 + 10 * (k % 10)] = r["mask_index"] + 1
     it.arrays["region_masks"] = labels
-    sc, pair_fail, sig_fail = judge(it, QualityConfig())
+    sc, pair_fail, sig_fail = judge(it, QualityConfig(), signal_judges())
     assert not pair_fail and sig_fail["region_drag"][0] == "region_off_change", sig_fail
     assert sc["region_valid"] == 0 and sc["region_total"] == len(regions) and it.meta["region_drag"]["regions"] == []
 
@@ -327,6 +327,6 @@ def test_a_camera_jolt_on_a_smooth_scene_is_camera_moved(dx):
     )
     frames = np.stack([cv2.GaussianBlur(f, (0, 0), 6) for f in frames])
     it = _run(frames, _cfg(), upto="collage")
-    sc, pair_fail, _ = judge(it, QualityConfig())
+    sc, pair_fail, _ = judge(it, QualityConfig(), signal_judges())
     assert [r for r, _ in pair_fail] == ["camera_moved"], (sc, pair_fail)
     assert sc["changed_frac"] < 0.4 and sc["camera_shift_px"] == pytest.approx(np.hypot(dx, dx / 2), abs=0.15), sc

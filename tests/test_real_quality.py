@@ -24,6 +24,7 @@ from tests.conftest import shared_inputs
 from vid2pair.core.items import PairItem
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.io import read_index, read_rejects
+from vid2pair.pipeline.plan import signal_judges
 from vid2pair.pipeline.runners import build
 from vid2pair.stages.evidence import changed_mask
 from vid2pair.stages.quality import judge
@@ -149,7 +150,7 @@ def test_every_written_sample_passes_the_quality_rules_again(real_out):
             assert sc["motion_ratio"] >= q.min_motion_ratio, (key, sc)
             assert sc["orphan_blob_frac"] <= q.max_unexplained_blob_frac, (key, sc)
             continue
-        sc, pair_fail, sig_fail = judge(it, q)
+        sc, pair_fail, sig_fail = judge(it, q, signal_judges())
         assert not pair_fail, (key, pair_fail, sc)
         assert not (set(sig_fail) & carried), (key, sig_fail, sc)
         rejudged += 1

@@ -1,7 +1,8 @@
 """A stage written the way a new signal is added: one module, one line in the stage list.
 
-It writes ``toy.png`` (the source, inverted), declares a ``toy`` signal and an index column (and
-its type);
+It writes ``toy.png`` (the source, inverted), declares a ``toy`` signal with its own quality rule
+(:func:`judge_toy`: the quality stage drops it from pairs whose source frame number is odd) and
+its own QC panel (:func:`draw_toy`), and an index column (and its type);
 tests/test_contract.py checks that the encoder, the index, the signal list and the pre-flight
 follow from these declarations alone.
 """
@@ -11,13 +12,32 @@ from __future__ import annotations
 import numpy as np
 
 from vid2pair.core.stage import Member, Need, PairStage, Signal
+from vid2pair.ops.draw import Panel, PanelView
+
+
+def judge_toy(p, it, sc: dict, sig_fail: dict) -> None:
+    """The toy's rule: it is the inverted source, and the source frame number is even."""
+    if "toy" not in it.arrays:
+        return
+    if not np.array_equal(it.arrays["toy"], 255 - p.src):
+        sig_fail["toy"] = ("toy_not_inverted", "toy.png is not the inverted source")
+    elif it.meta["src_frame"] % 2:
+        sig_fail["toy"] = ("toy_odd_frame", f"source frame {it.meta['src_frame']} is odd")
+
+
+def draw_toy(v: PanelView) -> list[Panel]:
+    """The toy's QC panel: toy.png, or a placeholder saying why it is missing."""
+    img = v.sample.image("toy.png")  # (toy.json shares the stem)
+    if img is None:
+        return [v.missing("toy", "toy", "toy.png", "toy")]
+    return [Panel("toy", "toy (the inverted source)", v.disp(img))]
 
 
 class ToyStage(PairStage):
     name = "toy"
     reads = ("src",)
     writes = (Member("toy.png", "toy", "png"), Member("toy.json", "toy_json", "json"))
-    signals = (Signal("toy", ("toy.png", "toy.json"), "toy.enabled"),)
+    signals = (Signal("toy", ("toy.png", "toy.json"), "toy.enabled", judge=judge_toy, panels=("toy",), draw=draw_toy),)
 
     @classmethod
     def index_columns(cls, meta: dict) -> dict:

@@ -1,0 +1,1 @@
+"""Operations shared by the stages and the pipeline (image drawing, ...): no stage, no Ray."""
