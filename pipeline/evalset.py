@@ -40,6 +40,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from vid2pair.ops.image import to_gray
+
 FORMATS = ("dragbench", "vid2pair-eval")
 #: DragBench's category folders (its scripts loop over exactly these)
 DRAGBENCH_CATEGORIES = (
@@ -461,8 +463,8 @@ def point_errors(src: np.ndarray, result: np.ndarray, pts: np.ndarray) -> np.nda
     patch of the source best matches the result (normalised cross-correlation of grey patches,
     searched over a window round the target wide enough to hold the handle: content left in place
     scores the drag's length)."""
-    g0 = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    g1 = cv2.cvtColor(result, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    g0 = to_gray(src).astype(np.float32)
+    g1 = to_gray(result).astype(np.float32)
     h, w = g0.shape
     half = max(3, int(round(PATCH_PX * w / 512)) // 2)
     errs = []

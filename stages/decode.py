@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.spec import knob, need
+from vid2pair.ops.image import to_gray
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _fingerprint(small: np.ndarray) -> tuple[bytes, np.ndarray]:
     digest = hashlib.blake2b(np.ascontiguousarray(small).tobytes(), digest_size=8).digest()
     h, w = small.shape[:2]
     th = max(1, int(round(h * THUMB_W / w)))
-    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    grey = to_gray(small)
     return digest, cv2.resize(grey, (THUMB_W, th), interpolation=cv2.INTER_AREA)
 
 

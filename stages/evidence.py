@@ -22,6 +22,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from vid2pair.ops.image import to_gray
+
 __all__ = [
     "changed_mask",
     "object_region",
@@ -72,7 +74,7 @@ def object_region(changed: np.ndarray, close_px: int = 3, dilate_px: int = 2) ->
 def textured(img: np.ndarray, min_grad: float = 4.0, sigma: float = 1.0) -> np.ndarray:
     """(H, W) bool: where the blurred grey image has a gradient above ``min_grad`` grey levels / px,
     i.e. where motion is observable (a flow on a plain wall or desk cannot be checked, nor seen)."""
-    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    g = to_gray(img)
     g = _blur(g, sigma)
     return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) / 8.0 > min_grad
 
@@ -133,7 +135,7 @@ def _patches(img: np.ndarray, pts: np.ndarray, radius: int) -> np.ndarray:
     offs = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1)
     offs = offs.reshape(-1, 2).astype(np.float32)
     pts = np.asarray(pts, np.float32).reshape(-1, 2)
-    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    g = to_gray(img)
     return sample_field(g.astype(np.float32), (pts[:, None, :] + offs[None]).reshape(-1, 2)).reshape(len(pts), -1)
 
 
@@ -207,8 +209,8 @@ def sparse_matches(
     of each when given), matched by mutual nearest neighbours that pass Lowe's ratio test, kept when
     the 11x11 grey patches around both ends correlate (NCC >= ``min_ncc``). Not geometrically
     filtered: each match stands alone (a hand and the cup it carries move differently)."""
-    g1 = src if src.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(src), cv2.COLOR_RGB2GRAY)
-    g2 = tgt if tgt.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(tgt), cv2.COLOR_RGB2GRAY)
+    g1 = to_gray(src)
+    g2 = to_gray(tgt)
     mask = None if region is None else region.astype(np.uint8) * 255
     sift = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=0.02)
     k1, d1 = sift.detectAndCompute(g1, mask)
@@ -282,7 +284,7 @@ def _klt_chain(grey: list, p: np.ndarray, fb_px: float, hop_ncc: float = 0.7) ->
 
 
 def _grey_frames(frames) -> list:
-    return [f if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    return [to_gray(f) for f in frames]
 
 
 def klt_tracks(
@@ -363,7 +365,6 @@ def in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
-    from vid2pair.stages.flow import to_gray
 
     return _blur(to_gray(img), sigma)
 

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.spec import knob, need
+from vid2pair.ops.image import to_gray
 
 
 @dataclass
@@ -283,7 +284,7 @@ def screen_frame(small_rgb: np.ndarray, width: int = 128) -> np.ndarray:
     (At 64 px a person drinking at 1/8 of a 1080p frame's width left no solid change.)"""
     h, w = small_rgb.shape[:2]
     width = min(width, w)
-    g = cv2.cvtColor(small_rgb, cv2.COLOR_RGB2GRAY) if small_rgb.ndim == 3 else small_rgb
+    g = to_gray(small_rgb)
     g = cv2.resize(g, (width, max(2, int(round(h * width / w)))), interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(g.astype(np.float32), (0, 0), 0.8)
 

@@ -58,6 +58,7 @@ import numpy as np
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
+from vid2pair.ops.image import to_gray
 from vid2pair.stages.evidence import (
     changed_mask,
     coherent_matches,
@@ -376,7 +377,7 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
     if c.max_camera_shift_px is not None:
         from vid2pair.stages.static_camera import pair_camera_fit
 
-        shift, _, cam = pair_camera_fit(cv2.cvtColor(comp, cv2.COLOR_RGB2GRAY), cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY))
+        shift, _, cam = pair_camera_fit(to_gray(comp), to_gray(tgt))
         sc["camera_shift_px"] = None if shift is None else round(shift, 3)
         if shift is not None and shift > c.max_camera_shift_px * s:
             return "camera_moved", (

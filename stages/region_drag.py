@@ -51,6 +51,7 @@ import numpy as np
 from vid2pair.core.items import PairItem
 from vid2pair.core.spec import knob
 from vid2pair.ops.draw import REGION_TYPES, TYPE_COLOR_NAMES, Panel, PanelView, draw_region_drags
+from vid2pair.ops.similarity import _similarity_params, fit_similarity, segment_median_flow
 from vid2pair.stages.evidence import blur_gray, in_mask, sample_field
 
 __all__ = ["RegionDragConfig", "region_drags", "classify", "TYPES"]
@@ -162,7 +163,6 @@ def region_drags(
     ``labels``: the collage's segment label map (-1 = none); ``fits``: its
     :class:`stages.collage.SegmentFit` list (``transform`` may be None); ``flow`` (H, W, 2) src -> tgt.
     """
-    from vid2pair.stages.collage import _similarity_params, fit_similarity, segment_median_flow
     from vid2pair.stages.segment import segment_pixels
 
     cfg = cfg or RegionDragConfig()

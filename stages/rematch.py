@@ -36,8 +36,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from vid2pair.ops.image import to_gray
 from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
-from vid2pair.stages.flow import to_gray
 
 __all__ = ["rematch_objects", "split_segments", "COVERED"]
 

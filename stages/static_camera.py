@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.spec import knob
+from vid2pair.ops.image import to_gray
 from vid2pair.stages.evidence import changed_mask, object_region
 
 
@@ -214,7 +215,7 @@ def camera_motion_score(
     invisible there and the shot counts as static (``mode: plain_background``, score 0).
     Otherwise ``tracked`` is False and the score infinite: the camera motion cannot be established.
     """
-    gray = [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    gray = [to_gray(f) for f in frames]
     h, w = gray[0].shape
     diag = float(np.hypot(w, h))
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)

@@ -47,6 +47,9 @@ from vid2pair.core.items import Item, PairItem
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
+from vid2pair.ops.flow_backends import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, plan_hops
+from vid2pair.ops.flow_math import invert_flow
+from vid2pair.ops.image import to_gray
 from vid2pair.stages.drag import DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
@@ -58,7 +61,6 @@ from vid2pair.stages.evidence import (
     sparse_matches,
     still_support,
 )
-from vid2pair.stages.flow import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, invert_flow, plan_hops, to_gray
 
 __all__ = [
     "TrackConfig",

@@ -47,6 +47,36 @@ def test_layering_stages_and_core_import_nothing_from_pipeline(folder):
         assert not {k: v for k, v in core_bad.items() if v}
 
 
+def test_ops_import_only_core_and_ops():
+    """``ops/`` (what stages and pipeline share: drawing, flow arithmetic and backends, grey, similarity
+    fits) sits under the stages: it imports no stage, no pipeline, no trainer."""
+    bad = {
+        p.name: sorted(
+            m for m in _imports(p) if m.startswith("vid2pair.") and not m.startswith(("vid2pair.core", "vid2pair.ops"))
+        )
+        for p in (ROOT / "ops").glob("*.py")
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_no_import_cycles_in_core_ops_and_stages():
+    """No two modules of core/, ops/ and stages/ import each other, directly or round a loop, counting
+    the imports inside functions (which would hide a cycle from Python but not from a reader)."""
+    import graphlib
+
+    mods = {f"vid2pair.{d}.{p.stem}": p for d in ("core", "ops", "stages") for p in (ROOT / d).glob("*.py")}
+    graph = {}
+    for m, p in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[m] = (deps & set(mods)) - {m}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the loop
+
+
 def _sections():
     hints = typing.get_type_hints(Config)
     return [(f.name, hints[f.name]) for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])]
