@@ -38,7 +38,8 @@ def stage_costs(cfg, tasks):
 
     from vid2pair.core.items import PairItem
     from vid2pair.pipeline.io import OutputWriter
-    from vid2pair.pipeline.plan import ClipUnit, _UnitWork, build_pair_stages, fused_prefix, pair_classes
+    from vid2pair.pipeline.plan import build_pair_stages, fused_prefix, pair_classes
+    from vid2pair.pipeline.unit import ClipUnit, _UnitWork
 
     cfg.isolation.mode = "none"
     classes = pair_classes(cfg)
@@ -136,7 +137,7 @@ def timed_build(cfg, videos, out):
 def isolation_cost(cfg, tasks):
     import copy
 
-    from vid2pair.pipeline.plan import ClipUnit
+    from vid2pair.pipeline.unit import ClipUnit
 
     stages = {}
     for mode in ("none", "process"):

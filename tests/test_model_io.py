@@ -12,8 +12,8 @@ import numpy as np
 from vid2pair.core.items import PairItem, Reject
 from vid2pair.core.stage import pair_reject
 from vid2pair.pipeline.config import load_config
-from vid2pair.pipeline.plan import SAME, mark_unchanged, merge_back, slim
 from vid2pair.pipeline.runners import build
+from vid2pair.pipeline.transfer import SAME, mark_unchanged, merge_back, slim
 
 
 def _digests(out):

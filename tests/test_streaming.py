@@ -20,9 +20,10 @@ from vid2pair.core.items import ClipDone, PairItem, Reject
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.io import make_tasks
 from vid2pair.pipeline.isolation import IsolatedCall
-from vid2pair.pipeline.plan import ClipUnit, frames_to_decode, fused_prefix, pair_classes
+from vid2pair.pipeline.plan import frames_to_decode, fused_prefix, pair_classes
 from vid2pair.pipeline.runners import build
 from vid2pair.pipeline.synthetic import make_clip, write_video
+from vid2pair.pipeline.unit import ClipUnit
 from vid2pair.stages.clip import ClipStage
 
 CFG = [
