@@ -37,7 +37,7 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 from vid2pair.core.items import Item, PairItem, Reject
 from vid2pair.core.preview import preview_strip
 
-__all__ = ["Member", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject", "drop_signal"]
+__all__ = ["Member", "TrainInput", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject", "drop_signal"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,29 @@ class Member:
     name: str
     key: str
     codec: Literal["png", "npy", "json"]
+
+
+@dataclass(frozen=True)
+class TrainInput:
+    """How the trainer conditions a model on a signal; a signal that declares one is a trainer task
+    (``vid2pair train`` with ``task: <signal>``).
+
+    * ``channels``: C of the (C, H, W) conditioning image;
+    * ``decode(r) -> dict``: ``r`` reads the sample's members at the model resolution
+      (:class:`vid2pair.trainer.data.SampleReader`: ``image``, ``json``, ``points``, ``size``,
+      ``rng``, ``spec``); returns ``{"signal": (C, H, W) float32 array, **extras}``;
+    * ``extras``: the batch keys ``decode`` adds besides ``signal`` (a model may use them: the drag
+      task's ``drag_points`` feed FramePainter's drag injection);
+    * ``display(signal, src) -> (B, 3, H, W)`` in [0, 1]: the signal drawn for the image grids
+      (``signal`` (B, C, H, W), ``src`` (B, 3, H, W) in [-1, 1]: tensors);
+    * ``baseline(signal, src)``: the signal itself as an answer (an image in [-1, 1]) where it is
+      one, which evaluation scores beside the model; ``None`` where it is not."""
+
+    channels: int
+    decode: Callable[..., dict] = field(compare=False, repr=False)
+    display: Callable[..., Any] = field(compare=False, repr=False)
+    extras: tuple[str, ...] = ()
+    baseline: Optional[Callable[..., Any]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,8 @@ class Signal:
     #: (``view``: :class:`vid2pair.ops.draw.PanelView`; a placeholder saying why when the sample lacks it)
     panels: tuple[str, ...] = ()
     draw: Optional[Callable[..., list]] = field(default=None, compare=False, repr=False)
+    #: how the trainer is conditioned on it (:class:`TrainInput`); ``None``: not a trainer task
+    train: Optional[TrainInput] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@
   that receive only the arrays the stage reads (:mod:`vid2pair.pipeline.transfer`);
 * the signals' judges (:func:`signal_judges`);
 * the pre-flight needs (weights, extras) of a config (:func:`needs`);
-* the training signals and their tar members (:func:`signals`, :func:`signal_members`);
+* the training signals and their tar members (:func:`signals`, :func:`signal_members`), and the
+  trainer's tasks (:func:`trainer_tasks`);
 * the index columns of a written sample (:func:`index_columns`).
 
 A ``stages`` tuple (default :data:`~vid2pair.pipeline.graph.STAGES`, the clip stage first) can be
@@ -132,6 +133,25 @@ def signal_members(name: str, stages: tuple = STAGES) -> tuple[str, ...]:
     if name not in sigs:
         raise KeyError(f"unknown signal {name!r}; known: {', '.join(sigs)}")
     return sigs[name].members
+
+
+def trainer_tasks(stages: tuple | None = None) -> dict[str, Signal]:
+    """The signals a model can be trained on (those declaring a :class:`~vid2pair.core.stage.TrainInput`),
+    by name, in stage order. ``None``: the stage list of :mod:`vid2pair.pipeline.graph` as it is when
+    called (the trainer's tasks follow that one list)."""
+    if stages is None:
+        from vid2pair.pipeline import graph
+
+        stages = graph.STAGES
+    return {name: g for name, g in signals(stages).items() if g.train is not None}
+
+
+def trainer_task(name: str, stages: tuple | None = None) -> Signal:
+    """The signal of trainer task ``name`` (KeyError names the tasks there are)."""
+    tasks = trainer_tasks(stages)
+    if name not in tasks:
+        raise KeyError(f"unknown task {name!r}: the trainable signals are {', '.join(tasks)}")
+    return tasks[name]
 
 
 def index_columns(meta: dict, stages: tuple = STAGES) -> dict:

@@ -57,6 +57,7 @@ from vid2pair.ops.similarity import (  # noqa: F401  (re-exported)
     residual_px,
     segment_median_flow,
 )
+from vid2pair.ops.train_input import edit_with_holes
 from vid2pair.stages.evidence import judge_warped_edit
 from vid2pair.stages.region_drag import RegionDragConfig, draw_region_drag, judge_region_drag, region_drags
 from vid2pair.stages.segment import segment_pixels
@@ -462,6 +463,7 @@ class CollageStage(PairStage):
             judge=judge_collage,
             panels=("collage",),
             draw=partial(draw_warped_edit, name="collage", label="collage"),
+            train=edit_with_holes("collage.png", "collage_mask.png"),
         ),
         Signal(
             "region_drag",

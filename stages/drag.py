@@ -41,6 +41,7 @@ import numpy as np
 
 from vid2pair.core.items import PairItem
 from vid2pair.core.spec import knob
+from vid2pair.core.stage import TrainInput
 from vid2pair.ops.draw import (
     PALETTE,
     Panel,
@@ -406,3 +407,88 @@ def draw_drag(v: PanelView) -> list[Panel]:
             lab += " [tgt→src]"
         out.append(Panel(name, lab, draw_drag_arrows(base, pts_d, cols) if len(pts) else base))
     return out
+
+
+# --------------------------------------------------------------------------- the trainer's input
+
+
+def drag_raster(points: np.ndarray, H: int, W: int, sigma: float) -> np.ndarray:
+    """(3, H, W) float32: Gaussian blobs at the handles, at the targets, and the handle -> target
+    segments with intensity rising 0.25 -> 1 toward the target (so the pairing and the direction are
+    visible to a convolutional encoder). ``points`` (P, 4) ``[xs, ys, xt, yt]`` in pixels.
+    Each point / segment is drawn inside its bounding box + 4 sigma only (cheap at 576x1024)."""
+    out = np.zeros((3, H, W), np.float32)
+    inv = 1.0 / (2 * sigma * sigma)
+    r = 4.0 * sigma
+
+    def window(x0, x1, y0, y1):
+        c0, c1 = max(0, int(np.floor(min(x0, x1) - r))), min(W, int(np.ceil(max(x0, x1) + r)) + 1)
+        r0, r1 = max(0, int(np.floor(min(y0, y1) - r))), min(H, int(np.ceil(max(y0, y1) + r)) + 1)
+        if c0 >= c1 or r0 >= r1:
+            return None
+        yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32)
+        return (slice(r0, r1), slice(c0, c1)), xx, yy
+
+    for xs, ys, xt, yt in np.asarray(points, np.float32).reshape(-1, 4):
+        for ch, (x, y) in ((0, (xs, ys)), (1, (xt, yt))):
+            w = window(x, x, y, y)
+            if w is not None:
+                sl, xx, yy = w
+                np.maximum(out[ch][sl], np.exp(-((xx - x) ** 2 + (yy - y) ** 2) * inv), out=out[ch][sl])
+        w = window(xs, xt, ys, yt)
+        if w is None:
+            continue
+        sl, xx, yy = w
+        dx, dy = xt - xs, yt - ys
+        L2 = dx * dx + dy * dy
+        t = np.clip(((xx - xs) * dx + (yy - ys) * dy) / L2, 0, 1) if L2 > 1e-6 else np.zeros_like(xx)
+        d2 = (xx - xs - t * dx) ** 2 + (yy - ys - t * dy) ** 2
+        np.maximum(out[2][sl], (0.25 + 0.75 * t) * np.exp(-d2 * inv), out=out[2][sl])
+    return out
+
+
+def decode_drag(r) -> dict:
+    """The drag task's conditioning (:class:`vid2pair.core.stage.TrainInput`): ``signal`` the
+    :func:`drag_raster` of the points, ``drag_points`` (P, 4) ``[xs, ys, xt, yt]`` at the model
+    resolution (P = ``data.drag_max_points``, zero-padded) and ``drag_valid`` (P,). Training draws a
+    random number of them (``data.drag_min_points`` .. max) per sample and epoch; evaluation takes
+    the first ones. Points that leave the frame after the crop are dropped."""
+    H, W = r.size
+    spec = r.spec
+    drag = r.json("drag.json")
+    # [xs, ys, xt, yt]: handle on the source image, where it goes on the target; drag.json
+    # with direction target_to_source lists them the other way round
+    flip = drag.get("direction", "source_to_target") == "target_to_source"
+    pts = np.array(
+        [[*p["target"], *p["source"]] if flip else [*p["source"], *p["target"]] for p in drag.get("points", [])],
+        np.float64,
+    )
+    pts = pts.reshape(-1, 4)
+    if len(pts):
+        pts = np.concatenate([r.points(pts[:, :2]), r.points(pts[:, 2:])], axis=1)
+        inside = ((pts[:, [0, 2]] >= -0.5) & (pts[:, [0, 2]] <= W - 0.5)).all(1) & (
+            (pts[:, [1, 3]] >= -0.5) & (pts[:, [1, 3]] <= H - 0.5)
+        ).all(1)
+        pts = pts[inside]
+    P = spec.drag_max_points
+    if spec.random_drag and len(pts):
+        rng = r.rng("drag")
+        n = rng.randint(min(spec.drag_min_points, len(pts)), min(P, len(pts)))
+        pts = pts[sorted(rng.sample(range(len(pts)), n))]
+    else:
+        pts = pts[:P]
+    dp = np.zeros((P, 4), np.float32)
+    dp[: len(pts)] = pts
+    return {
+        "signal": drag_raster(pts, H, W, spec.drag_sigma_px),
+        "drag_points": dp,
+        "drag_valid": np.arange(P) < len(pts),
+    }
+
+
+def display_drag(signal, src):
+    """The drag raster over a dimmed source: handles red, targets green, paths blue."""
+    return (0.35 * ((src.float() + 1) / 2) + signal[:, :3]).clamp(0, 1)
+
+
+DRAG_INPUT = TrainInput(channels=3, decode=decode_drag, display=display_drag, extras=("drag_points", "drag_valid"))

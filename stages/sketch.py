@@ -43,7 +43,7 @@ import numpy as np
 
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
-from vid2pair.core.stage import Member, PairStage, Signal, pair_reject
+from vid2pair.core.stage import Member, PairStage, Signal, TrainInput, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
 from vid2pair.stages.splat import check_pair_arrays
 
@@ -308,6 +308,13 @@ def draw_sketch(v: PanelView) -> list[Panel]:
     ]
 
 
+SKETCH_INPUT = TrainInput(
+    channels=1,  # the strokes, 0 / 1
+    decode=lambda r: {"signal": r.image("sketch.png", rgb=False)},
+    display=lambda signal, src: signal.expand(-1, 3, -1, -1).clamp(0, 1),
+)
+
+
 class SketchStage(PairStage):
     """Adds ``arrays["sketch"]`` (H, W) uint8 (255 strokes on 0, target layout) and ``meta["sketch"]``."""
 
@@ -316,7 +323,15 @@ class SketchStage(PairStage):
     reads = ("src", "tgt", "flow", "flow_bwd", "flow_bwd_valid")
     writes = (Member("sketch.png", "sketch", "png"),)
     signals = (
-        Signal("sketch", ("sketch.png",), "sketch.enabled", judge=judge_sketch, panels=("sketch",), draw=draw_sketch),
+        Signal(
+            "sketch",
+            ("sketch.png",),
+            "sketch.enabled",
+            judge=judge_sketch,
+            panels=("sketch",),
+            draw=draw_sketch,
+            train=SKETCH_INPUT,
+        ),
     )
 
     def __init__(self, cfg):

@@ -50,7 +50,7 @@ from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop
 from vid2pair.ops.flow_backends import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, plan_hops
 from vid2pair.ops.flow_math import invert_flow
 from vid2pair.ops.image import to_gray
-from vid2pair.stages.drag import DragConfig, draw_drag, judge_drag
+from vid2pair.stages.drag import DRAG_INPUT, DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
     klt_tracks,
@@ -596,6 +596,7 @@ class TrackStage(PairStage):
             judge=judge_drag,
             panels=("drag_src", "drag_tgt"),
             draw=draw_drag,
+            train=DRAG_INPUT,
         ),
         Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"),
     )

@@ -194,12 +194,12 @@ def test_signals_and_trainer_members_come_from_the_declarations():
     assert qc.SIGNALS["sketch"] == (("sketch.png",), "sketch.enabled")
 
 
-def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
+def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path, monkeypatch):
     """tests/toy_stage.py adds a signal: with one more line in the stage list (before the quality
     stage), its members are encoded into the samples (through the isolation child), the quality stage
     runs its own rule (dropping it where the rule fails, with a signal-level reject), the QC gallery
-    and ``inspect`` draw and list it, its index column appears, its signal is listed and its needs
-    are checked before any work."""
+    and ``inspect`` draw and list it, its index column appears, its signal is listed, its needs
+    are checked before any work, and the trainer trains on it as a task."""
     from toy_stage import NeedyToyStage, ToyStage
 
     from vid2pair.pipeline import qc
@@ -263,6 +263,47 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path):
     assert signals(stages)["toy"].members == ("toy.png", "toy.json")
     problems = check_build_weights(cfg, stages=(*STAGES[:-1], NeedyToyStage, STAGES[-1]))
     assert problems == ["toy.backend=needy needs the vid2pair_no_such_module package: pip install 'vid2pair[toy]'"]
+    # trainable: with the line in the stage list, ``task: toy`` is a trainer task
+    from vid2pair.pipeline import graph
+    from vid2pair.trainer.config import load_train_config, trainer_tasks
+    from vid2pair.trainer.data import SampleSpec, decode_sample
+    from vid2pair.trainer.train import train
+
+    assert "toy" not in trainer_tasks()
+    root = Path(__file__).resolve().parent.parent
+    over = [
+        f"data.train={tmp_path / 'out' / 'shards'}",
+        f"train.output_dir={tmp_path / 'run'}",
+        "task=toy",
+        "model.resolution=[32, 48]",
+        "model.tiny.base_channels=8",
+        "model.tiny.channel_mults=[1, 2]",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        f"data.eval={tmp_path / 'out' / 'shards'}",  # the prediction grid: src | toy | prediction | tgt
+        "train.max_steps=3",
+        "train.eval_every=3",
+        "train.eval_images=2",
+        "train.num_threads=2",
+    ]
+    with pytest.raises(ConfigError, match="task: 'toy' is not one of"):
+        load_train_config(root / "configs" / "train_tiny_cpu.yaml", over)
+    monkeypatch.setattr(graph, "STAGES", stages)  # the one line
+    assert "toy" in trainer_tasks()
+    tcfg = load_train_config(root / "configs" / "train_tiny_cpu.yaml", over)
+    summary = train(tcfg)
+    print("toy training:", summary)
+    assert summary["steps"] == 3 and (tmp_path / "run" / "samples" / "step-00000003.png").is_file()
+    with tarfile.open(sorted((tmp_path / "out" / "shards").glob("*.tar"))[0]) as tf:
+        names = tf.getnames()
+        key = next(m[: -len(".toy.png")] for m in names if m.endswith(".toy.png"))
+        raw = {m.split(".", 1)[1]: tf.extractfile(m).read() for m in names if m.startswith(key + ".")}
+    got = decode_sample({**raw, "__key__": key}, SampleSpec(task="toy", resolution=(32, 48)))
+    assert got["signal"].shape == (3, 32, 48)  # the inverted source, at the model resolution
+    # (src.jpg is lossy: off by a few levels where the PNG is exact)
+    assert (
+        float((got["signal"] + got["src"]).abs().mean()) < 0.02 < 0.2 < float((got["signal"] - got["src"]).abs().mean())
+    )
 
 
 def test_a_read_without_a_provider_stops_the_build_before_any_work(demo_corpus, tmp_path):

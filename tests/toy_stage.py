@@ -1,8 +1,9 @@
 """A stage written the way a new signal is added: one module, one line in the stage list.
 
 It writes ``toy.png`` (the source, inverted), declares a ``toy`` signal with its own quality rule
-(:func:`judge_toy`: the quality stage drops it from pairs whose source frame number is odd) and
-its own QC panel (:func:`draw_toy`), and an index column (and its type);
+(:func:`judge_toy`: the quality stage drops it from pairs whose source frame number is odd), its
+own QC panel (:func:`draw_toy`) and its trainer input (:data:`TOY_INPUT`: ``vid2pair train`` with
+``task: toy`` conditions on the inverted source), and an index column (and its type);
 tests/test_contract.py checks that the encoder, the index, the signal list and the pre-flight
 follow from these declarations alone.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vid2pair.core.stage import Member, Need, PairStage, Signal
+from vid2pair.core.stage import Member, Need, PairStage, Signal, TrainInput
 from vid2pair.ops.draw import Panel, PanelView
 
 
@@ -33,11 +34,28 @@ def draw_toy(v: PanelView) -> list[Panel]:
     return [Panel("toy", "toy (the inverted source)", v.disp(img))]
 
 
+TOY_INPUT = TrainInput(
+    channels=3,
+    decode=lambda r: {"signal": r.image("toy.png", rgb=True)},
+    display=lambda signal, src: ((signal + 1) / 2).clamp(0, 1),
+)
+
+
 class ToyStage(PairStage):
     name = "toy"
     reads = ("src",)
     writes = (Member("toy.png", "toy", "png"), Member("toy.json", "toy_json", "json"))
-    signals = (Signal("toy", ("toy.png", "toy.json"), "toy.enabled", judge=judge_toy, panels=("toy",), draw=draw_toy),)
+    signals = (
+        Signal(
+            "toy",
+            ("toy.png", "toy.json"),
+            "toy.enabled",
+            judge=judge_toy,
+            panels=("toy",),
+            draw=draw_toy,
+            train=TOY_INPUT,
+        ),
+    )
 
     @classmethod
     def index_columns(cls, meta: dict) -> dict:

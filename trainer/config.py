@@ -26,22 +26,40 @@ __all__ = [
     "load_train_config",
     "train_config_from_dict",
     "ConfigError",
-    "TASKS",
+    "trainer_tasks",
     "signal_channels",
+    "task_input",
     "required_weights",
     "resolve_grad_accum",
 ]
 
-TASKS = ("sketch", "drag", "coarse", "collage")
+
+def trainer_tasks() -> tuple[str, ...]:
+    """The tasks: the signals whose stage declares a trainer input
+    (:attr:`vid2pair.core.stage.Signal.train`), in pipeline order."""
+    from vid2pair.pipeline.plan import trainer_tasks as tasks
+
+    return tuple(tasks())
 
 
 def signal_channels(task: str) -> int:
-    """Channels of the conditioning image the data loader produces for ``task``.
+    """Channels of the conditioning image the data loader produces for ``task`` (its signal's
+    :attr:`~vid2pair.core.stage.TrainInput.channels`: sketch 1, strokes 0/1; coarse / collage 4, RGB
+    in [-1, 1] + hole mask 0/1; drag 3, handle blobs, target blobs, source->target segments)."""
+    return task_input(task).channels
 
-    sketch: 1 (strokes, 0/1) - coarse / collage: 4 (RGB in [-1, 1] + hole mask 0/1) -
-    drag: 3 (handle blobs, target blobs, source->target segments with a 0.25->1 ramp).
-    """
-    return {"sketch": 1, "coarse": 4, "collage": 4, "drag": 3}[task]
+
+def task_input(task: str):
+    """The :class:`~vid2pair.core.stage.TrainInput` of ``task``'s signal."""
+    from vid2pair.pipeline.plan import trainer_task
+
+    return trainer_task(task).train
+
+
+def __getattr__(name: str):
+    if name == "TASKS":  # the tasks of the stage list as it is now
+        return trainer_tasks()
+    raise AttributeError(name)
 
 
 @dataclass
@@ -265,12 +283,20 @@ class TrainerConfig:
 
     name: str = knob("custom", "the run's name ({name} in train.output_dir)")
     seed: int = knob(0, "model init and noise draws (per rank: seed + 1000 x rank)", ge=0)
-    task: Literal[TASKS] = knob("sketch", "the signal the model is conditioned on")
+    task: str = knob(
+        "sketch",
+        "the signal the model is conditioned on: one whose stage declares a trainer input "
+        f"({', '.join(trainer_tasks())})",
+    )
     data: DataConfig = section(DataConfig)
     model: ModelConfig = section(ModelConfig)
     optim: OptimConfig = section(OptimConfig)
     train: TrainLoopConfig = section(TrainLoopConfig)
     eval: EvalConfig = section(EvalConfig)
+
+    def check(self, prefix: str = "") -> None:
+        tasks = trainer_tasks()
+        need(self.task in tasks, "task", f"{self.task!r} is not one of {list(tasks)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

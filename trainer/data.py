@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vid2pair.core.seeding import derive_seed
 from vid2pair.core.split import bucket
+from vid2pair.stages.drag import drag_raster  # noqa: F401  (the drag task's raster; re-exported)
 
 log = logging.getLogger("vid2pair.trainer.data")
 
@@ -171,10 +172,16 @@ class SampleSpec:
         stages declare them)."""
         from vid2pair.pipeline.plan import signal_members
 
-        req = ["src.*", "tgt.*", *signal_members(self.task)]
+        req = ["src.*", "tgt.*", *self.signal().members]
         if self.match_grids:
             req += list(signal_members("tracks"))
         return req
+
+    def signal(self):
+        """The signal this task trains on (its members and its :attr:`~vid2pair.core.stage.Signal.train`)."""
+        from vid2pair.pipeline.plan import trainer_task
+
+        return trainer_task(self.task)
 
     def signals_needed(self) -> list[str]:
         """The pipeline signals a sample must carry for this task (and its matching supervision)."""
@@ -242,46 +249,50 @@ class _Fit:
 
 
 def _to_tensor(img, signed: bool) -> torch.Tensor:
+    return torch.from_numpy(_to_array(img, signed))
+
+
+def _to_array(img, signed: bool) -> np.ndarray:
+    """A PIL image -> (C, H, W) float32: [-1, 1] when ``signed``, else [0, 1]."""
     a = np.asarray(img, np.float32) / 255.0
     if a.ndim == 2:
         a = a[:, :, None]
-    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-    return t * 2.0 - 1.0 if signed else t
+    a = np.ascontiguousarray(a.transpose(2, 0, 1))
+    return a * 2.0 - 1.0 if signed else a
 
 
-def drag_raster(points: np.ndarray, H: int, W: int, sigma: float) -> np.ndarray:
-    """(3, H, W) float32: Gaussian blobs at the handles, at the targets, and the handle -> target
-    segments with intensity rising 0.25 -> 1 toward the target (so the pairing and the direction are
-    visible to a convolutional encoder). ``points`` (P, 4) ``[xs, ys, xt, yt]`` in pixels.
-    Each point / segment is drawn inside its bounding box + 4 sigma only (cheap at 576x1024)."""
-    out = np.zeros((3, H, W), np.float32)
-    inv = 1.0 / (2 * sigma * sigma)
-    r = 4.0 * sigma
+class SampleReader:
+    """What a signal's trainer input (:attr:`vid2pair.core.stage.Signal.train`) reads a raw sample
+    with, at the model resolution (cover-resize + centre crop, like the source):
 
-    def window(x0, x1, y0, y1):
-        c0, c1 = max(0, int(np.floor(min(x0, x1) - r))), min(W, int(np.ceil(max(x0, x1) + r)) + 1)
-        r0, r1 = max(0, int(np.floor(min(y0, y1) - r))), min(H, int(np.ceil(max(y0, y1) + r)) + 1)
-        if c0 >= c1 or r0 >= r1:
-            return None
-        yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32)
-        return (slice(r0, r1), slice(c0, c1)), xx, yy
+    * ``image(member, rgb)``: (3, H, W) in [-1, 1] (bicubic) when ``rgb``, else (1, H, W) grey in
+      [0, 1] (box filter: masks and strokes);
+    * ``json(member)``; ``points(xy)``: stored-image pixels -> model pixels;
+    * ``size``: (H, W); ``spec``: the :class:`SampleSpec`; ``rng(salt)``: a ``random.Random`` seeded
+      by (seed, epoch, key, salt).
+    """
 
-    for xs, ys, xt, yt in np.asarray(points, np.float32).reshape(-1, 4):
-        for ch, (x, y) in ((0, (xs, ys)), (1, (xt, yt))):
-            w = window(x, x, y, y)
-            if w is not None:
-                sl, xx, yy = w
-                np.maximum(out[ch][sl], np.exp(-((xx - x) ** 2 + (yy - y) ** 2) * inv), out=out[ch][sl])
-        w = window(xs, xt, ys, yt)
-        if w is None:
-            continue
-        sl, xx, yy = w
-        dx, dy = xt - xs, yt - ys
-        L2 = dx * dx + dy * dy
-        t = np.clip(((xx - xs) * dx + (yy - ys) * dy) / L2, 0, 1) if L2 > 1e-6 else np.zeros_like(xx)
-        d2 = (xx - xs - t * dx) ** 2 + (yy - ys - t * dy) ** 2
-        np.maximum(out[2][sl], (0.25 + 0.75 * t) * np.exp(-d2 * inv), out=out[2][sl])
-    return out
+    def __init__(self, raw: dict, fit: "_Fit", spec: "SampleSpec", epoch: int, key: str):
+        self.raw, self.fit, self.spec, self.epoch, self.key = raw, fit, spec, epoch, key
+        self.size = spec.resolution
+        self.current = ""  # the member being read (named when it cannot be decoded)
+
+    def image(self, member: str, rgb: bool) -> np.ndarray:
+        from PIL import Image
+
+        self.current = member
+        img = Image.open(io.BytesIO(self.raw[member])).convert("RGB" if rgb else "L")
+        return _to_array(self.fit.image(img, Image.BICUBIC if rgb else Image.BOX), rgb)
+
+    def json(self, member: str):
+        self.current = member
+        return json.loads(self.raw[member])
+
+    def points(self, xy) -> np.ndarray:
+        return self.fit.points(xy)
+
+    def rng(self, salt: str) -> random.Random:
+        return random.Random(_seed(self.spec.seed, self.epoch, self.key, salt))
 
 
 def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
@@ -318,50 +329,13 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
             "key": key,
             "shard": url,
         }
-        if spec.task == "sketch":
-            current = "sketch.png"
-            sk = Image.open(io.BytesIO(raw["sketch.png"])).convert("L")
-            out["signal"] = _to_tensor(fit.image(sk, Image.BOX), False)
-        elif spec.task in ("coarse", "collage"):
-            current = f"{spec.task}.png"
-            rgb = Image.open(io.BytesIO(raw[f"{spec.task}.png"])).convert("RGB")
-            current = f"{spec.task}_mask.png"
-            mask = Image.open(io.BytesIO(raw[f"{spec.task}_mask.png"])).convert("L")
-            out["signal"] = torch.cat(
-                [_to_tensor(fit.image(rgb, Image.BICUBIC), True), _to_tensor(fit.image(mask, Image.BOX), False)], 0
-            )
-        else:  # drag
-            current = "drag.json"
-            drag = json.loads(raw["drag.json"])
-            # [xs, ys, xt, yt]: handle on the source image, where it goes on the target; drag.json
-            # with direction target_to_source lists them the other way round
-            flip = drag.get("direction", "source_to_target") == "target_to_source"
-            pts = np.array(
-                [
-                    [*p["target"], *p["source"]] if flip else [*p["source"], *p["target"]]
-                    for p in drag.get("points", [])
-                ],
-                np.float64,
-            )
-            pts = pts.reshape(-1, 4)
-            if len(pts):
-                pts = np.concatenate([fit.points(pts[:, :2]), fit.points(pts[:, 2:])], axis=1)
-                inside = ((pts[:, [0, 2]] >= -0.5) & (pts[:, [0, 2]] <= W - 0.5)).all(1) & (
-                    (pts[:, [1, 3]] >= -0.5) & (pts[:, [1, 3]] <= H - 0.5)
-                ).all(1)
-                pts = pts[inside]
-            P = spec.drag_max_points
-            if spec.random_drag and len(pts):
-                rng = random.Random(_seed(spec.seed, epoch, key, "drag"))
-                n = rng.randint(min(spec.drag_min_points, len(pts)), min(P, len(pts)))
-                pts = pts[sorted(rng.sample(range(len(pts)), n))]
-            else:
-                pts = pts[:P]
-            out["signal"] = torch.from_numpy(drag_raster(pts, H, W, spec.drag_sigma_px))
-            dp = np.zeros((P, 4), np.float32)
-            dp[: len(pts)] = pts
-            out["drag_points"] = torch.from_numpy(dp)
-            out["drag_valid"] = torch.arange(P) < len(pts)
+        reader = SampleReader(raw, fit, spec, epoch, key)
+        try:
+            got = spec.signal().train.decode(reader)
+        finally:
+            current = reader.current
+        for k, v in got.items():
+            out[k] = torch.from_numpy(np.ascontiguousarray(v))
         if spec.match_grids:
             from vid2pair.stages.matching import correspondence_index
 

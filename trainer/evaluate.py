@@ -71,13 +71,13 @@ def masked_psnr_ssim(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) 
 
 
 def signal_baseline(task: str, batch: dict) -> Optional[torch.Tensor]:
-    """The conditioning signal itself as an answer, where it is an image: the coarse edit or the
-    collage with its holes filled from the source (None for sketch and drag)."""
-    if task not in ("coarse", "collage"):
-        return None
-    sig = batch["signal"].float()
-    rgb, hole = sig[:, :3], sig[:, 3:4] > 0.5
-    return torch.where(hole, batch["src"].float(), rgb)
+    """The conditioning signal itself as an answer, where it is an image (the signal's
+    :attr:`~vid2pair.core.stage.TrainInput.baseline`: the coarse edit or the collage with its holes
+    filled from the source); None where it is not (sketch, drag)."""
+    from vid2pair.trainer.config import task_input
+
+    baseline = task_input(task).baseline
+    return None if baseline is None else baseline(batch["signal"].float(), batch["src"])
 
 
 def score_batch(task: str, batch: dict, pred: torch.Tensor) -> dict[str, torch.Tensor]:

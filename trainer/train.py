@@ -68,16 +68,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def signal_to_rgb(task: str, signal: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) conditioning -> (B, 3, H, W) in [0, 1] for display."""
-    src01 = (src.float() + 1) / 2
-    s = signal.float()
-    if task == "sketch":
-        return s.expand(-1, 3, -1, -1).clamp(0, 1)
-    if task in ("coarse", "collage"):
-        rgb, m = (s[:, :3] + 1) / 2, s[:, 3:4]
-        hole = torch.tensor([1.0, 0.0, 1.0], device=s.device).view(1, 3, 1, 1)
-        return (rgb * (1 - m) + hole * m).clamp(0, 1)
-    return (0.35 * src01 + s[:, :3]).clamp(0, 1)  # drag: handles red, targets green, paths blue
+    """(B, C, H, W) conditioning -> (B, 3, H, W) in [0, 1] for display (the signal's
+    :attr:`~vid2pair.core.stage.TrainInput.display`)."""
+    from vid2pair.trainer.config import task_input
+
+    return task_input(task).display(signal.float(), src)
 
 
 def image_grid(task: str, batch: dict, pred: torch.Tensor) -> torch.Tensor:

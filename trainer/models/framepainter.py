@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vid2pair.trainer.config import TrainerConfig, signal_channels
+from vid2pair.trainer.config import TrainerConfig, signal_channels, task_input
 
 log = logging.getLogger("vid2pair.trainer.framepainter")
 
@@ -425,7 +425,9 @@ class FramePainterModel(nn.Module):
             self._install_matching()
         self.unet.down_blocks[0].register_forward_hook(_control_hook(self.ctx))
         self.n_drag_hooks = 0
-        if cfg.task == "drag" and fp.drag_injection:
+        # drag injection: for a task whose input gives drag points (the drag task)
+        self.drags = fp.drag_injection and "drag_points" in task_input(cfg.task).extras
+        if self.drags:
             from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
             for m in self.unet.modules():
@@ -547,7 +549,7 @@ class FramePainterModel(nn.Module):
                 k = f"match_idx_{h}x{w}"
                 if k in batch:
                     ctx.match_idx[(h, w)] = batch[k]
-        if self.task == "drag" and self.fp.drag_injection and "drag_points" in batch:
+        if self.drags and "drag_points" in batch:
             ctx.drag = (batch["drag_points"], batch["drag_valid"])
 
     def _denoise(self, x, sigma, cond, emb, time_ids, signal, batch, supervise):
