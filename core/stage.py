@@ -37,7 +37,19 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 from vid2pair.core.items import Item, PairItem, Reject
 from vid2pair.core.preview import preview_strip
 
-__all__ = ["Member", "TrainInput", "Signal", "Resources", "Need", "Stage", "PairStage", "pair_reject", "drop_signal"]
+__all__ = [
+    "Member",
+    "TrainInput",
+    "Score",
+    "Metrics",
+    "Signal",
+    "Resources",
+    "Need",
+    "Stage",
+    "PairStage",
+    "pair_reject",
+    "drop_signal",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,36 @@ class TrainInput:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A score a signal's judge writes into ``meta["quality"]``; the index has it as ``q_<name>``.
+    With a ``title`` the QC report plots it (with the ``quality.*`` ``thresholds`` drawn), and
+    ``worse`` says which end is worse (the report's worst-first order)."""
+
+    name: str
+    dtype: Literal["float64", "int64"] = "float64"
+    title: str = ""
+    thresholds: tuple[str, ...] = ()
+    worse: Literal["low", "high"] = "high"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What the QC report measures of a signal in a written sample.
+
+    * ``names``: the meta-table columns :attr:`measure` gives (``qc.META_METRICS``);
+    * ``measure(meta, read) -> dict``: those values from the sample's meta.json dict and ``read(member)``
+      (a small json member, parsed, or None), None where the sample lacks the signal;
+    * ``caption(values) -> str | None``: its words in the sample's one-line caption;
+    * ``plot(view)``: its panel of the report's histograms (``view``:
+      :class:`vid2pair.pipeline.qc_figures.PlotView`: ``col``, ``hist``, ``ax``, ``missing``)."""
+
+    names: tuple[str, ...]
+    measure: Callable[..., dict] = field(compare=False, repr=False)
+    caption: Optional[Callable[[dict], Optional[str]]] = field(default=None, compare=False, repr=False)
+    plot: Optional[Callable[..., None]] = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Signal:
     """A training signal: a sample carries it when it holds every one of ``members``; ``switch`` is
     the config key that turns it on (the QC report names it when a signal is missing)."""
@@ -81,6 +123,8 @@ class Signal:
     name: str
     members: tuple[str, ...]
     switch: str
+    #: other config switches it needs on (the report names the one that is off)
+    requires: tuple[str, ...] = ()
     #: the signal's own quality rules, ``judge(p, it, scores, failed)``: ``p`` the pair's evidence (the
     #: quality stage's ``_Pair``), ``it`` the pair (the judge may filter the signal's members in place),
     #: ``scores`` the dict its scores go into, ``failed`` ``{signal: (reason, detail)}`` for a failed
@@ -90,6 +134,10 @@ class Signal:
     #: (``view``: :class:`vid2pair.ops.draw.PanelView`; a placeholder saying why when the sample lacks it)
     panels: tuple[str, ...] = ()
     draw: Optional[Callable[..., list]] = field(default=None, compare=False, repr=False)
+    #: the scores its judge writes (:class:`Score`: index columns ``q_<name>``, QC histograms)
+    scores: tuple[Score, ...] = ()
+    #: what the QC report measures of it (:class:`Metrics`)
+    metrics: Optional[Metrics] = field(default=None, compare=False, repr=False)
     #: how the trainer is conditioned on it (:class:`TrainInput`); ``None``: not a trainer task
     train: Optional[TrainInput] = field(default=None, compare=False, repr=False)
 
@@ -156,6 +204,12 @@ class Stage:
     @classmethod
     def index_columns(cls, meta: dict) -> dict:
         return {}
+
+    @classmethod
+    def index_types(cls, before: tuple = ()) -> dict[str, str]:
+        """The index columns it gives, with their types: :attr:`index_schema`, plus what it derives
+        from the stages ``before`` it (the quality stage: the scores their signals declare)."""
+        return dict(cls.index_schema)
 
     @classmethod
     def frames_read(cls, cfg: Any) -> int:

@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from vid2pair.core.stage import Metrics
+
 #: distinct bright RGB colours (drag points, regions)
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 64, 64),
@@ -347,7 +349,7 @@ def draw_warped_edit(v: PanelView, name: str, label: str) -> list[Panel]:
     if img is None:
         return [v.missing(name, f"{label} + holes", f"{name}.png", name)]
     m = v.meta.get(name) or {}
-    nseg = m.get("n_segments") if name == "collage" else None
+    nseg = m.get("n_segments")  # (the collage's)
     extra = f", {nseg} segments" if nseg else ""
     lab = (
         f"{label}, holes tinted ({_pct(m.get('hole_frac'))}{extra})"
@@ -357,3 +359,22 @@ def draw_warped_edit(v: PanelView, name: str, label: str) -> list[Panel]:
     return [
         Panel(name, lab, overlay_mask(v.disp(img), None if mask is None else _resize(mask, v.width, v.h, nearest=True)))
     ]
+
+
+def warped_edit_metrics(name: str, label: str, count: str, count_key: str):
+    """The QC metrics (:class:`vid2pair.core.stage.Metrics`) of an edit that warps the source (the
+    coarse edit, the collage; ``name``): ``<name>_hole_frac`` and ``<name>_<count>`` (``meta[name][count_key]``)
+    from its meta entry, its holes in the caption, a histogram of its hole fraction."""
+    hole, other = f"{name}_hole_frac", f"{name}_{count}"
+
+    def measure(meta: dict, read) -> dict:
+        m = meta.get(name) or {}
+        return {hole: m.get("hole_frac") if m else None, other: m.get(count_key) if m else None}
+
+    def caption(v: dict) -> Optional[str]:
+        return None if v[hole] is None else f"{name} holes {_pct(v[hole])}"
+
+    def plot(view) -> None:
+        view.hist([(name, view.col(hole))], f"{label} hole fraction", "fraction of the frame")
+
+    return Metrics((hole, other), measure, caption, plot)

@@ -128,7 +128,7 @@ def _item_from_sample(s, wh: Optional[tuple[int, int]]) -> tuple[Optional[dict],
         return None, "no source or target image"
     h, w = src.shape[:2]
     W, H = wh or (w, h)
-    drag, regions_json = s.drag, s.region_drag
+    drag, regions_json = s.json("drag.json"), s.json("region_drag.json")
     points = np.array([[p["source"], p["target"]] for p in (drag or {}).get("points", [])], np.float64)
     points = points.reshape(-1, 2, 2)
     label = s.image("region_masks")

@@ -163,11 +163,11 @@ def index_columns(meta: dict, stages: tuple = STAGES) -> dict:
 
 
 def index_types(cfg, stages: tuple = STAGES) -> dict[str, str]:
-    """Every index column the enabled stages of ``cfg`` can give, with its type (``Stage.index_schema``)."""
+    """Every index column the enabled stages of ``cfg`` can give, with its type (``Stage.index_types``)."""
     out: dict[str, str] = {}
-    for S in stages:
+    for i, S in enumerate(stages):
         if S.enabled(cfg):
-            out.update(S.index_schema)
+            out.update(S.index_types(tuple(stages[:i])))
     return out
 
 

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import random
 import tarfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -79,28 +78,12 @@ SIGNALS: dict[str, tuple[tuple[str, ...], str]] = {n: (s.members, s.switch) for 
 #: gallery panels, in order: source, target, then each signal's (declared with the signal)
 PANELS: tuple[str, ...] = ("source", "target") + tuple(p for g in plan_signals().values() for p in g.panels)
 
-#: metrics read from the samples' meta.json / drag.json / region_drag.json (not in the index)
-META_METRICS: tuple[str, ...] = (
-    "coarse_hole_frac",
-    "coarse_coverage",
-    "collage_hole_frac",
-    "collage_n_segments",
-    "sketch_stroke_frac",
-    "sketch_n_strokes",
-    "drag_n",
-    "drag_len_mean",
-    "drag_len_max",
-    "region_n",
-    "region_translation",
-    "region_rotation",
-    "region_scaling",
-    "region_deformation",
-    "track_visible_frac",
-    "track_flow_agreement",
-)
+#: metrics read from the samples' meta.json and small json members (not in the index): what each
+#: signal measures (:attr:`vid2pair.core.stage.Signal.metrics`, in its stage's module)
+META_METRICS: tuple[str, ...] = tuple(n for g in plan_signals().values() if g.metrics for n in g.metrics.names)
 
-#: members read for the meta table (small ones only)
-META_MEMBERS = ("meta.json", "drag.json", "region_drag.json")
+#: members read for the meta table (small ones only): meta.json and the signals' json members
+META_MEMBERS = ("meta.json", *(m for g in plan_signals().values() for m in g.members if m.endswith(".json")))
 
 
 class SampleNotFound(KeyError):
@@ -218,62 +201,29 @@ class Sample:
     def meta(self) -> dict:
         return self.json("meta") or {}
 
-    @cached_property
-    def drag(self) -> dict | None:
-        return self.json("drag")
-
-    @cached_property
-    def region_drag(self) -> dict | None:
-        return self.json("region_drag")
-
     def missing(self, stages: tuple | None = None) -> list[str]:
         """Signals (:data:`SIGNALS`, or those of ``stages``) this sample does not carry."""
         sigs = SIGNALS if stages is None else {n: (g.members, g.switch) for n, g in plan_signals(stages).items()}
         return [s for s, (members, _) in sigs.items() if not all(m in self.members for m in members)]
 
     def scalars(self) -> dict:
-        return meta_scalars(self.meta, self.drag, self.region_drag)
+        return meta_scalars(self.meta, self.json)
 
 
-def _drag_lengths(drag: dict | None) -> list[float]:
-    if not drag:
-        return []
-    return [
-        float(math.hypot(p["target"][0] - p["source"][0], p["target"][1] - p["source"][1]))
-        for p in drag.get("points", [])
-    ]
-
-
-def meta_scalars(meta: dict, drag: dict | None = None, region: dict | None = None) -> dict:
-    """The :data:`META_METRICS` of one sample (None where the signal is absent), plus ``drag_lens``
-    (list) and ``files``."""
-    c, col, sk, tr = (meta.get(k) or {} for k in ("coarse", "collage", "sketch", "track"))
-    region = region if region is not None else meta.get("region_drag")
-    drag = drag if drag is not None else meta.get("drag")
-    lens = _drag_lengths(drag)
-    regions = (region or {}).get("regions", [])
-    types = [r.get("type") for r in regions]
-    g = lambda d, k: d.get(k) if d else None  # noqa: E731
-    return {
-        "coarse_hole_frac": g(c, "hole_frac"),
-        "coarse_coverage": g(c, "coverage"),
-        "collage_hole_frac": g(col, "hole_frac"),
-        "collage_n_segments": g(col, "n_segments"),
-        "sketch_stroke_frac": g(sk, "stroke_frac"),
-        "sketch_n_strokes": g(sk, "n_strokes"),
-        "drag_n": len(lens) if drag is not None else None,
-        "drag_len_mean": float(np.mean(lens)) if lens else None,
-        "drag_len_max": float(np.max(lens)) if lens else None,
-        "region_n": len(regions) if region is not None else None,
-        **{
-            f"region_{t}": (sum(t in str(x).split("+") for x in types) if region is not None else None)
-            for t in REGION_TYPES
-        },
-        "track_visible_frac": g(tr, "visible_frac"),
-        "track_flow_agreement": g(tr, "flow_agreement"),
-        "drag_lens": lens,
-        "files": list(meta.get("files", [])),
-    }
+def meta_scalars(
+    meta: dict, read: Optional[Callable[[str], Optional[dict]]] = None, signals: dict | None = None
+) -> dict:
+    """The :data:`META_METRICS` of one sample (None where the signal is absent), what else the signals
+    measure (``drag_lens``, a list) and ``files``. ``read(member)``: a small json member of the
+    sample, parsed (None: absent); a signal falls back to its meta entry. ``signals``: whose metrics
+    (default the stage graph's)."""
+    read = read or (lambda name: None)
+    out: dict = {}
+    for g in (plan_signals() if signals is None else signals).values():
+        if g.metrics is not None:
+            out.update(g.metrics.measure(meta, read))
+    out["files"] = list(meta.get("files", []))
+    return out
 
 
 class QCDataset:
@@ -282,8 +232,13 @@ class QCDataset:
     ``index`` (DataFrame, one row per sample), ``rejects`` (DataFrame), ``summary`` (dict, or None when
     the run did not finish), ``config`` (the run's config dict, from summary.json or run.json)."""
 
-    def __init__(self, out_dir) -> None:
+    def __init__(self, out_dir, stages: tuple | None = None) -> None:
         from vid2pair.pipeline.io import read_index, read_rejects
+
+        #: the signals of the pipeline that wrote it (``stages``, default the stage graph): what the
+        #: meta table measures, the histograms plot and the notes explain
+        self.signals = plan_signals() if stages is None else plan_signals(stages)
+        self.meta_metrics = tuple(n for g in self.signals.values() if g.metrics for n in g.metrics.names)
 
         self.out = _Out(out_dir)
         self.out_dir = self.out.uri
@@ -364,11 +319,11 @@ class QCDataset:
             df = df.assign(**{metric: []}) if metric not in df.columns else df
         elif metric is not None:
             if metric not in df.columns:
-                if metric not in META_METRICS:
+                if metric not in self.meta_metrics:
                     cols = [c for c in self.index.columns if c.startswith("flow_") or c in ("dt", "static_score")]
                     raise ValueError(
                         f"unknown metric {metric!r}: use an index column ({', '.join(cols)}) "
-                        f"or one of {', '.join(META_METRICS)}"
+                        f"or one of {', '.join(self.meta_metrics)}"
                     )
                 mt = self.meta_table(df["key"].tolist(), max_samples=None)
                 df = df.merge(mt[["key", metric]], on="key", how="left")
@@ -436,9 +391,11 @@ class QCDataset:
             keys = sorted(random.Random(seed).sample(keys, max_samples))
         todo = [k for k in keys if k not in self._meta_cache]
         if todo:
-            for s in self.load_many(todo, members=META_MEMBERS):
-                self._meta_cache[s.key] = meta_scalars(s.meta, s.drag, s.region_drag)
-        cols = ["key", *META_METRICS, "drag_lens", "files"]
+            small = ("meta.json", *(m for g in self.signals.values() for m in g.members if m.endswith(".json")))
+            for s in self.load_many(todo, members=small):
+                self._meta_cache[s.key] = meta_scalars(s.meta, s.json, self.signals)
+        mm = self.meta_metrics
+        cols = ["key", *mm, *(c for c in meta_scalars({}, signals=self.signals) if c not in mm)]
         return pd.DataFrame([{"key": k, **self._meta_cache[k]} for k in keys], columns=cols)
 
     def signal_note(self, signal: str, meta: dict | None = None) -> str:
@@ -448,22 +405,24 @@ class QCDataset:
         for r in (meta or {}).get("signal_rejects") or ():
             if r.get("signal") == signal:
                 return f"{r.get('stage')}/{r.get('reason')}: {r.get('detail')}"
-        switch = SIGNALS[signal][1]
+        g = self.signals.get(signal)
+        switch = g.switch if g is not None else f"{signal}.enabled"
+        for need in g.requires if g is not None else ():
+            if self.config_value(need) is False:
+                return f"{need}=false in this run's config ({signal} needs it)"
         v = self.config_value(switch)
-        if signal == "region_drag" and self.config_value("collage.enabled") is False:
-            return "collage.enabled=false in this run's config (region drags come with the collage)"
-        if signal == "flow" and v == "none":
-            return "output.flow=none in this run's config"
-        if v is False:
-            return f"{switch}=false in this run's config"
+        if v is False or v == "none":
+            return f"{switch}={'false' if v is False else v} in this run's config"
         if not self.config:
             return "no config found (no summary.json / run.json)"
         return f"not produced (stage rejected or skipped it; see {switch})"
 
 
-def sample_caption(sample: Sample) -> str:
-    """One line of the sample's key numbers."""
-    m, sc = sample.meta, sample.scalars()
+def sample_caption(sample: Sample, stages: tuple | None = None) -> str:
+    """One line of the sample's key numbers (each signal's in its own words, :attr:`Metrics.caption`;
+    ``stages``: the pipeline, default the stage graph)."""
+    sigs = plan_signals() if stages is None else plan_signals(stages)
+    m, sc = sample.meta, meta_scalars(sample.meta, sample.json, sigs)
     st = (m.get("flow") or {}).get("stats") or {}
     parts = []
     if m.get("dt") is not None:
@@ -475,17 +434,11 @@ def sample_caption(sample: Sample) -> str:
         )
     if m.get("static_score") is not None:
         parts.append(f"static score {m['static_score']:.4g}")
-    if sc["coarse_hole_frac"] is not None:
-        parts.append(f"coarse holes {_pct(sc['coarse_hole_frac'])}")
-    if sc["collage_hole_frac"] is not None:
-        parts.append(f"collage holes {_pct(sc['collage_hole_frac'])}")
-    if sc["drag_n"] is not None:
-        parts.append(f"{sc['drag_n']} drags" + (f" (max {sc['drag_len_max']:.0f} px)" if sc["drag_len_max"] else ""))
-    if sc["region_n"] is not None:
-        parts.append(f"{sc['region_n']} region drags")
-    if sc["track_visible_frac"] is not None:
-        parts.append(f"tracks visible {_pct(sc['track_visible_frac'])}")
-    miss = sample.missing()
+    for g in sigs.values():
+        words = g.metrics.caption(sc) if g.metrics is not None and g.metrics.caption is not None else None
+        if words:
+            parts.append(words)
+    miss = sample.missing(stages)
     if miss:
         parts.append("missing: " + ", ".join(miss))
     return " · ".join(parts)
@@ -544,7 +497,7 @@ def contact_sheet(
         rows.append(np.concatenate([x for t in row for x in (t, sep)][:-1], axis=1))
     sep = np.zeros((gap, rows[0].shape[1], 3), np.uint8)
     grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
-    return label_image(grid, f"{sample.key} ({sample.shard}) | {sample_caption(sample)}", bar_color=(0, 0, 0))
+    return label_image(grid, f"{sample.key} ({sample.shard}) | {sample_caption(sample, stages)}", bar_color=(0, 0, 0))
 
 
 # ---------------------------------------------------------------- encoding helpers
@@ -604,7 +557,7 @@ def inspect_key(out_dir, key: str, png_path=None, width: int = 320, stages: tupl
     output). Raises :class:`SampleNotFound` (a KeyError) for an unknown key, FileNotFoundError for a
     missing output or shard. ``stages``: the pipeline that wrote it (default the stage graph), whose
     signals are drawn and listed."""
-    ds = QCDataset(out_dir)
+    ds = QCDataset(out_dir, stages)
     s = ds.load(key)
     if png_path is None:
         png_path = (Path("vid2pair-qc") if ds.out.remote else ds.out.path / "qc") / f"{key}.png"
@@ -613,16 +566,14 @@ def inspect_key(out_dir, key: str, png_path=None, width: int = 320, stages: tupl
     png_path.write_bytes(encode_image(contact_sheet(s, width, ds=ds, stages=stages), "png"))
     lines = [
         f"{key}  (shard {s.shard}, {len(s.members)} members: {', '.join(sorted(s.members))})",
-        sample_caption(s),
+        sample_caption(s, stages),
         "signals: " + (", ".join(s.meta.get("signals") or []) or "none"),
         "",
         "meta.json:",
         _pretty(s.meta),
     ]
-    if s.drag is not None:
-        lines += ["", "drag.json:", _pretty(s.drag)]
-    if s.region_drag is not None:
-        lines += ["", "region_drag.json:", _pretty(s.region_drag)]
+    for m in sorted(m for m in s.members if m.endswith(".json") and m != "meta.json"):  # drag.json, region_drag.json
+        lines += ["", f"{m}:", _pretty(s.json(m))]
     miss = s.missing(stages)
     if miss:
         lines += ["", "missing signals: " + "; ".join(f"{m} ({ds.signal_note(m, s.meta)})" for m in miss)]

@@ -9,11 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vid2pair.ops.draw import (
-    REGION_TYPES,
-    TYPE_COLORS,
-)
-from vid2pair.pipeline.qc import PANELS, SIGNALS, QCDataset, Sample, render_panels
+from vid2pair.pipeline.plan import signals as plan_signals
+from vid2pair.pipeline.qc import PANELS, QCDataset, Sample, render_panels
 
 
 def summary_table(ds: QCDataset):
@@ -97,7 +94,7 @@ def signals_table(ds: QCDataset, meta=None):
         meta = ds.meta_table()
     n = len(meta)
     rows = []
-    for sig, (members, _) in SIGNALS.items():
+    for sig, members in ((n, g.members) for n, g in ds.signals.items()):
         have = int(sum(all(mm in (f or []) for mm in members) for f in meta["files"])) if n else 0
         note = "" if n and have == n else ("no samples" if not n else ds.signal_note(sig))
         rows.append((sig, ", ".join(members), have, n, note))
@@ -214,18 +211,27 @@ def _hist(ax, series, title, xlabel, why, log=False, vline=None):
     ax.tick_params(labelsize=8)
 
 
-#: the quality scores of the index: (column, title, the quality.* thresholds drawn, which end is worse)
-QUALITY_METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+#: the pair rules' scores the report plots: (column, title, the quality.* thresholds drawn, which end
+#: is worse); :func:`quality_metrics` adds those the signals declare (:attr:`Signal.scores`)
+PAIR_QUALITY_METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("q_changed_frac", "changed fraction of the frame", ("min_changed_frac", "max_changed_frac"), "low"),
     ("q_fb_consistent", "forward-backward consistent (moving)", ("min_fb_consistent",), "low"),
     ("q_unexplained_frac", "unexplained share of the change", ("max_unexplained_frac",), "high"),
     ("q_unexplained_blob_frac", "largest unexplained region (frame)", ("max_unexplained_blob_frac",), "high"),
     ("q_camera_shift_px", "background shift src -> tgt (px)", (), "high"),
-    ("q_coarse_gain_db", "coarse edit gain over no edit (dB)", ("min_gain_db",), "low"),
-    ("q_collage_gain_db", "collage gain over no edit (dB)", ("min_gain_db",), "low"),
-    ("q_coarse_hole_ratio", "coarse holes / changed area", ("max_hole_ratio",), "high"),
-    ("q_sketch_on_change", "sketch strokes on the change", ("sketch_min_on_change",), "low"),
 )
+
+
+def quality_metrics(signals: dict | None = None) -> tuple[tuple[str, str, tuple[str, ...], str], ...]:
+    """The quality scores the report plots: the pair rules', then each titled :class:`Score` of
+    ``signals`` (default the stage graph's)."""
+    sigs = plan_signals() if signals is None else signals
+    own = ((f"q_{sc.name}", sc.title, sc.thresholds, sc.worse) for g in sigs.values() for sc in g.scores if sc.title)
+    return (*PAIR_QUALITY_METRICS, *own)
+
+
+#: :func:`quality_metrics` of the stage graph
+QUALITY_METRICS = quality_metrics()
 
 
 def quality_order(ds: QCDataset, metric: str) -> list[str]:
@@ -237,14 +243,14 @@ def quality_order(ds: QCDataset, metric: str) -> list[str]:
             f"no column {metric!r} in the index; quality columns: "
             f"{', '.join(c for c in idx.columns if c.startswith('q_')) or 'none'}"
         )
-    worse = {c: w for c, _, _, w in QUALITY_METRICS}.get(metric, "high")
+    worse = {c: w for c, _, _, w in quality_metrics(ds.signals)}.get(metric, "high")
     df = idx[["key", metric]].copy()
     return list(df.sort_values(metric, ascending=worse == "low", kind="stable", na_position="last")["key"])
 
 
 def fig_quality(ds: QCDataset):
     """Histograms of the quality stage's scores (index columns, every sample) with the thresholds."""
-    metrics = [m for m in QUALITY_METRICS if m[0] in ds.index]
+    metrics = [m for m in quality_metrics(ds.signals) if m[0] in ds.index]
     fig = _new_fig(13, 2.9 * max(1, -(-len(metrics) // 3)))
     if not metrics:
         _no_data(fig.add_subplot(), "no quality scores in the index (quality.enabled=false, or an older output)")
@@ -260,18 +266,45 @@ def fig_quality(ds: QCDataset):
     return fig
 
 
+class PlotView:
+    """What a signal's histogram panel (:attr:`vid2pair.core.stage.Metrics.plot`) draws with: ``ax``
+    (a matplotlib Axes), ``col(name)`` (a meta-table column's values, lists flattened), ``hist(series,
+    title, xlabel)``, ``missing()`` (the placeholder saying why there is nothing), ``sub`` (the title's
+    sample note)."""
+
+    def __init__(self, ax, table, sub: str, why: str):
+        self.ax, self.table, self.sub, self.why = ax, table, sub, why
+
+    def col(self, name: str) -> np.ndarray:
+        if name not in self.table or not len(self.table):
+            return np.array([])
+        vals = self.table[name].dropna().tolist()
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in vals):
+            vals = [x for v in vals for x in (v if isinstance(v, (list, tuple, np.ndarray)) else [v])]
+        return np.asarray(vals, dtype=float)
+
+    def hist(self, series, title: str, xlabel: str, log: bool = False) -> None:
+        _hist(self.ax, series, title + self.sub, xlabel, self.why, log=log)
+
+    def missing(self) -> None:
+        _no_data(self.ax, self.why)
+
+
 def fig_histograms(ds: QCDataset, meta=None):
-    """3×3 histograms: Δt, flow magnitude (p50/p90/p99), moving fraction, static-camera score (kept and
-    rejected shots, threshold), drag lengths, hole fractions (coarse, collage), sketch density, region
-    drag types, track quality. Index columns cover every sample; meta-derived panels cover ``meta``
-    (a :meth:`QCDataset.meta_table`, default a random 500)."""
+    """Histograms: Δt, flow magnitude (p50/p90/p99), moving fraction, static-camera score (kept and
+    rejected shots, threshold), then each signal's own panel (:attr:`Metrics.plot`: drag lengths,
+    sketch density, hole fractions of the coarse edit and the collage, region drag types, track
+    quality). Index columns cover every sample; meta-derived panels cover ``meta`` (a
+    :meth:`QCDataset.meta_table`, default a random 500)."""
     if meta is None:
         meta = ds.meta_table()
     idx = ds.index
     n_meta, n_all = len(meta), len(idx)
     sub = f" (random {n_meta} of {n_all})" if n_meta < n_all else ""
-    fig = _new_fig(13, 10)
-    axs = fig.subplots(3, 3)
+    plotted = [(n, g) for n, g in ds.signals.items() if g.metrics is not None and g.metrics.plot is not None]
+    rows = -(-(4 + len(plotted)) // 3)
+    fig = _new_fig(13, 10 * rows / 3)
+    axs = fig.subplots(rows, 3)
 
     col, hist = _col, _hist
 
@@ -302,47 +335,10 @@ def fig_histograms(ds: QCDataset, meta=None):
         log=True,
         vline=(thr, f"max_shift {thr}") if isinstance(thr, (int, float)) else None,
     )
-    lens = np.array([x for v in meta["drag_lens"] for x in (v or [])]) if n_meta else np.array([])
-    hist(
-        axs[1, 1],
-        [("drag points", lens)],
-        "drag length" + sub,
-        "|target − source| (px)",
-        none or ("no drag.json in the samples (" + ds.signal_note("drag") + ")"),
-    )
-    hist(
-        axs[1, 2],
-        [("coarse", col(meta, "coarse_hole_frac")), ("collage", col(meta, "collage_hole_frac"))],
-        "hole fraction" + sub,
-        "fraction of the frame",
-        none or "no coarse edit or collage in the samples",
-    )
-    hist(
-        axs[2, 0],
-        [("pairs", col(meta, "sketch_stroke_frac"))],
-        "sketch stroke fraction" + sub,
-        "fraction of the frame",
-        none or ("no sketch in the samples (" + ds.signal_note("sketch") + ")"),
-    )
-    ax = axs[2, 1]
-    ax.set_title("region drag types" + sub, fontsize=10)
-    counts = [int(col(meta, f"region_{t}").sum()) for t in REGION_TYPES]
-    if n_meta and col(meta, "region_n").size:
-        bars = ax.bar(REGION_TYPES, counts, color=[np.array(TYPE_COLORS[t]) / 255 for t in REGION_TYPES])
-        ax.bar_label(bars, fontsize=8)
-        nz = int((col(meta, "region_n") == 0).sum())
-        ax.set_ylabel("regions", fontsize=9)
-        ax.set_xlabel(f"pairs with no region: {nz}", fontsize=9)
-        ax.tick_params(labelsize=8)
-    else:
-        _no_data(ax, none or ("no region_drag.json in the samples (" + ds.signal_note("region_drag") + ")"))
-    hist(
-        axs[2, 2],
-        [("visible fraction", col(meta, "track_visible_frac")), ("flow agreement", col(meta, "track_flow_agreement"))],
-        "tracks" + sub,
-        "fraction",
-        none or ("no tracks in the samples (" + ds.signal_note("tracks") + ")"),
-    )
+    for (name, g), ax in zip(plotted, axs.ravel()[4:]):  # each signal's own panel (Signal.metrics.plot)
+        g.metrics.plot(PlotView(ax, meta, sub, none or f"no {name} in the samples ({ds.signal_note(name)})"))
+    for ax in axs.ravel()[4 + len(plotted) :]:
+        ax.set_visible(False)
     fig.suptitle(f"{ds.out_dir}: {n_all} samples", fontsize=11)
     return fig
 

@@ -46,31 +46,20 @@ class _UnitWork:
     def iter(self, task: ClipTask, report) -> Iterator[Item]:
         import copy
 
-        from vid2pair.stages.pairs import RETRY_REASONS
-
-        items = self.clip.iter_items(task, report) if hasattr(self.clip, "iter_items") else self.clip(task, report)
-        retry = getattr(self.clip, "retry_item", None)
-        for it in items:
+        for it in self.clip.iter_items(task, report):
             first, passed = it, False
             while True:
                 out = [it]
                 frames = it.arrays.get("frames") if isinstance(it, PairItem) else None
-                meta = copy.deepcopy(it.meta) if frames is not None and retry is not None else None
+                meta = copy.deepcopy(it.meta) if frames is not None else None
                 if isinstance(it, PairItem):
                     for st in self.fused:
                         report(st.name)
                         out = st(out)
                 # a pair rejected for motion the estimates cannot follow: again at a shorter gap
                 nxt = None
-                if (
-                    retry is not None
-                    and frames is not None
-                    and len(out) == 1
-                    and isinstance(out[0], Reject)
-                    and out[0].level == "pair"
-                    and out[0].reason in RETRY_REASONS
-                ):
-                    nxt = retry(it, meta, frames)
+                if frames is not None and len(out) == 1 and isinstance(out[0], Reject) and self.clip.retries(out[0]):
+                    nxt = self.clip.retry_item(it, meta, frames)
                     if nxt is not None:
                         out[0].detail = (f"{out[0].detail}; retried at dt {nxt.meta['dt']:g} s as {nxt.key}")[:500]
                 passed = passed or any(isinstance(o, PairItem) for o in out)
@@ -78,7 +67,7 @@ class _UnitWork:
                 if nxt is None:
                     break
                 it = nxt
-            if isinstance(first, PairItem) and not passed and hasattr(self.clip, "rejected_one"):
+            if isinstance(first, PairItem) and not passed:
                 self.clip.rejected_one(first)  # a spare candidate replaces it
 
     def __call__(self, task: ClipTask, report) -> list[Item]:
@@ -88,7 +77,7 @@ class _UnitWork:
             return list(self.iter(task, report))
         for it in self.iter(task, report):
             emit(it)
-        return [ClipInfo(getattr(self.clip, "info", {}))]
+        return [ClipInfo(self.clip.info)]
 
 
 def _unit_work(cfg, clip_cls: type, fused: tuple[type, ...], after: tuple[type, ...] = ()) -> _UnitWork:

@@ -277,6 +277,11 @@ class ClipStage(Stage):
                         pair_key(task.clip_id, k, sp.src, sp.tgt),
                     )
 
+    def retries(self, reject: Reject) -> bool:
+        """Whether a pair rejected so is tried again at a shorter gap (:meth:`retry_item`): a pair-level
+        reject for motion the estimates cannot follow (:data:`pairs.RETRY_REASONS`)."""
+        return reject.level == "pair" and reject.reason in pairs.RETRY_REASONS
+
     def retry_item(self, it: PairItem, meta: dict, frames) -> Optional[PairItem]:
         """The retry of pair ``it`` (as this stage made it: ``meta``, decoded as ``frames``) at a shorter
         gap, from the same frames (:func:`pairs.shorter_target`), keyed ``<key>_r<n>``; None when it has

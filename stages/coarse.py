@@ -33,9 +33,9 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, PairStage, Signal, drop_signal, pair_reject
-from vid2pair.ops.draw import draw_warped_edit
+from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
 from vid2pair.ops.train_input import edit_with_holes
-from vid2pair.stages.evidence import judge_warped_edit
+from vid2pair.stages.evidence import judge_warped_edit, warped_edit_scores
 from vid2pair.stages.splat import MODES, check_pair_arrays
 
 __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage"]
@@ -177,6 +177,8 @@ class CoarseStage(PairStage):
             judge=judge_coarse,
             panels=("coarse",),
             draw=partial(draw_warped_edit, name="coarse", label="coarse edit"),
+            scores=warped_edit_scores("coarse", "coarse edit"),
+            metrics=warped_edit_metrics("coarse", "coarse edit", "coverage", "coverage"),
             train=edit_with_holes("coarse.png", "coarse_mask.png"),
         ),
     )

@@ -50,7 +50,7 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
-from vid2pair.ops.draw import draw_warped_edit
+from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
 from vid2pair.ops.similarity import (  # noqa: F401  (re-exported)
     _similarity_params,
     fit_similarity,
@@ -58,8 +58,15 @@ from vid2pair.ops.similarity import (  # noqa: F401  (re-exported)
     segment_median_flow,
 )
 from vid2pair.ops.train_input import edit_with_holes
-from vid2pair.stages.evidence import judge_warped_edit
-from vid2pair.stages.region_drag import RegionDragConfig, draw_region_drag, judge_region_drag, region_drags
+from vid2pair.stages.evidence import judge_warped_edit, warped_edit_scores
+from vid2pair.stages.region_drag import (
+    REGION_METRICS,
+    REGION_SCORES,
+    RegionDragConfig,
+    draw_region_drag,
+    judge_region_drag,
+    region_drags,
+)
 from vid2pair.stages.segment import segment_pixels
 from vid2pair.stages.splat import check_pair_arrays
 
@@ -463,15 +470,20 @@ class CollageStage(PairStage):
             judge=judge_collage,
             panels=("collage",),
             draw=partial(draw_warped_edit, name="collage", label="collage"),
+            scores=warped_edit_scores("collage", "collage"),
+            metrics=warped_edit_metrics("collage", "collage", "n_segments", "n_segments"),
             train=edit_with_holes("collage.png", "collage_mask.png"),
         ),
         Signal(
             "region_drag",
             ("region_drag.json", "region_masks.png"),
             "region_drag.enabled",
+            requires=("collage.enabled",),
             judge=judge_region_drag,
             panels=("region_drag",),
             draw=draw_region_drag,
+            scores=REGION_SCORES,
+            metrics=REGION_METRICS,
         ),
     )
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from vid2pair.core.items import PairItem
 from vid2pair.core.spec import knob
-from vid2pair.core.stage import TrainInput
+from vid2pair.core.stage import Metrics, Score, TrainInput
 from vid2pair.ops.draw import (
     PALETTE,
     Panel,
@@ -381,7 +381,7 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
 def draw_drag(v: PanelView) -> list[Panel]:
     """The drag signal's QC panels (its :attr:`~vid2pair.core.stage.Signal.draw`): the drags on the
     source and on the target, numbered by colour, the editable region tinted on the handles' side."""
-    drag = v.sample.drag
+    drag = v.sample.json("drag.json")
     if drag is None:
         return [
             v.missing("drag_src", "drags on source", "drag.json", "drag"),
@@ -492,3 +492,38 @@ def display_drag(signal, src):
 
 
 DRAG_INPUT = TrainInput(channels=3, decode=decode_drag, display=display_drag, extras=("drag_points", "drag_valid"))
+
+
+# --------------------------------------------------------------------------- what QC measures
+
+#: the scores :func:`judge_drag` writes
+DRAG_SCORES = (Score("drag_total", "int64"), Score("drag_valid", "int64"))
+
+
+def _measure_drag(meta: dict, read) -> dict:
+    """drag_n, drag_len_mean, drag_len_max, and drag_lens (every |target - source|, px)."""
+    drag = read("drag.json")
+    drag = meta.get("drag") if drag is None else drag
+    lens = [
+        float(math.hypot(p["target"][0] - p["source"][0], p["target"][1] - p["source"][1]))
+        for p in (drag or {}).get("points", [])
+    ]
+    return {
+        "drag_n": len(lens) if drag is not None else None,
+        "drag_len_mean": float(np.mean(lens)) if lens else None,
+        "drag_len_max": float(np.max(lens)) if lens else None,
+        "drag_lens": lens,
+    }
+
+
+def _caption_drag(v: dict) -> Optional[str]:
+    if v["drag_n"] is None:
+        return None
+    return f"{v['drag_n']} drags" + (f" (max {v['drag_len_max']:.0f} px)" if v["drag_len_max"] else "")
+
+
+def _plot_drag(view) -> None:
+    view.hist([("drag points", view.col("drag_lens"))], "drag length", "|target − source| (px)")
+
+
+DRAG_METRICS = Metrics(("drag_n", "drag_len_mean", "drag_len_max"), _measure_drag, _caption_drag, _plot_drag)

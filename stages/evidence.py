@@ -22,6 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from vid2pair.core.stage import Score
 from vid2pair.ops.image import to_gray
 
 __all__ = [
@@ -367,6 +368,17 @@ def in_mask(mask: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def blur_gray(img: np.ndarray, sigma: float) -> np.ndarray:
 
     return _blur(to_gray(img), sigma)
+
+
+def warped_edit_scores(name: str, label: str) -> tuple:
+    """The scores :func:`judge_warped_edit` writes for edit ``name`` (:class:`vid2pair.core.stage.Score`)."""
+    return (
+        Score(f"{name}_gain_db", title=f"{label} gain over no edit (dB)", thresholds=("min_gain_db",), worse="low"),
+        Score(f"{name}_false_hole_frac"),
+        Score(f"{name}_hole_frac"),
+        Score(f"{name}_hole_ratio", title=f"{label} holes / changed area", thresholds=("max_hole_ratio",)),
+        Score(f"{name}_unexplained_frac"),
+    )
 
 
 def judge_warped_edit(name: str, min_gain_db: float, p, it, sc: dict, sig_fail: dict) -> None:

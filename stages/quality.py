@@ -74,7 +74,9 @@ from vid2pair.stages.evidence import (
 __all__ = ["QualityConfig", "QualityStage", "judge"]
 
 
-#: every score :func:`judge` writes into ``meta["quality"]`` (the index has each as ``q_<name>``)
+#: the scores of the pair rules and the dense-flow rules :func:`judge` writes into ``meta["quality"]``
+#: (the index has each as ``q_<name>``); each signal's judge adds those its signal declares
+#: (:attr:`vid2pair.core.stage.Signal.scores`)
 SCORES = {
     "changed_frac": "float64",
     "exposure_explained": "float64",
@@ -89,18 +91,6 @@ SCORES = {
     "unexplained_frac": "float64",
     "unexplained_blob_frac": "float64",
     "orphan_blob_frac": "float64",
-    **{
-        f"{n}_{k}": "float64"
-        for n in ("coarse", "collage")
-        for k in ("gain_db", "false_hole_frac", "hole_frac", "hole_ratio")
-    },
-    **{f"{n}_unexplained_frac": "float64" for n in ("coarse", "collage")},
-    "drag_total": "int64",
-    "drag_valid": "int64",
-    "sketch_on_change": "float64",
-    "sketch_verified": "float64",
-    "region_total": "int64",
-    "region_valid": "int64",
 }
 
 
@@ -622,6 +612,11 @@ class QualityStage(PairStage):
         return {f"q_{k}": v for k, v in q.items() if isinstance(v, (int, float)) or v is None}
 
     index_schema = {f"q_{k}": t for k, t in SCORES.items()}
+
+    @classmethod
+    def index_types(cls, before: tuple = ()) -> dict[str, str]:
+        """Its own scores, then those the signals of the stages before it declare (whatever a config enables)."""
+        return {**cls.index_schema, **{f"q_{s.name}": s.dtype for S in before for g in S.signals for s in g.scores}}
 
     def __init__(self, cfg, signal_keys: Optional[dict] = None, judges: Optional[dict] = None):
         super().__init__(cfg)

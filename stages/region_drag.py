@@ -50,7 +50,8 @@ import numpy as np
 
 from vid2pair.core.items import PairItem
 from vid2pair.core.spec import knob
-from vid2pair.ops.draw import REGION_TYPES, TYPE_COLOR_NAMES, Panel, PanelView, draw_region_drags
+from vid2pair.core.stage import Metrics, Score
+from vid2pair.ops.draw import REGION_TYPES, TYPE_COLOR_NAMES, TYPE_COLORS, Panel, PanelView, draw_region_drags
 from vid2pair.ops.similarity import _similarity_params, fit_similarity, segment_median_flow
 from vid2pair.stages.evidence import blur_gray, in_mask, sample_field
 
@@ -372,7 +373,7 @@ def judge_region_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
 def draw_region_drag(v: PanelView) -> list[Panel]:
     """The region drags' QC panel (its :attr:`~vid2pair.core.stage.Signal.draw`): each region on the
     source in the colour of its operation type, with its handle -> target arrows."""
-    rd = v.sample.region_drag
+    rd = v.sample.json("region_drag.json")
     if rd is None or v.src is None:
         return [v.missing("region_drag", "region drags", "region_drag.json", "region_drag")]
     regions = rd.get("regions", [])
@@ -380,3 +381,48 @@ def draw_region_drag(v: PanelView) -> list[Panel]:
     desc = ", ".join(f"{c} {t} ({TYPE_COLOR_NAMES[t]})" for t, c in counts.items() if c) or "none (nothing moves)"
     img = draw_region_drags(v.disp(v.src), v.mask(v.sample.image("region_masks")), regions, sx=v.sx, sy=v.sy)
     return [Panel("region_drag", f"region drags on source: {desc}", img)]
+
+
+# --------------------------------------------------------------------------- what QC measures
+
+#: the scores :func:`judge_region_drag` writes
+REGION_SCORES = (Score("region_total", "int64"), Score("region_valid", "int64"))
+
+
+def _measure_region_drag(meta: dict, read) -> dict:
+    """region_n and, per type part (translation, rotation, scaling, deformation), how many regions have it."""
+    region = read("region_drag.json")
+    region = meta.get("region_drag") if region is None else region
+    regions = (region or {}).get("regions", [])
+    types = [r.get("type") for r in regions]
+    return {
+        "region_n": len(regions) if region is not None else None,
+        **{
+            f"region_{t}": (sum(t in str(x).split("+") for x in types) if region is not None else None)
+            for t in REGION_TYPES
+        },
+    }
+
+
+def _plot_region_drag(view) -> None:
+    """Bars: regions per type part; the pairs with no region below."""
+    ax = view.ax
+    ax.set_title("region drag types" + view.sub, fontsize=10)
+    n = view.col("region_n")
+    if not n.size:
+        view.missing()
+        return
+    counts = [int(view.col(f"region_{t}").sum()) for t in REGION_TYPES]
+    bars = ax.bar(REGION_TYPES, counts, color=[np.array(TYPE_COLORS[t]) / 255 for t in REGION_TYPES])
+    ax.bar_label(bars, fontsize=8)
+    ax.set_ylabel("regions", fontsize=9)
+    ax.set_xlabel(f"pairs with no region: {int((n == 0).sum())}", fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
+REGION_METRICS = Metrics(
+    ("region_n", *(f"region_{t}" for t in REGION_TYPES)),
+    _measure_region_drag,
+    lambda v: None if v["region_n"] is None else f"{v['region_n']} region drags",
+    _plot_region_drag,
+)

@@ -43,7 +43,7 @@ import numpy as np
 
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
-from vid2pair.core.stage import Member, PairStage, Signal, TrainInput, pair_reject
+from vid2pair.core.stage import Member, Metrics, PairStage, Score, Signal, TrainInput, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
 from vid2pair.stages.splat import check_pair_arrays
 
@@ -308,6 +308,22 @@ def draw_sketch(v: PanelView) -> list[Panel]:
     ]
 
 
+def _measure_sketch(meta: dict, read) -> dict:
+    m = meta.get("sketch") or {}
+    return {
+        "sketch_stroke_frac": m.get("stroke_frac") if m else None,
+        "sketch_n_strokes": m.get("n_strokes") if m else None,
+    }
+
+
+def _plot_sketch(view) -> None:
+    view.hist([("pairs", view.col("sketch_stroke_frac"))], "sketch stroke fraction", "fraction of the frame")
+
+
+#: what QC measures of a sketch: its stroke share of the frame and its stroke count (meta["sketch"])
+SKETCH_METRICS = Metrics(("sketch_stroke_frac", "sketch_n_strokes"), _measure_sketch, plot=_plot_sketch)
+
+
 SKETCH_INPUT = TrainInput(
     channels=1,  # the strokes, 0 / 1
     decode=lambda r: {"signal": r.image("sketch.png", rgb=False)},
@@ -330,6 +346,16 @@ class SketchStage(PairStage):
             judge=judge_sketch,
             panels=("sketch",),
             draw=draw_sketch,
+            scores=(
+                Score(
+                    "sketch_on_change",
+                    title="sketch strokes on the change",
+                    thresholds=("sketch_min_on_change",),
+                    worse="low",
+                ),
+                Score("sketch_verified"),
+            ),
+            metrics=SKETCH_METRICS,
             train=SKETCH_INPUT,
         ),
     )

@@ -46,11 +46,12 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need, validate
-from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, drop_signal, pair_reject
+from vid2pair.core.stage import Member, Metrics, Need, PairStage, Resources, Signal, drop_signal, pair_reject
+from vid2pair.ops.draw import _pct
 from vid2pair.ops.flow_backends import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, plan_hops
 from vid2pair.ops.flow_math import invert_flow
 from vid2pair.ops.image import to_gray
-from vid2pair.stages.drag import DRAG_INPUT, DragConfig, draw_drag, judge_drag
+from vid2pair.stages.drag import DRAG_INPUT, DRAG_METRICS, DRAG_SCORES, DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
     klt_tracks,
@@ -558,6 +559,31 @@ def _texture(gray: np.ndarray) -> float:
     return float(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()) / 2.0
 
 
+def _measure_tracks(meta: dict, read) -> dict:
+    t = meta.get("track") or {}
+    return {
+        "track_visible_frac": t.get("visible_frac") if t else None,
+        "track_flow_agreement": t.get("flow_agreement") if t else None,
+    }
+
+
+def _plot_tracks(view) -> None:
+    view.hist(
+        [("visible fraction", view.col("track_visible_frac")), ("flow agreement", view.col("track_flow_agreement"))],
+        "tracks",
+        "fraction",
+    )
+
+
+#: what QC measures of the tracks: the visible share and the agreement with the flow (meta["track"])
+TRACK_METRICS = Metrics(
+    ("track_visible_frac", "track_flow_agreement"),
+    _measure_tracks,
+    lambda v: None if v["track_visible_frac"] is None else f"tracks visible {_pct(v['track_visible_frac'])}",
+    _plot_tracks,
+)
+
+
 class TrackStage(PairStage):
     """Target -> source tracks of a query grid, drag points and the drag mask, per batch of pairs.
 
@@ -596,9 +622,11 @@ class TrackStage(PairStage):
             judge=judge_drag,
             panels=("drag_src", "drag_tgt"),
             draw=draw_drag,
+            scores=DRAG_SCORES,
+            metrics=DRAG_METRICS,
             train=DRAG_INPUT,
         ),
-        Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled"),
+        Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled", metrics=TRACK_METRICS),
     )
 
     @classmethod

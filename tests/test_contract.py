@@ -260,6 +260,15 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path, monkeypat
         text, _ = qc.inspect_key(tmp_path / "out", key, tmp_path / f"{key}.png", stages=stages)
         assert ("toy (quality/toy_odd_frame" in text) == (key in odd)
         assert ("signals: " in text) and (("toy" in text.split("signals: ")[1].split("\n")[0]) != (key in odd))
+    # measured: its score is an index column, its metric a meta-table column with caption words and a histogram
+    assert idx["q_toy_src_frame"].notna().all() and set(idx["q_toy_src_frame"] % 2) == {0, 1}  # every pair scored
+    ds = qc.QCDataset(tmp_path / "out", stages=stages)
+    mt = ds.meta_table()
+    assert mt["toy_mean_grey"].notna().sum() == len(idx) and "toy_mean_grey" not in qc.QCDataset(tmp_path / "out").meta_table()
+    assert "toy mean " in qc.sample_caption(ds.load(next(k for k in idx["key"] if k not in odd)), stages)
+    titles = [ax.get_title() for ax in qc.fig_histograms(ds, mt).axes]
+    assert any(t.startswith("toy mean grey") for t in titles), titles
+    assert "toy source frame" in [ax.get_title() for ax in qc.fig_quality(ds).axes]
     assert signals(stages)["toy"].members == ("toy.png", "toy.json")
     problems = check_build_weights(cfg, stages=(*STAGES[:-1], NeedyToyStage, STAGES[-1]))
     assert problems == ["toy.backend=needy needs the vid2pair_no_such_module package: pip install 'vid2pair[toy]'"]

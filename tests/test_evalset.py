@@ -54,9 +54,9 @@ def test_export_scales_points_and_masks_with_the_image(synth, tmp_path):
         assert src.shape[:2] == mask.shape == (H, W) and e["size"] == [W, H] and e["orig_size"] == [w, h]
         # the points are the stored drags' (or region drags'), scaled by the same factors as the image
         stored = (
-            np.array([[p["source"], p["target"]] for p in s.drag["points"]])
-            if s.drag
-            else np.concatenate([np.stack([r["handles"], r["targets"]], 1) for r in s.region_drag["regions"]])
+            np.array([[p["source"], p["target"]] for p in s.json("drag")["points"]])
+            if s.json("drag")
+            else np.concatenate([np.stack([r["handles"], r["targets"]], 1) for r in s.json("region_drag")["regions"]])
         )
         got = np.array([[p["handle"], p["target"]] for p in e["points"]])
         want = (stored + 0.5) * [W / w, H / h] - 0.5

@@ -147,11 +147,11 @@ def test_scale_points_and_overlays():
 
 def test_gallery_panels_draw_the_samples_drags_where_drag_json_says(demo_out):
     ds = qc.QCDataset(demo_out)
-    s = next(x for x in ds.samples(n=len(ds), seed=0) if x.drag and x.drag["points"])
+    s = next(x for x in ds.samples(n=len(ds), seed=0) if x.json("drag") and x.json("drag")["points"])
     W = s.meta["size"][0]
     panels = {p.name: p for p in qc.render_panels(s, width=W, ds=ds)}  # display scale 1
     assert [p.name for p in qc.render_panels(s, width=W, ds=ds)] == list(qc.PANELS)
-    pts = s.drag["points"]
+    pts = s.json("drag")["points"]
     last = qc.PALETTE[(len(pts) - 1) % len(qc.PALETTE)]  # drawn last: never overdrawn
     for name in ("drag_src", "drag_tgt"):
         for which in ("source", "target"):

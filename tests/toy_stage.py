@@ -2,7 +2,8 @@
 
 It writes ``toy.png`` (the source, inverted), declares a ``toy`` signal with its own quality rule
 (:func:`judge_toy`: the quality stage drops it from pairs whose source frame number is odd), its
-own QC panel (:func:`draw_toy`) and its trainer input (:data:`TOY_INPUT`: ``vid2pair train`` with
+own QC panel (:func:`draw_toy`), its score (``q_toy_src_frame``) and QC metric (``toy_mean_grey``:
+its caption words and histogram) and its trainer input (:data:`TOY_INPUT`: ``vid2pair train`` with
 ``task: toy`` conditions on the inverted source), and an index column (and its type);
 tests/test_contract.py checks that the encoder, the index, the signal list and the pre-flight
 follow from these declarations alone.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vid2pair.core.stage import Member, Need, PairStage, Signal, TrainInput
+from vid2pair.core.stage import Member, Metrics, Need, PairStage, Score, Signal, TrainInput
 from vid2pair.ops.draw import Panel, PanelView
 
 
@@ -20,6 +21,7 @@ def judge_toy(p, it, sc: dict, sig_fail: dict) -> None:
     """The toy's rule: it is the inverted source, and the source frame number is even."""
     if "toy" not in it.arrays:
         return
+    sc["toy_src_frame"] = int(it.meta["src_frame"])
     if not np.array_equal(it.arrays["toy"], 255 - p.src):
         sig_fail["toy"] = ("toy_not_inverted", "toy.png is not the inverted source")
     elif it.meta["src_frame"] % 2:
@@ -33,6 +35,13 @@ def draw_toy(v: PanelView) -> list[Panel]:
         return [v.missing("toy", "toy", "toy.png", "toy")]
     return [Panel("toy", "toy (the inverted source)", v.disp(img))]
 
+
+TOY_METRICS = Metrics(
+    ("toy_mean_grey",),
+    measure=lambda meta, read: {"toy_mean_grey": (meta.get("toy") or {}).get("mean")},
+    caption=lambda v: None if v["toy_mean_grey"] is None else f"toy mean {v['toy_mean_grey']:.0f}",
+    plot=lambda view: view.hist([("pairs", view.col("toy_mean_grey"))], "toy mean grey", "grey level"),
+)
 
 TOY_INPUT = TrainInput(
     channels=3,
@@ -53,6 +62,8 @@ class ToyStage(PairStage):
             judge=judge_toy,
             panels=("toy",),
             draw=draw_toy,
+            scores=(Score("toy_src_frame", "int64", title="toy source frame"),),
+            metrics=TOY_METRICS,
             train=TOY_INPUT,
         ),
     )
