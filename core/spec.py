@@ -25,8 +25,10 @@ from vid2pair.core.errors import ConfigError
 #: every unit a knob may name, and what it means
 UNITS: dict[str, str] = {
     "px": "pixels of the stored frames (after the frame policy)",
-    "px@512": "pixels at a 512-px short side; scaled by (stored short side / 512) for other frame sizes",
-    "px@240": "pixels at a 240-px short side; scaled by (stored short side / 240) for other frame sizes",
+    "px@512": "pixels at a 512-px short side; scaled by (stored short side / 512) for other frame sizes "
+    "(vid2pair.core.spec.scaled)",
+    "px@240": "pixels at a 240-px short side; scaled by (stored short side / 240) for other frame sizes "
+    "(vid2pair.core.spec.scaled)",
     "px@dis": "pixels at DIS's working resolution of the tracker's hops: stored px / 2**finest_scale "
     "(1/2 at 576x1024, docs/tracking.md)",
     "px@analysis": "pixels of the small frames the stage analyses (its `analysis_width`)",
@@ -76,6 +78,29 @@ def need(ok: bool, key: str, msg: str) -> None:
     """Raise :class:`ConfigError` naming ``key`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{key}: {msg}")
+
+
+# ---------------------------------------------------------------- frame-size units
+
+
+def frame_scale(shape, unit: str = "px@512", reference: float | None = None) -> float:
+    """Stored-frame pixels per pixel of ``unit`` on a frame of ``shape`` ((H, W, ...) or (H, W)):
+    for ``px@512`` / ``px@240`` the stored short side over that reference side (``reference``: a
+    section's own ``reference_short_side`` knob instead), 1.0 for plain ``px``. The one place the
+    ``px@N`` units of :data:`UNITS` are applied."""
+    if unit == "px":
+        return 1.0
+    if not unit.startswith("px@") or not unit[3:].isdigit():
+        raise ValueError(f"{unit!r} is not a frame-size unit (px, px@512, px@240)")
+    ref = float(unit[3:]) if reference is None else float(reference)
+    return min(shape[0], shape[1]) / ref
+
+
+def scaled(section: Any, name: str, shape, reference: float | None = None) -> float:
+    """Knob ``name`` of config ``section`` in stored-frame pixels on a frame of ``shape``: its value
+    times :func:`frame_scale` of its declared unit (``reference``: the section's reference side)."""
+    f = next(f for f in dataclasses.fields(section) if f.name == name)
+    return getattr(section, name) * frame_scale(shape, f.metadata.get("unit") or "px", reference)
 
 
 # ---------------------------------------------------------------- types

@@ -140,6 +140,10 @@ class Signal:
     metrics: Optional[Metrics] = field(default=None, compare=False, repr=False)
     #: how the trainer is conditioned on it (:class:`TrainInput`); ``None``: not a trainer task
     train: Optional[TrainInput] = field(default=None, compare=False, repr=False)
+    #: correspondences for a model's matching attention, ``matches(r, grids) -> {"match_idx_{h}x{w}":
+    #: (h*w,) int64}`` (``r``: the trainer's sample reader; the source token of each target token, -1
+    #: where unsupervised); the trainer takes them from the signal that declares this
+    matches: Optional[Callable[..., dict]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -135,14 +135,18 @@ def signal_members(name: str, stages: tuple = STAGES) -> tuple[str, ...]:
     return sigs[name].members
 
 
+def current_stages() -> tuple:
+    """The stage list of :mod:`vid2pair.pipeline.graph` as it is now (what the trainer follows)."""
+    from vid2pair.pipeline import graph
+
+    return graph.STAGES
+
+
 def trainer_tasks(stages: tuple | None = None) -> dict[str, Signal]:
     """The signals a model can be trained on (those declaring a :class:`~vid2pair.core.stage.TrainInput`),
     by name, in stage order. ``None``: the stage list of :mod:`vid2pair.pipeline.graph` as it is when
     called (the trainer's tasks follow that one list)."""
-    if stages is None:
-        from vid2pair.pipeline import graph
-
-        stages = graph.STAGES
+    stages = current_stages() if stages is None else stages
     return {name: g for name, g in signals(stages).items() if g.train is not None}
 
 

@@ -344,7 +344,7 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     evidence, see :func:`vid2pair.stages.evidence.judge_warped_edit`). Each drag: handle and target
     on what moves, long enough to see, on texture, and the source patch at the handle agreeing with
     the target patch at the target. Invalid drags are removed."""
-    meta, c, s, R = it.meta, p.c, p.s, p.R
+    meta, c, R = it.meta, p.c, p.R
     if "drag" not in meta:
         return
     hs, ts = drag_points(meta["drag"])
@@ -362,7 +362,7 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             & in_mask(R, ts)
             & in_mask(near_c, hs)
             & in_mask(near_c, ts)
-            & (length >= c.drag_min_len_px * s)
+            & (length >= p.px("drag_min_len_px"))
             & (ncc >= c.drag_min_ncc)
             & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
             & in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
@@ -373,7 +373,7 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
         sig_fail["drag"] = (
             "drag_too_few_valid",
             f"{int(ok.sum())} of {n} drags sit on moving content, are >= "
-            f"{c.drag_min_len_px * s:.1f} px long and match their patches "
+            f"{p.px('drag_min_len_px'):.1f} px long and match their patches "
             f"(< {c.min_drags})",
         )
 

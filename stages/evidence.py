@@ -22,6 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from vid2pair.core.spec import frame_scale
 from vid2pair.core.stage import Score
 from vid2pair.ops.image import to_gray
 
@@ -95,7 +96,7 @@ def still_support(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
     """:func:`moving_support` at the settings the flow stage's ``static_suppress`` and the track
     stage's ``hold_still`` share (15 grey levels; blur, closing and band scaled with the frame's
     short side / 512): ``True`` where a fixed camera's pixels may move."""
-    s = min(src.shape[:2]) / 512.0
+    s = frame_scale(src.shape)
     return moving_support(src, tgt, 15.0, 1.5 * s, close_px=max(1, round(6 * s)), band_px=max(2, round(8 * s)))
 
 

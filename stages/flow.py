@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem, pair_key
-from vid2pair.core.spec import knob, need
+from vid2pair.core.spec import frame_scale, knob, need
 from vid2pair.core.stage import Need, PairStage, Resources, Signal, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, flow_to_rgb
 from vid2pair.ops.flow_backends import (  # noqa: F401  (re-exported)
@@ -391,7 +391,7 @@ class FlowStage(PairStage):
             info["hops"] = it.meta.pop("flow_hops")
         if fl.static_suppress and np.isfinite(flow).all():
             # with a static camera, what does not change does not move: zero the flow there
-            s = min(src.shape[:2]) / 512.0
+            s = frame_scale(src.shape)
             moving = still_support(src, tgt)
             flow[~moving] = 0.0
             if bwd is not None:

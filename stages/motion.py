@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem
-from vid2pair.core.spec import knob, need
+from vid2pair.core.spec import frame_scale, knob, need
 from vid2pair.core.stage import PairStage, pair_reject
 
 
@@ -58,7 +58,8 @@ def flow_stats(flow: np.ndarray, moving_px: float, large_px: float) -> dict:
 
 
 def scale_for(short_side: int, cfg) -> float:
-    return short_side / float(cfg.reference_short_side)
+    """Stored px per knob px (the px@512 knobs, at ``motion.reference_short_side``)."""
+    return frame_scale((short_side, short_side), "px@512", cfg.reference_short_side)
 
 
 def motion_stats(flow: np.ndarray, cfg) -> dict:

@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem
-from vid2pair.core.spec import knob
+from vid2pair.core.spec import frame_scale, knob, scaled
 from vid2pair.core.stage import PairStage, drop_signal, pair_reject
 from vid2pair.ops.image import to_gray
 from vid2pair.stages.evidence import (
@@ -281,10 +281,6 @@ class QualityConfig:
     )
 
 
-def _frame_scale(h: int, w: int) -> float:
-    return min(h, w) / 512.0
-
-
 def _largest_component(mask: np.ndarray) -> int:
     if not mask.any():
         return 0
@@ -328,14 +324,18 @@ class _Pair:
         self.src, self.tgt = a["src"], a["tgt"]
         h, w = self.src.shape[:2]
         self.h, self.w = h, w
-        self.s = _frame_scale(h, w)
-        self.sigma = c.blur_sigma * self.s
+        self.s = frame_scale((h, w))  # stored px per px@512
+        self.c = c
+        self.sigma = self.px("blur_sigma")
         self.flow = a.get("flow")
         self.bwd = a.get("flow_bwd")
         self.given_matches = a.get("matches")
         #: ``(reason, detail)`` when the dense flow does not hold (set by the flow rules)
         self.flow_verdict: Optional[tuple[str, str]] = None
-        self.c = c
+
+    def px(self, name: str) -> float:
+        """Quality knob ``name`` (a px@512 length) in this pair's pixels."""
+        return scaled(self.c, name, (self.h, self.w))
 
     def changed(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """C and R of ``source`` against the target (see the module docstring)."""
@@ -369,10 +369,9 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
 
         shift, _, cam = pair_camera_fit(to_gray(comp), to_gray(tgt))
         sc["camera_shift_px"] = None if shift is None else round(shift, 3)
-        if shift is not None and shift > c.max_camera_shift_px * s:
-            return "camera_moved", (
-                f"the background moved {shift:.2f} px between source and target (> {c.max_camera_shift_px * s:.2f} px)"
-            )
+        lim = p.px("max_camera_shift_px")
+        if shift is not None and shift > lim:
+            return "camera_moved", (f"the background moved {shift:.2f} px between source and target (> {lim:.2f} px)")
         if cam is not None:
             # a camera shake below the limit still changes every strong edge by a pixel: what changed
             # is measured against the source aligned onto the target, so that strokes, handles and
@@ -386,7 +385,7 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
             f"changed_frac {C.mean():.4f} < {c.min_changed_frac} (pixels differing by > "
             f"{c.change_thresh:g} grey levels" + (", exposure and camera shake taken out)" if comp is not src else ")")
         )
-    p.solid = solid_change(C, max(1, int(round(c.solid_radius_px * s))))
+    p.solid = solid_change(C, max(1, int(round(p.px("solid_radius_px")))))
     sc["solid_frac"] = round(_largest_component(p.solid) / float(p.h * p.w), 5)
     if sc["solid_frac"] < c.min_solid_frac:
         return "no_visible_change", (
@@ -416,12 +415,13 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
         )
     move = np.linalg.norm(m[:, 2:] - m[:, :2], axis=1) if len(m) else np.zeros(0)
     on = (in_mask(R, m[:, :2]) & in_mask(R, m[:, 2:])) if len(m) else np.zeros(0, bool)
-    p.matches = m[on & (move >= c.min_motion_px * s)]
+    min_px = p.px("min_motion_px")
+    p.matches = m[on & (move >= min_px)]
     sc["moving_matches"] = int(len(p.matches))
-    if sc["motion_px"] < c.min_motion_px * s and len(p.matches) < 2:
+    if sc["motion_px"] < min_px and len(p.matches) < 2:
         return "no_visible_motion", (
             f"the changed content moves {sc['motion_px']:.2f} px (p90 of the flow on it) and "
-            f"{len(p.matches)} sparse match(es) move >= {c.min_motion_px * s:.1f} px: a "
+            f"{len(p.matches)} sparse match(es) move >= {min_px:.1f} px: a "
             f"change without a visible move (flicker, shimmer, a subject that barely moves)"
         )
     # ... and by a visible part of its own size: a tree swaying a few px over its whole crown is not an edit
@@ -444,7 +444,7 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
     a, c, s, src, tgt, C, R = it.arrays, p.c, p.s, p.src, p.tgt, p.C, p.R
     h, w = p.h, p.w
     flow, bwd = p.flow, p.bwd
-    mpx = c.moving_px * s
+    mpx = p.px("moving_px")
     moving = R & (np.hypot(flow[..., 0], flow[..., 1]) > mpx)
     sc["moving_frac"] = round(float(moving.mean()), 5)
     tex = textured(src)

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import PairItem
-from vid2pair.core.spec import knob
+from vid2pair.core.spec import frame_scale, knob
 from vid2pair.core.stage import Metrics, Score
 from vid2pair.ops.draw import REGION_TYPES, TYPE_COLOR_NAMES, TYPE_COLORS, Panel, PanelView, draw_region_drags
 from vid2pair.ops.similarity import _similarity_params, fit_similarity, segment_median_flow
@@ -170,7 +170,7 @@ def region_drags(
     rng = rng if rng is not None else np.random.default_rng(0)
     h, w = labels.shape
     flow = np.asarray(flow, np.float32)
-    px_scale = min(h, w) / cfg.reference_short_side
+    px_scale = frame_scale((h, w), "px@512", cfg.reference_short_side)
     n = len(fits)
     pixels = segment_pixels(labels, n)
     moving = [len(pixels[k]) > 0 and fits[k].median_flow_px > cfg.moving_px * px_scale for k in range(n)]

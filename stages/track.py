@@ -45,7 +45,7 @@ import numpy as np
 from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.seeding import rng_for
-from vid2pair.core.spec import knob, need, validate
+from vid2pair.core.spec import frame_scale, knob, need, validate
 from vid2pair.core.stage import Member, Metrics, Need, PairStage, Resources, Signal, drop_signal, pair_reject
 from vid2pair.ops.draw import _pct
 from vid2pair.ops.flow_backends import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, plan_hops
@@ -575,6 +575,20 @@ def _plot_tracks(view) -> None:
     )
 
 
+def track_matches(r, grids) -> dict:
+    """Matching attention's supervision from ``tracks.npy`` / ``visibility.npy`` (the trainer's
+    :attr:`Signal.matches`): the tracks mapped through the sample's resize / crop, then
+    :func:`stages.matching.correspondence_index` per token grid ``(h, w)``."""
+    from vid2pair.stages.matching import correspondence_index
+
+    H, W = r.size
+    tracks = r.array("tracks.npy").astype(np.float64).reshape(-1, 4)
+    vis = r.array("visibility.npy").reshape(-1)
+    r.current = "tracks.npy"
+    tr = np.concatenate([r.points(tracks[:, :2]), r.points(tracks[:, 2:])], axis=1)
+    return {f"match_idx_{h}x{w}": correspondence_index(tr, vis, image_size=(W, H), token_grid=(h, w)) for h, w in grids}
+
+
 #: what QC measures of the tracks: the visible share and the agreement with the flow (meta["track"])
 TRACK_METRICS = Metrics(
     ("track_visible_frac", "track_flow_agreement"),
@@ -626,7 +640,9 @@ class TrackStage(PairStage):
             metrics=DRAG_METRICS,
             train=DRAG_INPUT,
         ),
-        Signal("tracks", ("tracks.npy", "visibility.npy"), "track.enabled", metrics=TRACK_METRICS),
+        Signal(
+            "tracks", ("tracks.npy", "visibility.npy"), "track.enabled", metrics=TRACK_METRICS, matches=track_matches
+        ),
     )
 
     @classmethod
@@ -815,7 +831,7 @@ class TrackStage(PairStage):
         ``arrays["matches"]`` as the quality stage's evidence of what moves."""
         src_img, tgt_img = it.arrays["src"], it.arrays["tgt"]
         on = cv2.dilate(still_support(src_img, tgt_img).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        sc = min(src_img.shape[:2]) / 240.0
+        sc = frame_scale(src_img.shape, "px@240")
         fr = prep["frames"][::-1]  # source first
         m = coherent_matches(sparse_matches(src_img, tgt_img, on), prep["flow"], radius=40.0 * sc, tol_px=3.0 * sc)
         m = m[klt_verify(fr, m[:, :2], m[:, 2:], tol_px=3.0 * sc)]

@@ -264,7 +264,10 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path, monkeypat
     assert idx["q_toy_src_frame"].notna().all() and set(idx["q_toy_src_frame"] % 2) == {0, 1}  # every pair scored
     ds = qc.QCDataset(tmp_path / "out", stages=stages)
     mt = ds.meta_table()
-    assert mt["toy_mean_grey"].notna().sum() == len(idx) and "toy_mean_grey" not in qc.QCDataset(tmp_path / "out").meta_table()
+    assert (
+        mt["toy_mean_grey"].notna().sum() == len(idx)
+        and "toy_mean_grey" not in qc.QCDataset(tmp_path / "out").meta_table()
+    )
     assert "toy mean " in qc.sample_caption(ds.load(next(k for k in idx["key"] if k not in odd)), stages)
     titles = [ax.get_title() for ax in qc.fig_histograms(ds, mt).axes]
     assert any(t.startswith("toy mean grey") for t in titles), titles
@@ -400,6 +403,33 @@ def test_no_stage_reads_another_stages_config():
         for sec in sorted(set(re.findall(r"\bcfg\.(\w+)\.", text))):
             if sec in owner and owner[sec] is not S:
                 found.append(f"{S.__module__} reads {sec} ({owner[sec].__name__}'s)")
+    assert not found, found
+
+
+def test_frame_size_units_are_applied_by_one_function():
+    """``px@512`` / ``px@240`` knobs are scaled by :func:`vid2pair.core.spec.scaled` (the knob's own
+    unit) or :func:`frame_scale`; no stage or op divides a frame side by a reference side by hand."""
+    import re
+    import sys
+
+    from vid2pair.core.spec import frame_scale, scaled
+    from vid2pair.stages.quality import QualityConfig
+
+    assert scaled(QualityConfig(), "blur_sigma", (256, 1000)) == 0.75  # 1.5 px@512 on a 256-px short side
+    assert scaled(QualityConfig(max_camera_shift_px=2.0), "max_camera_shift_px", (720, 1280, 3)) == 2.8125
+    assert frame_scale((480, 640), "px@240") == 2.0 and frame_scale((480, 640), "px") == 1.0
+    assert frame_scale((300, 400), "px@512", reference=600) == 0.5
+    with pytest.raises(ValueError, match="not a frame-size unit"):
+        frame_scale((480, 640), "frac")
+    hand = re.compile(r"(min\([^)]*\)|short_side)\s*/\s*(512|240)\b")
+    root = Path(sys.modules["vid2pair.stages.quality"].__file__).parent.parent
+    found = [
+        f"{f.relative_to(root)}:{i}"
+        for d in ("stages", "ops")
+        for f in sorted((root / d).glob("*.py"))
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if hand.search(line)
+    ]
     assert not found, found
 
 

@@ -120,10 +120,10 @@ def test_a_camera_shake_below_the_limit_does_not_count_as_change(clean):
     shake = np.float32([[1, 0, 0.8], [0, 1, 0.4]])
     frames[-1] = cv2.warpAffine(frames[-1], shake, (W, H), borderMode=cv2.BORDER_REPLICATE)
     it = _run(frames, _cfg(), upto="collage")
-    from vid2pair.stages.quality import _frame_scale
+    from vid2pair.core.spec import scaled
 
     qc = QualityConfig()
-    sigma = qc.blur_sigma * _frame_scale(H, W)
+    sigma = scaled(qc, "blur_sigma", (H, W))  # the px@512 knob at this frame size
     raw = changed_mask(it.arrays["src"], it.arrays["tgt"], qc.change_thresh, sigma)
     still = changed_mask(c.frames[0], c.frames[-1], qc.change_thresh, sigma)
     clean_frac = it_clean.meta["quality"]["changed_frac"]  # 0.145 measured; shaken raw 0.230, aligned 0.145

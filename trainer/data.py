@@ -170,11 +170,9 @@ class SampleSpec:
         """Members (by extension, images: any format) a sample must have: the source and target, the
         members of the task's signal and, for matching attention, of the tracks (as the pipeline's
         stages declare them)."""
-        from vid2pair.pipeline.plan import signal_members
-
         req = ["src.*", "tgt.*", *self.signal().members]
         if self.match_grids:
-            req += list(signal_members("tracks"))
+            req += list(match_signal().members)
         return req
 
     def signal(self):
@@ -185,7 +183,7 @@ class SampleSpec:
 
     def signals_needed(self) -> list[str]:
         """The pipeline signals a sample must carry for this task (and its matching supervision)."""
-        return [self.task] + (["tracks"] if self.match_grids else [])
+        return [self.task] + ([match_signal().name] if self.match_grids else [])
 
     def carries(self, raw: dict) -> bool:
         """Whether a raw sample carries the signals this task trains on, by its meta.json ``signals``
@@ -261,6 +259,16 @@ def _to_array(img, signed: bool) -> np.ndarray:
     return a * 2.0 - 1.0 if signed else a
 
 
+def match_signal():
+    """The signal that gives matching attention its correspondences (:attr:`Signal.matches`: the tracks)."""
+    from vid2pair.pipeline.plan import current_stages, signals
+
+    sigs = [g for g in signals(current_stages()).values() if g.matches is not None]
+    if not sigs:
+        raise DataError("no signal of the pipeline gives correspondences (Signal.matches) for matching attention")
+    return sigs[0]
+
+
 class SampleReader:
     """What a signal's trainer input (:attr:`vid2pair.core.stage.Signal.train`) reads a raw sample
     with, at the model resolution (cover-resize + centre crop, like the source):
@@ -287,6 +295,10 @@ class SampleReader:
     def json(self, member: str):
         self.current = member
         return json.loads(self.raw[member])
+
+    def array(self, member: str) -> np.ndarray:
+        self.current = member
+        return np.load(io.BytesIO(self.raw[member]), allow_pickle=False)
 
     def points(self, xy) -> np.ndarray:
         return self.fit.points(xy)
@@ -336,18 +348,13 @@ def decode_sample(raw: dict, spec: SampleSpec, epoch: int = 0) -> dict:
             current = reader.current
         for k, v in got.items():
             out[k] = torch.from_numpy(np.ascontiguousarray(v))
-        if spec.match_grids:
-            from vid2pair.stages.matching import correspondence_index
-
-            current = "tracks.npy"
-            tracks = np.load(io.BytesIO(raw["tracks.npy"]), allow_pickle=False).astype(np.float64).reshape(-1, 4)
-            current = "visibility.npy"
-            vis = np.load(io.BytesIO(raw["visibility.npy"]), allow_pickle=False).reshape(-1)
-            current = "tracks.npy"
-            tr = np.concatenate([fit.points(tracks[:, :2]), fit.points(tracks[:, 2:])], axis=1)
-            for h, w in spec.match_grids:
-                idx = correspondence_index(tr, vis, image_size=(W, H), token_grid=(h, w))
-                out[f"match_idx_{h}x{w}"] = torch.from_numpy(idx)
+        if spec.match_grids:  # matching attention's supervision, from the signal that gives it
+            try:
+                got = match_signal().matches(reader, spec.match_grids)
+            finally:
+                current = reader.current
+            for k, v in got.items():
+                out[k] = torch.from_numpy(v)
     except DataError:
         raise
     except Exception as e:  # undecodable member
