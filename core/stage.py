@@ -140,6 +140,10 @@ class Signal:
     metrics: Optional[Metrics] = field(default=None, compare=False, repr=False)
     #: how the trainer is conditioned on it (:class:`TrainInput`); ``None``: not a trainer task
     train: Optional[TrainInput] = field(default=None, compare=False, repr=False)
+    #: its panel in a rejected pair's preview strip, ``preview(arrays) -> (H, W, 3) uint8 | None`` (None:
+    #: the pair does not have it yet); a strip shows the first a pair has, lowest ``preview_rank`` first
+    preview: Optional[Callable[[dict], Any]] = field(default=None, compare=False, repr=False)
+    preview_rank: int = 0
     #: correspondences for a model's matching attention, ``matches(r, grids) -> {"match_idx_{h}x{w}":
     #: (h*w,) int64}`` (``r``: the trainer's sample reader; the source token of each target token, -1
     #: where unsupervised); the trainer takes them from the signal that declares this
@@ -186,6 +190,9 @@ class Stage:
     #: the arrays / meta fields the enabled stages after this one read, set by the plan when it builds
     #: the stage; ``None`` (a stage built by hand): every optional output is produced
     wanted: Optional[frozenset[str]] = None
+    #: the signals' preview panels a pair-level reject's strip tries, in order (set by the plan; a stage
+    #: built by hand shows the source and target only)
+    previews: tuple = ()
     #: the index columns :meth:`index_columns` can give, with their types (``float64``, ``int64``,
     #: ``string``, ``bool``): every part of ``index/`` has all of them, so the folder reads as one table
     index_schema: ClassVar[dict[str, str]] = {}
@@ -245,6 +252,10 @@ class PairStage(Stage):
     def __call__(self, items: list[Item]) -> list[Item]:
         pairs_in = [i for i in items if isinstance(i, PairItem)]
         done = {id(i): r for i, r in zip(pairs_in, self.process(pairs_in))} if pairs_in else {}
+        for i in pairs_in:  # a pair rejected here: its preview, from the pair as the stage left it
+            r = done[id(i)]
+            if isinstance(r, Reject) and r.level == "pair" and not r.preview:
+                r.preview = reject_preview(i, self.previews)
         return [done.get(id(i), i) for i in items]
 
     def process(self, items: list[PairItem]) -> list[Item]:
@@ -270,13 +281,18 @@ def drop_signal(it: PairItem, stage: str, signal: str, reason: str, detail: str 
     return it
 
 
-def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:
-    """The pair-level reject of ``it``, with a small preview of the pair (the writer keeps up to
-    ``output.reject_previews`` of them)."""
+def reject_preview(it: PairItem, previews: tuple = ()) -> bytes:
+    """A small preview of rejected pair ``it`` (the writer keeps up to ``output.reject_previews`` of
+    them): source | target | the first of the signals' ``previews`` it has."""
     try:
-        preview = preview_strip(it.arrays)
+        return preview_strip(it.arrays, signals=previews)
     except Exception:  # a preview must never cost the reject
-        preview = b""
+        return b""
+
+
+def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reject:
+    """The pair-level reject of ``it``; the stage that returns it adds the pair's preview
+    (:func:`reject_preview`, in :meth:`PairStage.__call__`)."""
     return Reject(
         source=it.source,
         clip_id=it.clip_id,
@@ -287,5 +303,4 @@ def pair_reject(it: PairItem, stage: str, reason: str, detail: str = "") -> Reje
         detail=detail,
         level="pair",
         key=it.key,
-        preview=preview,
     )

@@ -75,6 +75,7 @@ def build_stage(cfg, S: type, upstream: tuple = (), downstream: tuple = ()) -> S
     what the enabled classes after it read (:attr:`~vid2pair.core.stage.Stage.wanted`)."""
     st = S.build(cfg, tuple(upstream))
     st.wanted = frozenset(key for T in downstream for key in T.reads)
+    st.previews = signal_previews((*upstream, S, *downstream))
     return st
 
 
@@ -125,6 +126,13 @@ def signal_judges(stages: tuple = STAGES) -> list[tuple[str, Callable]]:
     """``(name, judge)`` of every signal that declares its own quality rules (:attr:`Signal.judge`),
     in stage order: what :func:`vid2pair.stages.quality.judge` runs after its pair rules."""
     return [(g.name, g.judge) for S in stages for g in S.signals if g.judge is not None]
+
+
+def signal_previews(stages: tuple = STAGES) -> tuple:
+    """The signals' preview panels (:attr:`Signal.preview`) a rejected pair's strip tries, lowest
+    ``preview_rank`` first (the coarse edit, the collage, the sketch, the flow)."""
+    sigs = [g for S in stages for g in S.signals if g.preview is not None]
+    return tuple(g.preview for g in sorted(sigs, key=lambda g: g.preview_rank))
 
 
 def signal_members(name: str, stages: tuple = STAGES) -> tuple[str, ...]:

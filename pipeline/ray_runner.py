@@ -70,7 +70,10 @@ class _RemoteStage:
     pairs goes to one actor as slim copies, the answers are merged back into the whole pairs."""
 
     def __init__(self, cls: type, actors: list):
+        from vid2pair.pipeline.plan import signal_previews
+
         self.name, self.reads, self.actors = cls.name, tuple(cls.reads), list(actors)
+        self.previews = signal_previews()
         self._next = os.getpid()
 
     def __call__(self, items: list) -> list:
@@ -87,7 +90,7 @@ class _RemoteStage:
         for o in back:
             if isinstance(o, PairItem):
                 o.arrays = {k: _writable(v) for k, v in o.arrays.items()}
-        done = {id(p): merge_back(p, o, self.reads) for p, o in zip(pairs, back)}
+        done = {id(p): merge_back(p, o, self.reads, self.previews) for p, o in zip(pairs, back)}
         return [done.get(id(i), i) for i in items]
 
     def close(self) -> None:

@@ -75,18 +75,15 @@ def mark_unchanged(sent: dict, out: dict, before: dict) -> dict:
     return marked
 
 
-def merge_back(orig: PairItem, out: Item, sent: Iterable[str]) -> Item:
+def merge_back(orig: PairItem, out: Item, sent: Iterable[str], previews: tuple = ()) -> Item:
     """``orig`` after a model stage returned ``out`` for its slim copy: the arrays that were not sent
     stay, the sent ones become what the stage left of them (kept, cut, replaced or dropped), the new
     ones are added. A reject gets its preview from the whole pair, as in process."""
-    from vid2pair.core.preview import preview_strip
+    from vid2pair.core.stage import reject_preview
 
     if not isinstance(out, PairItem):
         if isinstance(out, Reject) and out.level == "pair":
-            try:
-                out.preview = preview_strip(orig.arrays)
-            except Exception:  # a preview must never cost the reject
-                out.preview = b""
+            out.preview = reject_preview(orig, previews)
         return out
     sent = set(sent)
     arrays = {k: v for k, v in orig.arrays.items() if k not in sent}

@@ -31,6 +31,7 @@ import numpy as np
 
 from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
+from vid2pair.core.preview import edit_image
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, PairStage, Signal, drop_signal, pair_reject
 from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
@@ -180,6 +181,8 @@ class CoarseStage(PairStage):
             scores=warped_edit_scores("coarse", "coarse edit"),
             metrics=warped_edit_metrics("coarse", "coarse edit", "coverage", "coverage"),
             train=edit_with_holes("coarse.png", "coarse_mask.png"),
+            preview=edit_image("coarse"),
+            preview_rank=0,
         ),
     )
 

@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from vid2pair.core.device import resolve_device
+from vid2pair.core.preview import edit_image
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
@@ -473,6 +474,8 @@ class CollageStage(PairStage):
             scores=warped_edit_scores("collage", "collage"),
             metrics=warped_edit_metrics("collage", "collage", "n_segments", "n_segments"),
             train=edit_with_holes("collage.png", "collage_mask.png"),
+            preview=edit_image("collage"),
+            preview_rank=1,
         ),
         Signal(
             "region_drag",

@@ -164,6 +164,16 @@ def judge_dense_flow(name: str, p, it: PairItem, sc: dict, sig_fail: dict) -> No
         sig_fail.setdefault(name, p.flow_verdict)
 
 
+def preview_flow(a: dict) -> Optional[np.ndarray]:
+    """A rejected pair's preview panel: the flow magnitude (viridis, scaled to its p99)."""
+    if "flow" not in a:
+        return None
+    f = np.asarray(a["flow"], np.float32)
+    mag = np.hypot(f[..., 0], f[..., 1])
+    scale = float(np.percentile(mag, 99)) or 1.0
+    return cv2.applyColorMap(np.clip(mag / scale * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
+
+
 def draw_flow(v: PanelView) -> list[Panel]:
     """The flow's QC panel (its :attr:`~vid2pair.core.stage.Signal.draw`): the flow src -> tgt in colours."""
     flow = v.sample.array("flow")
@@ -212,6 +222,8 @@ class FlowStage(PairStage):
             judge=partial(judge_dense_flow, "flow"),
             panels=("flow",),
             draw=draw_flow,
+            preview=preview_flow,
+            preview_rank=3,
         ),
         Signal("flow_bwd", ("flow_bwd.npy",), "flow.bidirectional", judge=partial(judge_dense_flow, "flow_bwd")),
     )

@@ -565,25 +565,10 @@ class QualityStage(PairStage):
 
     name = "quality"
     sections = {"quality": QualityConfig}
-    reads = (
-        "src",
-        "tgt",
-        "flow",
-        "flow_bwd",
-        "coarse",
-        "coarse_mask",
-        "collage",
-        "collage_mask",
-        "sketch",
-        "drag",
-        "region_drag",
-        "region_masks",
-        "matches",
-        "flow_valid",
-        "flow_bwd_valid",
-        "tracks",
-        "visibility",
-    )
+    # what its pair and dense-flow rules read; each signal's judge reads that signal's own members
+    # (the plan hands the judges over in :meth:`build`); the flow rules take the coarse edit, where
+    # the pair has one, as the flow's forward warp instead of splatting the source again
+    reads = ("src", "tgt", "flow", "flow_bwd", "coarse", "coarse_mask", "matches", "flow_valid", "flow_bwd_valid")
 
     @classmethod
     def build(cls, cfg, upstream=()):

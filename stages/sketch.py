@@ -324,6 +324,15 @@ def _plot_sketch(view) -> None:
 SKETCH_METRICS = Metrics(("sketch_stroke_frac", "sketch_n_strokes"), _measure_sketch, plot=_plot_sketch)
 
 
+def preview_sketch(a: dict) -> Optional[np.ndarray]:
+    """A rejected pair's preview panel: the strokes in green on the dimmed target."""
+    if "sketch" not in a or "tgt" not in a:
+        return None
+    t = (np.asarray(a["tgt"], np.float32) * 0.4).astype(np.uint8)
+    t[np.asarray(a["sketch"]) > 0] = (0, 255, 0)
+    return t
+
+
 SKETCH_INPUT = TrainInput(
     channels=1,  # the strokes, 0 / 1
     decode=lambda r: {"signal": r.image("sketch.png", rgb=False)},
@@ -357,6 +366,8 @@ class SketchStage(PairStage):
             ),
             metrics=SKETCH_METRICS,
             train=SKETCH_INPUT,
+            preview=preview_sketch,
+            preview_rank=2,
         ),
     )
 

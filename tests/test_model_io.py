@@ -72,9 +72,12 @@ def test_a_reject_from_a_model_stage_gets_its_preview_from_the_whole_pair():
     coarse = np.full((48, 64, 3), 200, np.uint8)
     orig = _pair(src=fr[0], tgt=fr[-1], flow=np.zeros((48, 64, 2), np.float32), coarse=coarse)
     (s,) = slim([orig], ("src", "tgt"))
+    from vid2pair.core.stage import reject_preview
+    from vid2pair.pipeline.plan import signal_previews
+
     r = pair_reject(s, "collage", "collage_failed")
-    narrow = r.preview
-    back = merge_back(orig, r, ("src", "tgt"))
+    narrow = r.preview = reject_preview(s, signal_previews())  # what the stage gave, in its actor
+    back = merge_back(orig, r, ("src", "tgt"), signal_previews())
     assert isinstance(back, Reject) and back.reason == "collage_failed"
     assert len(back.preview) > 0 and back.preview != narrow  # three panels (with the coarse edit), not two
     import cv2
