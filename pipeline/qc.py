@@ -213,15 +213,20 @@ class Sample:
 def meta_scalars(
     meta: dict, read: Optional[Callable[[str], Optional[dict]]] = None, signals: dict | None = None
 ) -> dict:
-    """The :data:`META_METRICS` of one sample (None where the signal is absent), what else the signals
+    """The :data:`META_METRICS` of one sample (None where the sample does not carry the signal: its
+    meta.json ``signals`` list, when there is one), what else the signals
     measure (``drag_lens``, a list) and ``files``. ``read(member)``: a small json member of the
     sample, parsed (None: absent); a signal falls back to its meta entry. ``signals``: whose metrics
     (default the stage graph's)."""
     read = read or (lambda name: None)
+    carried = meta.get("signals")  # (older outputs have no list: every signal counts)
     out: dict = {}
     for g in (plan_signals() if signals is None else signals).values():
         if g.metrics is not None:
-            out.update(g.metrics.measure(meta, read))
+            vals = g.metrics.measure(meta, read)
+            if carried is not None and g.name not in carried:  # dropped: its meta entry stays, it is not there
+                vals = {k: [] if isinstance(v, list) else None for k, v in vals.items()}
+            out.update(vals)
     out["files"] = list(meta.get("files", []))
     return out
 

@@ -264,10 +264,8 @@ def test_a_new_stage_is_one_module_and_one_line(demo_corpus, tmp_path, monkeypat
     assert idx["q_toy_src_frame"].notna().all() and set(idx["q_toy_src_frame"] % 2) == {0, 1}  # every pair scored
     ds = qc.QCDataset(tmp_path / "out", stages=stages)
     mt = ds.meta_table()
-    assert (
-        mt["toy_mean_grey"].notna().sum() == len(idx)
-        and "toy_mean_grey" not in qc.QCDataset(tmp_path / "out").meta_table()
-    )
+    assert mt["toy_mean_grey"].notna().sum() == n  # measured where the sample carries it (not where dropped)
+    assert "toy_mean_grey" not in qc.QCDataset(tmp_path / "out").meta_table()  # not a signal of the stage graph
     assert "toy mean " in qc.sample_caption(ds.load(next(k for k in idx["key"] if k not in odd)), stages)
     titles = [ax.get_title() for ax in qc.fig_histograms(ds, mt).axes]
     assert any(t.startswith("toy mean grey") for t in titles), titles
