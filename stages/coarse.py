@@ -24,19 +24,15 @@ frame). Here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal, Optional
 
 import numpy as np
 
 from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
-from vid2pair.core.preview import edit_image
 from vid2pair.core.spec import knob, need
-from vid2pair.core.stage import Member, PairStage, Signal, drop_signal, pair_reject
-from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
-from vid2pair.ops.train_input import edit_with_holes
-from vid2pair.stages.evidence import judge_warped_edit, warped_edit_scores
+from vid2pair.core.stage import Member, PairStage, drop_signal, pair_reject
+from vid2pair.stages.evidence import judge_warped_edit, warped_edit_signal
 from vid2pair.stages.splat import MODES, check_pair_arrays
 
 __all__ = ["CoarseConfig", "coarse_edit", "coarse_edit_batch", "CoarseStage"]
@@ -170,21 +166,7 @@ class CoarseStage(PairStage):
     sections = {"coarse": CoarseConfig}
     reads = ("src", "tgt", "flow", "flow_valid")
     writes = (Member("coarse.png", "coarse", "png"), Member("coarse_mask.png", "coarse_mask", "png"))
-    signals = (
-        Signal(
-            "coarse",
-            ("coarse.png", "coarse_mask.png"),
-            "coarse.enabled",
-            judge=judge_coarse,
-            panels=("coarse",),
-            draw=partial(draw_warped_edit, name="coarse", label="coarse edit"),
-            scores=warped_edit_scores("coarse", "coarse edit"),
-            metrics=warped_edit_metrics("coarse", "coarse edit", "coverage", "coverage"),
-            train=edit_with_holes("coarse.png", "coarse_mask.png"),
-            preview=edit_image("coarse"),
-            preview_rank=0,
-        ),
-    )
+    signals = (warped_edit_signal("coarse", "coarse edit", judge_coarse, count="coverage", preview_rank=0),)
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from types import SimpleNamespace
 from typing import Any, Literal, Optional
 
@@ -47,19 +46,16 @@ import cv2
 import numpy as np
 
 from vid2pair.core.device import resolve_device
-from vid2pair.core.preview import edit_image
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need
 from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
-from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
 from vid2pair.ops.similarity import (  # noqa: F401  (re-exported)
     _similarity_params,
     fit_similarity,
     residual_px,
     segment_median_flow,
 )
-from vid2pair.ops.train_input import edit_with_holes
-from vid2pair.stages.evidence import judge_warped_edit, warped_edit_scores
+from vid2pair.stages.evidence import judge_warped_edit, warped_edit_signal
 from vid2pair.stages.region_drag import (
     REGION_METRICS,
     REGION_SCORES,
@@ -464,19 +460,7 @@ class CollageStage(PairStage):
         Member("region_masks.png", "region_masks", "png"),
     )
     signals = (
-        Signal(
-            "collage",
-            ("collage.png", "collage_mask.png"),
-            "collage.enabled",
-            judge=judge_collage,
-            panels=("collage",),
-            draw=partial(draw_warped_edit, name="collage", label="collage"),
-            scores=warped_edit_scores("collage", "collage"),
-            metrics=warped_edit_metrics("collage", "collage", "n_segments", "n_segments"),
-            train=edit_with_holes("collage.png", "collage_mask.png"),
-            preview=edit_image("collage"),
-            preview_rank=1,
-        ),
+        warped_edit_signal("collage", "collage", judge_collage, count="n_segments", preview_rank=1),
         Signal(
             "region_drag",
             ("region_drag.json", "region_masks.png"),

@@ -19,12 +19,17 @@ whichever flow, tracker or segmenter produced them:
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 
+from vid2pair.core.preview import edit_image
 from vid2pair.core.spec import frame_scale
-from vid2pair.core.stage import Score
+from vid2pair.core.stage import Score, Signal
+from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
 from vid2pair.ops.image import to_gray
+from vid2pair.ops.train_input import edit_with_holes
 
 __all__ = [
     "changed_mask",
@@ -379,6 +384,26 @@ def warped_edit_scores(name: str, label: str) -> tuple:
         Score(f"{name}_hole_frac"),
         Score(f"{name}_hole_ratio", title=f"{label} holes / changed area", thresholds=("max_hole_ratio",)),
         Score(f"{name}_unexplained_frac"),
+    )
+
+
+def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: int) -> Signal:
+    """The signal of an edit that warps the source, with its hole mask (the coarse edit, the collage:
+    ``<name>.png`` and ``<name>_mask.png``, switched by ``<name>.enabled``): its ``judge``, its QC
+    panel, scores and metrics (``count``: the ``meta[name]`` entry counted beside the holes), its
+    trainer input and its preview panel."""
+    return Signal(
+        name,
+        (f"{name}.png", f"{name}_mask.png"),
+        f"{name}.enabled",
+        judge=judge,
+        panels=(name,),
+        draw=partial(draw_warped_edit, name=name, label=label),
+        scores=warped_edit_scores(name, label),
+        metrics=warped_edit_metrics(name, label, count, count),
+        train=edit_with_holes(f"{name}.png", f"{name}_mask.png"),
+        preview=edit_image(name),
+        preview_rank=preview_rank,
     )
 
 
