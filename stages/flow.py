@@ -122,6 +122,12 @@ class FlowConfig:
         "keep their flow",
     )
     rematch_min_ncc: float = knob(0.8, "rematch: the normalised cross-correlation a match needs, both ways", ge=0, le=1)
+    rematch_turns: int = knob(
+        12,
+        "rematch: a blob not found as it stands is also looked for turned by each of this many equal "
+        "steps of a full turn (an animal that turned round as it went); 1: translation only",
+        ge=1,
+    )
     fb_mask: bool = knob(
         True,
         "with flow_bwd: mark forward-backward inconsistent pixels (occlusions, lost "
@@ -413,7 +419,15 @@ class FlowStage(PairStage):
                 from vid2pair.stages.rematch import rematch_objects
 
                 flow, bwd, done, pieces, rec = rematch_objects(
-                    src, tgt, flow, bwd, sigma=1.5 * s, close_px=max(1, round(6 * s)), min_ncc=fl.rematch_min_ncc
+                    src,
+                    tgt,
+                    flow,
+                    bwd,
+                    sigma=1.5 * s,
+                    close_px=max(1, round(6 * s)),
+                    min_ncc=fl.rematch_min_ncc,
+                    turns=fl.rematch_turns,
+                    frames=fr,
                 )
                 if rec:
                     info["rematched"] = rec

@@ -41,6 +41,9 @@ from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
 
 __all__ = ["rematch_objects", "split_segments", "COVERED"]
 
+#: the frames between source and target (both counted) that make a background plate (their median)
+MIN_PLATE_FRAMES = 5
+
 #: the value of ``pieces`` on background that a re-matched object covers in the target
 COVERED = 255
 
@@ -50,39 +53,71 @@ def _gray(img: np.ndarray) -> np.ndarray:
 
 
 def _match(
-    m: np.ndarray, box: tuple, a: np.ndarray, b: np.ndarray, min_std: float, area: tuple
+    m: np.ndarray,
+    box: tuple,
+    a: np.ndarray,
+    b: np.ndarray,
+    min_std: float,
+    area: tuple,
+    angle: float = 0.0,
+    fast: bool = False,
 ) -> Optional[tuple[np.ndarray, float]]:
-    """The piece (mask ``m`` in ``box``) as it looks in ``a``, found in ``b`` inside ``area`` (x0,
-    y0, x1, y1: where things changed, with a margin) by masked normalised cross-correlation: (its
-    translation, the NCC), or None when it is flat or as large as the search area."""
+    """The piece (mask ``m`` in ``box``) as it looks in ``a``, turned by ``angle`` degrees about its
+    box's centre, found in ``b`` inside ``area`` (x0, y0, x1, y1: where things changed, with a
+    margin) by masked normalised cross-correlation: (the 2x3 map, frame coordinates of ``a`` ->
+    ``b``, a turn and a translation, the NCC), or None when it is flat or as large as the search area."""
     x, y, bw, bh = box
     x0, y0, x1, y1 = area
-    if bw >= x1 - x0 - 1 or bh >= y1 - y0 - 1:
-        return None
-    t = a[y : y + bh, x : x + bw]
+    t, tm = a[y : y + bh, x : x + bw], m.astype(np.uint8)
     if float(t[m > 0].std()) < min_std:
         return None
-    r = cv2.matchTemplate(b[y0:y1, x0:x1], t, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.uint8))
-    r = np.nan_to_num(r, nan=-1.0, posinf=-1.0, neginf=-1.0)
-    py, px = np.unravel_index(int(np.argmax(r)), r.shape)
-    return np.array([x0 + px - x, y0 + py - y], np.float32), float(r[py, px])
+    rot = np.float64([[1, 0, -x], [0, 1, -y]])  # frame -> template coordinates
+    if angle:
+        c = ((bw - 1) / 2.0, (bh - 1) / 2.0)
+        r = cv2.getRotationMatrix2D(c, float(angle), 1.0)
+        cos, sin = abs(r[0, 0]), abs(r[0, 1])
+        tw, th = int(np.ceil(bw * cos + bh * sin)), int(np.ceil(bw * sin + bh * cos))
+        r[:, 2] += ((tw - 1) / 2.0 - c[0], (th - 1) / 2.0 - c[1])  # centred in the larger box
+        t = cv2.warpAffine(np.ascontiguousarray(t), r, (tw, th), flags=cv2.INTER_LINEAR)
+        tm = cv2.warpAffine(tm, r, (tw, th), flags=cv2.INTER_NEAREST)
+        rot = np.vstack([r, [0, 0, 1]])[:2] @ np.vstack([rot, [0, 0, 1]])
+    th, tw = t.shape
+    if tw >= x1 - x0 - 1 or th >= y1 - y0 - 1 or not tm.any():
+        return None
+    fast = fast or bool(angle)
+    if fast:  # a candidate only (refined and checked after): the fast unmasked correlation, the
+        # template's background filled with its object's mean (it then adds nothing to the sum)
+        t = np.where(tm > 0, t, float(t[tm > 0].mean())).astype(np.float32)
+    res = cv2.matchTemplate(b[y0:y1, x0:x1], t, cv2.TM_CCOEFF_NORMED, mask=None if fast else tm)
+    res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    py, px = np.unravel_index(int(np.argmax(res)), res.shape)
+    peak = float(res[py, px])
+    rot[:, 2] += (x0 + px, y0 + py)  # template coordinates -> b
+    return rot.astype(np.float32), peak
 
 
 def _refine(
-    box: tuple, d: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.ndarray
+    box: tuple, init: np.ndarray, a: np.ndarray, b: np.ndarray, piece: np.ndarray
 ) -> Optional[tuple[np.ndarray, float]]:
     """The affine map (2x3, frame coordinates of ``a`` -> ``b``) that carries the piece onto ``b``,
-    refined by ECC from the translation ``d`` over the piece's box (with a margin), and the NCC of
-    the piece's pixels under it; None when ECC fails or the map leaves the frame."""
+    refined by ECC from ``init`` (the same kind of map) over the piece's box (with a margin), and
+    the NCC of the piece's pixels under it; None when ECC fails or the map leaves the frame."""
     x, y, bw, bh = box
     h, w = a.shape
     pad = max(3, int(0.15 * max(bw, bh)))
     x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(w, x + bw + pad), min(h, y + bh + pad)
     t = np.ascontiguousarray(a[y0:y1, x0:x1])
-    warp = np.float32([[1, 0, x0 + d[0]], [0, 1, y0 + d[1]]])  # template coordinates -> b
+    warp = init.astype(np.float64)
+    warp[:, 2] += warp[:, :2] @ np.array([x0, y0], np.float64)  # template coordinates -> b
     try:
         _, warp = cv2.findTransformECC(
-            t, b, warp, cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5
+            t,
+            b,
+            warp.astype(np.float32),
+            cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5),
+            None,
+            5,
         )
     except cv2.error:
         return None
@@ -91,6 +126,38 @@ def _refine(
     aff = aff.astype(np.float32)
     ncc = _ncc_under(aff, a, b, piece)
     return None if ncc is None else (aff, ncc)
+
+
+def _fit(
+    piece: np.ndarray,
+    box: tuple,
+    a: np.ndarray,
+    b: np.ndarray,
+    min_std: float,
+    area: tuple,
+    min_ncc: float,
+    turns: int,
+    fast: bool = False,
+) -> Optional[tuple[np.ndarray, float]]:
+    """The piece's map onto ``b`` (:func:`_match`, then :func:`_refine`) with the best NCC of at
+    least ``min_ncc``: as it stands first, then (``turns`` > 1) turned by each of ``turns`` equal
+    steps of a full turn, best-correlated first (a mouse or a beetle that turned round as it went);
+    None when none holds."""
+    x, y, bw, bh = box
+    m = piece[y : y + bh, x : x + bw]
+    tries = [_match(m, box, a, b, min_std, area, fast=fast)]
+    if turns > 1:  # a turned box is larger: the search area grows by half its side
+        r, (h, w) = (max(bw, bh) + 1) // 2, b.shape
+        big = (max(0, area[0] - r), max(0, area[1] - r), min(w, area[2] + r), min(h, area[3] + r))
+        turned = [_match(m, box, a, b, min_std, big, 360.0 * k / turns) for k in range(1, turns)]
+        tries += sorted((f for f in turned if f is not None), key=lambda f: -f[1])[:2]
+    for found in tries:
+        if found is None or found[1] < 0.5 * min_ncc:  # nothing like it in the target
+            continue
+        fit = _refine(box, found[0], a, b, piece)
+        if fit is not None and fit[1] >= min_ncc:
+            return fit
+    return None
 
 
 def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> Optional[float]:
@@ -102,6 +169,18 @@ def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) 
         return None
     p, q = p - p.mean(), q - q.mean()
     return float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
+
+
+def _off_plate(g: np.ndarray, plate: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
+    """Where the image ``g`` differs from the background ``plate`` (both grey, blurred by ``sigma``)
+    by more than ``thresh``: something stands in front of the background."""
+    k = (0, 0)
+    return np.abs(cv2.GaussianBlur(g, k, sigma) - cv2.GaussianBlur(plate, k, sigma)) > thresh
+
+
+def _opened(m: np.ndarray) -> np.ndarray:
+    """``m`` opened by a 3x3 square: no specks, no one-pixel bridges."""
+    return cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
 
 
 def rematch_objects(
@@ -118,12 +197,20 @@ def rematch_objects(
     min_area_frac: float = 0.0005,
     max_area_frac: float = 0.2,
     min_std: float = 6.0,
+    turns: int = 1,
+    frames: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, list[dict]]:
     """The flows with the pieces the dense flow lost re-matched (module docstring), the target-side
     mask of where they arrived, the source-side pieces (uint8, piece i is i + 1, the background an
     object covers in the target :data:`COVERED`, 0 elsewhere) and a
     record per re-matched piece (its box on the source, its mean move, the NCC, its area in
-    pixels, its affine map). ``flow`` / ``bwd`` are not modified in place."""
+    pixels, its affine map). ``flow`` / ``bwd`` are not modified in place.
+
+    ``frames`` (N, H, W, 3), the frames from the source to the target: with at least
+    :data:`MIN_PLATE_FRAMES` of them, their median is the background plate, and a piece that is not
+    found as it stands (an object that moved less than its own length leaves one piece, where it
+    was and where it arrived) is looked for again as the part of it where the source differs from
+    the plate: the object as it was."""
     h, w = src.shape[:2]
     flow = flow.copy()
     bwd = None if bwd is None else bwd.copy()
@@ -132,9 +219,14 @@ def rematch_objects(
     records: list[dict] = []
     core = object_region(changed_mask(src, tgt, thresh, sigma), close_px=close_px, dilate_px=0)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=8)
-    if n <= 2:  # one piece cannot have moved onto another
+    plate = None
+    if frames is not None and len(frames) >= MIN_PLATE_FRAMES:
+        plate = _gray(np.median(np.asarray(frames), axis=0).astype(np.uint8))
+    if n <= 1 or (n == 2 and plate is None):  # one piece cannot have moved onto another
         return flow, bwd, done, pieces_src, records
     gs, gt = _gray(src), _gray(tgt)
+    if plate is not None:  # where the source / the target show something in front of the background
+        off_s, off_t = _off_plate(gs, plate, thresh, sigma), _off_plate(gt, plate, thresh, sigma)
     area = stats[:, cv2.CC_STAT_AREA]
     pieces = [int(k) for k in np.argsort(-area) if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
     valid = fb_consistent(flow, bwd) if bwd is not None else np.ones((h, w), bool)
@@ -154,11 +246,14 @@ def rematch_objects(
         piece = lab == k
         if (piece & claimed).any():
             continue
-        found = _match(piece[y : y + bh, x : x + bw], box, gs, gt, min_std, area_box)
-        if found is None or found[1] < 0.5 * min_ncc:  # nothing like it in the target
-            continue
-        fit = _refine(box, found[0], gs, gt, piece)
-        if fit is None or fit[1] < min_ncc:
+        fit = _fit(piece, box, gs, gt, min_std, area_box, min_ncc, turns) if n > 2 else None
+        if fit is None and plate is not None:  # the object as it was: where the source is not the plate
+            part = _opened(piece & off_s)
+            if min_area_frac * h * w <= part.sum() <= 0.9 * piece.sum():
+                part_box = cv2.boundingRect(part.astype(np.uint8))
+                fit = _fit(part, part_box, gs, gt, min_std, area_box, min_ncc, turns, fast=True)
+                piece = part if fit is not None else piece
+        if fit is None:
             continue
         aff = fit[0]
         fx = aff[0, 0] * xx + aff[0, 1] * yy + aff[0, 2] - xx  # the piece's move, per pixel
@@ -187,6 +282,16 @@ def rematch_objects(
         had = (np.hypot(flow[..., 0] - fx, flow[..., 1] - fy) < tol) & valid
         if float(had[piece].mean()) >= 0.9:  # the dense flow had it already
             continue
+        # with a background plate, what moves is what stands in front of it: the object with its
+        # soft outline (the 2 px round the change), not the background the piece holds round it
+        plated = plate is not None and float(off_s[piece].mean()) >= 0.5
+        if plated:
+            grown = cv2.dilate(piece.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~claimed
+            around = grown | (np.isin(lab, np.unique(lab[grown])) & (lab > 0))  # the blobs it left and reached
+            piece = object_region(grown & off_s, close_px=1, dilate_px=0) & grown  # (no holes where it lingered)
+            dest = cv2.warpAffine(piece.astype(np.uint8), aff, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+            around |= dest | (np.isin(lab, np.unique(lab[dest])) & (lab > 0))
+            flow[around & ~piece & ~off_s] = 0.0  # the background does not move (static camera)
         flow[dest & ~piece] = 0.0  # background the object covers does not move (static camera)
         flow[piece] = np.stack([fx, fy], -1)[piece]
         if bwd is not None:
@@ -195,6 +300,10 @@ def rematch_objects(
             by = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2] - yy
             bwd[piece & ~dest] = 0.0  # background it uncovers
             bwd[dest] = np.stack([bx, by], -1)[dest]
+            if plated:  # where the target shows the background, or the object's soft outline, it came from
+                # the background there (an honest hole is left only where more of the object shows)
+                edge = cv2.dilate(dest.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+                bwd[around & ~dest & (~off_t | edge)] = 0.0
         done |= dest
         claimed |= piece | dest
         pieces_src[dest & ~piece] = COVERED  # background the object covers in the target
