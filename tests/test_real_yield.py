@@ -6,6 +6,7 @@ outcomes a user checks by looking at what was written.
 * people moving in front of a fixed camera are not taken for a camera move;
 * swaying foliage and a subject standing still yield no pair (the pre-screen and the quality stage);
 * a small subject far from the camera is drawn and written;
+* a mouse that turned round as it ran yields a coarse edit and a collage (re-matched turned);
 * a clip that repeats another clip's footage is reported as a duplicate (synthetic).
 """
 
@@ -196,3 +197,23 @@ def test_a_clip_that_repeats_another_clips_footage_is_reported(tmp_path):
     dups = s["duplicate_footage"]
     assert [(Path(x["clip"]).name, Path(x["duplicate_of"]).name) for x in dups] == [("b_copy.mp4", "a.mp4")], dups
     assert dups[0]["offset_frames"] == 12 and dups[0]["frames_matched"] >= 30
+
+
+def test_a_mouse_that_turned_round_as_it_ran_yields_a_coarse_edit():
+    """A mouse seen from above runs 27 px and turns by about 125 degrees in 1.3 s: the chained DIS
+    flow loses it, and where it was and where it arrived touch (one changed piece). The frames in
+    between give a background plate, the mouse as it was is found turned in the target
+    (``flow.rematch_turns``), and the coarse edit and the collage draw it where it arrived, with
+    holes where it was: before, both were rejected (holes 1.0 x the changed area) and the pair
+    did not pass the motion pre-filter once the flow moved only the mouse."""
+    cfg = load_config("demo")
+    frames, it = _pair(str(shared_video("real2/mouse_round_arena.mp4")), 650, 688, cfg)
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    assert {"coarse", "collage", "sketch"} <= set(it.meta["signals"]), it.meta["signals"]
+    (rec,) = it.meta["flow"]["rematched"]
+    a = np.array(rec["affine"])
+    assert abs(np.degrees(np.arctan2(a[1, 0], a[0, 0]))) > 90 and rec["ncc"] >= 0.85, rec
+    q = it.meta["quality"]
+    for name in ("coarse", "collage"):  # right where it arrived, holes only where it was
+        assert q[f"{name}_gain_db"] >= 10 and q[f"{name}_unexplained_frac"] <= 0.05, q
+        assert q[f"{name}_hole_ratio"] <= 0.7 and q[f"{name}_false_hole_frac"] <= 1e-4, q
