@@ -34,7 +34,8 @@ filled and slightly dilated):
   pixels on what changed (``R`` dilated by the stroke width).
 * **region drags** (signal): regions with less than ``region_min_on_change`` of their mask in
   ``R``, or whose mask moved by their transform does not land on ``R`` or explains the target no
-  better than ``region_max_error_ratio`` times the region left in place, or whose flow is
+  better than ``region_max_error_ratio`` times the region left in place (in grey levels, and in
+  grey levels normalised per side: a still surface whose exposure changed is no move), or whose flow is
   forward-backward consistent on less than ``region_min_consistent`` of the mask, or that cover
   less than ``region_min_area`` of the frame or move less than ``min_motion_px``, are removed;
   none left drops the signal.
@@ -253,8 +254,9 @@ class QualityConfig:
         0.8,
         "region rule: the mean grey difference between a region's pixels "
         "moved by its transform and the target there, at most this times "
-        "that of the region left in place; and the moved region lands on "
-        "what changed (region_min_on_change)",
+        "that of the region left in place, in grey levels and in grey levels "
+        "normalised per side (an exposure change is no move); and the moved "
+        "region lands on what changed (region_min_on_change)",
         ge=0,
     )
     region_min_area: float = knob(

@@ -305,7 +305,8 @@ def region_moves_onto_target(
 ) -> bool:
     """A region drag's mask, moved by its transform, lands on what changed and explains the target
     there better than the region left in place does (a mask on still road where a walker arrives
-    explains nothing when moved)."""
+    explains nothing when moved), in grey levels and in grey levels normalised per side (a still
+    surface whose exposure changed is explained best in place)."""
     if transform is None:
         return True  # no transform to check: the share on the change decides
     ys, xs = np.nonzero(mask)
@@ -320,9 +321,14 @@ def region_moves_onto_target(
     if inside.mean() < c.region_min_on_change or in_mask(R, q[inside]).mean() < c.region_min_on_change:
         return False
     a = sample_field(gs, p[inside])[:, 0]
-    moved = float(np.abs(a - sample_field(gt, q[inside])[:, 0]).mean())
-    still = float(np.abs(a - sample_field(gt, p[inside])[:, 0]).mean())
-    return moved <= c.region_max_error_ratio * still
+    b_moved, b_still = sample_field(gt, q[inside])[:, 0], sample_field(gt, p[inside])[:, 0]
+    moved, still = float(np.abs(a - b_moved).mean()), float(np.abs(a - b_still).mean())
+    # ... and so it does with the brightness and contrast of each side taken out (z-scores): a
+    # still door whose exposure changed differs from the target in place, yet matches it exactly
+    # once its grey levels are scaled
+    z = lambda v: (v - v.mean()) / max(float(v.std()), 1e-6)  # noqa: E731
+    z_moved, z_still = float(np.abs(z(a) - z(b_moved)).mean()), float(np.abs(z(a) - z(b_still)).mean())
+    return moved <= c.region_max_error_ratio * still and z_moved <= c.region_max_error_ratio * z_still
 
 
 def judge_region_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:

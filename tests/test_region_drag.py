@@ -265,3 +265,35 @@ def test_config_validate():
     ):
         with pytest.raises(ConfigError, match=f"region_drag.{key}"):
             validate(RegionDragConfig(**kw), "region_drag.")
+
+
+def test_a_still_surface_whose_exposure_changed_is_no_region_move():
+    """The quality stage's region rule (stages.region_drag.region_moves_onto_target). A shaded
+    surface (a ramp of 1.5 grey levels per px, fine texture on it) that moved 6 px is explained by its
+    move. Left in place but 12 grey levels brighter (a cabinet door under a changing exposure, seen
+    on real2/makeup_hand_face), an 8-px "move" along the ramp explains the target in grey levels
+    better than in place, so the grey-level test alone passed it; with each side's grey levels
+    normalised, in place explains it exactly and the move is refused."""
+    import cv2
+
+    from vid2pair.stages.quality import QualityConfig
+    from vid2pair.stages.region_drag import region_moves_onto_target
+
+    rng = np.random.default_rng(0)
+    fine = cv2.GaussianBlur(rng.normal(0, 6, (240, 320)).astype(np.float32), (0, 0), 1.0)
+    tex = 3.0 * np.arange(320, dtype=np.float32)[None, :] * np.ones((240, 1), np.float32) / 2 + fine
+    mask = np.zeros((240, 320), bool)
+    mask[80:160, 100:200] = True
+    R = np.ones_like(mask)  # everything counts as changed: only the explanation decides
+    c = QualityConfig()
+    moved = np.roll(tex, 6, axis=1)  # the surface moved 6 px right
+    assert region_moves_onto_target(mask, [[1, 0, 6], [0, 1, 0]], tex, moved, R, c)
+    brighter = tex + 12.0  # nothing moved; the exposure rose
+    along = [[1, 0, -8], [0, 1, 0]]  # 8 px against the ramp (1.5 grey levels per px) undoes the 12
+
+    def grey(A):
+        seen = cv2.warpAffine(brighter, np.float32(A), (320, 240), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        return float(np.abs(tex[mask] - seen[mask]).mean())
+
+    assert grey(along) < c.region_max_error_ratio * grey([[1, 0, 0], [0, 1, 0]])  # grey levels alone: a move
+    assert not region_moves_onto_target(mask, along, tex, brighter, R, c)
