@@ -496,3 +496,55 @@ def test_track_config_validate():
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(TrackConfig(**kw), "track.")
+
+
+class _SlidesLeft:
+    """A tracker that says every target point came from 12 px to its left, visible."""
+
+    name, version = "slides", "0"
+
+    def __call__(self, frames, queries):
+        q = np.broadcast_to(np.asarray(queries, np.float32), (len(frames),) + np.shape(queries)[-2:])
+        return q - np.float32([12.0, 0.0]), np.ones(q.shape[:2], bool)
+
+
+def test_points_on_the_background_in_the_target_are_held_and_hidden_where_it_was_covered():
+    """``track.hold_background``: a dark textured square crosses a textured wall in 8 frames (the
+    frames' median is the wall). Target points on the wall do not move, whatever the tracker says:
+    put back where they are, hidden where the square covered them in the source (the wall it
+    uncovered), visible elsewhere; points on the square keep the tracker's output; no drag starts
+    on the wall in the source. Off: the tracker's own (wrong) output."""
+    rng = np.random.default_rng(0)
+    h, w = 120, 240
+    wall = (90 + 60 * rng.random((h, w, 1))).repeat(3, axis=2)
+    square = (10 + 40 * rng.random((40, 40, 1))).repeat(3, axis=2)
+
+    def frame(x):
+        f = wall.copy()
+        f[40:80, x : x + 40] = square
+        return f.astype(np.uint8)
+
+    xs = np.linspace(30, 170, 8).round().astype(int)
+    frames = np.stack([frame(x) for x in xs])
+    out = {}
+    for on in (True, False):
+        st = TrackStage(
+            SimpleNamespace(seed=0, track=TrackConfig(hold_still=False, hold_background=on), drag=DragConfig()),
+            tracker=_SlidesLeft(),
+        )
+        (res,) = st([_item(frames, key="bg_s000_f000000_f000007")])
+        out[on] = res
+    tr, vis = out[True].arrays["tracks"], out[True].arrays["visibility"].astype(bool)
+    q, xy = tr[:, :2], tr[:, 2:]
+    on_square = (q[:, 1] >= 42) & (q[:, 1] < 78) & (q[:, 0] >= xs[-1] + 2) & (q[:, 0] < xs[-1] + 38)
+    uncovered = (q[:, 1] >= 42) & (q[:, 1] < 78) & (q[:, 0] >= xs[0] + 2) & (q[:, 0] < xs[0] + 38)
+    wall_pts = ~on_square & ~((q[:, 1] >= 37) & (q[:, 1] < 83) & (q[:, 0] >= xs[-1] - 3) & (q[:, 0] < xs[-1] + 43))
+    assert np.abs(xy[wall_pts] - q[wall_pts]).max() == 0  # the wall does not move
+    assert not vis[uncovered].any() and vis[wall_pts & ~uncovered].mean() > 0.95
+    assert np.allclose(xy[on_square] - q[on_square], [-12.0, 0.0])  # the square: the tracker's say
+    assert out[True].meta["track"]["background_points"] > 0.8 * wall_pts.sum()
+    for p in out[True].meta["drag"]["points"]:  # drags start on the square in the source, if any
+        assert xs[0] - 2 <= p["source"][0] <= xs[0] + 42 and 38 <= p["source"][1] <= 82, p
+    off = out[False].arrays["tracks"]
+    assert np.allclose(off[:, 2:] - off[:, :2], [-12.0, 0.0])  # off: untouched
+    assert out[False].arrays["visibility"][off[:, 2] >= 0].all()
