@@ -20,7 +20,6 @@ whichever flow, tracker or segmenter produced them:
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -47,13 +46,7 @@ __all__ = [
     "coherent_matches",
     "klt_verify",
     "klt_tracks",
-    "MIN_PLATE_FRAMES",
-    "background_plate",
-    "off_plate",
 ]
-
-#: the frames (source and target counted) whose median makes a background plate
-MIN_PLATE_FRAMES = 5
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -102,23 +95,6 @@ def moving_support(
     core = object_region(changed_mask(src, tgt, thresh, sigma), close_px=close_px, dilate_px=0)
     band = object_region(core, close_px=0, dilate_px=band_px) & ~core
     return core | (band & textured(src))
-
-
-def background_plate(frames) -> Optional[np.ndarray]:
-    """The grey median of ``frames`` ((N, H, W, 3) uint8 of a static camera, the source to the
-    target): the background wherever nothing stood in front of it for more than half of them; None
-    for fewer than :data:`MIN_PLATE_FRAMES`. (Where a thing stayed most of the time, the plate
-    shows the thing: every use of it errs towards doing nothing there.)"""
-    if frames is None or len(frames) < MIN_PLATE_FRAMES:
-        return None
-    return to_gray(np.median(np.asarray(frames), axis=0).astype(np.uint8)).astype(np.float32)
-
-
-def off_plate(img: np.ndarray, plate: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
-    """(H, W) bool: where ``img`` (grey or RGB) differs from the background ``plate`` (both blurred
-    by ``sigma``) by more than ``thresh`` grey levels: something stands in front of the background."""
-    g = (img if img.ndim == 2 else to_gray(img)).astype(np.float32)
-    return np.abs(_blur(g, sigma) - _blur(plate, sigma)) > thresh
 
 
 def still_support(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:

@@ -37,15 +37,12 @@ import cv2
 import numpy as np
 
 from vid2pair.ops.image import to_gray
-from vid2pair.stages.evidence import (
-    background_plate,
-    changed_mask,
-    fb_consistent,
-    object_region,
-    off_plate,
-)
+from vid2pair.stages.evidence import changed_mask, fb_consistent, object_region
 
 __all__ = ["rematch_objects", "split_segments", "COVERED"]
+
+#: the frames between source and target (both counted) that make a background plate (their median)
+MIN_PLATE_FRAMES = 5
 
 #: the value of ``pieces`` on background that a re-matched object covers in the target
 COVERED = 255
@@ -174,6 +171,13 @@ def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) 
     return float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
 
 
+def _off_plate(g: np.ndarray, plate: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
+    """Where the image ``g`` differs from the background ``plate`` (both grey, blurred by ``sigma``)
+    by more than ``thresh``: something stands in front of the background."""
+    k = (0, 0)
+    return np.abs(cv2.GaussianBlur(g, k, sigma) - cv2.GaussianBlur(plate, k, sigma)) > thresh
+
+
 def _opened(m: np.ndarray) -> np.ndarray:
     """``m`` opened by a 3x3 square: no specks, no one-pixel bridges."""
     return cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
@@ -215,12 +219,14 @@ def rematch_objects(
     records: list[dict] = []
     core = object_region(changed_mask(src, tgt, thresh, sigma), close_px=close_px, dilate_px=0)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=8)
-    plate = background_plate(frames)
+    plate = None
+    if frames is not None and len(frames) >= MIN_PLATE_FRAMES:
+        plate = _gray(np.median(np.asarray(frames), axis=0).astype(np.uint8))
     if n <= 1 or (n == 2 and plate is None):  # one piece cannot have moved onto another
         return flow, bwd, done, pieces_src, records
     gs, gt = _gray(src), _gray(tgt)
     if plate is not None:  # where the source / the target show something in front of the background
-        off_s, off_t = off_plate(gs, plate, thresh, sigma), off_plate(gt, plate, thresh, sigma)
+        off_s, off_t = _off_plate(gs, plate, thresh, sigma), _off_plate(gt, plate, thresh, sigma)
     area = stats[:, cv2.CC_STAT_AREA]
     pieces = [int(k) for k in np.argsort(-area) if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
     valid = fb_consistent(flow, bwd) if bwd is not None else np.ones((h, w), bool)

@@ -53,13 +53,10 @@ from vid2pair.ops.flow_math import invert_flow
 from vid2pair.ops.image import to_gray
 from vid2pair.stages.drag import DRAG_INPUT, DRAG_METRICS, DRAG_SCORES, DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
-    background_plate,
     coherent_matches,
-    in_mask,
     klt_tracks,
     klt_verify,
     moved_not_still,
-    off_plate,
     patch_ncc,
     sample_field,
     sparse_matches,
@@ -120,14 +117,6 @@ class TrackConfig:
         "support as flow.static_suppress, computed here from the pair) stay where they "
         "are, visible, whatever the tracker said (chained flow cannot follow plain, still "
         "surfaces); false: the tracker's own output",
-    )
-    hold_background: bool = knob(
-        True,
-        "a fixed camera, with the frames in between (at least 5): their median is the background "
-        "plate; a grid point that shows the background in the target does not move, so a tracker "
-        "point that moved there is put back (visible where the source shows the background too, "
-        "hidden where something stood in front of it), and no drag starts on the background in the "
-        "source or ends on it in the target; false: the tracker's own output",
     )
     follow_rematch: bool = knob(
         True,
@@ -769,16 +758,6 @@ class TrackStage(PairStage):
             ]
             xy[s], vis[s] = grid[s], True
             n_still = int(s.sum())
-        plate = background_plate(prep["frames"]) if self.tcfg.hold_background and ng else None
-        n_bg = 0
-        if plate is not None:
-            # the background does not move (a static camera): a point that shows it in the target came
-            # from the same place; the tracker's move there (onto the thing that uncovered it) is wrong
-            sig = 1.5 * frame_scale(it.arrays["src"].shape)
-            off_s, off_t = (off_plate(it.arrays[k], plate, 15.0, sig) for k in ("src", "tgt"))
-            bg = ~in_mask(off_t, grid) & (np.linalg.norm(xy - grid, axis=1) > 1.0)
-            xy[bg], vis[bg] = grid[bg], ~in_mask(off_s, grid[bg])
-            n_bg = int(bg.sum())
         rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
         n_rem = 0
         if self.tcfg.follow_rematch and rem is not None and bwd is not None and ng:
@@ -815,10 +794,6 @@ class TrackStage(PairStage):
                 d_src, d_tgt, matches, self.dcfg.k, self.dcfg.min_spacing_px, max(self.dcfg.min_flow_px, 1.0)
             )
             n_matched = len(d_src) - before
-        if plate is not None and len(d_src):  # a drag moves a thing: from it, onto it (not the background)
-            on_thing = in_mask(off_s, d_src) & in_mask(off_t, d_tgt)
-            d_src, d_tgt = d_src[on_thing], d_tgt[on_thing]
-            n_matched -= int((~on_thing[len(on_thing) - n_matched :]).sum()) if n_matched else 0
         agree = flow_agreement(prep["flow"], g_xy[g_vis], grid[g_vis], max(self.dcfg.flow_check_px, 3.0))
         for k in ("frames", "rematched"):
             it.arrays.pop(k, None)
@@ -846,8 +821,6 @@ class TrackStage(PairStage):
         }
         if n_rem:
             meta["rematched_points"] = n_rem
-        if n_bg:
-            meta["background_points"] = n_bg
         meta.update(info or {})
         it.meta["track"] = meta
         return it

@@ -119,7 +119,6 @@ def test_framepainter_tracks_are_the_trackers_own(clips, tmp_path, cotracker_ckp
         or cfg.flow.rematch
         or cfg.flow.fb_mask
         or cfg.track.hold_still
-        or cfg.track.hold_background
         or cfg.track.follow_rematch
     )
     build(cfg, str(clips), tmp_path / "out", log_summary=False)

@@ -35,14 +35,11 @@ def test_framepainter_is_the_paper():
     assert {n.name for n in needs(c) if n.what == "weights"} == {"sea_raft_m", "cotracker3_offline"}
     # the models' own output: none of the weight-free path's fixes (tests/test_paper_parity.py)
     assert not (c.flow.static_suppress or c.flow.rematch or c.flow.fb_mask)
-    assert not (c.track.hold_still or c.track.hold_background or c.track.follow_rematch)
+    assert not (c.track.hold_still or c.track.follow_rematch)
     assert c.quality.enabled  # a declared addition: it judges, it never rewrites
 
 
-WEIGHT_FREE_FIXES = {
-    "flow": ("static_suppress", "rematch", "fb_mask"),
-    "track": ("hold_still", "hold_background", "follow_rematch"),
-}
+WEIGHT_FREE_FIXES = {"flow": ("static_suppress", "rematch", "fb_mask"), "track": ("hold_still", "follow_rematch")}
 
 
 @pytest.mark.parametrize("preset", ["framepainter", "magicfixup"])
@@ -91,11 +88,9 @@ def test_cpu_counterparts_inherit_and_need_nothing():
         assert raw["base"] == paper and len(raw) <= 6
         # the weight-free path's fixes, off in the paper preset, are on here
         assert c.flow.static_suppress and c.flow.rematch and c.flow.fb_mask
-        assert paper == "magicfixup" or (c.track.hold_still and c.track.hold_background and c.track.follow_rematch)
+        assert paper == "magicfixup" or (c.track.hold_still and c.track.follow_rematch)
     d = load_config("demo")
-    assert (
-        d.flow.static_suppress and d.flow.rematch and d.flow.fb_mask and d.track.hold_still and d.track.hold_background
-    )
+    assert d.flow.static_suppress and d.flow.rematch and d.flow.fb_mask and d.track.hold_still
 
 
 def test_base_inheritance_and_cycles(tmp_path):
