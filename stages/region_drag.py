@@ -81,6 +81,12 @@ class RegionDragConfig:
     deformation_min_px: float = knob(
         2.0, "a flow-noise floor for deformation (not scaled with the frame)", unit="px", ge=0
     )
+    deformation_size_ratio: float = knob(
+        0.25,
+        "p75 residual > this x the region's size (the square root of its area): deformation, however "
+        "far it moved (a similarity that misses by a quarter of the region is no rigid move)",
+        gt=0,
+    )
     merge: bool = knob(True, "merge adjacent moving segments that one similarity explains")
     merge_tol_px: float = knob(2.0, "... with a p75 residual <= this (not scaled)", unit="px", ge=0)
     n_handles: int = knob(4, "points per region (the centre included)", ge=1)
@@ -97,11 +103,15 @@ def classify(
     cfg: RegionDragConfig,
     shift_px: Optional[float] = None,
     px_scale: float = 1.0,
+    size_px: Optional[float] = None,
 ) -> str:
     """Operation type from the region's similarity and its fit residual (see the module docstring).
     ``shift_px``: how far the similarity moves the region's centroid (default: ``motion``, the
-    median flow); ``px_scale``: the frame's short side / ``reference_short_side``."""
+    median flow); ``px_scale``: the frame's short side / ``reference_short_side``; ``size_px``: the
+    square root of the region's area (None: no size rule)."""
     if residual_p75 > max(cfg.deformation_ratio * motion, cfg.deformation_min_px):
+        return "deformation"
+    if size_px is not None and residual_p75 > max(cfg.deformation_size_ratio * size_px, cfg.deformation_min_px):
         return "deformation"
     shift = motion if shift_px is None else shift_px
     rel = {
@@ -227,7 +237,7 @@ def region_drags(
             scale, angle = 1.0, 0.0
         c = np.array([float((pix % w).mean()), float((pix // w).mean())])
         shift = float(np.hypot(*(A[:, :2] @ c + A[:, 2] - c))) if A is not None else motion
-        kind = classify(angle, scale, r75, motion, cfg, shift, px_scale)
+        kind = classify(angle, scale, r75, motion, cfg, shift, px_scale, size_px=float(np.sqrt(len(pix))))
         regions.append(
             {
                 "segs": sorted(segs),

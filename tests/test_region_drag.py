@@ -188,6 +188,11 @@ def test_classify_thresholds():
     assert classify(-6.0, 1.0, 0.3, 10.0, cfg, shift_px=0.5) == "rotation"  # about its own centre
     assert classify(-6.0, 1.0, 0.3, 10.0, cfg) == "translation+rotation"
     assert classify(20.0, 1.0, 4.0, 10.0, cfg) == "deformation"  # residual 4 > max(0.25 * 10, 2)
+    # a far move whose fit misses by a third of the region (a mouse that turned and bent, 80 px):
+    # 15 px < 0.25 x 80, but > 0.25 x 48 (its size)
+    assert classify(90.0, 0.65, 15.1, 80.0, cfg, size_px=47.9) == "deformation"
+    assert classify(90.0, 0.65, 15.1, 80.0, cfg) == "translation+rotation+scaling"  # (no size given)
+    assert classify(2.0, 0.9, 3.3, 30.0, cfg, size_px=17.4) == "translation+scaling"  # 3.3 < 0.25 x 17.4
     assert classify(0.0, 1.0, 1.9, 4.0, cfg) == "translation"  # under the 2-px noise floor
     assert classify(0.0, 1.2, 0.0, 10.0, cfg) == "translation+scaling"  # tolerances: 2 px@512, 5 deg, 5 %
     assert classify(0.0, 1.04, 0.0, 1.0, cfg, shift_px=1.0) == "scaling"  # under every tolerance: the largest
