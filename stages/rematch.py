@@ -171,13 +171,6 @@ def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) 
     return float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
 
 
-def _off_plate(g: np.ndarray, plate: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
-    """Where the image ``g`` differs from the background ``plate`` (both grey, blurred by ``sigma``)
-    by more than ``thresh``: something stands in front of the background."""
-    k = (0, 0)
-    return np.abs(cv2.GaussianBlur(g, k, sigma) - cv2.GaussianBlur(plate, k, sigma)) > thresh
-
-
 def _opened(m: np.ndarray) -> np.ndarray:
     """``m`` opened by a 3x3 square: no specks, no one-pixel bridges."""
     return cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
@@ -226,7 +219,8 @@ def rematch_objects(
         return flow, bwd, done, pieces_src, records
     gs, gt = _gray(src), _gray(tgt)
     if plate is not None:  # where the source / the target show something in front of the background
-        off_s, off_t = _off_plate(gs, plate, thresh, sigma), _off_plate(gt, plate, thresh, sigma)
+        # (changed against the plate)
+        off_s, off_t = changed_mask(gs, plate, thresh, sigma), changed_mask(gt, plate, thresh, sigma)
     area = stats[:, cv2.CC_STAT_AREA]
     pieces = [int(k) for k in np.argsort(-area) if k > 0 and min_area_frac * h * w <= area[k] <= max_area_frac * h * w]
     valid = fb_consistent(flow, bwd) if bwd is not None else np.ones((h, w), bool)
