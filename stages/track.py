@@ -54,6 +54,7 @@ from vid2pair.ops.image import to_gray
 from vid2pair.stages.drag import DRAG_INPUT, DRAG_METRICS, DRAG_SCORES, DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
+    klt_contradicts,
     klt_tracks,
     klt_verify,
     moved_not_still,
@@ -759,7 +760,7 @@ class TrackStage(PairStage):
             xy[s], vis[s] = grid[s], True
             n_still = int(s.sum())
         rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
-        n_rem = 0
+        n_rem, on = 0, np.zeros(ng, bool)
         if self.tcfg.follow_rematch and rem is not None and bwd is not None and ng:
             # an object the flow stage re-matched between source and target (stages/rematch.py): its
             # points come from there, wherever the chain through the frames in between lost it
@@ -785,6 +786,16 @@ class TrackStage(PairStage):
         n_vis = int(d_vis.sum())
         if self.dcfg.flow_check_px > 0:
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
+        n_klt = 0
+        if self.dcfg.klt_check and d_vis.any():
+            # a second path through the frames in between: where Lucas-Kanade follows the handle
+            # somewhere else, the tracker (and the flow it agrees with) took a look-alike or what
+            # uncovered its point; not for the points of a re-matched object (a checked template match)
+            k = np.flatnonzero(d_vis & ~on[di])
+            sc = frame_scale(it.arrays["src"].shape, "px@240")
+            bad = klt_contradicts(prep["frames"][::-1], d_src[k], dt[k], tol_px=3.0 * sc)
+            d_vis[k[bad]] = False
+            n_klt = int(bad.sum())
         d_src, d_tgt = d_src[d_vis][: self.dcfg.k], dt[d_vis][: self.dcfg.k]
         n_matched = 0
         if matches is not None and len(d_src) < self.dcfg.k:
@@ -819,6 +830,8 @@ class TrackStage(PairStage):
             "still_points": n_still,
             "drag_matched": n_matched,
         }
+        if self.dcfg.klt_check:
+            meta["drag_klt_contradicted"] = n_klt
         if n_rem:
             meta["rematched_points"] = n_rem
         meta.update(info or {})

@@ -496,3 +496,48 @@ def test_track_config_validate():
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(TrackConfig(**kw), "track.")
+
+
+def _queue_clip(n: int = 24, step: float = 1.0, gap: int = 30, occlude_from: int | None = None):
+    """Two identical textured cars, ``gap`` px apart in a queue, driving left ``step`` px a frame over
+    a textured road; optionally a grey panel covering the front car from frame ``occlude_from``."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    road = cv2.GaussianBlur(rng.integers(0, 255, (120, 200)).astype(np.float32), (0, 0), 2.0)
+    car = cv2.GaussianBlur(rng.integers(0, 255, (18, 18)).astype(np.float32), (0, 0), 1.0)
+    frames = []
+    for t in range(n):
+        g = road.copy()
+        for x0 in (100.0, 100.0 + gap):
+            xs = x0 - step * t
+            m = np.float32([[1, 0, xs], [0, 1, 50]])
+            patch = cv2.warpAffine(car, m, (200, 120), flags=cv2.INTER_LINEAR, borderValue=-1)
+            inside = cv2.warpAffine(np.ones_like(car), m, (200, 120), flags=cv2.INTER_LINEAR) > 0.99
+            g[inside] = patch[inside]
+        if occlude_from is not None and t >= occlude_from:
+            g[40:80, 60:125] = 128.0
+        frames.append(np.repeat(np.clip(g, 0, 255).astype(np.uint8)[..., None], 3, axis=2))
+    return np.stack(frames)
+
+
+def test_klt_contradicts_a_drag_onto_a_look_alike():
+    """Cars in a queue look alike: a tracker that jumped from one to the next passes every check made
+    on the pair's own images (patch NCC, the flow it agrees with). Lucas-Kanade through the frames in
+    between follows the handle's own car and contradicts it; a right drag, and one whose handle is
+    lost behind an occluder, are not contradicted. ``drag.klt_check`` drops the contradicted ones."""
+    from vid2pair.stages.evidence import klt_contradicts, klt_verify
+
+    fr = _queue_clip()
+    h = np.float32([[109.0, 59.0], [104.0, 55.0]])  # handles on the front car (source)
+    move = -23.0  # 23 frames of 1 px
+    right = h + [move, 0.0]
+    swapped = h + [move + 30.0, 0.0]  # the next car in the queue arrived there
+    assert not klt_contradicts(fr, h, right).any()
+    assert klt_verify(fr, h, right).all()
+    assert klt_contradicts(fr, h, swapped).all()
+    # lost: a panel covers the front car half way; no evidence either way
+    occ = _queue_clip(occlude_from=12)
+    assert not klt_contradicts(occ, h, swapped).any()
+    assert not klt_verify(occ, h, right).any()
+    assert DragConfig().klt_check is False  # off unless a preset turns it on (the paper presets keep their tracks)
