@@ -97,14 +97,6 @@ class DragConfig:
         "survive moves a chained flow loses (hands, bodies, a pushed coin); the tracker's "
         "drags come first, matches fill up to k",
     )
-    klt_check: bool = knob(
-        False,
-        "drop a tracked drag whose handle, followed frame to frame through the frames in between "
-        "by Lucas-Kanade (checked forward-backward and for its look at every hop), arrives "
-        "elsewhere than its target: the tracker jumped to a look-alike (cars in a queue) or "
-        "onto what uncovered the target (an arm leaving a wall); a handle Lucas-Kanade loses "
-        "(a deforming hand, an occlusion) is kept",
-    )
     direction: Literal["source_to_target", "target_to_source"] = knob(
         "source_to_target", "drag.json point order: handle on the source, target on the target (or reversed)"
     )

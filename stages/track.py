@@ -125,6 +125,22 @@ class TrackConfig:
         "source from the backward flow there, wherever the tracker lost it; false: "
         "the tracker's own output",
     )
+    flow_consistent: bool = knob(
+        True,
+        "a point that moves (not held still, not re-matched) is visible only where the flow "
+        "stage found the target pixel's correspondence consistent (flow_bwd_valid, with "
+        "flow.fb_mask): what an arm uncovered is not tracked back onto the arm; false: the "
+        "tracker's own output",
+    )
+    klt_check: bool = knob(
+        True,
+        "a point that moves is invisible where Lucas-Kanade, following its source point forward "
+        "and its target point backward frame to frame through the frames in between (each hop "
+        "checked forward-backward and for its look), arrives on both paths elsewhere than the "
+        "other end: the tracker jumped to a look-alike (cars in a queue); a point either path "
+        "loses (a deforming hand, an occlusion) keeps the tracker's answer; false: the "
+        "tracker's own output",
+    )
     min_visible_frac: float = knob(
         0.1, "fewer visible grid points than this fraction: pair rejected", unit="frac", ge=0, le=1
     )
@@ -748,7 +764,7 @@ class TrackStage(PairStage):
         ng, nd = len(grid), len(di)
         xy = np.asarray(xy, np.float32)[:ng].copy()  # (padding queries of a batch dropped)
         vis = np.asarray(vis, bool)[:ng] & _inside(xy, h, w)
-        n_still = 0
+        n_still, s = 0, np.zeros(ng, bool)
         if self.tcfg.hold_still and ng:
             # a static camera: where nothing changes between source and target, a point stays where it
             # is and is visible; flat, still surfaces (a plain desk) that a chained flow cannot follow
@@ -771,6 +787,25 @@ class TrackStage(PairStage):
             xy[on] = q[on] + sample_field(bwd, q[on])
             vis[on] = _inside(xy[on], h, w)
             n_rem = int(on.sum())
+        n_incons = n_klt = 0
+        moving = vis & ~s & ~on & (np.linalg.norm(xy - grid, axis=1) >= 1.0)
+        bwd_ok = it.arrays.get("flow_bwd_valid")
+        if self.tcfg.flow_consistent and bwd_ok is not None and moving.any():
+            # the flow stage could not match the target pixel back and forth: something uncovered it
+            g = np.rint(grid).astype(int)
+            bad = moving & ~np.asarray(bwd_ok, bool)[np.clip(g[:, 1], 0, h - 1), np.clip(g[:, 0], 0, w - 1)]
+            vis[bad], moving[bad] = False, False
+            n_incons = int(bad.sum())
+        if self.tcfg.klt_check and moving.any():
+            # two more paths through the frames in between: where Lucas-Kanade, forward from the source
+            # point and backward from the target point, disagrees with the tracker both ways, the
+            # tracker (and the flow it agrees with) took a look-alike; not for the points of a
+            # re-matched object (a checked template match)
+            k = np.flatnonzero(moving)
+            sc = frame_scale(it.arrays["src"].shape, "px@240")
+            bad = klt_contradicts(prep["frames"][::-1], xy[k], grid[k], tol_px=3.0 * sc)
+            vis[k[bad]] = False
+            n_klt = int(bad.sum())
         g_xy, g_vis = xy, vis
         frac = float(g_vis.mean()) if ng else 0.0
         if frac < self.tcfg.min_visible_frac:  # no drags, no matching supervision; the other signals go on
@@ -786,16 +821,6 @@ class TrackStage(PairStage):
         n_vis = int(d_vis.sum())
         if self.dcfg.flow_check_px > 0:
             d_vis &= flow_agreement(prep["flow"], d_src, dt, self.dcfg.flow_check_px)
-        n_klt = 0
-        if self.dcfg.klt_check and d_vis.any():
-            # a second path through the frames in between: where Lucas-Kanade follows the handle
-            # somewhere else, the tracker (and the flow it agrees with) took a look-alike or what
-            # uncovered its point; not for the points of a re-matched object (a checked template match)
-            k = np.flatnonzero(d_vis & ~on[di])
-            sc = frame_scale(it.arrays["src"].shape, "px@240")
-            bad = klt_contradicts(prep["frames"][::-1], d_src[k], dt[k], tol_px=3.0 * sc)
-            d_vis[k[bad]] = False
-            n_klt = int(bad.sum())
         d_src, d_tgt = d_src[d_vis][: self.dcfg.k], dt[d_vis][: self.dcfg.k]
         n_matched = 0
         if matches is not None and len(d_src) < self.dcfg.k:
@@ -830,8 +855,10 @@ class TrackStage(PairStage):
             "still_points": n_still,
             "drag_matched": n_matched,
         }
-        if self.dcfg.klt_check:
-            meta["drag_klt_contradicted"] = n_klt
+        if self.tcfg.flow_consistent:
+            meta["flow_inconsistent_points"] = n_incons
+        if self.tcfg.klt_check:
+            meta["klt_contradicted_points"] = n_klt
         if n_rem:
             meta["rematched_points"] = n_rem
         meta.update(info or {})

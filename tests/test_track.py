@@ -524,8 +524,10 @@ def _queue_clip(n: int = 24, step: float = 1.0, gap: int = 30, occlude_from: int
 def test_klt_contradicts_a_drag_onto_a_look_alike():
     """Cars in a queue look alike: a tracker that jumped from one to the next passes every check made
     on the pair's own images (patch NCC, the flow it agrees with). Lucas-Kanade through the frames in
-    between follows the handle's own car and contradicts it; a right drag, and one whose handle is
-    lost behind an occluder, are not contradicted. ``drag.klt_check`` drops the contradicted ones."""
+    between, forward from the handle and backward from the target, follows each end's own car and
+    contradicts it both ways; a right drag, and one whose handle is
+    lost behind an occluder, are not contradicted. ``track.klt_check`` makes the contradicted points
+    invisible (no drag starts there)."""
     from vid2pair.stages.evidence import klt_contradicts, klt_verify
 
     fr = _queue_clip()
@@ -540,4 +542,3 @@ def test_klt_contradicts_a_drag_onto_a_look_alike():
     occ = _queue_clip(occlude_from=12)
     assert not klt_contradicts(occ, h, swapped).any()
     assert not klt_verify(occ, h, right).any()
-    assert DragConfig().klt_check is False  # off unless a preset turns it on (the paper presets keep their tracks)
