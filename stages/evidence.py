@@ -357,9 +357,13 @@ def klt_contradicts(
         return np.zeros(len(src_pts), bool)
     grey = _grey_frames(frames)
     tol = tol_px + rel * np.linalg.norm(tgt_pts - src_pts, axis=1)
-    fwd, a_f = _klt_chain(grey, src_pts, fb_px)
-    bwd, a_b = _klt_chain(grey[::-1], tgt_pts, fb_px)
-    return a_f & a_b & (np.linalg.norm(fwd - tgt_pts, axis=1) > tol) & (np.linalg.norm(bwd - src_pts, axis=1) > tol)
+    fwd, alive = _klt_chain(grey, src_pts, fb_px)
+    out = alive & (np.linalg.norm(fwd - tgt_pts, axis=1) > tol)
+    k = np.flatnonzero(out)  # the backward path only where the forward one contradicts
+    if len(k):
+        bwd, alive = _klt_chain(grey[::-1], tgt_pts[k], fb_px)
+        out[k] = alive & (np.linalg.norm(bwd - src_pts[k], axis=1) > tol[k])
+    return out
 
 
 def residual(a: np.ndarray, b: np.ndarray, thresh: float, sigma: float) -> np.ndarray:
