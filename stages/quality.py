@@ -63,6 +63,7 @@ from vid2pair.ops.image import to_gray
 from vid2pair.stages.evidence import (
     changed_mask,
     coherent_matches,
+    compensate_exposure,
     fb_consistent,
     in_mask,
     object_region,
@@ -296,26 +297,6 @@ def _splat_explanation(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray) -> tu
 
     img, holes, _ = coarse_edit(src, flow, "soft", tgt=tgt)
     return img, holes > 0
-
-
-def compensate_exposure(src: np.ndarray, tgt: np.ndarray, step: int = 4) -> tuple[np.ndarray, float]:
-    """``src`` with a per-channel gain and offset fitted to ``tgt`` (least squares on every ``step``-th
-    pixel; gains kept in [0.5, 2]) when that brings the two closer: an auto-exposure drift or a
-    lighting change is then not counted as change. Returns (the image, how much of the mean absolute
-    difference the fit removed, 0..1)."""
-    a = src[::step, ::step].reshape(-1, src.shape[-1]).astype(np.float32)
-    b = tgt[::step, ::step].reshape(-1, tgt.shape[-1]).astype(np.float32)
-    out = np.empty(src.shape, np.float32)
-    for ch in range(src.shape[-1]):
-        x, y = a[:, ch], b[:, ch]
-        vx = float(x.var())
-        g = float(np.clip(((x - x.mean()) * (y - y.mean())).mean() / vx, 0.5, 2.0)) if vx > 1e-6 else 1.0
-        out[..., ch] = g * src[..., ch] + (float(y.mean()) - g * float(x.mean()))
-    comp = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    before = float(np.abs(a - b).mean())
-    after = float(np.abs(comp[::step, ::step].reshape(-1, src.shape[-1]).astype(np.float32) - b).mean())
-    gain = (before - after) / before if before > 1e-6 else 0.0
-    return (comp, round(gain, 4)) if gain > 0.1 else (src, round(max(gain, 0.0), 4))
 
 
 class _Pair:

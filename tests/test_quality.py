@@ -223,6 +223,27 @@ def test_evidence_helpers():
     assert fb_consistent(f, -f)[:, :55].all() and not fb_consistent(f, f)[:, :55].any()
 
 
+def test_still_support_takes_an_exposure_drop_out():
+    """A still, textured scene whose auto-exposure dropped (x0.8 - 5 grey levels: up to 56 levels
+    darker) while one square moved: only the square (and the band round it) may move. Without the
+    exposure fit most of the frame was support, and the flow there was kept and the tracks moved."""
+    import cv2
+
+    from vid2pair.stages.evidence import still_support
+
+    rng = np.random.default_rng(0)
+    g = cv2.GaussianBlur(rng.integers(30, 255, (240, 320)).astype(np.float32), (0, 0), 2.0)
+    src = np.repeat(g[..., None], 3, axis=2).astype(np.uint8)
+    tgt = np.clip(src.astype(np.float32) * 0.8 - 5, 0, 255).astype(np.uint8)
+    tgt[100:140, 200:240] = src[100:140, 40:80]  # a square of other texture arrived
+    tgt[100:140, 40:80] = 60  # and left a plain patch where it was
+    sup = still_support(src, tgt)
+    assert sup[100:140, 200:240].mean() > 0.9 and sup[100:140, 40:80].mean() > 0.9
+    away = np.ones_like(sup)
+    away[80:160, 20:260] = False
+    assert sup[away].mean() < 0.01, sup[away].mean()
+
+
 # ---------------------------------------------------------------- each remaining rule, fired on purpose
 
 
