@@ -118,6 +118,9 @@ def compensate_exposure(
     pixels the last fit brought within ``inlier_levels`` of the target (the still background), so
     a hand filling half the frame does not bend the fit. Returns (the image, how much of the mean
     absolute difference the fit removed, 0..1)."""
+    if src.ndim == 2:  # one grey channel
+        comp, gain = compensate_exposure(src[..., None], tgt[..., None], step, refits, inlier_levels)
+        return (src if gain <= 0.1 else comp[..., 0]), gain
     a = src[::step, ::step].reshape(-1, src.shape[-1]).astype(np.float32)
     b = tgt[::step, ::step].reshape(-1, tgt.shape[-1]).astype(np.float32)
     use = np.ones(len(a), bool)

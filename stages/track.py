@@ -54,6 +54,7 @@ from vid2pair.ops.image import to_gray
 from vid2pair.stages.drag import DRAG_INPUT, DRAG_METRICS, DRAG_SCORES, DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
+    in_mask,
     klt_contradicts,
     klt_tracks,
     klt_verify,
@@ -770,9 +771,7 @@ class TrackStage(PairStage):
             # is and is visible; flat, still surfaces (a plain desk) that a chained flow cannot follow
             # are then tracked right
             still = ~still_support(it.arrays["src"], it.arrays["tgt"])
-            s = still[
-                np.clip(np.rint(grid[:, 1]).astype(int), 0, h - 1), np.clip(np.rint(grid[:, 0]).astype(int), 0, w - 1)
-            ]
+            s = in_mask(still, grid)
             xy[s], vis[s] = grid[s], True
             n_still = int(s.sum())
         rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
@@ -781,9 +780,7 @@ class TrackStage(PairStage):
             # an object the flow stage re-matched between source and target (stages/rematch.py): its
             # points come from there, wherever the chain through the frames in between lost it
             q = grid.astype(np.float32)
-            on = np.asarray(rem, bool)[
-                np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1), np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)
-            ]
+            on = in_mask(np.asarray(rem, bool), q)
             xy[on] = q[on] + sample_field(bwd, q[on])
             vis[on] = _inside(xy[on], h, w)
             n_rem = int(on.sum())
@@ -792,8 +789,7 @@ class TrackStage(PairStage):
         bwd_ok = it.arrays.get("flow_bwd_valid")
         if self.tcfg.flow_consistent and bwd_ok is not None and moving.any():
             # the flow stage could not match the target pixel back and forth: something uncovered it
-            g = np.rint(grid).astype(int)
-            bad = moving & ~np.asarray(bwd_ok, bool)[np.clip(g[:, 1], 0, h - 1), np.clip(g[:, 0], 0, w - 1)]
+            bad = moving & ~in_mask(np.asarray(bwd_ok, bool), grid)
             vis[bad], moving[bad] = False, False
             n_incons = int(bad.sum())
         if self.tcfg.klt_check and moving.any():
