@@ -462,7 +462,9 @@ def point_errors(src: np.ndarray, result: np.ndarray, pts: np.ndarray) -> np.nda
     """For each (handle, target) pair: the distance (px) from the true target to where the handle's
     patch of the source best matches the result (normalised cross-correlation of grey patches,
     searched over a window round the target wide enough to hold the handle: content left in place
-    scores the drag's length)."""
+    scores the drag's length). Only places whose contrast is at least half the patch's count: a
+    faint trace (an inpainted hole where the content was) is not the content, whatever its
+    normalised shape."""
     g0 = to_gray(src).astype(np.float32)
     g1 = to_gray(result).astype(np.float32)
     h, w = g0.shape
@@ -480,6 +482,11 @@ def point_errors(src: np.ndarray, result: np.ndarray, pts: np.ndarray) -> np.nda
             errs.append(float("nan"))
             continue
         res = cv2.matchTemplate(win, patch, cv2.TM_CCOEFF_NORMED)
+        ph, pw = patch.shape
+        mu = cv2.boxFilter(win, -1, (pw, ph), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+        var = cv2.boxFilter(win * win, -1, (pw, ph), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT) - mu * mu
+        sd = np.sqrt(np.maximum(var[: res.shape[0], : res.shape[1]], 0.0))
+        res = np.where(sd >= 0.5 * patch.std(), res, -2.0).astype(np.float32)
         _, _, _, (bx, by) = cv2.minMaxLoc(res)
         errs.append(float(math.hypot(sx0 + bx + ox - tx, sy0 + by + oy - ty)))
     return np.asarray(errs, np.float64)

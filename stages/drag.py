@@ -228,7 +228,8 @@ def add_matches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The drags ``(d_src, d_tgt)`` filled up to ``k`` with ``matches`` ((N, 4) ``[x_src, y_src, x_tgt,
     y_tgt]``, longest move first) that move at least ``min_move`` px and whose target is at least
-    ``min_spacing`` px from every target already kept."""
+    ``min_spacing`` px from every target already kept, and whose source is as far from every source
+    (two drags from one handle to two places: at least one is wrong)."""
     d_src = np.asarray(d_src, np.float32).reshape(-1, 2)
     d_tgt = np.asarray(d_tgt, np.float32).reshape(-1, 2)
     if len(matches) == 0 or len(d_src) >= k:
@@ -240,7 +241,7 @@ def add_matches(
     for row in m:
         if len(tgt) >= k:
             break
-        if tgt and min(float(np.hypot(*(row[2:] - t))) for t in tgt) < min_spacing:
+        if tgt and min(min(np.hypot(*(row[2:] - t)), np.hypot(*(row[:2] - q))) for q, t in zip(src, tgt)) < min_spacing:
             continue
         src.append(row[:2])
         tgt.append(row[2:])

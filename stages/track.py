@@ -877,6 +877,13 @@ class TrackStage(PairStage):
             k = k[np.min(np.linalg.norm(k[:, None, :2] - m[None, :, :2], axis=-1), axis=1) > 2.0]
         m = np.concatenate([m, k]).astype(np.float32)
         m = m[moved_not_still(src_img, tgt_img, m)]
+        rem = it.arrays.get("rematched")
+        if rem is not None and len(m):
+            # an object the flow stage re-matched (a checked template match): a match that starts on it
+            # and ends elsewhere took something else (a pen pushing a coin), not the object
+            pred = m[:, :2] + sample_field(prep["flow"], m[:, :2])
+            off = np.linalg.norm(pred - m[:, 2:], axis=1) > 3.0 * sc + 0.25 * np.linalg.norm(pred - m[:, :2], axis=1)
+            m = m[~(off & in_mask(np.asarray(rem, bool), pred))]
         it.arrays["matches"] = m
         return m
 

@@ -20,6 +20,7 @@ from vid2pair.core.spec import validate
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.drag import (
     DragConfig,
+    add_matches,
     drag_json,
     drag_mask,
     drag_weights,
@@ -98,6 +99,29 @@ def test_flow_agreement():
     src = np.array([[5.0, 5.0], [5.0, 5.0]], np.float32)
     tgt = np.array([[15.0, 5.0], [6.0, 5.0]], np.float32)
     np.testing.assert_array_equal(flow_agreement(flow, src, tgt, 3.0), [True, False])
+
+
+def test_add_matches_keeps_both_ends_apart():
+    """Matches fill the tracker's drags up to k, longest first, never from a handle already dragged
+    elsewhere: on a real coin_pen pair a corner match took the coin's edge to the pen tip 0.3 px from
+    the tracked drag that took it along with the coin."""
+    d_src = np.array([[266.3, 102.1]], np.float32)
+    d_tgt = np.array([[148.0, 136.0]], np.float32)
+    m = np.array(
+        [
+            [266.0, 102.0, 297.8, 91.7],  # the same handle, elsewhere: dropped
+            [200.0, 50.0, 150.0, 60.0],  # far from it at both ends: kept
+            [210.0, 55.0, 152.0, 135.0],  # target 4 px from the tracked drag's target: dropped
+            [100.0, 100.0, 101.0, 100.0],  # moves 1 px < min_move: dropped
+        ],
+        np.float32,
+    )
+    s, t = add_matches(d_src, d_tgt, m, k=5, min_spacing=24.0, min_move=2.0)
+    np.testing.assert_allclose(s, [[266.3, 102.1], [200.0, 50.0]], atol=1e-4)
+    np.testing.assert_allclose(t, [[148.0, 136.0], [150.0, 60.0]], atol=1e-4)
+    # without the tracked drag the longest match (99 px) comes first
+    s, t = add_matches(d_src[:0], d_tgt[:0], m, k=1, min_spacing=24.0, min_move=2.0)
+    np.testing.assert_allclose(s, [[210.0, 55.0]], atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------

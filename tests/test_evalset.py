@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import shared_video
+from tests.conftest import shared_inputs
 from vid2pair.pipeline import evalset as E
 from vid2pair.pipeline.config import load_config
 from vid2pair.pipeline.qc import QCDataset
@@ -97,6 +97,16 @@ def test_point_accuracy_finds_where_the_handle_landed():
     # landed 3 px short of the target in x
     short = np.roll(src, (dy, dx - 3), axis=(0, 1))
     assert np.allclose(E.point_errors(src, short, pts), 3.0, atol=0.5)
+    # moved and blurred (a soft splat), with a faint trace (a fifth of the contrast) left where the content
+    # was, as a coarse edit's inpainted hole leaves: the trace has the sharper normalised shape, but the
+    # content is where it arrived (a real coin_pen coarse edit scored 171 px on such a trace)
+    mean = src.mean((0, 1), keepdims=True)
+    trace = (mean + 0.2 * (src - mean)).clip(0, 255).astype(np.uint8)
+    both = cv2.GaussianBlur(moved, (0, 0), 1.5)
+    for (hx, hy), _ in pts:
+        y, x = int(hy), int(hx)
+        both[y - 4 : y + 5, x - 4 : x + 5] = trace[y - 4 : y + 5, x - 4 : x + 5]
+    assert E.point_errors(src, both, pts).max() < 1.0
 
 
 def test_scores_on_known_cases():
@@ -152,12 +162,10 @@ def test_a_real_export_ranks_the_target_over_the_coarse_edit_over_no_edit(tmp_pa
     """On a real clip: "result = target" scores best, the coarse edit (its holes inpainted)
     next, "result = source" (no edit) worst, on the editable region; on point accuracy both beat no
     edit. The coin moves about 330 px at 512 wide."""
-    clip = shared_video("real/coin_pen.avi")
     out = tmp_path / "out"
     cfg = load_config("demo", ["runner.name=local", "runner.progress=false", "output.eval_frac=1.0"])
-    lst = tmp_path / "in.txt"
-    lst.write_text(f"{clip}\n")
-    build(cfg, str(lst), out, log_summary=False)
+    # linked under tmp_path: the clip id, so the pairs drawn, are the same wherever ../shared is mounted
+    build(cfg, shared_inputs(tmp_path, ["real/coin_pen.avi"]), out, log_summary=False)
     m = E.export(out, tmp_path / "v", "vid2pair-eval", "eval", size="512")
     items = [r for r in m["items"] if (tmp_path / "v" / r["path"] / "coarse.png").exists()]
     assert len(items) >= 2, m
@@ -176,9 +184,12 @@ def test_a_real_export_ranks_the_target_over_the_coarse_edit_over_no_edit(tmp_pa
     # point accuracy: the target and the coarse edit put the handles' content near the target points, no
     # edit leaves it a drag's length away. The coarse edit is a warp of the source by the same motion the
     # target points come from, so its patches match more closely than the real target's (measured medians
-    # 1.4-6.1 px against 4.8-7.7 px, at 512 wide): this score does not rank those two
-    assert max(t["point_error_median_px"], c["point_error_median_px"]) < 10.0 < s["point_error_median_px"], means
-    assert min(t["points_within_5px"], c["points_within_5px"]) > s["points_within_5px"], means
+    # 1.4-6.1 px against 4.8-7.7 px, at 512 wide): this score does not rank those two. A coarse edit of a
+    # motion-blurred coin can leave a sliver of it in place (f48->f82 under one clip id: the patch of one of
+    # two handles matched there, 181 px off), so with 2-4 points per item the coarse edit is held to most of
+    # its points, not to each item's median
+    assert t["point_error_median_px"] < 10.0 < s["point_error_median_px"], means
+    assert min(t["points_within_5px"], c["points_within_5px"]) >= 0.5 > 0.1 >= s["points_within_5px"], means
 
 
 def test_the_cli_exports_and_scores(synth, tmp_path, capsys):
