@@ -228,8 +228,9 @@ def add_matches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The drags ``(d_src, d_tgt)`` filled up to ``k`` with ``matches`` ((N, 4) ``[x_src, y_src, x_tgt,
     y_tgt]``, longest move first) that move at least ``min_move`` px and whose target is at least
-    ``min_spacing`` px from every target already kept, and whose source is as far from every source
-    (two drags from one handle to two places: at least one is wrong)."""
+    ``min_spacing`` px from every target already kept, and that move like every kept drag whose source
+    is nearer than ``min_spacing`` (within ``min_spacing / 2``): two drags from about one handle to two
+    places are not one motion, at least one is wrong."""
     d_src = np.asarray(d_src, np.float32).reshape(-1, 2)
     d_tgt = np.asarray(d_tgt, np.float32).reshape(-1, 2)
     if len(matches) == 0 or len(d_src) >= k:
@@ -241,7 +242,10 @@ def add_matches(
     for row in m:
         if len(tgt) >= k:
             break
-        if tgt and min(min(np.hypot(*(row[2:] - t)), np.hypot(*(row[:2] - q))) for q, t in zip(src, tgt)) < min_spacing:
+        if tgt and min(float(np.hypot(*(row[2:] - t))) for t in tgt) < min_spacing:
+            continue
+        near = [(q, t) for q, t in zip(src, tgt) if np.hypot(*(row[:2] - q)) < min_spacing]
+        if any(np.hypot(*((row[2:] - row[:2]) - (t - q))) > min_spacing / 2 for q, t in near):
             continue
         src.append(row[:2])
         tgt.append(row[2:])

@@ -102,8 +102,9 @@ def test_flow_agreement():
 
 
 def test_add_matches_keeps_both_ends_apart():
-    """Matches fill the tracker's drags up to k, longest first, never from a handle already dragged
-    elsewhere: on a real coin_pen pair a corner match took the coin's edge to the pen tip 0.3 px from
+    """Matches fill the tracker's drags up to k, longest first, never from near a handle already
+    dragged elsewhere (a nearby handle moving alike is kept: a real motion.mov pair has two, 22 px
+    apart): on a real coin_pen pair a corner match took the coin's edge to the pen tip 0.3 px from
     the tracked drag that took it along with the coin."""
     d_src = np.array([[266.3, 102.1]], np.float32)
     d_tgt = np.array([[148.0, 136.0]], np.float32)
@@ -113,12 +114,13 @@ def test_add_matches_keeps_both_ends_apart():
             [200.0, 50.0, 150.0, 60.0],  # far from it at both ends: kept
             [210.0, 55.0, 152.0, 135.0],  # target 4 px from the tracked drag's target: dropped
             [100.0, 100.0, 101.0, 100.0],  # moves 1 px < min_move: dropped
+            [200.0, 72.0, 153.0, 90.0],  # 22 px from the kept match's source, moving alike (8.5 px off): kept
         ],
         np.float32,
     )
     s, t = add_matches(d_src, d_tgt, m, k=5, min_spacing=24.0, min_move=2.0)
-    np.testing.assert_allclose(s, [[266.3, 102.1], [200.0, 50.0]], atol=1e-4)
-    np.testing.assert_allclose(t, [[148.0, 136.0], [150.0, 60.0]], atol=1e-4)
+    np.testing.assert_allclose(s, [[266.3, 102.1], [200.0, 50.0], [200.0, 72.0]], atol=1e-4)
+    np.testing.assert_allclose(t, [[148.0, 136.0], [150.0, 60.0], [153.0, 90.0]], atol=1e-4)
     # without the tracked drag the longest match (99 px) comes first
     s, t = add_matches(d_src[:0], d_tgt[:0], m, k=1, min_spacing=24.0, min_move=2.0)
     np.testing.assert_allclose(s, [[210.0, 55.0]], atol=1e-4)
