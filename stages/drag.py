@@ -228,9 +228,7 @@ def add_matches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The drags ``(d_src, d_tgt)`` filled up to ``k`` with ``matches`` ((N, 4) ``[x_src, y_src, x_tgt,
     y_tgt]``, longest move first) that move at least ``min_move`` px and whose target is at least
-    ``min_spacing`` px from every target already kept, and that move like every kept drag whose source
-    is nearer than ``min_spacing`` (within ``min_spacing / 2``): two drags from about one handle to two
-    places are not one motion, at least one is wrong."""
+    ``min_spacing`` px from every target already kept."""
     d_src = np.asarray(d_src, np.float32).reshape(-1, 2)
     d_tgt = np.asarray(d_tgt, np.float32).reshape(-1, 2)
     if len(matches) == 0 or len(d_src) >= k:
@@ -243,9 +241,6 @@ def add_matches(
         if len(tgt) >= k:
             break
         if tgt and min(float(np.hypot(*(row[2:] - t))) for t in tgt) < min_spacing:
-            continue
-        near = [(q, t) for q, t in zip(src, tgt) if np.hypot(*(row[:2] - q)) < min_spacing]
-        if any(np.hypot(*((row[2:] - row[:2]) - (t - q))) > min_spacing / 2 for q, t in near):
             continue
         src.append(row[:2])
         tgt.append(row[2:])
@@ -344,11 +339,23 @@ def drag_points(drag: dict) -> tuple[np.ndarray, np.ndarray]:
     return (t, s) if drag.get("direction") == "target_to_source" else (s, t)
 
 
+def contradicting(hs: np.ndarray, ts: np.ndarray, near_px: float, tol_px: float) -> np.ndarray:
+    """(N,) bool: drags (handles ``hs``, targets ``ts``) with another drag whose handle is nearer than
+    ``near_px`` and which moves differently by more than ``tol_px``: about one handle going to two
+    places is not one motion, and nothing says which of the two is right."""
+    hs = np.asarray(hs, np.float32).reshape(-1, 2)
+    d = np.asarray(ts, np.float32).reshape(-1, 2) - hs
+    near = np.linalg.norm(hs[:, None] - hs[None], axis=-1) < near_px
+    unlike = np.linalg.norm(d[:, None] - d[None], axis=-1) > tol_px
+    return (near & unlike).any(axis=1)
+
+
 def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The drag signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`; ``p``: the pair's
     evidence, see :func:`vid2pair.stages.evidence.judge_warped_edit`). Each drag: handle and target
     on what moves, long enough to see, on texture, and the source patch at the handle agreeing with
-    the target patch at the target. Invalid drags are removed."""
+    the target patch at the target; no other valid drag from about the same handle going elsewhere.
+    Invalid drags are removed."""
     meta, c, R = it.meta, p.c, p.R
     if "drag" not in meta:
         return
@@ -372,6 +379,9 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1))
             & in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
         )
+        # two valid drags from about one handle to two places: both go (16 px@512 apart, 16 px unlike)
+        v = np.flatnonzero(ok)
+        ok[v[contradicting(hs[v], ts[v], 16.0 * p.s, 16.0 * p.s)]] = False
         meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
     sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
     if ok.sum() < c.min_drags:

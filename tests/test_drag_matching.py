@@ -20,7 +20,7 @@ from vid2pair.core.spec import validate
 from vid2pair.pipeline.synthetic import ObjectSpec, make_clip
 from vid2pair.stages.drag import (
     DragConfig,
-    add_matches,
+    contradicting,
     drag_json,
     drag_mask,
     drag_weights,
@@ -101,29 +101,15 @@ def test_flow_agreement():
     np.testing.assert_array_equal(flow_agreement(flow, src, tgt, 3.0), [True, False])
 
 
-def test_add_matches_keeps_both_ends_apart():
-    """Matches fill the tracker's drags up to k, longest first, never from near a handle already
-    dragged elsewhere (a nearby handle moving alike is kept: a real motion.mov pair has two, 22 px
-    apart): on a real coin_pen pair a corner match took the coin's edge to the pen tip 0.3 px from
-    the tracked drag that took it along with the coin."""
-    d_src = np.array([[266.3, 102.1]], np.float32)
-    d_tgt = np.array([[148.0, 136.0]], np.float32)
-    m = np.array(
-        [
-            [266.0, 102.0, 297.8, 91.7],  # the same handle, elsewhere: dropped
-            [200.0, 50.0, 150.0, 60.0],  # far from it at both ends: kept
-            [210.0, 55.0, 152.0, 135.0],  # target 4 px from the tracked drag's target: dropped
-            [100.0, 100.0, 101.0, 100.0],  # moves 1 px < min_move: dropped
-            [200.0, 72.0, 153.0, 90.0],  # 22 px from the kept match's source, moving alike (8.5 px off): kept
-        ],
-        np.float32,
-    )
-    s, t = add_matches(d_src, d_tgt, m, k=5, min_spacing=24.0, min_move=2.0)
-    np.testing.assert_allclose(s, [[266.3, 102.1], [200.0, 50.0], [200.0, 72.0]], atol=1e-4)
-    np.testing.assert_allclose(t, [[148.0, 136.0], [150.0, 60.0], [153.0, 90.0]], atol=1e-4)
-    # without the tracked drag the longest match (99 px) comes first
-    s, t = add_matches(d_src[:0], d_tgt[:0], m, k=1, min_spacing=24.0, min_move=2.0)
-    np.testing.assert_allclose(s, [[210.0, 55.0]], atol=1e-4)
+def test_drags_from_one_handle_to_two_places_contradict():
+    """On a real coin_pen pair (320 px wide) a corner match took the coin's edge to the pen tip, 0.3 px
+    from the tracked drag that took it along with the coin; both passed every other drag rule. Nearby
+    handles moving alike (real motion.mov 180->226: 22 px apart, 9 px unlike) do not contradict."""
+    hs = np.array([[266.27, 102.1], [266.0, 102.0], [282.83, 90.1], [175.0, 117.0], [165.0, 97.0]])
+    ts = np.array([[148.0, 136.0], [297.83, 91.69], [169.0, 121.0], [161.12, 192.75], [149.58, 163.82]])
+    np.testing.assert_array_equal(contradicting(hs, ts, 10.0, 10.0), [True, True, False, False, False])
+    # the same handles, farther than near_px: no contradiction
+    assert not contradicting(hs[:2] * [1, 1] + [[0, 0], [11, 0]], ts[:2], 10.0, 10.0).any()
 
 
 # --------------------------------------------------------------------------------------
