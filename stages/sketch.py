@@ -47,7 +47,7 @@ from vid2pair.core.stage import Member, Metrics, PairStage, Score, Signal, Train
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
 from vid2pair.stages.splat import check_pair_arrays
 
-__all__ = ["SketchConfig", "sketch_from_flow", "edge_strength", "thin", "target_flow", "SketchStage"]
+__all__ = ["SketchConfig", "sketch_from_flow", "prune_strokes", "edge_strength", "thin", "target_flow", "SketchStage"]
 
 SCALE_PERCENTILE = 98.0
 # the Magic Fixup metric is multiplied by this when the flow itself is splatted: a colliding
@@ -253,6 +253,27 @@ def sketch_from_flow(flow: np.ndarray, cfg: Optional[SketchConfig] = None, info:
     return out
 
 
+def prune_strokes(
+    strokes: np.ndarray, support: np.ndarray, radius: int, min_density: float, min_area: int
+) -> np.ndarray:
+    """The stroke pixels (bool) with at least ``min_density`` of ``support`` in the square of half-width
+    ``radius`` around them, less the pieces (8-connected) then smaller than ``min_area`` pixels.
+
+    With ``support`` the target's verified moving content, an outline keeps about half its square on
+    the moving side; a stroke drawn by flow noise (where a mover left, across a floor or a road) has
+    little or none."""
+    strokes = np.asarray(strokes, bool)
+    k = 2 * int(radius) + 1
+    density = cv2.boxFilter(np.asarray(support, np.float32), -1, (k, k), borderType=cv2.BORDER_REPLICATE)
+    kept = strokes & (density >= min_density)
+    if kept.any():
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(kept.astype(np.uint8), connectivity=8)
+        big = stats[:, cv2.CC_STAT_AREA] >= min_area
+        big[0] = False
+        kept = big[lab]
+    return kept
+
+
 def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The sketch signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): at least one stroke,
     the strokes on what changed and next to content whose move the flows verify."""
@@ -290,6 +311,30 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
                 f"consistent (< {c.sketch_min_verified})",
             ),
         )
+    elif p.vb is not None and c.sketch_prune_density > 0:
+        # the sketch holds; its strokes through flow noise (where a mover left, a floor, a road) go
+        kept = prune_strokes(
+            strokes,
+            p.verified_tgt,
+            max(1, int(round(p.px("sketch_prune_radius_px")))),
+            c.sketch_prune_density,
+            min_area=10 * width,
+        )
+        sc["sketch_pruned"] = round(1.0 - float(kept.sum()) / n_on, 4)
+        if not kept.any():
+            sig_fail.setdefault(
+                "sketch",
+                (
+                    "sketch_unverified",
+                    f"no stroke pixel has {c.sketch_prune_density} of verified moving content "
+                    f"around it (quality.sketch_prune_density)",
+                ),
+            )
+        elif sc["sketch_pruned"] > 0:
+            a["sketch"] = np.where(kept, 255, 0).astype(np.uint8)
+            meta = it.meta.setdefault("sketch", {})
+            meta["pruned_frac"] = sc["sketch_pruned"]
+            meta["stroke_frac"] = round(float(kept.mean()), 6)
 
 
 def draw_sketch(v: PanelView) -> list[Panel]:
@@ -363,6 +408,7 @@ class SketchStage(PairStage):
                     worse="low",
                 ),
                 Score("sketch_verified"),
+                Score("sketch_pruned"),
             ),
             metrics=SKETCH_METRICS,
             train=SKETCH_INPUT,

@@ -305,3 +305,22 @@ def test_a_pushed_coin_is_not_dragged_onto_the_pen():
         assert np.linalg.norm(np.subtract(r[2:], r[:2]) - move) < 15, (r, move)
     src = np.array([p["source"] for p in pts])
     assert len(pts) >= 2 and min(np.linalg.norm(a - b) for i, a in enumerate(src) for b in src[i + 1 :]) > 10
+
+
+def test_sketch_strokes_through_the_road_a_car_left_are_erased():
+    """street_traffic_cars 434->478: a car drives up the road and a big SUV leaves the frame. The flow
+    on the road the SUV uncovered is noise, and its edges drew a long stroke from the car down to the
+    frame's bottom edge. The quality stage erases stroke pixels with little verified moving content
+    around them (``quality.sketch_prune_density``): the car's outline stays, the road is clean."""
+    cfg = load_config("demo")
+    _, it = _pair(str(shared_video("real2/street_traffic_cars.mp4")), 434, 478, cfg)
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    sk = _image(it.files["sketch.png"])[..., 0] > 0
+    assert sk.shape[:2] == (240, 320)
+    assert sk[105:186, 130:241].sum() >= 700  # the car, where it is in the target
+    assert sk[190:].sum() == 0  # the road the SUV left (without the rule: a stroke down to row 235)
+    assert it.meta["quality"]["sketch_pruned"] >= 0.2, it.meta["quality"]
+
+    cfg.quality.sketch_prune_density = 0.0
+    _, it = _pair(str(shared_video("real2/street_traffic_cars.mp4")), 434, 478, cfg)
+    assert (_image(it.files["sketch.png"])[..., 0] > 0)[190:].sum() > 0  # the rule is what erased it

@@ -230,3 +230,24 @@ def test_config_validation():
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(SketchConfig(**kw), "sketch.")
+
+
+def test_pruning_keeps_an_outline_and_erases_a_stroke_through_still_content():
+    """A verified moving square: its outline keeps about half its neighbourhood on the square and stays;
+    a stroke across still content 30 px away goes, and so does a piece left too short."""
+    from vid2pair.stages.sketch import prune_strokes
+
+    support = np.zeros((120, 160), bool)
+    support[30:80, 30:80] = True
+    outline = np.zeros((120, 160), np.uint8)
+    cv2.rectangle(outline, (30, 30), (79, 79), 1, 3)
+    stray = np.zeros_like(outline)
+    cv2.line(stray, (110, 10), (110, 110), 1, 3)
+    near_end = np.zeros_like(outline)
+    cv2.line(near_end, (80, 55), (100, 55), 1, 3)  # leaves the square: its first pixels have support
+    kept = prune_strokes((outline | stray | near_end) > 0, support, 6, 0.15, min_area=30)
+    assert kept[outline > 0].mean() == 1.0
+    assert not kept[stray > 0].any()
+    # the piece of the line near the square stays, its far end goes
+    assert 0.1 < kept[(near_end > 0) & (outline == 0)].mean() < 0.6
+    assert not prune_strokes(stray > 0, support, 6, 0.15, min_area=30).any()
