@@ -248,17 +248,11 @@ class QualityConfig:
         ge=0,
         le=1,
     )
-    sketch_prune_density: float = knob(
-        0.15,
-        "sketch rule: stroke pixels with less than this share of verified moving target "
-        "content within sketch_prune_radius_px are erased (flow noise where a mover left, "
-        "on a floor, on a road); 0: keep every stroke (needs flow_bwd)",
-        unit="frac",
-        ge=0,
-        le=1,
-    )
-    sketch_prune_radius_px: float = knob(
-        12.0, "sketch rule: the half-width of the square sketch_prune_density is measured in", unit="px@512", gt=0
+    sketch_erase_unverified: bool = knob(
+        True,
+        "sketch rule: erase the stroke pixels that are not next to verified moving target content "
+        "(the pixels sketch_min_verified counts against; flow noise where a mover left, on a floor, "
+        "on a road), then the pieces shorter than 10 stroke widths (needs flow_bwd)",
     )
     region_min_on_change: float = knob(
         0.5, "region rule: share of a region's mask on what changed", unit="frac", ge=0, le=1

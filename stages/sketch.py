@@ -253,21 +253,12 @@ def sketch_from_flow(flow: np.ndarray, cfg: Optional[SketchConfig] = None, info:
     return out
 
 
-def prune_strokes(
-    strokes: np.ndarray, support: np.ndarray, radius: int, min_density: float, min_area: int
-) -> np.ndarray:
-    """The stroke pixels (bool) with at least ``min_density`` of ``support`` in the square of half-width
-    ``radius`` around them, less the pieces (8-connected) then smaller than ``min_area`` pixels.
-
-    With ``support`` the target's verified moving content, an outline keeps about half its square on
-    the moving side; a stroke drawn by flow noise (where a mover left, across a floor or a road) has
-    little or none."""
-    strokes = np.asarray(strokes, bool)
-    k = 2 * int(radius) + 1
-    density = cv2.boxFilter(np.asarray(support, np.float32), -1, (k, k), borderType=cv2.BORDER_REPLICATE)
-    kept = strokes & (density >= min_density)
+def prune_strokes(strokes: np.ndarray, keep: np.ndarray, min_area: int) -> np.ndarray:
+    """The stroke pixels (bool) inside ``keep``, less the pieces (8-connected) then smaller than
+    ``min_area`` pixels."""
+    kept = np.asarray(strokes, bool) & np.asarray(keep, bool)
     if kept.any():
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(kept.astype(np.uint8), connectivity=8)
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(kept.astype(np.uint8), connectivity=8)
         big = stats[:, cv2.CC_STAT_AREA] >= min_area
         big[0] = False
         kept = big[lab]
@@ -311,29 +302,16 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
                 f"consistent (< {c.sketch_min_verified})",
             ),
         )
-    elif p.vb is not None and c.sketch_prune_density > 0:
+    elif p.vb is not None and c.sketch_erase_unverified:
         # the sketch holds; its strokes through flow noise (where a mover left, a floor, a road) go
-        kept = prune_strokes(
-            strokes,
-            p.verified_tgt,
-            max(1, int(round(p.px("sketch_prune_radius_px")))),
-            c.sketch_prune_density,
-            min_area=10 * width,
-        )
-        sc["sketch_pruned"] = round(1.0 - float(kept.sum()) / n_on, 4)
+        kept = prune_strokes(strokes, near, min_area=10 * width)
+        sc["sketch_erased"] = round(1.0 - float(kept.sum()) / n_on, 4)
         if not kept.any():
-            sig_fail.setdefault(
-                "sketch",
-                (
-                    "sketch_unverified",
-                    f"no stroke pixel has {c.sketch_prune_density} of verified moving content "
-                    f"around it (quality.sketch_prune_density)",
-                ),
-            )
-        elif sc["sketch_pruned"] > 0:
+            sig_fail.setdefault("sketch", ("sketch_unverified", "no stroke piece next to verified moving content"))
+        elif sc["sketch_erased"] > 0:
             a["sketch"] = np.where(kept, 255, 0).astype(np.uint8)
             meta = it.meta.setdefault("sketch", {})
-            meta["pruned_frac"] = sc["sketch_pruned"]
+            meta["erased_frac"] = sc["sketch_erased"]
             meta["stroke_frac"] = round(float(kept.mean()), 6)
 
 
@@ -408,7 +386,7 @@ class SketchStage(PairStage):
                     worse="low",
                 ),
                 Score("sketch_verified"),
-                Score("sketch_pruned"),
+                Score("sketch_erased"),
             ),
             metrics=SKETCH_METRICS,
             train=SKETCH_INPUT,

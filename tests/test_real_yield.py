@@ -310,8 +310,8 @@ def test_a_pushed_coin_is_not_dragged_onto_the_pen():
 def test_sketch_strokes_through_the_road_a_car_left_are_erased():
     """street_traffic_cars 434->478: a car drives up the road and a big SUV leaves the frame. The flow
     on the road the SUV uncovered is noise, and its edges drew a long stroke from the car down to the
-    frame's bottom edge. The quality stage erases stroke pixels with little verified moving content
-    around them (``quality.sketch_prune_density``): the car's outline stays, the road is clean."""
+    frame's bottom edge. The quality stage erases the stroke pixels not next to verified moving
+    content (``quality.sketch_erase_unverified``): the car's outline stays, the road is clean."""
     cfg = load_config("demo")
     _, it = _pair(str(shared_video("real2/street_traffic_cars.mp4")), 434, 478, cfg)
     assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
@@ -319,8 +319,8 @@ def test_sketch_strokes_through_the_road_a_car_left_are_erased():
     assert sk.shape[:2] == (240, 320)
     assert sk[105:186, 130:241].sum() >= 700  # the car, where it is in the target
     assert sk[190:].sum() == 0  # the road the SUV left (without the rule: a stroke down to row 235)
-    assert it.meta["quality"]["sketch_pruned"] >= 0.2, it.meta["quality"]
+    assert it.meta["quality"]["sketch_erased"] >= 0.2, it.meta["quality"]
 
-    cfg.quality.sketch_prune_density = 0.0
+    cfg.quality.sketch_erase_unverified = False
     _, it = _pair(str(shared_video("real2/street_traffic_cars.mp4")), 434, 478, cfg)
     assert (_image(it.files["sketch.png"])[..., 0] > 0)[190:].sum() > 0  # the rule is what erased it

@@ -233,21 +233,26 @@ def test_config_validation():
 
 
 def test_pruning_keeps_an_outline_and_erases_a_stroke_through_still_content():
-    """A verified moving square: its outline keeps about half its neighbourhood on the square and stays;
-    a stroke across still content 30 px away goes, and so does a piece left too short."""
+    """Strokes next to a verified moving square: its outline stays; a stroke across still content 30 px
+    away goes; a line leaving the square keeps the part next to it; a piece left too short goes."""
     from vid2pair.stages.sketch import prune_strokes
 
-    support = np.zeros((120, 160), bool)
-    support[30:80, 30:80] = True
+    support = np.zeros((120, 160), np.uint8)
+    support[30:80, 30:80] = 1
+    near = cv2.dilate(support, np.ones((7, 7), np.uint8)) > 0
     outline = np.zeros((120, 160), np.uint8)
     cv2.rectangle(outline, (30, 30), (79, 79), 1, 3)
     stray = np.zeros_like(outline)
     cv2.line(stray, (110, 10), (110, 110), 1, 3)
-    near_end = np.zeros_like(outline)
-    cv2.line(near_end, (80, 55), (100, 55), 1, 3)  # leaves the square: its first pixels have support
-    kept = prune_strokes((outline | stray | near_end) > 0, support, 6, 0.15, min_area=30)
+    leaving = np.zeros_like(outline)
+    cv2.line(leaving, (80, 55), (100, 55), 1, 3)
+    kept = prune_strokes((outline | stray | leaving) > 0, near, min_area=30)
     assert kept[outline > 0].mean() == 1.0
     assert not kept[stray > 0].any()
-    # the piece of the line near the square stays, its far end goes
-    assert 0.1 < kept[(near_end > 0) & (outline == 0)].mean() < 0.6
-    assert not prune_strokes(stray > 0, support, 6, 0.15, min_area=30).any()
+    assert kept[55, 80:83].all() and not kept[55, 84:].any()
+    short = np.zeros_like(outline)
+    cv2.line(short, (81, 5), (81, 40), 1, 3)  # only its end (rows 27-42) lies next to the square
+    n = int(((short > 0) & near).sum())
+    assert 30 <= n <= 70
+    assert prune_strokes(short > 0, near, min_area=n).sum() == n
+    assert not prune_strokes(short > 0, near, min_area=n + 1).any()
