@@ -133,6 +133,7 @@ def main() -> int:
     ap.add_argument("--per-shot", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--keep", help="build into this folder (one sub-folder per preset) and keep the outputs")
     a = ap.parse_args()
     videos = [Path(v) for v in a.videos] if a.videos else [SHARED / n for n in FIXED if (SHARED / n).exists()]
     if not videos:
@@ -144,7 +145,7 @@ def main() -> int:
         lst.write_text("\n".join(str(v.resolve()) for v in videos) + "\n")
         for preset in a.presets.split(","):
             extra = ([f"pairs.per_shot={a.per_shot}"] if a.per_shot else []) + list(a.set)
-            res = measure(preset, lst, Path(d) / f"out-{preset}", extra)
+            res = measure(preset, lst, Path(a.keep or d) / f"out-{preset}", extra)
             report[preset] = res
             with_samples = sum(1 for c in res["clips"].values() if c["written"])
             print(
