@@ -224,6 +224,24 @@ def moved_not_still(src: np.ndarray, tgt: np.ndarray, matches: np.ndarray, radiu
     return patch_diff(src, m[:, :2], tgt, m[:, 2:], radius) < patch_diff(src, m[:, :2], tgt, m[:, :2], radius)
 
 
+def moved_beats_still(src: np.ndarray, tgt: np.ndarray, bwd: np.ndarray, radius: int = 2) -> np.ndarray:
+    """(H, W) bool on the target's grid: the source warped by the backward (tgt -> src) flow matches the
+    target better than the source in place does (mean absolute difference over a ``2 radius + 1``
+    square): the dense counterpart of :func:`moved_not_still`. Pass the source with its exposure fitted
+    to the target; a still wall that only darkened is then explained best in place."""
+    h, w = tgt.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    bwd = np.asarray(bwd, np.float32)
+    warped = cv2.remap(src, gx + bwd[..., 0], gy + bwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    t = tgt.astype(np.float32)
+
+    def err(x: np.ndarray) -> np.ndarray:
+        d = np.abs(t - x.astype(np.float32))
+        return cv2.boxFilter(d.mean(-1) if d.ndim == 3 else d, -1, (2 * radius + 1, 2 * radius + 1))
+
+    return err(warped) < err(src)
+
+
 def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
     """PSNR (dB, 8-bit) of ``a`` against ``b`` on ``mask`` (None when the mask is empty)."""
     m = np.asarray(mask, bool)

@@ -251,8 +251,8 @@ class QualityConfig:
     sketch_erase_unverified: bool = knob(
         True,
         "sketch rule: erase the stroke pixels that are not next to verified moving target content "
-        "(the pixels sketch_min_verified counts against; flow noise where a mover left, on a floor, "
-        "on a road), then the pieces shorter than 10 stroke widths (needs flow_bwd)",
+        "that is textured and matched better moved than in place (flow noise where a mover left, on a "
+        "floor, a road, a wall that darkened), then the pieces shorter than 10 stroke widths (needs flow_bwd)",
     )
     region_min_on_change: float = knob(
         0.5, "region rule: share of a region's mask on what changed", unit="frac", ge=0, le=1
@@ -369,6 +369,7 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
             C, R = p.changed(comp)
             sc["changed_frac_aligned"] = round(float(C.mean()), 5)
     p.C, p.R = C, R
+    p.comp = comp  # the source, exposure (and a small camera shake) fitted to the target
     if C.mean() < c.min_changed_frac:
         return "no_visible_change", (
             f"changed_frac {C.mean():.4f} < {c.min_changed_frac} (pixels differing by > "

@@ -45,6 +45,7 @@ from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import Member, Metrics, PairStage, Score, Signal, TrainInput, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
+from vid2pair.stages.evidence import moved_beats_still, textured
 from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["SketchConfig", "sketch_from_flow", "prune_strokes", "edge_strength", "thin", "target_flow", "SketchStage"]
@@ -304,7 +305,10 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
         )
     elif p.vb is not None and c.sketch_erase_unverified:
         # the sketch holds; its strokes through flow noise (where a mover left, a floor, a road) go
-        kept = prune_strokes(strokes, near, min_area=10 * width)
+        # next to verified moving content that is seen to move: textured (on a plain wall or road, where
+        # a mover left, any flow matches) and matched better moved than in place (an exposure change)
+        seen = p.verified_tgt & textured(p.tgt) & moved_beats_still(p.comp, p.tgt, p.bwd)
+        kept = prune_strokes(strokes, cv2.dilate(seen.astype(np.uint8), k) > 0, min_area=10 * width)
         sc["sketch_erased"] = round(1.0 - float(kept.sum()) / n_on, 4)
         if not kept.any():
             sig_fail.setdefault("sketch", ("sketch_unverified", "no stroke piece next to verified moving content"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -351,3 +352,27 @@ def test_a_camera_jolt_on_a_smooth_scene_is_camera_moved(dx):
     sc, pair_fail, _ = judge(it, QualityConfig(), signal_judges())
     assert [r for r, _ in pair_fail] == ["camera_moved"], (sc, pair_fail)
     assert sc["changed_frac"] < 0.4 and sc["camera_shift_px"] == pytest.approx(np.hypot(dx, dx / 2), abs=0.15), sc
+
+
+def test_moved_beats_still_tells_a_move_from_an_exposure_change():
+    """A textured square moved 20 px right; the wall around it darkened by 30 grey levels. On the square's
+    new place the source warped by the true backward flow matches the target, and the source in place
+    does not. On the wall a bogus 3-px flow matches worse than the wall in place once the exposure is
+    fitted, and so does the true flow of zero (nothing beats staying put there)."""
+    from vid2pair.stages.evidence import compensate_exposure, moved_beats_still
+
+    rng = np.random.default_rng(0)
+    wall = cv2.GaussianBlur(np.clip(rng.normal(120, 25, (80, 120, 3)), 0, 255).astype(np.uint8), (0, 0), 1.0)
+    square = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    src = wall.copy()
+    src[30:50, 20:40] = square
+    tgt = np.clip(wall.astype(np.int16) - 30, 0, 255).astype(np.uint8)  # the wall darkened, the square moved
+    tgt[30:50, 40:60] = square
+    bwd = np.zeros((80, 120, 2), np.float32)
+    bwd[30:50, 40:60, 0] = -20.0
+    bwd[5:25, 80:110] = 3.0  # flow noise on the wall
+    comp, _ = compensate_exposure(src, tgt)
+    ok = moved_beats_still(comp, tgt, bwd)
+    assert ok[33:47, 43:57].mean() > 0.95  # the square where it arrived
+    assert ok[8:22, 83:107].mean() < 0.05  # the darkened wall under the bogus flow
+    assert not ok[60:75, 60:100].any()  # still wall, zero flow: moved and in place tie
