@@ -37,7 +37,9 @@ filled and slightly dilated):
   better than ``region_max_error_ratio`` times the region left in place (in grey levels, and in
   grey levels normalised per side: a still surface whose exposure changed is no move), or whose flow is
   forward-backward consistent on less than ``region_min_consistent`` of the mask, or that cover
-  less than ``region_min_area`` of the frame or move less than ``min_motion_px``, are removed;
+  less than ``region_min_area`` of the frame or move less than ``min_motion_px``, or whose mask
+  turned about its centroid before its transform matches the target clearly better
+  (``region_turn_ratio``: a turn the transform misses), are removed;
   none left drops the signal.
 
 A failed pair rule rejects the pair (stage ``quality``, its reason, the numbers in the detail). A
@@ -281,6 +283,15 @@ class QualityConfig:
         "flow undoes (needs flow_bwd); a halo of plain background that the "
         "flow leaked onto around an object is not",
         unit="frac",
+        ge=0,
+        le=1,
+    )
+    region_turn_ratio: float = knob(
+        0.7,
+        "region rule: a region whose source mask, first turned about its centroid by a multiple of "
+        "30 degrees and then moved by its transform, matches the target with at most this times the "
+        "grey error (normalised per side) of its transform alone has a turn its transform misses (a "
+        "mouse that turned round, fitted as a shift): removed. 0: off",
         ge=0,
         le=1,
     )

@@ -336,9 +336,43 @@ def region_moves_onto_target(
     # ... and so it does with the brightness and contrast of each side taken out (z-scores): a
     # still door whose exposure changed differs from the target in place, yet matches it exactly
     # once its grey levels are scaled
-    z = lambda v: (v - v.mean()) / max(float(v.std()), 1e-6)  # noqa: E731
-    z_moved, z_still = float(np.abs(z(a) - z(b_moved)).mean()), float(np.abs(z(a) - z(b_still)).mean())
+    z_moved, z_still = float(np.abs(_z(a) - _z(b_moved)).mean()), float(np.abs(_z(a) - _z(b_still)).mean())
     return moved <= c.region_max_error_ratio * still and z_moved <= c.region_max_error_ratio * z_still
+
+
+def misses_a_turn(mask: np.ndarray, transform, gs: np.ndarray, gt: np.ndarray, ratio: float, steps: int = 12) -> bool:
+    """The region's source mask, turned about its centroid by one of ``steps`` equal steps of a full
+    turn and then moved by ``transform``, matches the target (mean absolute difference of the grey
+    levels normalised per side) with at most ``ratio`` times the error of ``transform`` alone: the
+    transform misses a turn (a mouse that turned round as it went, fitted as a shift or a shear)."""
+    if transform is None or ratio <= 0:
+        return False
+    ys, xs = np.nonzero(mask)
+    step = max(1, len(xs) // 4000)
+    p = np.stack([xs[::step], ys[::step]], 1).astype(np.float64)
+    if len(p) < 20:
+        return False
+    c = p.mean(0)
+    A = np.asarray(transform, np.float64)
+    h, w = mask.shape
+    a = sample_field(gs, p.astype(np.float32))[:, 0]
+
+    def error(turn: float) -> float:
+        r = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+        q = ((p - c) @ r.T + c) @ A[:, :2].T + A[:, 2]
+        inside = (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
+        if inside.mean() < 0.5:
+            return np.inf
+        b = sample_field(gt, q[inside].astype(np.float32))[:, 0]
+        return float(np.abs(_z(a[inside]) - _z(b)).mean())
+
+    errs = [error(2 * np.pi * k / steps) for k in range(steps)]
+    return bool(min(errs[1:]) <= ratio * errs[0])
+
+
+def _z(v: np.ndarray) -> np.ndarray:
+    """Grey levels normalised (z-scores): brightness and contrast taken out."""
+    return (v - v.mean()) / max(float(v.std()), 1e-6)
 
 
 def judge_region_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
@@ -363,6 +397,7 @@ def judge_region_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             frac >= c.region_min_on_change
             and consistent >= c.region_min_consistent
             and region_moves_onto_target(m, r.get("transform"), *blur_s, R, c)
+            and not misses_a_turn(m, r.get("transform"), *blur_s, c.region_turn_ratio)
         ):
             keep.append(r)
     lut = np.zeros(256, np.uint8)

@@ -341,3 +341,19 @@ def test_sketch_strokes_on_a_wall_that_only_darkened_are_erased():
     cfg.quality.sketch_erase_unverified = False
     _, it = _pair(str(shared_video("real2/makeup_hand_face.avi")), 103, 161, cfg)
     assert (_image(it.files["sketch.png"])[..., 0] > 0)[30:95, 0:60].sum() >= 50
+
+
+def test_a_mouse_that_turned_is_not_given_a_region_drag_that_slides_it():
+    """mouse_round_arena 3557->3588: the mouse turns about 90 degrees as it goes; the flow fits its region a
+    shear with a shift, whose handles go from its rear to its head. Turned about its centroid first, the
+    region matches the target far better (error 0.45 against 0.87): the quality stage removes it
+    (``quality.region_turn_ratio``), and the pair keeps its other signals."""
+    cfg = load_config("demo")
+    _, it = _pair(str(shared_video("real2/mouse_round_arena.mp4")), 3557, 3588, cfg)
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    assert "region_drag" not in it.meta["signals"], it.meta["signals"]
+    assert "sketch" in it.meta["signals"], it.meta["signals"]
+
+    cfg.quality.region_turn_ratio = 0.0
+    _, it = _pair(str(shared_video("real2/mouse_round_arena.mp4")), 3557, 3588, cfg)
+    assert "region_drag" in it.meta["signals"], it.meta["signals"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -302,3 +303,33 @@ def test_a_still_surface_whose_exposure_changed_is_no_region_move():
 
     assert grey(along) < c.region_max_error_ratio * grey([[1, 0, 0], [0, 1, 0]])  # grey levels alone: a move
     assert not region_moves_onto_target(mask, along, tex, brighter, R, c)
+
+
+def test_a_region_that_turned_round_fitted_as_a_shift_misses_a_turn():
+    """A dark body with a head (an ellipse and a disc) on a textured floor turns 90 degrees and moves 15 px.
+    Its region moved by a shift alone misses the turn; moved by its true similarity it does not; a
+    region that only moved does not either."""
+    from vid2pair.stages.region_drag import misses_a_turn
+
+    rng = np.random.default_rng(3)
+    floor = cv2.GaussianBlur(rng.normal(170, 12, (120, 160)).astype(np.float32), (0, 0), 1.0)
+    mask = np.zeros((120, 160), np.uint8)
+    cv2.ellipse(mask, (60, 60), (22, 9), 0, 0, 360, 1, -1)
+    cv2.circle(mask, (85, 60), 6, 1, -1)
+    mask = mask > 0
+    ys, xs = np.nonzero(mask)
+    c = np.array([xs.mean(), ys.mean()])
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])  # 90 degrees clockwise on screen (y down)
+    A = np.hstack([turn, (c + [15.0, 0.0] - turn @ c)[:, None]])
+    gs = floor.copy()
+    gs[mask] = 40.0
+    gt = floor.copy()
+    warped = cv2.warpAffine(mask.astype(np.uint8), A, (160, 120), flags=cv2.INTER_NEAREST) > 0
+    gt[warped] = 40.0
+    shift = np.array([[1.0, 0.0, 15.0], [0.0, 1.0, 0.0]])
+    assert misses_a_turn(mask, shift.tolist(), gs, gt, 0.7)
+    assert not misses_a_turn(mask, A.tolist(), gs, gt, 0.7)
+    gt2 = floor.copy()
+    gt2[np.roll(mask, 15, axis=1)] = 40.0
+    assert not misses_a_turn(mask, shift.tolist(), gs, gt2, 0.7)
+    assert not misses_a_turn(mask, shift.tolist(), gs, gt, 0.0)  # off
