@@ -46,7 +46,7 @@ from vid2pair.core.device import resolve_device
 from vid2pair.core.items import Item, PairItem
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import frame_scale, knob, need, validate
-from vid2pair.core.stage import Member, Metrics, Need, PairStage, Resources, Signal, drop_signal, pair_reject
+from vid2pair.core.stage import Member, Metrics, Need, PairStage, Resources, Score, Signal, drop_signal, pair_reject
 from vid2pair.ops.draw import _pct
 from vid2pair.ops.flow_backends import DIS_PRESETS, DisPreset, auto_finest_scale, dis_calc, plan_hops
 from vid2pair.ops.flow_math import invert_flow
@@ -59,6 +59,7 @@ from vid2pair.stages.evidence import (
     klt_tracks,
     klt_verify,
     moved_not_still,
+    patch_diff,
     patch_ncc,
     sample_field,
     sparse_matches,
@@ -593,6 +594,40 @@ def _plot_tracks(view) -> None:
     )
 
 
+def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
+    """The tracks' rules (their :attr:`~vid2pair.core.stage.Signal.judge`): a visible track agrees with
+    the pair's own images. One that moves at least ``quality.min_motion_px`` must match better moved
+    than in place (:func:`~vid2pair.stages.evidence.moved_not_still`: floor or wall carried along with
+    a passing person fails); one that moves less must find the target's patch at its end in the source
+    within ``quality.change_thresh`` grey levels (mean over 5x5, exposure fitted: a point on a car
+    that drove off, left behind, fails). The others are marked not visible, so the matching supervision
+    skips them; the signal stays."""
+    a = it.arrays
+    if "tracks" not in a or "visibility" not in a:
+        return
+    tr = np.asarray(a["tracks"], np.float32).reshape(-1, 4)
+    vis0 = np.asarray(a["visibility"])
+    vis = vis0.reshape(-1) > 0
+    if not vis.any():
+        return
+    t, s = tr[:, :2], tr[:, 2:]
+    moving = vis & (np.linalg.norm(t - s, axis=1) >= p.px("min_motion_px"))
+    still = vis & ~moving
+    bad = np.zeros(len(tr), bool)
+    if moving.any():
+        bad[moving] = ~moved_not_still(p.comp, p.tgt, np.concatenate([s[moving], t[moving]], 1))
+    if still.any():
+        bad[still] = patch_diff(p.comp, s[still], p.tgt, t[still], radius=2) > p.c.change_thresh
+    sc["tracks_hidden"] = round(float(bad.sum() / vis.sum()), 4)
+    if bad.any():
+        v = vis0.reshape(-1).copy()
+        v[bad] = 0
+        a["visibility"] = v.reshape(vis0.shape)
+        meta = it.meta.setdefault("track", {})
+        meta["hidden_by_quality"] = int(bad.sum())
+        meta["visible_frac"] = round(float((v > 0).mean()), 4)
+
+
 def track_matches(r, grids) -> dict:
     """Matching attention's supervision from ``tracks.npy`` / ``visibility.npy`` (the trainer's
     :attr:`Signal.matches`): the tracks mapped through the sample's resize / crop, then
@@ -659,7 +694,13 @@ class TrackStage(PairStage):
             train=DRAG_INPUT,
         ),
         Signal(
-            "tracks", ("tracks.npy", "visibility.npy"), "track.enabled", metrics=TRACK_METRICS, matches=track_matches
+            "tracks",
+            ("tracks.npy", "visibility.npy"),
+            "track.enabled",
+            judge=judge_tracks,
+            scores=(Score("tracks_hidden"),),
+            metrics=TRACK_METRICS,
+            matches=track_matches,
         ),
     )
 

@@ -376,3 +376,32 @@ def test_moved_beats_still_tells_a_move_from_an_exposure_change():
     assert ok[33:47, 43:57].mean() > 0.95  # the square where it arrived
     assert ok[8:22, 83:107].mean() < 0.05  # the darkened wall under the bogus flow
     assert not ok[60:75, 60:100].any()  # still wall, zero flow: moved and in place tie
+
+
+def test_tracks_that_disagree_with_the_images_are_hidden():
+    """The clean pair's tracks, then planted errors: still background points carried 20 px along (as a
+    passing person drags floor points) and points on a moving object left in place (a car that drove
+    off). The tracks judge marks the planted ones not visible and keeps nearly all the others."""
+    c = _clip(MOVING)
+    cfg = _cfg()
+    it = _run(c.frames, cfg, upto="collage")
+    tr = it.arrays["tracks"].reshape(-1, 4).copy()
+    vis = it.arrays["visibility"].reshape(-1) > 0
+    obj_t = c.object_masks(len(c.frames) - 1) > 0
+    t = np.rint(tr[:, :2]).astype(int)
+    on_obj = obj_t[t[:, 1].clip(0, H - 1), t[:, 0].clip(0, W - 1)]
+    rng = np.random.default_rng(0)
+    bg = rng.choice(np.flatnonzero(vis & ~on_obj & (t[:, 0] > 30) & (t[:, 0] < W - 30)), 40, replace=False)
+    ob = rng.choice(np.flatnonzero(vis & on_obj), 20, replace=False)
+    tr[bg, 2] += 20.0  # carried along
+    tr[ob, 2:] = tr[ob, :2]  # left in place
+    it.arrays["tracks"] = tr
+    quality = build_pair_stages(cfg, pair_classes(cfg))[-2]
+    assert quality.name == "quality"
+    out = quality([it])[0]
+    v = out.arrays["visibility"].reshape(-1) > 0
+    assert v[bg].mean() <= 0.05 and v[ob].mean() <= 0.2, (v[bg].sum(), v[ob].sum())  # 1 of 40, 3 of 20 kept
+    rest = vis.copy()
+    rest[bg] = rest[ob] = False
+    assert v[rest].mean() >= 0.95, v[rest].mean()
+    assert out.meta["quality"]["tracks_hidden"] >= 50 / vis.sum()
