@@ -582,6 +582,10 @@ class QualityStage(PairStage):
                 if sig.judge is None:
                     continue
                 judges[sig.name] = sig.judge
+                if sig.matches is not None:
+                    # matching attention's correspondences (the tracks) ride along with an edit: judged
+                    # (filtered in place), never dropped, and never what makes a pair worth writing
+                    continue
                 if cfg.output.flow == "none" and any(n not in by_member for n in sig.members):
                     continue  # the encoder's own members (flow.npy): not written, nothing to drop
                 keys[sig.name] = [
