@@ -28,6 +28,7 @@ from vid2pair.core.preview import edit_image
 from vid2pair.core.spec import frame_scale
 from vid2pair.core.stage import Score, Signal
 from vid2pair.ops.draw import draw_warped_edit, warped_edit_metrics
+from vid2pair.ops.flow_math import warp_image
 from vid2pair.ops.image import to_gray
 from vid2pair.ops.train_input import edit_with_holes
 
@@ -229,10 +230,7 @@ def moved_beats_still(src: np.ndarray, tgt: np.ndarray, bwd: np.ndarray, radius:
     target better than the source in place does (mean absolute difference over a ``2 radius + 1``
     square): the dense counterpart of :func:`moved_not_still`. Pass the source with its exposure fitted
     to the target; a still wall that only darkened is then explained best in place."""
-    h, w = tgt.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    bwd = np.asarray(bwd, np.float32)
-    warped = cv2.remap(src, gx + bwd[..., 0], gy + bwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped = warp_image(src, bwd)
     t = tgt.astype(np.float32)
 
     def err(x: np.ndarray) -> np.ndarray:

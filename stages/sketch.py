@@ -304,9 +304,9 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             ),
         )
     elif p.vb is not None and c.sketch_erase_unverified:
-        # the sketch holds; its strokes through flow noise (where a mover left, a floor, a road) go
-        # next to verified moving content that is seen to move: textured (on a plain wall or road, where
-        # a mover left, any flow matches) and matched better moved than in place (an exposure change)
+        # the sketch holds; its strokes through flow noise go. A stroke pixel stays only next to verified
+        # moving content that is seen to move: textured (on a plain wall or road where a mover left, any
+        # flow matches) and matched better moved than in place (not a still wall whose exposure changed)
         seen = p.verified_tgt & textured(p.tgt) & moved_beats_still(p.comp, p.tgt, p.bwd)
         kept = prune_strokes(strokes, cv2.dilate(seen.astype(np.uint8), k) > 0, min_area=10 * width)
         sc["sketch_erased"] = round(1.0 - float(kept.sum()) / n_on, 4)
