@@ -126,6 +126,24 @@ def measure(preset: str, inputs: Path, out: Path, extra: list[str]) -> dict:
     }
 
 
+def _inputs(videos: list[Path], where: Path) -> Path:
+    """The clips as a folder ``videos/`` of links (``videos/real2/x.mp4``), so that their clip ids,
+    and so the pairs drawn, are the same on every checkout wherever ``../shared`` is mounted; a clip
+    outside ``../shared`` is linked by its file name."""
+    root = where / "videos"
+    for v in videos:
+        try:
+            rel = v.resolve().relative_to(SHARED.resolve())
+        except ValueError:
+            rel = Path(v.name)
+        link = root / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(v.resolve())
+    return root
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", nargs="*", default=None, help="clips (default: the fixed clips of ../shared/videos)")
@@ -141,8 +159,7 @@ def main() -> int:
         return 0
     report = {}
     with tempfile.TemporaryDirectory() as d:
-        lst = Path(d) / "inputs.txt"
-        lst.write_text("\n".join(str(v.resolve()) for v in videos) + "\n")
+        lst = _inputs(videos, Path(a.keep or d))
         for preset in a.presets.split(","):
             extra = ([f"pairs.per_shot={a.per_shot}"] if a.per_shot else []) + list(a.set)
             res = measure(preset, lst, Path(a.keep or d) / f"out-{preset}", extra)
