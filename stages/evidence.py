@@ -214,15 +214,26 @@ def patch_diff(
     return np.abs(_patches(img_a, pts_a, radius) - _patches(img_b, pts_b, radius)).mean(axis=1).astype(np.float32)
 
 
-def moved_not_still(src: np.ndarray, tgt: np.ndarray, matches: np.ndarray, radius: int = 5) -> np.ndarray:
+def moved_not_still(
+    src: np.ndarray, tgt: np.ndarray, matches: np.ndarray, radius: int = 5, both_ends: bool = False
+) -> np.ndarray:
     """(N,) bool for (N, 4) ``[x_src, y_src, x_tgt, y_tgt]``: the target's patch at the match's target
     point is closer to the source's patch than the target's patch at the source point itself (the
     content moved there rather than staying put). A Lucas-Kanade track that slid along a moving
-    outline from the still background behind it, or a tracker point that lost its object, fails."""
+    outline from the still background behind it, or a tracker point that lost its object, fails.
+
+    ``both_ends``: the moved match must also beat the source's own patch at the target point (the
+    content found at the target was not already there): a point of plain wall or table just beside
+    a moving bottle, carried along with it, matches its source as well moved as in place at the
+    handle's end, but the wall at its target end was there all along."""
     m = np.asarray(matches, np.float32).reshape(-1, 4)
     if not len(m):
         return np.zeros(0, bool)
-    return patch_diff(src, m[:, :2], tgt, m[:, 2:], radius) < patch_diff(src, m[:, :2], tgt, m[:, :2], radius)
+    moved = patch_diff(src, m[:, :2], tgt, m[:, 2:], radius)
+    ok = moved < patch_diff(src, m[:, :2], tgt, m[:, :2], radius)
+    if both_ends:
+        ok &= moved < patch_diff(src, m[:, 2:], tgt, m[:, 2:], radius)
+    return ok
 
 
 def moved_beats_still(src: np.ndarray, tgt: np.ndarray, bwd: np.ndarray, radius: int = 2) -> np.ndarray:
@@ -467,6 +478,11 @@ def warped_edit_scores(name: str, label: str) -> tuple:
         Score(f"{name}_hole_frac"),
         Score(f"{name}_hole_ratio", title=f"{label} holes / changed area", thresholds=("max_hole_ratio",)),
         Score(f"{name}_unexplained_frac"),
+        Score(
+            f"{name}_unexplained_part_frac",
+            title=f"{label} wrong on one changed part",
+            thresholds=("max_unexplained_part_frac",),
+        ),
     )
 
 
@@ -490,6 +506,24 @@ def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: i
     )
 
 
+#: the smallest changed part :func:`worst_part` weighs, as a fraction of the frame (150 px at 240x320)
+MIN_PART_FRAC = 0.002
+
+
+def worst_part(wrong: np.ndarray, C: np.ndarray, R: np.ndarray) -> float:
+    """The largest share of ``wrong`` pixels among the changed pixels ``C`` of one part of the changed
+    region (a connected component of ``R``) with at least :data:`MIN_PART_FRAC` of the frame changed;
+    0 when there is none. One walker among several whose edit is wrong shows here, where the share
+    of the whole change hides it."""
+    n, lab = cv2.connectedComponents(np.asarray(R, np.uint8), connectivity=8)
+    if n < 2:
+        return 0.0
+    changed = np.bincount(lab[C], minlength=n)[1:]
+    bad = np.bincount(lab[wrong & C], minlength=n)[1:]
+    big = changed >= MIN_PART_FRAC * C.size
+    return round(float((bad[big] / changed[big]).max()), 4) if big.any() else 0.0
+
+
 def judge_warped_edit(name: str, min_gain_db: float, p, it, sc: dict, sig_fail: dict) -> None:
     """The rules of an edit that warps the source (the coarse edit, the collage; ``name``): it gains at
     least ``min_gain_db`` over no edit where it covers what changed, draws no ghost there, and its
@@ -508,12 +542,22 @@ def judge_warped_edit(name: str, min_gain_db: float, p, it, sc: dict, sig_fail: 
     wrong = C & residual(a[name], p.tgt, c.change_thresh, p.sigma) & ~holes
     wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     sc[f"{name}_unexplained_frac"] = ux = round(float(wrong.sum() / max(1, C.sum())), 4)
+    sc[f"{name}_unexplained_part_frac"] = up = worst_part(wrong, C, R)
     if c.max_unexplained_frac is not None and ux > c.max_unexplained_frac:
         sig_fail.setdefault(
             name,
             (
                 f"{name}_unexplained",
                 f"{name} is wrong on {ux:.2f} of the changed region, holes aside (> {c.max_unexplained_frac})",
+            ),
+        )
+    elif c.max_unexplained_part_frac is not None and up > c.max_unexplained_part_frac:
+        sig_fail.setdefault(
+            name,
+            (
+                f"{name}_unexplained",
+                f"{name} is wrong on {up:.2f} of one changed part, holes aside "
+                f"(> {c.max_unexplained_part_frac}): a part cut out and not pasted, or left behind",
             ),
         )
     elif g is None or g < (need := min_gain_db):

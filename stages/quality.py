@@ -25,7 +25,9 @@ filled and slightly dilated):
   covered pixels minus that of "no edit" (the source) on the same pixels, at least
   ``min_gain_db``; ``*_false_hole_frac``, holes where nothing changed (outside ``R``), as a
   fraction of the frame, at most ``max_false_hole_frac`` (holes belong where something
-  disoccludes, which is inside the changed region).
+  disoccludes, which is inside the changed region); what it draws wrong (holes aside) at most
+  ``max_unexplained_frac`` of the changed region and ``max_unexplained_part_frac`` of any one
+  changed part (a component of ``R``).
 * **drags** (signal): a drag is valid when its handle and its target both lie in ``R`` (on
   something that moves), it is at least ``drag_min_len_px`` long, and the source patch at the
   handle agrees with the target patch at the target (NCC >= ``drag_min_ncc``). Invalid drags are
@@ -282,6 +284,16 @@ class QualityConfig:
         "region rule: share of a region's mask whose flow the backward "
         "flow undoes (needs flow_bwd); a halo of plain background that the "
         "flow leaked onto around an object is not",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    max_unexplained_part_frac: Optional[float] = knob(
+        0.35,
+        "coarse edit / collage rule: share of one changed part (a component of the changed region "
+        "covering at least 0.2 % of the frame: one walker among several) that the edit draws wrong, "
+        "holes aside, above this: the edit is dropped (a walker cut out and not pasted, legs left "
+        "behind on the grass), however small that part is against the whole change. null: off",
         unit="frac",
         ge=0,
         le=1,

@@ -597,10 +597,11 @@ def _plot_tracks(view) -> None:
 def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The tracks' rules (their :attr:`~vid2pair.core.stage.Signal.judge`): a visible track agrees with
     the pair's own images. One that moves at least ``quality.min_motion_px`` must match better moved
-    than in place (:func:`~vid2pair.stages.evidence.moved_not_still`: floor or wall carried along with
-    a passing person fails); one that moves less must find the target's patch at its end in the source
-    within ``quality.change_thresh`` grey levels (mean over 5x5, exposure fitted: a point on a car
-    that drove off, left behind, fails). The others are marked not visible, so the matching supervision
+    than in place, at either end (:func:`~vid2pair.stages.evidence.moved_not_still` with
+    ``both_ends``: floor or wall carried along with a passing person or a moved bottle fails); one
+    that moves less must find the target's patch at its end in the source within
+    ``quality.change_thresh`` grey levels (mean over 5x5, exposure fitted: a point on a car that
+    drove off, left behind, fails). The others are marked not visible, so the matching supervision
     skips them; the signal stays."""
     a = it.arrays
     if "tracks" not in a or "visibility" not in a:
@@ -615,7 +616,7 @@ def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     still = vis & ~moving
     bad = np.zeros(len(tr), bool)
     if moving.any():
-        bad[moving] = ~moved_not_still(p.comp, p.tgt, np.concatenate([s[moving], t[moving]], 1))
+        bad[moving] = ~moved_not_still(p.comp, p.tgt, np.concatenate([s[moving], t[moving]], 1), both_ends=True)
     if still.any():
         bad[still] = patch_diff(p.comp, s[still], p.tgt, t[still], radius=2) > p.c.change_thresh
     sc["tracks_hidden"] = round(float(bad.sum() / vis.sum()), 4)

@@ -378,6 +378,44 @@ def test_moved_beats_still_tells_a_move_from_an_exposure_change():
     assert not ok[60:75, 60:100].any()  # still wall, zero flow: moved and in place tie
 
 
+def test_a_plain_point_carried_beside_a_mover_is_still_at_its_target_end():
+    """A textured bottle on a plain wall moves 20 px right. Points of the wall just ahead of it, carried
+    20 px along: at the handle's end the wall moved there matches better than the content in place,
+    which the bottle now covers, so the one-end test passes them. At the target end the wall was
+    there all along: ``both_ends`` refuses them and keeps every point on the bottle."""
+    from vid2pair.stages.evidence import moved_not_still
+
+    rng = np.random.default_rng(1)
+    src = np.full((80, 160, 3), 150, np.uint8)
+    tgt = src.copy()
+    bottle = rng.integers(0, 255, (40, 24, 3), dtype=np.uint8)
+    src[20:60, 40:64] = bottle
+    tgt[20:60, 60:84] = bottle
+    ys = np.arange(26.0, 56.0, 3.0)
+    on = np.stack([np.full_like(ys, 52.0), ys, np.full_like(ys, 72.0), ys], 1)  # on the bottle
+    ahead = np.stack([np.full_like(ys, 70.0), ys, np.full_like(ys, 90.0), ys], 1)  # wall ahead, carried
+    assert moved_not_still(src, tgt, on, both_ends=True).all()
+    assert moved_not_still(src, tgt, ahead).all()  # the bottle now covers the handle's end
+    assert not moved_not_still(src, tgt, ahead, both_ends=True).any()
+
+
+def test_worst_part_finds_one_wrong_walker_among_several():
+    """Four changed parts of 400 px; the edit is wrong on 300 px of one of them: 0.19 of the whole
+    change, 0.75 of that part. A part smaller than 0.2 % of the frame is not weighed."""
+    from vid2pair.stages.evidence import worst_part
+
+    C = np.zeros((240, 320), bool)
+    for x in (20, 90, 160, 230):
+        C[100:120, x : x + 20] = True
+    C[10:14, 10:14] = True  # a 16-px speck, wholly wrong
+    wrong = np.zeros_like(C)
+    wrong[100:115, 160:180] = True
+    wrong[10:14, 10:14] = True
+    assert worst_part(wrong, C, C) == 0.75
+    assert worst_part(np.zeros_like(C), C, C) == 0.0
+    assert worst_part(wrong, C & False, C & False) == 0.0
+
+
 def test_tracks_that_disagree_with_the_images_are_hidden():
     """The clean pair's tracks, then planted errors: still background points carried 20 px along (as a
     passing person drags floor points) and points on a moving object left in place (a car that drove
