@@ -187,6 +187,14 @@ def _patches(img: np.ndarray, pts: np.ndarray, radius: int) -> np.ndarray:
     return sample_field(g.astype(np.float32), (pts[:, None, :] + offs[None]).reshape(-1, 2)).reshape(len(pts), -1)
 
 
+def plain_patches(img: np.ndarray, pts: np.ndarray, radius: int = 5, min_std: float = 4.0) -> np.ndarray:
+    """(N,) bool: the (2r+1)^2 grey patch around each point has a std under ``min_std`` grey levels
+    (plain: a wall, a desk, a soft shadow; the same bar as :func:`patch_ncc`'s)."""
+    if len(np.asarray(pts).reshape(-1, 2)) == 0:
+        return np.zeros(0, bool)
+    return _patches(img, pts, radius).std(axis=1) < min_std
+
+
 def patch_ncc(
     img_a: np.ndarray, pts_a: np.ndarray, img_b: np.ndarray, pts_b: np.ndarray, radius: int = 3, min_std: float = 4.0
 ) -> np.ndarray:

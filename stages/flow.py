@@ -122,6 +122,13 @@ class FlowConfig:
         "keep their flow",
     )
     rematch_min_ncc: float = knob(0.8, "rematch: the normalised cross-correlation a match needs, both ways", ge=0, le=1)
+    rematch_max_diff: Optional[float] = knob(
+        20.0,
+        "rematch: the mean absolute grey difference (0-255) a re-matched object may show against the "
+        "target under its map; NCC ignores gain and offset, so a small blob also correlates with a "
+        "look-alike shape of another colour far off (a red ball onto a white coat). null: not checked",
+        ge=0,
+    )
     rematch_turns: int = knob(
         12,
         "rematch: a blob not found as it stands is also looked for turned by each of this many equal "
@@ -428,6 +435,7 @@ class FlowStage(PairStage):
                     min_ncc=fl.rematch_min_ncc,
                     turns=fl.rematch_turns,
                     frames=fr,
+                    max_diff=fl.rematch_max_diff,
                 )
                 if rec:
                     info["rematched"] = rec

@@ -171,6 +171,15 @@ def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) 
     return float((p * q).mean() / max(float(p.std() * q.std()), 1e-6))
 
 
+def _diff_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute difference of ``a`` on ``mask`` and ``b`` at the same pixels mapped by ``aff``
+    (pixels mapped off the frame left out)."""
+    h, w = a.shape
+    seen = cv2.warpAffine(b, aff, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=-1.0)
+    on = mask & (seen >= 0)
+    return float(np.abs(a[on] - seen[on]).mean()) if on.any() else float("inf")
+
+
 def _opened(m: np.ndarray) -> np.ndarray:
     """``m`` opened by a 3x3 square: no specks, no one-pixel bridges."""
     return cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
@@ -192,6 +201,7 @@ def rematch_objects(
     min_std: float = 6.0,
     turns: int = 1,
     frames: Optional[np.ndarray] = None,
+    max_diff: Optional[float] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, list[dict]]:
     """The flows with the pieces the dense flow lost re-matched (module docstring), the target-side
     mask of where they arrived, the source-side pieces (uint8, piece i is i + 1, the background an
@@ -203,7 +213,12 @@ def rematch_objects(
     :data:`MIN_PLATE_FRAMES` of them, their median is the background plate, and a piece that is not
     found as it stands (an object that moved less than its own length leaves one piece, where it
     was and where it arrived) is looked for again as the part of it where the source differs from
-    the plate: the object as it was."""
+    the plate: the object as it was.
+
+    ``max_diff``: the mean absolute grey difference (0-255) a re-matched object may show against the
+    target under its map (None: not checked). NCC ignores gain and offset, so a small blob matches
+    a look-alike shape far off whatever its colour (a red ball onto a white coat 168 px away: NCC
+    0.81, mean difference 34; right re-matches of coins, mice and hands differ by 7-18)."""
     h, w = src.shape[:2]
     flow = flow.copy()
     bwd = None if bwd is None else bwd.copy()
@@ -262,6 +277,8 @@ def rematch_objects(
             continue
         ncc = _ncc_under(aff, gs, gt, obj) if not np.array_equal(obj, piece) else fit[1]
         if ncc is None or ncc < min_ncc:
+            continue
+        if max_diff is not None and _diff_under(aff, gs, gt, obj) > max_diff:  # a look-alike shape
             continue
         piece = obj
         move = np.array([fx[piece].mean(), fy[piece].mean()], np.float32)

@@ -61,6 +61,7 @@ from vid2pair.stages.evidence import (
     moved_not_still,
     patch_diff,
     patch_ncc,
+    plain_patches,
     sample_field,
     sparse_matches,
     still_support,
@@ -598,7 +599,9 @@ def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The tracks' rules (their :attr:`~vid2pair.core.stage.Signal.judge`): a visible track agrees with
     the pair's own images. One that moves at least ``quality.min_motion_px`` must match better moved
     than in place, at either end (:func:`~vid2pair.stages.evidence.moved_not_still` with
-    ``both_ends``: floor or wall carried along with a passing person or a moved bottle fails); one
+    ``both_ends``: floor or wall carried along with a passing person or a moved bottle fails) and
+    not be plain at both ends (11x11 std under 4 grey levels: the wall a hand's soft shadow crossed
+    matches itself moved with the shadow as well as in place); one
     that moves less must find the target's patch at its end in the source within
     ``quality.change_thresh`` grey levels (mean over 5x5, exposure fitted: a point on a car that
     drove off, left behind, fails). The others are marked not visible, so the matching supervision
@@ -616,7 +619,11 @@ def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     still = vis & ~moving
     bad = np.zeros(len(tr), bool)
     if moving.any():
-        bad[moving] = ~moved_not_still(p.comp, p.tgt, np.concatenate([s[moving], t[moving]], 1), both_ends=True)
+        m = np.concatenate([s[moving], t[moving]], 1)
+        # plain at both ends, a move has no evidence: a still wall that a soft shadow crossed matches
+        # itself moved with the shadow as well as in place
+        plain = plain_patches(p.comp, s[moving]) & plain_patches(p.tgt, t[moving])
+        bad[moving] = ~moved_not_still(p.comp, p.tgt, m, both_ends=True) | plain
     if still.any():
         bad[still] = patch_diff(p.comp, s[still], p.tgt, t[still], radius=2) > p.c.change_thresh
     sc["tracks_hidden"] = round(float(bad.sum() / vis.sum()), 4)

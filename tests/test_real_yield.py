@@ -402,3 +402,53 @@ def test_wall_beside_a_bottle_set_down_is_not_tracked_along(monkeypatch):
     monkeypatch.setattr(track, "moved_not_still", lambda s, t, m, both_ends=False: one_end(s, t, m))
     _, it = _pair(str(shared_video(HANDS)), 828, 871, cfg)
     assert carried(it) >= 4
+
+
+def test_a_ball_is_not_rematched_onto_a_coat_of_another_colour():
+    """balle1 96->288: a 16-px red ball on a pole was re-matched 168 px away onto a man's white coat
+    (shape NCC 0.81, mean grey difference 34): its tracks jumped there and its region drag sent it
+    there. ``flow.rematch_max_diff`` (20) refuses the look-alike: no re-match, no track moves more
+    than 100 px. With the check off, the re-match and the jumping tracks are back."""
+    import io
+
+    def jumps(it) -> int:
+        tr = np.load(io.BytesIO(it.files["tracks.npy"])).reshape(-1, 4)
+        vis = np.load(io.BytesIO(it.files["visibility.npy"])).reshape(-1) > 0
+        return int((vis & (np.linalg.norm(tr[:, :2] - tr[:, 2:], axis=1) > 100)).sum())
+
+    cfg = load_config("demo")
+    _, it = _pair(str(shared_video("real/balle1-vp9.avi")), 96, 288, cfg)
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    assert not it.meta["flow"].get("rematched") and jumps(it) == 0, it.meta["flow"].get("rematched")
+
+    cfg.flow.rematch_max_diff = None
+    _, it = _pair(str(shared_video("real/balle1-vp9.avi")), 96, 288, cfg)
+    (rec,) = it.meta["flow"]["rematched"]
+    assert np.hypot(*rec["move"]) > 150 and jumps(it) >= 1, rec
+
+
+def test_wall_crossed_by_a_soft_shadow_is_not_tracked(monkeypatch):
+    """hand_moving_bottles 479->515: a gloved hand reaches down to a bottle, and its soft shadow
+    crosses the bare wall. Tracks on that wall (targets x 64-112, y 31-73 at 320 x 240) followed
+    the shadow 20-34 px: plain, the wall matches itself moved as well as in place. The tracks judge
+    hides moving tracks that are plain at both ends: at most 15 of those stay visible, against at
+    least 40 without that rule."""
+    import io
+
+    import vid2pair.stages.track as track
+
+    def on_wall(it) -> int:
+        tr = np.load(io.BytesIO(it.files["tracks.npy"])).reshape(-1, 4)
+        vis = np.load(io.BytesIO(it.files["visibility.npy"])).reshape(-1) > 0
+        mv = vis & (np.linalg.norm(tr[:, :2] - tr[:, 2:], axis=1) >= 2.0)
+        x, y = tr[:, 0], tr[:, 1]
+        return int((mv & (x >= 64) & (x <= 112) & (y >= 31) & (y <= 73)).sum())
+
+    cfg = load_config("demo")
+    _, it = _pair(str(shared_video(HANDS)), 479, 515, cfg)
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    assert on_wall(it) <= 15
+
+    monkeypatch.setattr(track, "plain_patches", lambda img, pts: np.zeros(len(pts), bool))
+    _, it = _pair(str(shared_video(HANDS)), 479, 515, cfg)
+    assert on_wall(it) >= 40

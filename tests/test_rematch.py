@@ -93,6 +93,22 @@ def test_no_rematch_when_the_object_leaves_or_changes_or_the_flow_had_it():
     assert again[4] == [] and np.array_equal(again[0], good)
 
 
+def test_a_look_alike_of_another_brightness_is_no_rematch():
+    """What arrives has the disc's texture 40 grey levels brighter: it correlates like the disc (NCC
+    ignores gain and offset) but differs by tens of grey levels, as a red ball matched onto a white coat
+    does. With ``max_diff`` 20 it is refused; the disc itself (a few levels off after
+    its scaling) still is re-matched."""
+    src, tgt, _ = _pair()
+    zero = np.zeros((H, W, 2), np.float32)
+    yy, xx = np.mgrid[0:H, 0:W]
+    arrived = np.hypot(xx - (C0 + MOVE)[0], yy - (C0 + MOVE)[1]) <= 16 * SCALE
+    pale = tgt.copy()
+    pale[arrived] = np.clip(tgt[arrived].astype(np.float32) + 40, 0, 255).astype(np.uint8)
+    assert len(rematch_objects(src, pale, zero, zero.copy(), sigma=0.7, close_px=1)[4]) == 1
+    assert rematch_objects(src, pale, zero, zero.copy(), sigma=0.7, close_px=1, max_diff=20.0)[4] == []
+    assert len(rematch_objects(src, tgt, zero, zero.copy(), sigma=0.7, close_px=1, max_diff=20.0)[4]) == 1
+
+
 def test_split_segments_makes_each_object_one_segment_and_drops_what_it_covers():
     labels = np.zeros((4, 6), np.int32)
     labels[:, 3:] = 1
