@@ -354,9 +354,10 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The drag signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`; ``p``: the pair's
     evidence, see :func:`vid2pair.stages.evidence.judge_warped_edit`). Each drag: handle and target
     on what moves, long enough to see, on texture, and the source patch at the handle agreeing with
-    the target patch at the target better than either image in place (what the target shows at the
-    target point was not already there); no other valid drag from about the same handle going
-    elsewhere. Invalid drags are removed."""
+    the target patch at the target clearly better than either image in place
+    (``quality.drag_still_margin``: what the target shows at the target point was not already
+    there); no other valid drag from about the same handle going elsewhere. Invalid drags are
+    removed."""
     meta, c, R = it.meta, p.c, p.R
     if "drag" not in meta:
         return
@@ -377,7 +378,9 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             & in_mask(near_c, ts)
             & (length >= p.px("drag_min_len_px"))
             & (ncc >= c.drag_min_ncc)
-            & moved_not_still(p.src, p.tgt, np.concatenate([hs, ts], axis=1), both_ends=True)
+            & moved_not_still(
+                p.src, p.tgt, np.concatenate([hs, ts], axis=1), both_ends=True, margin=c.drag_still_margin
+            )
             & in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
         )
         # two valid drags from about one handle to two places: both go (16 px@512 apart, 16 px unlike)

@@ -79,6 +79,19 @@ def object_region(changed: np.ndarray, close_px: int = 3, dilate_px: int = 2) ->
     return m > 0
 
 
+def new_edges(src: np.ndarray, tgt: np.ndarray, min_gain: float = 6.0, sigma: float = 1.0) -> np.ndarray:
+    """(H, W) bool: where the target has an edge the source does not (grey gradient, per pixel after a
+    ``sigma`` blur, at least ``min_gain`` levels stronger in the target). A moved thing's outline as it
+    arrived is one; where it used to stand, the source has the outline and the target not, and still
+    texture has its edges in both."""
+
+    def grad(img: np.ndarray) -> np.ndarray:
+        g = _blur(to_gray(img).astype(np.float32), sigma)
+        return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
+
+    return (grad(tgt) - grad(src)) > min_gain
+
+
 def textured(img: np.ndarray, min_grad: float = 4.0, sigma: float = 1.0) -> np.ndarray:
     """(H, W) bool: where the blurred grey image has a gradient above ``min_grad`` grey levels / px,
     i.e. where motion is observable (a flow on a plain wall or desk cannot be checked, nor seen)."""
@@ -223,7 +236,12 @@ def patch_diff(
 
 
 def moved_not_still(
-    src: np.ndarray, tgt: np.ndarray, matches: np.ndarray, radius: int = 5, both_ends: bool = False
+    src: np.ndarray,
+    tgt: np.ndarray,
+    matches: np.ndarray,
+    radius: int = 5,
+    both_ends: bool = False,
+    margin: float = 1.0,
 ) -> np.ndarray:
     """(N,) bool for (N, 4) ``[x_src, y_src, x_tgt, y_tgt]``: the target's patch at the match's target
     point is closer to the source's patch than the target's patch at the source point itself (the
@@ -233,14 +251,16 @@ def moved_not_still(
     ``both_ends``: the moved match must also beat the source's own patch at the target point (the
     content found at the target was not already there): a point of plain wall or table just beside
     a moving bottle, carried along with it, matches its source as well moved as in place at the
-    handle's end, but the wall at its target end was there all along."""
+    handle's end, but the wall at its target end was there all along.
+
+    ``margin``: the moved difference must be under this times the in-place one(s): a clear win."""
     m = np.asarray(matches, np.float32).reshape(-1, 4)
     if not len(m):
         return np.zeros(0, bool)
     moved = patch_diff(src, m[:, :2], tgt, m[:, 2:], radius)
-    ok = moved < patch_diff(src, m[:, :2], tgt, m[:, :2], radius)
+    ok = moved < margin * patch_diff(src, m[:, :2], tgt, m[:, :2], radius)
     if both_ends:
-        ok &= moved < patch_diff(src, m[:, 2:], tgt, m[:, 2:], radius)
+        ok &= moved < margin * patch_diff(src, m[:, 2:], tgt, m[:, 2:], radius)
     return ok
 
 

@@ -240,6 +240,16 @@ class QualityConfig:
         ge=-1,
         le=1,
     )
+    drag_still_margin: float = knob(
+        0.6,
+        "drag rule: the mean grey difference of the handle's source patch and the target's patch "
+        "at the target (11x11) must be at most this times the smaller of the two in-place ones "
+        "(the target's patch at the handle, the source's patch at the target): the content moved "
+        "there clearly rather than staying put at either end (fingers at a hat's brim sent into "
+        "the still hat match 0.6-0.7 of in place). 1: only better than in place",
+        gt=0,
+        le=1,
+    )
     sketch_min_on_change: float = knob(
         0.6, "sketch rule: share of stroke pixels on what changed", unit="frac", ge=0, le=1
     )
@@ -255,8 +265,9 @@ class QualityConfig:
     sketch_erase_unverified: bool = knob(
         True,
         "sketch rule: erase the stroke pixels that are not next to verified moving target content "
-        "that is textured and matched better moved than in place (flow noise where a mover left, on a "
-        "floor, a road, a wall that darkened), then the pieces shorter than 10 stroke widths (needs flow_bwd)",
+        "that is textured, matched better moved than in place and by an edge the target has and the "
+        "source has not (flow noise where a mover left, on a floor, a road, a wall that darkened, the "
+        "outline where an arm used to be), then the pieces shorter than 10 stroke widths (needs flow_bwd)",
     )
     region_min_on_change: float = knob(
         0.5, "region rule: share of a region's mask on what changed", unit="frac", ge=0, le=1

@@ -45,7 +45,7 @@ from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import knob
 from vid2pair.core.stage import Member, Metrics, PairStage, Score, Signal, TrainInput, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
-from vid2pair.stages.evidence import moved_beats_still, textured
+from vid2pair.stages.evidence import moved_beats_still, new_edges, textured
 from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["SketchConfig", "sketch_from_flow", "prune_strokes", "edge_strength", "thin", "target_flow", "SketchStage"]
@@ -266,6 +266,11 @@ def prune_strokes(strokes: np.ndarray, keep: np.ndarray, min_area: int) -> np.nd
     return kept
 
 
+#: how much stronger (grey levels per pixel) an edge must be in the target than in the source for a
+#: sketch stroke next to it to count as drawing something that arrived (``quality.sketch_erase_unverified``)
+NEW_EDGE_GREY = 6.0
+
+
 def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The sketch signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): at least one stroke,
     the strokes on what changed and next to content whose move the flows verify."""
@@ -306,8 +311,11 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     elif p.vb is not None and c.sketch_erase_unverified:
         # the sketch holds; its strokes through flow noise go. A stroke pixel stays only next to verified
         # moving content that is seen to move: textured (on a plain wall or road where a mover left, any
-        # flow matches) and matched better moved than in place (not a still wall whose exposure changed)
-        seen = p.verified_tgt & textured(p.tgt) & moved_beats_still(p.comp, p.tgt, p.bwd)
+        # flow matches), matched better moved than in place (not a still wall whose exposure changed),
+        # and within a pixel of an edge the target has and the source has not (an outline as it
+        # arrived; not the outline of where an arm or a wrist used to be, which the flow smeared)
+        new = cv2.dilate(new_edges(p.comp, p.tgt, NEW_EDGE_GREY).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        seen = p.verified_tgt & textured(p.tgt) & moved_beats_still(p.comp, p.tgt, p.bwd) & new
         kept = prune_strokes(strokes, cv2.dilate(seen.astype(np.uint8), k) > 0, min_area=10 * width)
         sc["sketch_erased"] = round(1.0 - float(kept.sum()) / n_on, 4)
         if not kept.any():

@@ -399,6 +399,28 @@ def test_a_plain_point_carried_beside_a_mover_is_still_at_its_target_end():
     assert not moved_not_still(src, tgt, ahead, both_ends=True).any()
 
 
+def test_a_drag_must_beat_staying_put_by_the_margin():
+    """The handle's patch arrives 14 grey levels off at the target, while the target in place at the
+    handle differs by 20 (the content barely changed there) and the source at the target by 40: the
+    move wins, but by 0.7, not clearly. With ``margin`` 0.6 (``quality.drag_still_margin``) it
+    fails; arriving 10 off (0.5) it passes."""
+    from vid2pair.stages.evidence import moved_not_still
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(60, 180, (11, 11, 3)).astype(np.int16)
+    src = np.full((40, 80, 3), 128, np.int16)
+    tgt = src.copy()
+    src[10:21, 10:21] = a  # the handle's content at (15, 15)
+    tgt[10:21, 10:21] = a + 20  # in place at the handle: 20 off
+    src[10:21, 50:61] = a + 40  # the source at the target (55, 15): 40 off
+    m = np.array([[15.0, 15.0, 55.0, 15.0]])
+    for off, clear in ((14, False), (10, True)):
+        tgt[10:21, 50:61] = a + off
+        s8, t8 = src.astype(np.uint8), tgt.astype(np.uint8)
+        assert moved_not_still(s8, t8, m, both_ends=True).all()
+        assert moved_not_still(s8, t8, m, both_ends=True, margin=0.6).all() == clear
+
+
 def test_worst_part_finds_one_wrong_walker_among_several():
     """Four changed parts of 400 px; the edit is wrong on 300 px of one of them: 0.19 of the whole
     change, 0.75 of that part. A part smaller than 0.2 % of the frame is not weighed."""

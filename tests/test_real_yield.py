@@ -452,3 +452,30 @@ def test_wall_crossed_by_a_soft_shadow_is_not_tracked(monkeypatch):
     monkeypatch.setattr(track, "plain_patches", lambda img, pts: np.zeros(len(pts), bool))
     _, it = _pair(str(shared_video(HANDS)), 479, 515, cfg)
     assert on_wall(it) >= 40
+
+
+@pytest.mark.parametrize(
+    "name,a,b,box",
+    [
+        ("real2/makeup_hand_face.avi", 75, 134, (258, 277, 199, 231)),  # the neck, where the wrist's edge was
+        ("real2/asl_sign_book_woman.mkv", 2, 36, (291, 310, 144, 162)),  # an office chair behind her
+    ],
+)
+def test_sketch_strokes_where_a_limb_used_to_be_are_erased(monkeypatch, name, a, b, box):
+    """The flow smears a hand's or an arm's move over the background it uncovers, and the sketch drew
+    the outline of where the limb used to be: a squiggle on the neck of `makeup_hand_face` 75->134, and
+    strokes on a chair behind the signer of `asl_sign_book_woman` 2->36. A stroke pixel now needs an
+    edge nearby that the target has and the source has not (``sketch.NEW_EDGE_GREY``): none is left in
+    those boxes, while at least 50 pixels are without that test; the sketch stays."""
+    import vid2pair.stages.sketch as sketch
+
+    x0, x1, y0, y1 = box
+    cfg = load_config("demo")
+    _, it = _pair(str(shared_video(name)), a, b, cfg)
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    assert "sketch" in it.meta["signals"], it.meta["signals"]
+    assert (_image(it.files["sketch.png"])[..., 0] > 0)[y0:y1, x0:x1].sum() == 0
+
+    monkeypatch.setattr(sketch, "NEW_EDGE_GREY", -1e9)  # every pixel has a new edge
+    _, it = _pair(str(shared_video(name)), a, b, cfg)
+    assert (_image(it.files["sketch.png"])[..., 0] > 0)[y0:y1, x0:x1].sum() >= 50
