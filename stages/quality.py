@@ -241,12 +241,13 @@ class QualityConfig:
         le=1,
     )
     drag_still_margin: float = knob(
-        0.6,
+        1.0,
         "drag rule: the mean grey difference of the handle's source patch and the target's patch "
-        "at the target (11x11) must be at most this times the smaller of the two in-place ones "
-        "(the target's patch at the handle, the source's patch at the target): the content moved "
-        "there clearly rather than staying put at either end (fingers at a hat's brim sent into "
-        "the still hat match 0.6-0.7 of in place). 1: only better than in place",
+        "at the target (11x11) must be under this times the smaller of the two in-place ones (the "
+        "target's patch at the handle, the source's patch at the target): the content moved there "
+        "rather than staying put at either end. Below 1 asks for a clear win: 0.6 removes drags "
+        "from fingers at a hat's brim into the still hat (0.61, 0.69), and also about a fifth of the "
+        "right drags, on cars that shrink as they drive off (0.81)",
         gt=0,
         le=1,
     )
