@@ -376,22 +376,28 @@ def test_a_walker_cut_out_and_not_pasted_loses_the_collage():
     assert "collage" in it.meta["signals"], it.meta["signals"]
 
 
+def _moving_tracks_in(it, box, min_px: float = 2.0) -> int:
+    """The written sample's visible tracks that move at least ``min_px`` and end in ``box``
+    ``(x0, x1, y0, y1)`` on the target (inclusive)."""
+    import io
+
+    tr = np.load(io.BytesIO(it.files["tracks.npy"])).reshape(-1, 4)
+    vis = np.load(io.BytesIO(it.files["visibility.npy"])).reshape(-1) > 0
+    mv = vis & (np.linalg.norm(tr[:, :2] - tr[:, 2:], axis=1) >= min_px)
+    x0, x1, y0, y1 = box
+    return int((mv & (tr[:, 0] >= x0) & (tr[:, 0] <= x1) & (tr[:, 1] >= y0) & (tr[:, 1] <= y1)).sum())
+
+
 def test_wall_beside_a_bottle_set_down_is_not_tracked_along(monkeypatch):
     """hand_moving_bottles 828->871: a hand sets a bottle down at the left edge. Tracks on the plain
     wall just right of it (targets x 10-30, y 100-150 at 320 x 240) were carried 15-28 px with it:
     at their handle's end the bottle now covers the wall, so moved beats in place there. At their
     target end the wall was there all along: the tracks judge (``moved_not_still`` at both ends) hides
     them. Judged at one end only, at least 4 stay visible."""
-    import io
-
     import vid2pair.stages.track as track
 
     def carried(it) -> int:
-        tr = np.load(io.BytesIO(it.files["tracks.npy"])).reshape(-1, 4)
-        vis = np.load(io.BytesIO(it.files["visibility.npy"])).reshape(-1) > 0
-        mv = vis & (np.linalg.norm(tr[:, :2] - tr[:, 2:], axis=1) >= 2.0)
-        x, y = tr[:, 0], tr[:, 1]
-        return int((mv & (x >= 10) & (x <= 30) & (y >= 100) & (y <= 150)).sum())
+        return _moving_tracks_in(it, (10, 30, 100, 150))
 
     cfg = load_config("demo")
     _, it = _pair(str(shared_video(HANDS)), 828, 871, cfg)
@@ -409,12 +415,9 @@ def test_a_ball_is_not_rematched_onto_a_coat_of_another_colour():
     (shape NCC 0.81, mean grey difference 34): its tracks jumped there and its region drag sent it
     there. ``flow.rematch_max_diff`` (20) refuses the look-alike: no re-match, no track moves more
     than 100 px. With the check off, the re-match and the jumping tracks are back."""
-    import io
 
     def jumps(it) -> int:
-        tr = np.load(io.BytesIO(it.files["tracks.npy"])).reshape(-1, 4)
-        vis = np.load(io.BytesIO(it.files["visibility.npy"])).reshape(-1) > 0
-        return int((vis & (np.linalg.norm(tr[:, :2] - tr[:, 2:], axis=1) > 100)).sum())
+        return _moving_tracks_in(it, (0, 320, 0, 240), min_px=100.0)
 
     cfg = load_config("demo")
     _, it = _pair(str(shared_video("real/balle1-vp9.avi")), 96, 288, cfg)
@@ -433,16 +436,10 @@ def test_wall_crossed_by_a_soft_shadow_is_not_tracked(monkeypatch):
     the shadow 20-34 px: plain, the wall matches itself moved as well as in place. The tracks judge
     hides moving tracks that are plain at both ends: at most 15 of those stay visible, against at
     least 40 without that rule."""
-    import io
-
     import vid2pair.stages.track as track
 
     def on_wall(it) -> int:
-        tr = np.load(io.BytesIO(it.files["tracks.npy"])).reshape(-1, 4)
-        vis = np.load(io.BytesIO(it.files["visibility.npy"])).reshape(-1) > 0
-        mv = vis & (np.linalg.norm(tr[:, :2] - tr[:, 2:], axis=1) >= 2.0)
-        x, y = tr[:, 0], tr[:, 1]
-        return int((mv & (x >= 64) & (x <= 112) & (y >= 31) & (y <= 73)).sum())
+        return _moving_tracks_in(it, (64, 112, 31, 73))
 
     cfg = load_config("demo")
     _, it = _pair(str(shared_video(HANDS)), 479, 515, cfg)
