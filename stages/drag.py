@@ -354,8 +354,8 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The drag signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`; ``p``: the pair's
     evidence, see :func:`vid2pair.stages.evidence.judge_warped_edit`). Each drag: handle and target
     on what moves, long enough to see, on texture, and the source patch at the handle agreeing with
-    the target patch at the target clearly better than either image in place
-    (``quality.drag_still_margin``: what the target shows at the target point was not already
+    the target patch at the target better than either image in place, by
+    ``quality.drag_still_margin`` (what the target shows at the target point was not already
     there); no other valid drag from about the same handle going elsewhere. Invalid drags are
     removed."""
     meta, c, R = it.meta, p.c, p.R
