@@ -79,25 +79,24 @@ def object_region(changed: np.ndarray, close_px: int = 3, dilate_px: int = 2) ->
     return m > 0
 
 
+def gradient(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """(H, W) grey gradient magnitude, grey levels / px, after a ``sigma`` blur (3x3 Sobel / 8)."""
+    g = _blur(to_gray(img), sigma)
+    return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) / 8.0
+
+
 def new_edges(src: np.ndarray, tgt: np.ndarray, min_gain: float = 6.0, sigma: float = 1.0) -> np.ndarray:
-    """(H, W) bool: where the target has an edge the source does not (grey gradient, per pixel after a
-    ``sigma`` blur, at least ``min_gain`` levels stronger in the target). A moved thing's outline as it
-    arrived is one; where it used to stand, the source has the outline and the target not, and still
-    texture has its edges in both."""
-
-    def grad(img: np.ndarray) -> np.ndarray:
-        g = _blur(to_gray(img).astype(np.float32), sigma)
-        return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
-
-    return (grad(tgt) - grad(src)) > min_gain
+    """(H, W) bool: where the target has an edge the source does not (:func:`gradient` at least
+    ``min_gain`` levels stronger in the target). A moved thing's outline as it arrived is one; where
+    it used to stand, the source has the outline and the target not, and still texture has its edges
+    in both."""
+    return (gradient(tgt, sigma) - gradient(src, sigma)) > min_gain
 
 
 def textured(img: np.ndarray, min_grad: float = 4.0, sigma: float = 1.0) -> np.ndarray:
     """(H, W) bool: where the blurred grey image has a gradient above ``min_grad`` grey levels / px,
     i.e. where motion is observable (a flow on a plain wall or desk cannot be checked, nor seen)."""
-    g = to_gray(img)
-    g = _blur(g, sigma)
-    return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) / 8.0 > min_grad
+    return gradient(img, sigma) > min_grad
 
 
 def moving_support(

@@ -160,10 +160,15 @@ def _fit(
     return None
 
 
+def _seen_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b`` at the pixels of ``a`` mapped by ``aff`` (-1 off the frame)."""
+    h, w = a.shape
+    return cv2.warpAffine(b, aff, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=-1.0)
+
+
 def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> Optional[float]:
     """NCC of ``a`` on ``mask`` and ``b`` at the same pixels mapped by ``aff`` (None: off the frame)."""
-    h, w = a.shape
-    seen = cv2.warpAffine(b, aff, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=-1.0)
+    seen = _seen_under(aff, a, b)
     p, q = a[mask], seen[mask]
     if (q < 0).any() or len(p) < 10:
         return None
@@ -174,8 +179,7 @@ def _ncc_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) 
 def _diff_under(aff: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Mean absolute difference of ``a`` on ``mask`` and ``b`` at the same pixels mapped by ``aff``
     (pixels mapped off the frame left out)."""
-    h, w = a.shape
-    seen = cv2.warpAffine(b, aff, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=-1.0)
+    seen = _seen_under(aff, a, b)
     on = mask & (seen >= 0)
     return float(np.abs(a[on] - seen[on]).mean()) if on.any() else float("inf")
 
