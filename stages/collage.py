@@ -577,7 +577,7 @@ class CollageStage(PairStage):
             it.arrays["collage_mask"] = res["mask"]
             it.meta["collage"] = meta
             if self.rcfg.enabled:
-                drag, masks = region_drags(labels, res["fits"], flow, self.rcfg, rng=rng)
+                drag, masks = region_drags(labels, res["fits"], flow, self.rcfg, rng=rng, images=(src, tgt))
                 it.arrays["region_masks"] = masks
                 it.meta["region_drag"] = drag
         except Exception as e:

@@ -30,7 +30,10 @@ How regions are found (:func:`region_drags`)
    its tolerance.
 5. Points: ``center`` is the region's centroid (the nearest region pixel if the centroid falls
    outside it); ``handles`` are the center followed by ``n_handles - 1`` farthest-point samples
-   of the region's interior (pixels >= 3 px from its border when there are any). ``targets``
+   of the region's interior (pixels >= 3 px from its border when there are any). With the pair's
+   images (``handles_seen``), both only where the region is seen to move (:func:`seen_moving`:
+   textured, matched better moved than in place), when any pixel is: a mask that took in floor
+   beside a tail puts no handle on the floor. ``targets``
    are where the fitted similarity sends the handles for every rigid type, and the handles plus
    the (5x5 median, region-only) flow for ``deformation``.
 
@@ -53,7 +56,7 @@ from vid2pair.core.spec import frame_scale, knob
 from vid2pair.core.stage import Metrics, Score
 from vid2pair.ops.draw import REGION_TYPES, TYPE_COLOR_NAMES, TYPE_COLORS, Panel, PanelView, draw_region_drags
 from vid2pair.ops.similarity import _similarity_params, fit_similarity, segment_median_flow
-from vid2pair.stages.evidence import blur_gray, in_mask, sample_field
+from vid2pair.stages.evidence import blur_gray, in_mask, moved_not_still, sample_field, textured
 
 __all__ = ["RegionDragConfig", "region_drags", "classify", "TYPES"]
 
@@ -90,6 +93,14 @@ class RegionDragConfig:
     merge: bool = knob(True, "merge adjacent moving segments that one similarity explains")
     merge_tol_px: float = knob(2.0, "... with a p75 residual <= this (not scaled)", unit="px", ge=0)
     n_handles: int = knob(4, "points per region (the centre included)", ge=1)
+    handles_seen: bool = knob(
+        True,
+        "with the pair's images: handles (the centre included) only on mask pixels seen to move, "
+        "on texture, where the source's 5x5 patch moved by the region's motion matches the target "
+        "better than in place at either end (evidence.moved_not_still); a mask that took in floor "
+        "beside a dog's tail puts no handle on the floor. Where no pixel is seen to move, or false: "
+        "anywhere in the mask",
+    )
     max_regions: int = knob(16, "regions kept per pair (the mask label map is uint8)", ge=1, le=255)
     fit_samples: int = knob(400, "pixels per region for the refit", ge=3)
     ransac_thresh: float = knob(3.0, "RANSAC threshold of the region similarity fits", unit="px", gt=0)
@@ -161,6 +172,32 @@ def _local_flow(flow: np.ndarray, region: np.ndarray, x: int, y: int, r: int = 2
     return np.median(f, axis=0) if len(f) else flow[y, x]
 
 
+def _place_handles(region: np.ndarray, r: dict, flow: np.ndarray, cfg, rng, images) -> list[np.ndarray]:
+    """A region's handles: its centre (the centroid, or the nearest mask pixel) and the farthest
+    points from it 3 px or more inside the mask; with ``images`` and ``cfg.handles_seen``, both
+    among the pixels :func:`seen_moving` finds, when any."""
+    h, w = region.shape
+    ys, xs = r["pix"] // w, r["pix"] % w
+    cx, cy = float(xs.mean()), float(ys.mean())
+    if not region[int(round(cy)), int(round(cx))]:
+        j = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
+        cx, cy = float(xs[j]), float(ys[j])
+    dist = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    inner = dist[ys, xs] >= 3
+    if images is not None and cfg.handles_seen:
+        seen = seen_moving(*images, xs, ys, r["A"] if r["type"] != "deformation" else None, flow)
+        if seen.any():
+            if not seen[int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))]:
+                j = np.flatnonzero(seen)[np.argmin((xs[seen] - cx) ** 2 + (ys[seen] - cy) ** 2)]
+                cx, cy = float(xs[j]), float(ys[j])
+            inner = (inner & seen) if (inner & seen).any() else seen
+    center = np.array([cx, cy])
+    cand = np.stack([xs, ys], 1).astype(np.float64)[inner if inner.any() else slice(None)]
+    if len(cand) > 4000:
+        cand = cand[rng.choice(len(cand), size=4000, replace=False)]
+    return [center] + _farthest_points(cand, center, cfg.n_handles - 1)
+
+
 def region_drags(
     labels: np.ndarray,
     fits: Sequence,
@@ -168,11 +205,14 @@ def region_drags(
     cfg: Optional[RegionDragConfig] = None,
     *,
     rng: Optional[np.random.Generator] = None,
+    images: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> tuple[dict, np.ndarray]:
     """Region drags for one pair -> (JSON-able dict, (H, W) uint8 region label map).
 
     ``labels``: the collage's segment label map (-1 = none); ``fits``: its
     :class:`stages.collage.SegmentFit` list (``transform`` may be None); ``flow`` (H, W, 2) src -> tgt.
+    ``images``: the pair's (source, target); with them and ``cfg.handles_seen``, handles sit
+    where the region is seen to move (:func:`seen_moving`).
     """
     from vid2pair.stages.segment import segment_pixels
 
@@ -264,18 +304,8 @@ def region_drags(
         region[r["pix"]] = True
         region = region.reshape(h, w)
         masks[region] = i + 1
-        ys, xs = r["pix"] // w, r["pix"] % w
-        cx, cy = float(xs.mean()), float(ys.mean())
-        if not region[int(round(cy)), int(round(cx))]:
-            j = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
-            cx, cy = float(xs[j]), float(ys[j])
-        center = np.array([cx, cy])
-        dist = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-        inner = dist[ys, xs] >= 3
-        cand = np.stack([xs, ys], 1).astype(np.float64)[inner if inner.any() else slice(None)]
-        if len(cand) > 4000:
-            cand = cand[rng.choice(len(cand), size=4000, replace=False)]
-        handles = [center] + _farthest_points(cand, center, cfg.n_handles - 1)
+        handles = _place_handles(region, r, flow, cfg, rng, images)
+        center = handles[0]
         targets = []
         for p in handles:
             if r["type"] == "deformation" or r["A"] is None:
@@ -308,6 +338,33 @@ def region_drags(
             }
         )
     return {"image_size": [int(w), int(h)], "regions": out, "mask_encoding": "label map: value mask_index + 1"}, masks
+
+
+def seen_moving(src: np.ndarray, tgt: np.ndarray, xs: np.ndarray, ys: np.ndarray, A, flow: np.ndarray) -> np.ndarray:
+    """(N,) bool for the pixels (xs, ys) of a region: moved by the similarity ``A`` (or, with ``A``
+    None, by ``flow`` at the pixel) they land inside the frame, on textured source
+    (:func:`~vid2pair.stages.evidence.textured`: a plain patch matches any plain patch), and their
+    5x5 patch matches the target there better than in place at either end
+    (:func:`~vid2pair.stages.evidence.moved_not_still`), 2 px or more inside the rim of such pixels
+    (when any is): the pixel is seen to move. Floor or wall inside the mask beside a mover matches
+    in place."""
+    p = np.stack([xs, ys], 1).astype(np.float32)
+    if A is not None:
+        A = np.asarray(A, np.float32)
+        q = p @ A[:, :2].T + A[:, 2]
+    else:
+        q = p + np.asarray(flow, np.float32)[ys, xs]
+    h, w = src.shape[:2]
+    ok = (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
+    ok &= textured(src)[ys, xs]
+    k = np.flatnonzero(ok)
+    ok[k] = moved_not_still(src, tgt, np.concatenate([p[k], q[k]], 1), radius=2, both_ends=True)
+    # the patch of a floor pixel at the mover's rim holds some of the mover: 2 px in from the rim of
+    # what is seen
+    seen = np.zeros((h, w), np.uint8)
+    seen[ys[ok], xs[ok]] = 1
+    inner = cv2.erode(seen, np.ones((5, 5), np.uint8))[ys, xs] > 0
+    return inner if inner.any() else ok
 
 
 def region_moves_onto_target(

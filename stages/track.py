@@ -65,7 +65,12 @@ from vid2pair.stages.evidence import (
     sample_field,
     sparse_matches,
     still_support,
+    textured,
 )
+
+#: hold_still_plain_max_px applies this close (px@240) to what moves: the inside of a plain hand or
+#: jacket whose outline moved is within it, a plain desk's drift far from any mover is not
+_PLAIN_NEAR_PX = 24
 
 __all__ = [
     "TrackConfig",
@@ -121,6 +126,16 @@ class TrackConfig:
         "support as flow.static_suppress, computed here from the pair) stay where they "
         "are, visible, whatever the tracker said (chained flow cannot follow plain, still "
         "surfaces); false: the tracker's own output",
+    )
+    hold_still_plain_max_px: Optional[float] = knob(
+        3.0,
+        "hold_still: a held point on a plain target surface (evidence.textured false) that the "
+        "tracker moved farther than this, within 24 px@240 of what moves, is hidden, not held: "
+        "'nothing changed' proves nothing inside a plain moving thing (the back of a hand, a black "
+        "jacket whose outline moved 10 px reads the same skin or cloth at the same place); null: "
+        "held like the rest",
+        unit="px@240",
+        gt=0,
     )
     follow_rematch: bool = knob(
         True,
@@ -814,15 +829,29 @@ class TrackStage(PairStage):
         ng, nd = len(grid), len(di)
         xy = np.asarray(xy, np.float32)[:ng].copy()  # (padding queries of a batch dropped)
         vis = np.asarray(vis, bool)[:ng] & _inside(xy, h, w)
-        n_still, s = 0, np.zeros(ng, bool)
+        n_still, n_unsure, s = 0, 0, np.zeros(ng, bool)
         if self.tcfg.hold_still and ng:
             # a static camera: where nothing changes between source and target, a point stays where it
             # is and is visible; flat, still surfaces (a plain desk) that a chained flow cannot follow
             # are then tracked right
             still = ~still_support(it.arrays["src"], it.arrays["tgt"])
             s = in_mask(still, grid)
+            unsure = np.zeros(ng, bool)
+            if self.tcfg.hold_still_plain_max_px is not None:
+                # the tracker followed the point away from a plain, unchanged spot: a still plain wall
+                # the chain leaked onto, or the inside of a plain thing whose outline moved; either way
+                # neither answer is shown
+                sc = frame_scale(it.arrays["src"].shape, "px@240")
+                far = np.linalg.norm(xy - grid, axis=1) > self.tcfg.hold_still_plain_max_px * sc
+                # ... near what moves: a chained flow drifts on a plain desk far from any mover too
+                r = max(1, round(_PLAIN_NEAR_PX * sc))
+                near = cv2.dilate(
+                    (~still).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+                )
+                unsure = s & far & ~in_mask(textured(it.arrays["tgt"]), grid) & in_mask(near > 0, grid)
             xy[s], vis[s] = grid[s], True
-            n_still = int(s.sum())
+            vis[unsure] = False
+            n_still, n_unsure = int((s & ~unsure).sum()), int(unsure.sum())
         rem, bwd = it.arrays.get("rematched"), it.arrays.get("flow_bwd")
         n_rem, on = 0, np.zeros(ng, bool)
         if self.tcfg.follow_rematch and rem is not None and bwd is not None and ng:
@@ -898,6 +927,7 @@ class TrackStage(PairStage):
             "drag_visible": n_vis,
             "drag_kept": int(len(d_src)),
             "still_points": n_still,
+            "still_plain_hidden_points": n_unsure,
             "drag_matched": n_matched,
         }
         if self.tcfg.flow_consistent:

@@ -333,3 +333,34 @@ def test_a_region_that_turned_round_fitted_as_a_shift_misses_a_turn():
     gt2[np.roll(mask, 15, axis=1)] = 40.0
     assert not misses_a_turn(mask, shift.tolist(), gs, gt2, 0.7)
     assert not misses_a_turn(mask, shift.tolist(), gs, gt, 0.0)  # off
+
+
+def test_handles_sit_on_what_is_seen_to_move_not_on_floor_the_mask_took_in():
+    """A textured square slides 8 px over a plain floor; its segment (and the flow, leaked) take in a
+    12-px ring of floor around it. With the pair's images every handle is on the square and lands
+    on it; without them the farthest-point handles go to the mask's rim, on the floor."""
+    rng = np.random.default_rng(3)
+    h, w = 120, 160
+    floor = np.clip(100 + rng.normal(0, 1, (h, w)), 0, 255)
+    tex = cv2.GaussianBlur(rng.uniform(0, 255, (30, 30)), (3, 3), 0)
+    src, tgt = floor.copy(), floor.copy()
+    src[45:75, 50:80] = tex
+    tgt[45:75, 58:88] = tex
+    src, tgt = (np.repeat(x[..., None], 3, 2).astype(np.uint8) for x in (src, tgt))
+    lab = np.full((h, w), -1, np.int32)
+    lab[33:87, 38:92] = 0
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[lab == 0] = (8, 0)
+    cfg = RegionDragConfig(reference_short_side=120, n_handles=6)
+
+    def handles(images):
+        r = region_drags(lab, _fits(lab, flow), flow, cfg, rng=np.random.default_rng(0), images=images)[0]
+        return np.array(r["regions"][0]["handles"]), np.array(r["regions"][0]["targets"])
+
+    def on_square(p, x0):
+        return (p[:, 0] >= x0 - 1) & (p[:, 0] <= x0 + 30) & (p[:, 1] >= 44) & (p[:, 1] <= 75)
+
+    hs, ts = handles((src, tgt))
+    assert len(hs) == 6 and on_square(hs, 50).all() and on_square(ts, 58).all()
+    hs, _ = handles(None)
+    assert (~on_square(hs, 50)).sum() >= 3
