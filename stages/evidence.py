@@ -510,6 +510,11 @@ def warped_edit_scores(name: str, label: str) -> tuple:
             title=f"{label} wrong on one changed part",
             thresholds=("max_unexplained_part_frac",),
         ),
+        Score(
+            f"{name}_unexplained_piece_frac",
+            title=f"{label} largest wrong piece / frame",
+            thresholds=("max_unexplained_piece_frac",),
+        ),
     )
 
 
@@ -535,6 +540,14 @@ def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: i
 
 #: the smallest changed part :func:`worst_part` weighs, as a fraction of the frame (150 px at 240x320)
 MIN_PART_FRAC = 0.002
+
+
+def largest_component(mask: np.ndarray) -> int:
+    """Pixels in the largest 8-connected component of ``mask`` (0 when empty)."""
+    if not mask.any():
+        return 0
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
 
 
 def worst_part(wrong: np.ndarray, C: np.ndarray, R: np.ndarray) -> float:
@@ -570,6 +583,7 @@ def judge_warped_edit(name: str, min_gain_db: float, p, it, sc: dict, sig_fail: 
     wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     sc[f"{name}_unexplained_frac"] = ux = round(float(wrong.sum() / max(1, C.sum())), 4)
     sc[f"{name}_unexplained_part_frac"] = up = worst_part(wrong, C, R)
+    sc[f"{name}_unexplained_piece_frac"] = pc = round(largest_component(wrong) / float(wrong.size), 5)
     if c.max_unexplained_frac is not None and ux > c.max_unexplained_frac:
         sig_fail.setdefault(
             name,
@@ -585,6 +599,15 @@ def judge_warped_edit(name: str, min_gain_db: float, p, it, sc: dict, sig_fail: 
                 f"{name}_unexplained",
                 f"{name} is wrong on {up:.2f} of one changed part, holes aside "
                 f"(> {c.max_unexplained_part_frac}): a part cut out and not pasted, or left behind",
+            ),
+        )
+    elif c.max_unexplained_piece_frac is not None and pc > c.max_unexplained_piece_frac:
+        sig_fail.setdefault(
+            name,
+            (
+                f"{name}_unexplained",
+                f"{name} draws one connected piece wrong on {pc:.4f} of the frame, holes aside "
+                f"(> {c.max_unexplained_piece_frac}): something that entered or moved left unholed",
             ),
         )
     elif g is None or g < (need := min_gain_db):

@@ -26,8 +26,9 @@ filled and slightly dilated):
   ``min_gain_db``; ``*_false_hole_frac``, holes where nothing changed (outside ``R``), as a
   fraction of the frame, at most ``max_false_hole_frac`` (holes belong where something
   disoccludes, which is inside the changed region); what it draws wrong (holes aside) at most
-  ``max_unexplained_frac`` of the changed region and ``max_unexplained_part_frac`` of any one
-  changed part (a component of ``R``).
+  ``max_unexplained_frac`` of the changed region, ``max_unexplained_part_frac`` of any one
+  changed part (a component of ``R``), and no connected wrong piece above
+  ``max_unexplained_piece_frac`` of the frame.
 * **drags** (signal): a drag is valid when its handle and its target both lie in ``R`` (on
   something that moves), it is at least ``drag_min_len_px`` long, and the source patch at the
   handle agrees with the target patch at the target (NCC >= ``drag_min_ncc``). Invalid drags are
@@ -70,6 +71,7 @@ from vid2pair.stages.evidence import (
     compensate_exposure,
     fb_consistent,
     in_mask,
+    largest_component,
     object_region,
     residual,
     solid_change,
@@ -300,6 +302,16 @@ class QualityConfig:
         ge=0,
         le=1,
     )
+    max_unexplained_piece_frac: Optional[float] = knob(
+        0.01,
+        "coarse edit / collage rule: the largest connected piece the edit draws wrong on what changed "
+        "(holes aside), as a share of the frame, above this: the edit is dropped (a finger entering "
+        "the frame filled with the sky it covers, a face left where it was while the person leaned "
+        "in). null: off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
     max_unexplained_part_frac: Optional[float] = knob(
         0.35,
         "coarse edit / collage rule: share of one changed part (a component of the changed region "
@@ -323,13 +335,6 @@ class QualityConfig:
         True,
         "a failed signal rule drops that signal and keeps the pair (if any signal is left); false: it rejects the pair",
     )
-
-
-def _largest_component(mask: np.ndarray) -> int:
-    if not mask.any():
-        return 0
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
 
 
 def _splat_explanation(src: np.ndarray, tgt: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -411,7 +416,7 @@ def _pair_rules(p: _Pair, sc: dict) -> Optional[tuple[str, str]]:
             f"{c.change_thresh:g} grey levels" + (", exposure and camera shake taken out)" if comp is not src else ")")
         )
     p.solid = solid_change(C, max(1, int(round(p.px("solid_radius_px")))))
-    sc["solid_frac"] = round(_largest_component(p.solid) / float(p.h * p.w), 5)
+    sc["solid_frac"] = round(largest_component(p.solid) / float(p.h * p.w), 5)
     if sc["solid_frac"] < c.min_solid_frac:
         return "no_visible_change", (
             f"solid_frac {sc['solid_frac']:.4f} < {c.min_solid_frac}: no solid changed region "
@@ -508,7 +513,7 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
     raw_bad = C & (~explained | photo_bad | appeared)
     bad = cv2.morphologyEx(raw_bad.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     sc["unexplained_frac"] = round(float(bad.sum() / max(1, C.sum())), 4)
-    sc["unexplained_blob_frac"] = round(_largest_component(bad) / float(h * w), 5)
+    sc["unexplained_blob_frac"] = round(largest_component(bad) / float(h * w), 5)
     # the changed regions (R's components: an object, a block of text) that are mostly unexplained and
     # that no sparse, verified match lands in or leaves
     n_lab, lab = cv2.connectedComponents(R.astype(np.uint8), connectivity=8)

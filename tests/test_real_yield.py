@@ -376,6 +376,28 @@ def test_a_walker_cut_out_and_not_pasted_loses_the_collage():
     assert "collage" in it.meta["signals"], it.meta["signals"]
 
 
+@pytest.mark.parametrize(
+    "name,a,b",
+    [
+        ("tree.avi", 18, 54),  # a finger enters at the top right, filled with the sky and leaves
+        ("real2/makeup_hand_face.avi", 75, 134),  # she leans in: the face is left where it was
+    ],
+)
+def test_a_large_wrong_piece_loses_the_collage(name, a, b):
+    """Two collages reviewers called broken, whose wrong share of the changed region (0.17, 0.16)
+    and of its worst part passed: each draws one connected piece wrong on more than 1.3 % of the
+    frame (``quality.max_unexplained_piece_frac`` 0.01). The collage goes, the drags and the
+    sketch stay; with the rule off the collage was written."""
+    path = str(shared_video(name))
+    _, it = _pair(path, a, b, load_config("demo"))
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    q = it.meta["quality"]
+    assert q["collage_unexplained_piece_frac"] > 0.012 and q["collage_unexplained_frac"] < 0.2, q
+    assert "collage" not in it.meta["signals"] and {"drag", "sketch"} <= set(it.meta["signals"])
+    _, it = _pair(path, a, b, load_config("demo", ["quality.max_unexplained_piece_frac=null"]))
+    assert "collage" in it.meta["signals"], it.meta["signals"]
+
+
 def _visible_tracks_in(it, box, min_px: float = 2.0, max_px: float = np.inf) -> int:
     """The written sample's visible tracks that move at least ``min_px`` and less than ``max_px``
     and end in ``box`` ``(x0, x1, y0, y1)`` on the target (inclusive)."""
