@@ -542,6 +542,29 @@ def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: i
 MIN_PART_FRAC = 0.002
 
 
+def enclosed_by(mask: np.ndarray, pts: np.ndarray, reach: int, min_lines: int = 2) -> np.ndarray:
+    """(N,) bool for (N, 2) points: along at least ``min_lines`` of the four lines through a point
+    (horizontal, vertical, the two diagonals) ``mask`` is met within ``reach`` px on both sides. The
+    inside of a moving hand's plain back is between its moving outlines; a plain desk beside a
+    pushed coin has the coin on one side only."""
+    m = np.asarray(mask, bool)
+    h, w = m.shape
+    p = np.rint(np.asarray(pts, np.float64).reshape(-1, 2)).astype(np.int64)
+    k = np.arange(1, max(1, int(reach)) + 1)
+    lines = np.zeros(len(p), np.int64)
+    for dx, dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        both = np.ones(len(p), bool)
+        for sgn in (1, -1):
+            x = p[:, :1] + sgn * dx * k[None]
+            y = p[:, 1:] + sgn * dy * k[None]
+            ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            hit = np.zeros(x.shape, bool)
+            hit[ok] = m[y[ok], x[ok]]
+            both &= hit.any(axis=1)
+        lines += both
+    return lines >= min_lines
+
+
 def largest_component(mask: np.ndarray) -> int:
     """Pixels in the largest 8-connected component of ``mask`` (0 when empty)."""
     if not mask.any():

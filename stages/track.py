@@ -54,6 +54,7 @@ from vid2pair.ops.image import to_gray
 from vid2pair.stages.drag import DRAG_INPUT, DRAG_METRICS, DRAG_SCORES, DragConfig, draw_drag, judge_drag
 from vid2pair.stages.evidence import (
     coherent_matches,
+    enclosed_by,
     in_mask,
     klt_contradicts,
     klt_tracks,
@@ -68,9 +69,10 @@ from vid2pair.stages.evidence import (
     textured,
 )
 
-#: hold_still_plain_max_px applies this close (px@240) to what moves: the inside of a plain hand or
-#: jacket whose outline moved is within it, a plain desk's drift far from any mover is not
-_PLAIN_NEAR_PX = 24
+#: hold_still_plain_max_px applies to points with what moves on both sides within this (px@240) along
+#: two of the four lines through them (evidence.enclosed_by): the inside of a plain hand or jacket
+#: whose outline moved; a plain desk beside a pushed coin is not
+_PLAIN_REACH_PX = 40
 
 __all__ = [
     "TrackConfig",
@@ -130,7 +132,8 @@ class TrackConfig:
     hold_still_plain_max_px: Optional[float] = knob(
         3.0,
         "hold_still: a held point on a plain target surface (evidence.textured false) that the "
-        "tracker moved farther than this, within 24 px@240 of what moves, is hidden, not held: "
+        "tracker moved farther than this, with what moves on both sides (within 40 px@240 along two "
+        "of the four lines through it), is hidden, not held: "
         "'nothing changed' proves nothing inside a plain moving thing (the back of a hand, a black "
         "jacket whose outline moved 10 px reads the same skin or cloth at the same place); null: "
         "held like the rest",
@@ -843,12 +846,9 @@ class TrackStage(PairStage):
                 # neither answer is shown
                 sc = frame_scale(it.arrays["src"].shape, "px@240")
                 far = np.linalg.norm(xy - grid, axis=1) > self.tcfg.hold_still_plain_max_px * sc
-                # ... near what moves: a chained flow drifts on a plain desk far from any mover too
-                r = max(1, round(_PLAIN_NEAR_PX * sc))
-                near = cv2.dilate(
-                    (~still).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
-                )
-                unsure = s & far & ~in_mask(textured(it.arrays["tgt"]), grid) & in_mask(near > 0, grid)
+                # ... between moving outlines: a chained flow drifts on a plain desk beside a mover too
+                inside = enclosed_by(~still, grid, max(1, round(_PLAIN_REACH_PX * sc)))
+                unsure = s & far & ~in_mask(textured(it.arrays["tgt"]), grid) & inside
             xy[s], vis[s] = grid[s], True
             vis[unsure] = False
             n_still, n_unsure = int((s & ~unsure).sum()), int(unsure.sum())

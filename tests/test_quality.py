@@ -465,3 +465,16 @@ def test_tracks_that_disagree_with_the_images_are_hidden():
     rest[bg] = rest[ob] = False
     assert v[rest].mean() >= 0.95, v[rest].mean()
     assert out.meta["quality"]["tracks_hidden"] >= 50 / vis.sum()
+
+
+def test_enclosed_by_tells_the_inside_of_an_outline_from_its_side():
+    """The outline of a hand that moved (a 40 x 60 ring, open at the bottom where the arm leaves the
+    frame): its plain inside lies between outline pixels along two lines or more; a point of desk
+    beside it has the outline on one side only, and one beyond ``reach`` is not enclosed either."""
+    from vid2pair.stages.evidence import enclosed_by
+
+    m = np.zeros((120, 160), bool)
+    m[40:100, 60:62] = m[40:100, 98:100] = m[40:42, 60:100] = True  # left, right and top edges
+    pts = np.array([[80, 70], [80, 60], [130, 70], [20, 70]], np.float32)
+    assert enclosed_by(m, pts, reach=30).tolist() == [True, True, False, False]
+    assert enclosed_by(m, pts[:1], reach=10).tolist() == [False]  # the edges are 18-30 px away
