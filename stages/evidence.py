@@ -542,6 +542,36 @@ def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: i
 MIN_PART_FRAC = 0.002
 
 
+def looks_like_still(
+    img: np.ndarray, still: np.ndarray, pts: np.ndarray, reach: float, grey: float, contrast: float = 3.0
+) -> np.ndarray:
+    """(N,) bool for (N, 2) points of ``img``: within ``reach`` px of the point a pixel of ``still``
+    has a 5x5 patch of the same look: mean colour within ``grey`` levels in every channel and grey
+    contrast (std) within ``contrast``. Carpet seen through a dog's curled tail, a table edge beside a
+    bottle, pavement beside a walker look like the still carpet, table or pavement next to them; a
+    track that says they moved with the mover has nothing to show it is not that background."""
+    f = np.asarray(img, np.float32)
+    if f.ndim == 2:
+        f = f[..., None]
+    mean = cv2.boxFilter(f, -1, (5, 5)).reshape(f.shape)
+    g = to_gray(img).astype(np.float32)
+    std = np.sqrt(np.maximum(cv2.boxFilter(g * g, -1, (5, 5)) - cv2.boxFilter(g, -1, (5, 5)) ** 2, 0.0))
+    h, w = g.shape
+    st = np.asarray(still, bool)
+    r = max(1, int(round(reach)))
+    out = np.zeros(len(pts), bool)
+    for j, (x, y) in enumerate(np.clip(np.rint(np.asarray(pts).reshape(-1, 2)), 0, [w - 1, h - 1]).astype(int)):
+        y0, y1, x0, x1 = max(0, y - r), min(h, y + r + 1), max(0, x - r), min(w, x + r + 1)
+        k = st[y0:y1, x0:x1]
+        if not k.any():
+            continue
+        same = (np.abs(mean[y0:y1, x0:x1][k] - mean[y, x]).max(axis=-1) < grey) & (
+            np.abs(std[y0:y1, x0:x1][k] - std[y, x]) < contrast
+        )
+        out[j] = bool(same.any())
+    return out
+
+
 def enclosed_by(mask: np.ndarray, pts: np.ndarray, reach: int, min_lines: int = 2) -> np.ndarray:
     """(N,) bool for (N, 2) points: along at least ``min_lines`` of the four lines through a point
     (horizontal, vertical, the two diagonals) ``mask`` is met within ``reach`` px on both sides. The

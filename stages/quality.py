@@ -242,6 +242,19 @@ class QualityConfig:
         ge=-1,
         le=1,
     )
+    track_lookalike_px: Optional[float] = knob(
+        25.0,
+        "tracks rule: a moving track whose target point looks like still background within this "
+        "distance (a 5x5 patch of the same mean colour, within track_lookalike_grey, and contrast) "
+        "is hidden: carpet seen through a dog's curled tail, pavement beside a walker, a table edge "
+        "beside a bottle were tracked along with the mover 12-20 px, and nothing in the images "
+        "shows they were not that background. null: off",
+        unit="px@240",
+        gt=0,
+    )
+    track_lookalike_grey: float = knob(
+        10.0, "tracks rule: the colour difference (per channel) under which a patch looks alike", unit="grey", ge=0
+    )
     drag_still_margin: float = knob(
         1.0,
         "drag rule: the mean grey difference of the handle's source patch and the target's patch "

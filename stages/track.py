@@ -59,6 +59,7 @@ from vid2pair.stages.evidence import (
     klt_contradicts,
     klt_tracks,
     klt_verify,
+    looks_like_still,
     moved_not_still,
     patch_diff,
     patch_ncc,
@@ -619,7 +620,10 @@ def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     than in place, at either end (:func:`~vid2pair.stages.evidence.moved_not_still` with
     ``both_ends``: floor or wall carried along with a passing person or a moved bottle fails) and
     not be plain at both ends (11x11 std under 4 grey levels: the wall a hand's soft shadow crossed
-    matches itself moved with the shadow as well as in place); one
+    matches itself moved with the shadow as well as in place), nor look like the still background
+    within ``quality.track_lookalike_px`` of its target point
+    (:func:`~vid2pair.stages.evidence.looks_like_still`: carpet seen through a dog's curled tail,
+    carried along with the tail); one
     that moves less must find the target's patch at its end in the source within
     ``quality.change_thresh`` grey levels (mean over 5x5, exposure fitted: a point on a car that
     drove off, left behind, fails). The others are marked not visible, so the matching supervision
@@ -642,6 +646,13 @@ def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
         # itself moved with the shadow as well as in place
         plain = plain_patches(p.comp, s[moving]) & plain_patches(p.tgt, t[moving])
         bad[moving] = ~moved_not_still(p.comp, p.tgt, m, both_ends=True) | plain
+        if p.c.track_lookalike_px is not None:
+            # ... and it must not look like the still background beside it: then nothing shows that the
+            # point was not that background, carried along with the mover
+            k = np.flatnonzero(moving & ~bad)
+            reach = p.c.track_lookalike_px * frame_scale(p.tgt.shape, "px@240")
+            still_bg = ~still_support(p.src, p.tgt)
+            bad[k] |= looks_like_still(p.tgt, still_bg, t[k], reach, p.c.track_lookalike_grey)
     if still.any():
         bad[still] = patch_diff(p.comp, s[still], p.tgt, t[still], radius=2) > p.c.change_thresh
     sc["tracks_hidden"] = round(float(bad.sum() / vis.sum()), 4)
