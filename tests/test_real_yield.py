@@ -471,6 +471,7 @@ def test_wall_crossed_by_a_soft_shadow_is_not_tracked(monkeypatch):
     assert on_wall(it) <= 15
 
     monkeypatch.setattr(track, "plain_patches", lambda img, pts: np.zeros(len(pts), bool))
+    cfg.quality.track_lookalike_px = None  # (the wall also looks like the still wall beside it)
     _, it = _pair(str(shared_video(HANDS)), 479, 515, cfg)
     assert on_wall(it) >= 40
 
