@@ -214,7 +214,11 @@ class QualityConfig:
         le=1,
     )
     min_gain_db: float = knob(
-        1.0, "coarse / collage rule: PSNR gain over no edit on the changed, covered pixels", unit="dB"
+        8.0,
+        "collage rule: PSNR gain over no edit on the changed, covered pixels. A collage that leaves "
+        "cars, a walker, a shirt or a bottle cap where they were gains 2.3-7.5 dB; the collages "
+        "reviewers found right gain 9-19 dB (the coarse edit has its own, coarse_min_gain_db)",
+        unit="dB",
     )
     coarse_min_gain_db: float = knob(
         8.0,
@@ -284,6 +288,19 @@ class QualityConfig:
         "that is textured, matched better moved than in place and by an edge the target has and the "
         "source has not (flow noise where a mover left, on a floor, a road, a wall that darkened, the "
         "outline where an arm used to be), then the pieces shorter than 10 stroke widths (needs flow_bwd)",
+    )
+    sketch_lookalike_frac: Optional[float] = knob(
+        0.75,
+        "sketch rule: a stroke piece (8-connected) of which at least this share of the pixels look "
+        "like the still background within track_lookalike_px (5x5 mean colour within "
+        "sketch_lookalike_grey, contrast within 3) is erased: an edge the target has where a mover "
+        "used to be, or of swaying leaves, is background, not an outline of what moved; null: off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    sketch_lookalike_grey: float = knob(
+        6.0, "sketch rule: the colour tolerance of sketch_lookalike_frac", unit="grey", gt=0
     )
     region_min_on_change: float = knob(
         0.5, "region rule: share of a region's mask on what changed", unit="frac", ge=0, le=1

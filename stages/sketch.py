@@ -42,10 +42,10 @@ import cv2
 import numpy as np
 
 from vid2pair.core.items import Item, PairItem
-from vid2pair.core.spec import knob
+from vid2pair.core.spec import frame_scale, knob
 from vid2pair.core.stage import Member, Metrics, PairStage, Score, Signal, TrainInput, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
-from vid2pair.stages.evidence import moved_beats_still, new_edges, textured
+from vid2pair.stages.evidence import looks_like_still, moved_beats_still, new_edges, still_support, textured
 from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["SketchConfig", "sketch_from_flow", "prune_strokes", "edge_strength", "thin", "target_flow", "SketchStage"]
@@ -271,6 +271,24 @@ def prune_strokes(strokes: np.ndarray, keep: np.ndarray, min_area: int) -> np.nd
 NEW_EDGE_GREY = 6.0
 
 
+def _lookalike_pieces(p, strokes: np.ndarray, frac: float, grey: float) -> np.ndarray:
+    """The stroke pieces (8-connected, bool mask) of which at least ``frac`` of the pixels look like
+    the still background within ``quality.track_lookalike_px`` of them
+    (:func:`~vid2pair.stages.evidence.looks_like_still`). Where a mover used to be the target shows
+    background, and its edges are new there (the mover had hidden them): a window edge where a
+    forearm was (``real/balle1-vp9`` 1->193), the wall base a mouse had covered
+    (``real2/mouse_openfield_topdown`` 2059->2099), a table edge beside a bottle, leaves that swayed.
+    They look like the still background next to them; a mover's outline holds the mover."""
+    n, lab = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
+    ys, xs = np.nonzero(lab)
+    reach = (p.c.track_lookalike_px or 25.0) * frame_scale(p.tgt.shape, "px@240")
+    like = looks_like_still(p.tgt, ~still_support(p.src, p.tgt), np.stack([xs, ys], 1), reach, grey)
+    share = np.bincount(lab[ys, xs], weights=like, minlength=n) / np.maximum(np.bincount(lab[ys, xs], minlength=n), 1)
+    gone = share >= frac
+    gone[0] = False
+    return gone[lab]
+
+
 def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The sketch signal's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): at least one stroke,
     the strokes on what changed and next to content whose move the flows verify."""
@@ -317,6 +335,8 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
         new = cv2.dilate(new_edges(p.comp, p.tgt, NEW_EDGE_GREY).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         seen = p.verified_tgt & textured(p.tgt) & moved_beats_still(p.comp, p.tgt, p.bwd) & new
         kept = prune_strokes(strokes, cv2.dilate(seen.astype(np.uint8), k) > 0, min_area=10 * width)
+        if c.sketch_lookalike_frac is not None and kept.any():
+            kept &= ~_lookalike_pieces(p, kept, c.sketch_lookalike_frac, c.sketch_lookalike_grey)
         sc["sketch_erased"] = round(1.0 - float(kept.sum()) / n_on, 4)
         if not kept.any():
             sig_fail.setdefault("sketch", ("sketch_unverified", "no stroke piece next to verified moving content"))
