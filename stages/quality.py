@@ -23,7 +23,7 @@ filled and slightly dilated):
   (``unmatched_change`` above ``max_unexplained_frac`` or ``max_unexplained_blob_frac``).
 * **coarse edit / collage** (signal): ``*_gain_db``, PSNR against the target on the changed,
   covered pixels minus that of "no edit" (the source) on the same pixels, at least
-  ``min_gain_db``; ``*_false_hole_frac``, holes where nothing changed (outside ``R``), as a
+  ``coarse_min_gain_db`` (coarse) or ``min_gain_db`` (collage); ``*_false_hole_frac``, holes where nothing changed (outside ``R``), as a
   fraction of the frame, at most ``max_false_hole_frac`` (holes belong where something
   disoccludes, which is inside the changed region); what it draws wrong (holes aside) at most
   ``max_unexplained_frac`` of the changed region, ``max_unexplained_part_frac`` of any one
@@ -34,7 +34,9 @@ filled and slightly dilated):
   handle agrees with the target patch at the target (NCC >= ``drag_min_ncc``). Invalid drags are
   removed; fewer than ``min_drags`` valid ones drop the signal.
 * **sketch** (signal): at least one stroke, and at least ``sketch_min_on_change`` of the stroke
-  pixels on what changed (``R`` dilated by the stroke width).
+  pixels on what changed (``R`` dilated by the stroke width). Strokes not next to content seen to
+  move are erased, and so are pieces that look like the still background
+  (``sketch_lookalike_frac``).
 * **region drags** (signal): regions with less than ``region_min_on_change`` of their mask in
   ``R``, or whose mask moved by their transform does not land on ``R`` or explains the target no
   better than ``region_max_error_ratio`` times the region left in place (in grey levels, and in
