@@ -23,9 +23,10 @@ filled and slightly dilated):
   (``unmatched_change`` above ``max_unexplained_frac`` or ``max_unexplained_blob_frac``).
 * **coarse edit / collage** (signal): ``*_gain_db``, PSNR against the target on the changed,
   covered pixels minus that of "no edit" (the source) on the same pixels, at least
-  ``coarse_min_gain_db`` (coarse) or ``min_gain_db`` (collage); ``*_false_hole_frac``, holes where nothing changed (outside ``R``), as a
-  fraction of the frame, at most ``max_false_hole_frac`` (holes belong where something
-  disoccludes, which is inside the changed region); what it draws wrong (holes aside) at most
+  ``coarse_min_gain_db`` (coarse) or ``min_gain_db`` (collage); ``*_false_hole_frac``, holes
+  where nothing changed (outside ``R``), as a fraction of the frame, at most
+  ``max_false_hole_frac`` (holes belong where something disoccludes, which is inside the
+  changed region); what it draws wrong (holes aside) at most
   ``max_unexplained_frac`` of the changed region, ``max_unexplained_part_frac`` of any one
   changed part (a component of ``R``), and no connected wrong piece above
   ``max_unexplained_piece_frac`` of the frame.

@@ -336,7 +336,9 @@ def test_sketch_strokes_on_a_wall_that_only_darkened_are_erased():
     assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
     sk = _image(it.files["sketch.png"])[..., 0] > 0
     assert sk[30:95, 0:60].sum() == 0  # the wardrobe
-    assert sk[:, 100:].sum() >= 2000  # the hand and face
+    # the hand and face (2380 px without sketch_lookalike_frac, which also erases the shirt's upper
+    # edge and strokes in the hair: they look like the unchanged shirt and hair beside them)
+    assert sk[:, 100:].sum() >= 1500
 
     cfg.quality.sketch_erase_unverified = False
     _, it = _pair(str(shared_video("real2/makeup_hand_face.avi")), 103, 161, cfg)
@@ -533,6 +535,7 @@ def test_sketch_strokes_where_a_limb_used_to_be_are_erased(monkeypatch, name, a,
     assert (_image(it.files["sketch.png"])[..., 0] > 0)[y0:y1, x0:x1].sum() == 0
 
     monkeypatch.setattr(sketch, "NEW_EDGE_GREY", -1e9)  # every pixel has a new edge
+    cfg.quality.sketch_lookalike_frac = None  # which also erases the strokes on the chair
     _, it = _pair(str(shared_video(name)), a, b, cfg)
     assert (_image(it.files["sketch.png"])[..., 0] > 0)[y0:y1, x0:x1].sum() >= 50
 
