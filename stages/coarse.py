@@ -155,8 +155,23 @@ def coarse_edit(
 
 def judge_coarse(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     """The coarse edit's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): those of a warped edit
-    (:func:`~vid2pair.stages.evidence.judge_warped_edit`), with the gain ``quality.coarse_min_gain_db``."""
+    (:func:`~vid2pair.stages.evidence.judge_warped_edit`), with the gain ``quality.coarse_min_gain_db``.
+    The coarse edit is the source warped by the forward flow: under that gain the flow does not draw
+    the target where it changed, and with ``quality.flow_needs_coarse_gain`` the dense flow signals
+    go too (``flow_no_gain``: ``woman_drinking_room`` 20->95, a raised arm and cup that moved 20 px
+    where the largest flow is 5.4)."""
     judge_warped_edit("coarse", p.c.coarse_min_gain_db, p, it, sc, sig_fail)
+    g = sc.get("coarse_gain_db")
+    if p.c.flow_needs_coarse_gain and g is not None and g < p.c.coarse_min_gain_db:
+        for name in ("flow", "flow_bwd"):
+            sig_fail.setdefault(
+                name,
+                (
+                    "flow_no_gain",
+                    f"the source warped by the flow (the coarse edit) gains {g} dB over no edit on the "
+                    f"changed region (< {p.c.coarse_min_gain_db}): the flow does not follow what moved",
+                ),
+            )
 
 
 class CoarseStage(PairStage):

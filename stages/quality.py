@@ -231,6 +231,11 @@ class QualityConfig:
         "or leaves a cup away from the mouth it gains 2.6-7 dB",
         unit="dB",
     )
+    flow_needs_coarse_gain: bool = knob(
+        True,
+        "flow rule: the dense flow signals (flow, flow_bwd) are dropped as flow_no_gain when the coarse "
+        "edit, the source warped by the flow, gains less than coarse_min_gain_db (needs the coarse edit)",
+    )
     max_false_hole_frac: float = knob(
         0.03, "coarse / collage rule: holes where nothing changed, fraction of the frame", unit="frac", ge=0, le=1
     )

@@ -426,6 +426,22 @@ def test_a_collage_that_leaves_a_mover_behind_is_dropped(name, a, b):
     assert "collage" in it.meta["signals"], it.meta["signals"]
 
 
+def test_a_flow_that_misses_a_raised_arm_is_not_written():
+    """woman_drinking_room 20->95: she raises a cup to her mouth, arm and cup move about 20 px, and the
+    dense flow's largest vector is 5.4 px (a reviewer's find). The coarse edit, the source warped by
+    that flow, gains under 8 dB over no edit where the frame changed: the coarse edit goes, and with
+    it the flow (``flow_no_gain``); the tracks and the sketch stay. With
+    ``quality.flow_needs_coarse_gain`` off the flow was written."""
+    path = str(shared_video("real2/woman_drinking_room.avi"))
+    _, it = _pair(path, 20, 95, load_config("demo"))
+    assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+    assert it.meta["quality"]["coarse_gain_db"] < 8.0, it.meta["quality"]
+    assert "flow" not in it.meta["signals"] and "sketch" in it.meta["signals"], it.meta["signals"]
+    assert ("flow", "flow_no_gain") in [(r["signal"], r["reason"]) for r in it.meta["signal_rejects"]]
+    _, it = _pair(path, 20, 95, load_config("demo", ["quality.flow_needs_coarse_gain=false"]))
+    assert "flow" in it.meta["signals"], it.meta["signals"]
+
+
 def test_a_collage_found_right_keeps_its_gain():
     """people_walk_past_table 835->846: a man walks right; reviewers found the collage right (holes on
     the strip he uncovered, residuals only thin halos). It gains well over the 8 dB floor."""
