@@ -80,6 +80,7 @@ from vid2pair.stages.evidence import (
     solid_change,
     sparse_matches,
     textured,
+    worst_part,
 )
 
 __all__ = ["QualityConfig", "QualityStage", "judge"]
@@ -101,6 +102,7 @@ SCORES = {
     "fb_consistent": "float64",
     "unexplained_frac": "float64",
     "unexplained_blob_frac": "float64",
+    "unexplained_part_frac": "float64",
     "orphan_blob_frac": "float64",
 }
 
@@ -212,6 +214,15 @@ class QualityConfig:
         "consistent flow, no sparse match) above this: "
         "unmatched_change (something appears or disappears); null: "
         "off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    max_flow_unexplained_part_frac: Optional[float] = knob(
+        None,
+        "flow rule: share of one changed part (a component of the changed region covering at least "
+        "0.2 % of the frame) that the flow leaves unexplained above this: the signals made from it are "
+        "dropped as flow_unexplained (one walker among several that the flow did not follow); null: off",
         unit="frac",
         ge=0,
         le=1,
@@ -552,6 +563,7 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
     bad = cv2.morphologyEx(raw_bad.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     sc["unexplained_frac"] = round(float(bad.sum() / max(1, C.sum())), 4)
     sc["unexplained_blob_frac"] = round(largest_component(bad) / float(h * w), 5)
+    sc["unexplained_part_frac"] = worst_part(bad, C, R)
     # the changed regions (R's components: an object, a block of text) that are mostly unexplained and
     # that no sparse, verified match lands in or leaves
     n_lab, lab = cv2.connectedComponents(R.astype(np.uint8), connectivity=8)
@@ -599,6 +611,14 @@ def _flow_rules(p: _Pair, it: PairItem, sc: dict, sig_fail: dict) -> Optional[tu
             "flow_unexplained",
             f"unexplained_frac {sc['unexplained_frac']:.3f} > {c.max_unexplained_frac}: the "
             f"source warped by the flow does not explain the changed target",
+        )
+    elif (
+        c.max_flow_unexplained_part_frac is not None and sc["unexplained_part_frac"] > c.max_flow_unexplained_part_frac
+    ):
+        why = (
+            "flow_unexplained",
+            f"the flow leaves {sc['unexplained_part_frac']:.2f} of one changed part unexplained "
+            f"(> {c.max_flow_unexplained_part_frac}): one mover among several that it does not follow",
         )
     if why:
         p.flow_verdict = why  # the dense flow signals' judges (vid2pair.stages.flow.judge_dense_flow) read it
