@@ -79,6 +79,7 @@ from vid2pair.stages.evidence import (
     residual,
     solid_change,
     sparse_matches,
+    still_support,
     textured,
     worst_part,
 )
@@ -411,6 +412,15 @@ class _Pair:
         self.given_matches = a.get("matches")
         #: ``(reason, detail)`` when the dense flow does not hold (set by the flow rules)
         self.flow_verdict: Optional[tuple[str, str]] = None
+        self._still_bg: Optional[np.ndarray] = None
+
+    def still_background(self) -> np.ndarray:
+        """``True`` where a fixed camera's pixels stay still (not
+        :func:`~vid2pair.stages.evidence.still_support`), computed once for the judges that read it
+        (the tracks' and the sketch's look-alike rules)."""
+        if self._still_bg is None:
+            self._still_bg = ~still_support(self.src, self.tgt)
+        return self._still_bg
 
     def px(self, name: str) -> float:
         """Quality knob ``name`` (a px@512 length) in this pair's pixels."""

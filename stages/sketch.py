@@ -45,7 +45,7 @@ from vid2pair.core.items import Item, PairItem
 from vid2pair.core.spec import frame_scale, knob
 from vid2pair.core.stage import Member, Metrics, PairStage, Score, Signal, TrainInput, pair_reject
 from vid2pair.ops.draw import Panel, PanelView, _resize_strokes, overlay_sketch
-from vid2pair.stages.evidence import looks_like_still, moved_beats_still, new_edges, still_support, textured
+from vid2pair.stages.evidence import looks_like_still, moved_beats_still, new_edges, textured
 from vid2pair.stages.splat import check_pair_arrays
 
 __all__ = ["SketchConfig", "sketch_from_flow", "prune_strokes", "edge_strength", "thin", "target_flow", "SketchStage"]
@@ -282,7 +282,7 @@ def _lookalike_pieces(p, strokes: np.ndarray, frac: float, grey: float) -> np.nd
     n, lab = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
     ys, xs = np.nonzero(lab)
     reach = (p.c.track_lookalike_px or 25.0) * frame_scale(p.tgt.shape, "px@240")
-    like = looks_like_still(p.tgt, ~still_support(p.src, p.tgt), np.stack([xs, ys], 1), reach, grey)
+    like = looks_like_still(p.tgt, p.still_background(), np.stack([xs, ys], 1), reach, grey)
     share = np.bincount(lab[ys, xs], weights=like, minlength=n) / np.maximum(np.bincount(lab[ys, xs], minlength=n), 1)
     gone = share >= frac
     gone[0] = False

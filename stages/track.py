@@ -651,8 +651,7 @@ def judge_tracks(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             # point was not that background, carried along with the mover
             k = np.flatnonzero(moving & ~bad)
             reach = p.c.track_lookalike_px * frame_scale(p.tgt.shape, "px@240")
-            still_bg = ~still_support(p.src, p.tgt)
-            bad[k] |= looks_like_still(p.tgt, still_bg, t[k], reach, p.c.track_lookalike_grey)
+            bad[k] |= looks_like_still(p.tgt, p.still_background(), t[k], reach, p.c.track_lookalike_grey)
     if still.any():
         bad[still] = patch_diff(p.comp, s[still], p.tgt, t[still], radius=2) > p.c.change_thresh
     sc["tracks_hidden"] = round(float(bad.sum() / vis.sum()), 4)
