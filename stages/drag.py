@@ -52,7 +52,7 @@ from vid2pair.ops.draw import (
     overlay_mask,
     scale_points,
 )
-from vid2pair.stages.evidence import in_mask, moved_not_still, patch_ncc, sample_field
+from vid2pair.stages.evidence import changed_in_place, in_mask, moved_not_still, patch_ncc, sample_field
 
 __all__ = [
     "DragConfig",
@@ -356,8 +356,8 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     on what moves, long enough to see, on texture, and the source patch at the handle agreeing with
     the target patch at the target better than either image in place, by
     ``quality.drag_still_margin`` (what the target shows at the target point was not already
-    there); no other valid drag from about the same handle going elsewhere. Invalid drags are
-    removed."""
+    there); the pixels under each end changed by ``quality.drag_end_min_change``; no other valid
+    drag from about the same handle going elsewhere. Invalid drags are removed."""
     meta, c, R = it.meta, p.c, p.R
     if "drag" not in meta:
         return
@@ -383,6 +383,13 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             )
             & in_mask(cv2.dilate(p.tex.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0, hs)
         )
+        # the pixels under each end changed (3x3, colour): a handle on pavement that is still pavement
+        # in the target, or a target on wall that was wall in the source, claims a still thing moved
+        # (the patch rules above pass such ends when a mover's edge is within the 11x11 patch)
+        if c.drag_end_min_change > 0:
+            ok &= np.minimum(changed_in_place(p.comp, p.tgt, hs), changed_in_place(p.comp, p.tgt, ts)) >= (
+                c.drag_end_min_change
+            )
         # two valid drags from about one handle to two places: both go (16 px@512 apart, 16 px unlike)
         v = np.flatnonzero(ok)
         ok[v[contradicting(hs[v], ts[v], 16.0 * p.s, 16.0 * p.s)]] = False

@@ -291,6 +291,15 @@ class QualityConfig:
         gt=0,
         le=1,
     )
+    drag_end_min_change: float = knob(
+        6.0,
+        "drag rule: the mean colour difference of source and target in place over the 3x3 pixels "
+        "under each end of a drag must reach this: the content left the handle and reached the "
+        "target. Still pavement beside a walker's feet reads 5 (a handle there claimed the "
+        "pavement moved 11 px); a red jacket over sand of its brightness 6.7. 0 turns it off",
+        unit="grey",
+        ge=0,
+    )
     sketch_min_on_change: float = knob(
         0.6, "sketch rule: share of stroke pixels on what changed", unit="frac", ge=0, le=1
     )
