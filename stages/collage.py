@@ -48,14 +48,14 @@ import numpy as np
 from vid2pair.core.device import resolve_device
 from vid2pair.core.seeding import rng_for
 from vid2pair.core.spec import knob, need
-from vid2pair.core.stage import Member, Need, PairStage, Resources, Signal, pair_reject
+from vid2pair.core.stage import Member, Need, PairStage, Resources, Score, Signal, pair_reject
 from vid2pair.ops.similarity import (  # noqa: F401  (re-exported)
     _similarity_params,
     fit_similarity,
     residual_px,
     segment_median_flow,
 )
-from vid2pair.stages.evidence import judge_warped_edit, warped_edit_signal
+from vid2pair.stages.evidence import edit_scores, judge_warped_edit, residual, warped_edit_signal
 from vid2pair.stages.region_drag import (
     REGION_METRICS,
     REGION_SCORES,
@@ -441,10 +441,63 @@ def make_collage(
     }
 
 
+def hole_wrong_pieces(p, it) -> Optional[int]:
+    """Turn into holes the pasted pieces (segments, the ``collage_owner`` map) that draw most of what
+    changed under them wrong: at least ``quality.collage_piece_max_wrong`` of their changed, drawn
+    pixels differ from the target, and at least ``quality.collage_piece_min_wrong_frac`` of the frame,
+    become holes where the frame changed (``R``: a segment of floor that spans the arena keeps its
+    still part).
+    A forearm carried with the body while the target raised it into a hug, a patch of floor pasted
+    over a mouse's head: a hole there is honest (something is there, the collage does not know what),
+    the piece teaches a wrong place. Returns how many pieces went (``collage_owner`` is dropped);
+    None when the rule is off or the pair has no owner map."""
+    a, c = it.arrays, p.c
+    own = a.pop("collage_owner", None)
+    if own is None or c.collage_piece_max_wrong is None or "collage" not in a or "collage_mask" not in a:
+        return None
+    holes = a["collage_mask"] > 0
+    drawn = p.C & ~holes & (own >= 0)
+    wrong = drawn & residual(a["collage"], p.tgt, c.change_thresh, p.sigma)
+    wrong = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    n = int(own.max()) + 1
+    if n <= 0 or not wrong.any():
+        return 0
+    changed = np.bincount(own[drawn], minlength=n)
+    bad = np.bincount(own[wrong], minlength=n)
+    go = (bad >= c.collage_piece_max_wrong * np.maximum(changed, 1)) & (
+        bad >= c.collage_piece_min_wrong_frac * own.size
+    )
+    if go.any():  # the piece where the frame changed (R); where nothing changed it is right as it is
+        m = (own >= 0) & go[np.maximum(own, 0)] & p.R
+        a["collage"] = np.where(m[..., None], 0, a["collage"]).astype(np.uint8)
+        a["collage_mask"] = np.where(m, 255, a["collage_mask"]).astype(np.uint8)
+    return int(go.sum())
+
+
 def judge_collage(p, it, sc: dict, sig_fail: dict) -> None:
-    """The collage's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): those of a warped edit
-    (:func:`~vid2pair.stages.evidence.judge_warped_edit`), with the gain ``quality.min_gain_db``."""
-    judge_warped_edit("collage", p.c.min_gain_db, p, it, sc, sig_fail)
+    """The collage's rules (its :attr:`~vid2pair.core.stage.Signal.judge`): its pieces that draw what
+    changed under them wrong become holes (:func:`hole_wrong_pieces`), then the rules of a warped
+    edit (:func:`~vid2pair.stages.evidence.judge_warped_edit`), with the gain ``quality.min_gain_db``
+    asked of the collage both before and after the holing."""
+    a, c = it.arrays, p.c
+    if "collage" in a and "collage_mask" in a and "collage_owner" in a:
+        # the gain floor is the collage's as it was made: holing its wrong pieces lifts its gain, and
+        # must not let through a collage whose transforms did not follow what moved
+        g0 = edit_scores("collage", a["collage"], a["collage_mask"] > 0, p.src, p.tgt, p.C, p.R, c, p.sigma)[
+            "collage_gain_db"
+        ]
+        k = hole_wrong_pieces(p, it)
+        if k is not None:
+            sc["collage_holed_pieces"] = k
+            it.meta.setdefault("collage", {})["holed_pieces"] = k
+        if k:
+            sc["collage_gain_as_made_db"] = g0
+        if k and (g0 is None or g0 < c.min_gain_db):
+            sig_fail.setdefault(
+                "collage",
+                ("collage_no_gain", f"collage gains {g0} dB over no edit on the changed region (< {c.min_gain_db})"),
+            )
+    judge_warped_edit("collage", c.min_gain_db, p, it, sc, sig_fail)
 
 
 class CollageStage(PairStage):
@@ -453,6 +506,7 @@ class CollageStage(PairStage):
     name = "collage"
     sections = {"collage": CollageConfig, "region_drag": RegionDragConfig}
     reads = ("src", "tgt", "flow", "flow_valid", "rematched_src")
+    provides = ("collage_owner",)
     writes = (
         Member("collage.png", "collage", "png"),
         Member("collage_mask.png", "collage_mask", "png"),
@@ -460,7 +514,14 @@ class CollageStage(PairStage):
         Member("region_masks.png", "region_masks", "png"),
     )
     signals = (
-        warped_edit_signal("collage", "collage", judge_collage, count="n_segments", preview_rank=1),
+        warped_edit_signal(
+            "collage",
+            "collage",
+            judge_collage,
+            count="n_segments",
+            preview_rank=1,
+            extra_scores=(Score("collage_holed_pieces", dtype="int64"),),
+        ),
         Signal(
             "region_drag",
             ("region_drag.json", "region_masks.png"),
@@ -575,6 +636,7 @@ class CollageStage(PairStage):
                 meta["depth"]["version"] = getattr(self._depth, "version", "")
             it.arrays["collage"] = res["collage"]
             it.arrays["collage_mask"] = res["mask"]
+            it.arrays["collage_owner"] = res["owner"]  # which piece each pixel shows: the quality stage reads it
             it.meta["collage"] = meta
             if self.rcfg.enabled:
                 drag, masks = region_drags(labels, res["fits"], flow, self.rcfg, rng=rng, images=(src, tgt))

@@ -536,11 +536,11 @@ def warped_edit_scores(name: str, label: str) -> tuple:
     )
 
 
-def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: int) -> Signal:
+def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: int, extra_scores: tuple = ()) -> Signal:
     """The signal of an edit that warps the source, with its hole mask (the coarse edit, the collage:
     ``<name>.png`` and ``<name>_mask.png``, switched by ``<name>.enabled``): its ``judge``, its QC
-    panel, scores and metrics (``count``: the ``meta[name]`` entry counted beside the holes), its
-    trainer input and its preview panel."""
+    panel, scores (and the ``extra_scores`` its judge writes) and metrics (``count``: the
+    ``meta[name]`` entry counted beside the holes), its trainer input and its preview panel."""
     return Signal(
         name,
         (f"{name}.png", f"{name}_mask.png"),
@@ -548,7 +548,7 @@ def warped_edit_signal(name: str, label: str, judge, count: str, preview_rank: i
         judge=judge,
         panels=(name,),
         draw=partial(draw_warped_edit, name=name, label=label),
-        scores=warped_edit_scores(name, label),
+        scores=warped_edit_scores(name, label) + tuple(extra_scores),
         metrics=warped_edit_metrics(name, label, count, count),
         train=edit_with_holes(f"{name}.png", f"{name}_mask.png"),
         preview=edit_image(name),

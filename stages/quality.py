@@ -29,15 +29,17 @@ filled and slightly dilated):
   changed region); what it draws wrong (holes aside) at most
   ``max_unexplained_frac`` of the changed region, ``max_unexplained_part_frac`` of any one
   changed part (a component of ``R``), and no connected wrong piece above
-  ``max_unexplained_piece_frac`` of the frame.
+  ``max_unexplained_piece_frac`` of the frame. Before those rules, a collage piece that draws most
+  of what changed under it wrong becomes a hole there (``collage_piece_max_wrong``).
 * **drags** (signal): a drag is valid when its handle and its target both lie in ``R`` (on
-  something that moves), it is at least ``drag_min_len_px`` long, and the source patch at the
-  handle agrees with the target patch at the target (NCC >= ``drag_min_ncc``). Invalid drags are
-  removed; fewer than ``min_drags`` valid ones drop the signal.
+  something that moves), it is at least ``drag_min_len_px`` long, the source patch at the
+  handle agrees with the target patch at the target (NCC >= ``drag_min_ncc``), and the pixels
+  under both ends changed in place (``drag_end_min_change``). Invalid drags are removed; fewer
+  than ``min_drags`` valid ones drop the signal.
 * **sketch** (signal): at least one stroke, and at least ``sketch_min_on_change`` of the stroke
   pixels on what changed (``R`` dilated by the stroke width). Strokes not next to content seen to
-  move are erased, and so are pieces that look like the still background
-  (``sketch_lookalike_frac``).
+  move are erased, then the dots that leaves (``sketch_min_stroke_px``), and pieces that look
+  like the still background (``sketch_lookalike_frac``).
 * **region drags** (signal): regions with less than ``region_min_on_change`` of their mask in
   ``R``, or whose mask moved by their transform does not land on ``R`` or explains the target no
   better than ``region_max_error_ratio`` times the region left in place (in grey levels, and in
@@ -236,6 +238,23 @@ class QualityConfig:
         "reviewers found right gain 9-19 dB (the coarse edit has its own, coarse_min_gain_db)",
         unit="dB",
     )
+    collage_piece_max_wrong: Optional[float] = knob(
+        0.6,
+        "collage rule: a pasted piece (segment) of which at least this share of the changed, drawn "
+        "pixels differ from the target (and at least collage_piece_min_wrong_frac of the frame) "
+        "becomes a hole before the other collage rules: a forearm carried with the body while the "
+        "target raised it (0.77, 0.89), floor pasted over a mouse's head (0.94); null: off",
+        unit="frac",
+        ge=0,
+        le=1,
+    )
+    collage_piece_min_wrong_frac: float = knob(
+        0.0004,
+        "collage rule: the fewest wrong pixels (share of the frame) that make a piece a hole under "
+        "collage_piece_max_wrong (31 px at 320x240)",
+        unit="frac",
+        ge=0,
+    )
     coarse_min_gain_db: float = knob(
         8.0,
         "coarse rule: the coarse edit is the source warped by a dense flow; where "
@@ -331,6 +350,14 @@ class QualityConfig:
     )
     sketch_lookalike_grey: float = knob(
         6.0, "sketch rule: the colour tolerance of sketch_lookalike_frac", unit="grey", gt=0
+    )
+    sketch_min_stroke_px: float = knob(
+        21.0,
+        "sketch rule: a stroke piece left by the erasing (sketch_erase_unverified) whose centre line "
+        "is shorter than this is erased too: a dot one stroke width across outlines nothing (10 px "
+        "at 240 px high, as sketch.min_component_px); 0: off",
+        unit="px@512",
+        ge=0,
     )
     region_min_on_change: float = knob(
         0.5, "region rule: share of a region's mask on what changed", unit="frac", ge=0, le=1

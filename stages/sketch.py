@@ -254,13 +254,17 @@ def sketch_from_flow(flow: np.ndarray, cfg: Optional[SketchConfig] = None, info:
     return out
 
 
-def prune_strokes(strokes: np.ndarray, keep: np.ndarray, min_area: int) -> np.ndarray:
+def prune_strokes(strokes: np.ndarray, keep: np.ndarray, min_area: int, min_len: float = 0.0) -> np.ndarray:
     """The stroke pixels (bool) inside ``keep``, less the pieces (8-connected) then smaller than
-    ``min_area`` pixels."""
+    ``min_area`` pixels or with a centre line (:func:`thin`) shorter than ``min_len`` pixels: what is
+    cut out of a stroke can leave a dot, one stroke width across, that outlines nothing (the sketch
+    stage itself drops centre lines under ``sketch.min_component_px``)."""
     kept = np.asarray(strokes, bool) & np.asarray(keep, bool)
     if kept.any():
-        _, lab, stats, _ = cv2.connectedComponentsWithStats(kept.astype(np.uint8), connectivity=8)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(kept.astype(np.uint8), connectivity=8)
         big = stats[:, cv2.CC_STAT_AREA] >= min_area
+        if min_len > 0:
+            big &= np.bincount(lab[thin(kept)], minlength=n) >= min_len
         big[0] = False
         kept = big[lab]
     return kept
@@ -334,7 +338,9 @@ def judge_sketch(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
         # arrived; not the outline of where an arm or a wrist used to be, which the flow smeared)
         new = cv2.dilate(new_edges(p.comp, p.tgt, NEW_EDGE_GREY).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         seen = p.verified_tgt & textured(p.tgt) & moved_beats_still(p.comp, p.tgt, p.bwd) & new
-        kept = prune_strokes(strokes, cv2.dilate(seen.astype(np.uint8), k) > 0, min_area=10 * width)
+        kept = prune_strokes(
+            strokes, cv2.dilate(seen.astype(np.uint8), k) > 0, min_area=10 * width, min_len=p.px("sketch_min_stroke_px")
+        )
         if c.sketch_lookalike_frac is not None and kept.any():
             kept &= ~_lookalike_pieces(p, kept, c.sketch_lookalike_frac, c.sketch_lookalike_grey)
         sc["sketch_erased"] = round(1.0 - float(kept.sum()) / n_on, 4)

@@ -418,3 +418,36 @@ def test_fits_skip_flow_the_forward_backward_check_marks_occluded():
         fit_segments(labels, flow, min_inlier_frac=0.4, rng=np.random.default_rng(1), valid=few)[1].status
         == "few_inliers"
     )
+
+
+def test_a_piece_that_draws_what_changed_wrong_becomes_a_hole():
+    """Two pasted pieces on a changed area: one shows the target, one (left where it was) shows
+    something else. The second becomes a hole, in the collage and its mask; the first stays, and so
+    does the part the splat drew (owner -1). ``collage_owner`` is dropped."""
+    from vid2pair.stages.collage import hole_wrong_pieces
+    from vid2pair.stages.quality import QualityConfig
+
+    h, w = 60, 80
+    tgt = np.full((h, w, 3), 200, np.uint8)
+    tgt[10:30, 10:30] = 40  # what the target shows where things changed
+    tgt[10:30, 40:60] = 90
+    col = tgt.copy()
+    col[10:30, 40:60] = 160  # piece 1 draws something else there
+    own = np.full((h, w), -1, np.int32)
+    own[10:30, 10:30] = 0
+    own[10:30, 40:60] = 1
+    C = np.zeros((h, w), bool)
+    C[10:30, 10:30] = C[10:30, 40:60] = True
+    arrays = {"collage": col, "collage_mask": np.zeros((h, w), np.uint8), "collage_owner": own}
+    it = SimpleNamespace(arrays=arrays)
+    own[40:50, 40:60] = 1  # piece 1 also spans still background, which stays drawn
+    p = SimpleNamespace(c=QualityConfig(), C=C, R=C, tgt=tgt, sigma=0.7)
+    assert hole_wrong_pieces(p, it) == 1
+    assert "collage_owner" not in arrays
+    assert (arrays["collage_mask"][10:30, 40:60] == 255).all() and (arrays["collage"][10:30, 40:60] == 0).all()
+    assert not arrays["collage_mask"][10:30, 10:30].any() and (arrays["collage"][10:30, 10:30] == 40).all()
+    assert not arrays["collage_mask"][40:50].any() and (arrays["collage"][40:50] == 200).all()
+    arrays["collage_owner"] = own  # the rule off: nothing goes
+    off = SimpleNamespace(c=QualityConfig(collage_piece_max_wrong=None), C=C, R=C, tgt=tgt, sigma=0.7)
+    assert hole_wrong_pieces(off, it) is None
+    assert (arrays["collage"][10:30, 40:60] == 0).all()  # (the first call's holes stay as they were)

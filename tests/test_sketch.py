@@ -256,3 +256,11 @@ def test_pruning_keeps_an_outline_and_erases_a_stroke_through_still_content():
     assert 30 <= n <= 70
     assert prune_strokes(short > 0, near, min_area=n).sum() == n
     assert not prune_strokes(short > 0, near, min_area=n + 1).any()
+    # what is left of it is a stub, 3 px wide and 16 long: its centre line is 11 px
+    assert prune_strokes(short > 0, near, min_area=30, min_len=10).sum() == n
+    assert not prune_strokes(short > 0, near, min_area=30, min_len=20).any()
+    dot = np.zeros_like(outline)
+    cv2.circle(dot, (55, 55), 4, 1, -1)  # a dot of 49 px, no longer than wide, on the square
+    assert prune_strokes((outline | dot) > 0, near, min_area=30).sum() > (outline > 0).sum()
+    kept = prune_strokes((outline | dot) > 0, near, min_area=30, min_len=10)
+    assert kept[outline > 0].all() and not kept[dot > 0].any()
