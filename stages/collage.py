@@ -636,7 +636,9 @@ class CollageStage(PairStage):
                 meta["depth"]["version"] = getattr(self._depth, "version", "")
             it.arrays["collage"] = res["collage"]
             it.arrays["collage_mask"] = res["mask"]
-            it.arrays["collage_owner"] = res["owner"]  # which piece each pixel shows: the quality stage reads it
+            # which piece each pixel shows (-1: none), for the quality stage: int16 while the ids fit
+            own = res["owner"]
+            it.arrays["collage_owner"] = own.astype(np.int16) if own.max(initial=-1) < 2**15 - 1 else own
             it.meta["collage"] = meta
             if self.rcfg.enabled:
                 drag, masks = region_drags(labels, res["fits"], flow, self.rcfg, rng=rng, images=(src, tgt))

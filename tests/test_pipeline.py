@@ -296,9 +296,9 @@ def test_ray_model_stage_actors_get_only_what_they_read_and_give_identical_shard
     assert io["arrays"] == ["flow", "flow_valid", "src", "tgt"] and io["pairs"] >= 9
     per_pair = (2 * 240 * 320 * 3 + 240 * 320 * 2 * 4 + 240 * 320) / 2**20
     assert io["mib_in"] == pytest.approx(io["pairs"] * per_pair, rel=1e-3)
-    # back: the collage (3 bytes a pixel), its hole mask and region masks (1 each), not the frames or
-    # the flow it was sent
-    assert io["mib_out"] == pytest.approx(io["pairs"] * 240 * 320 * 5 / 2**20, rel=1e-3)
+    # back: the collage (3 bytes a pixel), its hole mask and region masks (1 each) and which piece
+    # each pixel shows (int16, for the quality stage), not the frames or the flow it was sent
+    assert io["mib_out"] == pytest.approx(io["pairs"] * 240 * 320 * 7 / 2**20, rel=1e-3)
     assert "model_io" not in a
 
 
