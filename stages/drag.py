@@ -339,15 +339,23 @@ def drag_points(drag: dict) -> tuple[np.ndarray, np.ndarray]:
     return (t, s) if drag.get("direction") == "target_to_source" else (s, t)
 
 
-def contradicting(hs: np.ndarray, ts: np.ndarray, near_px: float, tol_px: float) -> np.ndarray:
+def contradicting(
+    hs: np.ndarray, ts: np.ndarray, near_px: float, tol_px: float, tear_px: float = 0.0, tear_ratio: float = 2.0
+) -> np.ndarray:
     """(N,) bool: drags (handles ``hs``, targets ``ts``) with another drag whose handle is nearer than
     ``near_px`` and which moves differently by more than ``tol_px``: about one handle going to two
-    places is not one motion, and nothing says which of the two is right."""
+    places is not one motion, and nothing says which of the two is right. ``tear_px``: also two
+    handles nearer than that whose moves differ by more than ``tol_px`` plus ``tear_ratio`` times
+    their distance: what lies between them would tear (a body bends and turns, it does not fly apart;
+    a drag from a man's hip onto a woman passing him, 16 px below the drag that took his head along)."""
     hs = np.asarray(hs, np.float32).reshape(-1, 2)
     d = np.asarray(ts, np.float32).reshape(-1, 2) - hs
-    near = np.linalg.norm(hs[:, None] - hs[None], axis=-1) < near_px
-    unlike = np.linalg.norm(d[:, None] - d[None], axis=-1) > tol_px
-    return (near & unlike).any(axis=1)
+    sep = np.linalg.norm(hs[:, None] - hs[None], axis=-1)
+    diff = np.linalg.norm(d[:, None] - d[None], axis=-1)
+    bad = (sep < near_px) & (diff > tol_px)
+    if tear_px > 0:
+        bad |= (sep < tear_px) & (diff > tol_px + tear_ratio * sep)
+    return bad.any(axis=1)
 
 
 def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
@@ -357,7 +365,8 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
     the target patch at the target better than either image in place, by
     ``quality.drag_still_margin`` (what the target shows at the target point was not already
     there); the pixels under each end changed by ``quality.drag_end_min_change``; no other valid
-    drag from about the same handle going elsewhere. Invalid drags are removed."""
+    drag from about the same handle going elsewhere, nor one near it whose move would tear what lies
+    between (``quality.drag_tear_reach_px``). Invalid drags are removed."""
     meta, c, R = it.meta, p.c, p.R
     if "drag" not in meta:
         return
@@ -392,7 +401,7 @@ def judge_drag(p, it: PairItem, sc: dict, sig_fail: dict) -> None:
             )
         # two valid drags from about one handle to two places: both go (16 px@512 apart, 16 px unlike)
         v = np.flatnonzero(ok)
-        ok[v[contradicting(hs[v], ts[v], 16.0 * p.s, 16.0 * p.s)]] = False
+        ok[v[contradicting(hs[v], ts[v], 16.0 * p.s, 16.0 * p.s, tear_px=p.px("drag_tear_reach_px"))]] = False
         meta["drag"]["points"] = [q for q, k in zip(meta["drag"]["points"], ok) if k]
     sc["drag_total"], sc["drag_valid"] = int(n), int(ok.sum())
     if ok.sum() < c.min_drags:

@@ -319,6 +319,15 @@ class QualityConfig:
         unit="grey",
         ge=0,
     )
+    drag_tear_reach_px: float = knob(
+        36.0,
+        "drag rule: two valid drags whose handles are closer than this and whose moves differ by "
+        "more than 16 px@512 plus twice the handles' distance both go: what lies between them would "
+        "tear (a drag from a walker's hip onto a woman passing him, 16 px@240 below the drag that took "
+        "his head along, 55 px the other way). 0: off",
+        unit="px@512",
+        ge=0,
+    )
     sketch_min_on_change: float = knob(
         0.6, "sketch rule: share of stroke pixels on what changed", unit="frac", ge=0, le=1
     )

@@ -110,6 +110,14 @@ def test_drags_from_one_handle_to_two_places_contradict():
     np.testing.assert_array_equal(contradicting(hs, ts, 10.0, 10.0), [True, True, False, False, False])
     # the same handles, farther than near_px: no contradiction
     assert not contradicting(hs[:2] * [1, 1] + [[0, 0], [11, 0]], ts[:2], 10.0, 10.0).any()
+    # two handles 16 px apart: moving 55 px apart tears what lies between, 30 px is a body bending
+    two = np.float32([[74, 72], [71, 88]])
+    torn = two + np.float32([[41, 8], [-13, -2]])
+    bent = two + np.float32([[41, 8], [13, 2]])
+    assert not contradicting(two, torn, 10.0, 10.0).any()
+    assert contradicting(two, torn, 10.0, 10.0, tear_px=20.0).all()
+    assert not contradicting(two, bent, 10.0, 10.0, tear_px=20.0).any()
+    assert not contradicting(two, torn, 10.0, 10.0, tear_px=15.0).any()  # farther apart than the reach
 
 
 # --------------------------------------------------------------------------------------

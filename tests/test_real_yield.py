@@ -684,6 +684,25 @@ def test_sketch_dots_left_on_background_are_erased(name, a, b, box):
     assert (_image(it.files["sketch.png"])[..., 0] > 0)[y0 : y1 + 1, x0 : x1 + 1].sum() >= 30
 
 
+def test_a_drag_onto_another_walker_beside_one_that_follows_him_goes():
+    """vtest 695->720 (a reviewer's find): a man in a black jacket walks 41 px right. One drag takes
+    his head along; another, from his hip 16 px below, goes 13 px left onto a woman in a blue jacket
+    who is there in the target. Each passes the patch rules; together they would tear the man apart
+    (55 px apart in move, 16 px apart in handle). Both go (``quality.drag_tear_reach_px``), and with
+    one drag left the pair loses its drag signal; with the rule off the hip drag was written."""
+    path = str(shared_video("vtest.avi"))
+
+    def drags(over=()):
+        _, it = _pair(path, 695, 720, load_config("demo", list(over)))
+        assert not isinstance(it, Reject), (it.stage, it.reason, it.detail)
+        return [] if "drag.json" not in it.files else json.loads(it.files["drag.json"])["points"]
+
+    hip = lambda pts: [p for p in pts if np.hypot(p["source"][0] - 71, p["source"][1] - 88) < 3]  # noqa: E731
+    assert not hip(drags())
+    (p,) = hip(drags(["quality.drag_tear_reach_px=0"]))
+    assert p["target"][0] - p["source"][0] < -10  # left, while the man walks right
+
+
 def test_the_plain_back_of_a_moving_hand_is_not_shown_still():
     """``real2/makeup_hand_face`` 17->44: a hand moves 9-13 px right in front of a face. The back of
     the hand is plain skin, so source and target agree at each of its pixels and ``hold_still``
